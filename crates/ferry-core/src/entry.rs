@@ -1,0 +1,84 @@
+//! Entries: what an append carries in (`NewEntry`) and what ferry hands out
+//! (`Entry`, whose JSON form is the same everywhere: API, sinks, backups).
+
+use crate::{LedgerName, Payload};
+
+/// An entry's id within its ledger: 1, 2, 3, … with no gaps.
+pub type EntryId = u64;
+
+/// One entry to append, before ferry assigns its id and timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    pub key: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub payload: Payload,
+}
+
+/// A stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub ledger: LedgerName,
+    pub id: EntryId,
+    /// Unix milliseconds assigned by ferry; never decreasing within a ledger.
+    pub ts: u64,
+    pub key: Option<String>,
+    pub payload: Payload,
+}
+
+impl Entry {
+    /// Appends the entry's JSON form to `out`:
+    /// `{"ledger":"audit","id":42,"ts":1763769600123,"key":"user-7","payload":{…}}`,
+    /// `key` omitted when absent. Written by hand because it is the hot path
+    /// of every read, and the payload is already compact JSON text.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        // Ledger names need no escaping: their alphabet is [a-z0-9._-].
+        let _ = write!(out, r#"{{"ledger":"{}","id":{},"ts":{}"#, self.ledger, self.id, self.ts);
+        if let Some(key) = &self.key {
+            out.extend_from_slice(br#","key":"#);
+            // Writing a str into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, key);
+        }
+        out.extend_from_slice(br#","payload":"#);
+        out.extend_from_slice(self.payload.as_str().as_bytes());
+        out.push(b'}');
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut out = Vec::with_capacity(64 + self.payload.len());
+        self.write_json(&mut out);
+        String::from_utf8(out).expect("entry JSON is UTF-8")
+    }
+}
+
+impl serde::Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw = serde_json::value::RawValue::from_string(self.to_json())
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_form_matches_the_spec_and_parses() {
+        let mut e = Entry {
+            ledger: LedgerName::parse("audit").unwrap(),
+            id: 42,
+            ts: 1763769600123,
+            key: Some("user-\"7\"".into()),
+            payload: Payload::from_json(r#"{"a": 1}"#).unwrap(),
+        };
+        assert_eq!(
+            e.to_json(),
+            r#"{"ledger":"audit","id":42,"ts":1763769600123,"key":"user-\"7\"","payload":{"a":1}}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["key"], "user-\"7\"");
+        e.key = None;
+        assert_eq!(e.to_json(), r#"{"ledger":"audit","id":42,"ts":1763769600123,"payload":{"a":1}}"#);
+    }
+}

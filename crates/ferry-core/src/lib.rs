@@ -1,0 +1,19 @@
+//! ferry's vocabulary: the names, entries, payloads and limits every other
+//! crate speaks. Pure data and validation; no I/O.
+
+mod entry;
+mod ledger_name;
+pub mod limits;
+mod payload;
+
+pub use entry::{Entry, EntryId, NewEntry};
+pub use ledger_name::{InvalidLedgerName, LedgerName};
+pub use payload::{InvalidPayload, Payload};
+
+/// Milliseconds since the unix epoch, as stored in entry timestamps.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,6 @@
+//! Pure codecs for the bytes ferry writes to disk: WAL segment headers and
+//! records, and catalog keys. No I/O; every decoder is total (any input
+//! gives a value or an error, never a panic) so it can be fuzzed.
+
+pub mod keys;
+pub mod wal;

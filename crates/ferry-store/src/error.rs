@@ -1,0 +1,67 @@
+//! The store's one error type. Storage faults say where they are.
+
+use std::path::PathBuf;
+
+use ferry_core::LedgerName;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("ledger {0} does not exist")]
+    LedgerNotFound(LedgerName),
+    #[error("entry payload is {size} bytes; the limit (max_entry_bytes) is {max}")]
+    EntryTooLarge { size: usize, max: usize },
+    #[error("{field} is {size} bytes; the limit is {max}")]
+    FieldTooLong { field: &'static str, size: usize, max: usize },
+    #[error("a batch holds {count} entries; the limit is {max}")]
+    BatchTooLarge { count: usize, max: usize },
+    #[error("a batch must hold at least one entry")]
+    EmptyBatch,
+    #[error("idempotency_key {0:?} appears more than once in the batch")]
+    DuplicateIdempotencyKey(String),
+    #[error("id {from} is below the first retained id {first} of ledger {ledger}")]
+    BelowFirst { ledger: LedgerName, from: u64, first: u64 },
+    #[error("the store is poisoned after a failed write or sync and accepts no writes: {0}")]
+    Poisoned(String),
+    #[error("the store is shutting down")]
+    ShuttingDown,
+    #[error("storage root {root} is locked by another ferry process (lock file {lock})")]
+    Locked { root: PathBuf, lock: PathBuf },
+    #[error("{name} is pinned to {pinned} in the catalog; the configuration asks for {configured}. Use {pinned} or a new data directory")]
+    PinnedMismatch { name: &'static str, pinned: String, configured: String },
+    #[error("corrupted WAL segment {segment} at offset {offset}{}: {reason}", ledger_suffix(.ledger))]
+    Corrupted { segment: PathBuf, offset: u64, ledger: Option<LedgerName>, reason: String },
+    #[error("corrupted catalog: {0}")]
+    CatalogCorrupted(String),
+    #[error("catalog error: {0}")]
+    Catalog(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn ledger_suffix(ledger: &Option<LedgerName>) -> String {
+    ledger.as_ref().map(|l| format!(" (ledger {l})")).unwrap_or_default()
+}
+
+impl StoreError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io { context: context.into(), source }
+    }
+}
+
+/// Adds a context line to I/O results.
+pub(crate) trait IoContext<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| StoreError::io(what(), e))
+    }
+}

@@ -1,0 +1,235 @@
+//! The group-commit flusher: one thread that takes every pending append,
+//! assigns ids and timestamps, does one write and one fdatasync for the
+//! whole group, and only then makes the ids visible and acknowledges.
+//!
+//! **Architecture Invariant:** an append is acknowledged only after the
+//! fdatasync that covers its records returned success; a failed write or
+//! sync poisons the store and fails the group.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use ferry_core::limits::{GROUP_COMMIT_BYTES_MAX, IDEMPOTENCY_WINDOW_MS, WAL_SEGMENT_BYTES_MAX};
+use ferry_core::{EntryId, LedgerName, NewEntry, now_ms};
+use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, encode_record};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Result, StoreError};
+use crate::health::Health;
+use crate::ledger::LedgerState;
+use crate::store::AppendOutcome;
+use crate::wal::{RecordPos, SegmentWriter, Segments};
+
+pub(crate) struct AppendRequest {
+    pub ledger: Arc<LedgerState>,
+    pub entries: Vec<NewEntry>,
+    pub reply: oneshot::Sender<Result<AppendOutcome>>,
+}
+
+pub(crate) enum FlusherMsg {
+    Append(AppendRequest),
+    Shutdown,
+}
+
+/// Idempotency keys seen in the last 24 h, per ledger, with the id they got.
+#[derive(Debug, Default)]
+pub(crate) struct IdempotencyIndex {
+    ids: HashMap<(LedgerName, String), EntryId>,
+    by_age: VecDeque<(u64, LedgerName, String)>,
+}
+
+impl IdempotencyIndex {
+    pub fn insert(&mut self, ledger: &LedgerName, key: &str, id: EntryId, ts: u64) {
+        self.ids.insert((ledger.clone(), key.to_owned()), id);
+        self.by_age.push_back((ts, ledger.clone(), key.to_owned()));
+    }
+
+    fn get(&self, ledger: &LedgerName, key: &str) -> Option<EntryId> {
+        // Avoids allocating on the miss path only when the map is empty.
+        if self.ids.is_empty() {
+            return None;
+        }
+        self.ids.get(&(ledger.clone(), key.to_owned())).copied()
+    }
+
+    /// Forgets keys older than the window.
+    pub fn expire(&mut self, now: u64) {
+        let horizon = now.saturating_sub(IDEMPOTENCY_WINDOW_MS);
+        while self.by_age.front().is_some_and(|(ts, ..)| *ts < horizon) {
+            let (_, ledger, key) = self.by_age.pop_front().expect("front exists");
+            self.ids.remove(&(ledger, key));
+        }
+    }
+}
+
+pub(crate) struct Flusher {
+    pub rx: mpsc::Receiver<FlusherMsg>,
+    pub writer: SegmentWriter,
+    pub segments: Arc<Segments>,
+    pub health: Arc<Health>,
+    pub idempotency: IdempotencyIndex,
+    pub format_version: u32,
+    pub hot_dir: std::path::PathBuf,
+}
+
+/// What one request of a group becomes before the sync.
+struct Planned {
+    reply: oneshot::Sender<Result<AppendOutcome>>,
+    ledger: Arc<LedgerState>,
+    ids: Vec<EntryId>,
+    /// (id, ts, offset within the group buffer, encoded size) of new records.
+    records: Vec<(EntryId, u64, usize, usize)>,
+}
+
+impl Flusher {
+    pub fn run(mut self) {
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut shutdown = false;
+        while !shutdown {
+            let Some(first) = self.rx.blocking_recv() else { break };
+            let mut group = Vec::new();
+            let mut bytes = 0;
+            let push = |msg, group: &mut Vec<AppendRequest>, bytes: &mut usize| match msg {
+                FlusherMsg::Append(r) => {
+                    *bytes += r.entries.iter().map(|e| e.payload.len() + 64).sum::<usize>();
+                    group.push(r);
+                    false
+                }
+                FlusherMsg::Shutdown => true,
+            };
+            shutdown = push(first, &mut group, &mut bytes);
+            while !shutdown && bytes < GROUP_COMMIT_BYTES_MAX {
+                match self.rx.try_recv() {
+                    Ok(msg) => shutdown = push(msg, &mut group, &mut bytes),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group, &mut buf);
+        }
+        tracing::debug!("flusher stopped");
+    }
+
+    fn commit_group(&mut self, group: Vec<AppendRequest>, buf: &mut Vec<u8>) {
+        if group.is_empty() {
+            return;
+        }
+        if let Err(e) = self.health.check() {
+            for r in group {
+                let _ = r.reply.send(Err(StoreError::Poisoned(e.to_string())));
+            }
+            return;
+        }
+        buf.clear();
+        let now = now_ms();
+        self.idempotency.expire(now);
+        let planned = self.plan(group, now, buf);
+        match self.write(buf) {
+            Ok(segment_base) => self.publish(planned, segment_base),
+            Err(e) => {
+                self.health.poison(e.to_string());
+                for p in planned {
+                    let _ = p.reply.send(Err(StoreError::Poisoned(e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Assigns ids and timestamps and encodes the group into `buf`.
+    fn plan(&mut self, group: Vec<AppendRequest>, now: u64, buf: &mut Vec<u8>) -> Vec<Planned> {
+        // (next id, last ts) of each ledger touched by this group.
+        let mut heads: HashMap<LedgerName, (EntryId, u64)> = HashMap::new();
+        // Idempotency keys first used in this group.
+        let mut fresh: HashMap<(LedgerName, &str), (EntryId, u64)> = HashMap::new();
+        let mut planned = Vec::with_capacity(group.len());
+        for req in &group {
+            let ledger = &req.ledger;
+            let (next, last_ts) = heads.entry(ledger.name.clone()).or_insert_with(|| {
+                let index = ledger.index.read().expect("index lock");
+                (index.next_id(), index.last_ts)
+            });
+            let mut ids = Vec::with_capacity(req.entries.len());
+            let mut records = Vec::with_capacity(req.entries.len());
+            let new_count = req
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.idempotency_key.as_deref().is_none_or(|k| {
+                        self.idempotency.get(&ledger.name, k).is_none()
+                            && !fresh.contains_key(&(ledger.name.clone(), k))
+                    })
+                })
+                .count();
+            let mut written = 0;
+            for e in &req.entries {
+                if let Some(k) = e.idempotency_key.as_deref() {
+                    let seen = self.idempotency.get(&ledger.name, k);
+                    let fresh_id = || fresh.get(&(ledger.name.clone(), k)).map(|(id, _)| *id);
+                    if let Some(id) = seen.or_else(fresh_id) {
+                        ids.push(id);
+                        continue;
+                    }
+                }
+                let id = *next;
+                let ts = now.max(*last_ts);
+                (*next, *last_ts) = (id + 1, ts);
+                written += 1;
+                let record = WalRecord {
+                    ledger: ledger.name.as_str(),
+                    id,
+                    ts,
+                    key: e.key.as_deref(),
+                    idempotency_key: e.idempotency_key.as_deref(),
+                    batch_continues: written < new_count,
+                    payload: e.payload.as_str().as_bytes(),
+                };
+                let offset = buf.len();
+                encode_record(&record, buf);
+                records.push((id, ts, offset, buf.len() - offset));
+                if let Some(k) = e.idempotency_key.as_deref() {
+                    fresh.insert((ledger.name.clone(), k), (id, ts));
+                }
+                ids.push(id);
+            }
+            planned.push((ids, records));
+        }
+        for ((ledger, key), (id, ts)) in fresh {
+            self.idempotency.insert(&ledger, key, id, ts);
+        }
+        group
+            .into_iter()
+            .zip(planned)
+            .map(|(req, (ids, records))| Planned { reply: req.reply, ledger: req.ledger, ids, records })
+            .collect()
+    }
+
+    /// Writes the group durably; returns (segment, offset) the buffer begins at.
+    fn write(&mut self, buf: &[u8]) -> Result<(u32, u64)> {
+        if buf.is_empty() {
+            return Ok((self.writer.seq, self.writer.len));
+        }
+        let has_records = self.writer.len > SEGMENT_HEADER_BYTES as u64;
+        if has_records && self.writer.len + buf.len() as u64 > WAL_SEGMENT_BYTES_MAX {
+            let next = SegmentWriter::create(&self.hot_dir, self.writer.seq + 1, self.format_version)?;
+            self.segments.insert(next.seq, next.file.clone());
+            self.writer = next;
+        }
+        let base = (self.writer.seq, self.writer.len);
+        self.writer.append_durably(buf)?;
+        Ok(base)
+    }
+
+    /// Makes the group's ids visible, then acknowledges.
+    fn publish(&self, planned: Vec<Planned>, (segment, base): (u32, u64)) {
+        for p in planned {
+            if !p.records.is_empty() {
+                let mut index = p.ledger.index.write().expect("index lock");
+                for &(id, ts, offset, len) in &p.records {
+                    let pos = RecordPos { segment, offset: (base + offset as u64) as u32, len: len as u32 };
+                    index.push(id, ts, pos);
+                }
+            }
+            let created = !p.records.is_empty();
+            let _ = p.reply.send(Ok(AppendOutcome { ids: p.ids, created }));
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! ferry's embedded durable log: the catalog, the hot tier (a segment WAL
+//! shared by all ledgers, written by one group-commit flusher), recovery,
+//! and the read path. No HTTP, no sinks.
+//!
+//! Data flow: `Store::append` → flusher queue → one write + one fdatasync
+//! per group → ids become visible in each ledger's index → acks. Reads
+//! resolve ids through the index and `pread` the WAL. See ARCHITECTURE.md.
+
+mod catalog;
+pub mod durable;
+mod error;
+mod flusher;
+mod health;
+mod ledger;
+mod store;
+mod wal;
+
+pub use catalog::{Catalog, CatalogOp, LedgerMeta, RedbCatalog};
+pub use error::{Result, StoreError};
+pub use store::{AppendOutcome, LedgerInfo, ReadBatch, Store, StoreConfig};

@@ -1,0 +1,275 @@
+//! The hot tier's segment files: naming, the append handle, the shared read
+//! handles, and the recovery scan.
+//!
+//! Segments are `{hot_dir}/{seq:020}.wal`, written strictly in sequence by
+//! the flusher. **Architecture Invariant:** only the last segment can end in
+//! a torn write (each group commit is one write followed by one fdatasync,
+//! and a failed one poisons the store), so a bad record in any older segment,
+//! or one followed by valid records, is corruption and stops recovery.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use ferry_core::limits::GROUP_COMMIT_BYTES_MAX;
+use ferry_format::wal::{
+    DecodeError, SEGMENT_HEADER_BYTES, WalRecord, decode_record, decode_segment_header,
+    encode_segment_header,
+};
+
+use crate::durable;
+use crate::error::{IoContext as _, Result, StoreError};
+
+const SEGMENT_SUFFIX: &str = ".wal";
+
+pub(crate) fn segment_name(seq: u64) -> String {
+    format!("{seq:020}{SEGMENT_SUFFIX}")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
+}
+
+/// Where a record lives: segment sequence number, byte offset, encoded size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordPos {
+    pub segment: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// Read handles of every live segment, shared by readers (`pread` needs no
+/// seek position, so one handle serves all threads).
+#[derive(Debug)]
+pub(crate) struct Segments {
+    dir: PathBuf,
+    files: RwLock<BTreeMap<u32, Arc<File>>>,
+}
+
+impl Segments {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir, files: RwLock::default() }
+    }
+
+    pub fn path(&self, segment: u32) -> PathBuf {
+        self.dir.join(segment_name(segment.into()))
+    }
+
+    pub fn insert(&self, segment: u32, file: Arc<File>) {
+        self.files.write().expect("segments lock").insert(segment, file);
+    }
+
+    /// Reads `len` bytes at `offset` of a segment.
+    pub fn read_at(&self, segment: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let file = self.files.read().expect("segments lock").get(&segment).cloned();
+        let file = file.ok_or_else(|| StoreError::Corrupted {
+            segment: self.path(segment),
+            offset,
+            ledger: None,
+            reason: "segment is missing".into(),
+        })?;
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, offset)
+            .context(|| format!("read {} bytes at {offset} of {}", len, self.path(segment).display()))?;
+        Ok(buf)
+    }
+}
+
+/// The segment the flusher appends to.
+#[derive(Debug)]
+pub(crate) struct SegmentWriter {
+    pub seq: u32,
+    pub file: Arc<File>,
+    pub path: PathBuf,
+    /// Bytes in the file, all durable.
+    pub len: u64,
+}
+
+impl SegmentWriter {
+    /// Creates segment `seq` with its header, durably.
+    pub fn create(dir: &Path, seq: u32, format_version: u32) -> Result<Self> {
+        let header = encode_segment_header(format_version);
+        let (file, path) = durable::create_file_with_header(dir, &segment_name(seq.into()), &header)?;
+        Ok(Self { seq, file: Arc::new(file), path, len: SEGMENT_HEADER_BYTES as u64 })
+    }
+
+    /// Writes `buf` at the end and makes it durable. On error the file's
+    /// state is unknown: the caller poisons the store.
+    pub fn append_durably(&mut self, buf: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(buf, self.len)
+            .context(|| format!("write {} bytes at {} of {}", buf.len(), self.len, self.path.display()))?;
+        durable::sync_data(&self.file, &self.path)?;
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// A record found by the recovery scan, with where it is.
+pub(crate) struct ScannedRecord<'a> {
+    pub record: WalRecord<'a>,
+    pub pos: RecordPos,
+}
+
+/// What recovery leaves behind: every segment's read handle and the writer
+/// positioned after the last complete batch.
+pub(crate) struct RecoveredWal {
+    pub segments: Vec<(u32, Arc<File>)>,
+    pub writer: SegmentWriter,
+}
+
+/// Scans every segment in order, handing each record of a complete append
+/// batch to `visit`, truncating a torn tail of the last segment, and
+/// returning the handles. Any other damage is a precise error.
+pub(crate) fn recover(
+    dir: &Path,
+    format_version: u32,
+    mut visit: impl FnMut(&Path, ScannedRecord<'_>) -> Result<()>,
+) -> Result<RecoveredWal> {
+    let mut names = list_segments(dir)?;
+    let mut segments = Vec::new();
+    let last_seq = names.last().map(|(seq, _)| *seq);
+    let mut writer = None;
+    for (seq, path) in names.drain(..) {
+        let is_last = Some(seq) == last_seq;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(is_last)
+            .open(&path)
+            .context(|| format!("open {}", path.display()))?;
+        let bytes = std::fs::read(&path).context(|| format!("read {}", path.display()))?;
+        let end = scan_segment(&path, seq, &bytes, format_version, is_last, &mut visit)?;
+        if end < bytes.len() as u64 {
+            tracing::warn!(
+                segment = %path.display(), offset = end, dropped_bytes = bytes.len() as u64 - end,
+                "truncating a torn tail left by a crash (no acknowledged entry is in it)"
+            );
+            durable::truncate(&file, &path, end)?;
+        }
+        let file = Arc::new(file);
+        segments.push((seq, file.clone()));
+        if is_last {
+            writer = Some(SegmentWriter { seq, file, path, len: end });
+        }
+    }
+    let writer = match writer {
+        Some(w) => w,
+        None => {
+            let w = SegmentWriter::create(dir, 1, format_version)?;
+            segments.push((w.seq, w.file.clone()));
+            w
+        }
+    };
+    Ok(RecoveredWal { segments, writer })
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(dir).context(|| format!("list {}", dir.display()))? {
+        let item = item.context(|| format!("list {}", dir.display()))?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        match parse_segment_name(name) {
+            Some(seq) => {
+                let seq = u32::try_from(seq).map_err(|_| StoreError::Corrupted {
+                    segment: item.path(),
+                    offset: 0,
+                    ledger: None,
+                    reason: "segment number out of range".into(),
+                })?;
+                out.push((seq, item.path()));
+            }
+            None if name == durable::LOCK_FILE => {}
+            None => tracing::warn!(file = %item.path().display(), "ignoring a file that is not a WAL segment"),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Scans one segment; returns the offset after its last complete batch.
+fn scan_segment(
+    path: &Path,
+    seq: u32,
+    bytes: &[u8],
+    format_version: u32,
+    is_last: bool,
+    visit: &mut impl FnMut(&Path, ScannedRecord<'_>) -> Result<()>,
+) -> Result<u64> {
+    let corrupted = |offset: usize, ledger: Option<&str>, reason: String| StoreError::Corrupted {
+        segment: path.to_path_buf(),
+        offset: offset as u64,
+        ledger: ledger.and_then(|l| ferry_core::LedgerName::parse(l).ok()),
+        reason,
+    };
+    match decode_segment_header(bytes) {
+        Ok(v) if v == format_version => {}
+        Ok(v) => return Err(corrupted(0, None, format!("segment has format version {v}, expected {format_version}"))),
+        Err(e) => return Err(corrupted(0, None, e.to_string())),
+    }
+    let mut offset = SEGMENT_HEADER_BYTES;
+    // Records of the current append batch, held back until its last record.
+    let mut batch: Vec<ScannedRecord<'_>> = Vec::new();
+    let mut batch_start = offset;
+    while offset < bytes.len() {
+        let (record, used) = match decode_record(&bytes[offset..]) {
+            Ok(ok) => ok,
+            Err(e) if is_last && is_torn_tail(bytes, offset) => {
+                tracing::debug!(offset, error = %e, "torn tail");
+                break;
+            }
+            Err(e) => return Err(corrupted(offset, None, describe(&e, is_last))),
+        };
+        let pos = RecordPos { segment: seq, offset: offset as u32, len: used as u32 };
+        let continues = record.batch_continues;
+        batch.push(ScannedRecord { record, pos });
+        offset += used;
+        if !continues {
+            for r in batch.drain(..) {
+                visit(path, r)?;
+            }
+            batch_start = offset;
+        }
+    }
+    if !batch.is_empty() && !is_last {
+        return Err(corrupted(batch_start, Some(batch[0].record.ledger), "segment ends inside an append batch".into()));
+    }
+    // A batch cut short by a crash was never acknowledged: it goes whole.
+    Ok(batch_start as u64)
+}
+
+/// A bad record at `offset` of the last segment is a torn write only when
+/// it lies within one group commit of the end and no valid record follows
+/// it; anything else is damage to acknowledged data.
+fn is_torn_tail(bytes: &[u8], offset: usize) -> bool {
+    let tail = &bytes[offset..];
+    if tail.len() > GROUP_COMMIT_BYTES_MAX + 64 * 1024 * 1024 {
+        return false;
+    }
+    !(1..tail.len()).any(|i| decode_record(&tail[i..]).is_ok())
+}
+
+fn describe(e: &DecodeError, is_last: bool) -> String {
+    if is_last {
+        format!("{e}, and valid records follow it (not a torn tail)")
+    } else {
+        format!("{e} in a segment that is not the last")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip_and_sort() {
+        assert_eq!(segment_name(7), "00000000000000000007.wal");
+        assert_eq!(parse_segment_name(&segment_name(7)), Some(7));
+        for bad in ["7.wal", "0000000000000000000x.wal", "00000000000000000007.tmp", "ferry.lock"] {
+            assert_eq!(parse_segment_name(bad), None, "{bad}");
+        }
+    }
+}
