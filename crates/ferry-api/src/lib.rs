@@ -1,1 +1,77 @@
-//! placeholder
+//! ferry's HTTP API (SPEC §4): routes, bearer-token auth, and the one
+//! mapping from errors to statuses and codes (`error.rs`).
+
+mod auth;
+mod entries;
+mod error;
+mod ledgers;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use ferry_core::limits::BODY_BYTES_MAX_DEFAULT;
+use ferry_store::Store;
+
+pub use error::ApiError;
+
+/// Settings of the API layer (the `[server]` section, validated).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Bearer tokens; empty means no auth.
+    pub tokens: Vec<String>,
+    pub metrics_auth: bool,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { tokens: Vec::new(), metrics_auth: false, max_body_bytes: BODY_BYTES_MAX_DEFAULT as usize }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub store: Store,
+    pub config: Arc<ApiConfig>,
+}
+
+/// The whole API as one router.
+pub fn router(store: Store, config: ApiConfig) -> Router {
+    let state = AppState { store, config: Arc::new(config) };
+    let v1 = Router::new()
+        .route("/ledgers", get(ledgers::list))
+        .route("/ledgers/{ledger}", get(ledgers::get_one).put(ledgers::create))
+        .route("/ledgers/{ledger}/entries", get(entries::read).post(entries::append))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.store.ready()?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route")
+}

@@ -17,6 +17,10 @@ pub const BODY_BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
 pub const BATCH_ENTRIES_MAX: usize = 10_000;
 /// `limit` of one read request (SPEC §4).
 pub const READ_LIMIT_MAX: usize = 10_000;
+/// One read page stops after the entry that crosses this many bytes (a page
+/// always holds at least one entry), so a page of 10,000 large entries
+/// cannot exhaust memory; `next` says where to continue.
+pub const READ_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Default `limit` of a read request.
 pub const READ_LIMIT_DEFAULT: usize = 1_000;
 /// Default for `[storage] chunk_entries` (pinned at first start).

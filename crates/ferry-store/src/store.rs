@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use ferry_core::limits::{
     APPEND_QUEUE_DEPTH, BATCH_ENTRIES_MAX, CHUNK_ENTRIES_DEFAULT, ENTRY_BYTES_MAX_DEFAULT,
-    ENTRY_KEY_BYTES_MAX, FORMAT_VERSION, IDEMPOTENCY_KEY_BYTES_MAX,
+    ENTRY_KEY_BYTES_MAX, FORMAT_VERSION, IDEMPOTENCY_KEY_BYTES_MAX, READ_BYTES_MAX,
 };
 use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload, now_ms};
 use ferry_format::keys::{CatalogKey, ConfigName};
@@ -271,8 +271,8 @@ impl Store {
         ledgers.values().map(|s| info(s)).collect()
     }
 
-    /// Reads up to `limit` entries from `from` (default: First) in id order.
-    /// Blocking: it reads files.
+    /// Reads up to `limit` entries from `from` (default: First) in id order,
+    /// stopping early after `READ_BYTES_MAX`. Blocking: it reads files.
     pub fn read(&self, ledger: &LedgerName, from: Option<EntryId>, limit: usize) -> Result<ReadBatch> {
         let state = self.ledger(ledger).ok_or_else(|| StoreError::LedgerNotFound(ledger.clone()))?;
         let (from, positions) = {
@@ -281,7 +281,17 @@ impl Store {
             if from < index.first {
                 return Err(StoreError::BelowFirst { ledger: ledger.clone(), from, first: index.first });
             }
-            (from, index.range(from, limit).to_vec())
+            let positions = index.range(from, limit);
+            let mut bytes = 0usize;
+            let fit = positions
+                .iter()
+                .take_while(|p| {
+                    let fits = bytes < READ_BYTES_MAX;
+                    bytes += p.len as usize;
+                    fits
+                })
+                .count();
+            (from, positions[..fit].to_vec())
         };
         let entries = self.load(ledger, from, &positions)?;
         let next = from + entries.len() as u64;

@@ -1,0 +1,91 @@
+//! The one place errors become HTTP statuses and codes. Every error body is
+//! `{"error":{"code":"…","message":"…"}}`, plus fields such as `first`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ferry_core::{InvalidLedgerName, InvalidPayload};
+use ferry_store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Extra fields merged into the `error` object.
+    pub extra: Option<(&'static str, serde_json::Value)>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), extra: None }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    /// A JSON body that does not parse (400) or does not have the expected
+    /// shape (422).
+    pub fn from_json(e: &serde_json::Error, what: &str) -> Self {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                Self::bad_request("invalid_json", format!("{what} is not valid JSON: {e}"))
+            }
+            Category::Data => Self::unprocessable("invalid_entry", format!("{what}: {e}")),
+        }
+    }
+}
+
+impl From<InvalidLedgerName> for ApiError {
+    fn from(e: InvalidLedgerName) -> Self {
+        Self::bad_request("invalid_ledger_name", e.to_string())
+    }
+}
+
+impl From<InvalidPayload> for ApiError {
+    fn from(e: InvalidPayload) -> Self {
+        Self::bad_request("invalid_json", e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        use StatusCode as S;
+        let (status, code) = match &e {
+            StoreError::LedgerNotFound(_) => (S::NOT_FOUND, "ledger_not_found"),
+            StoreError::EntryTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "entry_too_large"),
+            StoreError::BatchTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "batch_too_large"),
+            StoreError::FieldTooLong { .. } => (S::UNPROCESSABLE_ENTITY, "field_too_long"),
+            StoreError::EmptyBatch => (S::UNPROCESSABLE_ENTITY, "empty_batch"),
+            StoreError::DuplicateIdempotencyKey(_) => (S::UNPROCESSABLE_ENTITY, "duplicate_idempotency_key"),
+            StoreError::BelowFirst { .. } => (S::GONE, "below_first"),
+            StoreError::Poisoned(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            StoreError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
+            StoreError::Corrupted { .. } | StoreError::CatalogCorrupted(_) => (S::INTERNAL_SERVER_ERROR, "corrupted"),
+            _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+        }
+        let mut err = Self::new(status, code, e.to_string());
+        if let StoreError::BelowFirst { first, .. } = e {
+            err.extra = Some(("first", first.into()));
+        }
+        err
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some((k, v)) = self.extra {
+            body[k] = v;
+        }
+        (self.status, axum::Json(serde_json::json!({ "error": body }))).into_response()
+    }
+}

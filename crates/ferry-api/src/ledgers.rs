@@ -1,0 +1,37 @@
+//! `GET /v1/ledgers`, `GET /v1/ledgers/{ledger}`, `PUT /v1/ledgers/{ledger}`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use ferry_core::LedgerName;
+use ferry_store::{LedgerInfo, StoreError};
+
+use crate::{AppState, error::ApiError};
+
+pub(crate) async fn list(State(state): State<AppState>) -> Json<Vec<LedgerInfo>> {
+    Json(state.store.list_ledgers())
+}
+
+pub(crate) async fn get_one(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<LedgerInfo>, ApiError> {
+    let name = LedgerName::parse(&name)?;
+    let info = state.store.ledger_info(&name).ok_or(StoreError::LedgerNotFound(name))?;
+    Ok(Json(info))
+}
+
+/// Creates a ledger: 201 when new, 200 when it already existed.
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<LedgerInfo>), ApiError> {
+    let name = LedgerName::parse(&name)?;
+    let store = state.store.clone();
+    let created = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || store.create_ledger(&name))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)??
+    };
+    let info = state.store.ledger_info(&name).ok_or(StoreError::LedgerNotFound(name))?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(info)))
+}

@@ -1,0 +1,211 @@
+//! Idempotency keys: a repeat returns the original ids and appends nothing,
+//! before and after a reopen.
+
+use ferry_core::limits::IDEMPOTENCY_WINDOW_MS;
+use ferry_core::now_ms;
+use ferry_format::wal::WalRecord;
+use ferry_store::StoreError;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_idempotency_key_returns_original_ids_and_appends_nothing_also_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let l = ledger("payments.eu");
+
+    let first = store
+        .append(&l, vec![with_idempotency_key("order-1", r#"{"v":1}"#)])
+        .await
+        .unwrap();
+    assert_eq!((first.ids.clone(), first.created), (vec![1], true));
+
+    let repeat = store
+        .append(&l, vec![with_idempotency_key("order-1", r#"{"v":"other"}"#)])
+        .await
+        .unwrap();
+    assert_eq!((repeat.ids, repeat.created), (vec![1], false));
+    assert_eq!(head(&store, &l), 1);
+
+    let batch = store
+        .append(
+            &l,
+            vec![
+                with_idempotency_key("order-2", r#"{"v":2}"#),
+                with_idempotency_key("order-3", r#"{"v":3}"#),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!((batch.ids, batch.created), (vec![2, 3], true));
+    let batch_repeat = store
+        .append(
+            &l,
+            vec![
+                with_idempotency_key("order-2", r#"{"v":"x"}"#),
+                with_idempotency_key("order-3", r#"{"v":"y"}"#),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!((batch_repeat.ids, batch_repeat.created), (vec![2, 3], false));
+
+    // A batch mixing repeats and new keys appends only the new entries.
+    let mixed = store
+        .append(
+            &l,
+            vec![
+                with_idempotency_key("order-4", r#"{"v":4}"#),
+                with_idempotency_key("order-1", r#"{"v":"again"}"#),
+                entry(r#"{"v":5}"#),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!((mixed.ids, mixed.created), (vec![4, 1, 5], true));
+    assert_eq!(head(&store, &l), 5);
+
+    // Keys are per ledger.
+    let other = ledger("payments.us");
+    let elsewhere = store
+        .append(&other, vec![with_idempotency_key("order-1", r#"{"v":1}"#)])
+        .await
+        .unwrap();
+    assert_eq!((elsewhere.ids, elsewhere.created), (vec![1], true));
+
+    let before = read_all(&store, &l);
+    let payloads: Vec<&str> = before.iter().map(|e| e.payload.as_str()).collect();
+    assert_eq!(
+        payloads,
+        [r#"{"v":1}"#, r#"{"v":2}"#, r#"{"v":3}"#, r#"{"v":4}"#, r#"{"v":5}"#]
+    );
+
+    close(store).await;
+    let store = open(dir.path());
+    for (key, id) in [("order-1", 1), ("order-2", 2), ("order-3", 3), ("order-4", 4)] {
+        let again = store
+            .append(&l, vec![with_idempotency_key(key, r#"{"v":"late"}"#)])
+            .await
+            .unwrap();
+        assert_eq!((again.ids, again.created), (vec![id], false), "{key}");
+    }
+    assert_eq!(head(&store, &l), 5);
+    assert_eq!(read_all(&store, &l), before);
+    let fresh = store
+        .append(&l, vec![with_idempotency_key("order-6", r#"{"v":6}"#)])
+        .await
+        .unwrap();
+    assert_eq!((fresh.ids, fresh.created), (vec![6], true));
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_with_the_same_idempotency_key_twice_is_rejected_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let l = ledger("audit");
+    store.append(&l, vec![entry("0")]).await.unwrap();
+
+    let err = store
+        .append(
+            &l,
+            vec![
+                with_idempotency_key("dup", "1"),
+                entry("2"),
+                with_idempotency_key("dup", "3"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::DuplicateIdempotencyKey(k) => assert_eq!(k, "dup"),
+        other => panic!("expected DuplicateIdempotencyKey, got {other:?}"),
+    }
+    assert_eq!(head(&store, &l), 1);
+    assert_eq!(read_all(&store, &l).len(), 1);
+
+    // The key was not remembered: its first real use creates an entry.
+    let outcome = store
+        .append(&l, vec![with_idempotency_key("dup", "4")])
+        .await
+        .unwrap();
+    assert_eq!((outcome.ids, outcome.created), (vec![2], true));
+
+    close(store).await;
+    let store = open(dir.path());
+    assert_eq!(head(&store, &l), 2);
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn concurrent_appends_with_one_idempotency_key_create_exactly_one_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let l = ledger("audit");
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let (store, l) = (store.clone(), l.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .append(
+                    &l,
+                    vec![with_idempotency_key("same", &format!(r#"{{"i":{i}}}"#))],
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        let outcome = t.await.unwrap();
+        assert_eq!(outcome.ids, vec![1]);
+        created += usize::from(outcome.created);
+    }
+    assert_eq!(created, 1, "exactly one append created the entry");
+    assert_eq!(head(&store, &l), 1);
+    close(store).await;
+}
+
+/// The first process used key `k` at T1, and again at T2 more than 24 h
+/// later (the first use had expired, so the second is a new entry). After a
+/// restart within 24 h of T2, a retry of the second use must still be
+/// recognised.
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_key_reused_after_its_window_is_remembered_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger("audit");
+    let store = open(dir.path());
+    assert!(store.create_ledger(&l).unwrap());
+    close(store).await;
+
+    let now = now_ms();
+    let t1 = now - IDEMPOTENCY_WINDOW_MS - 3_600_000;
+    let t2 = now - 3_600_000;
+    let record = |id, ts, payload: &'static [u8]| WalRecord {
+        ledger: "audit",
+        id,
+        ts,
+        key: None,
+        idempotency_key: Some("k"),
+        batch_continues: false,
+        payload,
+    };
+    let segment = last_segment(dir.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.extend(encode(&[record(1, t1, b"1"), record(2, t2, b"2")]));
+    std::fs::write(&segment, bytes).unwrap();
+
+    let store = open(dir.path());
+    assert_eq!(head(&store, &l), 2);
+    let retry = store
+        .append(&l, vec![with_idempotency_key("k", "2")])
+        .await
+        .unwrap();
+    assert_eq!(
+        (retry.ids, retry.created),
+        (vec![2], false),
+        "the use at T2 is within the window"
+    );
+    assert_eq!(head(&store, &l), 2);
+    close(store).await;
+}

@@ -1,0 +1,91 @@
+//! The command line (SPEC §8), parsed by clap; `Cli::run` dispatches.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::Client;
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about = "Durable append-only ledgers, moved exactly once in effect")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where client commands find the server.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// The ferry server's base URL.
+    #[arg(long, env = "FERRY_SERVER", default_value = "http://127.0.0.1:7070", global = true)]
+    pub server: String,
+    /// Bearer token for servers with `[server] tokens`.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: the store and the HTTP API.
+    Serve(ServeArgs),
+    /// Append one entry, or JSON lines from stdin (one payload per line).
+    Append {
+        ledger: String,
+        /// The payload as JSON; without it, each stdin line is a payload.
+        payload: Option<String>,
+        /// Routing key stored with the entry (every entry, with stdin).
+        #[arg(long)]
+        key: Option<String>,
+        /// Idempotency key; with stdin, line N gets "{KEY}:{N}".
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print a ledger's entries as JSON lines.
+    Read {
+        ledger: String,
+        /// First id to print (default: the ledger's first).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Most entries to print (default: all up to the head).
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List ledgers as JSON lines.
+    Ledgers {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file (SPEC §8); without it, every default applies.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overrides `data_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `[server] listen`.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// An exporter as NAME=SINK:{json}.
+    #[arg(long)]
+    pub exporter: Vec<String>,
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(args) => crate::serve::run(args).await,
+            Command::Append { ledger, payload, key, idempotency_key, server } => {
+                Client::new(&server)?.append(&ledger, payload.as_deref(), key, idempotency_key).await
+            }
+            Command::Read { ledger, from, limit, server } => Client::new(&server)?.read(&ledger, from, limit).await,
+            Command::Ledgers { server } => Client::new(&server)?.ledgers().await,
+        }
+    }
+}

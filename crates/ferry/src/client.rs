@@ -1,0 +1,170 @@
+//! Client commands: `append`, `read`, `ledgers` over the HTTP API.
+
+use std::io::{BufRead as _, Write as _};
+
+use anyhow::{Context as _, bail};
+use ferry_core::limits::READ_LIMIT_MAX;
+use ferry_core::{LedgerName, Payload};
+
+use crate::UsageError;
+use crate::cli::ServerArgs;
+
+/// stdin lines sent per append request.
+const STDIN_BATCH_ENTRIES: usize = 1_000;
+/// Payload bytes sent per append request from stdin.
+const STDIN_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().build().context("build the HTTP client")?;
+        let base = args.server.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(UsageError(format!("--server {base:?} must start with http:// or https://")).into());
+        }
+        Ok(Self { http, base, token: args.token.clone() })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// Sends a request; returns the body of a 2xx answer, else the
+    /// server's error as a failure.
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
+        let resp = req.send().await.with_context(|| format!("reach the ferry server at {}", self.base))?;
+        let status = resp.status();
+        let body = resp.bytes().await.context("read the server's answer")?;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        let err: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        match (err["error"]["code"].as_str(), err["error"]["message"].as_str()) {
+            (Some(code), Some(msg)) => bail!("{status}: {code}: {msg}"),
+            _ => bail!("{status}: {}", String::from_utf8_lossy(&body)),
+        }
+    }
+
+    pub async fn append(
+        &self,
+        ledger: &str,
+        payload: Option<&str>,
+        key: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> anyhow::Result<()> {
+        let ledger = LedgerName::parse(ledger).map_err(|e| UsageError(e.to_string()))?;
+        let path = format!("/v1/ledgers/{ledger}/entries");
+        if let Some(text) = payload {
+            let payload = Payload::from_json(text).map_err(|e| UsageError(e.to_string()))?;
+            let body = entry_json(&payload, key.as_deref(), idempotency_key.as_deref());
+            let answer = self.send(self.post_json(&path, body)).await?;
+            println!("{}", String::from_utf8_lossy(&answer));
+            return Ok(());
+        }
+        let mut batch = Vec::new();
+        let (mut bytes, mut line_no) = (0, 0u64);
+        let mut total = 0u64;
+        for line in std::io::stdin().lock().lines() {
+            let line = line.context("read stdin")?;
+            line_no += 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let payload = Payload::from_json(&line).map_err(|e| UsageError(format!("stdin line {line_no}: {e}")))?;
+            let idem = idempotency_key.as_ref().map(|k| format!("{k}:{line_no}"));
+            bytes += payload.len();
+            batch.push(entry_json(&payload, key.as_deref(), idem.as_deref()));
+            if batch.len() >= STDIN_BATCH_ENTRIES || bytes >= STDIN_BATCH_BYTES {
+                total += self.append_batch(&path, std::mem::take(&mut batch)).await?;
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            total += self.append_batch(&path, batch).await?;
+        }
+        eprintln!("appended {total} entries to {ledger}");
+        Ok(())
+    }
+
+    async fn append_batch(&self, path: &str, entries: Vec<String>) -> anyhow::Result<u64> {
+        let n = entries.len() as u64;
+        let body = format!("{{\"entries\":[{}]}}", entries.join(","));
+        let answer = self.send(self.post_json(path, body)).await?;
+        println!("{}", String::from_utf8_lossy(&answer));
+        Ok(n)
+    }
+
+    fn post_json(&self, path: &str, body: String) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, path).header("content-type", "application/json").body(body)
+    }
+
+    /// Pages through the ledger with NDJSON reads, copying lines through
+    /// unchanged (payload bytes exactly as stored).
+    pub async fn read(&self, ledger: &str, from: Option<u64>, limit: Option<u64>) -> anyhow::Result<()> {
+        let ledger = LedgerName::parse(ledger).map_err(|e| UsageError(e.to_string()))?;
+        if limit == Some(0) {
+            return Ok(());
+        }
+        let mut from = from;
+        let mut left = limit.unwrap_or(u64::MAX);
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        while left > 0 {
+            let page = left.min(READ_LIMIT_MAX as u64);
+            let mut path = format!("/v1/ledgers/{ledger}/entries?limit={page}");
+            if let Some(f) = from {
+                path.push_str(&format!("&from={f}"));
+            }
+            let req = self.request(reqwest::Method::GET, &path).header("accept", "application/x-ndjson");
+            let body = self.send(req).await?;
+            let mut last_id = None;
+            for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                #[derive(serde::Deserialize)]
+                struct Id {
+                    id: u64,
+                }
+                let Id { id } = serde_json::from_slice(line).context("the server sent a line that is not an entry")?;
+                last_id = Some(id);
+                out.write_all(line)?;
+                out.write_all(b"\n")?;
+                left -= 1;
+            }
+            match last_id {
+                Some(id) => from = Some(id + 1),
+                None => break,
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    pub async fn ledgers(&self) -> anyhow::Result<()> {
+        let body = self.send(self.request(reqwest::Method::GET, "/v1/ledgers")).await?;
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&body).context("parse the ledger list")?;
+        for l in list {
+            println!("{l}");
+        }
+        Ok(())
+    }
+}
+
+/// One entry of an append body, with the payload's text kept byte for byte
+/// (a `serde_json::Value` would reorder keys and round numbers).
+fn entry_json(payload: &Payload, key: Option<&str>, idempotency_key: Option<&str>) -> String {
+    let mut e = format!("{{\"payload\":{}", payload.as_str());
+    for (name, value) in [("key", key), ("idempotency_key", idempotency_key)] {
+        if let Some(v) = value {
+            e.push_str(&format!(",\"{name}\":{}", serde_json::Value::from(v)));
+        }
+    }
+    e.push('}');
+    e
+}

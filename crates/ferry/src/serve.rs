@@ -1,0 +1,77 @@
+//! `ferry serve`: config → validate → logging → open the store (recovery)
+//! → serve the API until SIGINT/SIGTERM → drain and stop.
+
+use anyhow::{Context as _, bail};
+use ferry_store::Store;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::ServeArgs;
+use crate::config::{Config, Log, LogFormat, LogLevel};
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if !args.exporter.is_empty() {
+        bail!("--exporter is not implemented yet in this version of ferry");
+    }
+    let settings = config.validate()?;
+    init_logging(&settings.log);
+
+    let store_config = settings.store.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await?
+        .with_context(|| format!("open storage under {}", settings.store.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listen on {}", settings.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %settings.store.data_dir.display(), "ferry listening");
+
+    let router = ferry_api::router(store.clone(), settings.api);
+    let served = ferry_api::serve(listener, router, shutdown_signal());
+    served.await.context("serve HTTP")?;
+    tracing::info!("shutting down: draining appends");
+    if tokio::time::timeout(settings.shutdown_timeout, store.shutdown()).await.is_err() {
+        tracing::warn!("shutdown_timeout passed before the flusher stopped");
+    }
+    Ok(())
+}
+
+fn init_logging(log: &Log) {
+    let level = match log.level {
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+    };
+    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
