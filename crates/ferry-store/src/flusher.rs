@@ -35,13 +35,13 @@ pub(crate) enum FlusherMsg {
 #[derive(Debug, Default)]
 pub(crate) struct IdempotencyIndex {
     ids: HashMap<(LedgerName, String), EntryId>,
-    by_age: VecDeque<(u64, LedgerName, String)>,
+    by_age: VecDeque<(u64, LedgerName, String, EntryId)>,
 }
 
 impl IdempotencyIndex {
     pub fn insert(&mut self, ledger: &LedgerName, key: &str, id: EntryId, ts: u64) {
         self.ids.insert((ledger.clone(), key.to_owned()), id);
-        self.by_age.push_back((ts, ledger.clone(), key.to_owned()));
+        self.by_age.push_back((ts, ledger.clone(), key.to_owned(), id));
     }
 
     fn get(&self, ledger: &LedgerName, key: &str) -> Option<EntryId> {
@@ -52,12 +52,16 @@ impl IdempotencyIndex {
         self.ids.get(&(ledger.clone(), key.to_owned())).copied()
     }
 
-    /// Forgets keys older than the window.
+    /// Forgets keys older than the window. A key used again after it had
+    /// expired (recovery replays both uses) keeps its newer id.
     pub fn expire(&mut self, now: u64) {
         let horizon = now.saturating_sub(IDEMPOTENCY_WINDOW_MS);
         while self.by_age.front().is_some_and(|(ts, ..)| *ts < horizon) {
-            let (_, ledger, key) = self.by_age.pop_front().expect("front exists");
-            self.ids.remove(&(ledger, key));
+            let (_, ledger, key, id) = self.by_age.pop_front().expect("front exists");
+            let slot = (ledger, key);
+            if self.ids.get(&slot) == Some(&id) {
+                self.ids.remove(&slot);
+            }
         }
     }
 }

@@ -141,6 +141,18 @@ pub(crate) fn recover(
             .open(&path)
             .context(|| format!("open {}", path.display()))?;
         let bytes = std::fs::read(&path).context(|| format!("read {}", path.display()))?;
+        if is_last && is_torn_header(&bytes, format_version) {
+            // A crash while the segment was being created: it holds no record.
+            tracing::warn!(segment = %path.display(), "rewriting the torn header of a segment created just before a crash");
+            durable::truncate(&file, &path, 0)?;
+            let mut w = SegmentWriter { seq, file: Arc::new(file), path, len: 0 };
+            w.append_durably(&encode_segment_header(format_version))?;
+            // Its directory entry may not have been synced before the crash.
+            durable::sync_dir(dir)?;
+            segments.push((seq, w.file.clone()));
+            writer = Some(w);
+            continue;
+        }
         let end = scan_segment(&path, seq, &bytes, format_version, is_last, &mut visit)?;
         if end < bytes.len() as u64 {
             tracing::warn!(
@@ -239,6 +251,14 @@ fn scan_segment(
     }
     // A batch cut short by a crash was never acknowledged: it goes whole.
     Ok(batch_start as u64)
+}
+
+/// The header of a segment cut short (or never written, so zeros) by a crash
+/// during `SegmentWriter::create`, before anything could be appended to it.
+fn is_torn_header(bytes: &[u8], format_version: u32) -> bool {
+    let header = encode_segment_header(format_version);
+    (bytes.len() < SEGMENT_HEADER_BYTES && header.starts_with(bytes))
+        || (bytes.len() <= SEGMENT_HEADER_BYTES && bytes.iter().all(|&b| b == 0))
 }
 
 /// A bad record at `offset` of the last segment is a torn write only when

@@ -184,7 +184,10 @@ async fn entry_json_form_is_the_spec_form_with_the_stored_payload() {
     let store = open(dir.path());
     let l = ledger("audit");
     store
-        .append(&l, vec![keyed("user-7", r#"{ "a" : [1, 2.0] }"#), entry("null")])
+        .append(
+            &l,
+            vec![keyed("user-7", r#"{ "a" : [1, 2.0] }"#), entry("null")],
+        )
         .await
         .unwrap();
     let entries = read_all(&store, &l);
@@ -198,7 +201,10 @@ async fn entry_json_form_is_the_spec_form_with_the_stored_payload() {
     );
     assert_eq!(
         b.to_json(),
-        format!(r#"{{"ledger":"audit","id":2,"ts":{},"payload":null}}"#, b.ts)
+        format!(
+            r#"{{"ledger":"audit","id":2,"ts":{},"payload":null}}"#,
+            b.ts
+        )
     );
     close(store).await;
 }

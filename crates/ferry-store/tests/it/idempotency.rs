@@ -21,7 +21,10 @@ async fn repeated_idempotency_key_returns_original_ids_and_appends_nothing_also_
     assert_eq!((first.ids.clone(), first.created), (vec![1], true));
 
     let repeat = store
-        .append(&l, vec![with_idempotency_key("order-1", r#"{"v":"other"}"#)])
+        .append(
+            &l,
+            vec![with_idempotency_key("order-1", r#"{"v":"other"}"#)],
+        )
         .await
         .unwrap();
     assert_eq!((repeat.ids, repeat.created), (vec![1], false));
@@ -48,7 +51,10 @@ async fn repeated_idempotency_key_returns_original_ids_and_appends_nothing_also_
         )
         .await
         .unwrap();
-    assert_eq!((batch_repeat.ids, batch_repeat.created), (vec![2, 3], false));
+    assert_eq!(
+        (batch_repeat.ids, batch_repeat.created),
+        (vec![2, 3], false)
+    );
 
     // A batch mixing repeats and new keys appends only the new entries.
     let mixed = store
@@ -77,12 +83,23 @@ async fn repeated_idempotency_key_returns_original_ids_and_appends_nothing_also_
     let payloads: Vec<&str> = before.iter().map(|e| e.payload.as_str()).collect();
     assert_eq!(
         payloads,
-        [r#"{"v":1}"#, r#"{"v":2}"#, r#"{"v":3}"#, r#"{"v":4}"#, r#"{"v":5}"#]
+        [
+            r#"{"v":1}"#,
+            r#"{"v":2}"#,
+            r#"{"v":3}"#,
+            r#"{"v":4}"#,
+            r#"{"v":5}"#
+        ]
     );
 
     close(store).await;
     let store = open(dir.path());
-    for (key, id) in [("order-1", 1), ("order-2", 2), ("order-3", 3), ("order-4", 4)] {
+    for (key, id) in [
+        ("order-1", 1),
+        ("order-2", 2),
+        ("order-3", 3),
+        ("order-4", 4),
+    ] {
         let again = store
             .append(&l, vec![with_idempotency_key(key, r#"{"v":"late"}"#)])
             .await

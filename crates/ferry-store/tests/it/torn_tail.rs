@@ -19,7 +19,10 @@ async fn store_with_singles(dir: &Path, n: usize) -> (Vec<Entry>, Vec<u64>) {
     let mut lens = vec![file_len(&segment)];
     for i in 0..n {
         let e = if i % 2 == 0 {
-            keyed(&format!("key-{i}"), &format!(r#"{{"i":{i},"s":"{}"}}"#, "x".repeat(i * 7)))
+            keyed(
+                &format!("key-{i}"),
+                &format!(r#"{{"i":{i},"s":"{}"}}"#, "x".repeat(i * 7)),
+            )
         } else {
             entry(&format!("[{i}]"))
         };
@@ -41,7 +44,11 @@ async fn assert_recovers_to(dir: &Path, expected: &[Entry], kept_len: u64, case:
     let store = open(dir);
     assert_eq!(head(&store, &l), expected.len() as u64, "{case}");
     assert_eq!(read_all(&store, &l), expected, "{case}");
-    assert_eq!(file_len(&segment), kept_len, "{case}: torn bytes are cut off");
+    assert_eq!(
+        file_len(&segment),
+        kept_len,
+        "{case}: torn bytes are cut off"
+    );
     let next = expected.len() as u64 + 1;
     let outcome = store
         .append(&l, vec![entry(r#"{"after":"recovery"}"#)])
@@ -54,7 +61,10 @@ async fn assert_recovers_to(dir: &Path, expected: &[Entry], kept_len: u64, case:
     let all = read_all(&store, &l);
     assert_eq!(all.len() as u64, next, "{case}");
     assert_eq!(&all[..expected.len()], expected, "{case}");
-    assert_eq!(all[expected.len()].payload.as_str(), r#"{"after":"recovery"}"#);
+    assert_eq!(
+        all[expected.len()].payload.as_str(),
+        r#"{"after":"recovery"}"#
+    );
     assert_dense_and_ordered(&all, &l);
     close(store).await;
 }
@@ -86,7 +96,13 @@ async fn torn_tail_of_last_segment_is_truncated_and_acked_entries_survive() {
 
     // Cut exactly at a record boundary: nothing is torn and nothing is lost.
     std::fs::write(&segment, &original[..start]).unwrap();
-    assert_recovers_to(dir.path(), &entries[..n - 1], start as u64, "record boundary").await;
+    assert_recovers_to(
+        dir.path(),
+        &entries[..n - 1],
+        start as u64,
+        "record boundary",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,7 +157,9 @@ async fn batch_torn_in_its_middle_disappears_whole_and_its_idempotency_keys_are_
         .filter(|r| r.offset >= batch_start)
         .collect();
     assert_eq!(
-        recs.iter().map(|r| (r.id, r.batch_continues)).collect::<Vec<_>>(),
+        recs.iter()
+            .map(|r| (r.id, r.batch_continues))
+            .collect::<Vec<_>>(),
         [(6, true), (7, true), (8, true), (9, true), (10, false)],
         "every record of a batch but the last carries the continues flag"
     );
@@ -149,19 +167,30 @@ async fn batch_torn_in_its_middle_disappears_whole_and_its_idempotency_keys_are_
     let cuts = [
         ("at the boundary after the 2nd record", recs[2].offset),
         ("inside the 3rd record's prefix", recs[2].offset + 3),
-        ("inside the 3rd record's body", recs[2].offset + recs[2].len / 2),
+        (
+            "inside the 3rd record's body",
+            recs[2].offset + recs[2].len / 2,
+        ),
         ("at the boundary before the last record", recs[4].offset),
         ("one byte before the end", recs[4].offset + recs[4].len - 1),
     ];
     for (case, cut) in cuts {
         std::fs::write(&segment, &original[..cut]).unwrap();
         let store = open(dir.path());
-        assert_eq!(head(&store, &l), n as u64, "{case}: the batch is gone whole");
+        assert_eq!(
+            head(&store, &l),
+            n as u64,
+            "{case}: the batch is gone whole"
+        );
         assert_eq!(read_all(&store, &l), singles, "{case}");
         assert_eq!(file_len(&segment), batch_start as u64, "{case}");
         // Its idempotency keys were never acknowledged, so they are new.
         let again = store.append(&l, batch.clone()).await.unwrap();
-        assert_eq!((again.ids, again.created), (vec![6, 7, 8, 9, 10], true), "{case}");
+        assert_eq!(
+            (again.ids, again.created),
+            (vec![6, 7, 8, 9, 10], true),
+            "{case}"
+        );
         close(store).await;
         let store = open(dir.path());
         assert_eq!(head(&store, &l), 10, "{case}");
@@ -178,7 +207,10 @@ async fn new_last_segment_with_a_torn_header_is_recreated_and_acked_entries_surv
     let partials: [(&str, &[u8]); 4] = [
         ("an empty file", &[]),
         ("part of the header", &header[..6]),
-        ("all but the header's last byte", &header[..header.len() - 1]),
+        (
+            "all but the header's last byte",
+            &header[..header.len() - 1],
+        ),
         ("a header-sized run of zeros", &[0; 16]),
     ];
     let l = ledger("audit");

@@ -1,0 +1,10 @@
+//! Integration tests of the ferry-store crate: real stores on real files in
+//! temp dirs, reopened after every kind of damage a crash can leave.
+
+mod append;
+mod corruption;
+mod idempotency;
+mod open;
+mod support;
+mod torn_tail;
+mod validation;
