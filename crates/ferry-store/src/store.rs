@@ -109,6 +109,21 @@ struct Inner {
     _locks: Vec<File>,
 }
 
+impl Drop for Inner {
+    /// Closes the queue and waits for the flusher to write what is still in
+    /// it (appends whose callers gave up) and stop; only then do the fields
+    /// drop and release the locks, so no second store can open the roots
+    /// while this one still writes.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
+        if let Ok(slot) = self.flusher.get_mut()
+            && let Some(handle) = slot.take()
+        {
+            let _ = handle.join();
+        }
+    }
+}
+
 impl Store {
     /// Locks the storage roots, checks the pinned layout, recovers the hot
     /// tier and starts the flusher. Blocking.

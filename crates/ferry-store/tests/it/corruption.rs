@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ferry_core::limits::WAL_SEGMENT_BYTES_MAX;
+use ferry_core::limits::{READ_BYTES_MAX, READ_LIMIT_MAX, WAL_SEGMENT_BYTES_MAX};
 use ferry_core::{Entry, NewEntry};
 use ferry_store::StoreError;
 
@@ -205,6 +205,13 @@ async fn a_full_segment_rolls_over_reads_span_segments_and_damage_in_the_older_o
         }
     };
     check(&store);
+    // One page stops after the entry that crosses READ_BYTES_MAX.
+    let page = store.read(&l, Some(3), READ_LIMIT_MAX).unwrap();
+    let per_record = records(&std::fs::read(&segs[0]).unwrap())[0].len;
+    let fit = READ_BYTES_MAX.div_ceil(per_record);
+    assert_eq!(page.entries.len(), fit);
+    assert_eq!(page.next, 3 + fit as u64);
+    assert_eq!(page.entries[0].id, 3);
     close(store).await;
     let store = open(dir.path());
     check(&store);

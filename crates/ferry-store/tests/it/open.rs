@@ -138,3 +138,61 @@ fn a_fresh_store_creates_its_layout_and_is_ready() {
     assert_eq!(segments(&data), vec![segment_path(&data, 1)]);
     drop(store);
 }
+
+/// Appends whose callers gave up are still in the flusher's queue when the
+/// last handle is dropped; the flusher writes them afterwards. Until it has
+/// stopped, the data dir must stay locked, or a second store would recover
+/// and append to a segment that is still being written.
+#[tokio::test(flavor = "multi_thread")]
+async fn store_dropped_with_queued_appends_stays_locked_until_its_flusher_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger("audit");
+    let store = open(dir.path());
+    assert!(store.create_ledger(&l).unwrap());
+    let big = entry(&format!("\"{}\"", "q".repeat(512 * 1024)));
+    for _ in 0..24 {
+        let append = store.append(&l, vec![big.clone(); 8]);
+        // Polled once: queued to the flusher, then abandoned.
+        let _ = tokio::time::timeout(std::time::Duration::ZERO, append).await;
+    }
+    drop(store);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let store = loop {
+        match ferry_store::Store::open(config(dir.path())) {
+            Ok(store) => break store,
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("reopen failed: {e}"),
+        }
+    };
+    // (records, bytes) of every segment on disk.
+    let wal = || {
+        segments(dir.path()).iter().fold((0, 0), |(n, bytes), s| {
+            let recs = records(&std::fs::read(s).unwrap()).len() as u64;
+            (n + recs, bytes + file_len(s))
+        })
+    };
+    let head_at_open = head(&store, &l);
+    assert_eq!(head_at_open % 8, 0, "abandoned batches are whole or absent");
+    let (records_at_open, bytes_at_open) = wal();
+    assert_eq!(records_at_open, head_at_open);
+    let indexed = store.ledger_info(&l).unwrap().bytes;
+    let outcome = store.append(&l, vec![entry("\"mine\"")]).await.unwrap();
+    assert_eq!(outcome.ids, vec![head_at_open + 1]);
+    let mine = store.ledger_info(&l).unwrap().bytes - indexed;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        wal(),
+        (head_at_open + 1, bytes_at_open + mine),
+        "only the new store wrote to the WAL after it opened"
+    );
+    close(store).await;
+
+    let store = open(dir.path());
+    let all = read_all(&store, &l);
+    assert_eq!(all.len() as u64, head_at_open + 1);
+    assert_eq!(all.last().unwrap().payload.as_str(), "\"mine\"");
+    close(store).await;
+}

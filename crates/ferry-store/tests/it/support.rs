@@ -140,7 +140,6 @@ pub fn file_len(path: &Path) -> u64 {
 pub struct RecordAt {
     pub offset: usize,
     pub len: usize,
-    pub ledger: String,
     pub id: u64,
     pub batch_continues: bool,
 }
@@ -154,7 +153,6 @@ pub fn records(segment: &[u8]) -> Vec<RecordAt> {
         out.push(RecordAt {
             offset,
             len,
-            ledger: r.ledger.to_owned(),
             id: r.id,
             batch_continues: r.batch_continues,
         });

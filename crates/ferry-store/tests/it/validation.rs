@@ -34,7 +34,8 @@ async fn bad_input_is_rejected_precisely_and_changes_nothing() {
     let long_key = keyed(&"k".repeat(ENTRY_KEY_BYTES_MAX + 1), "1");
     let long_idem = with_idempotency_key(&"i".repeat(IDEMPOTENCY_KEY_BYTES_MAX + 1), "1");
 
-    let cases: Vec<(&str, Vec<NewEntry>, fn(&StoreError) -> bool)> = vec![
+    type Case = (&'static str, Vec<NewEntry>, fn(&StoreError) -> bool);
+    let cases: Vec<Case> = vec![
         ("oversize payload", vec![oversize.clone()], |e| {
             matches!(
                 e,
