@@ -8,15 +8,16 @@ use axum::response::Response;
 
 use crate::{AppState, error::ApiError};
 
-pub(crate) async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if state.config.tokens.is_empty() {
         return Ok(next.run(req).await);
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let presented =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match presented {
         Some(token) if state.config.tokens.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) => {
             Ok(next.run(req).await)

@@ -94,10 +94,7 @@ pub(crate) async fn read(
     if limit == 0 || limit > READ_LIMIT_MAX {
         return Err(ApiError::bad_request("invalid_limit", format!("limit must be 1..={READ_LIMIT_MAX}, got {limit}")));
     }
-    let wants_ndjson = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains(NDJSON));
+    let wants_ndjson = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains(NDJSON));
     if wants_ndjson {
         // The first page is read before answering, so errors (unknown
         // ledger, below First) get their status instead of a cut stream.
@@ -184,7 +181,7 @@ mod tests {
             (br#"{"entries":{}}"#, StatusCode::UNPROCESSABLE_ENTITY),
             (br#"{"payload":1,"key":5}"#, StatusCode::UNPROCESSABLE_ENTITY),
         ] {
-            let err = parse_append(body).err().expect("must fail");
+            let err = parse_append(body).expect_err("must fail");
             assert_eq!(err.status, status, "{}", String::from_utf8_lossy(body));
         }
     }

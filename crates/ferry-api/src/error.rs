@@ -59,7 +59,9 @@ impl From<StoreError> for ApiError {
         let (status, code) = match &e {
             StoreError::LedgerNotFound(_) => (S::NOT_FOUND, "ledger_not_found"),
             StoreError::EntryTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "entry_too_large"),
-            StoreError::BatchTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "batch_too_large"),
+            StoreError::BatchTooLarge { .. } | StoreError::AppendTooLarge { .. } => {
+                (S::PAYLOAD_TOO_LARGE, "batch_too_large")
+            }
             StoreError::FieldTooLong { .. } => (S::UNPROCESSABLE_ENTITY, "field_too_long"),
             StoreError::EmptyBatch => (S::UNPROCESSABLE_ENTITY, "empty_batch"),
             StoreError::DuplicateIdempotencyKey(_) => (S::UNPROCESSABLE_ENTITY, "duplicate_idempotency_key"),

@@ -12,7 +12,10 @@ pub(crate) async fn list(State(state): State<AppState>) -> Json<Vec<LedgerInfo>>
     Json(state.store.list_ledgers())
 }
 
-pub(crate) async fn get_one(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<LedgerInfo>, ApiError> {
+pub(crate) async fn get_one(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<LedgerInfo>, ApiError> {
     let name = LedgerName::parse(&name)?;
     let info = state.store.ledger_info(&name).ok_or(StoreError::LedgerNotFound(name))?;
     Ok(Json(info))

@@ -5,6 +5,7 @@ mod auth;
 mod entries;
 mod error;
 mod ledgers;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -17,17 +18,19 @@ use ferry_store::Store;
 pub use error::ApiError;
 
 /// Settings of the API layer (the `[server]` section, validated).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiConfig {
     /// Bearer tokens; empty means no auth.
     pub tokens: Vec<String>,
     pub metrics_auth: bool,
     pub max_body_bytes: usize,
+    /// Renders `/metrics`; `None` serves an empty page.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { tokens: Vec::new(), metrics_auth: false, max_body_bytes: BODY_BYTES_MAX_DEFAULT as usize }
+        Self { tokens: Vec::new(), metrics_auth: false, max_body_bytes: BODY_BYTES_MAX_DEFAULT as usize, metrics: None }
     }
 }
 
@@ -45,8 +48,13 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
         .route("/ledgers/{ledger}", get(ledgers::get_one).put(ledgers::create))
         .route("/ledgers/{ledger}/entries", get(entries::read).post(entries::append))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    let mut metrics = Router::new().route("/metrics", get(metrics::render));
+    if state.config.metrics_auth {
+        metrics = metrics.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    }
     Router::new()
         .nest("/v1", v1)
+        .merge(metrics)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

@@ -21,12 +21,7 @@ pub struct InvalidLedgerName {
 
 impl LedgerName {
     pub fn parse(name: &str) -> Result<Self, InvalidLedgerName> {
-        let fail = |reason| {
-            Err(InvalidLedgerName {
-                name: name.chars().take(100).collect(),
-                reason,
-            })
-        };
+        let fail = |reason| Err(InvalidLedgerName { name: name.chars().take(100).collect(), reason });
         let bytes = name.as_bytes();
         let Some(&first) = bytes.first() else {
             return fail("must not be empty");
@@ -87,10 +82,8 @@ mod tests {
 
     #[test]
     fn rejects_traversal_case_separators_and_length() {
-        for bad in [
-            "", ".", "..", "../x", "a/b", "a\\b", "Audit", "-a", "_a", ".a", "a b", "é",
-            &"a".repeat(64), "a\0",
-        ] {
+        for bad in ["", ".", "..", "../x", "a/b", "a\\b", "Audit", "-a", "_a", ".a", "a b", "é", &"a".repeat(64), "a\0"]
+        {
             assert!(LedgerName::parse(bad).is_err(), "{bad:?}");
         }
     }

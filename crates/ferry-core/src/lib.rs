@@ -12,8 +12,5 @@ pub use payload::{InvalidPayload, Payload};
 
 /// Milliseconds since the unix epoch, as stored in entry timestamps.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

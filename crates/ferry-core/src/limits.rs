@@ -13,6 +13,13 @@ pub const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 pub const ENTRY_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
 /// Default for `[server] max_body_bytes`.
 pub const BODY_BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
+/// The largest `max_entry_bytes` a configuration may set.
+pub const ENTRY_BYTES_MAX_LIMIT: u64 = 32 * 1024 * 1024;
+/// The largest `max_body_bytes` a configuration may set.
+pub const BODY_BYTES_MAX_LIMIT: u64 = 64 * 1024 * 1024;
+/// One append request encodes to at most this many WAL bytes, whatever
+/// path it came by (HTTP bodies are smaller still).
+pub const APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Entries in one append request (`{"entries":[…]}`).
 pub const BATCH_ENTRIES_MAX: usize = 10_000;
 /// `limit` of one read request (SPEC §4).
@@ -25,12 +32,19 @@ pub const READ_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const READ_LIMIT_DEFAULT: usize = 1_000;
 /// Default for `[storage] chunk_entries` (pinned at first start).
 pub const CHUNK_ENTRIES_DEFAULT: u64 = 65_536;
+/// The smallest `chunk_entries`: smaller chunks would make pack files and
+/// catalog keys outnumber entries.
+pub const CHUNK_ENTRIES_MIN: u64 = 4;
+/// The largest `chunk_entries`: a chunk must stay one manageable file.
+pub const CHUNK_ENTRIES_MAX: u64 = 1 << 24;
 /// The on-disk format version (pinned at first start).
 pub const FORMAT_VERSION: u32 = 1;
 /// A WAL segment is closed and a new one started past this size.
 pub const WAL_SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// One group commit writes at most this many bytes before its fsync.
+/// The flusher stops taking requests into a group past this many bytes.
 pub const GROUP_COMMIT_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// So one group write is at most this long: the bound on a torn tail.
+pub const GROUP_WRITE_BYTES_MAX: usize = GROUP_COMMIT_BYTES_MAX + APPEND_BYTES_MAX;
 /// Append requests waiting for the flusher; senders wait beyond this.
 pub const APPEND_QUEUE_DEPTH: usize = 8_192;
 /// Default for `[server] max_watchers`.
@@ -39,12 +53,14 @@ pub const WATCHERS_MAX_DEFAULT: usize = 1_024;
 pub const PINS_MAX_DEFAULT: usize = 4;
 
 const _: () = assert!(ENTRY_BYTES_MAX_DEFAULT <= BODY_BYTES_MAX_DEFAULT);
+const _: () = assert!(ENTRY_BYTES_MAX_DEFAULT <= ENTRY_BYTES_MAX_LIMIT);
+const _: () = assert!(ENTRY_BYTES_MAX_LIMIT <= BODY_BYTES_MAX_LIMIT);
+const _: () = assert!(BODY_BYTES_MAX_LIMIT as usize <= APPEND_BYTES_MAX);
+const _: () = assert!(CHUNK_ENTRIES_MIN <= CHUNK_ENTRIES_DEFAULT && CHUNK_ENTRIES_DEFAULT <= CHUNK_ENTRIES_MAX);
 const _: () = assert!(READ_LIMIT_DEFAULT <= READ_LIMIT_MAX);
 // A WAL record's ledger length is a u8 and its key lengths are u16.
 const _: () = assert!(LEDGER_NAME_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(ENTRY_KEY_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(IDEMPOTENCY_KEY_BYTES_MAX <= u16::MAX as usize);
-// A whole request body always fits in one group commit.
-const _: () = assert!(BODY_BYTES_MAX_DEFAULT as usize <= GROUP_COMMIT_BYTES_MAX);
 // Record offsets inside a segment are stored as u32.
-const _: () = assert!(WAL_SEGMENT_BYTES_MAX + GROUP_COMMIT_BYTES_MAX as u64 <= u32::MAX as u64);
+const _: () = assert!(WAL_SEGMENT_BYTES_MAX + GROUP_WRITE_BYTES_MAX as u64 <= u32::MAX as u64);

@@ -16,8 +16,7 @@ pub struct InvalidPayload(pub String);
 impl Payload {
     /// Validates `text` as one JSON value and compacts it.
     pub fn from_json(text: &str) -> Result<Self, InvalidPayload> {
-        serde_json::from_str::<serde::de::IgnoredAny>(text)
-            .map_err(|e| InvalidPayload(e.to_string()))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| InvalidPayload(e.to_string()))?;
         Ok(Self::from_valid_json(text))
     }
 
@@ -78,8 +77,7 @@ impl fmt::Debug for Payload {
 impl serde::Serialize for Payload {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // Infallible for text that came through `from_json`/`from_stored`.
-        let raw = serde_json::value::RawValue::from_string(self.0.to_string())
-            .map_err(serde::ser::Error::custom)?;
+        let raw = serde_json::value::RawValue::from_string(self.0.to_string()).map_err(serde::ser::Error::custom)?;
         raw.serialize(s)
     }
 }

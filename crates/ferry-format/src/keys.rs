@@ -134,8 +134,19 @@ mod tests {
     #[test]
     fn malformed_keys_are_rejected() {
         for bad in [
-            "", "ledger", "ledger:", "ledger:A", "ledger:a:b", "chunk:a:1", "chunk:a:0000000x",
-            "chunk:a:000000001", "pin:1", "config:nope", "nope:a", "cursor:a", "ledger:..",
+            "",
+            "ledger",
+            "ledger:",
+            "ledger:A",
+            "ledger:a:b",
+            "chunk:a:1",
+            "chunk:a:0000000x",
+            "chunk:a:000000001",
+            "pin:1",
+            "config:nope",
+            "nope:a",
+            "cursor:a",
+            "ledger:..",
         ] {
             assert!(CatalogKey::parse(bad).is_err(), "{bad:?}");
         }

@@ -8,7 +8,8 @@
 //!          | [idem_len u16 LE | idem_key]    if flags & IDEMPOTENCY_KEY
 //!          | payload (the rest of the body: compact JSON text)
 //! flags:   1 = key present, 2 = idempotency key present,
-//!          4 = more records of the same append request follow
+//!          4 = more records of the same append request follow,
+//!          8 = first record of a group-commit write
 //! ```
 //! The ledger and id are inside the checksum, so a record can never be
 //! attributed to the wrong ledger or position. Layout detail: `docs/format.md`.
@@ -29,7 +30,16 @@ const FLAG_IDEMPOTENCY_KEY: u8 = 2;
 /// a batch whose last record is missing, so a batch is all-or-nothing even
 /// when a crash tears the group write in its middle.
 const FLAG_BATCH_CONTINUES: u8 = 4;
-const FLAGS_KNOWN: u8 = FLAG_KEY | FLAG_IDEMPOTENCY_KEY | FLAG_BATCH_CONTINUES;
+/// The first record of a group-commit write. Every group starts after the
+/// previous group's fdatasync returned, so damage followed by a group start
+/// lies in synced data: corruption, never a torn write.
+const FLAG_GROUP_START: u8 = 8;
+const FLAGS_KNOWN: u8 = FLAG_KEY | FLAG_IDEMPOTENCY_KEY | FLAG_BATCH_CONTINUES | FLAG_GROUP_START;
+// The largest configurable payload plus every other field fits a record.
+const _: () = assert!(
+    ferry_core::limits::ENTRY_BYTES_MAX_LIMIT as usize + BODY_FIXED_BYTES + 255 + 2 * (2 + 256)
+        <= RECORD_BODY_BYTES_MAX
+);
 /// flags + ledger_len + id + ts.
 const BODY_FIXED_BYTES: usize = 1 + 1 + 8 + 8;
 
@@ -43,6 +53,8 @@ pub struct WalRecord<'a> {
     pub idempotency_key: Option<&'a str>,
     /// True on every record of an append request but its last.
     pub batch_continues: bool,
+    /// True on the first record of a group-commit write.
+    pub group_start: bool,
     pub payload: &'a [u8],
 }
 
@@ -104,7 +116,8 @@ pub fn encode_record(record: &WalRecord<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; 4]); // crc, filled in below
     let flags = if record.key.is_some() { FLAG_KEY } else { 0 }
         | if record.idempotency_key.is_some() { FLAG_IDEMPOTENCY_KEY } else { 0 }
-        | if record.batch_continues { FLAG_BATCH_CONTINUES } else { 0 };
+        | if record.batch_continues { FLAG_BATCH_CONTINUES } else { 0 }
+        | if record.group_start { FLAG_GROUP_START } else { 0 };
     out.push(flags);
     out.push(record.ledger.len() as u8);
     out.extend_from_slice(record.ledger.as_bytes());
@@ -127,7 +140,7 @@ pub fn decode_record(buf: &[u8]) -> Result<(WalRecord<'_>, usize), DecodeError> 
     }
     let body_len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
     let stored = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
-    if body_len < BODY_FIXED_BYTES + 1 || body_len > RECORD_BODY_BYTES_MAX {
+    if !(BODY_FIXED_BYTES + 1..=RECORD_BODY_BYTES_MAX).contains(&body_len) {
         return Err(DecodeError::Malformed("body length out of range"));
     }
     let total = RECORD_PREFIX_BYTES + body_len;
@@ -153,13 +166,13 @@ fn decode_body(body: &[u8]) -> Result<WalRecord<'_>, DecodeError> {
     let id = r.u64()?;
     let ts = r.u64()?;
     let key = if flags & FLAG_KEY != 0 { Some(r.prefixed_str()?) } else { None };
-    let idempotency_key =
-        if flags & FLAG_IDEMPOTENCY_KEY != 0 { Some(r.prefixed_str()?) } else { None };
+    let idempotency_key = if flags & FLAG_IDEMPOTENCY_KEY != 0 { Some(r.prefixed_str()?) } else { None };
     if ledger.is_empty() || id == 0 {
         return Err(DecodeError::Malformed("empty ledger or zero id"));
     }
     let batch_continues = flags & FLAG_BATCH_CONTINUES != 0;
-    Ok(WalRecord { ledger, id, ts, key, idempotency_key, batch_continues, payload: r.0 })
+    let group_start = flags & FLAG_GROUP_START != 0;
+    Ok(WalRecord { ledger, id, ts, key, idempotency_key, batch_continues, group_start, payload: r.0 })
 }
 
 /// A cursor over a checked body; every read is bounds-checked.
@@ -202,6 +215,7 @@ mod tests {
             key: Some("user-7"),
             idempotency_key: None,
             batch_continues: true,
+            group_start: false,
             payload: br#"{"a":1}"#,
         }
     }
@@ -235,10 +249,7 @@ mod tests {
         let mut buf = Vec::new();
         encode_record(&sample(), &mut buf);
         for n in 0..buf.len() {
-            assert!(
-                matches!(decode_record(&buf[..n]), Err(DecodeError::Truncated { .. })),
-                "cut at {n}"
-            );
+            assert!(matches!(decode_record(&buf[..n]), Err(DecodeError::Truncated { .. })), "cut at {n}");
         }
     }
 
@@ -251,11 +262,12 @@ mod tests {
             key in proptest::option::of(".{0,64}"),
             idem in proptest::option::of(".{0,64}"),
             batch_continues in any::<bool>(),
+            group_start in any::<bool>(),
             payload in proptest::collection::vec(any::<u8>(), 0..512),
         ) {
             let rec = WalRecord {
                 ledger: &ledger, id, ts, key: key.as_deref(),
-                idempotency_key: idem.as_deref(), batch_continues, payload: &payload,
+                idempotency_key: idem.as_deref(), batch_continues, group_start, payload: &payload,
             };
             let mut buf = vec![0xAA];
             encode_record(&rec, &mut buf);

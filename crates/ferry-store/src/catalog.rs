@@ -48,8 +48,7 @@ impl RedbCatalog {
 
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(Self::FILE);
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::Catalog(format!("open {}: {e}", path.display())))?;
+        let db = Database::create(&path).map_err(|e| StoreError::Catalog(format!("open {}: {e}", path.display())))?;
         let cat = Self { db, path };
         cat.commit(&[])?; // creates the table on first start
         Ok(cat)
@@ -77,8 +76,7 @@ impl Catalog for RedbCatalog {
             if !k.value().starts_with(prefix) {
                 break;
             }
-            let key = CatalogKey::parse(k.value())
-                .map_err(|e| StoreError::CatalogCorrupted(e.to_string()))?;
+            let key = CatalogKey::parse(k.value()).map_err(|e| StoreError::CatalogCorrupted(e.to_string()))?;
             out.push((key, v.value().to_vec()));
         }
         Ok(out)

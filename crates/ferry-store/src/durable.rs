@@ -53,12 +53,8 @@ pub fn lock_root(root: &Path) -> Result<File> {
         .context(|| format!("open lock file {}", lock.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(StoreError::Locked { root: root.to_path_buf(), lock })
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(StoreError::io(format!("lock {}", lock.display()), e))
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { root: root.to_path_buf(), lock }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(format!("lock {}", lock.display()), e)),
     }
 }
 
@@ -70,9 +66,7 @@ pub fn sync_data(file: &File, path: &Path) -> Result<()> {
 
 /// Makes a directory's entries (created, renamed, removed files) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .context(|| format!("fsync directory {}", dir.display()))
+    File::open(dir).and_then(|d| d.sync_all()).context(|| format!("fsync directory {}", dir.display()))
 }
 
 /// Creates a new file that must not exist yet, writes `header`, syncs it and

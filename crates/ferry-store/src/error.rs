@@ -17,6 +17,10 @@ pub enum StoreError {
     FieldTooLong { field: &'static str, size: usize, max: usize },
     #[error("a batch holds {count} entries; the limit is {max}")]
     BatchTooLarge { count: usize, max: usize },
+    #[error("the batch encodes to {bytes} bytes; the limit is {max}")]
+    AppendTooLarge { bytes: usize, max: usize },
+    #[error("invalid store configuration: {0}")]
+    InvalidConfig(String),
     #[error("a batch must hold at least one entry")]
     EmptyBatch,
     #[error("idempotency_key {0:?} appears more than once in the batch")]
@@ -29,7 +33,9 @@ pub enum StoreError {
     ShuttingDown,
     #[error("storage root {root} is locked by another ferry process (lock file {lock})")]
     Locked { root: PathBuf, lock: PathBuf },
-    #[error("{name} is pinned to {pinned} in the catalog; the configuration asks for {configured}. Use {pinned} or a new data directory")]
+    #[error(
+        "{name} is pinned to {pinned} in the catalog; the configuration asks for {configured}. Use {pinned} or a new data directory"
+    )]
     PinnedMismatch { name: &'static str, pinned: String, configured: String },
     #[error("corrupted WAL segment {segment} at offset {offset}{}: {reason}", ledger_suffix(.ledger))]
     Corrupted { segment: PathBuf, offset: u64, ledger: Option<LedgerName>, reason: String },

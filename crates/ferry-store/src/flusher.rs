@@ -23,6 +23,8 @@ use crate::wal::{RecordPos, SegmentWriter, Segments};
 pub(crate) struct AppendRequest {
     pub ledger: Arc<LedgerState>,
     pub entries: Vec<NewEntry>,
+    /// The WAL bytes the new entries encode to (at most `APPEND_BYTES_MAX`).
+    pub encoded_bytes: usize,
     pub reply: oneshot::Sender<Result<AppendOutcome>>,
 }
 
@@ -95,7 +97,7 @@ impl Flusher {
             let mut bytes = 0;
             let push = |msg, group: &mut Vec<AppendRequest>, bytes: &mut usize| match msg {
                 FlusherMsg::Append(r) => {
-                    *bytes += r.entries.iter().map(|e| e.payload.len() + 64).sum::<usize>();
+                    *bytes += r.encoded_bytes;
                     group.push(r);
                     false
                 }
@@ -184,6 +186,7 @@ impl Flusher {
                     key: e.key.as_deref(),
                     idempotency_key: e.idempotency_key.as_deref(),
                     batch_continues: written < new_count,
+                    group_start: buf.is_empty(),
                     payload: e.payload.as_str().as_bytes(),
                 };
                 let offset = buf.len();

@@ -2,7 +2,10 @@
 //! disk is unknown (the kernel may have dropped the dirty pages), so ferry
 //! never retries: every later write fails and readiness turns false.
 
-use std::sync::{Mutex, atomic::{AtomicBool, Ordering}};
+use std::sync::{
+    Mutex,
+    atomic::{AtomicBool, Ordering},
+};
 
 use crate::{Result, StoreError};
 

@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use ferry_core::limits::{
-    APPEND_QUEUE_DEPTH, BATCH_ENTRIES_MAX, CHUNK_ENTRIES_DEFAULT, ENTRY_BYTES_MAX_DEFAULT,
-    ENTRY_KEY_BYTES_MAX, FORMAT_VERSION, IDEMPOTENCY_KEY_BYTES_MAX, READ_BYTES_MAX,
+    APPEND_BYTES_MAX, APPEND_QUEUE_DEPTH, BATCH_ENTRIES_MAX, CHUNK_ENTRIES_DEFAULT, CHUNK_ENTRIES_MAX,
+    CHUNK_ENTRIES_MIN, ENTRY_BYTES_MAX_DEFAULT, ENTRY_BYTES_MAX_LIMIT, ENTRY_KEY_BYTES_MAX, FORMAT_VERSION,
+    IDEMPOTENCY_KEY_BYTES_MAX, READ_BYTES_MAX,
 };
 use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload, now_ms};
 use ferry_format::keys::{CatalogKey, ConfigName};
-use ferry_format::wal::decode_record;
+use ferry_format::wal::{self as wal_format, decode_record};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, CatalogOp, LedgerMeta, RedbCatalog};
@@ -128,6 +129,7 @@ impl Store {
     /// Locks the storage roots, checks the pinned layout, recovers the hot
     /// tier and starts the flusher. Blocking.
     pub fn open(config: StoreConfig) -> Result<Store> {
+        check_config(&config)?;
         let roots = [
             config.data_dir.clone(),
             config.root(&config.catalog_dir, "catalog"),
@@ -206,7 +208,7 @@ impl Store {
     /// Appends entries durably, all or nothing, with contiguous new ids.
     /// Resolves only after the records are fsync'd.
     pub async fn append(&self, ledger: &LedgerName, entries: Vec<NewEntry>) -> Result<AppendOutcome> {
-        self.validate(&entries)?;
+        let encoded_bytes = self.validate(ledger, &entries)?;
         self.inner.health.check()?;
         let state = match self.ledger(ledger) {
             Some(state) => state,
@@ -220,16 +222,13 @@ impl Store {
             None => return Err(StoreError::LedgerNotFound(ledger.clone())),
         };
         let (reply, answer) = oneshot::channel();
-        let request = AppendRequest { ledger: state, entries, reply };
-        self.inner
-            .tx
-            .send(FlusherMsg::Append(request))
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?;
+        let request = AppendRequest { ledger: state, entries, encoded_bytes, reply };
+        self.inner.tx.send(FlusherMsg::Append(request)).await.map_err(|_| StoreError::ShuttingDown)?;
         answer.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
-    fn validate(&self, entries: &[NewEntry]) -> Result<()> {
+    /// Checks every limit; returns the WAL bytes the entries encode to.
+    fn validate(&self, ledger: &LedgerName, entries: &[NewEntry]) -> Result<usize> {
         if entries.is_empty() {
             return Err(StoreError::EmptyBatch);
         }
@@ -237,6 +236,7 @@ impl Store {
             return Err(StoreError::BatchTooLarge { count: entries.len(), max: BATCH_ENTRIES_MAX });
         }
         let mut seen = HashSet::new();
+        let mut encoded_bytes = 0;
         for e in entries {
             let max = self.inner.max_entry_bytes;
             if e.payload.len() > max {
@@ -249,8 +249,21 @@ impl Store {
             {
                 return Err(StoreError::DuplicateIdempotencyKey(k.clone()));
             }
+            encoded_bytes += wal_format::encoded_len(&wal_format::WalRecord {
+                ledger: ledger.as_str(),
+                id: 1,
+                ts: 0,
+                key: e.key.as_deref(),
+                idempotency_key: e.idempotency_key.as_deref(),
+                batch_continues: false,
+                group_start: false,
+                payload: e.payload.as_str().as_bytes(),
+            });
         }
-        Ok(())
+        if encoded_bytes > APPEND_BYTES_MAX {
+            return Err(StoreError::AppendTooLarge { bytes: encoded_bytes, max: APPEND_BYTES_MAX });
+        }
+        Ok(encoded_bytes)
     }
 
     /// Creates a ledger durably; false when it already existed. Blocking.
@@ -326,7 +339,8 @@ impl Store {
                 + 1;
             let (now, later) = rest.split_at(run);
             let end = now.last().map(|p| p.offset + p.len).expect("run is non-empty");
-            let bytes = self.inner.segments.read_at(first.segment, first.offset.into(), (end - first.offset) as usize)?;
+            let bytes =
+                self.inner.segments.read_at(first.segment, first.offset.into(), (end - first.offset) as usize)?;
             for pos in now {
                 let expected = from + entries.len() as u64;
                 let at = (pos.offset - first.offset) as usize;
@@ -366,6 +380,24 @@ impl Store {
     }
 }
 
+/// The limits a `StoreConfig` must respect, whoever built it.
+fn check_config(config: &StoreConfig) -> Result<()> {
+    if let Some(c) = config.chunk_entries
+        && !(CHUNK_ENTRIES_MIN..=CHUNK_ENTRIES_MAX).contains(&c)
+    {
+        return Err(StoreError::InvalidConfig(format!(
+            "chunk_entries {c} is outside {CHUNK_ENTRIES_MIN}..={CHUNK_ENTRIES_MAX}"
+        )));
+    }
+    if config.max_entry_bytes == 0 || config.max_entry_bytes as u64 > ENTRY_BYTES_MAX_LIMIT {
+        return Err(StoreError::InvalidConfig(format!(
+            "max_entry_bytes {} is outside 1..={ENTRY_BYTES_MAX_LIMIT}",
+            config.max_entry_bytes
+        )));
+    }
+    Ok(())
+}
+
 fn check_len(field: &'static str, value: Option<&str>, max: usize) -> Result<()> {
     match value {
         Some(v) if v.len() > max => Err(StoreError::FieldTooLong { field, size: v.len(), max }),
@@ -392,7 +424,11 @@ fn pin_layout(catalog: &dyn Catalog, chunk_entries: Option<u64>) -> Result<u64> 
         let Some(bytes) = catalog.get(&CatalogKey::Config(name))? else { return Ok(None) };
         let value = std::str::from_utf8(&bytes).ok().and_then(|s| s.parse().ok());
         value.map(Some).ok_or_else(|| {
-            StoreError::CatalogCorrupted(format!("config:{} holds {:?}", name.as_str(), String::from_utf8_lossy(&bytes)))
+            StoreError::CatalogCorrupted(format!(
+                "config:{} holds {:?}",
+                name.as_str(),
+                String::from_utf8_lossy(&bytes)
+            ))
         })
     };
     let mismatch = |name: ConfigName, pinned: u64, configured: u64| StoreError::PinnedMismatch {
@@ -414,7 +450,9 @@ fn pin_layout(catalog: &dyn Catalog, chunk_entries: Option<u64>) -> Result<u64> 
     match read(ConfigName::FormatVersion)? {
         Some(p) if p != version => return Err(mismatch(ConfigName::FormatVersion, p, version)),
         Some(_) => {}
-        None => ops.push(CatalogOp::Put(CatalogKey::Config(ConfigName::FormatVersion), version.to_string().into_bytes())),
+        None => {
+            ops.push(CatalogOp::Put(CatalogKey::Config(ConfigName::FormatVersion), version.to_string().into_bytes()))
+        }
     }
     if !ops.is_empty() {
         catalog.commit(&ops)?;
@@ -428,8 +466,8 @@ fn load_ledgers(catalog: &dyn Catalog) -> Result<BTreeMap<LedgerName, Arc<Ledger
         let CatalogKey::Ledger(name) = key else {
             return Err(StoreError::CatalogCorrupted(format!("{key} under the ledger prefix")));
         };
-        let meta: LedgerMeta = serde_json::from_slice(&value)
-            .map_err(|e| StoreError::CatalogCorrupted(format!("ledger:{name}: {e}")))?;
+        let meta: LedgerMeta =
+            serde_json::from_slice(&value).map_err(|e| StoreError::CatalogCorrupted(format!("ledger:{name}: {e}")))?;
         ledgers.insert(name.clone(), Arc::new(LedgerState::new(name, meta)));
     }
     Ok(ledgers)

@@ -13,10 +13,9 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use ferry_core::limits::GROUP_COMMIT_BYTES_MAX;
+use ferry_core::limits::GROUP_WRITE_BYTES_MAX;
 use ferry_format::wal::{
-    DecodeError, SEGMENT_HEADER_BYTES, WalRecord, decode_record, decode_segment_header,
-    encode_segment_header,
+    DecodeError, SEGMENT_HEADER_BYTES, WalRecord, decode_record, decode_segment_header, encode_segment_header,
 };
 
 use crate::durable;
@@ -264,17 +263,23 @@ fn is_torn_header(bytes: &[u8], format_version: u32) -> bool {
 /// A bad record at `offset` of the last segment is a torn write only when
 /// it lies within one group commit of the end and no valid record follows
 /// it; anything else is damage to acknowledged data.
+///
+/// Only the last group write can be torn (the next group is written after
+/// this one's fdatasync returned), and a power loss may persist its pages
+/// in any order, so valid records of the same group may follow the damage;
+/// a valid *group start* after it, though, proves the damage is in synced
+/// data.
 fn is_torn_tail(bytes: &[u8], offset: usize) -> bool {
     let tail = &bytes[offset..];
-    if tail.len() > GROUP_COMMIT_BYTES_MAX + 64 * 1024 * 1024 {
+    if tail.len() > GROUP_WRITE_BYTES_MAX {
         return false;
     }
-    !(1..tail.len()).any(|i| decode_record(&tail[i..]).is_ok())
+    !(1..tail.len()).any(|i| decode_record(&tail[i..]).is_ok_and(|(r, _)| r.group_start))
 }
 
 fn describe(e: &DecodeError, is_last: bool) -> String {
     if is_last {
-        format!("{e}, and valid records follow it (not a torn tail)")
+        format!("{e}, and a later group commit follows it (not a torn tail)")
     } else {
         format!("{e} in a segment that is not the last")
     }

@@ -9,15 +9,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use ferry_api::ApiConfig;
 use ferry_core::LedgerName;
-use ferry_core::limits::{BODY_BYTES_MAX_DEFAULT, ENTRY_BYTES_MAX_DEFAULT, PINS_MAX_DEFAULT, WATCHERS_MAX_DEFAULT};
+use ferry_core::limits::{
+    BODY_BYTES_MAX_DEFAULT, BODY_BYTES_MAX_LIMIT, CHUNK_ENTRIES_MAX, CHUNK_ENTRIES_MIN, ENTRY_BYTES_MAX_DEFAULT,
+    ENTRY_BYTES_MAX_LIMIT, PINS_MAX_DEFAULT, WATCHERS_MAX_DEFAULT,
+};
 use ferry_store::StoreConfig;
 use serde::Deserialize;
-
-/// The smallest `chunk_entries` accepted: smaller chunks would make pack
-/// files and catalog keys outnumber entries.
-pub const CHUNK_ENTRIES_MIN: u64 = 4;
-/// The largest: one chunk must stay a manageable single file.
-pub const CHUNK_ENTRIES_MAX: u64 = 1 << 24;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -179,7 +176,6 @@ impl<'de> Deserialize<'de> for Seconds {
 }
 
 /// What `ferry serve` runs with, after validation.
-#[derive(Debug)]
 pub struct ServeSettings {
     pub listen: SocketAddr,
     pub store: StoreConfig,
@@ -201,28 +197,31 @@ impl Config {
 
     /// Checks everything a parse cannot, touching no storage.
     pub fn validate(self) -> anyhow::Result<ServeSettings> {
-        let listen: SocketAddr = self
-            .server
-            .listen
-            .parse()
-            .with_context(|| format!("server.listen: {:?} is not an address like 127.0.0.1:7070", self.server.listen))?;
+        let listen: SocketAddr = self.server.listen.parse().with_context(|| {
+            format!("server.listen: {:?} is not an address like 127.0.0.1:7070", self.server.listen)
+        })?;
         if let Some(c) = self.storage.chunk_entries
             && !(CHUNK_ENTRIES_MIN..=CHUNK_ENTRIES_MAX).contains(&c)
         {
             bail!("storage.chunk_entries: {c} is outside {CHUNK_ENTRIES_MIN}..={CHUNK_ENTRIES_MAX}");
         }
         let (body_max, entry_max) = (self.server.max_body_bytes.0, self.storage.max_entry_bytes.0);
-        if entry_max == 0 || entry_max > body_max {
-            bail!("storage.max_entry_bytes ({entry_max}) must be at least 1 and at most server.max_body_bytes ({body_max})");
+        if entry_max == 0 || entry_max > body_max.min(ENTRY_BYTES_MAX_LIMIT) {
+            bail!(
+                "storage.max_entry_bytes ({entry_max}) must be at least 1 and at most server.max_body_bytes \
+                 ({body_max}) and {ENTRY_BYTES_MAX_LIMIT}"
+            );
         }
-        if body_max > BODY_BYTES_MAX_DEFAULT * 4 {
-            bail!("server.max_body_bytes ({body_max}) may be at most {}", BODY_BYTES_MAX_DEFAULT * 4);
+        if body_max > BODY_BYTES_MAX_LIMIT {
+            bail!("server.max_body_bytes ({body_max}) may be at most {BODY_BYTES_MAX_LIMIT}");
         }
         for name in self.retention.ledgers.keys() {
             LedgerName::parse(name).with_context(|| format!("retention.ledgers.{name}"))?;
         }
         if self.retention.max_age.is_some() || !self.retention.ledgers.is_empty() {
-            bail!("[retention] is not implemented yet in this version of ferry: remove max_age and [retention.ledgers]");
+            bail!(
+                "[retention] is not implemented yet in this version of ferry: remove max_age and [retention.ledgers]"
+            );
         }
         if !self.exporters.is_empty() {
             bail!("[[exporters]] is not implemented yet in this version of ferry");
@@ -233,7 +232,8 @@ impl Config {
         let mut tokens = self.server.tokens;
         if !self.server.token_file.as_os_str().is_empty() {
             let path = &self.server.token_file;
-            let text = std::fs::read_to_string(path).with_context(|| format!("server.token_file: read {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("server.token_file: read {}", path.display()))?;
             tokens.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
         }
         if tokens.iter().any(|t| t.is_empty() || t.chars().any(char::is_whitespace)) {
@@ -249,7 +249,12 @@ impl Config {
             max_entry_bytes: entry_max as usize,
             auto_create_ledgers: self.storage.auto_create_ledgers,
         };
-        let api = ApiConfig { tokens, metrics_auth: self.server.metrics_auth, max_body_bytes: body_max as usize };
+        let api = ApiConfig {
+            tokens,
+            metrics_auth: self.server.metrics_auth,
+            max_body_bytes: body_max as usize,
+            metrics: None,
+        };
         Ok(ServeSettings { listen, store, api, shutdown_timeout: self.server.shutdown_timeout.0, log: self.log })
     }
 }

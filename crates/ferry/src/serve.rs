@@ -22,8 +22,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !args.exporter.is_empty() {
         bail!("--exporter is not implemented yet in this version of ferry");
     }
-    let settings = config.validate()?;
+    let mut settings = config.validate()?;
     init_logging(&settings.log);
+    settings.api.metrics = ferry_api::metrics::install();
 
     let store_config = settings.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))

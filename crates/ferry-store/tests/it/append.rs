@@ -29,11 +29,7 @@ fn key_for(task: usize, round: usize, i: usize) -> Option<String> {
 }
 
 fn new_entry(task: usize, round: usize, i: usize) -> NewEntry {
-    NewEntry {
-        key: key_for(task, round, i),
-        idempotency_key: None,
-        payload: payload(&payload_json(task, round, i)),
-    }
+    NewEntry { key: key_for(task, round, i), idempotency_key: None, payload: payload(&payload_json(task, round, i)) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
@@ -60,10 +56,7 @@ async fn concurrent_single_and_batch_appends_on_many_ledgers_get_dense_ids_and_s
                     assert_eq!(w[1], w[0] + 1, "a batch gets contiguous ids");
                 }
                 if let Some((last, _)) = sent.last() {
-                    assert!(
-                        outcome.ids[0] > *last,
-                        "a later append of one task gets higher ids"
-                    );
+                    assert!(outcome.ids[0] > *last, "a later append of one task gets higher ids");
                 }
                 sent.extend(outcome.ids.into_iter().zip(batch));
             }
@@ -76,10 +69,7 @@ async fn concurrent_single_and_batch_appends_on_many_ledgers_get_dense_ids_and_s
         let (name, sent) = task.await.expect("task");
         let ledger_entries = expected.entry(name).or_default();
         for (id, e) in sent {
-            assert!(
-                ledger_entries.insert(id, e).is_none(),
-                "id {id} handed out twice"
-            );
+            assert!(ledger_entries.insert(id, e).is_none(), "id {id} handed out twice");
         }
     }
     assert_eq!(expected.len(), LEDGERS);
@@ -98,12 +88,7 @@ async fn concurrent_single_and_batch_appends_on_many_ledgers_get_dense_ids_and_s
         for e in &read {
             let want = &sent[&e.id];
             assert_eq!(e.key, want.key, "key of {name}/{}", e.id);
-            assert_eq!(
-                e.payload.as_str().as_bytes(),
-                want.payload.as_str().as_bytes(),
-                "payload of {name}/{}",
-                e.id
-            );
+            assert_eq!(e.payload.as_str().as_bytes(), want.payload.as_str().as_bytes(), "payload of {name}/{}", e.id);
         }
         let info = store.ledger_info(name).unwrap();
         assert_eq!((info.first, info.head, info.entries), (1, n, n));
@@ -115,22 +100,11 @@ async fn concurrent_single_and_batch_appends_on_many_ledgers_get_dense_ids_and_s
 
     close(store).await;
     let store = open(dir.path());
-    assert_eq!(
-        store.list_ledgers(),
-        infos,
-        "ledger infos are identical after reopen"
-    );
+    assert_eq!(store.list_ledgers(), infos, "ledger infos are identical after reopen");
     for (name, read) in &before {
-        assert_eq!(
-            &read_all(&store, name),
-            read,
-            "{name} is identical after reopen"
-        );
+        assert_eq!(&read_all(&store, name), read, "{name} is identical after reopen");
         let last = read.last().unwrap();
-        let outcome = store
-            .append(name, vec![entry(r#"{"after":"reopen"}"#)])
-            .await
-            .unwrap();
+        let outcome = store.append(name, vec![entry(r#"{"after":"reopen"}"#)]).await.unwrap();
         assert_eq!(outcome.ids, vec![last.id + 1]);
         let again = store.read(name, Some(last.id + 1), 10).unwrap();
         assert_eq!(again.entries.len(), 1);
@@ -144,25 +118,14 @@ async fn reads_start_at_from_honour_limit_and_report_next() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let l = ledger("audit");
-    let batch: Vec<NewEntry> = (0..10)
-        .map(|i| keyed(&format!("k{i}"), &format!(r#"{{"i":{i}}}"#)))
-        .collect();
-    assert_eq!(
-        store.append(&l, batch).await.unwrap().ids,
-        (1..=10).collect::<Vec<_>>()
-    );
+    let batch: Vec<NewEntry> = (0..10).map(|i| keyed(&format!("k{i}"), &format!(r#"{{"i":{i}}}"#))).collect();
+    assert_eq!(store.append(&l, batch).await.unwrap().ids, (1..=10).collect::<Vec<_>>());
 
     let page = store.read(&l, None, 3).unwrap();
-    assert_eq!(
-        page.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
-        [1, 2, 3]
-    );
+    assert_eq!(page.entries.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(page.next, 4);
     let page = store.read(&l, Some(8), 100).unwrap();
-    assert_eq!(
-        page.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
-        [8, 9, 10]
-    );
+    assert_eq!(page.entries.iter().map(|e| e.id).collect::<Vec<_>>(), [8, 9, 10]);
     assert_eq!(page.next, 11);
     assert_eq!(page.entries[2].key.as_deref(), Some("k9"));
     assert_eq!(page.entries[2].payload.as_str(), r#"{"i":9}"#);
@@ -183,29 +146,14 @@ async fn entry_json_form_is_the_spec_form_with_the_stored_payload() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let l = ledger("audit");
-    store
-        .append(
-            &l,
-            vec![keyed("user-7", r#"{ "a" : [1, 2.0] }"#), entry("null")],
-        )
-        .await
-        .unwrap();
+    store.append(&l, vec![keyed("user-7", r#"{ "a" : [1, 2.0] }"#), entry("null")]).await.unwrap();
     let entries = read_all(&store, &l);
     let (a, b) = (&entries[0], &entries[1]);
     assert_eq!(
         a.to_json(),
-        format!(
-            r#"{{"ledger":"audit","id":1,"ts":{},"key":"user-7","payload":{{"a":[1,2.0]}}}}"#,
-            a.ts
-        )
+        format!(r#"{{"ledger":"audit","id":1,"ts":{},"key":"user-7","payload":{{"a":[1,2.0]}}}}"#, a.ts)
     );
-    assert_eq!(
-        b.to_json(),
-        format!(
-            r#"{{"ledger":"audit","id":2,"ts":{},"payload":null}}"#,
-            b.ts
-        )
-    );
+    assert_eq!(b.to_json(), format!(r#"{{"ledger":"audit","id":2,"ts":{},"payload":null}}"#, b.ts));
     close(store).await;
 }
 

@@ -15,10 +15,7 @@ async fn store_with_entries(dir: &Path, n: usize) -> Vec<Entry> {
     let l = ledger("audit");
     let store = open(dir);
     for i in 0..n {
-        let e = keyed(
-            &format!("k{i}"),
-            &format!(r#"{{"i":{i},"pad":"{}"}}"#, "p".repeat(40)),
-        );
+        let e = keyed(&format!("k{i}"), &format!(r#"{{"i":{i},"pad":"{}"}}"#, "p".repeat(40)));
         store.append(&l, vec![e]).await.unwrap();
     }
     let entries = read_all(&store, &l);
@@ -29,22 +26,12 @@ async fn store_with_entries(dir: &Path, n: usize) -> Vec<Entry> {
 /// Flips `bit` at `offset`, checks that opening fails with `Corrupted` at
 /// `record_offset` of `segment` and leaves the file untouched, then flips
 /// the bit back and checks the store opens with every entry.
-fn assert_flip_is_reported(
-    dir: &Path,
-    segment: &Path,
-    offset: usize,
-    record_offset: u64,
-    expected: &[Entry],
-) {
+fn assert_flip_is_reported(dir: &Path, segment: &Path, offset: usize, record_offset: u64, expected: &[Entry]) {
     flip_bit(segment, offset, 3);
     let damaged = std::fs::read(segment).unwrap();
     let err = open_err(config(dir));
     assert_corrupted_at(&err, segment, record_offset);
-    assert_eq!(
-        std::fs::read(segment).unwrap(),
-        damaged,
-        "a failed open must not touch damaged data"
-    );
+    assert_eq!(std::fs::read(segment).unwrap(), damaged, "a failed open must not touch damaged data");
     flip_bit(segment, offset, 3);
     let store = open(dir);
     assert_eq!(read_all(&store, &ledger("audit")), expected);
@@ -74,13 +61,7 @@ async fn bit_flip_in_an_older_record_of_the_last_segment_fails_open_naming_segme
     }
     // The second-to-last record is acknowledged too, and a valid record follows it.
     let target = &recs[18];
-    assert_flip_is_reported(
-        dir.path(),
-        &segment,
-        target.offset + target.len / 2,
-        target.offset as u64,
-        &entries,
-    );
+    assert_flip_is_reported(dir.path(), &segment, target.offset + target.len / 2, target.offset as u64, &entries);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,19 +81,13 @@ async fn two_segments(dir: &Path) -> Vec<Entry> {
     std::fs::write(segment_path(dir, 2), segment_header()).unwrap();
     let store = open(dir);
     for i in 0..5 {
-        store
-            .append(&l, vec![entry(&format!(r#"{{"later":{i}}}"#))])
-            .await
-            .unwrap();
+        store.append(&l, vec![entry(&format!(r#"{{"later":{i}}}"#))]).await.unwrap();
     }
     let all = read_all(&store, &l);
     assert_eq!(&all[..10], older);
     assert_dense_and_ordered(&all, &l);
     close(store).await;
-    assert_eq!(
-        records(&std::fs::read(segment_path(dir, 2)).unwrap()).len(),
-        5
-    );
+    assert_eq!(records(&std::fs::read(segment_path(dir, 2)).unwrap()).len(), 5);
     all
 }
 
@@ -125,13 +100,7 @@ async fn bit_flip_in_a_segment_that_is_not_the_last_fails_open_naming_segment_an
     assert_eq!(recs.len(), 10);
     // Even the last record of an older segment is acknowledged data.
     for target in [&recs[3], &recs[9]] {
-        assert_flip_is_reported(
-            dir.path(),
-            &first,
-            target.offset + target.len - 1,
-            target.offset as u64,
-            &entries,
-        );
+        assert_flip_is_reported(dir.path(), &first, target.offset + target.len - 1, target.offset as u64, &entries);
     }
     flip_bit(&first, recs[9].offset + 12, 0);
     let err = open_err(config(dir.path()));
@@ -171,11 +140,7 @@ async fn a_full_segment_rolls_over_reads_span_segments_and_damage_in_the_older_o
     let batches = (WAL_SEGMENT_BYTES_MAX as usize / (big.len() * per_batch)) + 2;
     for b in 0..batches {
         let batch: Vec<NewEntry> = (0..per_batch)
-            .map(|i| NewEntry {
-                key: Some(format!("{b}-{i}")),
-                idempotency_key: None,
-                payload: big.clone(),
-            })
+            .map(|i| NewEntry { key: Some(format!("{b}-{i}")), idempotency_key: None, payload: big.clone() })
             .collect();
         store.append(&l, batch).await.unwrap();
     }
@@ -191,14 +156,7 @@ async fn a_full_segment_rolls_over_reads_span_segments_and_damage_in_the_older_o
             let batch = store.read(&l, Some(from), 13).unwrap();
             for e in &batch.entries {
                 assert_eq!(e.id, from);
-                assert_eq!(
-                    e.key,
-                    Some(format!(
-                        "{}-{}",
-                        (from - 1) / per_batch as u64,
-                        (from - 1) % per_batch as u64
-                    ))
-                );
+                assert_eq!(e.key, Some(format!("{}-{}", (from - 1) / per_batch as u64, (from - 1) % per_batch as u64)));
                 assert_eq!(e.payload, big);
                 from += 1;
             }

@@ -14,47 +14,26 @@ async fn repeated_idempotency_key_returns_original_ids_and_appends_nothing_also_
     let store = open(dir.path());
     let l = ledger("payments.eu");
 
-    let first = store
-        .append(&l, vec![with_idempotency_key("order-1", r#"{"v":1}"#)])
-        .await
-        .unwrap();
+    let first = store.append(&l, vec![with_idempotency_key("order-1", r#"{"v":1}"#)]).await.unwrap();
     assert_eq!((first.ids.clone(), first.created), (vec![1], true));
 
-    let repeat = store
-        .append(
-            &l,
-            vec![with_idempotency_key("order-1", r#"{"v":"other"}"#)],
-        )
-        .await
-        .unwrap();
+    let repeat = store.append(&l, vec![with_idempotency_key("order-1", r#"{"v":"other"}"#)]).await.unwrap();
     assert_eq!((repeat.ids, repeat.created), (vec![1], false));
     assert_eq!(head(&store, &l), 1);
 
     let batch = store
-        .append(
-            &l,
-            vec![
-                with_idempotency_key("order-2", r#"{"v":2}"#),
-                with_idempotency_key("order-3", r#"{"v":3}"#),
-            ],
-        )
+        .append(&l, vec![with_idempotency_key("order-2", r#"{"v":2}"#), with_idempotency_key("order-3", r#"{"v":3}"#)])
         .await
         .unwrap();
     assert_eq!((batch.ids, batch.created), (vec![2, 3], true));
     let batch_repeat = store
         .append(
             &l,
-            vec![
-                with_idempotency_key("order-2", r#"{"v":"x"}"#),
-                with_idempotency_key("order-3", r#"{"v":"y"}"#),
-            ],
+            vec![with_idempotency_key("order-2", r#"{"v":"x"}"#), with_idempotency_key("order-3", r#"{"v":"y"}"#)],
         )
         .await
         .unwrap();
-    assert_eq!(
-        (batch_repeat.ids, batch_repeat.created),
-        (vec![2, 3], false)
-    );
+    assert_eq!((batch_repeat.ids, batch_repeat.created), (vec![2, 3], false));
 
     // A batch mixing repeats and new keys appends only the new entries.
     let mixed = store
@@ -73,45 +52,22 @@ async fn repeated_idempotency_key_returns_original_ids_and_appends_nothing_also_
 
     // Keys are per ledger.
     let other = ledger("payments.us");
-    let elsewhere = store
-        .append(&other, vec![with_idempotency_key("order-1", r#"{"v":1}"#)])
-        .await
-        .unwrap();
+    let elsewhere = store.append(&other, vec![with_idempotency_key("order-1", r#"{"v":1}"#)]).await.unwrap();
     assert_eq!((elsewhere.ids, elsewhere.created), (vec![1], true));
 
     let before = read_all(&store, &l);
     let payloads: Vec<&str> = before.iter().map(|e| e.payload.as_str()).collect();
-    assert_eq!(
-        payloads,
-        [
-            r#"{"v":1}"#,
-            r#"{"v":2}"#,
-            r#"{"v":3}"#,
-            r#"{"v":4}"#,
-            r#"{"v":5}"#
-        ]
-    );
+    assert_eq!(payloads, [r#"{"v":1}"#, r#"{"v":2}"#, r#"{"v":3}"#, r#"{"v":4}"#, r#"{"v":5}"#]);
 
     close(store).await;
     let store = open(dir.path());
-    for (key, id) in [
-        ("order-1", 1),
-        ("order-2", 2),
-        ("order-3", 3),
-        ("order-4", 4),
-    ] {
-        let again = store
-            .append(&l, vec![with_idempotency_key(key, r#"{"v":"late"}"#)])
-            .await
-            .unwrap();
+    for (key, id) in [("order-1", 1), ("order-2", 2), ("order-3", 3), ("order-4", 4)] {
+        let again = store.append(&l, vec![with_idempotency_key(key, r#"{"v":"late"}"#)]).await.unwrap();
         assert_eq!((again.ids, again.created), (vec![id], false), "{key}");
     }
     assert_eq!(head(&store, &l), 5);
     assert_eq!(read_all(&store, &l), before);
-    let fresh = store
-        .append(&l, vec![with_idempotency_key("order-6", r#"{"v":6}"#)])
-        .await
-        .unwrap();
+    let fresh = store.append(&l, vec![with_idempotency_key("order-6", r#"{"v":6}"#)]).await.unwrap();
     assert_eq!((fresh.ids, fresh.created), (vec![6], true));
     close(store).await;
 }
@@ -124,14 +80,7 @@ async fn batch_with_the_same_idempotency_key_twice_is_rejected_and_changes_nothi
     store.append(&l, vec![entry("0")]).await.unwrap();
 
     let err = store
-        .append(
-            &l,
-            vec![
-                with_idempotency_key("dup", "1"),
-                entry("2"),
-                with_idempotency_key("dup", "3"),
-            ],
-        )
+        .append(&l, vec![with_idempotency_key("dup", "1"), entry("2"), with_idempotency_key("dup", "3")])
         .await
         .unwrap_err();
     match &err {
@@ -142,10 +91,7 @@ async fn batch_with_the_same_idempotency_key_twice_is_rejected_and_changes_nothi
     assert_eq!(read_all(&store, &l).len(), 1);
 
     // The key was not remembered: its first real use creates an entry.
-    let outcome = store
-        .append(&l, vec![with_idempotency_key("dup", "4")])
-        .await
-        .unwrap();
+    let outcome = store.append(&l, vec![with_idempotency_key("dup", "4")]).await.unwrap();
     assert_eq!((outcome.ids, outcome.created), (vec![2], true));
 
     close(store).await;
@@ -163,13 +109,7 @@ async fn concurrent_appends_with_one_idempotency_key_create_exactly_one_entry() 
     for i in 0..32 {
         let (store, l) = (store.clone(), l.clone());
         tasks.push(tokio::spawn(async move {
-            store
-                .append(
-                    &l,
-                    vec![with_idempotency_key("same", &format!(r#"{{"i":{i}}}"#))],
-                )
-                .await
-                .unwrap()
+            store.append(&l, vec![with_idempotency_key("same", &format!(r#"{{"i":{i}}}"#))]).await.unwrap()
         }));
     }
     let mut created = 0;
@@ -205,6 +145,7 @@ async fn idempotency_key_reused_after_its_window_is_remembered_after_reopen() {
         key: None,
         idempotency_key: Some("k"),
         batch_continues: false,
+        group_start: true,
         payload,
     };
     let segment = last_segment(dir.path());
@@ -214,15 +155,8 @@ async fn idempotency_key_reused_after_its_window_is_remembered_after_reopen() {
 
     let store = open(dir.path());
     assert_eq!(head(&store, &l), 2);
-    let retry = store
-        .append(&l, vec![with_idempotency_key("k", "2")])
-        .await
-        .unwrap();
-    assert_eq!(
-        (retry.ids, retry.created),
-        (vec![2], false),
-        "the use at T2 is within the window"
-    );
+    let retry = store.append(&l, vec![with_idempotency_key("k", "2")]).await.unwrap();
+    assert_eq!((retry.ids, retry.created), (vec![2], false), "the use at T2 is within the window");
     assert_eq!(head(&store, &l), 2);
     close(store).await;
 }

@@ -19,23 +19,14 @@ async fn second_open_of_a_locked_data_dir_fails_naming_the_root_until_the_first_
         }
         other => panic!("expected Locked, got {other:?}"),
     }
-    assert!(
-        err.to_string().contains(&dir.path().display().to_string()),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
     // The failed open changed nothing for the owner.
-    assert_eq!(
-        store.append(&l, vec![entry("2")]).await.unwrap().ids,
-        vec![2]
-    );
+    assert_eq!(store.append(&l, vec![entry("2")]).await.unwrap().ids, vec![2]);
 
     // A clone keeps the store (and its locks) alive.
     let clone = store.clone();
     close(store).await;
-    assert!(matches!(
-        open_err(config(dir.path())),
-        StoreError::Locked { .. }
-    ));
+    assert!(matches!(open_err(config(dir.path())), StoreError::Locked { .. }));
     drop(clone);
 
     let store = open(dir.path());
@@ -63,8 +54,7 @@ async fn each_storage_root_holds_its_own_lock() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn chunk_entries_is_pinned_at_first_open_and_a_different_value_is_refused_naming_the_pinned_one()
- {
+async fn chunk_entries_is_pinned_at_first_open_and_a_different_value_is_refused_naming_the_pinned_one() {
     let dir = tempfile::tempdir().unwrap();
     let with_chunk = |chunk: Option<u64>| {
         let mut c = config(dir.path());
@@ -73,19 +63,12 @@ async fn chunk_entries_is_pinned_at_first_open_and_a_different_value_is_refused_
     };
     let store = open_with(with_chunk(Some(1024)));
     assert_eq!(store.chunk_entries(), 1024);
-    store
-        .append(&ledger("audit"), vec![entry("1")])
-        .await
-        .unwrap();
+    store.append(&ledger("audit"), vec![entry("1")]).await.unwrap();
     close(store).await;
 
     let err = open_err(with_chunk(Some(2048)));
     match &err {
-        StoreError::PinnedMismatch {
-            name,
-            pinned,
-            configured,
-        } => {
+        StoreError::PinnedMismatch { name, pinned, configured } => {
             assert_eq!(*name, "chunk_entries");
             assert_eq!(pinned, "1024");
             assert_eq!(configured, "2048");
@@ -93,10 +76,7 @@ async fn chunk_entries_is_pinned_at_first_open_and_a_different_value_is_refused_
         other => panic!("expected PinnedMismatch, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(
-        message.contains("chunk_entries") && message.contains("1024"),
-        "{message}"
-    );
+    assert!(message.contains("chunk_entries") && message.contains("1024"), "{message}");
 
     // The refused open released its locks and left the pin alone.
     let store = open_with(with_chunk(None));
@@ -129,10 +109,7 @@ fn a_fresh_store_creates_its_layout_and_is_ready() {
     assert!(store.list_ledgers().is_empty());
     for sub in ["catalog", "hot", "ledgers"] {
         assert!(data.join(sub).is_dir(), "{sub}");
-        assert!(
-            data.join(sub).join("ferry.lock").is_file(),
-            "{sub} has its lock file"
-        );
+        assert!(data.join(sub).join("ferry.lock").is_file(), "{sub} has its lock file");
     }
     assert!(data.join("ferry.lock").is_file());
     assert_eq!(segments(&data), vec![segment_path(&data, 1)]);
@@ -183,11 +160,7 @@ async fn store_dropped_with_queued_appends_stays_locked_until_its_flusher_stoppe
     assert_eq!(outcome.ids, vec![head_at_open + 1]);
     let mine = store.ledger_info(&l).unwrap().bytes - indexed;
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(
-        wal(),
-        (head_at_open + 1, bytes_at_open + mine),
-        "only the new store wrote to the WAL after it opened"
-    );
+    assert_eq!(wal(), (head_at_open + 1, bytes_at_open + mine), "only the new store wrote to the WAL after it opened");
     close(store).await;
 
     let store = open(dir.path());

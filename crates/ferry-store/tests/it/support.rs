@@ -17,25 +17,15 @@ pub fn payload(json: &str) -> Payload {
 }
 
 pub fn entry(json: &str) -> NewEntry {
-    NewEntry {
-        key: None,
-        idempotency_key: None,
-        payload: payload(json),
-    }
+    NewEntry { key: None, idempotency_key: None, payload: payload(json) }
 }
 
 pub fn keyed(key: &str, json: &str) -> NewEntry {
-    NewEntry {
-        key: Some(key.to_owned()),
-        ..entry(json)
-    }
+    NewEntry { key: Some(key.to_owned()), ..entry(json) }
 }
 
 pub fn with_idempotency_key(idempotency_key: &str, json: &str) -> NewEntry {
-    NewEntry {
-        idempotency_key: Some(idempotency_key.to_owned()),
-        ..entry(json)
-    }
+    NewEntry { idempotency_key: Some(idempotency_key.to_owned()), ..entry(json) }
 }
 
 pub fn config(dir: &Path) -> StoreConfig {
@@ -75,10 +65,7 @@ pub fn read_all(store: &Store, ledger: &LedgerName) -> Vec<Entry> {
     loop {
         let batch = store.read(ledger, from, 97).expect("read");
         let expected_next = batch.entries.last().map_or(from.unwrap_or(1), |e| e.id + 1);
-        assert_eq!(
-            batch.next, expected_next,
-            "next must follow the last entry read"
-        );
+        assert_eq!(batch.next, expected_next, "next must follow the last entry read");
         if batch.entries.is_empty() {
             return out;
         }
@@ -99,12 +86,7 @@ pub fn assert_dense_and_ordered(entries: &[Entry], ledger: &LedgerName) {
         assert_eq!(e.id, i as u64 + 1, "ids must be dense from 1");
     }
     for w in entries.windows(2) {
-        assert!(
-            w[1].ts >= w[0].ts,
-            "ts must never decrease: {} then {}",
-            w[0].ts,
-            w[1].ts
-        );
+        assert!(w[1].ts >= w[0].ts, "ts must never decrease: {} then {}", w[0].ts, w[1].ts);
     }
 }
 
@@ -150,12 +132,7 @@ pub fn records(segment: &[u8]) -> Vec<RecordAt> {
     let mut out = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
     while let Ok((r, len)) = decode_record(&segment[offset..]) {
-        out.push(RecordAt {
-            offset,
-            len,
-            id: r.id,
-            batch_continues: r.batch_continues,
-        });
+        out.push(RecordAt { offset, len, id: r.id, batch_continues: r.batch_continues });
         offset += len;
     }
     out
@@ -186,23 +163,13 @@ pub fn segment_header() -> [u8; SEGMENT_HEADER_BYTES] {
 /// offset, in the variant and in the message users see.
 pub fn assert_corrupted_at(err: &StoreError, segment: &Path, offset: u64) {
     match err {
-        StoreError::Corrupted {
-            segment: s,
-            offset: o,
-            ..
-        } => {
+        StoreError::Corrupted { segment: s, offset: o, .. } => {
             assert_eq!(s, segment, "segment of {err}");
             assert_eq!(*o, offset, "offset of {err}");
         }
         other => panic!("expected StoreError::Corrupted, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(
-        message.contains(&segment.display().to_string()),
-        "message must name the segment: {message}"
-    );
-    assert!(
-        message.contains(&format!("offset {offset}")),
-        "message must name the offset: {message}"
-    );
+    assert!(message.contains(&segment.display().to_string()), "message must name the segment: {message}");
+    assert!(message.contains(&format!("offset {offset}")), "message must name the offset: {message}");
 }

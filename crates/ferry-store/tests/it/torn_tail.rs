@@ -19,10 +19,7 @@ async fn store_with_singles(dir: &Path, n: usize) -> (Vec<Entry>, Vec<u64>) {
     let mut lens = vec![file_len(&segment)];
     for i in 0..n {
         let e = if i % 2 == 0 {
-            keyed(
-                &format!("key-{i}"),
-                &format!(r#"{{"i":{i},"s":"{}"}}"#, "x".repeat(i * 7)),
-            )
+            keyed(&format!("key-{i}"), &format!(r#"{{"i":{i},"s":"{}"}}"#, "x".repeat(i * 7)))
         } else {
             entry(&format!("[{i}]"))
         };
@@ -44,16 +41,9 @@ async fn assert_recovers_to(dir: &Path, expected: &[Entry], kept_len: u64, case:
     let store = open(dir);
     assert_eq!(head(&store, &l), expected.len() as u64, "{case}");
     assert_eq!(read_all(&store, &l), expected, "{case}");
-    assert_eq!(
-        file_len(&segment),
-        kept_len,
-        "{case}: torn bytes are cut off"
-    );
+    assert_eq!(file_len(&segment), kept_len, "{case}: torn bytes are cut off");
     let next = expected.len() as u64 + 1;
-    let outcome = store
-        .append(&l, vec![entry(r#"{"after":"recovery"}"#)])
-        .await
-        .unwrap();
+    let outcome = store.append(&l, vec![entry(r#"{"after":"recovery"}"#)]).await.unwrap();
     assert_eq!(outcome.ids, vec![next], "{case}: ids continue densely");
     close(store).await;
 
@@ -61,10 +51,7 @@ async fn assert_recovers_to(dir: &Path, expected: &[Entry], kept_len: u64, case:
     let all = read_all(&store, &l);
     assert_eq!(all.len() as u64, next, "{case}");
     assert_eq!(&all[..expected.len()], expected, "{case}");
-    assert_eq!(
-        all[expected.len()].payload.as_str(),
-        r#"{"after":"recovery"}"#
-    );
+    assert_eq!(all[expected.len()].payload.as_str(), r#"{"after":"recovery"}"#);
     assert_dense_and_ordered(&all, &l);
     close(store).await;
 }
@@ -96,13 +83,7 @@ async fn torn_tail_of_last_segment_is_truncated_and_acked_entries_survive() {
 
     // Cut exactly at a record boundary: nothing is torn and nothing is lost.
     std::fs::write(&segment, &original[..start]).unwrap();
-    assert_recovers_to(
-        dir.path(),
-        &entries[..n - 1],
-        start as u64,
-        "record boundary",
-    )
-    .await;
+    assert_recovers_to(dir.path(), &entries[..n - 1], start as u64, "record boundary").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,9 +122,8 @@ async fn batch_torn_in_its_middle_disappears_whole_and_its_idempotency_keys_are_
     let n = 5;
     let (singles, lens) = store_with_singles(dir.path(), n).await;
     let l = ledger("audit");
-    let batch: Vec<NewEntry> = (0..5)
-        .map(|i| with_idempotency_key(&format!("b-{i}"), &format!(r#"{{"b":{i}}}"#)))
-        .collect();
+    let batch: Vec<NewEntry> =
+        (0..5).map(|i| with_idempotency_key(&format!("b-{i}"), &format!(r#"{{"b":{i}}}"#))).collect();
     let store = open(dir.path());
     let outcome = store.append(&l, batch.clone()).await.unwrap();
     assert_eq!(outcome.ids, vec![6, 7, 8, 9, 10]);
@@ -152,14 +132,9 @@ async fn batch_torn_in_its_middle_disappears_whole_and_its_idempotency_keys_are_
     let segment = last_segment(dir.path());
     let original = std::fs::read(&segment).unwrap();
     let batch_start = lens[n] as usize;
-    let recs: Vec<RecordAt> = records(&original)
-        .into_iter()
-        .filter(|r| r.offset >= batch_start)
-        .collect();
+    let recs: Vec<RecordAt> = records(&original).into_iter().filter(|r| r.offset >= batch_start).collect();
     assert_eq!(
-        recs.iter()
-            .map(|r| (r.id, r.batch_continues))
-            .collect::<Vec<_>>(),
+        recs.iter().map(|r| (r.id, r.batch_continues)).collect::<Vec<_>>(),
         [(6, true), (7, true), (8, true), (9, true), (10, false)],
         "every record of a batch but the last carries the continues flag"
     );
@@ -167,30 +142,19 @@ async fn batch_torn_in_its_middle_disappears_whole_and_its_idempotency_keys_are_
     let cuts = [
         ("at the boundary after the 2nd record", recs[2].offset),
         ("inside the 3rd record's prefix", recs[2].offset + 3),
-        (
-            "inside the 3rd record's body",
-            recs[2].offset + recs[2].len / 2,
-        ),
+        ("inside the 3rd record's body", recs[2].offset + recs[2].len / 2),
         ("at the boundary before the last record", recs[4].offset),
         ("one byte before the end", recs[4].offset + recs[4].len - 1),
     ];
     for (case, cut) in cuts {
         std::fs::write(&segment, &original[..cut]).unwrap();
         let store = open(dir.path());
-        assert_eq!(
-            head(&store, &l),
-            n as u64,
-            "{case}: the batch is gone whole"
-        );
+        assert_eq!(head(&store, &l), n as u64, "{case}: the batch is gone whole");
         assert_eq!(read_all(&store, &l), singles, "{case}");
         assert_eq!(file_len(&segment), batch_start as u64, "{case}");
         // Its idempotency keys were never acknowledged, so they are new.
         let again = store.append(&l, batch.clone()).await.unwrap();
-        assert_eq!(
-            (again.ids, again.created),
-            (vec![6, 7, 8, 9, 10], true),
-            "{case}"
-        );
+        assert_eq!((again.ids, again.created), (vec![6, 7, 8, 9, 10], true), "{case}");
         close(store).await;
         let store = open(dir.path());
         assert_eq!(head(&store, &l), 10, "{case}");
@@ -207,10 +171,7 @@ async fn new_last_segment_with_a_torn_header_is_recreated_and_acked_entries_surv
     let partials: [(&str, &[u8]); 4] = [
         ("an empty file", &[]),
         ("part of the header", &header[..6]),
-        (
-            "all but the header's last byte",
-            &header[..header.len() - 1],
-        ),
+        ("all but the header's last byte", &header[..header.len() - 1]),
         ("a header-sized run of zeros", &[0; 16]),
     ];
     let l = ledger("audit");
@@ -226,11 +187,7 @@ async fn new_last_segment_with_a_torn_header_is_recreated_and_acked_entries_surv
         let outcome = store.append(&l, vec![entry("\"new\"")]).await.unwrap();
         assert_eq!(outcome.ids, vec![n as u64 + 1], "{case}");
         close(store).await;
-        assert_eq!(
-            std::fs::read(&second).unwrap()[..header.len()],
-            header,
-            "{case}: the segment has its header again"
-        );
+        assert_eq!(std::fs::read(&second).unwrap()[..header.len()], header, "{case}: the segment has its header again");
 
         let store = open(dir.path());
         let all = read_all(&store, &l);
@@ -238,4 +195,43 @@ async fn new_last_segment_with_a_torn_header_is_recreated_and_acked_entries_surv
         assert_eq!(all[n].payload.as_str(), "\"new\"", "{case}");
         close(store).await;
     }
+}
+
+/// After a power loss the pages of the last, unsynced group write may land
+/// in any order: a hole with valid records of the same group after it is a
+/// torn write (nothing in it was acknowledged), not corruption. Damage
+/// followed by a later group's first record is corruption.
+#[tokio::test(flavor = "multi_thread")]
+async fn hole_in_the_last_group_with_its_later_records_intact_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 4;
+    let (singles, lens) = store_with_singles(dir.path(), n).await;
+    let l = ledger("audit");
+    // One append of 6 entries is one group write.
+    let batch: Vec<NewEntry> = (0..6).map(|i| entry(&format!(r#"{{"g":{i},"pad":"{}"}}"#, "p".repeat(40)))).collect();
+    let store = open(dir.path());
+    assert_eq!(store.append(&l, batch).await.unwrap().ids, vec![5, 6, 7, 8, 9, 10]);
+    close(store).await;
+
+    let segment = last_segment(dir.path());
+    let original = std::fs::read(&segment).unwrap();
+    let group = records(&original).into_iter().filter(|r| r.offset >= lens[n] as usize).collect::<Vec<_>>();
+    assert_eq!(group.len(), 6);
+    // Zero the 2nd and 3rd records, as if their page never reached the disk.
+    let mut holed = original.clone();
+    holed[group[1].offset..group[3].offset].fill(0);
+    std::fs::write(&segment, &holed).unwrap();
+    assert_recovers_to(dir.path(), &singles, lens[n], "hole inside the last group").await;
+
+    // The same damage in an earlier group, with a later group after it,
+    // refuses to open and names the damaged offset.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, lens) = store_with_singles(dir.path(), n).await;
+    let segment = last_segment(dir.path());
+    let mut damaged = std::fs::read(&segment).unwrap();
+    let second = lens[1] as usize;
+    damaged[second..second + 10].fill(0);
+    std::fs::write(&segment, &damaged).unwrap();
+    let err = open_err(config(dir.path()));
+    assert_corrupted_at(&err, &segment, second as u64);
 }
