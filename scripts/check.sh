@@ -7,11 +7,13 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --profile ci
+  # nextest runs each test in its own process, which the fail points'
+  # global registry needs.
+  cargo nextest run --workspace --all-features --locked --profile ci
 else
   cargo test --workspace --locked
 fi

@@ -61,6 +61,10 @@ pub fn lock_root(root: &Path) -> Result<File> {
 /// Makes a file's written bytes (and its size) durable. The step every
 /// acknowledgement waits for.
 pub fn sync_data(file: &File, path: &Path) -> Result<()> {
+    fail::fail_point!("durable::sync_data", |_| Err(StoreError::io(
+        format!("fdatasync {}", path.display()),
+        std::io::Error::other("injected by fail point durable::sync_data")
+    )));
     file.sync_data().context(|| format!("fdatasync {}", path.display()))
 }
 

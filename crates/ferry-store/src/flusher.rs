@@ -129,8 +129,16 @@ impl Flusher {
         let now = now_ms();
         self.idempotency.expire(now);
         let planned = self.plan(group, now, buf);
+        let started = std::time::Instant::now();
         match self.write(buf) {
-            Ok(segment_base) => self.publish(planned, segment_base),
+            Ok(segment_base) => {
+                let records: usize = planned.iter().map(|p| p.records.len()).sum();
+                metrics::histogram!("ferry_fsync_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("ferry_group_commit_entries").record(records as f64);
+                metrics::counter!("ferry_appended_entries_total").increment(records as u64);
+                metrics::counter!("ferry_appended_bytes_total").increment(buf.len() as u64);
+                self.publish(planned, segment_base)
+            }
             Err(e) => {
                 self.health.poison(e.to_string());
                 for p in planned {

@@ -174,6 +174,7 @@ impl Store {
             .spawn(move || flusher.run())
             .map_err(|e| StoreError::io("start the flusher thread", e))?;
         tracing::info!(ledgers = ledgers.len(), chunk_entries, "store open");
+        metrics::gauge!("ferry_ledgers").set(ledgers.len() as f64);
         Ok(Store {
             inner: Arc::new(Inner {
                 catalog: Box::new(catalog),
@@ -221,10 +222,13 @@ impl Store {
             }
             None => return Err(StoreError::LedgerNotFound(ledger.clone())),
         };
+        let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest { ledger: state, entries, encoded_bytes, reply };
         self.inner.tx.send(FlusherMsg::Append(request)).await.map_err(|_| StoreError::ShuttingDown)?;
-        answer.await.map_err(|_| StoreError::ShuttingDown)?
+        let outcome = answer.await.map_err(|_| StoreError::ShuttingDown)?;
+        metrics::histogram!("ferry_append_seconds").record(started.elapsed().as_secs_f64());
+        outcome
     }
 
     /// Checks every limit; returns the WAL bytes the entries encode to.
@@ -281,7 +285,12 @@ impl Store {
             return Err(e);
         }
         let state = Arc::new(LedgerState::new(name.clone(), meta));
-        self.inner.ledgers.write().expect("ledgers lock").insert(name.clone(), state);
+        let count = {
+            let mut ledgers = self.inner.ledgers.write().expect("ledgers lock");
+            ledgers.insert(name.clone(), state);
+            ledgers.len()
+        };
+        metrics::gauge!("ferry_ledgers").set(count as f64);
         tracing::info!(ledger = %name, "ledger created");
         Ok(true)
     }

@@ -5,6 +5,7 @@ mod append;
 mod corruption;
 mod idempotency;
 mod open;
+mod poison;
 mod support;
 mod torn_tail;
 mod validation;
