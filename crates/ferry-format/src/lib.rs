@@ -3,4 +3,5 @@
 //! gives a value or an error, never a panic) so it can be fuzzed.
 
 pub mod keys;
+pub mod pack;
 pub mod wal;
