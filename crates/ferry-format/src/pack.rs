@@ -280,7 +280,7 @@ pub fn decode_index(
     index_offset: u64,
 ) -> Result<Vec<BlockMeta>, PackError> {
     let bad = |s: String| PackError::Index(s);
-    if buf.len() % BLOCK_META_BYTES != 0 {
+    if !buf.len().is_multiple_of(BLOCK_META_BYTES) {
         return Err(bad("length is not a whole number of entries".into()));
     }
     let mut blocks = Vec::with_capacity(buf.len() / BLOCK_META_BYTES);

@@ -1,0 +1,7 @@
+//! Integration tests of the `ferry` binary: real `ferry serve` processes on
+//! loopback ports with temp data dirs, real HTTP, real `kill -9`. No mocks.
+
+mod api;
+mod cli;
+mod crash;
+mod support;

@@ -1,0 +1,436 @@
+//! Real `ferry` processes for the tests: a temp directory per test, a
+//! `ferry serve` child on a free loopback port (ready once `/readyz` says
+//! so, SIGKILLed on drop), plain HTTP helpers and a raw-socket client for
+//! paths an URL library would normalise (`..`).
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// How long a server may take to become ready, or a command to exit.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `ferry` command with none of the caller's `FERRY_*` environment.
+pub fn ferry() -> Command {
+    let mut cmd = Command::new(FERRY);
+    for var in ["FERRY_SERVER", "FERRY_TOKEN", "FERRY_LOG"] {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// An HTTP client for the tests (reqwest is built without a TLS provider,
+/// so the process installs one, as the binary does).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("build the HTTP client")
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One test's scratch space: `{dir}/data` is the data dir by default.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self { dir: tempfile::Builder::new().prefix("ferry-it-").tempdir().expect("create a temp dir") }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Writes a config file and returns its path.
+    pub fn config(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write the config file");
+        path
+    }
+
+    pub async fn serve(&self) -> Server {
+        Server::start(&self.data_dir(), None).await
+    }
+
+    pub async fn serve_with(&self, config_text: &str) -> Server {
+        let config = self.config("ferry.toml", config_text);
+        Server::start(&self.data_dir(), Some(&config)).await
+    }
+}
+
+/// What a `ferry` process printed and how it ended.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A running `ferry serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    stderr_path: PathBuf,
+    stdout_path: PathBuf,
+}
+
+static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// Files next to the data dir that receive a child's output.
+fn output_files(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let n = LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    let parent = data_dir.parent().unwrap_or(Path::new("."));
+    (parent.join(format!("serve-{n}.stdout")), parent.join(format!("serve-{n}.stderr")))
+}
+
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+/// `ferry serve --data-dir D --listen 127.0.0.1:PORT [--config F]`.
+pub fn serve_command(data_dir: &Path, config: Option<&Path>, port: u16) -> Command {
+    let mut cmd = ferry();
+    cmd.arg("serve").arg("--data-dir").arg(data_dir).arg("--listen").arg(format!("127.0.0.1:{port}"));
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd
+}
+
+/// Runs a command that is expected to exit on its own (within the startup
+/// timeout; it is killed and the test fails otherwise).
+pub fn run_to_exit(mut cmd: Command, stdin: Option<&[u8]>) -> Exited {
+    let dir = tempfile::tempdir().expect("temp dir for command output");
+    let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    cmd.stdout(File::create(&stdout_path).expect("stdout file"));
+    cmd.stderr(File::create(&stderr_path).expect("stderr file"));
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("spawn ferry");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(input).expect("write stdin");
+        drop(pipe);
+    }
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not exit within {STARTUP_TIMEOUT:?}; stderr:\n{}", read_lossy(&stderr_path));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Exited { status, stdout: read_lossy(&stdout_path), stderr: read_lossy(&stderr_path) }
+}
+
+/// Why a server did not come up.
+#[derive(Debug)]
+pub enum StartError {
+    /// The process exited before it was ready.
+    Exited(Exited),
+}
+
+impl Server {
+    /// Starts `ferry serve` on a free port and waits until `/readyz` is 200.
+    /// Panics (with the server's stderr) if it does not come up.
+    pub async fn start(data_dir: &Path, config: Option<&Path>) -> Server {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(data_dir, config).await {
+                Ok(server) => return server,
+                // Another process took the port between our probe and the
+                // child's bind: take another one.
+                Err(StartError::Exited(e)) if attempt < 5 && e.stderr.contains("listen on") => continue,
+                Err(StartError::Exited(e)) => panic!(
+                    "ferry serve --data-dir {} exited before it was ready ({}):\n{}",
+                    data_dir.display(),
+                    e.status,
+                    e.stderr
+                ),
+            }
+        }
+    }
+
+    /// Starts `ferry serve`; an exit before readiness is an `Err` with what
+    /// the process printed (for tests of refusals to start).
+    pub async fn try_start(data_dir: &Path, config: Option<&Path>) -> Result<Server, StartError> {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let (stdout_path, stderr_path) = output_files(data_dir);
+        let mut cmd = serve_command(data_dir, config, port);
+        cmd.stdout(File::create(&stdout_path).expect("stdout file"));
+        cmd.stderr(File::create(&stderr_path).expect("stderr file"));
+        let child = cmd.spawn().expect("spawn ferry serve");
+        let mut server =
+            Server { child: Some(child), addr, base: format!("http://{addr}"), http: http(), stderr_path, stdout_path };
+        let probe = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("probe client");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let child = server.child.as_mut().expect("child");
+            if let Some(status) = child.try_wait().expect("poll the child") {
+                server.child = None;
+                return Err(StartError::Exited(Exited {
+                    status,
+                    stdout: read_lossy(&server.stdout_path),
+                    stderr: read_lossy(&server.stderr_path),
+                }));
+            }
+            if let Ok(resp) = probe.get(server.url("/readyz")).send().await
+                && resp.status() == 200
+            {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                let log = server.stderr();
+                drop(server);
+                panic!("ferry serve was not ready within {STARTUP_TIMEOUT:?}; stderr:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        read_lossy(&self.stderr_path)
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().expect("poll the child").is_none(),
+            None => false,
+        }
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix), then reap.
+    pub fn kill(mut self) {
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (status 0).
+    pub fn stop(mut self) {
+        let mut child = self.child.take().expect("server is running");
+        let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill -TERM");
+        assert!(sent.success(), "kill -TERM {} failed", child.id());
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("poll the child") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ferry serve did not stop within {STARTUP_TIMEOUT:?} of SIGTERM:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "ferry serve exited with {status} after SIGTERM:\n{}", self.stderr());
+    }
+
+    /// Sends a request built on `self.http` (for custom headers).
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
+        Resp::from(req.send().await.expect("send the request"), self).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        Resp::from(self.http.get(self.url(path)).send().await.expect("GET"), self).await
+    }
+
+    pub async fn put(&self, path: &str) -> Resp {
+        Resp::from(self.http.put(self.url(path)).send().await.expect("PUT"), self).await
+    }
+
+    /// POSTs a JSON body (given as text, sent byte for byte).
+    pub async fn post(&self, path: &str, body: impl Into<String>) -> Resp {
+        let req = self.http.post(self.url(path)).header("content-type", "application/json").body(body.into());
+        Resp::from(req.send().await.expect("POST"), self).await
+    }
+
+    pub async fn append(&self, ledger: &str, body: impl Into<String>) -> Resp {
+        self.post(&format!("/v1/ledgers/{ledger}/entries"), body).await
+    }
+
+    /// The ledger's `head`, or None when it does not exist.
+    pub async fn head(&self, ledger: &str) -> Option<u64> {
+        let r = self.get(&format!("/v1/ledgers/{ledger}")).await;
+        match r.status {
+            200 => Some(r.json()["head"].as_u64().expect("head is a number")),
+            404 => None,
+            s => panic!("GET /v1/ledgers/{ledger}: {s} {}", r.text),
+        }
+    }
+
+    /// One NDJSON read page.
+    pub async fn ndjson(&self, ledger: &str, query: &str) -> Resp {
+        let req = self
+            .http
+            .get(self.url(&format!("/v1/ledgers/{ledger}/entries?{query}")))
+            .header("accept", "application/x-ndjson");
+        Resp::from(req.send().await.expect("GET ndjson"), self).await
+    }
+
+    /// Every entry of a ledger as the NDJSON lines the server sends.
+    pub async fn read_all(&self, ledger: &str) -> Vec<String> {
+        self.read_from(ledger, 1).await
+    }
+
+    /// The NDJSON lines of every entry from `first` to the head.
+    pub async fn read_from(&self, ledger: &str, first: u64) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let from = first + lines.len() as u64;
+            let r = self.ndjson(ledger, &format!("from={from}&limit=10000")).await;
+            assert_eq!(r.status, 200, "NDJSON read of {ledger} from {from}: {}", r.text);
+            let before = lines.len();
+            lines.extend(r.text.lines().map(str::to_owned));
+            if lines.len() == before {
+                return lines;
+            }
+        }
+    }
+
+    /// What a client can observe of every ledger: the list and each
+    /// ledger's entries. Equal snapshots mean nothing changed.
+    pub async fn snapshot(&self) -> String {
+        let list = self.get("/v1/ledgers").await;
+        assert_eq!(list.status, 200, "{}", list.text);
+        let mut out = list.text.clone();
+        for l in list.json().as_array().expect("ledger list is an array") {
+            let name = l["name"].as_str().expect("name");
+            out.push_str(&format!("\n== {name}\n"));
+            out.push_str(&self.read_all(name).await.join("\n"));
+        }
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+/// A response with its body read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub content_type: String,
+    pub text: String,
+    /// The server's stderr at the time, for failure messages.
+    pub server_log: String,
+}
+
+impl Resp {
+    async fn from(r: reqwest::Response, server: &Server) -> Resp {
+        let status = r.status().as_u16();
+        let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let text = r.text().await.expect("read the response body");
+        let server_log = if status >= 500 { server.stderr() } else { String::new() };
+        Resp { status, content_type, text, server_log }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    /// The `ids` of an append answer.
+    pub fn ids(&self) -> Vec<u64> {
+        let v = self.json();
+        v["ids"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no ids in {:?}", self.text))
+            .iter()
+            .map(|i| i.as_u64().expect("id is a u64"))
+            .collect()
+    }
+
+    /// Asserts the status and the error body
+    /// `{"error":{"code":CODE,"message":"…"}}`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "expected {status} {code}, got: {}{}", self.text, self.server_log);
+        let v = self.json();
+        assert_eq!(v["error"]["code"], code, "error code of {}", self.text);
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(!msg.is_empty(), "error without a message: {}", self.text);
+    }
+}
+
+/// Sends one HTTP/1.1 request over a plain socket, with the path exactly as
+/// given (no normalisation of `.`/`..`), and returns status and body.
+pub fn raw_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read the answer");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (status, body.to_owned())
+}
+
+/// One line of the entries' JSON form, strictly: exactly these fields.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryLine<'a> {
+    pub ledger: String,
+    pub id: u64,
+    pub ts: u64,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(borrow)]
+    pub payload: &'a serde_json::value::RawValue,
+}
+
+pub fn parse_line(line: &str) -> EntryLine<'_> {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not an entry line ({e}): {line:?}"))
+}
+
+/// Milliseconds since the unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
+}
