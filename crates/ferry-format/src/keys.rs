@@ -59,6 +59,8 @@ impl CatalogKey {
     /// The key prefix under which every key of one kind sorts, e.g. `ledger:`.
     pub const LEDGER_PREFIX: &'static str = "ledger:";
     pub const CONFIG_PREFIX: &'static str = "config:";
+    pub const CHUNK_PREFIX: &'static str = "chunk:";
+    pub const CURSOR_PREFIX: &'static str = "cursor:";
 
     /// The prefix of every `chunk:` key of one ledger.
     pub fn chunk_prefix(ledger: &LedgerName) -> String {

@@ -123,7 +123,7 @@ impl<W: Write> PackWriter<W> {
         if self.raw_records == 0 {
             self.raw_first_id = record.id;
         }
-        let stored = WalRecord { batch_continues: false, group_start: false, ..record.clone() };
+        let stored = WalRecord { batch_continues: false, group_start: false, relocated: false, ..record.clone() };
         wal::encode_record(&stored, &mut self.raw);
         self.raw_records += 1;
         self.next_id += 1;
@@ -419,6 +419,7 @@ mod tests {
                 idempotency_key: None,
                 batch_continues: true,
                 group_start: true,
+                relocated: true,
                 payload: payload.as_bytes(),
             };
             w.push(&r).unwrap();
@@ -433,7 +434,7 @@ mod tests {
         let bytes = build(3000, 100);
         let mut ids = Vec::new();
         let pack = decode_pack(&bytes, |r| {
-            assert!(!r.batch_continues && !r.group_start, "write-path flags are not kept");
+            assert!(!r.batch_continues && !r.group_start && !r.relocated, "write-path flags are not kept");
             ids.push(r.id);
         })
         .unwrap();
@@ -466,6 +467,7 @@ mod tests {
             idempotency_key: None,
             batch_continues: false,
             group_start: false,
+            relocated: false,
             payload: b"1",
         };
         let mut w = PackWriter::new(Vec::new(), header.clone()).unwrap();

@@ -9,7 +9,8 @@
 //!          | payload (the rest of the body: compact JSON text)
 //! flags:   1 = key present, 2 = idempotency key present,
 //!          4 = more records of the same append request follow,
-//!          8 = first record of a group-commit write
+//!          8 = first record of a group-commit write,
+//!          16 = a copy relocated from an older segment
 //! ```
 //! The ledger and id are inside the checksum, so a record can never be
 //! attributed to the wrong ledger or position. Layout detail: `docs/format.md`.
@@ -34,7 +35,10 @@ const FLAG_BATCH_CONTINUES: u8 = 4;
 /// previous group's fdatasync returned, so damage followed by a group start
 /// lies in synced data: corruption, never a torn write.
 const FLAG_GROUP_START: u8 = 8;
-const FLAGS_KNOWN: u8 = FLAG_KEY | FLAG_IDEMPOTENCY_KEY | FLAG_BATCH_CONTINUES | FLAG_GROUP_START;
+/// A copy of a record from an older segment, moved forward so that segment
+/// can be released; it replaces the original wherever both exist.
+const FLAG_RELOCATED: u8 = 16;
+const FLAGS_KNOWN: u8 = FLAG_KEY | FLAG_IDEMPOTENCY_KEY | FLAG_BATCH_CONTINUES | FLAG_GROUP_START | FLAG_RELOCATED;
 // The largest configurable payload plus every other field fits a record.
 const _: () = assert!(
     ferry_core::limits::ENTRY_BYTES_MAX_LIMIT as usize + BODY_FIXED_BYTES + 255 + 2 * (2 + 256)
@@ -55,6 +59,8 @@ pub struct WalRecord<'a> {
     pub batch_continues: bool,
     /// True on the first record of a group-commit write.
     pub group_start: bool,
+    /// True on a copy moved forward from an older segment.
+    pub relocated: bool,
     pub payload: &'a [u8],
 }
 
@@ -117,7 +123,8 @@ pub fn encode_record(record: &WalRecord<'_>, out: &mut Vec<u8>) {
     let flags = if record.key.is_some() { FLAG_KEY } else { 0 }
         | if record.idempotency_key.is_some() { FLAG_IDEMPOTENCY_KEY } else { 0 }
         | if record.batch_continues { FLAG_BATCH_CONTINUES } else { 0 }
-        | if record.group_start { FLAG_GROUP_START } else { 0 };
+        | if record.group_start { FLAG_GROUP_START } else { 0 }
+        | if record.relocated { FLAG_RELOCATED } else { 0 };
     out.push(flags);
     out.push(record.ledger.len() as u8);
     out.extend_from_slice(record.ledger.as_bytes());
@@ -172,7 +179,8 @@ fn decode_body(body: &[u8]) -> Result<WalRecord<'_>, DecodeError> {
     }
     let batch_continues = flags & FLAG_BATCH_CONTINUES != 0;
     let group_start = flags & FLAG_GROUP_START != 0;
-    Ok(WalRecord { ledger, id, ts, key, idempotency_key, batch_continues, group_start, payload: r.0 })
+    let relocated = flags & FLAG_RELOCATED != 0;
+    Ok(WalRecord { ledger, id, ts, key, idempotency_key, batch_continues, group_start, relocated, payload: r.0 })
 }
 
 /// A cursor over a checked body; every read is bounds-checked.
@@ -216,6 +224,7 @@ mod tests {
             idempotency_key: None,
             batch_continues: true,
             group_start: false,
+            relocated: false,
             payload: br#"{"a":1}"#,
         }
     }
@@ -263,11 +272,12 @@ mod tests {
             idem in proptest::option::of(".{0,64}"),
             batch_continues in any::<bool>(),
             group_start in any::<bool>(),
+            relocated in any::<bool>(),
             payload in proptest::collection::vec(any::<u8>(), 0..512),
         ) {
             let rec = WalRecord {
                 ledger: &ledger, id, ts, key: key.as_deref(),
-                idempotency_key: idem.as_deref(), batch_continues, group_start, payload: &payload,
+                idempotency_key: idem.as_deref(), batch_continues, group_start, relocated, payload: &payload,
             };
             let mut buf = vec![0xAA];
             encode_record(&rec, &mut buf);

@@ -33,6 +33,9 @@ pub struct LedgerMeta {
     pub created_at: u64,
     /// The lowest retained id.
     pub first: u64,
+    /// The WAL position (segment, offset) the ledger was created at: records
+    /// of this name before it belong to an earlier, deleted ledger.
+    pub wal_from: (u32, u64),
 }
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");

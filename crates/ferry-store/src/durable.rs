@@ -13,8 +13,12 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext as _, Result, StoreError};
 
-/// The lock file each storage root holds.
+/// The lock file of the data directory (SPEC §3).
 pub const LOCK_FILE: &str = "ferry.lock";
+/// The lock file of the catalog, hot and ledgers roots: a name no ledger can
+/// have (ledger names never start with '.'), so a ledger called
+/// `ferry.lock` never meets it.
+pub const ROOT_LOCK_FILE: &str = ".ferry.lock";
 
 /// Creates `dir` and any missing parents, fsyncing each parent whose entry
 /// list changed so the new directories survive a power loss.
@@ -43,8 +47,8 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 /// Takes the exclusive kernel lock (`flock`) of a storage root. The lock
 /// lives as long as the returned file and is released by the kernel on any
 /// exit, so a crash never leaves a stale lock.
-pub fn lock_root(root: &Path) -> Result<File> {
-    let lock = root.join(LOCK_FILE);
+pub fn lock_root(root: &Path, name: &str) -> Result<File> {
+    let lock = root.join(name);
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -97,6 +101,12 @@ pub fn truncate(file: &File, path: &Path, len: u64) -> Result<()> {
     file.sync_all().context(|| format!("fsync {} after truncation", path.display()))
 }
 
+/// Unlinks a file whose every byte is dead (a released WAL segment). The
+/// caller syncs the directory afterwards, once for many files.
+pub fn remove_file(path: &Path) -> Result<()> {
+    std::fs::remove_file(path).context(|| format!("remove {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,8 +114,8 @@ mod tests {
     #[test]
     fn second_lock_on_a_root_fails_and_names_it() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = lock_root(dir.path()).unwrap();
-        let err = lock_root(dir.path()).unwrap_err();
+        let _held = lock_root(dir.path(), LOCK_FILE).unwrap();
+        let err = lock_root(dir.path(), LOCK_FILE).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }));
         assert!(err.to_string().contains(&dir.path().display().to_string()));
     }
@@ -113,8 +123,8 @@ mod tests {
     #[test]
     fn lock_is_released_when_the_file_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        drop(lock_root(dir.path()).unwrap());
-        lock_root(dir.path()).unwrap();
+        drop(lock_root(dir.path(), LOCK_FILE).unwrap());
+        lock_root(dir.path(), LOCK_FILE).unwrap();
     }
 
     #[test]
@@ -124,5 +134,68 @@ mod tests {
         create_dir_all(&nested).unwrap();
         assert!(nested.is_dir());
         create_dir_all(&nested).unwrap();
+    }
+}
+
+/// The real disk, for the pack protocols (`crate::vfs::Vfs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealFs;
+
+struct RealFile {
+    file: std::io::BufWriter<File>,
+}
+
+impl crate::vfs::VfsFile for RealFile {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(buf)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().sync_data()
+    }
+}
+
+impl crate::vfs::VfsRead for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+impl crate::vfs::Vfs for RealFs {
+    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::create_dir(path)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn crate::vfs::VfsFile>> {
+        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        Ok(Box::new(RealFile { file: std::io::BufWriter::with_capacity(1 << 20, file) }))
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn crate::vfs::VfsRead>> {
+        Ok(Box::new(File::open(path)?))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for item in std::fs::read_dir(path)? {
+            names.push(item?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
     }
 }

@@ -39,6 +39,10 @@ pub enum StoreError {
     PinnedMismatch { name: &'static str, pinned: String, configured: String },
     #[error("corrupted WAL segment {segment} at offset {offset}{}: {reason}", ledger_suffix(.ledger))]
     Corrupted { segment: PathBuf, offset: u64, ledger: Option<LedgerName>, reason: String },
+    #[error("corrupted pack of ledger {ledger} chunk {chunk} ({}) at offset {offset}: {reason}", path.display())]
+    CorruptedPack { ledger: LedgerName, chunk: u64, path: PathBuf, offset: u64, reason: String },
+    #[error("ledger {ledger}: ids {from}..={to} are in neither a pack nor the WAL")]
+    MissingEntries { ledger: LedgerName, from: u64, to: u64 },
     #[error("corrupted catalog: {0}")]
     CatalogCorrupted(String),
     #[error("catalog error: {0}")]

@@ -11,14 +11,15 @@ use std::sync::Arc;
 
 use ferry_core::limits::{GROUP_COMMIT_BYTES_MAX, IDEMPOTENCY_WINDOW_MS, WAL_SEGMENT_BYTES_MAX};
 use ferry_core::{EntryId, LedgerName, NewEntry, now_ms};
-use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, encode_record};
+use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, decode_record, encode_record};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Result, StoreError};
-use crate::health::Health;
+use crate::freezer::FreezerMsg;
 use crate::ledger::LedgerState;
+use crate::shared::Shared;
 use crate::store::AppendOutcome;
-use crate::wal::{RecordPos, SegmentWriter, Segments};
+use crate::wal::{RecordPos, SegmentWriter};
 
 pub(crate) struct AppendRequest {
     pub ledger: Arc<LedgerState>,
@@ -30,6 +31,10 @@ pub(crate) struct AppendRequest {
 
 pub(crate) enum FlusherMsg {
     Append(AppendRequest),
+    /// Copy the live records of this sealed segment forward so it can go.
+    Relocate(u32),
+    /// Answered once every message before it is written and visible.
+    Barrier(oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -71,18 +76,17 @@ impl IdempotencyIndex {
 pub(crate) struct Flusher {
     pub rx: mpsc::Receiver<FlusherMsg>,
     pub writer: SegmentWriter,
-    pub segments: Arc<Segments>,
-    pub health: Arc<Health>,
+    pub shared: Arc<Shared>,
+    pub freezer: std::sync::mpsc::Sender<FreezerMsg>,
     pub idempotency: IdempotencyIndex,
-    pub format_version: u32,
-    pub hot_dir: std::path::PathBuf,
 }
 
 /// What one request of a group becomes before the sync.
 struct Planned {
     reply: oneshot::Sender<Result<AppendOutcome>>,
     ledger: Arc<LedgerState>,
-    ids: Vec<EntryId>,
+    /// The ids to answer with, or why the request fails.
+    ids: Result<Vec<EntryId>>,
     /// (id, ts, offset within the group buffer, encoded size) of new records.
     records: Vec<(EntryId, u64, usize, usize)>,
 }
@@ -90,27 +94,46 @@ struct Planned {
 impl Flusher {
     pub fn run(mut self) {
         let mut buf = Vec::with_capacity(1 << 20);
-        let mut shutdown = false;
-        while !shutdown {
-            let Some(first) = self.rx.blocking_recv() else { break };
+        let mut pending = None;
+        loop {
+            let Some(first) = pending.take().or_else(|| self.rx.blocking_recv()) else { break };
             let mut group = Vec::new();
             let mut bytes = 0;
-            let push = |msg, group: &mut Vec<AppendRequest>, bytes: &mut usize| match msg {
+            let mut other = None;
+            match first {
                 FlusherMsg::Append(r) => {
-                    *bytes += r.encoded_bytes;
+                    bytes += r.encoded_bytes;
                     group.push(r);
-                    false
                 }
-                FlusherMsg::Shutdown => true,
-            };
-            shutdown = push(first, &mut group, &mut bytes);
-            while !shutdown && bytes < GROUP_COMMIT_BYTES_MAX {
+                msg => other = Some(msg),
+            }
+            // Take every append already queued, up to a group's size; any
+            // other message ends the group and runs after it.
+            while other.is_none() && bytes < GROUP_COMMIT_BYTES_MAX {
                 match self.rx.try_recv() {
-                    Ok(msg) => shutdown = push(msg, &mut group, &mut bytes),
+                    Ok(FlusherMsg::Append(r)) => {
+                        bytes += r.encoded_bytes;
+                        group.push(r);
+                    }
+                    Ok(msg) => other = Some(msg),
                     Err(_) => break,
                 }
             }
             self.commit_group(group, &mut buf);
+            match other {
+                None => {}
+                Some(FlusherMsg::Shutdown) => break,
+                Some(FlusherMsg::Barrier(done)) => {
+                    let _ = done.send(());
+                }
+                Some(FlusherMsg::Relocate(segment)) => {
+                    if let Err(e) = self.relocate(segment, &mut buf) {
+                        self.shared.health.poison(e.to_string());
+                    }
+                    self.shared.segments.relocation_done(segment);
+                }
+                Some(msg @ FlusherMsg::Append(_)) => pending = Some(msg),
+            }
         }
         tracing::debug!("flusher stopped");
     }
@@ -119,7 +142,7 @@ impl Flusher {
         if group.is_empty() {
             return;
         }
-        if let Err(e) = self.health.check() {
+        if let Err(e) = self.shared.health.check() {
             for r in group {
                 let _ = r.reply.send(Err(StoreError::Poisoned(e.to_string())));
             }
@@ -140,7 +163,7 @@ impl Flusher {
                 self.publish(planned, segment_base)
             }
             Err(e) => {
-                self.health.poison(e.to_string());
+                self.shared.health.poison(e.to_string());
                 for p in planned {
                     let _ = p.reply.send(Err(StoreError::Poisoned(e.to_string())));
                 }
@@ -157,6 +180,10 @@ impl Flusher {
         let mut planned = Vec::with_capacity(group.len());
         for req in &group {
             let ledger = &req.ledger;
+            if ledger.is_deleted() {
+                planned.push((Err(StoreError::LedgerNotFound(ledger.name.clone())), Vec::new()));
+                continue;
+            }
             let (next, last_ts) = heads.entry(ledger.name.clone()).or_insert_with(|| {
                 let index = ledger.index.read().expect("index lock");
                 (index.next_id(), index.last_ts)
@@ -195,6 +222,7 @@ impl Flusher {
                     idempotency_key: e.idempotency_key.as_deref(),
                     batch_continues: written < new_count,
                     group_start: buf.is_empty(),
+                    relocated: false,
                     payload: e.payload.as_str().as_bytes(),
                 };
                 let offset = buf.len();
@@ -205,7 +233,7 @@ impl Flusher {
                 }
                 ids.push(id);
             }
-            planned.push((ids, records));
+            planned.push((Ok(ids), records));
         }
         for ((ledger, key), (id, ts)) in fresh {
             self.idempotency.insert(&ledger, key, id, ts);
@@ -224,27 +252,87 @@ impl Flusher {
         }
         let has_records = self.writer.len > SEGMENT_HEADER_BYTES as u64;
         if has_records && self.writer.len + buf.len() as u64 > WAL_SEGMENT_BYTES_MAX {
-            let next = SegmentWriter::create(&self.hot_dir, self.writer.seq + 1, self.format_version)?;
-            self.segments.insert(next.seq, next.file.clone());
+            let s = &self.shared;
+            let next = SegmentWriter::create(s.segments.dir(), self.writer.seq + 1, s.format_version)?;
+            s.segments.insert(next.seq, next.file.clone());
+            s.segments.set_current(next.seq);
             self.writer = next;
         }
         let base = (self.writer.seq, self.writer.len);
         self.writer.append_durably(buf)?;
+        self.shared.set_durable_end(self.writer.seq, self.writer.len);
         Ok(base)
     }
 
     /// Makes the group's ids visible, then acknowledges.
     fn publish(&self, planned: Vec<Planned>, (segment, base): (u32, u64)) {
+        let mut written = Vec::new();
         for p in planned {
             if !p.records.is_empty() {
-                let mut index = p.ledger.index.write().expect("index lock");
-                for &(id, ts, offset, len) in &p.records {
-                    let pos = RecordPos { segment, offset: (base + offset as u64) as u32, len: len as u32 };
-                    index.push(id, ts, pos);
+                let full = {
+                    let mut index = p.ledger.index.write().expect("index lock");
+                    for &(id, ts, offset, len) in &p.records {
+                        let pos = RecordPos { segment, offset: (base + offset as u64) as u32, len: len as u32 };
+                        index.push(id, ts, pos);
+                        written.push(pos);
+                    }
+                    index.next_chunk_to_freeze().is_some()
+                };
+                if full && !p.ledger.freeze_queued.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    let _ = self.freezer.send(FreezerMsg::Check(p.ledger.clone()));
                 }
             }
             let created = !p.records.is_empty();
-            let _ = p.reply.send(Ok(AppendOutcome { ids: p.ids, created }));
+            let _ = p.reply.send(p.ids.map(|ids| AppendOutcome { ids, created }));
         }
+        self.shared.segments.account(written, true);
+    }
+
+    /// Copies every live record of a sealed segment to the end of the WAL
+    /// (flagged relocated), durably, then points the indexes at the copies:
+    /// the old segment is then dead and the freezer releases it.
+    fn relocate(&mut self, segment: u32, buf: &mut Vec<u8>) -> Result<()> {
+        let s = self.shared.clone();
+        let Some(file) = s.segments.file(segment) else { return Ok(()) };
+        let path = s.segments.path(segment);
+        let len = file.metadata().map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?.len();
+        let bytes = s.segments.read_at(segment, 0, len as usize)?;
+        buf.clear();
+        // (ledger, id, old position, offset in buf, encoded size)
+        let mut moved = Vec::new();
+        let mut offset = SEGMENT_HEADER_BYTES;
+        while offset < bytes.len() {
+            let Ok((r, used)) = decode_record(&bytes[offset..]) else { break };
+            let old = RecordPos { segment, offset: offset as u32, len: used as u32 };
+            offset += used;
+            let Some(state) = LedgerName::parse(r.ledger).ok().and_then(|n| s.ledger(&n)) else { continue };
+            if state.is_deleted() || state.index.read().expect("index lock").hot_pos(r.id) != Some(old) {
+                continue;
+            }
+            let at = buf.len();
+            let copy = WalRecord { batch_continues: false, group_start: at == 0, relocated: true, ..r };
+            encode_record(&copy, buf);
+            moved.push((state, r.id, old, at, buf.len() - at));
+        }
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let (new_segment, base) = self.write(buf)?;
+        let (mut dead, mut live) = (Vec::new(), Vec::new());
+        for (state, id, old, at, len) in moved {
+            let new = RecordPos { segment: new_segment, offset: (base + at as u64) as u32, len: len as u32 };
+            let mut index = state.index.write().expect("index lock");
+            // Frozen or deleted meanwhile: the copy is dead on arrival.
+            if index.hot_pos(id) == Some(old) {
+                let i = (id - index.hot_base) as usize;
+                index.positions[i] = new;
+                dead.push(old);
+                live.push(new);
+            }
+        }
+        tracing::debug!(segment, records = live.len(), "relocated live records of a sparse segment");
+        s.segments.account(dead, false);
+        s.segments.account(live, true);
+        Ok(())
     }
 }

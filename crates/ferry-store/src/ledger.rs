@@ -1,15 +1,21 @@
-//! In-memory state of one ledger: its catalog metadata and the index from id
-//! to WAL position of every visible entry.
+//! In-memory state of one ledger: its catalog metadata, its frozen chunks,
+//! and the index from id to WAL position of every entry still in the hot
+//! tier.
 //!
-//! **Architecture Invariant:** only the flusher pushes to an index, and only
-//! after the records are durable; so every id a reader can see is durable,
-//! and `head` only moves forward.
+//! **Architecture Invariant:** only the flusher appends to an index, and
+//! only after the records are durable; only the freezer moves ids from the
+//! hot part to `frozen`, and only after their `frozen` key is durable. So
+//! every id a reader can see is durable, `head` only moves forward, and
+//! `first <= hot_base`.
 
+use std::collections::BTreeMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_core::{EntryId, LedgerName};
 
 use crate::catalog::LedgerMeta;
+use crate::chunks::PackInfo;
 use crate::wal::RecordPos;
 
 #[derive(Debug)]
@@ -17,34 +23,77 @@ pub(crate) struct LedgerState {
     pub name: LedgerName,
     pub meta: LedgerMeta,
     pub index: RwLock<LedgerIndex>,
+    /// Set when deletion begins: the flusher takes no more appends for it.
+    deleted: AtomicBool,
+    /// Set while the freezer has been told about a full chunk.
+    pub freeze_queued: AtomicBool,
 }
 
 impl LedgerState {
-    pub fn new(name: LedgerName, meta: LedgerMeta) -> Self {
-        let index = LedgerIndex { first: meta.first, positions: Vec::new(), last_ts: 0, bytes: 0 };
-        Self { name, meta, index: RwLock::new(index) }
+    pub fn new(name: LedgerName, meta: LedgerMeta, chunk_entries: u64) -> Self {
+        let index = LedgerIndex::new(meta.first, chunk_entries);
+        Self {
+            name,
+            meta,
+            index: RwLock::new(index),
+            deleted: AtomicBool::new(false),
+            freeze_queued: AtomicBool::new(false),
+        }
+    }
+
+    pub fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
     }
 }
 
-/// Positions of ids `first ..= head`, densely: `positions[id - first]`.
+/// Where a ledger's ids are: `[first, hot_base)` in frozen packs,
+/// `[hot_base, head]` in the WAL at `positions[id - hot_base]`.
 #[derive(Debug)]
 pub(crate) struct LedgerIndex {
     pub first: EntryId,
+    pub chunk_entries: u64,
+    /// Retained frozen chunks by chunk number.
+    pub frozen: BTreeMap<u64, PackInfo>,
+    /// The first id in the hot tier; `hot_base - 1` is a chunk boundary.
+    pub hot_base: EntryId,
     pub positions: Vec<RecordPos>,
     /// Timestamp of the head entry (0 for an empty ledger).
     pub last_ts: u64,
-    /// Encoded size of the indexed records.
-    pub bytes: u64,
+    /// Encoded size of the hot records.
+    pub hot_bytes: u64,
 }
 
 impl LedgerIndex {
+    pub fn new(first: EntryId, chunk_entries: u64) -> Self {
+        // Everything below `first` was frozen and pruned, so the hot tier
+        // starts at the chunk boundary `first` sits on.
+        Self {
+            first,
+            chunk_entries,
+            frozen: BTreeMap::new(),
+            hot_base: first,
+            positions: Vec::new(),
+            last_ts: 0,
+            hot_bytes: 0,
+        }
+    }
+
     /// The highest id, or `first - 1` when there is none.
     pub fn head(&self) -> EntryId {
-        self.first + self.positions.len() as u64 - 1
+        self.hot_base + self.positions.len() as u64 - 1
     }
 
     pub fn next_id(&self) -> EntryId {
         self.head() + 1
+    }
+
+    /// The chunk the hot tier starts with, and whether it is complete.
+    pub fn next_chunk_to_freeze(&self) -> Option<u64> {
+        (self.positions.len() as u64 >= self.chunk_entries).then(|| (self.hot_base - 1) / self.chunk_entries)
     }
 
     /// Adds the next entry. Panics if ids or timestamps would go backwards:
@@ -54,13 +103,43 @@ impl LedgerIndex {
         assert!(ts >= self.last_ts, "timestamps must not decrease");
         self.positions.push(pos);
         self.last_ts = ts;
-        self.bytes += u64::from(pos.len);
+        self.hot_bytes += u64::from(pos.len);
     }
 
-    /// Positions of `from ..= from + limit - 1`, clipped to the head.
-    pub fn range(&self, from: EntryId, limit: usize) -> &[RecordPos] {
-        let start = (from.saturating_sub(self.first) as usize).min(self.positions.len());
+    /// Hot positions of `from ..= from + limit - 1`, clipped to the head;
+    /// `from` must be at least `hot_base`.
+    pub fn hot_range(&self, from: EntryId, limit: usize) -> &[RecordPos] {
+        let start = (from.saturating_sub(self.hot_base) as usize).min(self.positions.len());
         let end = start.saturating_add(limit).min(self.positions.len());
         &self.positions[start..end]
+    }
+
+    /// Where `id` is in the WAL, if it is hot.
+    pub fn hot_pos(&self, id: EntryId) -> Option<RecordPos> {
+        id.checked_sub(self.hot_base).and_then(|i| self.positions.get(i as usize)).copied()
+    }
+
+    /// Moves a frozen chunk out of the hot tier; returns the positions it
+    /// leaves (for segment accounting).
+    pub fn freeze_front(&mut self, chunk: u64, info: PackInfo) -> Vec<RecordPos> {
+        assert_eq!(info.first_id, self.hot_base, "chunks freeze in order");
+        assert_eq!(info.count, self.chunk_entries);
+        let left: Vec<RecordPos> = self.positions.drain(..self.chunk_entries as usize).collect();
+        self.hot_bytes -= left.iter().map(|p| u64::from(p.len)).sum::<u64>();
+        self.hot_base += self.chunk_entries;
+        self.frozen.insert(chunk, info);
+        left
+    }
+
+    /// Drops a pruned chunk; `first` moves past it.
+    pub fn prune_front(&mut self, chunk: u64) -> Option<PackInfo> {
+        let info = self.frozen.remove(&chunk)?;
+        assert!(info.last_id() + 1 > self.first, "first only moves forward");
+        self.first = info.last_id() + 1;
+        Some(info)
+    }
+
+    pub fn pack_bytes(&self) -> u64 {
+        self.frozen.values().map(|p| p.len).sum()
     }
 }

@@ -7,14 +7,22 @@
 //! resolve ids through the index and `pread` the WAL. See ARCHITECTURE.md.
 
 mod catalog;
+pub mod chunks;
 pub mod durable;
 mod error;
 mod flusher;
+mod freezer;
 mod health;
 mod ledger;
+mod packs;
+mod recovery;
+mod shared;
+pub mod sim;
 mod store;
+pub mod vfs;
 mod wal;
 
 pub use catalog::{Catalog, CatalogOp, LedgerMeta, RedbCatalog};
 pub use error::{Result, StoreError};
+pub use shared::{RetentionHold, RetentionPolicy};
 pub use store::{AppendOutcome, LedgerInfo, ReadBatch, Store, StoreConfig};

@@ -3,27 +3,32 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use ferry_core::limits::{
     APPEND_BYTES_MAX, APPEND_QUEUE_DEPTH, BATCH_ENTRIES_MAX, CHUNK_ENTRIES_DEFAULT, CHUNK_ENTRIES_MAX,
     CHUNK_ENTRIES_MIN, ENTRY_BYTES_MAX_DEFAULT, ENTRY_BYTES_MAX_LIMIT, ENTRY_KEY_BYTES_MAX, FORMAT_VERSION,
-    IDEMPOTENCY_KEY_BYTES_MAX, READ_BYTES_MAX,
+    IDEMPOTENCY_KEY_BYTES_MAX,
 };
 use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload, now_ms};
 use ferry_format::keys::{CatalogKey, ConfigName};
-use ferry_format::wal::{self as wal_format, decode_record};
+use ferry_format::wal as wal_format;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, CatalogOp, LedgerMeta, RedbCatalog};
-use crate::durable;
+use crate::chunks::{self, PackLayout};
+use crate::durable::{self, RealFs};
 use crate::error::{Result, StoreError};
 use crate::flusher::{AppendRequest, Flusher, FlusherMsg, IdempotencyIndex};
+use crate::freezer::{Freezer, FreezerMsg};
 use crate::health::Health;
 use crate::ledger::LedgerState;
-use crate::wal::{self, RecordPos, Segments};
+use crate::packs::PackCache;
+use crate::recovery::{self, WalIndexer};
+use crate::shared::{RetentionHold, RetentionPolicy, Shared};
+use crate::wal::{self, Segments};
 
 /// Where the store lives and the limits it enforces.
 #[derive(Debug, Clone)]
@@ -39,6 +44,7 @@ pub struct StoreConfig {
     pub chunk_entries: Option<u64>,
     pub max_entry_bytes: usize,
     pub auto_create_ledgers: bool,
+    pub retention: RetentionPolicy,
 }
 
 impl StoreConfig {
@@ -51,6 +57,7 @@ impl StoreConfig {
             chunk_entries: None,
             max_entry_bytes: ENTRY_BYTES_MAX_DEFAULT as usize,
             auto_create_ledgers: true,
+            retention: RetentionPolicy::default(),
         }
     }
 
@@ -95,15 +102,12 @@ pub struct Store {
 }
 
 struct Inner {
-    catalog: Box<dyn Catalog>,
-    ledgers: RwLock<BTreeMap<LedgerName, Arc<LedgerState>>>,
+    shared: Arc<Shared>,
     /// Serialises ledger creation so a name is created once.
     create_lock: Mutex<()>,
     tx: mpsc::Sender<FlusherMsg>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
-    segments: Arc<Segments>,
-    health: Arc<Health>,
-    chunk_entries: u64,
+    freezer_tx: std::sync::mpsc::Sender<FreezerMsg>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     max_entry_bytes: usize,
     auto_create_ledgers: bool,
     /// The flocks of every storage root, held until the store is dropped.
@@ -111,23 +115,25 @@ struct Inner {
 }
 
 impl Drop for Inner {
-    /// Closes the queue and waits for the flusher to write what is still in
-    /// it (appends whose callers gave up) and stop; only then do the fields
-    /// drop and release the locks, so no second store can open the roots
-    /// while this one still writes.
+    /// Closes the queues and waits for the flusher to write what is still in
+    /// them (appends whose callers gave up) and the freezer to stop; only
+    /// then do the fields drop and release the locks, so no second store can
+    /// open the roots while this one still writes.
     fn drop(&mut self) {
         drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
-        if let Ok(slot) = self.flusher.get_mut()
-            && let Some(handle) = slot.take()
-        {
-            let _ = handle.join();
+        let _ = self.freezer_tx.send(FreezerMsg::Shutdown);
+        if let Ok(threads) = self.threads.get_mut() {
+            for handle in threads.drain(..) {
+                let _ = handle.join();
+            }
         }
     }
 }
 
 impl Store {
-    /// Locks the storage roots, checks the pinned layout, recovers the hot
-    /// tier and starts the flusher. Blocking.
+    /// Locks the storage roots, checks the pinned layout, finishes the pack
+    /// protocols, recovers the hot tier, and starts the flusher and the
+    /// freezer. Blocking.
     pub fn open(config: StoreConfig) -> Result<Store> {
         check_config(&config)?;
         let roots = [
@@ -138,53 +144,85 @@ impl Store {
         ];
         let mut locks = Vec::new();
         let mut locked = HashSet::new();
-        for root in &roots {
+        for (i, root) in roots.iter().enumerate() {
             durable::create_dir_all(root)?;
             if locked.insert(std::fs::canonicalize(root).unwrap_or(root.clone())) {
-                locks.push(durable::lock_root(root)?);
+                let name = if i == 0 { durable::LOCK_FILE } else { durable::ROOT_LOCK_FILE };
+                locks.push(durable::lock_root(root, name)?);
             }
         }
-        let [_, catalog_dir, hot_dir, _] = roots;
+        let [_, catalog_dir, hot_dir, ledgers_dir] = roots;
         let catalog = RedbCatalog::open(&catalog_dir)?;
         let chunk_entries = pin_layout(&catalog, config.chunk_entries)?;
-        let ledgers = load_ledgers(&catalog)?;
-
-        let mut idempotency = IdempotencyIndex::default();
-        let recovered = wal::recover(&hot_dir, FORMAT_VERSION, |path, scanned| {
-            index_record(&ledgers, &mut idempotency, path, scanned)
-        })?;
-        idempotency.expire(now_ms());
-        let segments = Arc::new(Segments::new(hot_dir.clone()));
-        for (seq, file) in recovered.segments {
-            segments.insert(seq, file);
+        let ledgers = load_ledgers(&catalog, chunk_entries)?;
+        let layout = PackLayout { root: ledgers_dir };
+        let recovered_packs = chunks::recover(&RealFs, &catalog, &layout)?;
+        for orphan in &recovered_packs.orphans {
+            tracing::warn!(file = %orphan.display(), "pack file without a catalog key (ferry verify lists it)");
         }
-        let health = Arc::new(Health::default());
-        let (tx, rx) = mpsc::channel(APPEND_QUEUE_DEPTH);
-        let flusher = Flusher {
-            rx,
-            writer: recovered.writer,
-            segments: segments.clone(),
-            health: health.clone(),
-            idempotency,
+        let shared = Arc::new(Shared {
+            catalog: Box::new(catalog),
+            ledgers: RwLock::new(ledgers),
+            segments: Segments::new(hot_dir.clone()),
+            health: Health::default(),
+            layout,
+            packs: PackCache::default(),
+            vfs: RealFs,
+            chunk_entries,
             format_version: FORMAT_VERSION,
-            hot_dir,
+            retention: config.retention.clone(),
+            holds: RwLock::default(),
+            durable_end: Default::default(),
+        });
+        let now = now_ms();
+        let mut idempotency = IdempotencyIndex::default();
+        recovery::load_frozen(&shared, recovered_packs.frozen, &mut idempotency, now)?;
+        let (recovered, live) = {
+            let ledgers = shared.ledgers.read().expect("ledgers lock");
+            let mut indexer = WalIndexer::new(&ledgers, &mut idempotency, &hot_dir);
+            let recovered = wal::recover(&hot_dir, FORMAT_VERSION, |path, scanned| indexer.visit(path, scanned))?;
+            (recovered, indexer.install()?)
         };
-        let handle = std::thread::Builder::new()
-            .name("ferry-flusher".into())
-            .spawn(move || flusher.run())
-            .map_err(|e| StoreError::io("start the flusher thread", e))?;
-        tracing::info!(ledgers = ledgers.len(), chunk_entries, "store open");
-        metrics::gauge!("ferry_ledgers").set(ledgers.len() as f64);
+        idempotency.expire(now);
+        for (seq, file) in recovered.segments {
+            shared.segments.insert(seq, file);
+        }
+        shared.segments.set_current(recovered.writer.seq);
+        shared.segments.account(live, true);
+        shared.set_durable_end(recovered.writer.seq, recovered.writer.len);
+
+        let (tx, rx) = mpsc::channel(APPEND_QUEUE_DEPTH);
+        let (freezer_tx, freezer_rx) = std::sync::mpsc::channel();
+        let flusher =
+            Flusher { rx, writer: recovered.writer, shared: shared.clone(), freezer: freezer_tx.clone(), idempotency };
+        let freezer = Freezer { rx: freezer_rx, shared: shared.clone(), flusher: tx.clone() };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| StoreError::io(format!("start {name}"), e))
+        };
+        let threads = vec![
+            spawn("ferry-flusher", Box::new(move || flusher.run()))?,
+            spawn("ferry-freezer", Box::new(move || freezer.run()))?,
+        ];
+        // Chunks that filled before the last stop are frozen now.
+        for state in shared.ledgers.read().expect("ledgers lock").values() {
+            if state.index.read().expect("index lock").next_chunk_to_freeze().is_some() {
+                state.freeze_queued.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = freezer_tx.send(FreezerMsg::Check(state.clone()));
+            }
+        }
+        let count = shared.ledgers.read().expect("ledgers lock").len();
+        tracing::info!(ledgers = count, chunk_entries, "store open");
+        metrics::gauge!("ferry_ledgers").set(count as f64);
         Ok(Store {
             inner: Arc::new(Inner {
-                catalog: Box::new(catalog),
-                ledgers: RwLock::new(ledgers),
+                shared,
                 create_lock: Mutex::new(()),
                 tx,
-                flusher: Mutex::new(Some(handle)),
-                segments,
-                health,
-                chunk_entries,
+                freezer_tx,
+                threads: Mutex::new(threads),
                 max_entry_bytes: config.max_entry_bytes,
                 auto_create_ledgers: config.auto_create_ledgers,
                 _locks: locks,
@@ -194,7 +232,7 @@ impl Store {
 
     /// The pinned `chunk_entries`.
     pub fn chunk_entries(&self) -> u64 {
-        self.inner.chunk_entries
+        self.inner.shared.chunk_entries
     }
 
     pub fn max_entry_bytes(&self) -> usize {
@@ -203,22 +241,33 @@ impl Store {
 
     /// Ok while the store accepts writes; the poison reason otherwise.
     pub fn ready(&self) -> Result<()> {
-        self.inner.health.check()
+        self.inner.shared.health.check()
+    }
+
+    /// Registers something retention must respect (an exporter's cursors, a
+    /// snapshot pin): no chunk holding an id it needs is pruned.
+    pub fn add_hold(&self, hold: Arc<dyn RetentionHold>) {
+        self.inner.shared.holds.write().expect("holds lock").push(hold);
+    }
+
+    /// Bytes the hot tier's segment files take on disk.
+    pub fn hot_disk_bytes(&self) -> u64 {
+        self.inner.shared.segments.disk_bytes()
     }
 
     /// Appends entries durably, all or nothing, with contiguous new ids.
     /// Resolves only after the records are fsync'd.
     pub async fn append(&self, ledger: &LedgerName, entries: Vec<NewEntry>) -> Result<AppendOutcome> {
         let encoded_bytes = self.validate(ledger, &entries)?;
-        self.inner.health.check()?;
-        let state = match self.ledger(ledger) {
+        self.ready()?;
+        let state = match self.inner.shared.ledger(ledger) {
             Some(state) => state,
             None if self.inner.auto_create_ledgers => {
                 let (store, name) = (self.clone(), ledger.clone());
                 tokio::task::spawn_blocking(move || store.create_ledger(&name))
                     .await
                     .map_err(|_| StoreError::ShuttingDown)??;
-                self.ledger(ledger).ok_or_else(|| StoreError::LedgerNotFound(ledger.clone()))?
+                self.inner.shared.ledger(ledger).ok_or_else(|| StoreError::LedgerNotFound(ledger.clone()))?
             }
             None => return Err(StoreError::LedgerNotFound(ledger.clone())),
         };
@@ -261,6 +310,7 @@ impl Store {
                 idempotency_key: e.idempotency_key.as_deref(),
                 batch_continues: false,
                 group_start: false,
+                relocated: false,
                 payload: e.payload.as_str().as_bytes(),
             });
         }
@@ -272,21 +322,24 @@ impl Store {
 
     /// Creates a ledger durably; false when it already existed. Blocking.
     pub fn create_ledger(&self, name: &LedgerName) -> Result<bool> {
-        self.inner.health.check()?;
+        let shared = &self.inner.shared;
+        shared.health.check()?;
         let _guard = self.inner.create_lock.lock().expect("create lock");
-        if self.ledger(name).is_some() {
+        if shared.ledger(name).is_some() {
             return Ok(false);
         }
-        let meta = LedgerMeta { created_at: now_ms(), first: 1 };
+        // Every record of an earlier ledger of this name was durable before
+        // its deletion, so it lies before this position.
+        let meta = LedgerMeta { created_at: now_ms(), first: 1, wal_from: shared.durable_end() };
         let value = serde_json::to_vec(&meta).expect("metadata serialises");
         let op = CatalogOp::Put(CatalogKey::Ledger(name.clone()), value);
-        if let Err(e) = self.inner.catalog.commit(&[op]) {
-            self.inner.health.poison(e.to_string());
+        if let Err(e) = shared.catalog.commit(&[op]) {
+            shared.health.poison(e.to_string());
             return Err(e);
         }
-        let state = Arc::new(LedgerState::new(name.clone(), meta));
+        let state = Arc::new(LedgerState::new(name.clone(), meta, shared.chunk_entries));
         let count = {
-            let mut ledgers = self.inner.ledgers.write().expect("ledgers lock");
+            let mut ledgers = shared.ledgers.write().expect("ledgers lock");
             ledgers.insert(name.clone(), state);
             ledgers.len()
         };
@@ -295,96 +348,56 @@ impl Store {
         Ok(true)
     }
 
-    fn ledger(&self, name: &LedgerName) -> Option<Arc<LedgerState>> {
-        self.inner.ledgers.read().expect("ledgers lock").get(name).cloned()
+    /// Deletes a ledger: its packs (through the sweep), its hot entries,
+    /// its cursors and its metadata. Appends to it fail from the start of
+    /// the deletion; afterwards the name can be created again.
+    pub async fn delete_ledger(&self, name: &LedgerName) -> Result<()> {
+        self.ready()?;
+        let state = self.inner.shared.ledger(name).ok_or_else(|| StoreError::LedgerNotFound(name.clone()))?;
+        let (reply, answer) = oneshot::channel();
+        self.inner.freezer_tx.send(FreezerMsg::Delete(state, reply)).map_err(|_| StoreError::ShuttingDown)?;
+        answer.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
     pub fn ledger_info(&self, name: &LedgerName) -> Option<LedgerInfo> {
-        self.ledger(name).map(|s| info(&s))
+        self.inner.shared.ledger(name).map(|s| info(&s))
     }
 
     pub fn list_ledgers(&self) -> Vec<LedgerInfo> {
-        let ledgers = self.inner.ledgers.read().expect("ledgers lock");
+        let ledgers = self.inner.shared.ledgers.read().expect("ledgers lock");
         ledgers.values().map(|s| info(s)).collect()
     }
 
     /// Reads up to `limit` entries from `from` (default: First) in id order,
-    /// stopping early after `READ_BYTES_MAX`. Blocking: it reads files.
+    /// across packs and the hot tier, stopping early after `READ_BYTES_MAX`.
+    /// Blocking: it reads files.
     pub fn read(&self, ledger: &LedgerName, from: Option<EntryId>, limit: usize) -> Result<ReadBatch> {
-        let state = self.ledger(ledger).ok_or_else(|| StoreError::LedgerNotFound(ledger.clone()))?;
-        let (from, positions) = {
-            let index = state.index.read().expect("index lock");
-            let from = from.unwrap_or(index.first);
-            if from < index.first {
-                return Err(StoreError::BelowFirst { ledger: ledger.clone(), from, first: index.first });
-            }
-            let positions = index.range(from, limit);
-            let mut bytes = 0usize;
-            let fit = positions
-                .iter()
-                .take_while(|p| {
-                    let fits = bytes < READ_BYTES_MAX;
-                    bytes += p.len as usize;
-                    fits
-                })
-                .count();
-            (from, positions[..fit].to_vec())
-        };
-        let entries = self.load(ledger, from, &positions)?;
+        let shared = &self.inner.shared;
+        let state = shared.ledger(ledger).ok_or_else(|| StoreError::LedgerNotFound(ledger.clone()))?;
+        let from = from.unwrap_or_else(|| state.index.read().expect("index lock").first);
+        let records = shared.read_records(&state, from, limit)?;
+        let mut entries = Vec::with_capacity(records.len());
+        for r in records {
+            let payload = Payload::from_stored(r.payload.as_bytes()).map_err(|e| StoreError::Corrupted {
+                segment: shared.segments.dir().to_path_buf(),
+                offset: 0,
+                ledger: Some(ledger.clone()),
+                reason: format!("id {}: {e}", r.id),
+            })?;
+            entries.push(Entry { ledger: ledger.clone(), id: r.id, ts: r.ts, key: r.key, payload });
+        }
         let next = from + entries.len() as u64;
         Ok(ReadBatch { entries, next })
     }
 
-    /// Loads records, one `pread` per run of adjacent records, checking that
-    /// each decoded record is the ledger and id the index said it was.
-    fn load(&self, ledger: &LedgerName, from: EntryId, positions: &[RecordPos]) -> Result<Vec<Entry>> {
-        let mut entries = Vec::with_capacity(positions.len());
-        let mut rest = positions;
-        while let Some(first) = rest.first() {
-            let run = rest
-                .windows(2)
-                .take_while(|w| w[1].segment == w[0].segment && w[1].offset == w[0].offset + w[0].len)
-                .count()
-                + 1;
-            let (now, later) = rest.split_at(run);
-            let end = now.last().map(|p| p.offset + p.len).expect("run is non-empty");
-            let bytes =
-                self.inner.segments.read_at(first.segment, first.offset.into(), (end - first.offset) as usize)?;
-            for pos in now {
-                let expected = from + entries.len() as u64;
-                let at = (pos.offset - first.offset) as usize;
-                entries.push(self.decode_at(ledger, expected, *pos, &bytes[at..at + pos.len as usize])?);
-            }
-            rest = later;
-        }
-        Ok(entries)
-    }
-
-    fn decode_at(&self, ledger: &LedgerName, id: EntryId, pos: RecordPos, bytes: &[u8]) -> Result<Entry> {
-        let corrupted = |reason: String| StoreError::Corrupted {
-            segment: self.inner.segments.path(pos.segment),
-            offset: pos.offset.into(),
-            ledger: Some(ledger.clone()),
-            reason,
-        };
-        let (record, _) = decode_record(bytes).map_err(|e| corrupted(e.to_string()))?;
-        if record.ledger != ledger.as_str() || record.id != id {
-            return Err(corrupted(format!(
-                "index expected {ledger}/{id}, the record is {}/{}",
-                record.ledger, record.id
-            )));
-        }
-        let payload = Payload::from_stored(record.payload).map_err(|e| corrupted(e.to_string()))?;
-        Ok(Entry { ledger: ledger.clone(), id, ts: record.ts, key: record.key.map(str::to_owned), payload })
-    }
-
-    /// Stops the flusher after the appends already queued. Safe to call
-    /// more than once; later appends fail with `ShuttingDown`.
+    /// Stops the flusher after the appends already queued, and the freezer.
+    /// Safe to call more than once; later appends fail with `ShuttingDown`.
     pub async fn shutdown(&self) {
         let _ = self.inner.tx.send(FlusherMsg::Shutdown).await;
-        let handle = self.inner.flusher.lock().expect("flusher lock").take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        let _ = self.inner.freezer_tx.send(FreezerMsg::Shutdown);
+        let threads = std::mem::take(&mut *self.inner.threads.lock().expect("threads lock"));
+        if !threads.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|h| drop(h.join()))).await;
         }
     }
 }
@@ -420,8 +433,8 @@ fn info(state: &LedgerState) -> LedgerInfo {
         name: state.name.clone(),
         first: index.first,
         head: index.head(),
-        entries: index.positions.len() as u64,
-        bytes: index.bytes,
+        entries: (index.head() + 1).saturating_sub(index.first),
+        bytes: index.hot_bytes + index.pack_bytes(),
         created_at: state.meta.created_at,
     }
 }
@@ -469,7 +482,7 @@ fn pin_layout(catalog: &dyn Catalog, chunk_entries: Option<u64>) -> Result<u64> 
     Ok(chunk)
 }
 
-fn load_ledgers(catalog: &dyn Catalog) -> Result<BTreeMap<LedgerName, Arc<LedgerState>>> {
+fn load_ledgers(catalog: &dyn Catalog, chunk_entries: u64) -> Result<BTreeMap<LedgerName, Arc<LedgerState>>> {
     let mut ledgers = BTreeMap::new();
     for (key, value) in catalog.scan(CatalogKey::LEDGER_PREFIX)? {
         let CatalogKey::Ledger(name) = key else {
@@ -477,40 +490,7 @@ fn load_ledgers(catalog: &dyn Catalog) -> Result<BTreeMap<LedgerName, Arc<Ledger
         };
         let meta: LedgerMeta =
             serde_json::from_slice(&value).map_err(|e| StoreError::CatalogCorrupted(format!("ledger:{name}: {e}")))?;
-        ledgers.insert(name.clone(), Arc::new(LedgerState::new(name, meta)));
+        ledgers.insert(name.clone(), Arc::new(LedgerState::new(name, meta, chunk_entries)));
     }
     Ok(ledgers)
-}
-
-/// Recovery: adds one scanned record to its ledger's index, checking that
-/// ids are dense and timestamps never decrease.
-fn index_record(
-    ledgers: &BTreeMap<LedgerName, Arc<LedgerState>>,
-    idempotency: &mut IdempotencyIndex,
-    path: &Path,
-    scanned: wal::ScannedRecord<'_>,
-) -> Result<()> {
-    let wal::ScannedRecord { record, pos } = scanned;
-    let corrupted = |reason: String| StoreError::Corrupted {
-        segment: path.to_path_buf(),
-        offset: pos.offset.into(),
-        ledger: LedgerName::parse(record.ledger).ok(),
-        reason,
-    };
-    let state = LedgerName::parse(record.ledger)
-        .ok()
-        .and_then(|name| ledgers.get(&name))
-        .ok_or_else(|| corrupted(format!("record of ledger {:?}, which the catalog does not list", record.ledger)))?;
-    let mut index = state.index.write().expect("index lock");
-    if record.id != index.next_id() {
-        return Err(corrupted(format!("id {} where {} was expected (ids must be dense)", record.id, index.next_id())));
-    }
-    if record.ts < index.last_ts {
-        return Err(corrupted(format!("timestamp {} is before the previous {}", record.ts, index.last_ts)));
-    }
-    index.push(record.id, record.ts, pos);
-    if let Some(key) = record.idempotency_key {
-        idempotency.insert(&state.name, key, record.id, record.ts);
-    }
-    Ok(())
 }

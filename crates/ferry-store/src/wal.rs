@@ -40,17 +40,41 @@ pub(crate) struct RecordPos {
     pub len: u32,
 }
 
-/// Read handles of every live segment, shared by readers (`pread` needs no
-/// seek position, so one handle serves all threads).
+/// Every live segment: its read handle (`pread` needs no seek position, so
+/// one handle serves all threads) and how much of it is still live.
+///
+/// **Architecture Invariant:** a segment is released (unlinked) only when
+/// it is not the one being written and no live record is left in it: every
+/// record in it belongs to a frozen chunk whose key is durable, to a
+/// deleted ledger whose deletion is durable, or was relocated durably.
 #[derive(Debug)]
 pub(crate) struct Segments {
     dir: PathBuf,
-    files: RwLock<BTreeMap<u32, Arc<File>>>,
+    files: RwLock<BTreeMap<u32, Segment>>,
+    /// The segment the flusher writes; never released.
+    current: std::sync::atomic::AtomicU32,
 }
+
+#[derive(Debug, Clone)]
+struct Segment {
+    file: Arc<File>,
+    live_records: u64,
+    live_bytes: u64,
+    /// A relocation of its live records was asked for and not yet done.
+    relocating: bool,
+}
+
+/// A segment read that found the segment already released: the records
+/// moved (frozen or relocated) since the caller looked them up.
+pub(crate) const RELEASED: &str = "segment was released";
 
 impl Segments {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, files: RwLock::default() }
+        Self { dir, files: RwLock::default(), current: Default::default() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn path(&self, segment: u32) -> PathBuf {
@@ -58,17 +82,88 @@ impl Segments {
     }
 
     pub fn insert(&self, segment: u32, file: Arc<File>) {
-        self.files.write().expect("segments lock").insert(segment, file);
+        let seg = Segment { file, live_records: 0, live_bytes: 0, relocating: false };
+        self.files.write().expect("segments lock").insert(segment, seg);
+    }
+
+    pub fn set_current(&self, segment: u32) {
+        self.current.store(segment, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn current(&self) -> u32 {
+        self.current.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn file(&self, segment: u32) -> Option<Arc<File>> {
+        self.files.read().expect("segments lock").get(&segment).map(|s| s.file.clone())
+    }
+
+    /// Counts records that became live (`sign` +1) or dead (-1).
+    pub fn account(&self, positions: impl IntoIterator<Item = RecordPos>, live: bool) {
+        let mut files = self.files.write().expect("segments lock");
+        for p in positions {
+            if let Some(s) = files.get_mut(&p.segment) {
+                if live {
+                    s.live_records += 1;
+                    s.live_bytes += u64::from(p.len);
+                } else {
+                    s.live_records -= 1;
+                    s.live_bytes -= u64::from(p.len);
+                }
+            }
+        }
+    }
+
+    /// Takes every sealed segment with nothing live out of the set; the
+    /// caller unlinks them.
+    pub fn take_dead(&self) -> Vec<PathBuf> {
+        let current = self.current();
+        let mut files = self.files.write().expect("segments lock");
+        let dead: Vec<u32> =
+            files.iter().filter(|(n, s)| **n != current && s.live_records == 0).map(|(n, _)| *n).collect();
+        dead.into_iter()
+            .map(|n| {
+                files.remove(&n);
+                self.path(n)
+            })
+            .collect()
+    }
+
+    /// Sealed segments less than half live, not yet being relocated; marks
+    /// them as being relocated.
+    pub fn take_sparse(&self) -> Vec<u32> {
+        let current = self.current();
+        let mut files = self.files.write().expect("segments lock");
+        let mut out = Vec::new();
+        for (n, s) in files.iter_mut().filter(|(n, s)| **n != current && s.live_records > 0 && !s.relocating) {
+            let len = s.file.metadata().map(|m| m.len()).unwrap_or(0);
+            if s.live_bytes * 2 < len {
+                s.relocating = true;
+                out.push(*n);
+            }
+        }
+        out
+    }
+
+    pub fn relocation_done(&self, segment: u32) {
+        if let Some(s) = self.files.write().expect("segments lock").get_mut(&segment) {
+            s.relocating = false;
+        }
+    }
+
+    /// Bytes of every segment file, for metrics and tests.
+    pub fn disk_bytes(&self) -> u64 {
+        let files = self.files.read().expect("segments lock");
+        files.values().map(|s| s.file.metadata().map(|m| m.len()).unwrap_or(0)).sum()
     }
 
     /// Reads `len` bytes at `offset` of a segment.
     pub fn read_at(&self, segment: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let file = self.files.read().expect("segments lock").get(&segment).cloned();
-        let file = file.ok_or_else(|| StoreError::Corrupted {
+        let file = self.file(segment).ok_or_else(|| StoreError::Corrupted {
             segment: self.path(segment),
             offset,
             ledger: None,
-            reason: "segment is missing".into(),
+            reason: RELEASED.into(),
         })?;
         let mut buf = vec![0; len];
         file.read_exact_at(&mut buf, offset)
@@ -193,7 +288,7 @@ fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
                 })?;
                 out.push((seq, item.path()));
             }
-            None if name == durable::LOCK_FILE => {}
+            None if name == durable::LOCK_FILE || name == durable::ROOT_LOCK_FILE => {}
             None => tracing::warn!(file = %item.path().display(), "ignoring a file that is not a WAL segment"),
         }
     }

@@ -248,6 +248,7 @@ impl Config {
             chunk_entries: self.storage.chunk_entries,
             max_entry_bytes: entry_max as usize,
             auto_create_ledgers: self.storage.auto_create_ledgers,
+            retention: ferry_store::RetentionPolicy::default(),
         };
         let api = ApiConfig {
             tokens,

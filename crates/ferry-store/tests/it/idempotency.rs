@@ -146,6 +146,7 @@ async fn idempotency_key_reused_after_its_window_is_remembered_after_reopen() {
         idempotency_key: Some("k"),
         batch_continues: false,
         group_start: true,
+        relocated: false,
         payload,
     };
     let segment = last_segment(dir.path());

@@ -109,7 +109,7 @@ fn a_fresh_store_creates_its_layout_and_is_ready() {
     assert!(store.list_ledgers().is_empty());
     for sub in ["catalog", "hot", "ledgers"] {
         assert!(data.join(sub).is_dir(), "{sub}");
-        assert!(data.join(sub).join("ferry.lock").is_file(), "{sub} has its lock file");
+        assert!(data.join(sub).join(".ferry.lock").is_file(), "{sub} has its lock file");
     }
     assert!(data.join("ferry.lock").is_file());
     assert_eq!(segments(&data), vec![segment_path(&data, 1)]);

@@ -1,0 +1,448 @@
+//! The pack protocols of SPEC §3, on any `Vfs` and `Catalog`:
+//!
+//! - **freeze** (mark-then-write): `freezing` key (synced) → write
+//!   `….pack.tmp` (create-new) → fsync → rename → fsync the bucket dir (and
+//!   its parents when just created) → read back and check → `frozen` key.
+//! - **sweep**: `frozen` → `pruning` (synced) → unlink → fsync the bucket
+//!   dir → delete the key.
+//! - **recover**: before serving, finish every `freezing` (remove its
+//!   files; the freezer redoes the chunk) and `pruning` key, and check every
+//!   `frozen` key has its complete file.
+//!
+//! **Architecture Invariant:** at every instant every pack file has a key,
+//! and a `frozen` key's file is complete; a crash anywhere is finished by
+//! `recover`. Each step has a fail point (feature `failpoints`).
+
+use std::path::{Path, PathBuf};
+
+use ferry_core::{EntryId, LedgerName};
+use ferry_format::keys::CatalogKey;
+use ferry_format::pack::{PackHeader, PackWriter, decode_pack};
+use ferry_format::wal::WalRecord;
+use sha2::Digest as _;
+
+use crate::catalog::{Catalog, CatalogOp};
+use crate::error::{IoContext as _, Result, StoreError};
+use crate::vfs::{Vfs, VfsFile};
+
+/// What the catalog holds under `chunk:{ledger}:{chunk:08}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ChunkState {
+    Freezing,
+    Frozen(PackInfo),
+    Pruning(PackInfo),
+}
+
+/// A frozen pack, as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PackInfo {
+    pub len: u64,
+    /// Lower-case hex SHA-256 of the whole file.
+    pub sha256: String,
+    pub format_version: u32,
+    pub first_id: EntryId,
+    pub count: u64,
+    pub first_ts: u64,
+    pub last_ts: u64,
+}
+
+impl PackInfo {
+    pub fn last_id(&self) -> EntryId {
+        self.first_id + self.count - 1
+    }
+}
+
+impl ChunkState {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("chunk state serialises")
+    }
+
+    pub fn decode(key: &CatalogKey, bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::CatalogCorrupted(format!("{key}: {e}")))
+    }
+}
+
+/// Where packs live: `{root}/{ledger}/{bucket:05}/{chunk:08}.pack`.
+#[derive(Debug, Clone)]
+pub struct PackLayout {
+    pub root: PathBuf,
+}
+
+const PACK_SUFFIX: &str = ".pack";
+const TMP_SUFFIX: &str = ".pack.tmp";
+
+impl PackLayout {
+    pub fn ledger_dir(&self, ledger: &LedgerName) -> PathBuf {
+        self.root.join(ledger.as_str())
+    }
+
+    pub fn bucket_dir(&self, ledger: &LedgerName, chunk: u64) -> PathBuf {
+        self.ledger_dir(ledger).join(format!("{:05}", chunk / 1000))
+    }
+
+    pub fn pack_path(&self, ledger: &LedgerName, chunk: u64) -> PathBuf {
+        self.bucket_dir(ledger, chunk).join(format!("{chunk:08}{PACK_SUFFIX}"))
+    }
+
+    pub fn tmp_path(&self, ledger: &LedgerName, chunk: u64) -> PathBuf {
+        self.bucket_dir(ledger, chunk).join(format!("{chunk:08}{TMP_SUFFIX}"))
+    }
+}
+
+/// A record to freeze, with everything a pack keeps.
+#[derive(Debug, Clone)]
+pub struct OwnedRecord {
+    pub id: EntryId,
+    pub ts: u64,
+    pub key: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub payload: String,
+}
+
+macro_rules! step {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| Err(StoreError::io(
+            concat!("fail point ", $name),
+            std::io::Error::other("injected")
+        )));
+    };
+}
+
+fn io_err(what: impl Fn() -> String) -> impl Fn(std::io::Error) -> StoreError {
+    move |e| StoreError::io(what(), e)
+}
+
+/// Freezes chunk `chunk` of `ledger` from `records` (exactly the chunk's
+/// ids, in order) by the mark-then-write protocol. Returns what the
+/// `frozen` key now says.
+pub fn freeze(
+    vfs: &dyn Vfs,
+    catalog: &dyn Catalog,
+    layout: &PackLayout,
+    ledger: &LedgerName,
+    chunk: u64,
+    chunk_entries: u64,
+    format_version: u32,
+    records: &mut dyn Iterator<Item = Result<OwnedRecord>>,
+) -> Result<PackInfo> {
+    let key = CatalogKey::Chunk(ledger.clone(), chunk);
+    catalog.commit(&[CatalogOp::Put(key.clone(), ChunkState::Freezing.encode())])?;
+    step!("freeze::marked");
+
+    let (ledger_dir, bucket) = (layout.ledger_dir(ledger), layout.bucket_dir(ledger, chunk));
+    let new_ledger_dir = ensure_dir(vfs, &ledger_dir)?;
+    let new_bucket = ensure_dir(vfs, &bucket)?;
+    let (tmp, path) = (layout.tmp_path(ledger, chunk), layout.pack_path(ledger, chunk));
+    let file = vfs.create_new(&tmp).map_err(io_err(|| format!("create {}", tmp.display())))?;
+    let header = PackHeader {
+        format_version,
+        ledger: ledger.to_string(),
+        chunk,
+        first_id: chunk * chunk_entries + 1,
+        count: chunk_entries,
+    };
+    let (mut written, info) = write_pack(file, header, records).map_err(|e| match e {
+        PackWriteError::Store(e) => e,
+        PackWriteError::Pack(e) => StoreError::io(format!("write {}", tmp.display()), std::io::Error::other(e)),
+    })?;
+    step!("freeze::written");
+    written.sync().map_err(io_err(|| format!("fdatasync {}", tmp.display())))?;
+    drop(written);
+    step!("freeze::synced");
+    vfs.rename(&tmp, &path).map_err(io_err(|| format!("rename {} to {}", tmp.display(), path.display())))?;
+    step!("freeze::renamed");
+    sync_dirs(vfs, &bucket, new_bucket.then_some(&ledger_dir), new_ledger_dir.then_some(&layout.root))?;
+    step!("freeze::dir_synced");
+    check_pack(vfs, &path, ledger, chunk, &info)?;
+    catalog.commit(&[CatalogOp::Put(key, ChunkState::Frozen(info.clone()).encode())])?;
+    step!("freeze::frozen");
+    Ok(info)
+}
+
+/// Creates `dir` if missing; true when it did.
+fn ensure_dir(vfs: &dyn Vfs, dir: &Path) -> Result<bool> {
+    match vfs.create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(StoreError::io(format!("create directory {}", dir.display()), e)),
+    }
+}
+
+/// fsyncs the bucket directory (the renamed entry), then each parent whose
+/// entry list changed because a directory was just created in it.
+fn sync_dirs(vfs: &dyn Vfs, bucket: &Path, ledger_dir: Option<&PathBuf>, root: Option<&PathBuf>) -> Result<()> {
+    for dir in [Some(bucket), ledger_dir.map(PathBuf::as_path), root.map(PathBuf::as_path)].into_iter().flatten() {
+        vfs.sync_dir(dir).map_err(io_err(|| format!("fsync directory {}", dir.display())))?;
+    }
+    Ok(())
+}
+
+enum PackWriteError {
+    Store(StoreError),
+    Pack(ferry_format::pack::PackError),
+}
+
+/// A `VfsFile` that also hashes what goes through it.
+struct Hashing {
+    file: Box<dyn VfsFile>,
+    sha: sha2::Sha256,
+}
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all(buf)?;
+        self.sha.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn write_pack(
+    file: Box<dyn VfsFile>,
+    header: PackHeader,
+    records: &mut dyn Iterator<Item = Result<OwnedRecord>>,
+) -> std::result::Result<(Box<dyn VfsFile>, PackInfo), PackWriteError> {
+    let (first_id, count, format_version) = (header.first_id, header.count, header.format_version);
+    let ledger = header.ledger.clone();
+    let mut writer =
+        PackWriter::new(Hashing { file, sha: sha2::Sha256::new() }, header).map_err(PackWriteError::Pack)?;
+    let (mut first_ts, mut last_ts) = (None, 0);
+    for r in records {
+        let r = r.map_err(PackWriteError::Store)?;
+        first_ts.get_or_insert(r.ts);
+        last_ts = r.ts;
+        let record = WalRecord {
+            ledger: &ledger,
+            id: r.id,
+            ts: r.ts,
+            key: r.key.as_deref(),
+            idempotency_key: r.idempotency_key.as_deref(),
+            batch_continues: false,
+            group_start: false,
+            relocated: false,
+            payload: r.payload.as_bytes(),
+        };
+        writer.push(&record).map_err(PackWriteError::Pack)?;
+    }
+    let (hashing, len, _crc) = writer.finish().map_err(PackWriteError::Pack)?;
+    let sha256 = hex(&hashing.sha.finalize());
+    let info = PackInfo { len, sha256, format_version, first_id, count, first_ts: first_ts.unwrap_or(0), last_ts };
+    Ok((hashing.file, info))
+}
+
+/// Reads a written pack back and checks it against what was written: the
+/// second half of "assert in pairs".
+fn check_pack(vfs: &dyn Vfs, path: &Path, ledger: &LedgerName, chunk: u64, info: &PackInfo) -> Result<()> {
+    let bytes = vfs.read(path).context(|| format!("read back {}", path.display()))?;
+    let corrupted = |offset: u64, reason: String| StoreError::CorruptedPack {
+        ledger: ledger.clone(),
+        chunk,
+        path: path.to_path_buf(),
+        offset,
+        reason,
+    };
+    if bytes.len() as u64 != info.len || hex(&sha2::Sha256::digest(&bytes)) != info.sha256 {
+        return Err(corrupted(0, "read back differs from what was written (length or SHA-256)".into()));
+    }
+    let mut seen = 0u64;
+    let pack = decode_pack(&bytes, |_| seen += 1).map_err(|e| corrupted(0, e.to_string()))?;
+    let h = &pack.header;
+    if h.ledger != ledger.as_str()
+        || h.chunk != chunk
+        || h.first_id != info.first_id
+        || h.count != info.count
+        || seen != info.count
+    {
+        return Err(corrupted(0, format!("header {h:?} with {seen} records does not match {info:?}")));
+    }
+    Ok(())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Removes chunk `chunk` of `ledger` by the key-driven sweep. `with` are
+/// catalog changes committed atomically with the demotion (e.g. the
+/// ledger's new `first`).
+pub fn sweep(
+    vfs: &dyn Vfs,
+    catalog: &dyn Catalog,
+    layout: &PackLayout,
+    ledger: &LedgerName,
+    chunk: u64,
+    info: &PackInfo,
+    with: Vec<CatalogOp>,
+) -> Result<()> {
+    let key = CatalogKey::Chunk(ledger.clone(), chunk);
+    let mut ops = vec![CatalogOp::Put(key.clone(), ChunkState::Pruning(info.clone()).encode())];
+    ops.extend(with);
+    catalog.commit(&ops)?;
+    step!("sweep::demoted");
+    sweep_demoted(vfs, catalog, layout, ledger, chunk)
+}
+
+/// The part of the sweep after the `pruning` key is durable: unlink, fsync
+/// the bucket, delete the key. Also what recovery runs for a `pruning` key.
+pub fn sweep_demoted(
+    vfs: &dyn Vfs,
+    catalog: &dyn Catalog,
+    layout: &PackLayout,
+    ledger: &LedgerName,
+    chunk: u64,
+) -> Result<()> {
+    let path = layout.pack_path(ledger, chunk);
+    let removed = remove_if_present(vfs, &path)?;
+    step!("sweep::unlinked");
+    if removed {
+        let bucket = layout.bucket_dir(ledger, chunk);
+        vfs.sync_dir(&bucket).map_err(io_err(|| format!("fsync directory {}", bucket.display())))?;
+    }
+    step!("sweep::dir_synced");
+    catalog.commit(&[CatalogOp::Delete(CatalogKey::Chunk(ledger.clone(), chunk))])?;
+    step!("sweep::deleted");
+    Ok(())
+}
+
+fn remove_if_present(vfs: &dyn Vfs, path: &Path) -> Result<bool> {
+    match vfs.remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// Removes a ledger's empty bucket directories and its own directory, and
+/// syncs their parents; after a ledger's chunks were all swept.
+pub fn remove_ledger_dirs(vfs: &dyn Vfs, layout: &PackLayout, ledger: &LedgerName) -> Result<()> {
+    let dir = layout.ledger_dir(ledger);
+    let buckets = match vfs.list_dir(&dir) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io(format!("list {}", dir.display()), e)),
+    };
+    for b in buckets {
+        let bucket = dir.join(&b);
+        vfs.remove_dir(&bucket).map_err(io_err(|| format!("remove directory {}", bucket.display())))?;
+    }
+    vfs.sync_dir(&dir).map_err(io_err(|| format!("fsync directory {}", dir.display())))?;
+    vfs.remove_dir(&dir).map_err(io_err(|| format!("remove directory {}", dir.display())))?;
+    vfs.sync_dir(&layout.root).map_err(io_err(|| format!("fsync directory {}", layout.root.display())))
+}
+
+/// What `recover` found: every frozen chunk, and files no key accounts for.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub frozen: Vec<(LedgerName, u64, PackInfo)>,
+    pub orphans: Vec<PathBuf>,
+}
+
+/// Finishes every `freezing` and `pruning` key, checks every `frozen` key's
+/// file is there with its length, removes stray temporary files, and lists
+/// pack files without a key. Runs before serving.
+pub fn recover(vfs: &dyn Vfs, catalog: &dyn Catalog, layout: &PackLayout) -> Result<Recovered> {
+    let mut out = Recovered::default();
+    for (key, value) in catalog.scan(CatalogKey::CHUNK_PREFIX)? {
+        let CatalogKey::Chunk(ledger, chunk) = &key else {
+            return Err(StoreError::CatalogCorrupted(format!("{key} under the chunk prefix")));
+        };
+        match ChunkState::decode(&key, &value)? {
+            ChunkState::Freezing => {
+                let tmp_removed = remove_if_present(vfs, &layout.tmp_path(ledger, *chunk))?;
+                let pack_removed = remove_if_present(vfs, &layout.pack_path(ledger, *chunk))?;
+                step!("recover::freezing_unlinked");
+                if tmp_removed || pack_removed {
+                    let bucket = layout.bucket_dir(ledger, *chunk);
+                    vfs.sync_dir(&bucket).map_err(io_err(|| format!("fsync directory {}", bucket.display())))?;
+                }
+                catalog.commit(&[CatalogOp::Delete(key.clone())])?;
+                tracing::info!(%ledger, chunk, "recovery: removed an unfinished freeze; it will be redone");
+            }
+            ChunkState::Pruning(_) => {
+                sweep_demoted(vfs, catalog, layout, ledger, *chunk)?;
+                tracing::info!(%ledger, chunk, "recovery: finished an interrupted sweep");
+            }
+            ChunkState::Frozen(info) => {
+                let path = layout.pack_path(ledger, *chunk);
+                let len = vfs.open_read(&path).and_then(|f| f.len()).ok();
+                if len != Some(info.len) {
+                    return Err(StoreError::CorruptedPack {
+                        ledger: ledger.clone(),
+                        chunk: *chunk,
+                        path,
+                        offset: 0,
+                        reason: format!("the catalog says frozen with {} bytes; the file has {len:?}", info.len),
+                    });
+                }
+                out.frozen.push((ledger.clone(), *chunk, info));
+            }
+        }
+    }
+    out.orphans = strays(vfs, catalog, layout)?;
+    Ok(out)
+}
+
+/// Removes `.pack.tmp` files (no `freezing` key is left to own them) and
+/// returns pack files that no `frozen` key accounts for.
+fn strays(vfs: &dyn Vfs, catalog: &dyn Catalog, layout: &PackLayout) -> Result<Vec<PathBuf>> {
+    let mut orphans = Vec::new();
+    for (dir, name) in walk_packs(vfs, &layout.root)? {
+        let path = dir.join(&name);
+        if name.ends_with(TMP_SUFFIX) {
+            remove_if_present(vfs, &path)?;
+            vfs.sync_dir(&dir).map_err(io_err(|| format!("fsync directory {}", dir.display())))?;
+            continue;
+        }
+        let owned = parse_pack_path(layout, &path)
+            .map(|(l, c)| catalog.get(&CatalogKey::Chunk(l, c)))
+            .transpose()?
+            .flatten()
+            .is_some();
+        if !owned {
+            tracing::warn!(file = %path.display(), "a pack file no catalog key accounts for");
+            orphans.push(path);
+        }
+    }
+    Ok(orphans)
+}
+
+/// Every file two levels below `root` (`{ledger}/{bucket}/{file}`), as
+/// (directory, name).
+pub fn walk_packs(vfs: &dyn Vfs, root: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let list = |dir: &Path| match vfs.list_dir(dir) {
+        Ok(names) => Ok(names),
+        // Not there, or a file (the root's lock file): nothing below it.
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => Ok(Vec::new()),
+        Err(e) => Err(StoreError::io(format!("list {}", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for ledger in list(root)? {
+        let ledger_dir = root.join(&ledger);
+        for bucket in list(&ledger_dir)? {
+            let bucket_dir = ledger_dir.join(&bucket);
+            for name in list(&bucket_dir)? {
+                out.push((bucket_dir.clone(), name));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The (ledger, chunk) a pack path names, if it is a well-formed one.
+pub fn parse_pack_path(layout: &PackLayout, path: &Path) -> Option<(LedgerName, u64)> {
+    let rel = path.strip_prefix(&layout.root).ok()?;
+    let parts: Vec<&str> = rel.iter().map(|p| p.to_str()).collect::<Option<_>>()?;
+    let [ledger, bucket, file] = parts.as_slice() else { return None };
+    let ledger = LedgerName::parse(ledger).ok()?;
+    let digits = file.strip_suffix(PACK_SUFFIX)?;
+    let chunk: u64 =
+        (digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())??;
+    (*bucket == format!("{:05}", chunk / 1000)).then_some((ledger, chunk))
+}

@@ -1,0 +1,212 @@
+//! The freezer thread: freezes full chunks into packs, prunes chunks past
+//! their retention, deletes ledgers, and releases WAL segments nothing
+//! needs (asking the flusher to move the last live records of sparse
+//! segments forward). One thread does all of these, so they never race
+//! each other on the same ledger's keys.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use ferry_core::now_ms;
+use ferry_format::keys::CatalogKey;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog::{CatalogOp, LedgerMeta};
+use crate::chunks::{self, ChunkState};
+use crate::error::{Result, StoreError};
+use crate::flusher::FlusherMsg;
+use crate::ledger::LedgerState;
+use crate::shared::Shared;
+
+/// How often the freezer looks at retention and sparse segments.
+const TICK: Duration = Duration::from_millis(500);
+/// How often retention is applied.
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
+/// Hot records read per page while writing a pack.
+const FREEZE_PAGE_ENTRIES: usize = 4096;
+
+pub(crate) enum FreezerMsg {
+    /// The ledger has a full chunk in the hot tier.
+    Check(Arc<LedgerState>),
+    /// Delete the ledger; answer when it is gone.
+    Delete(Arc<LedgerState>, oneshot::Sender<Result<()>>),
+    Shutdown,
+}
+
+pub(crate) struct Freezer {
+    pub rx: Receiver<FreezerMsg>,
+    pub shared: Arc<Shared>,
+    pub flusher: mpsc::Sender<FlusherMsg>,
+}
+
+impl Freezer {
+    pub fn run(self) {
+        let mut last_retention = Instant::now();
+        loop {
+            match self.rx.recv_timeout(TICK) {
+                Ok(FreezerMsg::Check(state)) => self.contain(self.freeze_ready(&state)),
+                Ok(FreezerMsg::Delete(state, reply)) => {
+                    let _ = reply.send(self.delete(&state));
+                }
+                Ok(FreezerMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if self.shared.health.check().is_err() {
+                continue;
+            }
+            if last_retention.elapsed() >= RETENTION_EVERY {
+                last_retention = Instant::now();
+                self.contain(self.apply_retention());
+            }
+            self.contain(self.reclaim());
+        }
+        tracing::debug!("freezer stopped");
+    }
+
+    /// A storage fault here poisons the store; the thread carries on
+    /// answering (deletions fail) until shutdown.
+    fn contain(&self, result: Result<()>) {
+        if let Err(e) = result {
+            if !matches!(e, StoreError::Poisoned(_)) {
+                self.shared.health.poison(e.to_string());
+            }
+        }
+    }
+
+    /// Freezes every full chunk at the front of the ledger's hot tier.
+    fn freeze_ready(&self, state: &Arc<LedgerState>) -> Result<()> {
+        state.freeze_queued.store(false, std::sync::atomic::Ordering::SeqCst);
+        loop {
+            self.shared.health.check()?;
+            let chunk = state.index.read().expect("index lock").next_chunk_to_freeze();
+            let Some(chunk) = chunk else { return Ok(()) };
+            if state.is_deleted() {
+                return Ok(());
+            }
+            self.freeze_chunk(state, chunk)?;
+        }
+    }
+
+    fn freeze_chunk(&self, state: &Arc<LedgerState>, chunk: u64) -> Result<()> {
+        let s = &self.shared;
+        let n = s.chunk_entries;
+        let first = chunk * n + 1;
+        let mut next = first;
+        let mut page = Vec::new().into_iter();
+        let mut records = std::iter::from_fn(|| {
+            if next > first + n - 1 {
+                return None;
+            }
+            if page.len() == 0 {
+                let want = (first + n - next).min(FREEZE_PAGE_ENTRIES as u64) as usize;
+                match s.read_records(state, next, want) {
+                    Ok(p) if !p.is_empty() => page = p.into_iter(),
+                    Ok(_) => {
+                        return Some(Err(StoreError::MissingEntries {
+                            ledger: state.name.clone(),
+                            from: next,
+                            to: first + n - 1,
+                        }));
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            next += 1;
+            page.next().map(Ok)
+        });
+        let info =
+            chunks::freeze(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk, n, s.format_version, &mut records)?;
+        let left = state.index.write().expect("index lock").freeze_front(chunk, info);
+        s.segments.account(left, false);
+        tracing::debug!(ledger = %state.name, chunk, "chunk frozen");
+        metrics::counter!("ferry_chunks_frozen_total").increment(1);
+        s.release_dead_segments()
+    }
+
+    /// Prunes frozen chunks older than their ledger's `max_age` that no
+    /// hold still needs, oldest first, through the sweep.
+    fn apply_retention(&self) -> Result<()> {
+        let s = &self.shared;
+        let ledgers: Vec<Arc<LedgerState>> = s.ledgers.read().expect("ledgers lock").values().cloned().collect();
+        let now = now_ms();
+        for state in ledgers {
+            let Some(max_age) = s.retention.max_age(&state.name) else { continue };
+            let horizon = now.saturating_sub(max_age.as_millis() as u64);
+            let floor = s.hold_floor(&state.name);
+            loop {
+                let oldest =
+                    state.index.read().expect("index lock").frozen.first_key_value().map(|(c, i)| (*c, i.clone()));
+                let Some((chunk, info)) = oldest else { break };
+                if info.last_ts >= horizon || floor.is_some_and(|f| info.last_id() >= f) || state.is_deleted() {
+                    break;
+                }
+                let meta = LedgerMeta { first: info.last_id() + 1, ..state.meta.clone() };
+                let ledger_key = CatalogKey::Ledger(state.name.clone());
+                let with = vec![CatalogOp::Put(ledger_key, serde_json::to_vec(&meta).expect("metadata serialises"))];
+                // Readers see the new First before the file goes.
+                state.index.write().expect("index lock").prune_front(chunk);
+                s.packs.forget(&state.name, Some(chunk));
+                chunks::sweep(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk, &info, with)?;
+                tracing::info!(ledger = %state.name, chunk, first = meta.first, "chunk pruned by retention");
+                metrics::counter!("ferry_chunks_pruned_total").increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a ledger: no more appends, then one catalog commit removes its
+    /// key and cursors and demotes its chunks, then the sweep removes files.
+    fn delete(&self, state: &Arc<LedgerState>) -> Result<()> {
+        let s = &self.shared;
+        s.health.check()?;
+        state.mark_deleted();
+        let (tx, rx) = oneshot::channel();
+        self.flusher.blocking_send(FlusherMsg::Barrier(tx)).map_err(|_| StoreError::ShuttingDown)?;
+        rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)?;
+
+        let name = &state.name;
+        let frozen: Vec<_> = state.index.read().expect("index lock").frozen.clone().into_iter().collect();
+        let mut ops = vec![CatalogOp::Delete(CatalogKey::Ledger(name.clone()))];
+        for (chunk, info) in &frozen {
+            ops.push(CatalogOp::Put(
+                CatalogKey::Chunk(name.clone(), *chunk),
+                ChunkState::Pruning(info.clone()).encode(),
+            ));
+        }
+        for (key, _) in s.catalog.scan(CatalogKey::CURSOR_PREFIX)? {
+            if matches!(&key, CatalogKey::Cursor(_, l) if l == name) {
+                ops.push(CatalogOp::Delete(key));
+            }
+        }
+        s.catalog.commit(&ops)?;
+        s.packs.forget(name, None);
+        for (chunk, _) in &frozen {
+            chunks::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, name, *chunk)?;
+        }
+        chunks::remove_ledger_dirs(&s.vfs, &s.layout, name)?;
+        let hot = {
+            let mut ledgers = s.ledgers.write().expect("ledgers lock");
+            if ledgers.get(name).is_some_and(|l| Arc::ptr_eq(l, state)) {
+                ledgers.remove(name);
+            }
+            metrics::gauge!("ferry_ledgers").set(ledgers.len() as f64);
+            std::mem::take(&mut state.index.write().expect("index lock").positions)
+        };
+        s.segments.account(hot, false);
+        tracing::info!(ledger = %name, "ledger deleted");
+        s.release_dead_segments()
+    }
+
+    /// Releases dead segments and asks the flusher to move the live records
+    /// of sparse ones forward, so a slow ledger never pins old segments.
+    fn reclaim(&self) -> Result<()> {
+        self.shared.release_dead_segments()?;
+        for segment in self.shared.segments.take_sparse() {
+            if self.flusher.blocking_send(FlusherMsg::Relocate(segment)).is_err() {
+                return Ok(()); // shutting down
+            }
+        }
+        Ok(())
+    }
+}

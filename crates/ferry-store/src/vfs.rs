@@ -1,0 +1,49 @@
+//! The narrow filesystem the pack protocols (freeze, sweep, recovery) run
+//! on. `durable::RealFs` is the disk; `sim::SimFs` keeps what is durable
+//! apart from what is not yet synced, so tests can build the disk image a
+//! crash would leave at every sync point — the only kind of test that
+//! catches a missing fsync.
+
+use std::io;
+use std::path::Path;
+
+/// A file being written: bytes go in with `write_all`, `sync` makes them
+/// durable.
+pub trait VfsFile: Send {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// fdatasync: the file's bytes and length are durable when it returns.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// A file opened for positional reads.
+pub trait VfsRead: Send + Sync {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// The operations the pack protocols need, and no more. Directory entry
+/// changes (create, rename, remove) are durable only after `sync_dir` of
+/// the parent; file bytes only after `VfsFile::sync`.
+pub trait Vfs: Send + Sync {
+    /// Creates one directory (its parent must exist); `AlreadyExists` if it does.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    /// Creates a file that must not exist yet.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn VfsFile>>;
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn VfsRead>>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Names in a directory, sorted; `NotFound` if it does not exist.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    fn exists(&self, path: &Path) -> bool;
+
+    /// Reads a whole file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let file = self.open_read(path)?;
+        let mut buf = vec![0; usize::try_from(file.len()?).map_err(io::Error::other)?];
+        file.read_at(&mut buf, 0)?;
+        Ok(buf)
+    }
+}
