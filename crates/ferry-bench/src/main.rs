@@ -1,1 +1,279 @@
-fn main() {}
+//! `ferry-bench`: how many durable appends ferry acknowledges per second,
+//! and how fast, next to the bound the disk allows.
+//!
+//! Every cell (clients × payload × entries per call) is run against the
+//! raw group-commit bound and each chosen target, in interleaved rounds
+//! (bound, targets, bound, targets, …) so a disk whose fsync latency drifts
+//! moves all of them alike; each run gets a fresh data dir. The table
+//! reports every target's share of the bound. `driver.rs` is the one
+//! closed-loop client all targets share.
+
+mod disk;
+mod driver;
+mod http;
+mod raw;
+mod report;
+mod store;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use clap::Parser;
+use ferry_core::limits::BATCH_ENTRIES_MAX;
+
+use crate::driver::{Measurement, Timing};
+use crate::http::HttpOptions;
+use crate::report::Row;
+use crate::workload::{Cell, LEDGERS, PAYLOAD_BYTES_MIN};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Target {
+    /// One file, one write + one fdatasync per group: the bound.
+    Raw,
+    /// ferry's Store in-process.
+    Store,
+    /// ferry's HTTP API.
+    Http,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Raw => "raw",
+            Target::Store => "store",
+            Target::Http => "http",
+        }
+    }
+}
+
+/// Durable appends against the raw fdatasync bound, ferry's store
+/// in-process, and ferry's HTTP API. The raw bound is measured for every
+/// cell whatever `--targets` says: it is what the ratios are against.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-bench", version)]
+struct Args {
+    /// One short cell per target (16 clients, 1 KiB, 2 s): a smoke test.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,store,http")]
+    targets: Vec<Target>,
+    /// Concurrent clients of the single-entry cells.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    clients: Vec<usize>,
+    /// Payload sizes in bytes (each payload is a JSON object of that size).
+    #[arg(long, value_delimiter = ',', default_value = "256,1024")]
+    payloads: Vec<usize>,
+    /// Concurrent clients of the batch cells.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    batch_clients: Vec<usize>,
+    /// Entries per call in the batch cells; 0 runs no batch cells.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Measured time of each target in each cell, split over the rounds.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Interleaved rounds per cell (each a fresh run of every target).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Unmeasured time at the start of each round's run.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Parent of the runs' temp data dirs [default: the system temp dir,
+    /// or ./target/ferry-bench when that is in memory]. Must be a real
+    /// disk for fdatasync to mean anything.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Drive this running ferry instead of one started in-process (the
+    /// bound is still measured here, under the data dir).
+    #[arg(long)]
+    server: Option<reqwest::Url>,
+    /// Bearer token for `--server`.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Also write the rows as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// What to run: every cell, against the bound and each target, in rounds.
+#[derive(Debug)]
+struct Plan {
+    cells: Vec<Cell>,
+    /// The bound first, then the chosen targets.
+    targets: Vec<Target>,
+    rounds: u32,
+    /// Of one round's run.
+    timing: Timing,
+}
+
+impl Plan {
+    fn from_args(args: &Args) -> anyhow::Result<Plan> {
+        let mut targets = vec![Target::Raw];
+        for &t in &args.targets {
+            if !targets.contains(&t) {
+                targets.push(t);
+            }
+        }
+        if args.quick {
+            let cells = vec![Cell { clients: 16, payload_bytes: 1024, batch: 1 }];
+            let timing = Timing { warmup: Duration::from_millis(300), window: Duration::from_secs(2) };
+            return Ok(Plan { cells, targets, rounds: 1, timing });
+        }
+        ensure!(args.clients.iter().chain(&args.batch_clients).all(|&c| c > 0), "client counts must be at least 1");
+        ensure!(
+            args.payloads.iter().all(|&p| p >= PAYLOAD_BYTES_MIN),
+            "payloads must be at least {PAYLOAD_BYTES_MIN} bytes"
+        );
+        ensure!(args.batch_size <= BATCH_ENTRIES_MAX, "--batch-size is at most {BATCH_ENTRIES_MAX}");
+        ensure!(args.rounds > 0, "--rounds must be at least 1");
+        ensure!(args.duration >= Duration::from_millis(100) * args.rounds, "--duration must be at least 100ms a round");
+        let mut cells = grid(&args.clients, &args.payloads, 1);
+        if args.batch_size > 0 {
+            cells.extend(grid(&args.batch_clients, &args.payloads, args.batch_size));
+        }
+        let timing = Timing { warmup: args.warmup, window: args.duration / args.rounds };
+        Ok(Plan { cells, targets, rounds: args.rounds, timing })
+    }
+}
+
+/// Every payload × every client count, payload-major.
+fn grid(clients: &[usize], payloads: &[usize], batch: usize) -> Vec<Cell> {
+    payloads.iter().flat_map(|&p| clients.iter().map(move |&c| Cell { clients: c, payload_bytes: p, batch })).collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    install_tls_provider();
+    let plan = Plan::from_args(&args)?;
+    let parent = disk::data_parent(args.data_dir.clone())?;
+    let http = HttpOptions { server: args.server.clone(), token: args.token.clone() };
+    println!("{}", describe(&plan, &parent, &http));
+    if disk::is_in_memory(&parent) {
+        eprintln!("warning: {} is in memory: fdatasync costs nothing there", parent.display());
+    }
+    let rows = run(&plan, &parent, &http).await?;
+    println!("\n{}", report::table(&rows));
+    print!("{}", report::goals(&rows));
+    if let Some(path) = &args.json {
+        report::write_json(path, &rows)?;
+    }
+    Ok(())
+}
+
+/// reqwest is built without a default TLS backend (CRATES.md): ring, once
+/// per process.
+fn install_tls_provider() {
+    // Err only when a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Runs every cell; shows each cell's rows on stderr as they are done.
+async fn run(plan: &Plan, parent: &Path, http: &HttpOptions) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    eprint!("{}", report::table(&[]));
+    for cell in &plan.cells {
+        let cell_rows = run_cell(plan, cell, parent, http).await?;
+        cell_rows.iter().for_each(|row| eprint!("{}", report::line(row)));
+        rows.extend(cell_rows);
+    }
+    Ok(rows)
+}
+
+/// One cell: every target once per round, merged; ratios against the bound.
+async fn run_cell(plan: &Plan, cell: &Cell, parent: &Path, http: &HttpOptions) -> anyhow::Result<Vec<Row>> {
+    let mut totals: Vec<Measurement> = plan.targets.iter().map(|_| Measurement::empty()).collect();
+    for _ in 0..plan.rounds {
+        for (&target, total) in plan.targets.iter().zip(&mut totals) {
+            total.merge(&measure(target, cell, plan.timing, parent, http).await?)?;
+        }
+    }
+    let bound = &totals[0];
+    Ok(plan.targets.iter().zip(&totals).map(|(t, m)| Row::new(t.name(), cell, m, Some(bound))).collect())
+}
+
+async fn measure(
+    target: Target,
+    cell: &Cell,
+    timing: Timing,
+    parent: &Path,
+    http: &HttpOptions,
+) -> anyhow::Result<Measurement> {
+    let measured = match target {
+        Target::Raw => raw::run(cell, timing, parent).await,
+        Target::Store => store::run(cell, timing, parent).await,
+        Target::Http => http::run(cell, timing, parent, http).await,
+    };
+    measured.with_context(|| format!("{} with {cell:?}", target.name()))
+}
+
+fn describe(plan: &Plan, parent: &Path, http: &HttpOptions) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let fs = disk::filesystem_type(parent).unwrap_or_else(|| "unknown fs".into());
+    let server = http.server.as_ref().map_or_else(|| "in-process".to_owned(), |url| url.to_string());
+    format!(
+        "ferry-bench: {cores} cores, load {}, data under {} ({fs}); {} cells × {}; {} rounds of {:?} warmup + {:?}; \
+         {LEDGERS} ledgers; HTTP server {server}",
+        load_average(),
+        parent.display(),
+        plan.cells.len(),
+        plan.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(" + "),
+        plan.rounds,
+        plan.timing.warmup,
+        plan.timing.window,
+    )
+}
+
+/// The 1, 5 and 15 minute load averages: other work on the machine skews
+/// every number, the bound's most of all.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let fields: Vec<&str> = text.split_whitespace().take(3).collect();
+    if fields.len() == 3 { fields.join(" ") } else { "unknown".into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        Args::try_parse_from(["ferry-bench"].iter().chain(extra)).unwrap()
+    }
+
+    #[test]
+    fn default_plan_is_the_full_grid_plus_batches() {
+        let plan = Plan::from_args(&args(&[])).unwrap();
+        assert_eq!(plan.cells.len(), 4 * 2 + 2 * 2);
+        assert_eq!(plan.targets, [Target::Raw, Target::Store, Target::Http]);
+        assert_eq!(plan.cells.iter().filter(|c| c.batch == 1000).count(), 4);
+        assert_eq!(plan.timing.window * plan.rounds, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn quick_is_one_cell_and_flags_narrow_the_grid() {
+        assert_eq!(Plan::from_args(&args(&["--quick"])).unwrap().cells.len(), 1);
+        let plan = Plan::from_args(&args(&[
+            "--targets",
+            "store",
+            "--clients",
+            "2,3",
+            "--payloads",
+            "64",
+            "--batch-size",
+            "0",
+        ]))
+        .unwrap();
+        assert_eq!(plan.targets, [Target::Raw, Target::Store]);
+        assert_eq!(plan.cells, grid(&[2, 3], &[64], 1));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Plan::from_args(&args(&["--payloads", "4"])).is_err());
+        assert!(Plan::from_args(&args(&["--clients", "0"])).is_err());
+        assert!(Args::try_parse_from(["ferry-bench", "--targets", "disk"]).is_err());
+        assert!(Args::try_parse_from(["ferry-bench", "--duration", "soon"]).is_err());
+    }
+}

@@ -419,7 +419,9 @@ pub fn walk_packs(vfs: &dyn Vfs, root: &Path) -> Result<Vec<(PathBuf, String)>> 
     let list = |dir: &Path| match vfs.list_dir(dir) {
         Ok(names) => Ok(names),
         // Not there, or a file (the root's lock file): nothing below it.
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => Ok(Vec::new()),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            Ok(Vec::new())
+        }
         Err(e) => Err(StoreError::io(format!("list {}", dir.display()), e)),
     };
     let mut out = Vec::new();

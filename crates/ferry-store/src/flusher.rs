@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use ferry_core::limits::{GROUP_COMMIT_BYTES_MAX, IDEMPOTENCY_WINDOW_MS, WAL_SEGMENT_BYTES_MAX};
+use ferry_core::limits::{GROUP_COMMIT_BYTES_MAX, IDEMPOTENCY_WINDOW_MS};
 use ferry_core::{EntryId, LedgerName, NewEntry, now_ms};
 use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, decode_record, encode_record};
 use tokio::sync::{mpsc, oneshot};
@@ -251,7 +251,7 @@ impl Flusher {
             return Ok((self.writer.seq, self.writer.len));
         }
         let has_records = self.writer.len > SEGMENT_HEADER_BYTES as u64;
-        if has_records && self.writer.len + buf.len() as u64 > WAL_SEGMENT_BYTES_MAX {
+        if has_records && self.writer.len + buf.len() as u64 > self.shared.wal_segment_bytes {
             let s = &self.shared;
             let next = SegmentWriter::create(s.segments.dir(), self.writer.seq + 1, s.format_version)?;
             s.segments.insert(next.seq, next.file.clone());

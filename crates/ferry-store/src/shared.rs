@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub vfs: RealFs,
     pub chunk_entries: u64,
     pub format_version: u32,
+    /// A segment is sealed past this size.
+    pub wal_segment_bytes: u64,
     pub retention: RetentionPolicy,
     pub holds: RwLock<Vec<Arc<dyn RetentionHold>>>,
     /// The durable end of the WAL as `segment << 32 | offset`.

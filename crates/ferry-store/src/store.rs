@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use ferry_core::limits::{
     APPEND_BYTES_MAX, APPEND_QUEUE_DEPTH, BATCH_ENTRIES_MAX, CHUNK_ENTRIES_DEFAULT, CHUNK_ENTRIES_MAX,
     CHUNK_ENTRIES_MIN, ENTRY_BYTES_MAX_DEFAULT, ENTRY_BYTES_MAX_LIMIT, ENTRY_KEY_BYTES_MAX, FORMAT_VERSION,
-    IDEMPOTENCY_KEY_BYTES_MAX,
+    IDEMPOTENCY_KEY_BYTES_MAX, WAL_SEGMENT_BYTES_MAX,
 };
 use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload, now_ms};
 use ferry_format::keys::{CatalogKey, ConfigName};
@@ -45,6 +45,8 @@ pub struct StoreConfig {
     pub max_entry_bytes: usize,
     pub auto_create_ledgers: bool,
     pub retention: RetentionPolicy,
+    /// WAL segment size; smaller values are for tests of segment release.
+    pub wal_segment_bytes: u64,
 }
 
 impl StoreConfig {
@@ -58,6 +60,7 @@ impl StoreConfig {
             max_entry_bytes: ENTRY_BYTES_MAX_DEFAULT as usize,
             auto_create_ledgers: true,
             retention: RetentionPolicy::default(),
+            wal_segment_bytes: WAL_SEGMENT_BYTES_MAX,
         }
     }
 
@@ -170,6 +173,7 @@ impl Store {
             vfs: RealFs,
             chunk_entries,
             format_version: FORMAT_VERSION,
+            wal_segment_bytes: config.wal_segment_bytes,
             retention: config.retention.clone(),
             holds: RwLock::default(),
             durable_end: Default::default(),
@@ -409,6 +413,12 @@ fn check_config(config: &StoreConfig) -> Result<()> {
     {
         return Err(StoreError::InvalidConfig(format!(
             "chunk_entries {c} is outside {CHUNK_ENTRIES_MIN}..={CHUNK_ENTRIES_MAX}"
+        )));
+    }
+    if !(4096..=WAL_SEGMENT_BYTES_MAX).contains(&config.wal_segment_bytes) {
+        return Err(StoreError::InvalidConfig(format!(
+            "wal_segment_bytes {} is outside 4096..={WAL_SEGMENT_BYTES_MAX}",
+            config.wal_segment_bytes
         )));
     }
     if config.max_entry_bytes == 0 || config.max_entry_bytes as u64 > ENTRY_BYTES_MAX_LIMIT {

@@ -249,6 +249,7 @@ impl Config {
             max_entry_bytes: entry_max as usize,
             auto_create_ledgers: self.storage.auto_create_ledgers,
             retention: ferry_store::RetentionPolicy::default(),
+            wal_segment_bytes: ferry_core::limits::WAL_SEGMENT_BYTES_MAX,
         };
         let api = ApiConfig {
             tokens,

@@ -5,6 +5,7 @@ mod append;
 mod corruption;
 mod idempotency;
 mod open;
+mod packs;
 mod poison;
 mod support;
 mod torn_tail;

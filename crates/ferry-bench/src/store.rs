@@ -1,0 +1,69 @@
+//! ferry's `Store` in-process: each client awaits `Store::append` before
+//! sending its next call.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ferry_core::{NewEntry, Payload};
+use ferry_store::{Store, StoreConfig};
+
+use crate::driver::{Measurement, Timing, drive};
+use crate::workload::{Cell, ledger_names, payload_json};
+
+pub async fn run(cell: &Cell, timing: Timing, parent: &Path) -> anyhow::Result<Measurement> {
+    let dir = tempfile::Builder::new().prefix("store-").tempdir_in(parent).context("create a temp dir")?;
+    let store = open(dir.path()).await?;
+    let ledgers = Arc::new(ledger_names());
+    create_ledgers(&store, &ledgers).await?;
+    let entries = entries(cell)?;
+    let appender = store.clone();
+    let measured = drive(cell.clients, timing, cell.batch as u64, move |worker| {
+        let (store, ledgers, entries) = (appender.clone(), ledgers.clone(), entries.clone());
+        async move {
+            store.append(&ledgers[worker % ledgers.len()], entries).await?;
+            Ok(())
+        }
+    })
+    .await;
+    store.shutdown().await;
+    measured
+}
+
+/// Opens a fresh store under `dir` with the default settings.
+pub async fn open(dir: &Path) -> anyhow::Result<Store> {
+    let config = StoreConfig::new(dir);
+    let store = tokio::task::spawn_blocking(move || Store::open(config)).await?;
+    store.with_context(|| format!("open a store under {}", dir.display()))
+}
+
+/// Creates the ledgers up front, so no measured call pays for a creation.
+async fn create_ledgers(store: &Store, ledgers: &Arc<Vec<ferry_core::LedgerName>>) -> anyhow::Result<()> {
+    let (store, ledgers) = (store.clone(), ledgers.clone());
+    tokio::task::spawn_blocking(move || ledgers.iter().try_for_each(|l| store.create_ledger(l).map(drop))).await??;
+    Ok(())
+}
+
+/// The entries of one call; each call sends a clone, as a caller building
+/// its request would allocate them.
+fn entries(cell: &Cell) -> anyhow::Result<Vec<NewEntry>> {
+    let payload = Payload::from_json(&payload_json(cell.payload_bytes))?;
+    Ok(vec![NewEntry { key: None, idempotency_key: None, payload }; cell.batch])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_appends_through_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let cell = Cell { clients: 4, payload_bytes: 64, batch: 3 };
+        let timing = Timing { warmup: Duration::ZERO, window: Duration::from_millis(200) };
+        let m = run(&cell, timing, dir.path()).await.unwrap();
+        assert!(m.calls > 0);
+        assert_eq!(m.entries, m.calls * 3);
+    }
+}
