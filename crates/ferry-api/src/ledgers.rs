@@ -21,6 +21,13 @@ pub(crate) async fn get_one(
     Ok(Json(info))
 }
 
+/// Deletes a ledger with its packs, cursors and metadata: 204.
+pub(crate) async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    let name = LedgerName::parse(&name)?;
+    state.store.delete_ledger(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Creates a ledger: 201 when new, 200 when it already existed.
 pub(crate) async fn create(
     State(state): State<AppState>,

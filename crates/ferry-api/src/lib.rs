@@ -45,7 +45,7 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
     let state = AppState { store, config: Arc::new(config) };
     let v1 = Router::new()
         .route("/ledgers", get(ledgers::list))
-        .route("/ledgers/{ledger}", get(ledgers::get_one).put(ledgers::create))
+        .route("/ledgers/{ledger}", get(ledgers::get_one).put(ledgers::create).delete(ledgers::delete))
         .route("/ledgers/{ledger}/entries", get(entries::read).post(entries::append))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let mut metrics = Router::new().route("/metrics", get(metrics::render));

@@ -215,13 +215,11 @@ impl Config {
         if body_max > BODY_BYTES_MAX_LIMIT {
             bail!("server.max_body_bytes ({body_max}) may be at most {BODY_BYTES_MAX_LIMIT}");
         }
-        for name in self.retention.ledgers.keys() {
-            LedgerName::parse(name).with_context(|| format!("retention.ledgers.{name}"))?;
-        }
-        if self.retention.max_age.is_some() || !self.retention.ledgers.is_empty() {
-            bail!(
-                "[retention] is not implemented yet in this version of ferry: remove max_age and [retention.ledgers]"
-            );
+        let mut retention =
+            ferry_store::RetentionPolicy { max_age: self.retention.max_age.map(|s| s.0), ..Default::default() };
+        for (name, age) in self.retention.ledgers {
+            let ledger = LedgerName::parse(&name).with_context(|| format!("retention.ledgers.{name}"))?;
+            retention.ledgers.insert(ledger, age.0);
         }
         if !self.exporters.is_empty() {
             bail!("[[exporters]] is not implemented yet in this version of ferry");
@@ -248,7 +246,7 @@ impl Config {
             chunk_entries: self.storage.chunk_entries,
             max_entry_bytes: entry_max as usize,
             auto_create_ledgers: self.storage.auto_create_ledgers,
-            retention: ferry_store::RetentionPolicy::default(),
+            retention,
             wal_segment_bytes: ferry_core::limits::WAL_SEGMENT_BYTES_MAX,
         };
         let api = ApiConfig {

@@ -4,4 +4,6 @@
 mod api;
 mod cli;
 mod crash;
+mod packs;
 mod support;
+mod tools;

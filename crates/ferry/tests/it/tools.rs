@@ -1,0 +1,1 @@
+//! `ferry verify` and `ferry inspect` against real data directories.
