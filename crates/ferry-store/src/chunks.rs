@@ -45,6 +45,10 @@ pub struct PackInfo {
     pub count: u64,
     pub first_ts: u64,
     pub last_ts: u64,
+    /// Records carrying an idempotency key: such a chunk is kept until the
+    /// keys' 24 h window has passed, whatever the retention says.
+    #[serde(default)]
+    pub idempotency_keys: u64,
 }
 
 impl PackInfo {
@@ -209,11 +213,12 @@ fn write_pack(
     let ledger = header.ledger.clone();
     let mut writer =
         PackWriter::new(Hashing { file, sha: sha2::Sha256::new() }, header).map_err(PackWriteError::Pack)?;
-    let (mut first_ts, mut last_ts) = (None, 0);
+    let (mut first_ts, mut last_ts, mut idempotency_keys) = (None, 0, 0);
     for r in records {
         let r = r.map_err(PackWriteError::Store)?;
         first_ts.get_or_insert(r.ts);
         last_ts = r.ts;
+        idempotency_keys += u64::from(r.idempotency_key.is_some());
         let record = WalRecord {
             ledger: &ledger,
             id: r.id,
@@ -229,7 +234,8 @@ fn write_pack(
     }
     let (hashing, len, _crc) = writer.finish().map_err(PackWriteError::Pack)?;
     let sha256 = hex(&hashing.sha.finalize());
-    let info = PackInfo { len, sha256, format_version, first_id, count, first_ts: first_ts.unwrap_or(0), last_ts };
+    let first_ts = first_ts.unwrap_or(0);
+    let info = PackInfo { len, sha256, format_version, first_id, count, first_ts, last_ts, idempotency_keys };
     Ok((hashing.file, info))
 }
 

@@ -4,10 +4,12 @@
 //! segments forward). One thread does all of these, so they never race
 //! each other on the same ledger's keys.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use ferry_core::limits::IDEMPOTENCY_WINDOW_MS;
 use ferry_core::now_ms;
 use ferry_format::keys::CatalogKey;
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +27,8 @@ const TICK: Duration = Duration::from_millis(500);
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// Hot records read per page while writing a pack.
 const FREEZE_PAGE_ENTRIES: usize = 4096;
+/// Chunks one ledger freezes before the next ledger's turn.
+const FREEZE_TURN_CHUNKS: usize = 8;
 
 pub(crate) enum FreezerMsg {
     /// The ledger has a full chunk in the hot tier.
@@ -42,26 +46,42 @@ pub(crate) struct Freezer {
 
 impl Freezer {
     pub fn run(self) {
-        let mut last_retention = Instant::now();
+        // Retention runs once right after start, then every RETENTION_EVERY.
+        let mut last_retention: Option<Instant> = None;
+        // Ledgers with more full chunks than one turn freezes; taken in
+        // turns so one ledger's backlog never starves the others or retention.
+        let mut backlog: VecDeque<Arc<LedgerState>> = VecDeque::new();
         loop {
-            match self.rx.recv_timeout(TICK) {
-                Ok(FreezerMsg::Check(state)) => self.contain(self.freeze_ready(&state)),
+            let wait = if backlog.is_empty() { TICK } else { Duration::ZERO };
+            match self.rx.recv_timeout(wait) {
+                Ok(FreezerMsg::Check(state)) => backlog.push_back(state),
                 Ok(FreezerMsg::Delete(state, reply)) => {
                     let _ = reply.send(self.delete(&state));
                 }
                 Ok(FreezerMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            if self.shared.health.check().is_err() {
+            if self.shared.health.check().is_err() || self.stopping() {
                 continue;
             }
-            if last_retention.elapsed() >= RETENTION_EVERY {
-                last_retention = Instant::now();
+            if let Some(state) = backlog.pop_front() {
+                match self.freeze_some(&state) {
+                    Ok(true) => backlog.push_back(state),
+                    Ok(false) => {}
+                    Err(e) => self.contain(Err(e)),
+                }
+            }
+            if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+                last_retention = Some(Instant::now());
                 self.contain(self.apply_retention());
             }
             self.contain(self.reclaim());
         }
         tracing::debug!("freezer stopped");
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A storage fault here poisons the store; the thread carries on
@@ -74,18 +94,21 @@ impl Freezer {
         }
     }
 
-    /// Freezes every full chunk at the front of the ledger's hot tier.
-    fn freeze_ready(&self, state: &Arc<LedgerState>) -> Result<()> {
+    /// Freezes up to `FREEZE_TURN_CHUNKS` full chunks at the front of the
+    /// ledger's hot tier; true when more are waiting.
+    fn freeze_some(&self, state: &Arc<LedgerState>) -> Result<bool> {
         state.freeze_queued.store(false, std::sync::atomic::Ordering::SeqCst);
-        loop {
+        for _ in 0..FREEZE_TURN_CHUNKS {
             self.shared.health.check()?;
             let chunk = state.index.read().expect("index lock").next_chunk_to_freeze();
-            let Some(chunk) = chunk else { return Ok(()) };
-            if state.is_deleted() {
-                return Ok(());
+            let Some(chunk) = chunk else { return Ok(false) };
+            if state.is_deleted() || self.stopping() {
+                return Ok(false);
             }
             self.freeze_chunk(state, chunk)?;
         }
+        let more = state.index.read().expect("index lock").next_chunk_to_freeze().is_some();
+        Ok(more && !state.freeze_queued.swap(true, std::sync::atomic::Ordering::SeqCst))
     }
 
     fn freeze_chunk(&self, state: &Arc<LedgerState>, chunk: u64) -> Result<()> {
@@ -134,11 +157,16 @@ impl Freezer {
             let Some(max_age) = s.retention.max_age(&state.name) else { continue };
             let horizon = now.saturating_sub(max_age.as_millis() as u64);
             let floor = s.hold_floor(&state.name);
-            loop {
+            while !self.stopping() {
                 let oldest =
                     state.index.read().expect("index lock").frozen.first_key_value().map(|(c, i)| (*c, i.clone()));
                 let Some((chunk, info)) = oldest else { break };
-                if info.last_ts >= horizon || floor.is_some_and(|f| info.last_id() >= f) || state.is_deleted() {
+                let keys_live = info.idempotency_keys > 0 && info.last_ts + IDEMPOTENCY_WINDOW_MS >= now;
+                if info.last_ts >= horizon
+                    || floor.is_some_and(|f| info.last_id() >= f)
+                    || keys_live
+                    || state.is_deleted()
+                {
                     break;
                 }
                 let meta = LedgerMeta { first: info.last_id() + 1, ..state.meta.clone() };

@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub holds: RwLock<Vec<Arc<dyn RetentionHold>>>,
     /// The durable end of the WAL as `segment << 32 | offset`.
     pub durable_end: AtomicU64,
+    /// Set by shutdown: background work stops between steps (a freeze in
+    /// progress finishes; the rest waits for the next start).
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

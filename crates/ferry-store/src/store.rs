@@ -123,6 +123,7 @@ impl Drop for Inner {
     /// then do the fields drop and release the locks, so no second store can
     /// open the roots while this one still writes.
     fn drop(&mut self) {
+        self.shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
         let _ = self.freezer_tx.send(FreezerMsg::Shutdown);
         if let Ok(threads) = self.threads.get_mut() {
@@ -177,6 +178,7 @@ impl Store {
             retention: config.retention.clone(),
             holds: RwLock::default(),
             durable_end: Default::default(),
+            stopping: Default::default(),
         });
         let now = now_ms();
         let mut idempotency = IdempotencyIndex::default();
@@ -397,6 +399,7 @@ impl Store {
     /// Stops the flusher after the appends already queued, and the freezer.
     /// Safe to call more than once; later appends fail with `ShuttingDown`.
     pub async fn shutdown(&self) {
+        self.inner.shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.inner.tx.send(FlusherMsg::Shutdown).await;
         let _ = self.inner.freezer_tx.send(FreezerMsg::Shutdown);
         let threads = std::mem::take(&mut *self.inner.threads.lock().expect("threads lock"));

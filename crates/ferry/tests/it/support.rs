@@ -294,6 +294,19 @@ impl Server {
         }
     }
 
+    /// A ledger's First and head, or `None` when it does not exist.
+    pub async fn first_and_head(&self, ledger: &str) -> Option<(u64, u64)> {
+        let r = self.get(&format!("/v1/ledgers/{ledger}")).await;
+        match r.status {
+            200 => {
+                let v = r.json();
+                Some((v["first"].as_u64().expect("first is a number"), v["head"].as_u64().expect("head is a number")))
+            }
+            404 => None,
+            s => panic!("GET /v1/ledgers/{ledger}: {s} {}", r.text),
+        }
+    }
+
     /// One NDJSON read page.
     pub async fn ndjson(&self, ledger: &str, query: &str) -> Resp {
         let req = self
