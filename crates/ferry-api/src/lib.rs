@@ -6,13 +6,14 @@ mod entries;
 mod error;
 mod ledgers;
 pub mod metrics;
+mod watch;
 
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
-use ferry_core::limits::BODY_BYTES_MAX_DEFAULT;
+use ferry_core::limits::{BODY_BYTES_MAX_DEFAULT, WATCHERS_MAX_DEFAULT};
 use ferry_store::Store;
 
 pub use error::ApiError;
@@ -24,13 +25,21 @@ pub struct ApiConfig {
     pub tokens: Vec<String>,
     pub metrics_auth: bool,
     pub max_body_bytes: usize,
+    /// Open `/v1/watch` and `/v1/events` streams at most.
+    pub max_watchers: usize,
     /// Renders `/metrics`; `None` serves an empty page.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { tokens: Vec::new(), metrics_auth: false, max_body_bytes: BODY_BYTES_MAX_DEFAULT as usize, metrics: None }
+        Self {
+            tokens: Vec::new(),
+            metrics_auth: false,
+            max_body_bytes: BODY_BYTES_MAX_DEFAULT as usize,
+            max_watchers: WATCHERS_MAX_DEFAULT,
+            metrics: None,
+        }
     }
 }
 
@@ -38,15 +47,18 @@ impl Default for ApiConfig {
 pub(crate) struct AppState {
     pub store: Store,
     pub config: Arc<ApiConfig>,
+    pub watchers: watch::Watchers,
 }
 
 /// The whole API as one router.
 pub fn router(store: Store, config: ApiConfig) -> Router {
-    let state = AppState { store, config: Arc::new(config) };
+    let state = AppState { store, config: Arc::new(config), watchers: watch::Watchers::default() };
     let v1 = Router::new()
         .route("/ledgers", get(ledgers::list))
         .route("/ledgers/{ledger}", get(ledgers::get_one).put(ledgers::create).delete(ledgers::delete))
         .route("/ledgers/{ledger}/entries", get(entries::read).post(entries::append))
+        .route("/watch", get(watch::watch))
+        .route("/events", get(watch::events))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let mut metrics = Router::new().route("/metrics", get(metrics::render));
     if state.config.metrics_auth {

@@ -1,7 +1,10 @@
 //! ferry's vocabulary: the names, entries, payloads and limits every other
-//! crate speaks. Pure data and validation; no I/O.
+//! crate speaks, and the in-process event bus. Pure data, validation and
+//! in-memory channels; no I/O.
 
+pub mod bus;
 mod entry;
+pub mod events;
 mod ledger_name;
 pub mod limits;
 mod payload;

@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use ferry_core::events::Appended;
 use ferry_core::limits::{GROUP_COMMIT_BYTES_MAX, IDEMPOTENCY_WINDOW_MS};
 use ferry_core::{EntryId, LedgerName, NewEntry, now_ms};
 use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, decode_record, encode_record};
@@ -283,6 +284,10 @@ impl Flusher {
                 }
             }
             let created = !p.records.is_empty();
+            if let Some(&(last_id, ..)) = p.records.last() {
+                let event = Appended { ledger: p.ledger.name.clone(), last_id };
+                self.shared.appends.publish(p.ledger.name.as_str(), &event);
+            }
             let _ = p.reply.send(p.ids.map(|ids| AppendOutcome { ids, created }));
         }
         self.shared.segments.account(written, true);

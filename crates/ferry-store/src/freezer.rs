@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use ferry_core::events::SystemEvent;
 use ferry_core::limits::IDEMPOTENCY_WINDOW_MS;
 use ferry_core::now_ms;
 use ferry_format::keys::CatalogKey;
@@ -140,8 +141,10 @@ impl Freezer {
         });
         let info =
             chunks::freeze(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk, n, s.format_version, &mut records)?;
+        let event = SystemEvent::chunk("chunk.frozen", &state.name, chunk, info.first_id, info.last_id());
         let left = state.index.write().expect("index lock").freeze_front(chunk, info);
         s.segments.account(left, false);
+        s.events.publish(&event.key, &event);
         tracing::debug!(ledger = %state.name, chunk, "chunk frozen");
         metrics::counter!("ferry_chunks_frozen_total").increment(1);
         s.release_dead_segments()
@@ -177,6 +180,8 @@ impl Freezer {
                 s.packs.forget(&state.name, Some(chunk));
                 chunks::sweep(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk, &info, with)?;
                 tracing::info!(ledger = %state.name, chunk, first = meta.first, "chunk pruned by retention");
+                let event = SystemEvent::chunk("chunk.pruned", &state.name, chunk, info.first_id, info.last_id());
+                s.events.publish(&event.key, &event);
                 metrics::counter!("ferry_chunks_pruned_total").increment(1);
             }
         }
@@ -223,6 +228,8 @@ impl Freezer {
         };
         s.segments.account(hot, false);
         tracing::info!(ledger = %name, "ledger deleted");
+        let event = SystemEvent::ledger_deleted(name);
+        s.events.publish(&event.key, &event);
         s.release_dead_segments()
     }
 

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use ferry_core::bus::Bus;
+use ferry_core::events::{Appended, SystemEvent};
 use ferry_core::limits::READ_BYTES_MAX;
 use ferry_core::{EntryId, LedgerName};
 use ferry_format::wal::decode_record;
@@ -62,6 +64,10 @@ pub(crate) struct Shared {
     /// Set by shutdown: background work stops between steps (a freeze in
     /// progress finishes; the rest waits for the next start).
     pub stopping: std::sync::atomic::AtomicBool,
+    /// New entries, under the ledger's name: wakes watchers and exporters.
+    pub appends: Bus<Appended>,
+    /// System events, under their keys.
+    pub events: Bus<SystemEvent>,
 }
 
 impl Shared {

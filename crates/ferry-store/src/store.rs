@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
+use ferry_core::bus::Bus;
+use ferry_core::events::{Appended, SystemEvent};
 use ferry_core::limits::{
     APPEND_BYTES_MAX, APPEND_QUEUE_DEPTH, BATCH_ENTRIES_MAX, CHUNK_ENTRIES_DEFAULT, CHUNK_ENTRIES_MAX,
     CHUNK_ENTRIES_MIN, ENTRY_BYTES_MAX_DEFAULT, ENTRY_BYTES_MAX_LIMIT, ENTRY_KEY_BYTES_MAX, FORMAT_VERSION,
@@ -179,6 +181,8 @@ impl Store {
             holds: RwLock::default(),
             durable_end: Default::default(),
             stopping: Default::default(),
+            appends: Bus::default(),
+            events: Bus::default(),
         });
         let now = now_ms();
         let mut idempotency = IdempotencyIndex::default();
@@ -254,6 +258,19 @@ impl Store {
     /// snapshot pin): no chunk holding an id it needs is pruned.
     pub fn add_hold(&self, hold: Arc<dyn RetentionHold>) {
         self.inner.shared.holds.write().expect("holds lock").push(hold);
+    }
+
+    /// New entries, published under the ledger's name once durable and
+    /// visible. Subscribers re-read storage from their own position, so a
+    /// lagged one loses nothing but the wake-up.
+    pub fn appends(&self) -> &Bus<Appended> {
+        &self.inner.shared.appends
+    }
+
+    /// System events (`ledger.created`, `ledger.deleted`, `chunk.frozen`,
+    /// `chunk.pruned`), published under their keys.
+    pub fn events(&self) -> &Bus<SystemEvent> {
+        &self.inner.shared.events
     }
 
     /// Bytes the hot tier's segment files take on disk.
@@ -350,6 +367,7 @@ impl Store {
             ledgers.len()
         };
         metrics::gauge!("ferry_ledgers").set(count as f64);
+        shared.events.publish(&format!("ledger.created/{name}"), &SystemEvent::ledger_created(name));
         tracing::info!(ledger = %name, "ledger created");
         Ok(true)
     }

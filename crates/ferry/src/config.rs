@@ -253,6 +253,7 @@ impl Config {
             tokens,
             metrics_auth: self.server.metrics_auth,
             max_body_bytes: body_max as usize,
+            max_watchers: self.server.max_watchers,
             metrics: None,
         };
         Ok(ServeSettings { listen, store, api, shutdown_timeout: self.server.shutdown_timeout.0, log: self.log })

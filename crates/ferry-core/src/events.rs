@@ -1,0 +1,49 @@
+//! What goes out on the buses: appends (to wake watchers and exporters) and
+//! system events (`GET /v1/events`).
+
+use crate::{EntryId, LedgerName};
+
+/// New entries of a ledger are durable and visible up to `last_id`.
+/// Published under the ledger's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub ledger: LedgerName,
+    pub last_id: EntryId,
+}
+
+/// A state change of the system, published under its `key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemEvent {
+    /// `ledger.created`, `ledger.deleted`, `chunk.frozen`, `chunk.pruned`,
+    /// and the exporter and pin events as those land.
+    pub kind: &'static str,
+    /// A stable key to match prefixes on, e.g. `chunk.frozen/audit/00000003`.
+    pub key: String,
+    /// Unix milliseconds.
+    pub at: u64,
+    pub data: serde_json::Value,
+}
+
+impl SystemEvent {
+    pub fn new(kind: &'static str, key_rest: &str, data: serde_json::Value) -> Self {
+        Self { kind, key: format!("{kind}/{key_rest}"), at: crate::now_ms(), data }
+    }
+
+    pub fn ledger_created(ledger: &LedgerName) -> Self {
+        Self::new("ledger.created", ledger.as_str(), serde_json::json!({ "ledger": ledger }))
+    }
+
+    pub fn ledger_deleted(ledger: &LedgerName) -> Self {
+        Self::new("ledger.deleted", ledger.as_str(), serde_json::json!({ "ledger": ledger }))
+    }
+
+    pub fn chunk(kind: &'static str, ledger: &LedgerName, chunk: u64, first_id: EntryId, last_id: EntryId) -> Self {
+        let data = serde_json::json!({ "ledger": ledger, "chunk": chunk, "first_id": first_id, "last_id": last_id });
+        Self::new(kind, &format!("{ledger}/{chunk:08}"), data)
+    }
+
+    /// The JSON body of the SSE event.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({ "kind": self.kind, "key": self.key, "at": self.at, "data": self.data }).to_string()
+    }
+}
