@@ -119,7 +119,9 @@ fn io_err(what: impl Fn() -> String) -> impl Fn(std::io::Error) -> StoreError {
 
 /// Freezes chunk `chunk` of `ledger` from `records` (exactly the chunk's
 /// ids, in order) by the mark-then-write protocol. Returns what the
-/// `frozen` key now says.
+/// `frozen` key now says. Every input is explicit so the protocol runs the
+/// same on the real disk and the simulated one.
+#[allow(clippy::too_many_arguments)]
 pub fn freeze(
     vfs: &dyn Vfs,
     catalog: &dyn Catalog,

@@ -88,10 +88,10 @@ impl Freezer {
     /// A storage fault here poisons the store; the thread carries on
     /// answering (deletions fail) until shutdown.
     fn contain(&self, result: Result<()>) {
-        if let Err(e) = result {
-            if !matches!(e, StoreError::Poisoned(_)) {
-                self.shared.health.poison(e.to_string());
-            }
+        if let Err(e) = result
+            && !matches!(e, StoreError::Poisoned(_))
+        {
+            self.shared.health.poison(e.to_string());
         }
     }
 

@@ -139,9 +139,15 @@ pub(crate) fn owned(r: &WalRecord<'_>) -> std::result::Result<OwnedRecord, Strin
 }
 
 /// Open packs by (ledger, chunk), oldest evicted first.
+type PackKey = (LedgerName, u64);
+
+/// Open readers, and their keys oldest first.
+#[derive(Default)]
+struct OpenPacks(HashMap<PackKey, Arc<PackReader>>, VecDeque<PackKey>);
+
 #[derive(Default)]
 pub(crate) struct PackCache {
-    open: Mutex<(HashMap<(LedgerName, u64), Arc<PackReader>>, VecDeque<(LedgerName, u64)>)>,
+    open: Mutex<OpenPacks>,
 }
 
 impl PackCache {
@@ -159,7 +165,7 @@ impl PackCache {
         }
         let reader = Arc::new(PackReader::open(vfs, layout, ledger, chunk, info)?);
         let mut guard = self.open.lock().expect("pack cache");
-        let (map, order) = &mut *guard;
+        let OpenPacks(map, order) = &mut *guard;
         if map.insert(key.clone(), reader.clone()).is_none() {
             order.push_back(key);
         }
@@ -174,7 +180,7 @@ impl PackCache {
     /// Forgets a pack (pruned) or every pack of a ledger (`chunk` None).
     pub fn forget(&self, ledger: &LedgerName, chunk: Option<u64>) {
         let mut guard = self.open.lock().expect("pack cache");
-        let (map, order) = &mut *guard;
+        let OpenPacks(map, order) = &mut *guard;
         map.retain(|(l, c), _| !(l == ledger && chunk.is_none_or(|x| x == *c)));
         order.retain(|k| map.contains_key(k));
     }
