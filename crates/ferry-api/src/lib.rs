@@ -27,6 +27,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Open `/v1/watch` and `/v1/events` streams at most.
     pub max_watchers: usize,
+    /// Turns true when the server shuts down: open SSE streams end, so a
+    /// graceful shutdown does not wait on them forever.
+    pub closing: tokio::sync::watch::Receiver<bool>,
     /// Renders `/metrics`; `None` serves an empty page.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -38,6 +41,7 @@ impl Default for ApiConfig {
             metrics_auth: false,
             max_body_bytes: BODY_BYTES_MAX_DEFAULT as usize,
             max_watchers: WATCHERS_MAX_DEFAULT,
+            closing: tokio::sync::watch::channel(false).1,
             metrics: None,
         }
     }

@@ -135,9 +135,13 @@ pub(crate) async fn watch(
         )
     })?;
     let watcher = Watcher::start(state.store.clone(), params.prefix, token, from, guard);
-    let stream = futures_util::stream::unfold(watcher, |mut w| async move {
-        let event = w.next_event().await?;
-        Some((Ok::<_, Infallible>(event), w))
+    let closing = state.config.closing.clone();
+    let stream = futures_util::stream::unfold((watcher, closing), |(mut w, mut closing)| async move {
+        let event = tokio::select! {
+            event = w.next_event() => event?,
+            _ = closing.wait_for(|c| *c) => return None,
+        };
+        Some((Ok::<_, Infallible>(event), (w, closing)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
 }
@@ -314,19 +318,26 @@ pub(crate) async fn events(
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_watchers", "max_watchers streams are open")
     })?;
     let sub = state.store.events().subscribe(&params.prefix, EVENTS_BUFFER);
-    let stream = futures_util::stream::unfold((sub, guard, false), |(mut sub, guard, done)| async move {
-        if done {
-            return None;
-        }
-        let event = match sub.recv().await? {
-            Received::Message(e) => system_event(&e),
-            Received::Lagged => {
-                metrics::counter!("ferry_watchers_lagged_total").increment(1);
-                return Some((Ok::<_, Infallible>(Event::default().event("lagged").data("{}")), (sub, guard, true)));
+    let closing = state.config.closing.clone();
+    let stream =
+        futures_util::stream::unfold((sub, guard, closing, false), |(mut sub, guard, mut closing, done)| async move {
+            if done {
+                return None;
             }
-        };
-        Some((Ok(event), (sub, guard, false)))
-    });
+            let received = tokio::select! {
+                r = sub.recv() => r?,
+                _ = closing.wait_for(|c| *c) => return None,
+            };
+            let event = match received {
+                Received::Message(e) => system_event(&e),
+                Received::Lagged => {
+                    metrics::counter!("ferry_watchers_lagged_total").increment(1);
+                    let lagged = Event::default().event("lagged").data("{}");
+                    return Some((Ok::<_, Infallible>(lagged), (sub, guard, closing, true)));
+                }
+            };
+            Some((Ok(event), (sub, guard, closing, false)))
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
 }
 

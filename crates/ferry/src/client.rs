@@ -38,6 +38,11 @@ impl Client {
         }
     }
 
+    /// A GET of `path` with the token, for callers that stream the answer.
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::GET, path)
+    }
+
     /// Sends a request; returns the body of a 2xx answer, else the
     /// server's error as a failure.
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {

@@ -254,6 +254,7 @@ impl Config {
             metrics_auth: self.server.metrics_auth,
             max_body_bytes: body_max as usize,
             max_watchers: self.server.max_watchers,
+            closing: tokio::sync::watch::channel(false).1,
             metrics: None,
         };
         Ok(ServeSettings { listen, store, api, shutdown_timeout: self.server.shutdown_timeout.0, log: self.log })

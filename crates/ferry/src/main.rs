@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod serve;
+mod tail;
 
 use std::process::ExitCode;
 

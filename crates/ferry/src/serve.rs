@@ -25,6 +25,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = config.validate()?;
     init_logging(&settings.log);
     settings.api.metrics = ferry_api::metrics::install();
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    settings.api.closing = closing;
 
     let store_config = settings.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
@@ -36,7 +38,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, data_dir = %settings.store.data_dir.display(), "ferry listening");
 
     let router = ferry_api::router(store.clone(), settings.api);
-    let served = ferry_api::serve(listener, router, shutdown_signal());
+    let shutdown = async move {
+        shutdown_signal().await;
+        // End the open SSE streams so the graceful shutdown can finish.
+        let _ = closing_tx.send(true);
+    };
+    let served = ferry_api::serve(listener, router, shutdown);
     served.await.context("serve HTTP")?;
     tracing::info!("shutting down: draining appends");
     if tokio::time::timeout(settings.shutdown_timeout, store.shutdown()).await.is_err() {

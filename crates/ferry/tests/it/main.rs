@@ -7,3 +7,4 @@ mod crash;
 mod packs;
 mod support;
 mod tools;
+mod watch;

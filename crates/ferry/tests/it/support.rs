@@ -177,7 +177,19 @@ impl Server {
     /// Starts `ferry serve`; an exit before readiness is an `Err` with what
     /// the process printed (for tests of refusals to start).
     pub async fn try_start(data_dir: &Path, config: Option<&Path>) -> Result<Server, StartError> {
-        let port = free_port();
+        Self::try_start_on(data_dir, config, free_port()).await
+    }
+
+    /// Starts `ferry serve` on `port` (to restart a server where its clients
+    /// expect it) and waits until it is ready.
+    pub async fn start_on(data_dir: &Path, config: Option<&Path>, port: u16) -> Server {
+        match Self::try_start_on(data_dir, config, port).await {
+            Ok(server) => server,
+            Err(StartError::Exited(e)) => panic!("ferry serve on port {port} exited ({}):\n{}", e.status, e.stderr),
+        }
+    }
+
+    pub async fn try_start_on(data_dir: &Path, config: Option<&Path>, port: u16) -> Result<Server, StartError> {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let (stdout_path, stderr_path) = output_files(data_dir);
         let mut cmd = serve_command(data_dir, config, port);
@@ -210,6 +222,11 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
     }
 
     pub fn url(&self, path: &str) -> String {
