@@ -32,6 +32,10 @@ fn describe() {
     describe_histogram!("ferry_fsync_seconds", Unit::Seconds, "Time of one group commit's write + fdatasync");
     describe_histogram!("ferry_group_commit_entries", Unit::Count, "Records written by one group commit");
     describe_gauge!("ferry_ledgers", Unit::Count, "Ledgers in the store");
+    describe_counter!("ferry_chunks_frozen_total", Unit::Count, "Chunks frozen into packs");
+    describe_counter!("ferry_chunks_pruned_total", Unit::Count, "Chunks removed by retention");
+    describe_gauge!("ferry_watchers", Unit::Count, "Open /v1/watch and /v1/events streams");
+    describe_counter!("ferry_watchers_lagged_total", Unit::Count, "Streams closed because the consumer fell behind");
 }
 
 pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
