@@ -19,6 +19,7 @@ mod recovery;
 mod shared;
 pub mod sim;
 mod store;
+pub mod verify;
 pub mod vfs;
 mod wal;
 

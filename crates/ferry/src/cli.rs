@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::client::Client;
+use crate::tools;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "Durable append-only ledgers, moved exactly once in effect")]
@@ -59,6 +60,28 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Follow new entries of ledgers starting with PREFIX, as JSON lines;
+    /// reconnects and resumes after a dropped connection or a restart.
+    Tail {
+        prefix: String,
+        /// Start one ledger at an id: LEDGER:ID.
+        #[arg(long)]
+        from: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Check a stopped node's data directory offline (takes its locks,
+    /// changes nothing); exits 1 on any fault.
+    Verify(tools::StorageArgs),
+    /// Print the catalog (--data-dir, under the locks), or a pack file or
+    /// WAL segment from the file alone.
+    Inspect {
+        /// A pack file (.pack) or WAL segment (.wal) to print.
+        #[arg(conflicts_with_all = ["data_dir", "config"])]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        storage: tools::StorageArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +109,13 @@ impl Cli {
             }
             Command::Read { ledger, from, limit, server } => Client::new(&server)?.read(&ledger, from, limit).await,
             Command::Ledgers { server } => Client::new(&server)?.ledgers().await,
+            Command::Tail { prefix, from, server } => {
+                crate::tail::tail(&Client::new(&server)?, &prefix, from.as_deref()).await
+            }
+            Command::Verify(storage) => tokio::task::spawn_blocking(move || tools::verify(&storage)).await?,
+            Command::Inspect { file, storage } => {
+                tokio::task::spawn_blocking(move || tools::inspect(file.as_deref(), &storage)).await?
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod serve;
 mod tail;
+mod tools;
 
 use std::process::ExitCode;
 
