@@ -23,6 +23,9 @@ pub const TRAILER_BYTES: usize = 24;
 pub const BLOCK_META_BYTES: usize = 32;
 /// Raw bytes of records gathered before a block is compressed.
 pub const BLOCK_RAW_BYTES_TARGET: usize = 64 * 1024;
+/// The most raw bytes a block can hold: just under the target, plus one
+/// record of the largest size.
+pub const BLOCK_RAW_BYTES_MAX: usize = BLOCK_RAW_BYTES_TARGET + wal::RECORD_PREFIX_BYTES + wal::RECORD_BODY_BYTES_MAX;
 /// zstd level: fast to write, ~1.3 GB/s to read here.
 const ZSTD_LEVEL: i32 = 1;
 
@@ -88,8 +91,13 @@ pub struct PackWriter<W: Write> {
 
 impl<W: Write> PackWriter<W> {
     pub fn new(out: W, header: PackHeader) -> Result<Self, PackError> {
-        if header.ledger.is_empty() || header.ledger.len() > 255 || header.count == 0 || header.first_id == 0 {
-            return Err(PackError::Header("empty ledger, zero count or zero first id".into()));
+        if header.ledger.is_empty()
+            || header.ledger.len() > 255
+            || header.count == 0
+            || header.first_id == 0
+            || header.first_id.checked_add(header.count).is_none()
+        {
+            return Err(PackError::Header("empty ledger, zero count, zero first id or ids past u64".into()));
         }
         let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
         compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
@@ -241,6 +249,9 @@ pub fn decode_header(buf: &[u8]) -> Result<(PackHeader, usize), PackError> {
     if header.count == 0 || header.first_id == 0 || header.ledger.is_empty() {
         return Err(bad("zero count, zero first id or empty ledger"));
     }
+    if header.first_id.checked_add(header.count).is_none() {
+        return Err(bad("ids run past u64"));
+    }
     Ok((header, len))
 }
 
@@ -297,8 +308,12 @@ pub fn decode_index(
         if b.offset != offset || b.first_id != next_id || b.records == 0 || reserved != 0 {
             return Err(bad(format!("block {} does not follow its predecessor", blocks.len())));
         }
-        offset += u64::from(b.compressed_len);
-        next_id += u64::from(b.records);
+        if b.raw_len as usize > BLOCK_RAW_BYTES_MAX {
+            return Err(bad(format!("block {} claims {} raw bytes", blocks.len(), b.raw_len)));
+        }
+        let overflow = || bad(format!("block {} runs past u64", blocks.len()));
+        offset = offset.checked_add(u64::from(b.compressed_len)).ok_or_else(overflow)?;
+        next_id = next_id.checked_add(u64::from(b.records)).ok_or_else(overflow)?;
         blocks.push(b);
     }
     if offset != index_offset || next_id != header.first_id + header.count {
@@ -315,6 +330,11 @@ pub fn decode_index(
 /// holds exactly the index's records.
 pub fn decode_block(compressed: &[u8], meta: &BlockMeta) -> Result<Vec<u8>, PackError> {
     let bad = |reason: String| PackError::Block { offset: meta.offset, reason };
+    // Check the frame's own size before allocating for it.
+    match zstd::zstd_safe::get_frame_content_size(compressed) {
+        Ok(Some(n)) if n == u64::from(meta.raw_len) && n as usize <= BLOCK_RAW_BYTES_MAX => {}
+        other => return Err(bad(format!("frame content size {other:?}, the index says {}", meta.raw_len))),
+    }
     let raw = zstd::bulk::decompress(compressed, meta.raw_len as usize).map_err(|e| bad(e.to_string()))?;
     if raw.len() != meta.raw_len as usize {
         return Err(bad(format!("{} bytes decompressed, the index says {}", raw.len(), meta.raw_len)));

@@ -177,6 +177,13 @@ fn decode_body(body: &[u8]) -> Result<WalRecord<'_>, DecodeError> {
     if ledger.is_empty() || id == 0 {
         return Err(DecodeError::Malformed("empty ledger or zero id"));
     }
+    // The decoder accepts exactly what the encoder may write.
+    if ledger.len() > LEDGER_NAME_BYTES_MAX
+        || key.is_some_and(|k| k.len() > ENTRY_KEY_BYTES_MAX)
+        || idempotency_key.is_some_and(|k| k.len() > IDEMPOTENCY_KEY_BYTES_MAX)
+    {
+        return Err(DecodeError::Malformed("a field is over its limit"));
+    }
     let batch_continues = flags & FLAG_BATCH_CONTINUES != 0;
     let group_start = flags & FLAG_GROUP_START != 0;
     let relocated = flags & FLAG_RELOCATED != 0;
