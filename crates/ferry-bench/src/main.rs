@@ -12,6 +12,7 @@ mod disk;
 mod driver;
 mod http;
 mod raw;
+mod replay;
 mod report;
 mod store;
 mod workload;
@@ -38,6 +39,15 @@ enum Target {
     Http,
 }
 
+/// How many entries each append call carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// One entry per call, at each of `--clients`.
+    Single,
+    /// `--batch-size` entries per call, at each of `--batch-clients`.
+    Batch,
+}
+
 impl Target {
     fn name(self) -> &'static str {
         match self {
@@ -59,6 +69,8 @@ struct Args {
     quick: bool,
     #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,store,http")]
     targets: Vec<Target>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "single,batch")]
+    modes: Vec<Mode>,
     /// Concurrent clients of the single-entry cells.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
@@ -68,7 +80,7 @@ struct Args {
     /// Concurrent clients of the batch cells.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     batch_clients: Vec<usize>,
-    /// Entries per call in the batch cells; 0 runs no batch cells.
+    /// Entries per call in the batch cells.
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
     /// Measured time of each target in each cell, split over the rounds.
@@ -95,6 +107,11 @@ struct Args {
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Instead of appends: fill one ledger with this many entries (whole
+    /// chunks), let them freeze, and time reading them back from the packs
+    /// next to the raw zstd decompression of the same blocks.
+    #[arg(long)]
+    replay: Option<u64>,
 }
 
 /// What to run: every cell, against the bound and each target, in rounds.
@@ -126,11 +143,14 @@ impl Plan {
             args.payloads.iter().all(|&p| p >= PAYLOAD_BYTES_MIN),
             "payloads must be at least {PAYLOAD_BYTES_MIN} bytes"
         );
-        ensure!(args.batch_size <= BATCH_ENTRIES_MAX, "--batch-size is at most {BATCH_ENTRIES_MAX}");
+        ensure!((2..=BATCH_ENTRIES_MAX).contains(&args.batch_size), "--batch-size must be 2..={BATCH_ENTRIES_MAX}");
         ensure!(args.rounds > 0, "--rounds must be at least 1");
         ensure!(args.duration >= Duration::from_millis(100) * args.rounds, "--duration must be at least 100ms a round");
-        let mut cells = grid(&args.clients, &args.payloads, 1);
-        if args.batch_size > 0 {
+        let mut cells = Vec::new();
+        if args.modes.contains(&Mode::Single) {
+            cells.extend(grid(&args.clients, &args.payloads, 1));
+        }
+        if args.modes.contains(&Mode::Batch) {
             cells.extend(grid(&args.batch_clients, &args.payloads, args.batch_size));
         }
         let timing = Timing { warmup: args.warmup, window: args.duration / args.rounds };
@@ -149,6 +169,17 @@ async fn main() -> anyhow::Result<()> {
     install_tls_provider();
     let plan = Plan::from_args(&args)?;
     let parent = disk::data_parent(args.data_dir.clone())?;
+    if let Some(entries) = args.replay {
+        let payload = args.payloads.first().copied().unwrap_or(256);
+        println!(
+            "ferry-bench replay: {entries} entries of {payload} B under {}, load {}",
+            parent.display(),
+            load_average()
+        );
+        let replay = replay::run(&parent, entries, payload, args.rounds).await?;
+        print!("{}", replay.report());
+        return Ok(());
+    }
     let http = HttpOptions { server: args.server.clone(), token: args.token.clone() };
     println!("{}", describe(&plan, &parent, &http));
     if disk::is_in_memory(&parent) {
@@ -261,8 +292,8 @@ mod tests {
             "2,3",
             "--payloads",
             "64",
-            "--batch-size",
-            "0",
+            "--modes",
+            "single",
         ]))
         .unwrap();
         assert_eq!(plan.targets, [Target::Raw, Target::Store]);
@@ -273,6 +304,7 @@ mod tests {
     fn bad_values_are_refused() {
         assert!(Plan::from_args(&args(&["--payloads", "4"])).is_err());
         assert!(Plan::from_args(&args(&["--clients", "0"])).is_err());
+        assert!(Plan::from_args(&args(&["--batch-size", "1"])).is_err());
         assert!(Args::try_parse_from(["ferry-bench", "--targets", "disk"]).is_err());
         assert!(Args::try_parse_from(["ferry-bench", "--duration", "soon"]).is_err());
     }

@@ -1,6 +1,7 @@
 //! `LedgerName`: the only way to hold a ledger name is to have parsed one.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::limits::LEDGER_NAME_BYTES_MAX;
 
@@ -8,8 +9,9 @@ use crate::limits::LEDGER_NAME_BYTES_MAX;
 ///
 /// Every name is a safe single path component (never `.` or `..`, never a
 /// separator), so it can be used as a directory name without escaping.
+/// Cheap to clone (shared text): every entry read carries its ledger.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LedgerName(String);
+pub struct LedgerName(Arc<str>);
 
 /// Why a string is not a ledger name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,7 +38,7 @@ impl LedgerName {
         if !bytes.iter().all(allowed) {
             return fail("may contain only a-z, 0-9, '.', '_' and '-'");
         }
-        Ok(Self(name.to_owned()))
+        Ok(Self(name.into()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -33,6 +33,12 @@ impl Payload {
         Ok(Self(text.into()))
     }
 
+    /// Takes text read back from ferry's own storage (already checked as
+    /// UTF-8 and covered by a checksum) without copying it.
+    pub fn from_stored_text(text: String) -> Self {
+        Self(text.into_boxed_str())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

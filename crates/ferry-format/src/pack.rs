@@ -326,20 +326,36 @@ pub fn decode_index(
     Ok(blocks)
 }
 
+thread_local! {
+    /// One zstd context per thread: creating one per block costs as much as
+    /// decompressing a small block.
+    static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("allocate a zstd context"));
+}
+
 /// Decompresses one block (its zstd frame checksum verified) and checks it
 /// holds exactly the index's records.
 pub fn decode_block(compressed: &[u8], meta: &BlockMeta) -> Result<Vec<u8>, PackError> {
+    let mut raw = Vec::new();
+    decode_block_into(compressed, meta, &mut raw)?;
+    Ok(raw)
+}
+
+/// `decode_block` into a buffer the caller reuses across blocks.
+pub fn decode_block_into(compressed: &[u8], meta: &BlockMeta, raw: &mut Vec<u8>) -> Result<(), PackError> {
     let bad = |reason: String| PackError::Block { offset: meta.offset, reason };
     // Check the frame's own size before allocating for it.
     match zstd::zstd_safe::get_frame_content_size(compressed) {
         Ok(Some(n)) if n == u64::from(meta.raw_len) && n as usize <= BLOCK_RAW_BYTES_MAX => {}
         other => return Err(bad(format!("frame content size {other:?}, the index says {}", meta.raw_len))),
     }
-    let raw = zstd::bulk::decompress(compressed, meta.raw_len as usize).map_err(|e| bad(e.to_string()))?;
+    raw.clear();
+    raw.reserve(meta.raw_len as usize);
+    DECOMPRESSOR.with(|d| d.borrow_mut().decompress_to_buffer(compressed, raw)).map_err(|e| bad(e.to_string()))?;
     if raw.len() != meta.raw_len as usize {
         return Err(bad(format!("{} bytes decompressed, the index says {}", raw.len(), meta.raw_len)));
     }
-    Ok(raw)
+    Ok(())
 }
 
 /// Iterates the records of a decompressed block, checking ids run densely

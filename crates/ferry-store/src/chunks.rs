@@ -137,8 +137,8 @@ pub fn freeze(
     step!("freeze::marked");
 
     let (ledger_dir, bucket) = (layout.ledger_dir(ledger), layout.bucket_dir(ledger, chunk));
-    let new_ledger_dir = ensure_dir(vfs, &ledger_dir)?;
-    let new_bucket = ensure_dir(vfs, &bucket)?;
+    ensure_dir(vfs, &ledger_dir)?;
+    ensure_dir(vfs, &bucket)?;
     let (tmp, path) = (layout.tmp_path(ledger, chunk), layout.pack_path(ledger, chunk));
     let file = vfs.create_new(&tmp).map_err(io_err(|| format!("create {}", tmp.display())))?;
     let header = PackHeader {
@@ -158,7 +158,12 @@ pub fn freeze(
     step!("freeze::synced");
     vfs.rename(&tmp, &path).map_err(io_err(|| format!("rename {} to {}", tmp.display(), path.display())))?;
     step!("freeze::renamed");
-    sync_dirs(vfs, &bucket, new_bucket.then_some(&ledger_dir), new_ledger_dir.then_some(&layout.root))?;
+    // The renamed entry, then every level above it, not only the levels
+    // this call created: a directory made by an earlier attempt that
+    // crashed or failed may not be durable yet.
+    for dir in [&bucket, &ledger_dir, &layout.root] {
+        vfs.sync_dir(dir).map_err(io_err(|| format!("fsync directory {}", dir.display())))?;
+    }
     step!("freeze::dir_synced");
     check_pack(vfs, &path, ledger, chunk, &info)?;
     catalog.commit(&[CatalogOp::Put(key, ChunkState::Frozen(info.clone()).encode())])?;
@@ -166,22 +171,13 @@ pub fn freeze(
     Ok(info)
 }
 
-/// Creates `dir` if missing; true when it did.
-fn ensure_dir(vfs: &dyn Vfs, dir: &Path) -> Result<bool> {
+/// Creates `dir` if missing.
+fn ensure_dir(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
     match vfs.create_dir(dir) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(StoreError::io(format!("create directory {}", dir.display()), e)),
     }
-}
-
-/// fsyncs the bucket directory (the renamed entry), then each parent whose
-/// entry list changed because a directory was just created in it.
-fn sync_dirs(vfs: &dyn Vfs, bucket: &Path, ledger_dir: Option<&PathBuf>, root: Option<&PathBuf>) -> Result<()> {
-    for dir in [Some(bucket), ledger_dir.map(PathBuf::as_path), root.map(PathBuf::as_path)].into_iter().flatten() {
-        vfs.sync_dir(dir).map_err(io_err(|| format!("fsync directory {}", dir.display())))?;
-    }
-    Ok(())
 }
 
 enum PackWriteError {
@@ -307,16 +303,24 @@ pub fn sweep_demoted(
     chunk: u64,
 ) -> Result<()> {
     let path = layout.pack_path(ledger, chunk);
-    let removed = remove_if_present(vfs, &path)?;
+    remove_if_present(vfs, &path)?;
     step!("sweep::unlinked");
-    if removed {
-        let bucket = layout.bucket_dir(ledger, chunk);
-        vfs.sync_dir(&bucket).map_err(io_err(|| format!("fsync directory {}", bucket.display())))?;
-    }
+    // Even when the file was already gone: an earlier attempt may have
+    // unlinked it and crashed before this fsync.
+    sync_dir_if_present(vfs, &layout.bucket_dir(ledger, chunk))?;
     step!("sweep::dir_synced");
     catalog.commit(&[CatalogOp::Delete(CatalogKey::Chunk(ledger.clone(), chunk))])?;
     step!("sweep::deleted");
     Ok(())
+}
+
+/// fsyncs a directory if it exists.
+fn sync_dir_if_present(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
+    match vfs.sync_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(format!("fsync directory {}", dir.display()), e)),
+    }
 }
 
 fn remove_if_present(vfs: &dyn Vfs, path: &Path) -> Result<bool> {
@@ -363,13 +367,12 @@ pub fn recover(vfs: &dyn Vfs, catalog: &dyn Catalog, layout: &PackLayout) -> Res
         };
         match ChunkState::decode(&key, &value)? {
             ChunkState::Freezing => {
-                let tmp_removed = remove_if_present(vfs, &layout.tmp_path(ledger, *chunk))?;
-                let pack_removed = remove_if_present(vfs, &layout.pack_path(ledger, *chunk))?;
+                remove_if_present(vfs, &layout.tmp_path(ledger, *chunk))?;
+                remove_if_present(vfs, &layout.pack_path(ledger, *chunk))?;
                 step!("recover::freezing_unlinked");
-                if tmp_removed || pack_removed {
-                    let bucket = layout.bucket_dir(ledger, *chunk);
-                    vfs.sync_dir(&bucket).map_err(io_err(|| format!("fsync directory {}", bucket.display())))?;
-                }
+                // Also when nothing was left to remove: an earlier recovery
+                // may have unlinked them and crashed before this fsync.
+                sync_dir_if_present(vfs, &layout.bucket_dir(ledger, *chunk))?;
                 catalog.commit(&[CatalogOp::Delete(key.clone())])?;
                 tracing::info!(%ledger, chunk, "recovery: removed an unfinished freeze; it will be redone");
             }

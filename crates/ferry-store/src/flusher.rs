@@ -267,15 +267,18 @@ impl Flusher {
 
     /// Makes the group's ids visible, then acknowledges.
     fn publish(&self, planned: Vec<Planned>, (segment, base): (u32, u64)) {
-        let mut written = Vec::new();
+        let pos =
+            |offset: usize, len: usize| RecordPos { segment, offset: (base + offset as u64) as u32, len: len as u32 };
+        // Counted live before any becomes visible: the freezer may freeze
+        // (and count dead) a record the moment the index holds it.
+        let written = planned.iter().flat_map(|p| p.records.iter().map(|&(_, _, offset, len)| pos(offset, len)));
+        self.shared.segments.account(written, true);
         for p in planned {
             if !p.records.is_empty() {
                 let full = {
                     let mut index = p.ledger.index.write().expect("index lock");
                     for &(id, ts, offset, len) in &p.records {
-                        let pos = RecordPos { segment, offset: (base + offset as u64) as u32, len: len as u32 };
-                        index.push(id, ts, pos);
-                        written.push(pos);
+                        index.push(id, ts, pos(offset, len));
                     }
                     index.next_chunk_to_freeze().is_some()
                 };
@@ -290,7 +293,6 @@ impl Flusher {
             }
             let _ = p.reply.send(p.ids.map(|ids| AppendOutcome { ids, created }));
         }
-        self.shared.segments.account(written, true);
     }
 
     /// Copies every live record of a sealed segment to the end of the WAL
@@ -323,21 +325,27 @@ impl Flusher {
             return Ok(());
         }
         let (new_segment, base) = self.write(buf)?;
-        let (mut dead, mut live) = (Vec::new(), Vec::new());
+        let new_pos = |at: usize, len: usize| RecordPos {
+            segment: new_segment,
+            offset: (base + at as u64) as u32,
+            len: len as u32,
+        };
+        // Copies count as live before the index points at them (see publish).
+        s.segments.account(moved.iter().map(|&(_, _, _, at, len)| new_pos(at, len)), true);
+        let mut dead = Vec::new();
         for (state, id, old, at, len) in moved {
-            let new = RecordPos { segment: new_segment, offset: (base + at as u64) as u32, len: len as u32 };
+            let new = new_pos(at, len);
             let mut index = state.index.write().expect("index lock");
-            // Frozen or deleted meanwhile: the copy is dead on arrival.
             if index.hot_pos(id) == Some(old) {
                 let i = (id - index.hot_base) as usize;
                 index.positions[i] = new;
                 dead.push(old);
-                live.push(new);
+            } else {
+                dead.push(new); // frozen or deleted meanwhile: the copy is dead on arrival
             }
         }
-        tracing::debug!(segment, records = live.len(), "relocated live records of a sparse segment");
+        tracing::debug!(segment, records = dead.len(), "relocated live records of a sparse segment");
         s.segments.account(dead, false);
-        s.segments.account(live, true);
         Ok(())
     }
 }

@@ -57,7 +57,14 @@ impl Freezer {
             match self.rx.recv_timeout(wait) {
                 Ok(FreezerMsg::Check(state)) => backlog.push_back(state),
                 Ok(FreezerMsg::Delete(state, reply)) => {
-                    let _ = reply.send(self.delete(&state));
+                    let result = self.delete(&state);
+                    // A storage fault while deleting poisons like any other.
+                    if let Err(e) = &result
+                        && !matches!(e, StoreError::Poisoned(_) | StoreError::ShuttingDown)
+                    {
+                        self.shared.health.poison(e.to_string());
+                    }
+                    let _ = reply.send(result);
                 }
                 Ok(FreezerMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}

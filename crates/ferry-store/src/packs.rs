@@ -74,6 +74,7 @@ impl PackReader {
     pub fn read(&self, from: EntryId, limit: usize, bytes_max: usize, out: &mut Vec<OwnedRecord>) -> Result<()> {
         let start = self.blocks.partition_point(|b| b.first_id <= from).saturating_sub(1);
         let (mut taken, mut bytes) = (0, 0);
+        let (mut compressed, mut raw) = (Vec::new(), Vec::new());
         for meta in &self.blocks[start..] {
             let bad = |reason: String| StoreError::CorruptedPack {
                 ledger: self.ledger.clone(),
@@ -82,9 +83,9 @@ impl PackReader {
                 offset: meta.offset,
                 reason,
             };
-            let mut compressed = vec![0; meta.compressed_len as usize];
+            compressed.resize(meta.compressed_len as usize, 0);
             self.file.read_at(&mut compressed, meta.offset).map_err(|e| bad(e.to_string()))?;
-            let raw = pack::decode_block(&compressed, meta).map_err(|e| bad(e.to_string()))?;
+            pack::decode_block_into(&compressed, meta, &mut raw).map_err(|e| bad(e.to_string()))?;
             for r in pack::block_records(&raw, meta) {
                 let r = r.map_err(|e| bad(e.to_string()))?;
                 if r.id < from {

@@ -25,7 +25,7 @@ use crate::wal::{RELEASED, RecordPos, Segments};
 
 /// Something that needs a ledger's entries from some id on, so retention
 /// must not prune them (an exporter's cursor, a snapshot pin).
-pub trait RetentionHold: Send + Sync {
+pub trait RetentionHold: Send + Sync + std::fmt::Debug {
     /// The lowest id this holder still needs, or `None` for no need.
     fn needs_from(&self, ledger: &LedgerName) -> Option<EntryId>;
 }

@@ -49,6 +49,9 @@ pub struct StoreConfig {
     pub retention: RetentionPolicy,
     /// WAL segment size; smaller values are for tests of segment release.
     pub wal_segment_bytes: u64,
+    /// Holds retention respects from its first pass on (`Store::add_hold`
+    /// adds more later).
+    pub holds: Vec<Arc<dyn RetentionHold>>,
 }
 
 impl StoreConfig {
@@ -63,6 +66,7 @@ impl StoreConfig {
             auto_create_ledgers: true,
             retention: RetentionPolicy::default(),
             wal_segment_bytes: WAL_SEGMENT_BYTES_MAX,
+            holds: Vec::new(),
         }
     }
 
@@ -178,7 +182,7 @@ impl Store {
             format_version: FORMAT_VERSION,
             wal_segment_bytes: config.wal_segment_bytes,
             retention: config.retention.clone(),
-            holds: RwLock::default(),
+            holds: RwLock::new(config.holds.clone()),
             durable_end: Default::default(),
             stopping: Default::default(),
             appends: Bus::default(),
@@ -400,16 +404,16 @@ impl Store {
         let state = shared.ledger(ledger).ok_or_else(|| StoreError::LedgerNotFound(ledger.clone()))?;
         let from = from.unwrap_or_else(|| state.index.read().expect("index lock").first);
         let records = shared.read_records(&state, from, limit)?;
-        let mut entries = Vec::with_capacity(records.len());
-        for r in records {
-            let payload = Payload::from_stored(r.payload.as_bytes()).map_err(|e| StoreError::Corrupted {
-                segment: shared.segments.dir().to_path_buf(),
-                offset: 0,
-                ledger: Some(ledger.clone()),
-                reason: format!("id {}: {e}", r.id),
-            })?;
-            entries.push(Entry { ledger: ledger.clone(), id: r.id, ts: r.ts, key: r.key, payload });
-        }
+        let entries: Vec<Entry> = records
+            .into_iter()
+            .map(|r| Entry {
+                ledger: ledger.clone(),
+                id: r.id,
+                ts: r.ts,
+                key: r.key,
+                payload: Payload::from_stored_text(r.payload),
+            })
+            .collect();
         let next = from + entries.len() as u64;
         Ok(ReadBatch { entries, next })
     }

@@ -115,12 +115,14 @@ impl Segments {
     }
 
     /// Takes every sealed segment with nothing live out of the set; the
-    /// caller unlinks them.
+    /// caller unlinks them. Sealed means *below* the current one: a segment
+    /// the flusher has just created (inserted, not yet current) is never
+    /// taken.
     pub fn take_dead(&self) -> Vec<PathBuf> {
-        let current = self.current();
         let mut files = self.files.write().expect("segments lock");
+        let current = self.current();
         let dead: Vec<u32> =
-            files.iter().filter(|(n, s)| **n != current && s.live_records == 0).map(|(n, _)| *n).collect();
+            files.iter().filter(|(n, s)| **n < current && s.live_records == 0).map(|(n, _)| *n).collect();
         dead.into_iter()
             .map(|n| {
                 files.remove(&n);
@@ -132,10 +134,10 @@ impl Segments {
     /// Sealed segments less than half live, not yet being relocated; marks
     /// them as being relocated.
     pub fn take_sparse(&self) -> Vec<u32> {
-        let current = self.current();
         let mut files = self.files.write().expect("segments lock");
+        let current = self.current();
         let mut out = Vec::new();
-        for (n, s) in files.iter_mut().filter(|(n, s)| **n != current && s.live_records > 0 && !s.relocating) {
+        for (n, s) in files.iter_mut().filter(|(n, s)| **n < current && s.live_records > 0 && !s.relocating) {
             let len = s.file.metadata().map(|m| m.len()).unwrap_or(0);
             if s.live_bytes * 2 < len {
                 s.relocating = true;

@@ -248,6 +248,7 @@ impl Config {
             auto_create_ledgers: self.storage.auto_create_ledgers,
             retention,
             wal_segment_bytes: ferry_core::limits::WAL_SEGMENT_BYTES_MAX,
+            holds: Vec::new(),
         };
         let api = ApiConfig {
             tokens,

@@ -3,10 +3,13 @@
 
 mod append;
 mod corruption;
+mod failpoints;
 mod idempotency;
+mod model;
 mod open;
 mod packs;
 mod poison;
+mod protocol_sim;
 mod support;
 mod torn_tail;
 mod validation;
