@@ -2,15 +2,67 @@
 //! mutations of it, for machines without a nightly toolchain (cargo-fuzz
 //! needs one). Not coverage-guided, so weaker than `cargo fuzz run`, but
 //! it runs with `cargo test` on stable. Each target runs for
-//! `FERRY_FUZZ_SECS` seconds (default 5). The known findings reproduced by
-//! the ignored tests below are skipped (`FERRY_FUZZ_KNOWN=crash` to count
-//! them). Not part of CI: this crate is outside the main workspace.
+//! `FERRY_FUZZ_SECS` seconds (default 5), starting from its seeds and the
+//! inputs in `regressions/{target}/`. The regression tests below replay
+//! what fuzzing found (all fixed in `crates/ferry-format`). A global
+//! allocator watches every input: one allocation larger than a block can
+//! be counts as a finding, as libFuzzer's malloc limit would. Not part of
+//! CI: this crate is outside the main workspace.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferry_format::pack::{PackHeader, PackWriter};
-use ferry_format::wal::{WalRecord, encode_record, encode_segment_header};
-use ferry_fuzz::Known;
+use ferry_format::pack::{BLOCK_RAW_BYTES_MAX, PackHeader, PackWriter, decode_header, decode_pack};
+use ferry_format::wal::{WalRecord, decode_record, encode_record, encode_segment_header};
+use ferry_fuzz::{fix_pack_crcs, fix_record_crc};
+
+/// The largest single allocation a target may make on any input: one
+/// block's raw bytes (the most a pack decoder needs at once).
+const ALLOCATION_MAX: usize = BLOCK_RAW_BYTES_MAX;
+
+/// The system allocator, noting the largest request made on each thread.
+struct Watch;
+
+thread_local! {
+    // No destructor and a const initializer: safe to touch from the allocator.
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note(size: usize) {
+    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+}
+
+// SAFETY: forwards every call to `System` unchanged; only records sizes.
+unsafe impl GlobalAlloc for Watch {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static WATCH: Watch = Watch;
+
+/// Runs `target` on `data` and returns the largest allocation it made (on
+/// this thread). Panics propagate.
+fn largest_allocation(target: fn(&[u8]), data: &[u8]) -> usize {
+    LARGEST.with(|l| l.set(0));
+    target(data);
+    LARGEST.with(|l| l.get())
+}
 
 /// xorshift64*: deterministic, so a failure reproduces from its seed.
 struct Rng(u64);
@@ -144,12 +196,13 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], data: &mut Vec<u8>) {
     }
 }
 
-fn run(name: &str, seeds: Vec<Vec<u8>>, target: fn(&[u8], Known)) {
-    let known = Known::from_env(Known::Skip);
+fn run(name: &str, mut seeds: Vec<Vec<u8>>, target: fn(&[u8])) {
+    seeds.extend(regression_files(name).into_iter().map(|(_, bytes)| bytes));
     let secs = std::env::var("FERRY_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let deadline = Instant::now() + Duration::from_secs(secs);
     for s in &seeds {
-        target(s, known);
+        let largest = largest_allocation(target, s);
+        assert!(largest <= ALLOCATION_MAX, "{name}: a seed allocated {largest} bytes at once");
     }
     let mut rng = Rng(0x5eed_f00d_u64 ^ name.len() as u64);
     let mut runs = 0u64;
@@ -158,8 +211,12 @@ fn run(name: &str, seeds: Vec<Vec<u8>>, target: fn(&[u8], Known)) {
             let mut data = seeds[rng.below(seeds.len())].clone();
             mutate(&mut rng, &seeds, &mut data);
             let input = data.clone();
-            if std::panic::catch_unwind(|| target(&data, known)).is_err() {
-                panic!("{name}: crash on input {input:02x?}");
+            match std::panic::catch_unwind(|| largest_allocation(target, &data)) {
+                Err(_) => panic!("{name}: crash on input {input:02x?}"),
+                Ok(largest) if largest > ALLOCATION_MAX => {
+                    panic!("{name}: {largest} bytes allocated at once on input {input:02x?}")
+                }
+                Ok(_) => {}
             }
             runs += 1;
         }
@@ -179,63 +236,243 @@ fn pack_corpus() {
 
 #[test]
 fn catalog_key_corpus() {
-    run("catalog_key", key_seeds(), |d, _| ferry_fuzz::catalog_key(d));
+    run("catalog_key", key_seeds(), ferry_fuzz::catalog_key);
 }
 
-/// Writes the seeds as files for `cargo fuzz run TARGET seeds/TARGET`:
+/// Writes the seeds, and the built regression inputs, as files for
+/// `cargo fuzz run TARGET corpus/TARGET seeds/TARGET regressions/TARGET`:
 /// `cargo test --test corpus -- --ignored write_seed_files`.
 #[test]
-#[ignore = "writes fuzz/seeds/; run by hand when the formats change"]
+#[ignore = "writes fuzz/seeds/ and fuzz/regressions/; run by hand when the formats change"]
 fn write_seed_files() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (target, seeds) in [("wal_record", wal_seeds()), ("pack", pack_seeds()), ("catalog_key", key_seeds())] {
-        let dir = root.join(target);
+        let dir = root.join("seeds").join(target);
         std::fs::create_dir_all(&dir).expect("create the seed dir");
         for (i, s) in seeds.iter().enumerate() {
             std::fs::write(dir.join(format!("seed-{i}")), s).expect("write a seed");
         }
     }
+    for (target, name, bytes) in built_regressions() {
+        let dir = regressions_dir(target);
+        std::fs::create_dir_all(&dir).expect("create the regressions dir");
+        std::fs::write(dir.join(name), bytes).expect("write a regression input");
+    }
 }
 
-/// A pack whose header says first id u64::MAX: the decoder's id arithmetic
-/// overflows (a panic with overflow checks on, as in debug builds and
-/// `cargo fuzz run -a`). Known; reported, not fixed here.
-#[test]
-#[ignore = "known finding: ferry-format pack::decode_index adds first_id + count unchecked"]
-fn pack_with_first_id_at_the_top_of_u64() {
+// Regressions: inputs on which fuzzing found a bug in crates/ferry-format,
+// since fixed. Each is kept as a file in `regressions/{target}/` (a seed
+// for `cargo fuzz run` and for the runs above) and replayed here. Files
+// from a fuzz run (`artifacts/…/crash-…`) can be dropped there as they are.
+
+fn regressions_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions").join(target)
+}
+
+/// The files in `regressions/{target}/`, sorted by name.
+fn regression_files(target: &str) -> Vec<(String, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(regressions_dir(target)) else { return Vec::new() };
+    let mut files: Vec<_> = entries
+        .map(|e| {
+            let e = e.expect("read the regressions dir");
+            let bytes = std::fs::read(e.path()).expect("read a regression input");
+            (e.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The regression inputs built here rather than found as files.
+fn built_regressions() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    vec![
+        ("pack", "pack-first-id-u64-max", pack_with_first_id(u64::MAX, 1, &[])),
+        ("pack", "pack-block-ids-past-u64", pack_with_block_ids_past_u64()),
+        ("wal_record", "record-overlong-ledger", overlong_record(64, None, None)),
+        ("wal_record", "record-overlong-key", overlong_record(1, Some(257), None)),
+        ("wal_record", "record-overlong-idempotency-key", overlong_record(1, None, Some(257))),
+    ]
+}
+
+/// A pack of ledger "a" from its parts, checksums right: header, `body`
+/// (the blocks), an index of `blocks`, trailer.
+fn raw_pack(first_id: u64, count: u64, body: &[u8], blocks: &[[u8; 32]]) -> Vec<u8> {
     let ledger = b"a";
     let mut bytes = b"FERRYPCK".to_vec();
     bytes.extend_from_slice(&1u32.to_le_bytes());
     bytes.push(ledger.len() as u8);
     bytes.extend_from_slice(ledger);
-    for v in [0u64, u64::MAX, 1] {
+    for v in [0u64, first_id, count] {
         bytes.extend_from_slice(&v.to_le_bytes()); // chunk, first_id, count
     }
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
-    let index_offset = bytes.len() as u64; // no blocks
+    bytes.extend_from_slice(body);
+    let index_offset = bytes.len() as u64;
+    for b in blocks {
+        bytes.extend_from_slice(b);
+    }
     bytes.extend_from_slice(&index_offset.to_le_bytes());
-    bytes.extend_from_slice(&0u32.to_le_bytes());
+    bytes.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     bytes.extend_from_slice(b"FERRYEND");
-    ferry_fuzz::pack(&bytes, Known::Crash);
+    bytes
 }
 
-/// A record whose ledger is longer than the 63 bytes a name may have: the
-/// decoder accepts it, the encoder refuses it (assert), so the round trip
-/// fails. Known; reported, not fixed here.
-#[test]
-#[ignore = "known finding: ferry-format wal::decode_record does not enforce the field limits the encoder asserts"]
-fn record_with_an_overlong_ledger() {
-    let ledger = "l".repeat(64);
-    let mut body = vec![0u8, ledger.len() as u8];
-    body.extend_from_slice(ledger.as_bytes());
-    body.extend_from_slice(&1u64.to_le_bytes());
-    body.extend_from_slice(&0u64.to_le_bytes());
-    body.extend_from_slice(b"1");
+/// Length of `raw_pack`'s header: magic, version, ledger "a", three u64s, CRC.
+const RAW_PACK_HEADER_BYTES: u64 = 8 + 4 + 1 + 1 + 24 + 4;
+
+fn pack_with_first_id(first_id: u64, count: u64, blocks: &[[u8; 32]]) -> Vec<u8> {
+    raw_pack(first_id, count, &[], blocks)
+}
+
+/// A block index entry.
+fn block_meta(first_id: u64, offset: u64, compressed_len: u32, raw_len: u32, records: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..8].copy_from_slice(&first_id.to_le_bytes());
+    out[8..16].copy_from_slice(&offset.to_le_bytes());
+    out[16..20].copy_from_slice(&compressed_len.to_le_bytes());
+    out[20..24].copy_from_slice(&raw_len.to_le_bytes());
+    out[24..28].copy_from_slice(&records.to_le_bytes());
+    out
+}
+
+/// A header that fits in u64 (first id u64::MAX - 1, one entry), and a block
+/// claiming u32::MAX records from there: the index's running id overflows.
+fn pack_with_block_ids_past_u64() -> Vec<u8> {
+    let first_id = u64::MAX - 1;
+    pack_with_first_id(first_id, 1, &[block_meta(first_id, RAW_PACK_HEADER_BYTES, 0, 0, u32::MAX)])
+}
+
+/// One WAL record of ledger `"l" * ledger_len`, with a key and an
+/// idempotency key of the given lengths; checksum right.
+fn overlong_record(ledger_len: usize, key_len: Option<usize>, idem_len: Option<usize>) -> Vec<u8> {
+    let flags = u8::from(key_len.is_some()) | (u8::from(idem_len.is_some()) << 1);
+    let mut body = vec![flags, ledger_len as u8];
+    body.extend_from_slice("l".repeat(ledger_len).as_bytes());
+    body.extend_from_slice(&1u64.to_le_bytes()); // id
+    body.extend_from_slice(&0u64.to_le_bytes()); // ts
+    for len in [key_len, idem_len].into_iter().flatten() {
+        body.extend_from_slice(&(len as u16).to_le_bytes());
+        body.extend_from_slice("k".repeat(len).as_bytes());
+    }
+    body.extend_from_slice(b"1"); // payload
     let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
     bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     bytes.extend_from_slice(&body);
-    ferry_fuzz::wal_record(&bytes, Known::Crash);
+    bytes
+}
+
+fn target_fn(target: &str) -> fn(&[u8]) {
+    match target {
+        "wal_record" => ferry_fuzz::wal_record,
+        "pack" => ferry_fuzz::pack,
+        "catalog_key" => ferry_fuzz::catalog_key,
+        other => panic!("no fuzz target {other}"),
+    }
+}
+
+/// The target passes over `bytes` (no panic, no allocation over the limit).
+fn replays(target: &str, name: &str, bytes: &[u8]) {
+    let largest = largest_allocation(target_fn(target), bytes);
+    assert!(largest <= ALLOCATION_MAX, "{target}/{name}: {largest} bytes allocated at once");
+}
+
+/// `decode_pack` refuses `bytes`, as they are and with their checksums fixed.
+fn pack_rejected(bytes: &[u8]) {
+    let mut fixed = bytes.to_vec();
+    fix_pack_crcs(&mut fixed);
+    for b in [bytes, &fixed] {
+        assert!(decode_pack(b, |_| {}).is_err(), "decode_pack accepted {b:02x?}");
+    }
+}
+
+/// `decode_record` refuses `bytes`, as they are and with the checksum fixed.
+fn record_rejected(bytes: &[u8]) {
+    let mut fixed = bytes.to_vec();
+    fix_record_crc(&mut fixed);
+    for b in [bytes, &fixed] {
+        assert!(decode_record(b).is_err(), "decode_record accepted {b:02x?}");
+    }
+}
+
+/// Every file in `regressions/`, through its target.
+#[test]
+fn regression_files_replay() {
+    let mut n = 0;
+    for target in ["wal_record", "pack", "catalog_key"] {
+        for (name, bytes) in regression_files(target) {
+            replays(target, &name, &bytes);
+            n += 1;
+        }
+    }
+    assert!(n >= 6, "only {n} regression files: rewrite them with write_seed_files");
+}
+
+/// The files written from the builders are what the builders give now.
+#[test]
+fn regression_files_are_up_to_date() {
+    for (target, name, bytes) in built_regressions() {
+        let on_disk = std::fs::read(regressions_dir(target).join(name)).expect("read a regression input");
+        assert_eq!(on_disk, bytes, "regressions/{target}/{name} is stale: run write_seed_files");
+    }
+}
+
+/// Found by libFuzzer (out-of-memory): a 144-byte pack whose index gives a
+/// block a `raw_len` of almost 4 GiB. `decode_block` let zstd allocate that
+/// much before decompressing. Fixed: the frame's own content size must
+/// match the index and stay within `BLOCK_RAW_BYTES_MAX`.
+#[test]
+fn pack_that_claims_a_4_gib_block() {
+    let bytes = std::fs::read(regressions_dir("pack").join("pack-oom-raw-len")).expect("read the reproducer");
+    assert_eq!(bytes.len(), 144);
+    replays("pack", "pack-oom-raw-len", &bytes);
+    pack_rejected(&bytes);
+}
+
+/// A pack whose header says first id u64::MAX: `decode_index` added
+/// `first_id + count` unchecked (a panic with overflow checks on, as in
+/// this crate's builds and `cargo fuzz run -a`). Fixed: the header is
+/// refused.
+#[test]
+fn pack_with_first_id_at_the_top_of_u64() {
+    let bytes = pack_with_first_id(u64::MAX, 1, &[]);
+    ferry_fuzz::pack(&bytes);
+    assert!(decode_header(&bytes).is_err(), "header with ids past u64 accepted");
+    pack_rejected(&bytes);
+}
+
+/// A block whose record count runs the index's next id past u64::MAX (the
+/// other unchecked addition in `decode_index`). Fixed: checked.
+#[test]
+fn pack_whose_blocks_run_ids_past_u64() {
+    let bytes = pack_with_block_ids_past_u64();
+    assert!(decode_header(&bytes).is_ok(), "the header alone is valid");
+    ferry_fuzz::pack(&bytes);
+    pack_rejected(&bytes);
+}
+
+/// A record whose ledger is longer than the 63 bytes a name may have: the
+/// decoder accepted it, the encoder refuses it (assert), so the round trip
+/// failed. Fixed: the decoder enforces the encoder's limits.
+#[test]
+fn record_with_an_overlong_ledger() {
+    let bytes = overlong_record(64, None, None);
+    ferry_fuzz::wal_record(&bytes);
+    record_rejected(&bytes);
+}
+
+/// The same for an entry key and an idempotency key over 256 bytes; at the
+/// limits, the record decodes and round-trips.
+#[test]
+fn records_with_overlong_keys() {
+    for (key, idem) in [(Some(257), None), (None, Some(257)), (Some(257), Some(257))] {
+        let bytes = overlong_record(1, key, idem);
+        ferry_fuzz::wal_record(&bytes);
+        record_rejected(&bytes);
+    }
+    let at_limits = overlong_record(63, Some(256), Some(256));
+    ferry_fuzz::wal_record(&at_limits);
+    assert!(decode_record(&at_limits).is_ok(), "a record at the limits refused");
 }

@@ -167,7 +167,7 @@ impl Shared {
     /// Reads up to `limit` records from `from` (≥ First) across packs and
     /// the hot tier, stopping after `READ_BYTES_MAX` (at least one record).
     pub fn read_records(&self, state: &LedgerState, from: EntryId, limit: usize) -> Result<Vec<OwnedRecord>> {
-        let mut out: Vec<OwnedRecord> = Vec::new();
+        let mut out: Vec<OwnedRecord> = Vec::with_capacity(limit.min(16 * 1024));
         let mut released_retries = 0;
         let bytes = |out: &[OwnedRecord]| out.iter().map(|r| r.payload.len()).sum::<usize>();
         loop {
