@@ -100,15 +100,27 @@ impl Segments {
 
     /// Counts records that became live (`sign` +1) or dead (-1).
     pub fn account(&self, positions: impl IntoIterator<Item = RecordPos>, live: bool) {
-        let mut files = self.files.write().expect("segments lock");
+        // Sum runs of one segment first: a group's records share a segment,
+        // so this is one map update per group, not one per record.
+        let mut runs: Vec<(u32, u64, u64)> = Vec::new();
         for p in positions {
-            if let Some(s) = files.get_mut(&p.segment) {
+            match runs.last_mut() {
+                Some((seg, records, bytes)) if *seg == p.segment => {
+                    *records += 1;
+                    *bytes += u64::from(p.len);
+                }
+                _ => runs.push((p.segment, 1, u64::from(p.len))),
+            }
+        }
+        let mut files = self.files.write().expect("segments lock");
+        for (segment, records, bytes) in runs {
+            if let Some(s) = files.get_mut(&segment) {
                 if live {
-                    s.live_records += 1;
-                    s.live_bytes += u64::from(p.len);
+                    s.live_records += records;
+                    s.live_bytes += bytes;
                 } else {
-                    s.live_records -= 1;
-                    s.live_bytes -= u64::from(p.len);
+                    s.live_records -= records;
+                    s.live_bytes -= bytes;
                 }
             }
         }
