@@ -104,6 +104,23 @@ pub struct OwnedRecord {
     pub payload: String,
 }
 
+impl OwnedRecord {
+    /// The record as the codecs take it (no write-path flags).
+    pub fn as_record<'a>(&'a self, ledger: &'a str) -> WalRecord<'a> {
+        WalRecord {
+            ledger,
+            id: self.id,
+            ts: self.ts,
+            key: self.key.as_deref(),
+            idempotency_key: self.idempotency_key.as_deref(),
+            batch_continues: false,
+            group_start: false,
+            relocated: false,
+            payload: self.payload.as_bytes(),
+        }
+    }
+}
+
 macro_rules! step {
     ($name:literal) => {
         fail::fail_point!($name, |_| Err(StoreError::io(
@@ -217,18 +234,7 @@ fn write_pack(
         first_ts.get_or_insert(r.ts);
         last_ts = r.ts;
         idempotency_keys += u64::from(r.idempotency_key.is_some());
-        let record = WalRecord {
-            ledger: &ledger,
-            id: r.id,
-            ts: r.ts,
-            key: r.key.as_deref(),
-            idempotency_key: r.idempotency_key.as_deref(),
-            batch_continues: false,
-            group_start: false,
-            relocated: false,
-            payload: r.payload.as_bytes(),
-        };
-        writer.push(&record).map_err(PackWriteError::Pack)?;
+        writer.push(&r.as_record(&ledger)).map_err(PackWriteError::Pack)?;
     }
     let (hashing, len, _crc) = writer.finish().map_err(PackWriteError::Pack)?;
     let sha256 = hex(&hashing.sha.finalize());

@@ -106,24 +106,11 @@ impl PackReader {
     }
 
     /// Every record of the pack, for rebuilding idempotency keys.
-    pub fn for_each(&self, mut visit: impl FnMut(&WalRecord<'_>)) -> Result<()> {
+    pub fn all(&self) -> Result<Vec<OwnedRecord>> {
         let mut all = Vec::new();
         let first = self.blocks.first().map_or(1, |b| b.first_id);
         self.read(first, usize::MAX, usize::MAX, &mut all)?;
-        for r in &all {
-            visit(&WalRecord {
-                ledger: self.ledger.as_str(),
-                id: r.id,
-                ts: r.ts,
-                key: r.key.as_deref(),
-                idempotency_key: r.idempotency_key.as_deref(),
-                batch_continues: false,
-                group_start: false,
-                relocated: false,
-                payload: r.payload.as_bytes(),
-            });
-        }
-        Ok(())
+        Ok(all)
     }
 }
 

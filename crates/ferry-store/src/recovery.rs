@@ -35,11 +35,11 @@ pub(crate) fn load_frozen(
         })?;
         if info.last_ts + IDEMPOTENCY_WINDOW_MS >= now {
             let reader = PackReader::open(&shared.vfs, &shared.layout, &ledger, chunk, &info)?;
-            reader.for_each(|r| {
-                if let Some(k) = r.idempotency_key {
+            for r in reader.all()? {
+                if let Some(k) = &r.idempotency_key {
                     idempotency.insert(&ledger, k, r.id, r.ts);
                 }
-            })?;
+            }
         }
         let mut index = state.index.write().expect("index lock");
         if info.last_id() < index.first {
