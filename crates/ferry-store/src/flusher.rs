@@ -34,8 +34,10 @@ pub(crate) enum FlusherMsg {
     Append(AppendRequest),
     /// Copy the live records of this sealed segment forward so it can go.
     Relocate(u32),
-    /// Answered once every message before it is written and visible.
-    Barrier(oneshot::Sender<()>),
+    /// A ledger is being deleted: forget its idempotency keys (a ledger
+    /// created later under the name must not answer with the old ids), and
+    /// answer once every message before this one is written and visible.
+    ForgetLedger(LedgerName, oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -58,6 +60,12 @@ impl IdempotencyIndex {
             return None;
         }
         self.ids.get(&(ledger.clone(), key.to_owned())).copied()
+    }
+
+    /// Forgets every key of a ledger.
+    pub fn forget(&mut self, ledger: &LedgerName) {
+        self.ids.retain(|(l, _), _| l != ledger);
+        self.by_age.retain(|(_, l, ..)| l != ledger);
     }
 
     /// Forgets keys older than the window. A key used again after it had
@@ -124,7 +132,8 @@ impl Flusher {
             match other {
                 None => {}
                 Some(FlusherMsg::Shutdown) => break,
-                Some(FlusherMsg::Barrier(done)) => {
+                Some(FlusherMsg::ForgetLedger(ledger, done)) => {
+                    self.idempotency.forget(&ledger);
                     let _ = done.send(());
                 }
                 Some(FlusherMsg::Relocate(segment)) => {

@@ -202,7 +202,8 @@ impl Freezer {
         s.health.check()?;
         state.mark_deleted();
         let (tx, rx) = oneshot::channel();
-        self.flusher.blocking_send(FlusherMsg::Barrier(tx)).map_err(|_| StoreError::ShuttingDown)?;
+        let forget = FlusherMsg::ForgetLedger(state.name.clone(), tx);
+        self.flusher.blocking_send(forget).map_err(|_| StoreError::ShuttingDown)?;
         rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)?;
 
         let name = &state.name;

@@ -161,3 +161,27 @@ async fn idempotency_key_reused_after_its_window_is_remembered_after_reopen() {
     assert_eq!(head(&store, &l), 2);
     close(store).await;
 }
+
+/// Deleting a ledger deletes its idempotency keys too: a ledger created
+/// later under the name treats a key as new, before and after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_ledger_takes_its_idempotency_keys_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger("audit");
+    let store = open(dir.path());
+    store.append(&l, vec![entry("0"), entry("0")]).await.unwrap();
+    let first = store.append(&l, vec![with_idempotency_key("k", "1")]).await.unwrap();
+    assert_eq!(first.ids, vec![3]);
+    store.delete_ledger(&l).await.unwrap();
+    let again = store.append(&l, vec![with_idempotency_key("k", r#""new""#)]).await.unwrap();
+    assert_eq!((again.ids, again.created), (vec![1], true), "the old key does not answer for the new ledger");
+    close(store).await;
+
+    let store = open(dir.path());
+    let repeat = store.append(&l, vec![with_idempotency_key("k", r#""new""#)]).await.unwrap();
+    assert_eq!((repeat.ids, repeat.created), (vec![1], false));
+    let entries = read_all(&store, &l);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].payload.as_str(), r#""new""#);
+    close(store).await;
+}
