@@ -4,24 +4,13 @@
 
 use std::path::Path;
 
-use crate::support::{Env, Exited, Server, ferry, free_port, parse_line, run_to_exit, serve_command};
+use crate::support::{Env, Exited, Server, assert_exit, ferry, free_port, parse_line, run_to_exit, serve_command};
 
 /// Runs a client command against `server` (through `FERRY_SERVER`).
 fn client(server: &Server, args: &[&str], stdin: Option<&[u8]>) -> Exited {
     let mut cmd = ferry();
     cmd.args(args).env("FERRY_SERVER", &server.base);
     run_to_exit(cmd, stdin)
-}
-
-#[track_caller]
-fn assert_exit(out: &Exited, code: i32, what: &str) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{what}: expected exit code {code}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.stdout,
-        out.stderr
-    );
 }
 
 /// Starts `ferry serve` where it must refuse to run; returns what it printed.

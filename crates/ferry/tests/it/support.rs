@@ -73,6 +73,18 @@ impl Env {
     }
 }
 
+/// Asserts a finished `ferry` command's exit code, showing its output.
+#[track_caller]
+pub fn assert_exit(out: &Exited, code: i32, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: expected exit code {code}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
 /// What a `ferry` process printed and how it ended.
 #[derive(Debug)]
 pub struct Exited {
@@ -130,19 +142,25 @@ pub fn run_to_exit(mut cmd: Command, stdin: Option<&[u8]>) -> Exited {
         pipe.write_all(input).expect("write stdin");
         drop(pipe);
     }
+    let status = wait_or_kill(&mut child, || format!("{cmd:?} did not exit; stderr:\n{}", read_lossy(&stderr_path)));
+    Exited { status, stdout: read_lossy(&stdout_path), stderr: read_lossy(&stderr_path) }
+}
+
+/// Waits up to `STARTUP_TIMEOUT` for the child to exit; past that, kills it
+/// and panics with `why()`.
+fn wait_or_kill(child: &mut Child, why: impl FnOnce() -> String) -> ExitStatus {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().expect("poll the child") {
-            break status;
+            return status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{cmd:?} did not exit within {STARTUP_TIMEOUT:?}; stderr:\n{}", read_lossy(&stderr_path));
+            panic!("after {STARTUP_TIMEOUT:?}: {}", why());
         }
         std::thread::sleep(Duration::from_millis(10));
-    };
-    Exited { status, stdout: read_lossy(&stdout_path), stderr: read_lossy(&stderr_path) }
+    }
 }
 
 /// Why a server did not come up.
@@ -263,18 +281,7 @@ impl Server {
         let mut child = self.child.take().expect("server is running");
         let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill -TERM");
         assert!(sent.success(), "kill -TERM {} failed", child.id());
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("poll the child") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("ferry serve did not stop within {STARTUP_TIMEOUT:?} of SIGTERM:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let status = wait_or_kill(&mut child, || format!("ferry serve did not stop after SIGTERM:\n{}", self.stderr()));
         assert!(status.success(), "ferry serve exited with {status} after SIGTERM:\n{}", self.stderr());
     }
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::support::{Env, Exited, ferry, parse_line, run_to_exit};
+use crate::support::{Env, Exited, assert_exit, ferry, parse_line, run_to_exit};
 
 /// Small chunks, so ~30 entries make several packs.
 const CONFIG: &str = "[storage]\nchunk_entries = 4\n";
@@ -11,17 +11,6 @@ const CONFIG: &str = "[storage]\nchunk_entries = 4\n";
 const SEGMENT: &str = "hot/00000000000000000001.wal";
 /// The first record of a segment follows its 16-byte header.
 const FIRST_RECORD_OFFSET: u64 = 16;
-
-#[track_caller]
-fn assert_exit(out: &Exited, code: i32, what: &str) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{what}: expected exit code {code}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.stdout,
-        out.stderr
-    );
-}
 
 fn run(args: &[&str], dir: Option<&Path>) -> Exited {
     let mut cmd = ferry();
