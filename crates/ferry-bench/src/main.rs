@@ -222,7 +222,7 @@ async fn run_cell(plan: &Plan, cell: &Cell, parent: &Path, http: &HttpOptions) -
         }
     }
     let bound = &totals[0];
-    Ok(plan.targets.iter().zip(&totals).map(|(t, m)| Row::new(t.name(), cell, m, Some(bound))).collect())
+    Ok(plan.targets.iter().zip(&totals).map(|(t, m)| Row::new(t.name(), cell, m, bound)).collect())
 }
 
 async fn measure(

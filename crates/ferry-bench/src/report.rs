@@ -30,7 +30,7 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(target: &'static str, cell: &Cell, m: &Measurement, raw: Option<&Measurement>) -> Row {
+    pub fn new(target: &'static str, cell: &Cell, m: &Measurement, bound: &Measurement) -> Row {
         let entries_per_sec = m.entries_per_sec();
         Row {
             target,
@@ -41,7 +41,7 @@ impl Row {
             mb_per_sec: entries_per_sec * cell.payload_bytes as f64 / 1e6,
             p50_us: m.latency_at(0.50).as_micros() as u64,
             p99_us: m.latency_at(0.99).as_micros() as u64,
-            ratio_to_raw: raw.map(|r| entries_per_sec / r.entries_per_sec()).filter(|r| r.is_finite()),
+            ratio_to_raw: Some(entries_per_sec / bound.entries_per_sec()).filter(|r| r.is_finite()),
             calls: m.calls,
         }
     }
