@@ -264,9 +264,10 @@ async fn verify_after_restart(
         // or pruned by retention (below First).
         let from = if li == BULK && !full { model.verified_bulk + 1 } else { 1 };
         let from = from.max(first.unwrap_or(1));
-        let lines = match head {
-            Some(_) => server.read_from(name, from).await,
-            None => Vec::new(),
+        // Retention keeps running while we read: First may move meanwhile.
+        let (from, lines) = match head {
+            Some(_) => server.read_retained_from(name, from).await,
+            None => (from, Vec::new()),
         };
         let head = head.unwrap_or(0);
         if head + 1 < from || lines.len() as u64 != head + 1 - from {

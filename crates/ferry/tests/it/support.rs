@@ -345,6 +345,33 @@ impl Server {
         self.read_from(ledger, 1).await
     }
 
+    /// Like `read_from`, for a ledger whose retention may prune while it is
+    /// read: on a 410 it starts over from the First the answer names.
+    /// Returns the id the returned lines start at.
+    pub async fn read_retained_from(&self, ledger: &str, from: u64) -> (u64, Vec<String>) {
+        let mut start = from;
+        loop {
+            let mut lines: Vec<String> = Vec::new();
+            let pruned = loop {
+                let at = start + lines.len() as u64;
+                let r = self.ndjson(ledger, &format!("from={at}&limit=10000")).await;
+                if r.status == 410 {
+                    break Some(r.json()["error"]["first"].as_u64().expect("410 names first"));
+                }
+                assert_eq!(r.status, 200, "NDJSON read of {ledger} from {at}: {}", r.text);
+                let before = lines.len();
+                lines.extend(r.text.lines().map(str::to_owned));
+                if lines.len() == before {
+                    break None;
+                }
+            };
+            match pruned {
+                None => return (start, lines),
+                Some(first) => start = start.max(first),
+            }
+        }
+    }
+
     /// The NDJSON lines of every entry from `first` to the head.
     pub async fn read_from(&self, ledger: &str, first: u64) -> Vec<String> {
         let mut lines = Vec::new();
