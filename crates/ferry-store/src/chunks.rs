@@ -55,6 +55,17 @@ impl PackInfo {
     pub fn last_id(&self) -> EntryId {
         self.first_id + self.count - 1
     }
+
+    /// The header the pack this key describes must carry.
+    pub fn header(&self, ledger: &LedgerName, chunk: u64) -> PackHeader {
+        PackHeader {
+            format_version: self.format_version,
+            ledger: ledger.to_string(),
+            chunk,
+            first_id: self.first_id,
+            count: self.count,
+        }
+    }
 }
 
 impl ChunkState {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ferry_core::{EntryId, LedgerName};
-use ferry_format::pack::{self, BlockMeta, PackHeader, TRAILER_BYTES};
+use ferry_format::pack::{self, BlockMeta, TRAILER_BYTES};
 use ferry_format::wal::WalRecord;
 
 use crate::chunks::{OwnedRecord, PackInfo, PackLayout};
@@ -52,13 +52,7 @@ impl PackReader {
             pack::decode_trailer(&read(trailer_at, TRAILER_BYTES)?, len).map_err(|e| bad(trailer_at, e.to_string()))?;
         let head_len = usize::try_from(trailer.index_offset.min(4096)).unwrap_or(4096);
         let (header, header_len) = pack::decode_header(&read(0, head_len)?).map_err(|e| bad(0, e.to_string()))?;
-        let expected = PackHeader {
-            format_version: info.format_version,
-            ledger: ledger.to_string(),
-            chunk,
-            first_id: info.first_id,
-            count: info.count,
-        };
+        let expected = info.header(ledger, chunk);
         if header != expected {
             return Err(bad(0, format!("header {header:?} does not match the catalog's {expected:?}")));
         }

@@ -577,13 +577,7 @@ fn check_pack(report: &mut Report, path: &Path, ledger: &LedgerName, chunk: u64,
     }) {
         Ok(pack) => {
             let h = &pack.header;
-            let expected = PackHeader {
-                format_version: info.format_version,
-                ledger: ledger.to_string(),
-                chunk,
-                first_id: info.first_id,
-                count: info.count,
-            };
+            let expected = info.header(ledger, chunk);
             if *h != expected || seen != info.count {
                 problems.push(format!("header {h:?} with {seen} records does not match the catalog's {expected:?}"));
             } else if first_ts != Some(info.first_ts) || last_ts != info.last_ts {
