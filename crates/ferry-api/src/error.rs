@@ -82,6 +82,30 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<ferry_export::ExportError> for ApiError {
+    fn from(e: ferry_export::ExportError) -> Self {
+        use StatusCode as S;
+        use ferry_export::ExportError as E;
+        let (status, code) = match &e {
+            E::NotFound(_) => (S::NOT_FOUND, "exporter_not_found"),
+            E::NotExported { .. } => (S::NOT_FOUND, "ledger_not_exported"),
+            E::InvalidRequest(_) => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
+            E::Configured(_) => (S::CONFLICT, "exporter_configured"),
+            E::Stopping(_) => (S::SERVICE_UNAVAILABLE, "shutting_down"),
+            E::ResetFailed { .. } => (S::INTERNAL_SERVER_ERROR, "reset_failed"),
+            E::Store(_) => {
+                let E::Store(store) = e else { unreachable!() };
+                return store.into();
+            }
+            _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "exporter request failed");
+        }
+        Self::new(status, code, e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = serde_json::json!({"code": self.code, "message": self.message});

@@ -4,6 +4,7 @@
 mod auth;
 mod entries;
 mod error;
+mod exporters;
 mod ledgers;
 pub mod metrics;
 mod watch;
@@ -11,7 +12,7 @@ mod watch;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use ferry_core::limits::{BODY_BYTES_MAX_DEFAULT, WATCHERS_MAX_DEFAULT};
 use ferry_store::Store;
@@ -32,6 +33,8 @@ pub struct ApiConfig {
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// Renders `/metrics`; `None` serves an empty page.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The running exporters; `None` when none are configured.
+    pub exporters: Option<ferry_export::Exporters>,
 }
 
 impl Default for ApiConfig {
@@ -43,6 +46,7 @@ impl Default for ApiConfig {
             max_watchers: WATCHERS_MAX_DEFAULT,
             closing: tokio::sync::watch::channel(false).1,
             metrics: None,
+            exporters: None,
         }
     }
 }
@@ -63,6 +67,11 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
         .route("/ledgers/{ledger}/entries", get(entries::read).post(entries::append))
         .route("/watch", get(watch::watch))
         .route("/events", get(watch::events))
+        .route("/exporters", get(exporters::list))
+        .route("/exporters/{name}", get(exporters::get_one).delete(exporters::delete))
+        .route("/exporters/{name}/reset", post(exporters::reset))
+        .route("/exporters/{name}/pause", post(exporters::pause))
+        .route("/exporters/{name}/resume", post(exporters::resume))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let mut metrics = Router::new().route("/metrics", get(metrics::render));
     if state.config.metrics_auth {

@@ -15,7 +15,8 @@ pub struct Appended {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SystemEvent {
     /// `ledger.created`, `ledger.deleted`, `chunk.frozen`, `chunk.pruned`,
-    /// and the exporter and pin events as those land.
+    /// `exporter.failed`, `exporter.recovered`, `exporter.reset`, and the pin
+    /// events as those land.
     pub kind: &'static str,
     /// A stable key to match prefixes on, e.g. `chunk.frozen/audit/00000003`.
     pub key: String,
@@ -40,6 +41,21 @@ impl SystemEvent {
     pub fn chunk(kind: &'static str, ledger: &LedgerName, chunk: u64, first_id: EntryId, last_id: EntryId) -> Self {
         let data = serde_json::json!({ "ledger": ledger, "chunk": chunk, "first_id": first_id, "last_id": last_id });
         Self::new(kind, &format!("{ledger}/{chunk:08}"), data)
+    }
+
+    /// `exporter.failed`, `exporter.recovered`, `exporter.reset`: keyed
+    /// `{kind}/{exporter}/{ledger}` (`{kind}/{exporter}` for a whole-exporter
+    /// reset).
+    pub fn exporter(kind: &'static str, exporter: &str, ledger: Option<&LedgerName>, data: serde_json::Value) -> Self {
+        let mut data = data;
+        data["exporter"] = exporter.into();
+        match ledger {
+            Some(l) => {
+                data["ledger"] = l.as_str().into();
+                Self::new(kind, &format!("{exporter}/{l}"), data)
+            }
+            None => Self::new(kind, exporter, data),
+        }
     }
 
     /// The JSON body of the SSE event.

@@ -51,7 +51,38 @@ pub const APPEND_QUEUE_DEPTH: usize = 8_192;
 pub const WATCHERS_MAX_DEFAULT: usize = 1_024;
 /// Default for `[server] max_pins`.
 pub const PINS_MAX_DEFAULT: usize = 4;
+/// Default `batch.max_entries` of an exporter.
+pub const EXPORT_BATCH_ENTRIES_DEFAULT: usize = 1_000;
+/// The largest `batch.max_entries`: one batch is one store read.
+pub const EXPORT_BATCH_ENTRIES_MAX: usize = READ_LIMIT_MAX;
+/// Default `batch.max_bytes` of an exporter.
+pub const EXPORT_BATCH_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
+/// The largest `batch.max_bytes` (one read stops at `READ_BYTES_MAX` anyway).
+pub const EXPORT_BATCH_BYTES_MAX: u64 = READ_BYTES_MAX as u64;
+/// Default `batch.linger`.
+pub const EXPORT_LINGER_MS_DEFAULT: u64 = 50;
+/// The longest `batch.linger`.
+pub const EXPORT_LINGER_MS_MAX: u64 = 60_000;
+/// Default `retry.initial` and `retry.max`.
+pub const RETRY_INITIAL_MS_DEFAULT: u64 = 100;
+pub const RETRY_MAX_MS_DEFAULT: u64 = 30_000;
+/// The longest backoff, configured or asked for by a sink's Retry-After.
+pub const RETRY_WAIT_MS_MAX: u64 = 60 * 60 * 1000;
+/// Default and largest `max_parallel_ledgers`.
+pub const EXPORT_PARALLEL_LEDGERS_DEFAULT: usize = 8;
+pub const EXPORT_PARALLEL_LEDGERS_MAX: usize = 1_024;
+/// Configured exporters at most.
+pub const EXPORTERS_MAX: usize = 64;
+/// Append notifications an exporter buffers before it resynchronises from
+/// the ledgers' heads (which costs no storage read).
+pub const EXPORT_WAKEUPS_BUFFER: usize = 4_096;
+/// Control requests (status, pause, reset) queued per exporter.
+pub const EXPORT_CONTROL_QUEUE_DEPTH: usize = 64;
 
+const _: () = assert!(EXPORT_BATCH_ENTRIES_DEFAULT <= EXPORT_BATCH_ENTRIES_MAX);
+const _: () = assert!(EXPORT_BATCH_BYTES_DEFAULT <= EXPORT_BATCH_BYTES_MAX);
+const _: () = assert!(RETRY_INITIAL_MS_DEFAULT <= RETRY_MAX_MS_DEFAULT && RETRY_MAX_MS_DEFAULT <= RETRY_WAIT_MS_MAX);
+const _: () = assert!(EXPORT_PARALLEL_LEDGERS_DEFAULT <= EXPORT_PARALLEL_LEDGERS_MAX);
 const _: () = assert!(ENTRY_BYTES_MAX_DEFAULT <= BODY_BYTES_MAX_DEFAULT);
 const _: () = assert!(ENTRY_BYTES_MAX_DEFAULT <= ENTRY_BYTES_MAX_LIMIT);
 const _: () = assert!(ENTRY_BYTES_MAX_LIMIT <= BODY_BYTES_MAX_LIMIT);

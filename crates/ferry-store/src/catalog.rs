@@ -38,6 +38,13 @@ pub struct LedgerMeta {
     pub wal_from: (u32, u64),
 }
 
+/// `cursor:{exporter}:{ledger}`: the last id the exporter's sink acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CursorValue {
+    pub id: u64,
+}
+
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 
 /// The catalog on redb, each commit with `Durability::Immediate`.

@@ -43,6 +43,8 @@ pub enum StoreError {
     CorruptedPack { ledger: LedgerName, chunk: u64, path: PathBuf, offset: u64, reason: String },
     #[error("ledger {ledger}: ids {from}..={to} are in neither a pack nor the WAL")]
     MissingEntries { ledger: LedgerName, from: u64, to: u64 },
+    #[error("cursor {id} of ledger {ledger} is beyond its head {head}")]
+    InvalidCursor { ledger: LedgerName, id: u64, head: u64 },
     #[error("corrupted catalog: {0}")]
     CatalogCorrupted(String),
     #[error("catalog error: {0}")]

@@ -215,12 +215,14 @@ impl Freezer {
                 ChunkState::Pruning(info.clone()).encode(),
             ));
         }
+        let _cursors = s.cursor_lock.lock().expect("cursor lock");
         for (key, _) in s.catalog.scan(CatalogKey::CURSOR_PREFIX)? {
             if matches!(&key, CatalogKey::Cursor(_, l) if l == name) {
                 ops.push(CatalogOp::Delete(key));
             }
         }
         s.catalog.commit(&ops)?;
+        drop(_cursors);
         s.packs.forget(name, None);
         for (chunk, _) in &frozen {
             chunks::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, name, *chunk)?;

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ferry_core::{EntryId, LedgerName};
 
@@ -22,6 +22,10 @@ use crate::wal::RecordPos;
 pub(crate) struct LedgerState {
     pub name: LedgerName,
     pub meta: LedgerMeta,
+    /// Tells this ledger from an earlier or later one of the same name in
+    /// this process (a cursor write for a deleted ledger must not land on
+    /// its successor).
+    pub incarnation: u64,
     pub index: RwLock<LedgerIndex>,
     /// Set when deletion begins: the flusher takes no more appends for it.
     deleted: AtomicBool,
@@ -32,9 +36,11 @@ pub(crate) struct LedgerState {
 impl LedgerState {
     pub fn new(name: LedgerName, meta: LedgerMeta, chunk_entries: u64) -> Self {
         let index = LedgerIndex::new(meta.first, chunk_entries);
+        static INCARNATIONS: AtomicU64 = AtomicU64::new(1);
         Self {
             name,
             meta,
+            incarnation: INCARNATIONS.fetch_add(1, Ordering::Relaxed),
             index: RwLock::new(index),
             deleted: AtomicBool::new(false),
             freeze_queued: AtomicBool::new(false),

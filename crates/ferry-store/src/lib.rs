@@ -23,7 +23,7 @@ pub mod verify;
 pub mod vfs;
 mod wal;
 
-pub use catalog::{Catalog, CatalogOp, LedgerMeta, RedbCatalog};
+pub use catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
 pub use error::{Result, StoreError};
 pub use shared::{RetentionHold, RetentionPolicy};
-pub use store::{AppendOutcome, LedgerInfo, ReadBatch, Store, StoreConfig};
+pub use store::{AppendOutcome, CursorUpdate, ExportCursor, LedgerInfo, ReadBatch, Store, StoreConfig};

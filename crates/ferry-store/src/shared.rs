@@ -68,6 +68,12 @@ pub(crate) struct Shared {
     pub appends: Bus<Appended>,
     /// System events, under their keys.
     pub events: Bus<SystemEvent>,
+    /// Held while cursors are checked and written, and while a deletion
+    /// removes a ledger's cursors: a cursor never outlives its ledger.
+    pub cursor_lock: std::sync::Mutex<()>,
+    /// `Store::read` calls, so tests and metrics can prove idle work reads
+    /// nothing.
+    pub reads: AtomicU64,
 }
 
 impl Shared {

@@ -19,7 +19,7 @@ use ferry_format::keys::{CatalogKey, ConfigName};
 use ferry_format::wal as wal_format;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::catalog::{Catalog, CatalogOp, LedgerMeta, RedbCatalog};
+use crate::catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
 use crate::chunks::{self, PackLayout};
 use crate::durable::{self, RealFs};
 use crate::error::{Result, StoreError};
@@ -95,6 +95,36 @@ pub struct LedgerInfo {
     /// Bytes the ledger's records take in storage.
     pub bytes: u64,
     pub created_at: u64,
+    /// Tells this ledger from another of the same name (deleted and created
+    /// again) within this process; not part of the API.
+    #[serde(skip)]
+    pub incarnation: u64,
+}
+
+/// An exporter's cursor as the catalog holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportCursor {
+    pub exporter: LedgerName,
+    pub ledger: LedgerName,
+    /// The last id the exporter's sink acknowledged.
+    pub id: EntryId,
+}
+
+/// One change in `Store::commit_cursors`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorUpdate {
+    /// Sets the cursor of a ledger, which must still be the incarnation
+    /// named and hold `id`.
+    Set {
+        exporter: LedgerName,
+        ledger: LedgerName,
+        incarnation: u64,
+        id: EntryId,
+    },
+    Delete {
+        exporter: LedgerName,
+        ledger: LedgerName,
+    },
 }
 
 /// Entries of one read, and the id to read from next.
@@ -187,6 +217,8 @@ impl Store {
             stopping: Default::default(),
             appends: Bus::default(),
             events: Bus::default(),
+            cursor_lock: Default::default(),
+            reads: Default::default(),
         });
         let now = now_ms();
         let mut idempotency = IdempotencyIndex::default();
@@ -401,6 +433,8 @@ impl Store {
     /// Blocking: it reads files.
     pub fn read(&self, ledger: &LedgerName, from: Option<EntryId>, limit: usize) -> Result<ReadBatch> {
         let shared = &self.inner.shared;
+        shared.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("ferry_store_reads_total").increment(1);
         let state = shared.ledger(ledger).ok_or_else(|| StoreError::LedgerNotFound(ledger.clone()))?;
         let from = from.unwrap_or_else(|| state.index.read().expect("index lock").first);
         let records = shared.read_records(&state, from, limit)?;
@@ -416,6 +450,60 @@ impl Store {
             .collect();
         let next = from + entries.len() as u64;
         Ok(ReadBatch { entries, next })
+    }
+
+    /// `Store::read` calls so far.
+    pub fn reads(&self) -> u64 {
+        self.inner.shared.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every exporter cursor in the catalog, in key order. Blocking.
+    pub fn cursors(&self) -> Result<Vec<ExportCursor>> {
+        let mut out = Vec::new();
+        for (key, value) in self.inner.shared.catalog.scan(CatalogKey::CURSOR_PREFIX)? {
+            let CatalogKey::Cursor(exporter, ledger) = key else {
+                return Err(StoreError::CatalogCorrupted(format!("{key} under the cursor prefix")));
+            };
+            let value: CursorValue = serde_json::from_slice(&value)
+                .map_err(|e| StoreError::CatalogCorrupted(format!("cursor:{exporter}:{ledger}: {e}")))?;
+            out.push(ExportCursor { exporter, ledger, id: value.id });
+        }
+        Ok(out)
+    }
+
+    /// Writes cursor changes in one durable catalog commit, all or nothing.
+    /// A `Set` for a ledger that was deleted (or deleted and created again)
+    /// or beyond its head fails with `LedgerNotFound`/`InvalidCursor` and
+    /// writes nothing, so a cursor never outlives its ledger. Blocking.
+    pub fn commit_cursors(&self, updates: &[CursorUpdate]) -> Result<()> {
+        let shared = &self.inner.shared;
+        shared.health.check()?;
+        let _guard = shared.cursor_lock.lock().expect("cursor lock");
+        let mut ops = Vec::with_capacity(updates.len());
+        for update in updates {
+            match update {
+                CursorUpdate::Set { exporter, ledger, incarnation, id } => {
+                    let state = shared
+                        .ledger(ledger)
+                        .filter(|s| s.incarnation == *incarnation && !s.is_deleted())
+                        .ok_or_else(|| StoreError::LedgerNotFound(ledger.clone()))?;
+                    let head = state.index.read().expect("index lock").head();
+                    if *id > head {
+                        return Err(StoreError::InvalidCursor { ledger: ledger.clone(), id: *id, head });
+                    }
+                    let value = serde_json::to_vec(&CursorValue { id: *id }).expect("cursor serialises");
+                    ops.push(CatalogOp::Put(CatalogKey::Cursor(exporter.clone(), ledger.clone()), value));
+                }
+                CursorUpdate::Delete { exporter, ledger } => {
+                    ops.push(CatalogOp::Delete(CatalogKey::Cursor(exporter.clone(), ledger.clone())));
+                }
+            }
+        }
+        if let Err(e) = shared.catalog.commit(&ops) {
+            shared.health.poison(e.to_string());
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Stops the flusher after the appends already queued, and the freezer.
@@ -471,6 +559,7 @@ fn info(state: &LedgerState) -> LedgerInfo {
         entries: (index.head() + 1).saturating_sub(index.first),
         bytes: index.hot_bytes + index.pack_bytes(),
         created_at: state.meta.created_at,
+        incarnation: state.incarnation,
     }
 }
 

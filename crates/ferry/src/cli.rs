@@ -70,6 +70,13 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Exporter status and control, as JSON.
+    Exporters {
+        #[command(subcommand)]
+        command: ExportersCommand,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Check a stopped node's data directory offline (takes its locks,
     /// changes nothing); exits 1 on any fault.
     Verify(tools::StorageArgs),
@@ -82,6 +89,28 @@ enum Command {
         #[command(flatten)]
         storage: tools::StorageArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportersCommand {
+    /// Every exporter (or one) with, per ledger, cursor, head, lag, state
+    /// and last error.
+    Status { name: Option<String> },
+    /// Re-export from an id (default 1) for every ledger or one. A reset
+    /// that fails changes nothing and leaves the exporter stopped.
+    Reset {
+        name: String,
+        #[arg(long)]
+        ledger: Option<String>,
+        #[arg(long)]
+        from_id: Option<u64>,
+    },
+    /// Start no new batches until resumed.
+    Pause { name: String },
+    /// End a pause or stop, and retry failed ledgers.
+    Resume { name: String },
+    /// Delete the cursors of an exporter no longer in the configuration.
+    Delete { name: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +141,7 @@ impl Cli {
             Command::Tail { prefix, from, server } => {
                 crate::tail::tail(&Client::new(&server)?, &prefix, from.as_deref()).await
             }
+            Command::Exporters { command, server } => Client::new(&server)?.exporters(command).await,
             Command::Verify(storage) => tokio::task::spawn_blocking(move || tools::verify(&storage)).await?,
             Command::Inspect { file, storage } => {
                 tokio::task::spawn_blocking(move || tools::inspect(file.as_deref(), &storage)).await?

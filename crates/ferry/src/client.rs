@@ -7,7 +7,7 @@ use ferry_core::limits::READ_LIMIT_MAX;
 use ferry_core::{LedgerName, Payload};
 
 use crate::UsageError;
-use crate::cli::ServerArgs;
+use crate::cli::{ExportersCommand, ServerArgs};
 
 /// stdin lines sent per append request.
 const STDIN_BATCH_ENTRIES: usize = 1_000;
@@ -148,6 +148,39 @@ impl Client {
             }
         }
         out.flush()?;
+        Ok(())
+    }
+
+    /// `ferry exporters …`: prints the server's JSON answer.
+    pub async fn exporters(&self, command: ExportersCommand) -> anyhow::Result<()> {
+        let name = |n: &str| LedgerName::parse(n).map_err(|e| UsageError(format!("exporter name: {e}")));
+        let request = match command {
+            ExportersCommand::Status { name: None } => self.request(reqwest::Method::GET, "/v1/exporters"),
+            ExportersCommand::Status { name: Some(n) } => {
+                self.request(reqwest::Method::GET, &format!("/v1/exporters/{}", name(&n)?))
+            }
+            ExportersCommand::Reset { name: n, ledger, from_id } => {
+                if let Some(l) = &ledger {
+                    LedgerName::parse(l).map_err(|e| UsageError(format!("--ledger: {e}")))?;
+                }
+                let body = serde_json::json!({ "ledger": ledger, "from_id": from_id }).to_string();
+                self.post_json(&format!("/v1/exporters/{}/reset", name(&n)?), body)
+            }
+            ExportersCommand::Pause { name: n } => {
+                self.request(reqwest::Method::POST, &format!("/v1/exporters/{}/pause", name(&n)?))
+            }
+            ExportersCommand::Resume { name: n } => {
+                self.request(reqwest::Method::POST, &format!("/v1/exporters/{}/resume", name(&n)?))
+            }
+            ExportersCommand::Delete { name: n } => {
+                self.request(reqwest::Method::DELETE, &format!("/v1/exporters/{}", name(&n)?))
+            }
+        };
+        let body = self.send(request).await?;
+        if !body.is_empty() {
+            let value: serde_json::Value = serde_json::from_slice(&body).context("parse the server's answer")?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
         Ok(())
     }
 

@@ -9,10 +9,14 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use ferry_api::ApiConfig;
 use ferry_core::LedgerName;
+use ferry_core::limits::EXPORTERS_MAX;
 use ferry_core::limits::{
     BODY_BYTES_MAX_DEFAULT, BODY_BYTES_MAX_LIMIT, CHUNK_ENTRIES_MAX, CHUNK_ENTRIES_MIN, ENTRY_BYTES_MAX_DEFAULT,
     ENTRY_BYTES_MAX_LIMIT, PINS_MAX_DEFAULT, WATCHERS_MAX_DEFAULT,
 };
+use ferry_core::units::{Seconds, Size};
+use ferry_export::{ExporterConfig, ExporterSettings};
+use ferry_sinks::SinkConfig;
 use ferry_store::StoreConfig;
 use serde::Deserialize;
 
@@ -24,8 +28,14 @@ pub struct Config {
     pub storage: Storage,
     pub retention: Retention,
     pub log: Log,
-    pub exporters: Vec<toml::Table>,
+    pub exporters: Vec<toml::Spanned<ExporterConfig>>,
     pub sources: Vec<toml::Table>,
+    /// The line each `[[exporters]]` table starts on (for error messages).
+    #[serde(skip)]
+    pub exporter_lines: Vec<usize>,
+    /// `--exporter` flags, after the file's exporters.
+    #[serde(skip)]
+    pub exporter_flags: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +106,8 @@ impl Default for Config {
             log: Log::default(),
             exporters: Vec::new(),
             sources: Vec::new(),
+            exporter_lines: Vec::new(),
+            exporter_flags: Vec::new(),
         }
     }
 }
@@ -140,41 +152,6 @@ impl Default for Log {
     }
 }
 
-/// A byte size written as `"4MiB"`, `"512KB"` or a plain integer of bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Size(pub u64);
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Size(n)),
-            Raw::Text(s) => s
-                .parse::<bytesize::ByteSize>()
-                .map(|b| Size(b.as_u64()))
-                .map_err(|e| serde::de::Error::custom(format!("invalid size {s:?} (e.g. \"4MiB\"): {e}"))),
-        }
-    }
-}
-
-/// A duration written as `"50ms"`, `"30s"`, `"30d"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seconds(pub Duration);
-
-impl<'de> Deserialize<'de> for Seconds {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Seconds)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} (e.g. \"50ms\", \"30d\"): {e}")))
-    }
-}
-
 /// What `ferry serve` runs with, after validation.
 pub struct ServeSettings {
     pub listen: SocketAddr,
@@ -182,6 +159,10 @@ pub struct ServeSettings {
     pub api: ApiConfig,
     pub shutdown_timeout: Duration,
     pub log: Log,
+    /// Validated exporters and their sinks' configs, not yet built.
+    pub exporters: Vec<(ExporterSettings, SinkConfig)>,
+    /// `[retention] respect_exporters`: exporter cursors hold retention.
+    pub respect_exporters: bool,
 }
 
 impl Config {
@@ -192,11 +173,46 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        Ok(toml::from_str(text)?)
+        let mut config: Config = toml::from_str(text)?;
+        config.exporter_lines = config
+            .exporters
+            .iter()
+            .map(|e| 1 + text.as_bytes()[..e.span().start.min(text.len())].iter().filter(|b| **b == b'\n').count())
+            .collect();
+        Ok(config)
+    }
+
+    /// Validates every exporter (file first, then `--exporter` flags) and
+    /// its sink config, touching no storage or network.
+    fn exporters(&self) -> anyhow::Result<Vec<(ExporterSettings, SinkConfig)>> {
+        let mut raw: Vec<(String, ExporterConfig)> = Vec::new();
+        for (i, e) in self.exporters.iter().enumerate() {
+            let line = self.exporter_lines.get(i).copied().unwrap_or(0);
+            raw.push((format!("exporters[{i}] {:?} (line {line})", e.get_ref().name), e.get_ref().clone()));
+        }
+        for flag in &self.exporter_flags {
+            let parsed = ExporterConfig::from_flag(flag).map_err(|e| anyhow::anyhow!("--exporter {flag:?}: {e}"))?;
+            raw.push((format!("--exporter {:?}", parsed.name), parsed));
+        }
+        if raw.len() > EXPORTERS_MAX {
+            bail!("exporters: {} configured; at most {EXPORTERS_MAX}", raw.len());
+        }
+        let mut out: Vec<(ExporterSettings, SinkConfig)> = Vec::new();
+        for (what, config) in raw {
+            let settings = config.validate().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            let sink =
+                SinkConfig::validate(&config.sink, &config.config).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            if out.iter().any(|(s, _)| s.name == settings.name) {
+                bail!("{what}: name: another exporter is already called {}", settings.name);
+            }
+            out.push((settings, sink));
+        }
+        Ok(out)
     }
 
     /// Checks everything a parse cannot, touching no storage.
     pub fn validate(self) -> anyhow::Result<ServeSettings> {
+        let exporters = self.exporters()?;
         let listen: SocketAddr = self.server.listen.parse().with_context(|| {
             format!("server.listen: {:?} is not an address like 127.0.0.1:7070", self.server.listen)
         })?;
@@ -220,9 +236,6 @@ impl Config {
         for (name, age) in self.retention.ledgers {
             let ledger = LedgerName::parse(&name).with_context(|| format!("retention.ledgers.{name}"))?;
             retention.ledgers.insert(ledger, age.0);
-        }
-        if !self.exporters.is_empty() {
-            bail!("[[exporters]] is not implemented yet in this version of ferry");
         }
         if !self.sources.is_empty() {
             bail!("[[sources]] is not implemented yet in this version of ferry");
@@ -257,8 +270,17 @@ impl Config {
             max_watchers: self.server.max_watchers,
             closing: tokio::sync::watch::channel(false).1,
             metrics: None,
+            exporters: None,
         };
-        Ok(ServeSettings { listen, store, api, shutdown_timeout: self.server.shutdown_timeout.0, log: self.log })
+        Ok(ServeSettings {
+            listen,
+            store,
+            api,
+            shutdown_timeout: self.server.shutdown_timeout.0,
+            log: self.log,
+            exporters,
+            respect_exporters: self.retention.respect_exporters,
+        })
     }
 }
 
@@ -333,9 +355,80 @@ format = "json"
             "[server]\nlisten = \"nowhere\"",
             "[storage]\nchunk_entries = 1",
             "[storage]\nmax_entry_bytes = \"32MiB\"",
-            "[[exporters]]\nname = \"x\"",
+            "[[exporters]]\nname = \"x\"\nsink = \"file\"",
+            "[[exporters]]\nname = \"x\"\nsink = \"carrier-pigeon\"",
         ] {
             assert!(Config::parse(text).unwrap().validate().is_err(), "{text}");
         }
+    }
+}
+
+#[cfg(test)]
+mod exporter_tests {
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(c) => format!("{:#}", c.validate().err().expect("validation fails")),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn exporters_parse_with_their_sink_config() {
+        let text = r#"
+[[exporters]]
+name = "audit-files"
+sink = "file"
+ledgers = ["audit*"]
+start = "latest"
+batch = { max_entries = 100, max_bytes = "1MiB", linger = "10ms" }
+retry = { initial = "50ms", max = "5s", max_attempts = 3 }
+dead_letter = "dlq"
+max_parallel_ledgers = 4
+[exporters.config]
+dir = "/tmp/ferry-export"
+max_file_bytes = "1MiB"
+
+[[exporters]]
+name = "hook"
+sink = "http"
+[exporters.config]
+url = "http://127.0.0.1:9/x"
+format = "ndjson"
+headers = { x-team = "audit" }
+"#;
+        let s = Config::parse(text).unwrap().validate().unwrap();
+        assert_eq!(s.exporters.len(), 2);
+        assert_eq!(s.exporters[0].0.batch.max_entries, 100);
+        assert!(s.exporters[0].0.dead_letter.is_some());
+        assert!(matches!(s.exporters[1].1, SinkConfig::Http(_)));
+    }
+
+    #[test]
+    fn bad_exporter_config_names_the_field_and_line() {
+        let unknown = "data_dir = \"x\"\n[[exporters]]\nname = \"a\"\nsink = \"file\"\nbatchh = 1\n";
+        let msg = error_of(unknown);
+        assert!(msg.contains("batchh") && msg.contains("line 5"), "{msg}");
+        let no_dir = "\n\n[[exporters]]\nname = \"a\"\nsink = \"file\"\n";
+        let msg = error_of(no_dir);
+        assert!(msg.contains("config.dir") && msg.contains("line 3"), "{msg}");
+        let bad_url = "[[exporters]]\nname = \"a\"\nsink = \"http\"\n[exporters.config]\nurl = \"ftp://x\"\n";
+        assert!(error_of(bad_url).contains("config.url"), "{}", error_of(bad_url));
+        let unknown_sink_key =
+            "[[exporters]]\nname = \"a\"\nsink = \"file\"\n[exporters.config]\ndir = \"/t\"\ndirr = 1\n";
+        assert!(error_of(unknown_sink_key).contains("dirr"), "{}", error_of(unknown_sink_key));
+        let twice = "[[exporters]]\nname = \"a\"\nsink = \"stdout\"\n[[exporters]]\nname = \"a\"\nsink = \"stdout\"\n";
+        assert!(error_of(twice).contains("already called"), "{}", error_of(twice));
+    }
+
+    #[test]
+    fn exporter_flags_are_validated_like_the_file() {
+        let c = Config {
+            exporter_flags: vec![r#"f=file:{"dir":"/tmp/x","batch":{"max_entries":0}}"#.into()],
+            ..Config::default()
+        };
+        let msg = format!("{:#}", c.validate().err().unwrap());
+        assert!(msg.contains("batch.max_entries"), "{msg}");
     }
 }

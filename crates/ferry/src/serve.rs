@@ -1,7 +1,10 @@
 //! `ferry serve`: config → validate → logging → open the store (recovery)
 //! → serve the API until SIGINT/SIGTERM → drain and stop.
 
-use anyhow::{Context as _, bail};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ferry_export::{CursorTable, Exporters};
 use ferry_store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -19,15 +22,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
-    if !args.exporter.is_empty() {
-        bail!("--exporter is not implemented yet in this version of ferry");
-    }
+    config.exporter_flags = args.exporter;
     let mut settings = config.validate()?;
     init_logging(&settings.log);
     settings.api.metrics = ferry_api::metrics::install();
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     settings.api.closing = closing;
 
+    // Validate → build → run: sinks are built (directories, clients) before
+    // storage opens, so a sink that cannot start changes nothing.
+    let exporters = std::mem::take(&mut settings.exporters);
+    let table = Arc::new(CursorTable::new(exporters.iter().map(|(s, _)| (&s.name, &s.matcher))));
+    let mut built = Vec::with_capacity(exporters.len());
+    for (exporter, sink) in exporters {
+        let sink = sink.build().map_err(|e| anyhow::anyhow!("exporter {}: {e}", exporter.name))?;
+        built.push((exporter, sink));
+    }
+    if settings.respect_exporters {
+        settings.store.holds.push(table.clone());
+    }
     let store_config = settings.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await?
@@ -37,6 +50,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listen on {}", settings.listen))?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %settings.store.data_dir.display(), "ferry listening");
 
+    let exporters = Exporters::start(store.clone(), table, built).await.context("start the exporters")?;
+    settings.api.exporters = Some(exporters.clone());
     let router = ferry_api::router(store.clone(), settings.api);
     let shutdown = async move {
         shutdown_signal().await;
@@ -45,6 +60,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let served = ferry_api::serve(listener, router, shutdown);
     served.await.context("serve HTTP")?;
+    tracing::info!("shutting down: finishing in-flight exports");
+    exporters.shutdown(settings.shutdown_timeout).await;
     tracing::info!("shutting down: draining appends");
     if tokio::time::timeout(settings.shutdown_timeout, store.shutdown()).await.is_err() {
         tracing::warn!("shutdown_timeout passed before the flusher stopped");

@@ -1,0 +1,65 @@
+//! `/v1/exporters`: status, pause, resume, reset (SPEC §4, §5), and the
+//! deletion of an orphaned exporter's cursors.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use ferry_core::{EntryId, LedgerName};
+use ferry_export::{ExportError, ExporterStatus, Exporters};
+use serde::Deserialize;
+
+use crate::{ApiError, AppState};
+
+fn exporters(state: &AppState) -> Result<&Exporters, ApiError> {
+    state.config.exporters.as_ref().ok_or_else(|| ApiError::from(ExportError::NotFound("(none configured)".into())))
+}
+
+pub async fn list(State(state): State<AppState>) -> Json<Vec<ExporterStatus>> {
+    match &state.config.exporters {
+        Some(e) => Json(e.list().await),
+        None => Json(Vec::new()),
+    }
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ExporterStatus>, ApiError> {
+    Ok(Json(exporters(&state)?.status(&name).await?))
+}
+
+pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ExporterStatus>, ApiError> {
+    Ok(Json(exporters(&state)?.pause(&name).await?))
+}
+
+pub async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ExporterStatus>, ApiError> {
+    Ok(Json(exporters(&state)?.resume(&name).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    ledger: Option<String>,
+    from_id: Option<EntryId>,
+}
+
+/// `{"ledger"?: L, "from_id"?: N}`; an empty body resets every ledger to 1.
+pub async fn reset(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<ExporterStatus>, ApiError> {
+    let request: ResetRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ResetRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::from_json(&e, "the reset request"))?
+    };
+    let ledger = request.ledger.as_deref().map(LedgerName::parse).transpose()?;
+    Ok(Json(exporters(&state)?.reset(&name, ledger, request.from_id).await?))
+}
+
+/// Deletes an orphaned exporter's cursors (a configured one: 409).
+pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    exporters(&state)?.delete_orphan(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,264 @@
+//! One unit of exporter work, run as its own task: deliver the batch after
+//! a cursor, or move a failed batch to the dead-letter ledger. A job reads
+//! from the store, talks to the sink, and writes the cursor only after the
+//! sink's acknowledgement; it reports an `Outcome` and decides nothing.
+
+use std::sync::Arc;
+
+use ferry_core::limits::BATCH_ENTRIES_MAX;
+use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload};
+use ferry_store::{CursorUpdate, Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::machine::Outcome;
+use crate::settings::BatchPolicy;
+use crate::sink::{Ack, Batch, Sink, SinkError};
+
+/// Bytes of JSON an entry adds to a batch beyond its payload and key.
+const ENTRY_JSON_OVERHEAD_BYTES: usize = 64;
+/// Dead-letter entries go out in appends of at most this many bytes.
+const DEAD_LETTER_APPEND_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+pub(crate) struct Job<S> {
+    pub store: Store,
+    pub sink: Arc<S>,
+    pub exporter: LedgerName,
+    pub ledger: LedgerName,
+    pub incarnation: u64,
+    pub batch: BatchPolicy,
+    pub dead_letter: Option<LedgerName>,
+    pub cancel: CancellationToken,
+}
+
+/// How a job ended, and how many entries it moved.
+pub(crate) struct Done {
+    pub outcome: Outcome,
+    pub entries: u64,
+}
+
+impl Done {
+    fn only(outcome: Outcome) -> Self {
+        Self { outcome, entries: 0 }
+    }
+}
+
+impl<S: Sink> Job<S> {
+    /// Prepares the sink if asked, reads the batch after `cursor`, delivers
+    /// it, and writes the acknowledged cursor.
+    pub async fn deliver(self, cursor: EntryId, prepare: bool) -> Done {
+        let from = cursor + 1;
+        if prepare {
+            let prepared = tokio::select! {
+                r = self.sink.prepare(&self.ledger, cursor) => r,
+                () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled),
+            };
+            if let Err(error) = prepared {
+                return Done::only(Outcome::Failed { from, to: from, error });
+            }
+        }
+        let entries = match self.read(from, self.batch.max_entries).await {
+            Ok(entries) => entries,
+            Err(StoreError::BelowFirst { first, .. }) => return self.skip(first - 1).await,
+            Err(StoreError::LedgerNotFound(_)) => return Done::only(Outcome::Cancelled),
+            Err(e) => return Done::only(Outcome::Failed { from, to: from, error: store_error("read", &e) }),
+        };
+        let entries = trim(entries, self.batch.max_bytes);
+        let Some(to) = entries.last().map(|e| e.id) else {
+            return Done::only(Outcome::Failed {
+                from,
+                to: from,
+                error: SinkError::retryable("read returned nothing"),
+            });
+        };
+        let batch = Batch { exporter: self.exporter.clone(), ledger: self.ledger.clone(), entries };
+        let acked = tokio::select! {
+            r = self.sink.deliver(&batch) => r,
+            () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled),
+        };
+        let through = match acked {
+            Ok(Ack { through }) if through > cursor && through <= to => through,
+            Ok(Ack { through }) => {
+                let message = format!("the sink acknowledged id {through}, outside the batch {from}..={to}");
+                return Done::only(Outcome::Failed { from, to, error: SinkError::retryable(message) });
+            }
+            Err(error) => return Done::only(Outcome::Failed { from, to, error }),
+        };
+        match self.commit(through).await {
+            Ok(()) => Done { outcome: Outcome::Delivered { through }, entries: through - cursor },
+            Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Cancelled),
+            Err(e) => Done::only(Outcome::Failed { from, to, error: store_error("write the cursor", &e) }),
+        }
+    }
+
+    /// Appends ids `from..=to` to the dead-letter ledger, each with the
+    /// error, then moves the cursor to `to`. Each dead-letter entry carries
+    /// the idempotency key `{exporter}/{ledger}/{id}`, so a crash between
+    /// the append and the cursor write does not record an entry twice.
+    pub async fn dead_letter(self, from: EntryId, to: EntryId, error: String) -> Done {
+        let Some(dead_letter) = self.dead_letter.clone() else {
+            return Done::only(Outcome::Failed { from, to, error: SinkError::permanent("no dead-letter ledger") });
+        };
+        let mut id = from;
+        while id <= to {
+            let want = ((to - id + 1) as usize).min(BATCH_ENTRIES_MAX);
+            let entries = match self.read(id, want).await {
+                Ok(e) if !e.is_empty() => e,
+                Ok(_) => break,
+                Err(e) => return Done::only(Outcome::Failed { from, to, error: store_error("read", &e) }),
+            };
+            let last = entries.last().map_or(id, |e| e.id);
+            let records: Vec<NewEntry> = entries.iter().map(|e| self.dead_letter_entry(e, &error)).collect();
+            for chunk in chunk_by_bytes(records, DEAD_LETTER_APPEND_BYTES_MAX) {
+                let appended = tokio::select! {
+                    r = self.store.append(&dead_letter, chunk) => r,
+                    () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled),
+                };
+                if let Err(e) = appended {
+                    return Done::only(Outcome::Failed {
+                        from,
+                        to,
+                        error: store_error("append to the dead-letter ledger", &e),
+                    });
+                }
+            }
+            id = last + 1;
+        }
+        match self.commit(to).await {
+            Ok(()) => Done { outcome: Outcome::DeadLettered { through: to }, entries: to + 1 - from },
+            Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Cancelled),
+            Err(e) => Done::only(Outcome::Failed { from, to, error: store_error("write the cursor", &e) }),
+        }
+    }
+
+    fn dead_letter_entry(&self, entry: &Entry, error: &str) -> NewEntry {
+        let mut record = serde_json::json!({
+            "exporter": self.exporter,
+            "ledger": self.ledger,
+            "id": entry.id,
+            "ts": entry.ts,
+            "error": error,
+        });
+        if let Some(key) = &entry.key {
+            record["key"] = key.as_str().into();
+        }
+        let mut text = record.to_string();
+        // `{…,"payload":<payload>}` unless that would exceed the entry limit.
+        if text.len() + entry.payload.len() + 12 <= self.store.max_entry_bytes() {
+            text.pop();
+            text.push_str(r#","payload":"#);
+            text.push_str(entry.payload.as_str());
+            text.push('}');
+        } else {
+            text.pop();
+            text.push_str(r#","payload_omitted":true}"#);
+        }
+        NewEntry {
+            key: Some(format!("{}/{}", self.exporter, self.ledger)),
+            idempotency_key: Some(format!("{}/{}/{}", self.exporter, self.ledger, entry.id)),
+            payload: Payload::from_json(&text).expect("dead-letter records are valid JSON"),
+        }
+    }
+
+    /// Entries up to `to` were pruned before they could be exported (only
+    /// possible with `respect_exporters = false`): record the jump.
+    async fn skip(&self, to: EntryId) -> Done {
+        match self.commit(to).await {
+            Ok(()) => Done::only(Outcome::Skipped { to }),
+            Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Cancelled),
+            Err(e) => Done::only(Outcome::Failed { from: to, to, error: store_error("write the cursor", &e) }),
+        }
+    }
+
+    async fn read(&self, from: EntryId, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let (store, ledger) = (self.store.clone(), self.ledger.clone());
+        tokio::task::spawn_blocking(move || store.read(&ledger, Some(from), limit))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?
+            .map(|batch| batch.entries)
+    }
+
+    /// Writes the cursor durably. Not cancellable: once the sink has
+    /// acknowledged, recording it is always worth finishing.
+    async fn commit(&self, id: EntryId) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let update = CursorUpdate::Set {
+            exporter: self.exporter.clone(),
+            ledger: self.ledger.clone(),
+            incarnation: self.incarnation,
+            id,
+        };
+        tokio::task::spawn_blocking(move || store.commit_cursors(&[update]))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?
+    }
+}
+
+fn store_error(what: &str, e: &StoreError) -> SinkError {
+    SinkError::retryable(format!("{what}: {e}"))
+}
+
+/// The leading entries whose JSON fits in `max_bytes` (at least one).
+fn trim(mut entries: Vec<Entry>, max_bytes: usize) -> Vec<Entry> {
+    let mut bytes = 0;
+    let keep = entries
+        .iter()
+        .take_while(|e| {
+            bytes += e.payload.len() + e.key.as_ref().map_or(0, String::len) + ENTRY_JSON_OVERHEAD_BYTES;
+            bytes <= max_bytes
+        })
+        .count();
+    entries.truncate(keep.max(1));
+    entries
+}
+
+/// Splits entries into appends of at most `max_bytes` of payload (at least
+/// one entry each) and `BATCH_ENTRIES_MAX` entries.
+fn chunk_by_bytes(entries: Vec<NewEntry>, max_bytes: usize) -> Vec<Vec<NewEntry>> {
+    let mut out: Vec<Vec<NewEntry>> = Vec::new();
+    let mut bytes = 0;
+    for e in entries {
+        let size = e.payload.len();
+        match out.last_mut() {
+            Some(last) if bytes + size <= max_bytes && last.len() < BATCH_ENTRIES_MAX => {
+                bytes += size;
+                last.push(e);
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![e]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: EntryId, payload_bytes: usize) -> Entry {
+        Entry {
+            ledger: LedgerName::parse("l").unwrap(),
+            id,
+            ts: 1,
+            key: None,
+            payload: Payload::from_json(&format!("\"{}\"", "x".repeat(payload_bytes))).unwrap(),
+        }
+    }
+
+    #[test]
+    fn trim_keeps_at_least_one_entry_and_stops_at_max_bytes() {
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 100)).collect();
+        assert_eq!(trim(entries.clone(), 1).len(), 1);
+        assert_eq!(trim(entries.clone(), 3 * (102 + ENTRY_JSON_OVERHEAD_BYTES)).len(), 3);
+        assert_eq!(trim(entries, usize::MAX).len(), 10);
+    }
+
+    #[test]
+    fn chunks_respect_bytes_and_never_come_out_empty() {
+        let e = |n: usize| NewEntry { key: None, idempotency_key: None, payload: entry(1, n).payload };
+        let chunks = chunk_by_bytes(vec![e(10), e(10), e(100), e(5)], 30);
+        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![2, 1, 1]);
+    }
+}

@@ -1,0 +1,22 @@
+//! ferry's exporter runtime (SPEC §5): every configured exporter ships
+//! every matching ledger, in id order, to its sink, and writes its cursor
+//! only after the sink acknowledged. Knows no concrete sink: those live in
+//! `ferry-sinks` and implement [`Sink`].
+//!
+//! Data flow: store appends bus → `runtime` supervisor (one per exporter)
+//! → `machine` decides → `job` reads the store, calls the sink, commits the
+//! cursor → outcome back to the machine. `cursors` is the retention hold.
+
+mod cursors;
+mod job;
+pub mod machine;
+mod runtime;
+pub mod settings;
+pub mod sink;
+pub mod status;
+
+pub use cursors::CursorTable;
+pub use runtime::{ExportError, Exporters};
+pub use settings::{ExporterConfig, ExporterSettings};
+pub use sink::{Ack, Batch, Sink, SinkError};
+pub use status::{ExporterState, ExporterStatus, LedgerStatus};

@@ -1,0 +1,771 @@
+//! The exporter runtime: one supervisor task per exporter owns the state
+//! machines of its ledgers, wakes on appends and ledger events (never by
+//! polling storage), runs at most `max_parallel_ledgers` jobs at once in a
+//! round-robin ready queue, and answers control requests. `Exporters` is
+//! the handle the API and `ferry serve` hold.
+//!
+//! **Architecture Invariant:** a supervisor is the only writer of its
+//! machines; jobs report outcomes and the supervisor applies them, so each
+//! (exporter, ledger) has at most one job in flight and its cursor moves
+//! only after a durable cursor write.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_core::bus::{Received, Subscription};
+use ferry_core::events::{Appended, SystemEvent};
+use ferry_core::limits::{EXPORT_CONTROL_QUEUE_DEPTH, EXPORT_WAKEUPS_BUFFER};
+use ferry_core::{EntryId, LedgerName, now_ms};
+use ferry_store::{CursorUpdate, LedgerInfo, Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cursors::CursorTable;
+use crate::job::{Done, Job};
+use crate::machine::{LedgerMachine, Next, Notice, Outcome};
+use crate::settings::{ExporterSettings, StartAt};
+use crate::sink::{Sink, SinkError};
+use crate::status::{ExporterState, ExporterStatus, LedgerStatus};
+
+/// What the control API can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    #[error("no exporter named {0}")]
+    NotFound(String),
+    #[error("exporter {exporter} does not export ledger {ledger}")]
+    NotExported { exporter: LedgerName, ledger: LedgerName },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("exporter {0} is configured; only an orphaned exporter's cursors can be deleted")]
+    Configured(LedgerName),
+    #[error("exporter {0} is shutting down")]
+    Stopping(LedgerName),
+    #[error("reset of exporter {exporter} failed and changed nothing; the exporter is stopped until resumed: {source}")]
+    ResetFailed { exporter: LedgerName, source: StoreError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+enum Control {
+    Status(oneshot::Sender<ExporterStatus>),
+    Pause(oneshot::Sender<ExporterStatus>),
+    Resume(oneshot::Sender<ExporterStatus>),
+    Reset {
+        ledger: Option<LedgerName>,
+        from_id: Option<EntryId>,
+        reply: oneshot::Sender<Result<ExporterStatus, ExportError>>,
+    },
+    Shutdown {
+        deadline: Instant,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The running exporters. Cheap to clone.
+#[derive(Clone)]
+pub struct Exporters {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    table: Arc<CursorTable>,
+    handles: BTreeMap<LedgerName, mpsc::Sender<Control>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Exporters {
+    /// Loads the cursors into `table` (the hold retention already consults),
+    /// writes the starting cursors of `start = "latest"` exporters, creates
+    /// the dead-letter ledgers, and starts one supervisor per exporter.
+    pub async fn start<S: Sink>(
+        store: Store,
+        table: Arc<CursorTable>,
+        exporters: Vec<(ExporterSettings, S)>,
+    ) -> Result<Exporters, ExportError> {
+        for dead_letter in exporters.iter().filter_map(|(s, _)| s.dead_letter.clone()) {
+            let store = store.clone();
+            blocking(move || store.create_ledger(&dead_letter)).await?;
+        }
+        let loaded = {
+            let store = store.clone();
+            blocking(move || store.cursors()).await?
+        };
+        table.load(loaded.into_iter().map(|c| (c.exporter, c.ledger, c.id)));
+        let ledgers = store.list_ledgers();
+        let mut updates = Vec::new();
+        for (settings, _) in exporters.iter().filter(|(s, _)| s.start == StartAt::Latest) {
+            for info in ledgers.iter().filter(|l| settings.matcher.matches(&l.name)) {
+                if table.get(&settings.name, &info.name).is_none() {
+                    updates.push(CursorUpdate::Set {
+                        exporter: settings.name.clone(),
+                        ledger: info.name.clone(),
+                        incarnation: info.incarnation,
+                        id: info.head,
+                    });
+                }
+            }
+        }
+        if !updates.is_empty() {
+            let (store, writes) = (store.clone(), updates.clone());
+            blocking(move || store.commit_cursors(&writes)).await?;
+            for u in updates {
+                if let CursorUpdate::Set { exporter, ledger, id, .. } = u {
+                    table.set(&exporter, &ledger, id);
+                }
+            }
+        }
+        let mut handles = BTreeMap::new();
+        let mut tasks = Vec::new();
+        for (settings, sink) in exporters {
+            let (tx, rx) = mpsc::channel(EXPORT_CONTROL_QUEUE_DEPTH);
+            let name = settings.name.clone();
+            let supervisor = Supervisor::new(store.clone(), table.clone(), settings, Arc::new(sink));
+            tasks.push(tokio::spawn(supervisor.run(rx)));
+            tracing::info!(exporter = %name, "exporter started");
+            handles.insert(name, tx);
+        }
+        Ok(Exporters { inner: Arc::new(Inner { store, table, handles, tasks: Mutex::new(tasks) }) })
+    }
+
+    /// Every configured exporter, then every orphaned one.
+    pub async fn list(&self) -> Vec<ExporterStatus> {
+        let mut out = Vec::new();
+        for name in self.inner.handles.keys() {
+            if let Ok(s) = self.status(name.as_str()).await {
+                out.push(s);
+            }
+        }
+        for name in self.inner.table.orphans().keys() {
+            if let Some(s) = self.orphan_status(name) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    pub async fn status(&self, name: &str) -> Result<ExporterStatus, ExportError> {
+        match self.handle(name) {
+            Ok((name, tx)) => ask(name, tx, Control::Status).await,
+            Err(e) => self.orphan_status(&parse_name(name)?).ok_or(e),
+        }
+    }
+
+    /// Stops starting new batches; those in flight finish.
+    pub async fn pause(&self, name: &str) -> Result<ExporterStatus, ExportError> {
+        let (name, tx) = self.handle(name)?;
+        ask(name, tx, Control::Pause).await
+    }
+
+    /// Ends a pause or a stop, and retries failed ledgers.
+    pub async fn resume(&self, name: &str) -> Result<ExporterStatus, ExportError> {
+        let (name, tx) = self.handle(name)?;
+        ask(name, tx, Control::Resume).await
+    }
+
+    /// Re-exports from `from_id` (default 1, raised to each ledger's First)
+    /// for one ledger or all. All cursors change in one commit or none do;
+    /// a failed commit leaves the exporter stopped.
+    pub async fn reset(
+        &self,
+        name: &str,
+        ledger: Option<LedgerName>,
+        from_id: Option<EntryId>,
+    ) -> Result<ExporterStatus, ExportError> {
+        let (name, tx) = self.handle(name)?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(Control::Reset { ledger, from_id, reply }).await.map_err(|_| ExportError::Stopping(name.clone()))?;
+        answer.await.map_err(|_| ExportError::Stopping(name))?
+    }
+
+    /// Deletes the cursors of an exporter that is no longer configured.
+    pub async fn delete_orphan(&self, name: &str) -> Result<(), ExportError> {
+        let exporter = parse_name(name)?;
+        if self.inner.handles.contains_key(&exporter) {
+            return Err(ExportError::Configured(exporter));
+        }
+        let Some(cursors) = self.inner.table.orphans().remove(&exporter) else {
+            return Err(ExportError::NotFound(name.to_owned()));
+        };
+        let updates: Vec<CursorUpdate> =
+            cursors.into_keys().map(|ledger| CursorUpdate::Delete { exporter: exporter.clone(), ledger }).collect();
+        let store = self.inner.store.clone();
+        blocking(move || store.commit_cursors(&updates)).await?;
+        self.inner.table.forget_orphan(&exporter);
+        tracing::info!(exporter = %exporter, "orphaned exporter's cursors deleted");
+        Ok(())
+    }
+
+    /// Finishes in-flight batches, abandoning those still running at
+    /// `timeout`, and stops every supervisor. Safe to call more than once.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut replies = Vec::new();
+        for tx in self.inner.handles.values() {
+            let (reply, answer) = oneshot::channel();
+            if tx.send(Control::Shutdown { deadline, reply }).await.is_ok() {
+                replies.push(answer);
+            }
+        }
+        for answer in replies {
+            let _ = answer.await;
+        }
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn handle(&self, name: &str) -> Result<(LedgerName, &mpsc::Sender<Control>), ExportError> {
+        let name = parse_name(name)?;
+        match self.inner.handles.get(&name) {
+            Some(tx) => Ok((name, tx)),
+            None => Err(ExportError::NotFound(name.to_string())),
+        }
+    }
+
+    fn orphan_status(&self, name: &LedgerName) -> Option<ExporterStatus> {
+        let cursors = self.inner.table.orphans().remove(name)?;
+        let ledgers = cursors
+            .into_iter()
+            .map(|(ledger, cursor)| {
+                let head = self.inner.store.ledger_info(&ledger).map_or(cursor, |i| i.head);
+                LedgerStatus {
+                    ledger,
+                    cursor,
+                    head,
+                    lag: head.saturating_sub(cursor),
+                    state: "orphaned".into(),
+                    last_error: None,
+                    attempts: 0,
+                    last_success_at: None,
+                }
+            })
+            .collect();
+        Some(ExporterStatus { name: name.clone(), sink: None, state: ExporterState::Orphaned, ledgers })
+    }
+}
+
+fn parse_name(name: &str) -> Result<LedgerName, ExportError> {
+    LedgerName::parse(name).map_err(|_| ExportError::NotFound(name.to_owned()))
+}
+
+async fn ask(
+    name: LedgerName,
+    tx: &mpsc::Sender<Control>,
+    make: impl FnOnce(oneshot::Sender<ExporterStatus>) -> Control,
+) -> Result<ExporterStatus, ExportError> {
+    let (reply, answer) = oneshot::channel();
+    tx.send(make(reply)).await.map_err(|_| ExportError::Stopping(name.clone()))?;
+    answer.await.map_err(|_| ExportError::Stopping(name))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| StoreError::ShuttingDown)?
+}
+
+/// One ledger as a supervisor tracks it.
+struct Tracked {
+    machine: LedgerMachine,
+    incarnation: u64,
+    /// In the ready queue.
+    queued: bool,
+    /// Its entry in the timer set.
+    wake: Option<Instant>,
+    /// Cancels the job in flight.
+    cancel: Option<CancellationToken>,
+}
+
+struct Supervisor<S> {
+    store: Store,
+    table: Arc<CursorTable>,
+    settings: Arc<ExporterSettings>,
+    sink: Arc<S>,
+    state: ExporterState,
+    ledgers: HashMap<LedgerName, Tracked>,
+    ready: VecDeque<LedgerName>,
+    timers: BTreeSet<(Instant, LedgerName)>,
+    workers: JoinSet<Done>,
+    jobs: HashMap<tokio::task::Id, (LedgerName, u64)>,
+    total_lag: u64,
+}
+
+impl<S: Sink> Supervisor<S> {
+    fn new(store: Store, table: Arc<CursorTable>, settings: ExporterSettings, sink: Arc<S>) -> Self {
+        Self {
+            store,
+            table,
+            settings: Arc::new(settings),
+            sink,
+            state: ExporterState::Running,
+            ledgers: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BTreeSet::new(),
+            workers: JoinSet::new(),
+            jobs: HashMap::new(),
+            total_lag: 0,
+        }
+    }
+
+    fn subscribe(&self) -> (Subscription<Appended>, Subscription<SystemEvent>) {
+        (self.store.appends().subscribe("", EXPORT_WAKEUPS_BUFFER), self.store.events().subscribe("ledger.", 1024))
+    }
+
+    async fn run(mut self, mut control: mpsc::Receiver<Control>) {
+        // Subscribe before reading the heads, so no append falls between.
+        let (mut appends, mut events) = self.subscribe();
+        self.resync();
+        loop {
+            self.schedule();
+            let timer = self.timers.first().map(|(t, _)| *t);
+            tokio::select! {
+                command = control.recv() => match command {
+                    Some(Control::Shutdown { deadline, reply }) => {
+                        self.drain(deadline).await;
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.control(command).await,
+                    None => {
+                        self.drain(Instant::now()).await;
+                        break;
+                    }
+                },
+                Some(done) = self.workers.join_next_with_id(), if !self.workers.is_empty() => self.finished(done),
+                wake = appends.recv() => match wake {
+                    Some(Received::Message(a)) => self.appended(&a.ledger, a.last_id),
+                    Some(Received::Lagged) => {
+                        (appends, events) = self.subscribe();
+                        self.resync();
+                    }
+                    None => break,
+                },
+                event = events.recv() => match event {
+                    Some(Received::Message(e)) => self.ledger_event(&e),
+                    Some(Received::Lagged) => {
+                        (appends, events) = self.subscribe();
+                        self.resync();
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => self.fire_timers(),
+            }
+        }
+        tracing::info!(exporter = %self.settings.name, "exporter stopped");
+    }
+
+    /// Brings every tracked ledger up to the store's heads, tracks new
+    /// ledgers and forgets deleted ones. Reads memory only.
+    fn resync(&mut self) {
+        let infos = self.store.list_ledgers();
+        let live: HashMap<&LedgerName, u64> = infos.iter().map(|i| (&i.name, i.incarnation)).collect();
+        let gone: Vec<LedgerName> = self
+            .ledgers
+            .iter()
+            .filter(|(name, t)| live.get(name) != Some(&t.incarnation))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.forget(&name);
+        }
+        for info in &infos {
+            if self.ledgers.contains_key(&info.name) {
+                self.appended(&info.name, info.head);
+            } else {
+                self.track(info);
+            }
+        }
+    }
+
+    fn appended(&mut self, ledger: &LedgerName, head: EntryId) {
+        if let Some(t) = self.ledgers.get_mut(ledger) {
+            let before = t.machine.lag();
+            t.machine.on_head(head, Instant::now().into_std());
+            let after = t.machine.lag();
+            self.adjust_lag(before, after);
+            self.evaluate(ledger);
+        } else if self.settings.matcher.matches(ledger)
+            && let Some(info) = self.store.ledger_info(ledger)
+        {
+            self.track(&info);
+        }
+    }
+
+    fn ledger_event(&mut self, event: &SystemEvent) {
+        let Some(name) = event.data.get("ledger").and_then(|l| l.as_str()).and_then(|l| LedgerName::parse(l).ok())
+        else {
+            return;
+        };
+        match event.kind {
+            "ledger.deleted" => self.forget(&name),
+            "ledger.created" => {
+                if let Some(info) = self.store.ledger_info(&name) {
+                    if self.ledgers.get(&name).is_some_and(|t| t.incarnation != info.incarnation) {
+                        self.forget(&name);
+                    }
+                    if !self.ledgers.contains_key(&name) {
+                        self.track(&info);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts tracking a ledger at its stored cursor, or (a ledger with
+    /// none) before its First.
+    fn track(&mut self, info: &LedgerInfo) {
+        if !self.settings.matcher.matches(&info.name) {
+            return;
+        }
+        let s = &self.settings;
+        let cursor = self.table.get(&s.name, &info.name).unwrap_or(info.first.saturating_sub(1));
+        if cursor > info.head {
+            tracing::warn!(exporter = %s.name, ledger = %info.name, cursor, head = info.head, "cursor is beyond the head");
+        }
+        self.table.set(&s.name, &info.name, cursor);
+        let mut machine = LedgerMachine::new(s.batch, s.retry, s.dead_letter.is_some(), cursor, info.head);
+        if self.state == ExporterState::Paused {
+            machine.pause();
+        }
+        self.adjust_lag(0, machine.lag());
+        let tracked = Tracked { machine, incarnation: info.incarnation, queued: false, wake: None, cancel: None };
+        self.ledgers.insert(info.name.clone(), tracked);
+        self.evaluate(&info.name);
+    }
+
+    /// Stops tracking a deleted ledger; its job (if any) is cancelled and
+    /// its outcome ignored.
+    fn forget(&mut self, ledger: &LedgerName) {
+        if let Some(t) = self.ledgers.remove(ledger) {
+            if let Some(cancel) = t.cancel {
+                cancel.cancel();
+            }
+            if let Some(w) = t.wake {
+                self.timers.remove(&(w, ledger.clone()));
+            }
+            self.adjust_lag(t.machine.lag(), 0);
+        }
+        self.table.forget_ledger(ledger);
+    }
+
+    /// Asks the machine what is next and files the ledger accordingly.
+    fn evaluate(&mut self, ledger: &LedgerName) {
+        let Some(t) = self.ledgers.get_mut(ledger) else { return };
+        let next = t.machine.next(Instant::now().into_std());
+        if let Some(w) = t.wake.take() {
+            self.timers.remove(&(w, ledger.clone()));
+        }
+        match next {
+            Next::Idle => {}
+            Next::WakeAt(w) => {
+                let w = Instant::from_std(w);
+                t.wake = Some(w);
+                self.timers.insert((w, ledger.clone()));
+            }
+            Next::Deliver { .. } | Next::DeadLetter { .. } => {
+                if !t.queued {
+                    t.queued = true;
+                    self.ready.push_back(ledger.clone());
+                }
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some((w, ledger)) = self.timers.first().cloned() {
+            if w > now {
+                break;
+            }
+            self.timers.remove(&(w, ledger.clone()));
+            if let Some(t) = self.ledgers.get_mut(&ledger) {
+                t.wake = None;
+            }
+            self.evaluate(&ledger);
+        }
+    }
+
+    /// Starts jobs from the ready queue while slots are free.
+    fn schedule(&mut self) {
+        while self.state == ExporterState::Running && self.workers.len() < self.settings.max_parallel_ledgers {
+            let Some(ledger) = self.ready.pop_front() else { break };
+            let Some(t) = self.ledgers.get_mut(&ledger) else { continue };
+            t.queued = false;
+            let next = t.machine.next(Instant::now().into_std());
+            if !matches!(next, Next::Deliver { .. } | Next::DeadLetter { .. }) {
+                self.evaluate(&ledger);
+                continue;
+            }
+            t.machine.begin(&next);
+            let cancel = CancellationToken::new();
+            t.cancel = Some(cancel.clone());
+            if t.machine.attempts() > 0 {
+                metrics::counter!("ferry_exporter_retries_total", "exporter" => self.settings.name.to_string())
+                    .increment(1);
+            }
+            let job = Job {
+                store: self.store.clone(),
+                sink: self.sink.clone(),
+                exporter: self.settings.name.clone(),
+                ledger: ledger.clone(),
+                incarnation: t.incarnation,
+                batch: self.settings.batch,
+                dead_letter: self.settings.dead_letter.clone(),
+                cancel,
+            };
+            let handle = match next {
+                Next::Deliver { cursor, prepare } => self.workers.spawn(job.deliver(cursor, prepare)),
+                Next::DeadLetter { from, to, error } => self.workers.spawn(job.dead_letter(from, to, error)),
+                Next::Idle | Next::WakeAt(_) => unreachable!("checked above"),
+            };
+            self.jobs.insert(handle.id(), (ledger, t.incarnation));
+        }
+    }
+
+    /// Applies a finished job's outcome to its machine.
+    fn finished(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        let (id, done) = match done {
+            Ok((id, done)) => (id, done),
+            Err(e) => {
+                tracing::error!(exporter = %self.settings.name, error = %e, "export job panicked");
+                let error = SinkError::retryable(format!("export job failed: {e}"));
+                (e.id(), Done { outcome: Outcome::Failed { from: 0, to: 0, error }, entries: 0 })
+            }
+        };
+        let Some((ledger, incarnation)) = self.jobs.remove(&id) else { return };
+        let Some(t) = self.ledgers.get_mut(&ledger).filter(|t| t.incarnation == incarnation) else { return };
+        t.cancel = None;
+        let outcome = match done.outcome {
+            // A panicked job's range is unknown: retry from the cursor.
+            Outcome::Failed { from: 0, to: 0, error } => {
+                let from = t.machine.cursor() + 1;
+                Outcome::Failed { from, to: from, error }
+            }
+            o => o,
+        };
+        let exporter = self.settings.name.to_string();
+        match &outcome {
+            Outcome::Delivered { .. } => {
+                metrics::counter!("ferry_exporter_batches_total", "exporter" => exporter.clone()).increment(1);
+                metrics::counter!("ferry_exporter_entries_total", "exporter" => exporter.clone())
+                    .increment(done.entries);
+            }
+            Outcome::Failed { .. } => {
+                metrics::counter!("ferry_exporter_errors_total", "exporter" => exporter.clone()).increment(1);
+            }
+            Outcome::DeadLettered { .. } => {
+                metrics::counter!("ferry_exporter_dead_lettered_total", "exporter" => exporter.clone())
+                    .increment(done.entries);
+            }
+            Outcome::Cancelled | Outcome::Skipped { .. } => {}
+        }
+        let before = t.machine.lag();
+        let notice = t.machine.on_outcome(outcome, Instant::now().into_std(), now_ms(), rand::random::<f64>());
+        let (after, cursor) = (t.machine.lag(), t.machine.cursor());
+        self.table.set(&self.settings.name, &ledger, cursor);
+        self.adjust_lag(before, after);
+        if let Some(notice) = notice {
+            self.publish(&ledger, notice);
+        }
+        self.evaluate(&ledger);
+    }
+
+    fn publish(&self, ledger: &LedgerName, notice: Notice) {
+        let exporter = self.settings.name.as_str();
+        let (kind, data) = match notice {
+            Notice::Failed { error, attempts } => {
+                tracing::warn!(exporter, ledger = %ledger, error = %error, "export failing");
+                ("exporter.failed", serde_json::json!({ "error": error, "attempts": attempts }))
+            }
+            Notice::Recovered => {
+                tracing::info!(exporter, ledger = %ledger, "export recovered");
+                ("exporter.recovered", serde_json::json!({}))
+            }
+            Notice::DeadLettered { from, to, error } => {
+                let dead_letter = self.settings.dead_letter.as_ref().map(|d| d.as_str());
+                tracing::warn!(exporter, ledger = %ledger, from, to, error = %error, "batch moved to the dead-letter ledger");
+                let data = serde_json::json!({ "error": error, "dead_lettered": { "from": from, "to": to, "dead_letter": dead_letter } });
+                ("exporter.failed", data)
+            }
+            Notice::Skipped { from, to } => {
+                tracing::error!(exporter, ledger = %ledger, from, to, "entries were pruned before they were exported");
+                let error = format!("ids {from}..={to} were pruned by retention before export");
+                ("exporter.failed", serde_json::json!({ "error": error, "skipped": { "from": from, "to": to } }))
+            }
+        };
+        let event = SystemEvent::exporter(kind, exporter, Some(ledger), data);
+        self.store.events().publish(&event.key, &event);
+    }
+
+    fn adjust_lag(&mut self, before: u64, after: u64) {
+        self.total_lag = self.total_lag - before + after;
+        metrics::gauge!("ferry_exporter_lag", "exporter" => self.settings.name.to_string()).set(self.total_lag as f64);
+    }
+
+    async fn control(&mut self, command: Control) {
+        match command {
+            Control::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Control::Pause(reply) => {
+                self.state = ExporterState::Paused;
+                self.ledgers.values_mut().for_each(|t| t.machine.pause());
+                tracing::info!(exporter = %self.settings.name, "exporter paused");
+                let _ = reply.send(self.status());
+            }
+            Control::Resume(reply) => {
+                self.state = ExporterState::Running;
+                self.ledgers.values_mut().for_each(|t| t.machine.resume());
+                self.evaluate_all();
+                tracing::info!(exporter = %self.settings.name, "exporter resumed");
+                let _ = reply.send(self.status());
+            }
+            Control::Reset { ledger, from_id, reply } => {
+                let _ = reply.send(self.reset(ledger, from_id).await);
+            }
+            Control::Shutdown { reply, .. } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn evaluate_all(&mut self) {
+        let names: Vec<LedgerName> = self.ledgers.keys().cloned().collect();
+        for name in names {
+            self.evaluate(&name);
+        }
+    }
+
+    /// Stops the exporter, waits out its jobs, and moves the cursors back
+    /// in one catalog commit. On failure the exporter stays stopped.
+    async fn reset(
+        &mut self,
+        ledger: Option<LedgerName>,
+        from_id: Option<EntryId>,
+    ) -> Result<ExporterStatus, ExportError> {
+        let name = self.settings.name.clone();
+        let from_id = from_id.unwrap_or(1);
+        if from_id == 0 {
+            return Err(ExportError::InvalidRequest("from_id must be at least 1".into()));
+        }
+        let targets: Vec<LedgerName> = match ledger {
+            Some(l) if self.ledgers.contains_key(&l) => vec![l],
+            Some(l) => return Err(ExportError::NotExported { exporter: name, ledger: l }),
+            None => self.ledgers.keys().cloned().collect(),
+        };
+        let resumed = if self.state == ExporterState::Paused { ExporterState::Paused } else { ExporterState::Running };
+        self.state = ExporterState::Stopped;
+        self.cancel_jobs().await;
+        let mut updates = Vec::new();
+        for ledger in &targets {
+            let (Some(t), Some(info)) = (self.ledgers.get(ledger), self.store.ledger_info(ledger)) else { continue };
+            let id = (from_id.max(info.first) - 1).min(info.head);
+            updates.push(CursorUpdate::Set {
+                exporter: name.clone(),
+                ledger: ledger.clone(),
+                incarnation: t.incarnation,
+                id,
+            });
+        }
+        let commit = async {
+            fail::fail_point!("export::reset", |_| Err(StoreError::Catalog(
+                "injected by fail point export::reset".into()
+            )));
+            let (store, writes) = (self.store.clone(), updates.clone());
+            blocking(move || store.commit_cursors(&writes)).await
+        };
+        if let Err(source) = commit.await {
+            tracing::error!(exporter = %name, error = %source, "reset failed; the exporter stays stopped");
+            return Err(ExportError::ResetFailed { exporter: name, source });
+        }
+        let now = Instant::now().into_std();
+        for update in updates {
+            let CursorUpdate::Set { ledger, id, .. } = update else { continue };
+            let head = self.store.ledger_info(&ledger).map_or(0, |i| i.head);
+            if let Some(t) = self.ledgers.get_mut(&ledger) {
+                let before = t.machine.lag();
+                t.machine.on_head(head, now);
+                t.machine.reset(id);
+                let after = t.machine.lag();
+                self.table.set(&name, &ledger, id);
+                self.adjust_lag(before, after);
+            }
+        }
+        self.state = resumed;
+        if resumed == ExporterState::Running {
+            self.ledgers.values_mut().for_each(|t| t.machine.resume());
+        }
+        self.evaluate_all();
+        tracing::info!(exporter = %name, ledgers = targets.len(), from_id, "exporter reset");
+        let ledger_field = (targets.len() == 1).then(|| targets[0].clone());
+        let data = serde_json::json!({ "from_id": from_id, "ledgers": targets.len() });
+        let event = SystemEvent::exporter("exporter.reset", name.as_str(), ledger_field.as_ref(), data);
+        self.store.events().publish(&event.key, &event);
+        Ok(self.status())
+    }
+
+    /// Cancels every job and applies their outcomes.
+    async fn cancel_jobs(&mut self) {
+        for t in self.ledgers.values() {
+            if let Some(c) = &t.cancel {
+                c.cancel();
+            }
+        }
+        while let Some(done) = self.workers.join_next_with_id().await {
+            self.finished(done);
+        }
+    }
+
+    /// Shutdown: no new jobs; jobs still running at `deadline` are
+    /// cancelled (their batches count as unacknowledged).
+    async fn drain(&mut self, deadline: Instant) {
+        self.state = ExporterState::Stopped;
+        while !self.workers.is_empty() {
+            match tokio::time::timeout_at(deadline, self.workers.join_next_with_id()).await {
+                Ok(Some(done)) => self.finished(done),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(exporter = %self.settings.name, jobs = self.workers.len(), "shutdown_timeout: abandoning in-flight batches");
+                    self.cancel_jobs().await;
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> ExporterStatus {
+        let mut ledgers: Vec<LedgerStatus> = self
+            .ledgers
+            .iter()
+            .map(|(name, t)| {
+                let m = &t.machine;
+                LedgerStatus {
+                    ledger: name.clone(),
+                    cursor: m.cursor(),
+                    head: m.head(),
+                    lag: m.lag(),
+                    state: serde_json::to_value(m.state())
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    last_error: m.last_error().map(str::to_owned),
+                    attempts: m.attempts(),
+                    last_success_at: m.last_success_at(),
+                }
+            })
+            .collect();
+        ledgers.sort_by(|a, b| a.ledger.cmp(&b.ledger));
+        ExporterStatus {
+            name: self.settings.name.clone(),
+            sink: Some(self.settings.sink.clone()),
+            state: self.state,
+            ledgers,
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! An exporter's configuration: the raw form (`[[exporters]]` in TOML or
+//! `--exporter NAME=SINK:{json}`), validated into `ExporterSettings`
+//! without touching storage or the network. The sink's own table
+//! (`config`) is validated by the sink crate.
+
+use std::time::Duration;
+
+use ferry_core::LedgerName;
+use ferry_core::limits::{
+    EXPORT_BATCH_BYTES_DEFAULT, EXPORT_BATCH_BYTES_MAX, EXPORT_BATCH_ENTRIES_DEFAULT, EXPORT_BATCH_ENTRIES_MAX,
+    EXPORT_LINGER_MS_DEFAULT, EXPORT_LINGER_MS_MAX, EXPORT_PARALLEL_LEDGERS_DEFAULT, EXPORT_PARALLEL_LEDGERS_MAX,
+    RETRY_INITIAL_MS_DEFAULT, RETRY_MAX_MS_DEFAULT, RETRY_WAIT_MS_MAX,
+};
+use ferry_core::units::{Seconds, Size};
+use serde::Deserialize;
+
+/// Where an exporter starts in a ledger it has no cursor for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// From the ledger's First.
+    #[default]
+    Earliest,
+    /// After the ledger's head when the exporter first sees it (ledgers
+    /// created later are exported from their first entry).
+    Latest,
+}
+
+/// `[[exporters]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExporterConfig {
+    pub name: String,
+    pub sink: String,
+    #[serde(default = "all_ledgers")]
+    pub ledgers: Vec<String>,
+    #[serde(default)]
+    pub start: StartAt,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub dead_letter: String,
+    #[serde(default = "default_parallel")]
+    pub max_parallel_ledgers: usize,
+    /// The sink's own settings, validated by the sink.
+    #[serde(default)]
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    pub max_entries: usize,
+    pub max_bytes: Size,
+    pub linger: Seconds,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub initial: Seconds,
+    pub max: Seconds,
+    /// 0 = forever.
+    pub max_attempts: u32,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: EXPORT_BATCH_ENTRIES_DEFAULT,
+            max_bytes: Size(EXPORT_BATCH_BYTES_DEFAULT),
+            linger: Seconds(Duration::from_millis(EXPORT_LINGER_MS_DEFAULT)),
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial: Seconds(Duration::from_millis(RETRY_INITIAL_MS_DEFAULT)),
+            max: Seconds(Duration::from_millis(RETRY_MAX_MS_DEFAULT)),
+            max_attempts: 0,
+        }
+    }
+}
+
+fn all_ledgers() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn default_parallel() -> usize {
+    EXPORT_PARALLEL_LEDGERS_DEFAULT
+}
+
+/// The exporter-level keys a `--exporter` JSON object may carry next to the
+/// sink's own keys (no sink uses these names).
+const FLAG_EXPORTER_KEYS: [&str; 6] = ["ledgers", "start", "batch", "retry", "dead_letter", "max_parallel_ledgers"];
+
+impl ExporterConfig {
+    /// Parses `NAME=SINK:{json}`. The JSON object is the sink's config; the
+    /// keys `ledgers`, `start`, `batch`, `retry`, `dead_letter` and
+    /// `max_parallel_ledgers` in it are the exporter's own settings.
+    pub fn from_flag(flag: &str) -> Result<Self, String> {
+        let (name, rest) = flag.split_once('=').ok_or("expected NAME=SINK:{json}: no '='")?;
+        let (sink, json) = match rest.split_once(':') {
+            Some((sink, json)) => (sink, json),
+            None => (rest, "{}"),
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("the JSON after {sink}: does not parse: {e}"))?;
+        let serde_json::Value::Object(mut config) = value else {
+            return Err(format!("the JSON after {sink}: must be an object"));
+        };
+        let mut exporter = serde_json::Map::new();
+        exporter.insert("name".into(), name.into());
+        exporter.insert("sink".into(), sink.into());
+        for key in FLAG_EXPORTER_KEYS {
+            if let Some(v) = config.remove(key) {
+                exporter.insert(key.into(), v);
+            }
+        }
+        exporter.insert("config".into(), serde_json::Value::Object(config));
+        serde_json::from_value(serde_json::Value::Object(exporter)).map_err(|e| e.to_string())
+    }
+
+    /// Checks everything but the sink's own config. Errors name the field.
+    pub fn validate(&self) -> Result<ExporterSettings, String> {
+        let name = LedgerName::parse(&self.name)
+            .map_err(|e| format!("name: {:?} is not a valid exporter name ({e})", self.name))?;
+        if self.ledgers.is_empty() {
+            return Err("ledgers: give at least one glob (\"*\" for every ledger)".into());
+        }
+        let patterns = self
+            .ledgers
+            .iter()
+            .map(|g| glob::Pattern::new(g).map_err(|e| format!("ledgers: {g:?} is not a valid glob: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dead_letter = match self.dead_letter.as_str() {
+            "" => None,
+            dl => Some(LedgerName::parse(dl).map_err(|e| format!("dead_letter: {dl:?}: {e}"))?),
+        };
+        let b = &self.batch;
+        if !(1..=EXPORT_BATCH_ENTRIES_MAX).contains(&b.max_entries) {
+            return Err(format!("batch.max_entries: {} is outside 1..={EXPORT_BATCH_ENTRIES_MAX}", b.max_entries));
+        }
+        if !(1..=EXPORT_BATCH_BYTES_MAX).contains(&b.max_bytes.0) {
+            return Err(format!("batch.max_bytes: {} is outside 1..={EXPORT_BATCH_BYTES_MAX}", b.max_bytes.0));
+        }
+        if b.linger.0 > Duration::from_millis(EXPORT_LINGER_MS_MAX) {
+            return Err(format!("batch.linger: {:?} is longer than {EXPORT_LINGER_MS_MAX} ms", b.linger.0));
+        }
+        let r = &self.retry;
+        let wait_max = Duration::from_millis(RETRY_WAIT_MS_MAX);
+        if r.initial.0.is_zero() || r.initial.0 > r.max.0 || r.max.0 > wait_max {
+            return Err(format!("retry: need 0 < initial ({:?}) <= max ({:?}) <= {wait_max:?}", r.initial.0, r.max.0));
+        }
+        if !(1..=EXPORT_PARALLEL_LEDGERS_MAX).contains(&self.max_parallel_ledgers) {
+            return Err(format!(
+                "max_parallel_ledgers: {} is outside 1..={EXPORT_PARALLEL_LEDGERS_MAX}",
+                self.max_parallel_ledgers
+            ));
+        }
+        Ok(ExporterSettings {
+            matcher: LedgerMatcher { patterns, exclude: dead_letter.clone() },
+            name,
+            sink: self.sink.clone(),
+            start: self.start,
+            batch: BatchPolicy { max_entries: b.max_entries, max_bytes: b.max_bytes.0 as usize, linger: b.linger.0 },
+            retry: RetryPolicy { initial: r.initial.0, max: r.max.0, max_attempts: r.max_attempts },
+            dead_letter,
+            max_parallel_ledgers: self.max_parallel_ledgers,
+        })
+    }
+}
+
+/// Which ledgers an exporter ships: any glob matches, and never its own
+/// dead-letter ledger (a failing sink would feed it forever).
+#[derive(Debug, Clone)]
+pub struct LedgerMatcher {
+    patterns: Vec<glob::Pattern>,
+    exclude: Option<LedgerName>,
+}
+
+impl LedgerMatcher {
+    pub fn matches(&self, ledger: &LedgerName) -> bool {
+        self.exclude.as_ref() != Some(ledger) && self.patterns.iter().any(|p| p.matches(ledger.as_str()))
+    }
+}
+
+/// When a batch goes out, and how big it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPolicy {
+    pub max_entries: usize,
+    pub max_bytes: usize,
+    /// How long the first waiting entry may wait for more to join it.
+    pub linger: Duration,
+}
+
+/// How failed deliveries are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    /// Attempts of one batch before it counts as failed; 0 = forever.
+    pub max_attempts: u32,
+}
+
+/// A validated exporter, minus its sink.
+#[derive(Debug, Clone)]
+pub struct ExporterSettings {
+    pub name: LedgerName,
+    /// The sink kind, e.g. `file`.
+    pub sink: String,
+    pub matcher: LedgerMatcher,
+    pub start: StartAt,
+    pub batch: BatchPolicy,
+    pub retry: RetryPolicy,
+    pub dead_letter: Option<LedgerName>,
+    pub max_parallel_ledgers: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> LedgerName {
+        LedgerName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_flag_splits_exporter_keys_from_sink_keys() {
+        let c = ExporterConfig::from_flag(
+            r#"audit=file:{"dir":"/tmp/x","ledgers":["a*"],"batch":{"max_entries":5,"linger":"0ms"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.name, "audit");
+        assert_eq!(c.sink, "file");
+        assert_eq!(c.ledgers, vec!["a*".to_string()]);
+        assert_eq!(c.batch.max_entries, 5);
+        assert_eq!(c.config.get("dir").unwrap(), "/tmp/x");
+        assert!(c.config.get("ledgers").is_none());
+        let s = c.validate().unwrap();
+        assert!(s.matcher.matches(&name("ab")) && !s.matcher.matches(&name("ba")));
+        assert_eq!(s.batch.linger, Duration::ZERO);
+        assert_eq!(ExporterConfig::from_flag("out=stdout").unwrap().sink, "stdout");
+    }
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        let bad = [
+            (r#"x=file:{"batch":{"max_entries":0}}"#, "batch.max_entries"),
+            (r#"x=file:{"batch":{"max_bytes":"1TiB"}}"#, "batch.max_bytes"),
+            (r#"x=file:{"retry":{"initial":"1m","max":"1s"}}"#, "retry"),
+            (r#"x=file:{"max_parallel_ledgers":0}"#, "max_parallel_ledgers"),
+            (r#"x=file:{"dead_letter":"../dlq"}"#, "dead_letter"),
+            (r#"x=file:{"ledgers":["[a"]}"#, "ledgers"),
+            (r#"x=file:{"ledgers":[]}"#, "ledgers"),
+            (r#"../x=file:{}"#, "name"),
+        ];
+        for (flag, field) in bad {
+            let err = ExporterConfig::from_flag(flag).unwrap().validate().unwrap_err();
+            assert!(err.starts_with(field), "{flag}: {err}");
+        }
+        let err = ExporterConfig::from_flag(r#"x=file:{"start":"middle"}"#).unwrap_err();
+        assert!(err.contains("middle"), "{err}");
+        assert!(ExporterConfig::from_flag("x").is_err());
+        assert!(ExporterConfig::from_flag("x=file:[1]").is_err());
+    }
+
+    #[test]
+    fn the_dead_letter_ledger_is_never_exported_by_its_exporter() {
+        let s = ExporterConfig::from_flag(r#"x=file:{"dead_letter":"dlq"}"#).unwrap().validate().unwrap();
+        assert!(!s.matcher.matches(&name("dlq")));
+        assert!(s.matcher.matches(&name("audit")));
+    }
+}

@@ -1,0 +1,106 @@
+//! The `Sink` trait: what a destination driver promises the runtime, and
+//! what the runtime promises it.
+//!
+//! # Contract
+//!
+//! - The runtime calls [`Sink::prepare`] for a ledger before its first
+//!   delivery in this process, and again after any failed, cancelled or
+//!   abandoned delivery and after a reset, passing the durable cursor (the
+//!   last id the sink acknowledged, 0 for none). A sink that keeps state at
+//!   the destination (the file sink) cuts it back to the cursor here.
+//! - [`Sink::deliver`] gets one batch of consecutive entries of one ledger,
+//!   starting right after the cursor. At most one batch per (exporter,
+//!   ledger) is in flight at a time; batches of different ledgers may be.
+//! - `Ok(Ack { through })` means every entry up to `through` (the last id of
+//!   the batch, or fewer) is durable at the destination: the runtime writes
+//!   `through` as the cursor and never sends those entries again unless a
+//!   reset asks for it. A sink must not acknowledge before that point.
+//! - `Err(SinkError::Retryable)` means nothing of the batch may be assumed
+//!   delivered; the runtime backs off (at least `retry_after` when given)
+//!   and sends the entries after the cursor again. Any part that did arrive
+//!   arrives again: the sink's dedup (see `docs/sinks.md`) makes that
+//!   harmless.
+//! - `Err(SinkError::Permanent)` means retrying the same batch will fail the
+//!   same way (bad request, schema mismatch). The runtime dead-letters the
+//!   batch when the exporter has a `dead_letter` ledger, and otherwise stops
+//!   the ledger in the `failed` state until it is resumed or reset.
+//!
+//! # Cancel safety
+//!
+//! `deliver` and `prepare` futures may be dropped at any await point (at
+//! shutdown, pause-for-reset, or ledger deletion). A dropped delivery counts
+//! as unacknowledged, and the runtime calls `prepare` before the next one,
+//! so a sink must only ensure that state left by a dropped future is either
+//! harmless to repeat or undone by `prepare`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use ferry_core::{Entry, EntryId, LedgerName};
+
+/// Consecutive entries of one ledger, first id right after the cursor.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub exporter: LedgerName,
+    pub ledger: LedgerName,
+    /// Never empty; ids consecutive.
+    pub entries: Vec<Entry>,
+}
+
+impl Batch {
+    pub fn first_id(&self) -> EntryId {
+        self.entries.first().map_or(0, |e| e.id)
+    }
+
+    pub fn last_id(&self) -> EntryId {
+        self.entries.last().map_or(0, |e| e.id)
+    }
+
+    /// `{exporter}/{ledger}/{first_id}-{last_id}`: names this batch the
+    /// same way on every retry, for receivers that deduplicate.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}/{}-{}", self.exporter, self.ledger, self.first_id(), self.last_id())
+    }
+}
+
+/// A sink's acknowledgement: entries up to `through` are durable there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub through: EntryId,
+}
+
+/// Why a delivery (or `prepare`) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// Transient: try again later (at least `retry_after` later when set).
+    #[error("{message}")]
+    Retryable { message: String, retry_after: Option<Duration> },
+    /// The same batch will keep failing.
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl SinkError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self::Retryable { message: message.into(), retry_after: None }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent { message: message.into() }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Permanent { .. })
+    }
+}
+
+/// A destination driver. See the module documentation for the contract.
+pub trait Sink: Send + Sync + 'static {
+    /// Makes the destination's view of `ledger` agree with `cursor` before
+    /// deliveries (re)start.
+    fn prepare(&self, ledger: &LedgerName, cursor: EntryId) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Delivers one batch; `Ok` only once it is durable at the destination.
+    fn deliver(&self, batch: &Batch) -> impl Future<Output = Result<Ack, SinkError>> + Send;
+}

@@ -1,0 +1,269 @@
+//! `file`: JSON lines in `{dir}/{ledger}/{first_id:020}.jsonl`, a new file
+//! when the current one would pass `max_file_bytes`.
+//!
+//! **Why exactly once in effect.** A batch is acknowledged only after its
+//! lines are written and `fdatasync`'d (and the directory synced when a
+//! file was created), so every id up to the cursor is in the files. Bytes
+//! past the cursor can exist only from a delivery that was not
+//! acknowledged (a crash, a failed sync, a cancelled write); the runtime
+//! calls `prepare(cursor)` before the next delivery, which removes every
+//! file that starts after the cursor and truncates the last one right after
+//! the line of id `cursor`. The next batch starts at `cursor + 1`. So the
+//! files always hold ids `first..=cursor` once each, in order, whatever
+//! happened in between. A reset to an earlier id cuts the files back the
+//! same way and rewrites from there.
+
+mod config;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use config::FileConfig;
+use ferry_core::{EntryId, LedgerName};
+use ferry_export::{Ack, Batch, SinkError};
+use ferry_store::durable;
+
+const SUFFIX: &str = ".jsonl";
+const NAME_DIGITS: usize = 20;
+
+pub struct FileSink {
+    config: Arc<FileConfig>,
+    ledgers: Mutex<HashMap<LedgerName, Arc<Mutex<LedgerFiles>>>>,
+}
+
+/// What the sink knows of one ledger's files after `prepare`.
+#[derive(Debug)]
+struct LedgerFiles {
+    dir: PathBuf,
+    /// The file being appended to, with its length; `None` starts a new one.
+    current: Option<Current>,
+    /// The last id written and synced (the cursor after `prepare`).
+    synced: EntryId,
+    /// False until `prepare` ran, and again after any failure.
+    prepared: bool,
+}
+
+#[derive(Debug)]
+struct Current {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl FileSink {
+    pub fn new(config: FileConfig) -> Result<Self, String> {
+        durable::create_dir_all(&config.dir).map_err(|e| format!("config.dir: {e}"))?;
+        Ok(Self { config: Arc::new(config), ledgers: Mutex::new(HashMap::new()) })
+    }
+
+    fn ledger(&self, ledger: &LedgerName) -> Arc<Mutex<LedgerFiles>> {
+        let mut map = self.ledgers.lock().expect("file sink lock");
+        map.entry(ledger.clone())
+            .or_insert_with(|| {
+                let dir = self.config.dir.join(ledger.as_str());
+                Arc::new(Mutex::new(LedgerFiles { dir, current: None, synced: 0, prepared: false }))
+            })
+            .clone()
+    }
+
+    pub async fn prepare(&self, ledger: &LedgerName, cursor: EntryId) -> Result<(), SinkError> {
+        let state = self.ledger(ledger);
+        blocking(move || {
+            let mut files = state.lock().expect("ledger files lock");
+            files.prepared = false;
+            files.current = None;
+            cut_back(&files.dir, cursor).map(|current| {
+                files.current = current;
+                files.synced = cursor;
+                files.prepared = true;
+            })
+        })
+        .await
+    }
+
+    pub async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
+        let state = self.ledger(&batch.ledger);
+        let max = self.config.max_file_bytes;
+        let lines: Vec<(EntryId, Vec<u8>)> = batch
+            .entries
+            .iter()
+            .map(|e| {
+                let mut line = Vec::with_capacity(e.payload.len() + 96);
+                e.write_json(&mut line);
+                line.push(b'\n');
+                (e.id, line)
+            })
+            .collect();
+        let through = batch.last_id();
+        blocking(move || {
+            let mut files = state.lock().expect("ledger files lock");
+            if !files.prepared || lines.first().map(|l| l.0) != Some(files.synced + 1) {
+                files.prepared = false;
+                return Err(format!("batch does not follow id {} of the files; preparing again", files.synced));
+            }
+            let written = write_lines(&mut files, &lines, max);
+            if written.is_err() {
+                files.prepared = false;
+            } else {
+                files.synced = through;
+            }
+            written
+        })
+        .await?;
+        Ok(Ack { through })
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, SinkError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SinkError::retryable(format!("file sink task: {e}")))?
+        .map_err(SinkError::retryable)
+}
+
+/// Appends the lines, rolling to a new file named after the first id it
+/// holds, then syncs every file written and (if one was created) the
+/// directory.
+fn write_lines(files: &mut LedgerFiles, lines: &[(EntryId, Vec<u8>)], max: u64) -> Result<(), String> {
+    let mut touched: Vec<usize> = Vec::new();
+    let mut created = false;
+    let mut opened: Vec<Current> = Vec::new();
+    if let Some(c) = files.current.take() {
+        opened.push(c);
+    }
+    let mut pending: Vec<u8> = Vec::new();
+    for (id, line) in lines {
+        let roll = match opened.last() {
+            None => true,
+            Some(c) => c.len > 0 && c.len + line.len() as u64 > max,
+        };
+        if roll {
+            if let Some(c) = opened.last_mut() {
+                flush(c, &mut pending)?;
+            }
+            let path = files.dir.join(format!("{id:0NAME_DIGITS$}{SUFFIX}"));
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("create {}: {e}", path.display()))?;
+            opened.push(Current { file, path, len: 0 });
+            created = true;
+        }
+        let c = opened.last_mut().expect("a file is open");
+        c.len += line.len() as u64;
+        pending.extend_from_slice(line);
+        let at = opened.len() - 1;
+        if touched.last() != Some(&at) {
+            touched.push(at);
+        }
+    }
+    if let Some(c) = opened.last_mut() {
+        flush(c, &mut pending)?;
+    }
+    for &i in &touched {
+        let c = &opened[i];
+        durable::sync_data(&c.file, &c.path).map_err(|e| e.to_string())?;
+    }
+    if created {
+        durable::sync_dir(&files.dir).map_err(|e| e.to_string())?;
+    }
+    files.current = opened.pop();
+    Ok(())
+}
+
+fn flush(c: &mut Current, pending: &mut Vec<u8>) -> Result<(), String> {
+    c.file.write_all(pending).map_err(|e| format!("write {}: {e}", c.path.display()))?;
+    pending.clear();
+    Ok(())
+}
+
+/// The ledger's files, by the first id each holds.
+fn list(dir: &Path) -> Result<Vec<(EntryId, PathBuf)>, String> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(format!("list {}: {e}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("list {}: {e}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else { continue };
+        if stem.len() == NAME_DIGITS
+            && stem.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(id) = stem.parse()
+        {
+            out.push((id, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Makes the files hold exactly the ids up to `cursor`: removes files that
+/// start after it and truncates the last one after the line of `cursor`.
+/// Returns the file to keep appending to (`None`: start a new one).
+fn cut_back(dir: &Path, cursor: EntryId) -> Result<Option<Current>, String> {
+    durable::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let files = list(dir)?;
+    let mut removed = false;
+    for (_, path) in files.iter().rev().take_while(|(first, _)| *first > cursor) {
+        durable::remove_file(path).map_err(|e| e.to_string())?;
+        removed = true;
+    }
+    if removed {
+        durable::sync_dir(dir).map_err(|e| e.to_string())?;
+    }
+    let Some((_, path)) = files.iter().rev().find(|(first, _)| *first <= cursor) else { return Ok(None) };
+    let file =
+        OpenOptions::new().read(true).append(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let (end, last) = end_of(&file, path, cursor)?;
+    let len = file.metadata().map_err(|e| format!("stat {}: {e}", path.display()))?.len();
+    if len != end {
+        durable::truncate(&file, path, end).map_err(|e| e.to_string())?;
+    }
+    if last < cursor {
+        // The files end before the cursor (a reset forward, or files removed
+        // by hand): continue in a new file named after the next id.
+        tracing::warn!(file = %path.display(), last, cursor, "file sink: files end before the cursor");
+        return Ok(None);
+    }
+    Ok(Some(Current { file, path: path.clone(), len: end }))
+}
+
+/// The byte offset just after the line of id `cursor` (or after the last
+/// complete line with a smaller id), and that line's id.
+fn end_of(file: &File, path: &Path, cursor: EntryId) -> Result<(u64, EntryId), String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: EntryId,
+    }
+    let mut reader = BufReader::new(file);
+    let (mut offset, mut end, mut last) = (0u64, 0u64, 0);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(|e| format!("read {}: {e}", path.display()))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            return Ok((end, last)); // end of file, or a torn last line
+        }
+        let id = serde_json::from_slice::<IdOnly>(&line)
+            .map_err(|e| format!("{} at offset {offset}: not an entry line: {e}", path.display()))?
+            .id;
+        if id > cursor {
+            return Ok((end, last));
+        }
+        if id <= last && last != 0 {
+            return Err(format!("{} at offset {offset}: id {id} after id {last}", path.display()));
+        }
+        offset += n as u64;
+        (end, last) = (offset, id);
+    }
+}
+
+#[cfg(test)]
+mod tests;

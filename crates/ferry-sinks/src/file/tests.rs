@@ -1,0 +1,131 @@
+use super::*;
+use ferry_core::{Entry, Payload};
+
+fn name(s: &str) -> LedgerName {
+    LedgerName::parse(s).unwrap()
+}
+
+fn batch(ledger: &str, ids: std::ops::RangeInclusive<EntryId>) -> Batch {
+    let ledger = name(ledger);
+    let entries = ids
+        .map(|id| Entry {
+            ledger: ledger.clone(),
+            id,
+            ts: 1_700_000_000_000 + id,
+            key: None,
+            payload: Payload::from_json(&format!(r#"{{"n":{id},"pad":"{}"}}"#, "x".repeat(100))).unwrap(),
+        })
+        .collect();
+    Batch { exporter: name("x"), ledger, entries }
+}
+
+fn sink(dir: &Path, max_file_bytes: u64) -> FileSink {
+    FileSink::new(FileConfig { dir: dir.to_path_buf(), max_file_bytes }).unwrap()
+}
+
+/// Every id in the ledger's files, in file and line order.
+fn ids_in(dir: &Path, ledger: &str) -> Vec<EntryId> {
+    let mut ids = Vec::new();
+    for (first, path) in list(&dir.join(ledger)).unwrap() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let in_file: Vec<EntryId> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(in_file.first(), Some(&first), "{} is named after its first id", path.display());
+        ids.extend(in_file);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn files_roll_by_size_and_are_named_by_their_first_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(dir.path(), 1024);
+    s.prepare(&name("a"), 0).await.unwrap();
+    for range in [1..=5, 6..=20, 21..=21] {
+        let b = batch("a", range);
+        assert_eq!(s.deliver(&b).await.unwrap(), Ack { through: b.last_id() });
+    }
+    assert_eq!(ids_in(dir.path(), "a"), (1..=21).collect::<Vec<_>>());
+    let files = list(&dir.path().join("a")).unwrap();
+    assert!(files.len() > 2, "{files:?}");
+    for (_, path) in &files {
+        assert!(std::fs::metadata(path).unwrap().len() <= 1024, "{} stays within max_file_bytes", path.display());
+    }
+}
+
+#[tokio::test]
+async fn prepare_cuts_everything_past_the_cursor_including_torn_lines_and_later_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(dir.path(), 1024);
+    s.prepare(&name("a"), 0).await.unwrap();
+    s.deliver(&batch("a", 1..=20)).await.unwrap();
+    // A torn line at the end, as a crash in the middle of a write leaves it.
+    let (_, last) = list(&dir.path().join("a")).unwrap().pop().unwrap();
+    let mut f = OpenOptions::new().append(true).open(&last).unwrap();
+    f.write_all(br#"{"ledger":"a","id":21,"ts":1,"pay"#).unwrap();
+    drop(f);
+
+    // A fresh sink (a restart) whose cursor is 12: ids 13.. were never acked.
+    let s = sink(dir.path(), 1024);
+    s.prepare(&name("a"), 12).await.unwrap();
+    assert_eq!(ids_in(dir.path(), "a"), (1..=12).collect::<Vec<_>>());
+    s.deliver(&batch("a", 13..=25)).await.unwrap();
+    assert_eq!(ids_in(dir.path(), "a"), (1..=25).collect::<Vec<_>>(), "each id once, in order");
+
+    s.prepare(&name("a"), 0).await.unwrap();
+    assert!(ids_in(dir.path(), "a").is_empty(), "a reset to the start empties the files");
+}
+
+#[tokio::test]
+async fn a_cursor_past_the_files_continues_in_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(dir.path(), 1 << 20);
+    s.prepare(&name("a"), 0).await.unwrap();
+    s.deliver(&batch("a", 1..=3)).await.unwrap();
+    s.prepare(&name("a"), 10).await.unwrap();
+    s.deliver(&batch("a", 11..=12)).await.unwrap();
+    let firsts: Vec<EntryId> = list(&dir.path().join("a")).unwrap().into_iter().map(|(f, _)| f).collect();
+    assert_eq!(firsts, vec![1, 11]);
+}
+
+#[tokio::test]
+async fn a_batch_that_does_not_follow_the_files_is_refused_until_prepared() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(dir.path(), 1 << 20);
+    assert!(s.deliver(&batch("a", 1..=2)).await.is_err(), "not prepared");
+    s.prepare(&name("a"), 0).await.unwrap();
+    let err = s.deliver(&batch("a", 5..=6)).await.unwrap_err();
+    assert!(!err.is_permanent() && err.to_string().contains("preparing again"), "{err}");
+    assert!(s.deliver(&batch("a", 1..=2)).await.is_err(), "a refused batch requires prepare again");
+    s.prepare(&name("a"), 0).await.unwrap();
+    s.deliver(&batch("a", 1..=2)).await.unwrap();
+    assert_eq!(ids_in(dir.path(), "a"), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_damaged_line_before_the_cursor_is_reported_with_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(dir.path(), 1 << 20);
+    s.prepare(&name("a"), 0).await.unwrap();
+    s.deliver(&batch("a", 1..=3)).await.unwrap();
+    let (_, path) = list(&dir.path().join("a")).unwrap().pop().unwrap();
+    let mut text = std::fs::read(&path).unwrap();
+    let second_line = text.iter().position(|b| *b == b'\n').unwrap() + 1;
+    text[second_line] = b'#';
+    std::fs::write(&path, text).unwrap();
+    let err = s.prepare(&name("a"), 3).await.unwrap_err().to_string();
+    assert!(err.contains(&path.display().to_string()) && err.contains(&format!("offset {second_line}")), "{err}");
+}
+
+#[test]
+fn config_requires_a_dir_and_a_sane_size() {
+    let v = |j: serde_json::Value| FileConfig::validate(j);
+    assert!(v(serde_json::json!({})).unwrap_err().starts_with("config.dir"));
+    assert!(
+        v(serde_json::json!({"dir": "/x", "max_file_bytes": "1B"})).unwrap_err().starts_with("config.max_file_bytes")
+    );
+    assert!(v(serde_json::json!({"dir": "/x", "dirr": 1})).unwrap_err().contains("dirr"));
+    assert_eq!(v(serde_json::json!({"dir": "/x"})).unwrap().max_file_bytes, 64 << 20);
+}

@@ -1,0 +1,125 @@
+//! `http`: each batch is one POST (a JSON array, or NDJSON), with
+//! `Idempotency-Key: {exporter}/{ledger}/{first_id}-{last_id}` and, when a
+//! secret is set, `Ferry-Signature: t={unix seconds},v1={hex HMAC-SHA256 of
+//! "{t}.{body}"}`. 2xx acknowledges the batch; 408, 429 and 5xx, timeouts
+//! and connection errors are retried (after `Retry-After` when sent); any
+//! other status is a permanent failure.
+//!
+//! **Why exactly once in effect.** The runtime re-sends a batch until a 2xx
+//! arrives, so the receiver sees every entry at least once. A retried
+//! batch starts at the same id as the first attempt (the cursor did not
+//! move), and carries the same `Idempotency-Key` unless entries were
+//! appended in between, in which case the key's range differs but every
+//! entry still carries its `(ledger, id)`. A receiver that records the
+//! highest id applied per ledger (or the keys it has seen) drops the
+//! repeats: that dedup is the receiver's half of the contract, and the
+//! signature lets it trust the body.
+
+mod config;
+
+use std::time::{Duration, SystemTime};
+
+pub use config::{BodyFormat, HttpConfig};
+use ferry_core::limits::RETRY_WAIT_MS_MAX;
+use ferry_core::{EntryId, LedgerName};
+use ferry_export::{Ack, Batch, SinkError};
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+
+/// Response bytes quoted in an error.
+const ERROR_BODY_BYTES_MAX: usize = 256;
+
+pub struct HttpSink {
+    config: HttpConfig,
+    client: reqwest::Client,
+}
+
+impl HttpSink {
+    pub fn new(config: HttpConfig) -> Result<Self, String> {
+        // reqwest is built without a TLS provider; ferry uses ring. Installing
+        // it twice is a no-op, so a sink built outside `ferry serve` works too.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .default_headers(config.headers.clone())
+            .build()
+            .map_err(|e| format!("config: build the HTTP client: {e}"))?;
+        Ok(Self { config, client })
+    }
+
+    pub async fn prepare(&self, _ledger: &LedgerName, _cursor: EntryId) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    pub async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
+        let (body, content_type) = match self.config.format {
+            BodyFormat::Json => (json_array(batch), "application/json"),
+            BodyFormat::Ndjson => (crate::json_lines(batch), "application/x-ndjson"),
+        };
+        let mut request = self
+            .client
+            .post(self.config.url.clone())
+            .header(CONTENT_TYPE, content_type)
+            .header("Idempotency-Key", batch.idempotency_key());
+        if let Some(secret) = &self.config.secret {
+            let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            request = request.header("Ferry-Signature", signature(secret, t, &body));
+        }
+        let response = request.body(body).send().await.map_err(|e| {
+            let what = if e.is_timeout() { "timed out" } else { "failed" };
+            SinkError::retryable(format!("POST {} {what}: {e}", self.config.url))
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Ack { through: batch.last_id() });
+        }
+        let retry_after = response.headers().get(RETRY_AFTER).and_then(parse_retry_after);
+        let text = response.text().await.unwrap_or_default();
+        let snippet: String = text.chars().take(ERROR_BODY_BYTES_MAX).collect();
+        let message = format!("POST {} answered {status}: {snippet}", self.config.url);
+        if retryable(status) {
+            Err(SinkError::Retryable { message, retry_after })
+        } else {
+            Err(SinkError::permanent(message))
+        }
+    }
+}
+
+fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+fn json_array(batch: &Batch) -> Vec<u8> {
+    let mut out = Vec::with_capacity(batch.entries.iter().map(|e| e.payload.len() + 96).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, e) in batch.entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        e.write_json(&mut out);
+    }
+    out.push(b']');
+    out
+}
+
+/// `t={t},v1={hex(HMAC-SHA256(secret, "{t}." + body))}`.
+pub fn signature(secret: &str, t: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date, capped.
+fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    let wait = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(text).ok()?.duration_since(SystemTime::now()).unwrap_or_default(),
+    };
+    Some(wait.min(Duration::from_millis(RETRY_WAIT_MS_MAX)))
+}
+
+#[cfg(test)]
+mod tests;
