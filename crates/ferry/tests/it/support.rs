@@ -208,9 +208,27 @@ impl Server {
     }
 
     pub async fn try_start_on(data_dir: &Path, config: Option<&Path>, port: u16) -> Result<Server, StartError> {
+        Self::try_start_env(data_dir, config, port, &[]).await
+    }
+
+    /// Starts `ferry serve` with extra environment (e.g. `FAILPOINTS`).
+    pub async fn start_env(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Server {
+        match Self::try_start_env(data_dir, config, free_port(), env).await {
+            Ok(server) => server,
+            Err(StartError::Exited(e)) => panic!("ferry serve exited ({}):\n{}", e.status, e.stderr),
+        }
+    }
+
+    pub async fn try_start_env(
+        data_dir: &Path,
+        config: Option<&Path>,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Result<Server, StartError> {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let (stdout_path, stderr_path) = output_files(data_dir);
         let mut cmd = serve_command(data_dir, config, port);
+        cmd.envs(env.iter().copied());
         cmd.stdout(File::create(&stdout_path).expect("stdout file"));
         cmd.stderr(File::create(&stderr_path).expect("stderr file"));
         let child = cmd.spawn().expect("spawn ferry serve");
@@ -249,6 +267,11 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Everything the server wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        read_lossy(&self.stdout_path)
     }
 
     /// Everything the server wrote to stderr so far.
@@ -384,6 +407,26 @@ impl Server {
             if lines.len() == before {
                 return lines;
             }
+        }
+    }
+
+    /// `GET /v1/exporters/{name}`.
+    pub async fn exporter(&self, name: &str) -> Value {
+        let r = self.get(&format!("/v1/exporters/{name}")).await;
+        assert_eq!(r.status, 200, "GET /v1/exporters/{name}: {}", r.text);
+        r.json()
+    }
+
+    /// Polls the exporter's status until `done` holds (30 s at most).
+    pub async fn wait_exporter(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let status = self.exporter(name).await;
+            if done(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "exporter {name}: {what} did not happen within 30 s: {status:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
