@@ -45,9 +45,16 @@ impl SinkConfig {
     }
 }
 
-/// Deserialises a sink's raw config, naming the field on error.
+/// Deserialises a sink's raw config, naming the field on error
+/// (`config.dir: invalid type: …`).
 fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(value).map_err(|e| format!("config: {e}"))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." => format!("config: {}", e.inner()),
+            _ => format!("config.{path}: {}", e.inner()),
+        }
+    })
 }
 
 /// Any built sink.

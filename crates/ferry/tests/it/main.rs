@@ -4,6 +4,8 @@
 mod api;
 mod cli;
 mod crash;
+mod export_crash;
+mod exporters;
 mod packs;
 mod support;
 mod tools;
