@@ -1,0 +1,180 @@
+//! The exporter runtime against a real store in a temp dir, with sinks
+//! written for the test (they record what arrives and misbehave on
+//! purpose): parallelism bounds, partial and bogus acknowledgements,
+//! shutdown with a hanging sink, ledgers created while running.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_core::{EntryId, LedgerName, NewEntry, Payload};
+use ferry_export::{Ack, Batch, CursorTable, ExporterConfig, ExporterStatus, Exporters, Sink, SinkError};
+use ferry_store::{Store, StoreConfig};
+
+/// How a test sink behaves.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Acknowledges the whole batch after `delay`.
+    Ack { delay: Duration },
+    /// Acknowledges only the first two entries of each batch.
+    Partial,
+    /// Acknowledges an id past the batch.
+    Beyond,
+    /// Never answers.
+    Hang,
+}
+
+#[derive(Clone)]
+struct TestSink {
+    mode: Mode,
+    /// Acknowledged ids per ledger, in order.
+    acked: Arc<Mutex<BTreeMap<LedgerName, Vec<EntryId>>>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+}
+
+impl TestSink {
+    fn new(mode: Mode) -> Self {
+        Self { mode, acked: Default::default(), in_flight: Default::default(), max_in_flight: Default::default() }
+    }
+}
+
+impl Sink for TestSink {
+    async fn prepare(&self, ledger: &LedgerName, cursor: EntryId) -> Result<(), SinkError> {
+        // Like the file sink: whatever lies past the cursor is cut.
+        let mut acked = self.acked.lock().unwrap();
+        acked.entry(ledger.clone()).or_default().retain(|id| *id <= cursor);
+        Ok(())
+    }
+
+    async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let through = match self.mode {
+            Mode::Ack { delay } => {
+                tokio::time::sleep(delay).await;
+                batch.last_id()
+            }
+            Mode::Partial => (batch.first_id() + 1).min(batch.last_id()),
+            Mode::Beyond => batch.last_id() + 5,
+            Mode::Hang => std::future::pending().await,
+        };
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let mut acked = self.acked.lock().unwrap();
+        let ids = acked.entry(batch.ledger.clone()).or_default();
+        ids.extend(batch.entries.iter().map(|e| e.id).filter(|id| *id <= through));
+        Ok(Ack { through })
+    }
+}
+
+fn name(s: &str) -> LedgerName {
+    LedgerName::parse(s).unwrap()
+}
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(StoreConfig::new(dir)).unwrap()
+}
+
+async fn fill(store: &Store, ledger: &str, n: usize) {
+    let entries = (0..n).map(|i| NewEntry {
+        key: None,
+        idempotency_key: None,
+        payload: Payload::from_json(&i.to_string()).unwrap(),
+    });
+    store.append(&name(ledger), entries.collect()).await.unwrap();
+}
+
+async fn start(store: &Store, flag: &str, sink: TestSink) -> Exporters {
+    let settings = ExporterConfig::from_flag(flag).unwrap().validate().unwrap();
+    let table = Arc::new(CursorTable::new([(&settings.name, &settings.matcher)]));
+    Exporters::start(store.clone(), table, vec![(settings, sink)]).await.unwrap()
+}
+
+async fn wait_caught_up(exporters: &Exporters, exporter: &str, ledgers: usize) -> ExporterStatus {
+    for _ in 0..3000 {
+        let s = exporters.status(exporter).await.unwrap();
+        if s.ledgers.len() == ledgers && s.ledgers.iter().all(|l| l.lag == 0) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{exporter} did not catch up: {:?}", exporters.status(exporter).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_than_max_parallel_ledgers_deliver_at_once_and_all_arrive_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..10 {
+        fill(&store, &format!("l{i}"), 50).await;
+    }
+    let sink = TestSink::new(Mode::Ack { delay: Duration::from_millis(5) });
+    let exporters =
+        start(&store, r#"x=t:{"max_parallel_ledgers":3,"batch":{"max_entries":10,"linger":"0ms"}}"#, sink.clone())
+            .await;
+    wait_caught_up(&exporters, "x", 10).await;
+    assert_eq!(sink.max_in_flight.load(Ordering::SeqCst), 3, "three at once, never more");
+    for (ledger, ids) in sink.acked.lock().unwrap().iter() {
+        assert_eq!(ids, &(1..=50).collect::<Vec<_>>(), "{ledger}");
+    }
+    // A ledger created while running is picked up.
+    fill(&store, "later", 4).await;
+    wait_caught_up(&exporters, "x", 11).await;
+    assert_eq!(sink.acked.lock().unwrap()[&name("later")], vec![1, 2, 3, 4]);
+    exporters.shutdown(Duration::from_secs(5)).await;
+    let cursors = store.cursors().unwrap();
+    assert_eq!(cursors.len(), 11);
+    assert!(cursors.iter().all(|c| c.id == if c.ledger.as_str() == "later" { 4 } else { 50 }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_acknowledgement_moves_the_cursor_only_that_far() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, "a", 9).await;
+    let sink = TestSink::new(Mode::Partial);
+    let exporters = start(&store, r#"x=t:{"batch":{"max_entries":5,"linger":"0ms"}}"#, sink.clone()).await;
+    wait_caught_up(&exporters, "x", 1).await;
+    assert_eq!(sink.acked.lock().unwrap()[&name("a")], (1..=9).collect::<Vec<_>>());
+    exporters.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_beyond_the_batch_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, "a", 3).await;
+    let exporters =
+        start(&store, r#"x=t:{"retry":{"initial":"10ms","max":"20ms"}}"#, TestSink::new(Mode::Beyond)).await;
+    let mut status = exporters.status("x").await.unwrap();
+    for _ in 0..500 {
+        if status.ledgers.first().is_some_and(|l| l.attempts >= 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = exporters.status("x").await.unwrap();
+    }
+    let l = &status.ledgers[0];
+    assert_eq!((l.cursor, l.state.as_str()), (0, "backing_off"), "{l:?}");
+    assert!(l.last_error.as_deref().unwrap().contains("outside the batch"), "{l:?}");
+    exporters.shutdown(Duration::from_secs(5)).await;
+    assert!(store.cursors().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_abandons_a_hanging_delivery_at_the_timeout_and_is_safe_to_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, "a", 3).await;
+    let sink = TestSink::new(Mode::Hang);
+    let exporters = start(&store, r#"x=t:{"batch":{"linger":"0ms"}}"#, sink.clone()).await;
+    while sink.max_in_flight.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let bounded = tokio::time::timeout(Duration::from_secs(20), exporters.shutdown(Duration::from_millis(100))).await;
+    assert!(bounded.is_ok(), "shutdown waited on the hanging sink");
+    exporters.shutdown(Duration::from_millis(100)).await;
+    assert!(exporters.status("x").await.is_err(), "the exporter is gone");
+    assert!(store.cursors().unwrap().is_empty(), "an abandoned batch is not acknowledged");
+}
