@@ -42,6 +42,9 @@ impl HttpSink {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
+            // A redirect is an answer to act on (a 3xx is a permanent
+            // failure), not something to follow with a re-sent body.
+            .redirect(reqwest::redirect::Policy::none())
             .default_headers(config.headers.clone())
             .build()
             .map_err(|e| format!("config: build the HTTP client: {e}"))?;
