@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod crash;
+mod export_http;
 mod packs;
 mod support;
 mod tools;
