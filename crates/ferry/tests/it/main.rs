@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod crash;
 mod export_crash;
+mod export_http;
 mod exporters;
 mod packs;
 mod support;
