@@ -17,7 +17,7 @@ use ferry_core::bus::{Received, Subscription};
 use ferry_core::events::{Appended, SystemEvent};
 use ferry_core::limits::{EXPORT_CONTROL_QUEUE_DEPTH, EXPORT_WAKEUPS_BUFFER};
 use ferry_core::{EntryId, LedgerName, now_ms};
-use ferry_store::{CursorUpdate, LedgerInfo, Store, StoreError};
+use ferry_store::{CursorUpdate, LedgerHead, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -96,7 +96,7 @@ impl Exporters {
             blocking(move || store.cursors()).await?
         };
         table.load(loaded.into_iter().map(|c| (c.exporter, c.ledger, c.id)));
-        let ledgers = store.list_ledgers();
+        let ledgers = store.ledger_heads();
         let mut updates = Vec::new();
         for (settings, _) in exporters.iter().filter(|(s, _)| s.start == StartAt::Latest) {
             for info in ledgers.iter().filter(|l| settings.matcher.matches(&l.name)) {
@@ -233,7 +233,7 @@ impl Exporters {
         let ledgers = cursors
             .into_iter()
             .map(|(ledger, cursor)| {
-                let head = self.inner.store.ledger_info(&ledger).map_or(cursor, |i| i.head);
+                let head = self.inner.store.ledger_head(&ledger).map_or(cursor, |i| i.head);
                 LedgerStatus {
                     ledger,
                     cursor,
@@ -363,7 +363,7 @@ impl<S: Sink> Supervisor<S> {
     /// Brings every tracked ledger up to the store's heads, tracks new
     /// ledgers and forgets deleted ones. Reads memory only.
     fn resync(&mut self) {
-        let infos = self.store.list_ledgers();
+        let infos = self.store.ledger_heads();
         let live: HashMap<&LedgerName, u64> = infos.iter().map(|i| (&i.name, i.incarnation)).collect();
         let gone: Vec<LedgerName> = self
             .ledgers
@@ -391,7 +391,7 @@ impl<S: Sink> Supervisor<S> {
             self.adjust_lag(before, after);
             self.evaluate(ledger);
         } else if self.settings.matcher.matches(ledger)
-            && let Some(info) = self.store.ledger_info(ledger)
+            && let Some(info) = self.store.ledger_head(ledger)
         {
             self.track(&info);
         }
@@ -405,7 +405,7 @@ impl<S: Sink> Supervisor<S> {
         match event.kind {
             "ledger.deleted" => self.forget(&name),
             "ledger.created" => {
-                if let Some(info) = self.store.ledger_info(&name) {
+                if let Some(info) = self.store.ledger_head(&name) {
                     if self.ledgers.get(&name).is_some_and(|t| t.incarnation != info.incarnation) {
                         self.forget(&name);
                     }
@@ -420,7 +420,7 @@ impl<S: Sink> Supervisor<S> {
 
     /// Starts tracking a ledger at its stored cursor, or (a ledger with
     /// none) before its First.
-    fn track(&mut self, info: &LedgerInfo) {
+    fn track(&mut self, info: &LedgerHead) {
         if !self.settings.matcher.matches(&info.name) {
             return;
         }
@@ -665,7 +665,7 @@ impl<S: Sink> Supervisor<S> {
         self.cancel_jobs().await;
         let mut updates = Vec::new();
         for ledger in &targets {
-            let (Some(t), Some(info)) = (self.ledgers.get(ledger), self.store.ledger_info(ledger)) else { continue };
+            let (Some(t), Some(info)) = (self.ledgers.get(ledger), self.store.ledger_head(ledger)) else { continue };
             let id = (from_id.max(info.first) - 1).min(info.head);
             updates.push(CursorUpdate::Set {
                 exporter: name.clone(),
@@ -688,7 +688,7 @@ impl<S: Sink> Supervisor<S> {
         let now = Instant::now().into_std();
         for update in updates {
             let CursorUpdate::Set { ledger, id, .. } = update else { continue };
-            let head = self.store.ledger_info(&ledger).map_or(0, |i| i.head);
+            let head = self.store.ledger_head(&ledger).map_or(0, |i| i.head);
             if let Some(t) = self.ledgers.get_mut(&ledger) {
                 let before = t.machine.lag();
                 t.machine.on_head(head, now);

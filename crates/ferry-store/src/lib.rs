@@ -26,4 +26,4 @@ mod wal;
 pub use catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
 pub use error::{Result, StoreError};
 pub use shared::{RetentionHold, RetentionPolicy};
-pub use store::{AppendOutcome, CursorUpdate, ExportCursor, LedgerInfo, ReadBatch, Store, StoreConfig};
+pub use store::{AppendOutcome, CursorUpdate, ExportCursor, LedgerHead, LedgerInfo, ReadBatch, Store, StoreConfig};

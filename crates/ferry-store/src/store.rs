@@ -95,10 +95,18 @@ pub struct LedgerInfo {
     /// Bytes the ledger's records take in storage.
     pub bytes: u64,
     pub created_at: u64,
+}
+
+/// Where a ledger stands, from memory: what exporters follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerHead {
+    pub name: LedgerName,
     /// Tells this ledger from another of the same name (deleted and created
-    /// again) within this process; not part of the API.
-    #[serde(skip)]
+    /// again) within this process.
     pub incarnation: u64,
+    pub first: EntryId,
+    /// `first - 1` for a ledger with no entries.
+    pub head: EntryId,
 }
 
 /// An exporter's cursor as the catalog holds it.
@@ -423,6 +431,17 @@ impl Store {
         self.inner.shared.ledger(name).map(|s| info(&s))
     }
 
+    /// One ledger's position, from memory.
+    pub fn ledger_head(&self, name: &LedgerName) -> Option<LedgerHead> {
+        self.inner.shared.ledger(name).map(|s| head_of(&s))
+    }
+
+    /// Every ledger's position, from memory.
+    pub fn ledger_heads(&self) -> Vec<LedgerHead> {
+        let ledgers = self.inner.shared.ledgers.read().expect("ledgers lock");
+        ledgers.values().map(|s| head_of(s)).collect()
+    }
+
     pub fn list_ledgers(&self) -> Vec<LedgerInfo> {
         let ledgers = self.inner.shared.ledgers.read().expect("ledgers lock");
         ledgers.values().map(|s| info(s)).collect()
@@ -550,6 +569,11 @@ fn check_len(field: &'static str, value: Option<&str>, max: usize) -> Result<()>
     }
 }
 
+fn head_of(state: &LedgerState) -> LedgerHead {
+    let index = state.index.read().expect("index lock");
+    LedgerHead { name: state.name.clone(), incarnation: state.incarnation, first: index.first, head: index.head() }
+}
+
 fn info(state: &LedgerState) -> LedgerInfo {
     let index = state.index.read().expect("index lock");
     LedgerInfo {
@@ -559,7 +583,6 @@ fn info(state: &LedgerState) -> LedgerInfo {
         entries: (index.head() + 1).saturating_sub(index.first),
         bytes: index.hot_bytes + index.pack_bytes(),
         created_at: state.meta.created_at,
-        incarnation: state.incarnation,
     }
 }
 
