@@ -10,6 +10,7 @@
 
 mod disk;
 mod driver;
+mod export;
 mod http;
 mod raw;
 mod replay;
@@ -112,6 +113,20 @@ struct Args {
     /// next to the raw zstd decompression of the same blocks.
     #[arg(long)]
     replay: Option<u64>,
+    /// Instead of appends: fill `--export-ledgers` ledgers with this many
+    /// entries in all [default: 1,000,000; 100,000 with --quick], time one
+    /// `file` exporter shipping them next to the store reading them back,
+    /// then the append → sink-ack latency at `--export-rate`.
+    #[arg(long, value_name = "ENTRIES", num_args = 0..=1, conflicts_with = "replay")]
+    export: Option<Option<u64>>,
+    /// Ledgers of `--export`; also its reader threads and the exporter's
+    /// `max_parallel_ledgers`.
+    #[arg(long, default_value_t = 4)]
+    export_ledgers: usize,
+    /// Single-entry appends per second while `--export` measures latency
+    /// (for 5 s, 2 s with --quick, per linger).
+    #[arg(long, default_value_t = 1000)]
+    export_rate: u32,
 }
 
 /// What to run: every cell, against the bound and each target, in rounds.
@@ -158,6 +173,24 @@ impl Plan {
     }
 }
 
+/// `--export`'s run; `--quick` makes it small and a single round.
+fn export_options(args: &Args, entries: Option<u64>) -> anyhow::Result<export::Options> {
+    let default_entries = if args.quick { 100_000 } else { 1_000_000 };
+    let options = export::Options {
+        entries: entries.unwrap_or(default_entries),
+        ledgers: args.export_ledgers,
+        payload_bytes: args.payloads.first().copied().unwrap_or(256),
+        rounds: if args.quick { 1 } else { args.rounds },
+        rate: args.export_rate,
+        window: Duration::from_secs(if args.quick { 2 } else { 5 }),
+    };
+    ensure!(options.ledgers > 0, "--export-ledgers must be at least 1");
+    ensure!(options.entries >= options.ledgers as u64, "--export needs at least one entry per ledger");
+    ensure!((1..=100_000).contains(&options.rate), "--export-rate must be 1..=100000");
+    ensure!(options.payload_bytes >= 128, "--export payloads must be at least 128 bytes");
+    Ok(options)
+}
+
 /// Every payload × every client count, payload-major.
 fn grid(clients: &[usize], payloads: &[usize], batch: usize) -> Vec<Cell> {
     payloads.iter().flat_map(|&p| clients.iter().map(move |&c| Cell { clients: c, payload_bytes: p, batch })).collect()
@@ -178,6 +211,25 @@ async fn main() -> anyhow::Result<()> {
         );
         let replay = replay::run(&parent, entries, payload, args.rounds).await?;
         print!("{}", replay.report());
+        return Ok(());
+    }
+    if let Some(entries) = args.export {
+        let options = export_options(&args, entries)?;
+        let fs = disk::filesystem_type(&parent).unwrap_or_else(|| "unknown fs".into());
+        println!(
+            "ferry-bench export: {} entries of {} B in {} ledgers under {} ({fs}), {} cores, load {}",
+            options.entries,
+            options.payload_bytes,
+            options.ledgers,
+            parent.display(),
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load_average()
+        );
+        let report = export::run(&parent, &options).await?;
+        print!("{}", report.text());
+        if let Some(path) = &args.json {
+            report::write_json(path, &report)?;
+        }
         return Ok(());
     }
     let http = HttpOptions { server: args.server.clone(), token: args.token.clone() };
@@ -298,6 +350,20 @@ mod tests {
         .unwrap();
         assert_eq!(plan.targets, [Target::Raw, Target::Store]);
         assert_eq!(plan.cells, grid(&[2, 3], &[64], 1));
+    }
+
+    #[test]
+    fn export_takes_an_optional_entry_count() {
+        let options = |extra: &[&str]| {
+            let a = args(extra);
+            export_options(&a, a.export.expect("--export given")).unwrap()
+        };
+        assert_eq!((options(&["--export"]).entries, options(&["--export"]).rounds), (1_000_000, 3));
+        assert_eq!(options(&["--export", "5000"]).entries, 5000);
+        let quick = options(&["--quick", "--export"]);
+        assert_eq!((quick.entries, quick.rounds, quick.window), (100_000, 1, Duration::from_secs(2)));
+        assert_eq!(args(&[]).export, None);
+        assert!(Args::try_parse_from(["ferry-bench", "--export", "--replay", "10"]).is_err());
     }
 
     #[test]

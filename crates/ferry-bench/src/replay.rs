@@ -2,7 +2,7 @@
 //! through `Store::read`, next to the raw zstd decompression of the very
 //! same pack blocks (the floor any pack reader pays), in one run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -58,7 +58,11 @@ pub async fn run(parent: &Path, entries: u64, payload_bytes: usize, rounds: u32)
     ensure!(entries > 0, "--replay must be at least chunk_entries ({chunk})");
     let ledger = LedgerName::parse("replay").expect("valid name");
     fill(&store, &ledger, entries, payload_bytes).await?;
-    let packs = wait_frozen(dir.path(), &ledger, entries / chunk).await?;
+    let paths = wait_frozen(dir.path(), &ledger, entries / chunk).await?;
+    let packs: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("read {}", p.display())))
+        .collect::<Result<_, _>>()?;
 
     let mut best: Option<Replay> = None;
     for _ in 0..rounds {
@@ -79,7 +83,7 @@ pub async fn run(parent: &Path, entries: u64, payload_bytes: usize, rounds: u32)
     Ok(best.expect("at least one round"))
 }
 
-async fn fill(store: &Store, ledger: &LedgerName, entries: u64, payload_bytes: usize) -> anyhow::Result<()> {
+pub(crate) async fn fill(store: &Store, ledger: &LedgerName, entries: u64, payload_bytes: usize) -> anyhow::Result<()> {
     let mut written = 0;
     while written < entries {
         let n = (entries - written).min(FILL_BATCH as u64);
@@ -98,7 +102,7 @@ async fn fill(store: &Store, ledger: &LedgerName, entries: u64, payload_bytes: u
 /// An audit-log-like payload of about `bytes` bytes whose fields vary from
 /// entry to entry (a run of one letter would compress ~100× and make the
 /// decompression floor unrealistically fast).
-fn audit_payload(i: u64, bytes: usize) -> String {
+pub(crate) fn audit_payload(i: u64, bytes: usize) -> String {
     const WORDS: [&str; 12] = [
         "login", "logout", "transfer", "refund", "update", "delete", "view", "export", "grant", "revoke", "pay", "open",
     ];
@@ -127,9 +131,9 @@ fn audit_payload(i: u64, bytes: usize) -> String {
     )
 }
 
-/// Waits until `count` pack files exist and the hot tier holds nothing of
-/// the ledger; returns the packs' bytes.
-async fn wait_frozen(dir: &Path, ledger: &LedgerName, count: u64) -> anyhow::Result<Vec<Vec<u8>>> {
+/// Waits until the ledger's first `count` chunks are packs and the hot
+/// tier holds none of them; returns the packs' paths.
+pub(crate) async fn wait_frozen(dir: &Path, ledger: &LedgerName, count: u64) -> anyhow::Result<Vec<PathBuf>> {
     let bucket = |c: u64| dir.join("ledgers").join(ledger.as_str()).join(format!("{:05}", c / 1000));
     let path = |c: u64| bucket(c).join(format!("{c:08}.pack"));
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -139,12 +143,12 @@ async fn wait_frozen(dir: &Path, ledger: &LedgerName, count: u64) -> anyhow::Res
     }
     // The key flips to frozen right after the rename; give it a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    (0..count).map(|c| std::fs::read(path(c)).with_context(|| format!("read pack {c}"))).collect()
+    Ok((0..count).map(path).collect())
 }
 
 /// Reads the whole ledger through the store; returns the time and the
 /// payload bytes read.
-fn read_all(store: &Store, ledger: &LedgerName) -> anyhow::Result<(Duration, u64)> {
+pub(crate) fn read_all(store: &Store, ledger: &LedgerName) -> anyhow::Result<(Duration, u64)> {
     let started = Instant::now();
     let (mut from, mut bytes) = (1, 0u64);
     loop {

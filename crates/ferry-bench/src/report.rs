@@ -90,10 +90,10 @@ fn cells(row: &Row) -> [String; 9] {
     ]
 }
 
-/// Writes the rows as a JSON array.
-pub fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+/// Writes the rows (or any other report) as pretty JSON.
+pub fn write_json(path: &Path, report: &impl Serialize) -> anyhow::Result<()> {
     let mut file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-    serde_json::to_writer_pretty(&mut file, rows)?;
+    serde_json::to_writer_pretty(&mut file, report)?;
     writeln!(file).with_context(|| format!("write {}", path.display()))
 }
 
@@ -147,7 +147,7 @@ fn bytes(n: usize) -> String {
     if n >= 1024 && n.is_multiple_of(1024) { format!("{}KiB", n / 1024) } else { format!("{n}B") }
 }
 
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -159,7 +159,7 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn latency(d: Duration) -> String {
+pub(crate) fn latency(d: Duration) -> String {
     match d.as_micros() {
         us if us < 1_000 => format!("{us}µs"),
         us if us < 1_000_000 => format!("{:.2}ms", us as f64 / 1e3),
