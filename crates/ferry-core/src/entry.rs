@@ -26,14 +26,27 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Bytes `write_json` appends, at most.
+    pub fn json_len_max(&self) -> usize {
+        // 45 bytes of fixed text (the key's included), two u64s of up to 20
+        // digits, the ledger name, and the key escaped at worst six bytes
+        // per byte (`\u00XX`).
+        96 + self.ledger.as_str().len() + self.key.as_ref().map_or(0, |k| 6 * k.len()) + self.payload.len()
+    }
+
     /// Appends the entry's JSON form to `out`:
     /// `{"ledger":"audit","id":42,"ts":1763769600123,"key":"user-7","payload":{…}}`,
     /// `key` omitted when absent. Written by hand because it is the hot path
     /// of every read, and the payload is already compact JSON text.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        use std::io::Write as _;
+        let mut numbers = itoa::Buffer::new();
         // Ledger names need no escaping: their alphabet is [a-z0-9._-].
-        let _ = write!(out, r#"{{"ledger":"{}","id":{},"ts":{}"#, self.ledger, self.id, self.ts);
+        out.extend_from_slice(br#"{"ledger":""#);
+        out.extend_from_slice(self.ledger.as_str().as_bytes());
+        out.extend_from_slice(br#"","id":"#);
+        out.extend_from_slice(numbers.format(self.id).as_bytes());
+        out.extend_from_slice(br#","ts":"#);
+        out.extend_from_slice(numbers.format(self.ts).as_bytes());
         if let Some(key) = &self.key {
             out.extend_from_slice(br#","key":"#);
             // Writing a str into a Vec cannot fail.

@@ -28,24 +28,34 @@ pub(crate) struct Job<S> {
     pub batch: BatchPolicy,
     pub dead_letter: Option<LedgerName>,
     pub cancel: CancellationToken,
+    /// The ledger's head when the job started.
+    pub head: EntryId,
+    /// Entries read ahead by the previous delivery, used when they start
+    /// right after the cursor.
+    pub prefetched: Option<Vec<Entry>>,
+    /// Whether to read the next batch while the sink works on this one.
+    pub read_ahead: bool,
 }
 
-/// How a job ended, and how many entries it moved.
+/// How a job ended, how many entries it moved, and the entries after them
+/// when it read ahead.
 pub(crate) struct Done {
     pub outcome: Outcome,
     pub entries: u64,
+    pub prefetched: Option<Vec<Entry>>,
 }
 
 impl Done {
     fn only(outcome: Outcome) -> Self {
-        Self { outcome, entries: 0 }
+        Self { outcome, entries: 0, prefetched: None }
     }
 }
 
 impl<S: Sink> Job<S> {
-    /// Prepares the sink if asked, reads the batch after `cursor`, delivers
-    /// it, and writes the acknowledged cursor.
-    pub async fn deliver(self, cursor: EntryId, prepare: bool) -> Done {
+    /// Prepares the sink if asked, reads the batch after `cursor` (or takes
+    /// the entries read ahead), delivers it while reading the next batch
+    /// ahead, and writes the acknowledged cursor.
+    pub async fn deliver(mut self, cursor: EntryId, prepare: bool) -> Done {
         let from = cursor + 1;
         if prepare {
             let prepared = tokio::select! {
@@ -56,19 +66,30 @@ impl<S: Sink> Job<S> {
                 return Done::only(Outcome::Failed { from, to: from, error });
             }
         }
-        let entries = match self.read(from, self.batch.max_entries).await {
-            Ok(entries) => entries,
-            Err(StoreError::BelowFirst { first, .. }) => return self.skip(first - 1).await,
-            Err(StoreError::LedgerNotFound(_)) => return Done::only(Outcome::Cancelled),
-            Err(e) => return Done::only(Outcome::Failed { from, to: from, error: store_error("read", &e) }),
+        let prefetched = self.prefetched.take().filter(|p| p.first().map(|e| e.id) == Some(from));
+        let entries = match prefetched {
+            Some(entries) => entries,
+            None => match self.read(from, self.batch.max_entries).await {
+                Ok(entries) => entries,
+                Err(StoreError::BelowFirst { first, .. }) => return self.skip(first - 1).await,
+                Err(StoreError::LedgerNotFound(_)) => return Done::only(Outcome::Cancelled),
+                Err(e) => return Done::only(Outcome::Failed { from, to: from, error: store_error("read", &e) }),
+            },
         };
-        let entries = trim(entries, self.batch.max_bytes);
+        let (entries, rest) = trim(entries, self.batch.max_bytes);
         let Some(to) = entries.last().map(|e| e.id) else {
             return Done::only(Outcome::Failed {
                 from,
                 to: from,
                 error: SinkError::retryable("read returned nothing"),
             });
+        };
+        // Read the next batch while the sink works: reading and delivering
+        // overlap, and the next job starts with its entries in hand.
+        let ahead = match rest {
+            Some(rest) => Ahead::Ready(rest),
+            None if self.read_ahead && self.head > to => Ahead::Reading(self.spawn_read(to + 1)),
+            None => Ahead::None,
         };
         let batch = Batch { exporter: self.exporter.clone(), ledger: self.ledger.clone(), entries };
         let acked = tokio::select! {
@@ -84,10 +105,20 @@ impl<S: Sink> Job<S> {
             Err(error) => return Done::only(Outcome::Failed { from, to, error }),
         };
         match self.commit(through).await {
-            Ok(()) => Done { outcome: Outcome::Delivered { through }, entries: through - cursor },
+            Ok(()) => {
+                // After a partial acknowledgement the entries read ahead do
+                // not follow the cursor.
+                let prefetched = if through == to { ahead.take().await } else { None };
+                Done { outcome: Outcome::Delivered { through }, entries: through - cursor, prefetched }
+            }
             Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Cancelled),
             Err(e) => Done::only(Outcome::Failed { from, to, error: store_error("write the cursor", &e) }),
         }
+    }
+
+    fn spawn_read(&self, from: EntryId) -> tokio::task::JoinHandle<Result<Vec<Entry>, StoreError>> {
+        let (store, ledger, limit) = (self.store.clone(), self.ledger.clone(), self.batch.max_entries);
+        tokio::task::spawn_blocking(move || store.read(&ledger, Some(from), limit).map(|b| b.entries))
     }
 
     /// Appends ids `from..=to` to the dead-letter ledger, each with the
@@ -124,7 +155,7 @@ impl<S: Sink> Job<S> {
             id = last + 1;
         }
         match self.commit(to).await {
-            Ok(()) => Done { outcome: Outcome::DeadLettered { through: to }, entries: to + 1 - from },
+            Ok(()) => Done { outcome: Outcome::DeadLettered { through: to }, entries: to + 1 - from, prefetched: None },
             Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Cancelled),
             Err(e) => Done::only(Outcome::Failed { from, to, error: store_error("write the cursor", &e) }),
         }
@@ -193,12 +224,33 @@ impl<S: Sink> Job<S> {
     }
 }
 
+/// The batch after the one being delivered.
+enum Ahead {
+    None,
+    /// Entries the byte limit left out of this batch.
+    Ready(Vec<Entry>),
+    Reading(tokio::task::JoinHandle<Result<Vec<Entry>, StoreError>>),
+}
+
+impl Ahead {
+    /// The entries, if there are any and the read worked (a failed read
+    /// ahead is simply done again by the next job).
+    async fn take(self) -> Option<Vec<Entry>> {
+        match self {
+            Ahead::None => None,
+            Ahead::Ready(entries) => Some(entries),
+            Ahead::Reading(read) => read.await.ok()?.ok().filter(|e| !e.is_empty()),
+        }
+    }
+}
+
 fn store_error(what: &str, e: &StoreError) -> SinkError {
     SinkError::retryable(format!("{what}: {e}"))
 }
 
-/// The leading entries whose JSON fits in `max_bytes` (at least one).
-fn trim(mut entries: Vec<Entry>, max_bytes: usize) -> Vec<Entry> {
+/// Splits off the leading entries whose JSON fits in `max_bytes` (at least
+/// one); the rest, if any, is the start of the next batch.
+fn trim(mut entries: Vec<Entry>, max_bytes: usize) -> (Vec<Entry>, Option<Vec<Entry>>) {
     let mut bytes = 0;
     let keep = entries
         .iter()
@@ -206,9 +258,10 @@ fn trim(mut entries: Vec<Entry>, max_bytes: usize) -> Vec<Entry> {
             bytes += e.payload.len() + e.key.as_ref().map_or(0, String::len) + ENTRY_JSON_OVERHEAD_BYTES;
             bytes <= max_bytes
         })
-        .count();
-    entries.truncate(keep.max(1));
-    entries
+        .count()
+        .max(1);
+    let rest = (keep < entries.len()).then(|| entries.split_off(keep));
+    (entries, rest)
 }
 
 /// Splits entries into appends of at most `max_bytes` of payload (at least
@@ -249,9 +302,11 @@ mod tests {
     #[test]
     fn trim_keeps_at_least_one_entry_and_stops_at_max_bytes() {
         let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 100)).collect();
-        assert_eq!(trim(entries.clone(), 1).len(), 1);
-        assert_eq!(trim(entries.clone(), 3 * (102 + ENTRY_JSON_OVERHEAD_BYTES)).len(), 3);
-        assert_eq!(trim(entries, usize::MAX).len(), 10);
+        let (kept, rest) = trim(entries.clone(), 1);
+        assert_eq!((kept.len(), rest.map(|r| r[0].id)), (1, Some(2)));
+        assert_eq!(trim(entries.clone(), 3 * (102 + ENTRY_JSON_OVERHEAD_BYTES)).0.len(), 3);
+        let (kept, rest) = trim(entries, usize::MAX);
+        assert_eq!((kept.len(), rest.is_none()), (10, true));
     }
 
     #[test]

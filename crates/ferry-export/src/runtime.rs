@@ -280,6 +280,8 @@ struct Tracked {
     wake: Option<Instant>,
     /// Cancels the job in flight.
     cancel: Option<CancellationToken>,
+    /// The next batch's entries, read ahead by the last delivery.
+    prefetched: Option<Vec<ferry_core::Entry>>,
 }
 
 struct Supervisor<S> {
@@ -294,6 +296,9 @@ struct Supervisor<S> {
     workers: JoinSet<Done>,
     jobs: HashMap<tokio::task::Id, (LedgerName, u64)>,
     total_lag: u64,
+    /// Ledgers holding entries read ahead: at most `max_parallel_ledgers`
+    /// (plus the jobs running), so memory stays bounded by batch sizes.
+    prefetched: usize,
 }
 
 impl<S: Sink> Supervisor<S> {
@@ -310,6 +315,7 @@ impl<S: Sink> Supervisor<S> {
             workers: JoinSet::new(),
             jobs: HashMap::new(),
             total_lag: 0,
+            prefetched: 0,
         }
     }
 
@@ -435,7 +441,14 @@ impl<S: Sink> Supervisor<S> {
             machine.pause();
         }
         self.adjust_lag(0, machine.lag());
-        let tracked = Tracked { machine, incarnation: info.incarnation, queued: false, wake: None, cancel: None };
+        let tracked = Tracked {
+            machine,
+            incarnation: info.incarnation,
+            queued: false,
+            wake: None,
+            cancel: None,
+            prefetched: None,
+        };
         self.ledgers.insert(info.name.clone(), tracked);
         self.evaluate(&info.name);
     }
@@ -450,6 +463,7 @@ impl<S: Sink> Supervisor<S> {
             if let Some(w) = t.wake {
                 self.timers.remove(&(w, ledger.clone()));
             }
+            self.prefetched -= t.prefetched.is_some() as usize;
             self.adjust_lag(t.machine.lag(), 0);
         }
         self.table.forget_ledger(ledger);
@@ -510,7 +524,12 @@ impl<S: Sink> Supervisor<S> {
                 metrics::counter!("ferry_exporter_retries_total", "exporter" => self.settings.name.to_string())
                     .increment(1);
             }
+            let prefetched = t.prefetched.take();
+            self.prefetched -= prefetched.is_some() as usize;
             let job = Job {
+                head: t.machine.head(),
+                prefetched,
+                read_ahead: self.prefetched < self.settings.max_parallel_ledgers,
                 store: self.store.clone(),
                 sink: self.sink.clone(),
                 exporter: self.settings.name.clone(),
@@ -536,12 +555,16 @@ impl<S: Sink> Supervisor<S> {
             Err(e) => {
                 tracing::error!(exporter = %self.settings.name, error = %e, "export job panicked");
                 let error = SinkError::retryable(format!("export job failed: {e}"));
-                (e.id(), Done { outcome: Outcome::Failed { from: 0, to: 0, error }, entries: 0 })
+                (e.id(), Done { outcome: Outcome::Failed { from: 0, to: 0, error }, entries: 0, prefetched: None })
             }
         };
         let Some((ledger, incarnation)) = self.jobs.remove(&id) else { return };
         let Some(t) = self.ledgers.get_mut(&ledger).filter(|t| t.incarnation == incarnation) else { return };
         t.cancel = None;
+        if let Some(entries) = done.prefetched {
+            self.prefetched += t.prefetched.is_none() as usize;
+            t.prefetched = Some(entries);
+        }
         let outcome = match done.outcome {
             // A panicked job's range is unknown: retry from the cursor.
             Outcome::Failed { from: 0, to: 0, error } => {
@@ -686,6 +709,9 @@ impl<S: Sink> Supervisor<S> {
             return Err(ExportError::ResetFailed { exporter: name, source });
         }
         let now = Instant::now().into_std();
+        // Entries read ahead follow the old cursors.
+        self.ledgers.values_mut().for_each(|t| t.prefetched = None);
+        self.prefetched = 0;
         for update in updates {
             let CursorUpdate::Set { ledger, id, .. } = update else { continue };
             let head = self.store.ledger_head(&ledger).map_or(0, |i| i.head);

@@ -91,10 +91,13 @@ async fn start(store: &Store, flag: &str, sink: TestSink) -> Exporters {
     Exporters::start(store.clone(), table, vec![(settings, sink)]).await.unwrap()
 }
 
-async fn wait_caught_up(exporters: &Exporters, exporter: &str, ledgers: usize) -> ExporterStatus {
+/// Waits until the exporter tracks `ledgers` ledgers, all caught up and
+/// with `entries` acknowledged in all.
+async fn wait_caught_up(exporters: &Exporters, exporter: &str, ledgers: usize, entries: u64) -> ExporterStatus {
     for _ in 0..3000 {
         let s = exporters.status(exporter).await.unwrap();
-        if s.ledgers.len() == ledgers && s.ledgers.iter().all(|l| l.lag == 0) {
+        let acked: u64 = s.ledgers.iter().map(|l| l.cursor).sum();
+        if s.ledgers.len() == ledgers && s.ledgers.iter().all(|l| l.lag == 0) && acked == entries {
             return s;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -113,14 +116,14 @@ async fn no_more_than_max_parallel_ledgers_deliver_at_once_and_all_arrive_once_i
     let exporters =
         start(&store, r#"x=t:{"max_parallel_ledgers":3,"batch":{"max_entries":10,"linger":"0ms"}}"#, sink.clone())
             .await;
-    wait_caught_up(&exporters, "x", 10).await;
+    wait_caught_up(&exporters, "x", 10, 500).await;
     assert_eq!(sink.max_in_flight.load(Ordering::SeqCst), 3, "three at once, never more");
     for (ledger, ids) in sink.acked.lock().unwrap().iter() {
         assert_eq!(ids, &(1..=50).collect::<Vec<_>>(), "{ledger}");
     }
     // A ledger created while running is picked up.
     fill(&store, "later", 4).await;
-    wait_caught_up(&exporters, "x", 11).await;
+    wait_caught_up(&exporters, "x", 11, 504).await;
     assert_eq!(sink.acked.lock().unwrap()[&name("later")], vec![1, 2, 3, 4]);
     exporters.shutdown(Duration::from_secs(5)).await;
     let cursors = store.cursors().unwrap();
@@ -135,7 +138,7 @@ async fn a_partial_acknowledgement_moves_the_cursor_only_that_far() {
     fill(&store, "a", 9).await;
     let sink = TestSink::new(Mode::Partial);
     let exporters = start(&store, r#"x=t:{"batch":{"max_entries":5,"linger":"0ms"}}"#, sink.clone()).await;
-    wait_caught_up(&exporters, "x", 1).await;
+    wait_caught_up(&exporters, "x", 1, 9).await;
     assert_eq!(sink.acked.lock().unwrap()[&name("a")], (1..=9).collect::<Vec<_>>());
     exporters.shutdown(Duration::from_secs(5)).await;
 }

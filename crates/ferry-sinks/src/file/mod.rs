@@ -87,20 +87,11 @@ impl FileSink {
     pub async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
         let state = self.ledger(&batch.ledger);
         let max = self.config.max_file_bytes;
-        let lines: Vec<(EntryId, Vec<u8>)> = batch
-            .entries
-            .iter()
-            .map(|e| {
-                let mut line = Vec::with_capacity(e.payload.len() + 96);
-                e.write_json(&mut line);
-                line.push(b'\n');
-                (e.id, line)
-            })
-            .collect();
+        let lines = Lines::of(batch);
         let through = batch.last_id();
         blocking(move || {
             let mut files = state.lock().expect("ledger files lock");
-            if !files.prepared || lines.first().map(|l| l.0) != Some(files.synced + 1) {
+            if !files.prepared || lines.first_id() != Some(files.synced + 1) {
                 files.prepared = false;
                 return Err(format!("batch does not follow id {} of the files; preparing again", files.synced));
             }
@@ -124,60 +115,83 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
         .map_err(SinkError::retryable)
 }
 
-/// Appends the lines, rolling to a new file named after the first id it
-/// holds, then syncs every file written and (if one was created) the
-/// directory.
-fn write_lines(files: &mut LedgerFiles, lines: &[(EntryId, Vec<u8>)], max: u64) -> Result<(), String> {
-    let mut touched: Vec<usize> = Vec::new();
-    let mut created = false;
-    let mut opened: Vec<Current> = Vec::new();
-    if let Some(c) = files.current.take() {
-        opened.push(c);
+/// A batch as JSON lines in one buffer, with where each line ends.
+struct Lines {
+    bytes: Vec<u8>,
+    /// Each entry's id and the offset just past its line.
+    ends: Vec<(EntryId, usize)>,
+}
+
+impl Lines {
+    fn of(batch: &Batch) -> Self {
+        let capacity = batch.entries.iter().map(|e| e.json_len_max() + 1).sum();
+        let mut bytes = Vec::with_capacity(capacity);
+        let mut ends = Vec::with_capacity(batch.entries.len());
+        for e in &batch.entries {
+            e.write_json(&mut bytes);
+            bytes.push(b'\n');
+            ends.push((e.id, bytes.len()));
+        }
+        Self { bytes, ends }
     }
-    let mut pending: Vec<u8> = Vec::new();
-    for (id, line) in lines {
-        let roll = match opened.last() {
+
+    fn first_id(&self) -> Option<EntryId> {
+        self.ends.first().map(|(id, _)| *id)
+    }
+}
+
+/// Appends the lines, starting a new file (named after the first id it
+/// holds) before a line that would take the current one past `max`, then
+/// syncs every file written and, if one was created, the directory. One
+/// `write` per file.
+fn write_lines(files: &mut LedgerFiles, lines: &Lines, max: u64) -> Result<(), String> {
+    let mut current = files.current.take();
+    let mut finished: Vec<Current> = Vec::new();
+    let (mut start, mut created) = (0, false);
+    for (i, &(id, end)) in lines.ends.iter().enumerate() {
+        let line_start = if i == 0 { 0 } else { lines.ends[i - 1].1 };
+        let roll = match &current {
             None => true,
-            Some(c) => c.len > 0 && c.len + line.len() as u64 > max,
+            Some(c) => {
+                let before = c.len + (line_start - start) as u64;
+                before > 0 && before + (end - line_start) as u64 > max
+            }
         };
         if roll {
-            if let Some(c) = opened.last_mut() {
-                flush(c, &mut pending)?;
+            if let Some(mut c) = current.take() {
+                append(&mut c, &lines.bytes[start..line_start])?;
+                finished.push(c);
             }
-            let path = files.dir.join(format!("{id:0NAME_DIGITS$}{SUFFIX}"));
-            let file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| format!("create {}: {e}", path.display()))?;
-            opened.push(Current { file, path, len: 0 });
+            start = line_start;
+            current = Some(create(&files.dir, id)?);
             created = true;
         }
-        let c = opened.last_mut().expect("a file is open");
-        c.len += line.len() as u64;
-        pending.extend_from_slice(line);
-        let at = opened.len() - 1;
-        if touched.last() != Some(&at) {
-            touched.push(at);
-        }
     }
-    if let Some(c) = opened.last_mut() {
-        flush(c, &mut pending)?;
-    }
-    for &i in &touched {
-        let c = &opened[i];
+    let Some(mut last) = current else { return Ok(()) };
+    append(&mut last, &lines.bytes[start..])?;
+    for c in finished.iter().chain([&last]) {
         durable::sync_data(&c.file, &c.path).map_err(|e| e.to_string())?;
     }
     if created {
         durable::sync_dir(&files.dir).map_err(|e| e.to_string())?;
     }
-    files.current = opened.pop();
+    files.current = Some(last);
     Ok(())
 }
 
-fn flush(c: &mut Current, pending: &mut Vec<u8>) -> Result<(), String> {
-    c.file.write_all(pending).map_err(|e| format!("write {}: {e}", c.path.display()))?;
-    pending.clear();
+fn create(dir: &Path, first_id: EntryId) -> Result<Current, String> {
+    let path = dir.join(format!("{first_id:0NAME_DIGITS$}{SUFFIX}"));
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("create {}: {e}", path.display()))?;
+    Ok(Current { file, path, len: 0 })
+}
+
+fn append(c: &mut Current, bytes: &[u8]) -> Result<(), String> {
+    c.file.write_all(bytes).map_err(|e| format!("write {}: {e}", c.path.display()))?;
+    c.len += bytes.len() as u64;
     Ok(())
 }
 
