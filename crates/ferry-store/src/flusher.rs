@@ -312,7 +312,12 @@ impl Flusher {
         let Some(file) = s.segments.file(segment) else { return Ok(()) };
         let path = s.segments.path(segment);
         let len = file.metadata().map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?.len();
-        let bytes = s.segments.read_at(segment, 0, len as usize)?;
+        // Read through the handle taken above, not by segment number: the
+        // freezer may release the segment (every record frozen) meanwhile,
+        // and its open file still reads; nothing in it is live then.
+        let mut bytes = vec![0; len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut bytes, 0)
+            .map_err(|e| StoreError::io(format!("read {}", path.display()), e))?;
         buf.clear();
         // (ledger, id, old position, offset in buf, encoded size)
         let mut moved = Vec::new();
