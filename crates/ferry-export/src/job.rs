@@ -25,6 +25,8 @@ pub(crate) struct Job<S> {
     pub exporter: LedgerName,
     pub ledger: LedgerName,
     pub incarnation: u64,
+    /// The ledger's `created_at`, in dead-letter idempotency keys.
+    pub created_at: u64,
     pub batch: BatchPolicy,
     pub dead_letter: Option<LedgerName>,
     pub cancel: CancellationToken,
@@ -72,7 +74,7 @@ impl<S: Sink> Job<S> {
             None => match self.read(from, self.batch.max_entries).await {
                 Ok(entries) => entries,
                 Err(StoreError::BelowFirst { first, .. }) => return self.skip(first - 1).await,
-                Err(StoreError::LedgerNotFound(_)) => return Done::only(Outcome::Cancelled),
+                Err(StoreError::LedgerNotFound(_)) => return Done::only(Outcome::Gone),
                 Err(e) => return Done::only(Outcome::Failed { from, to: from, error: store_error("read", &e) }),
             },
         };
@@ -85,10 +87,12 @@ impl<S: Sink> Job<S> {
             });
         };
         // Read the next batch while the sink works: reading and delivering
-        // overlap, and the next job starts with its entries in hand.
+        // overlap, and the next job starts with its entries in hand. Only
+        // while the supervisor's budget of held batches allows.
         let ahead = match rest {
+            _ if !self.read_ahead => Ahead::None,
             Some(rest) => Ahead::Ready(rest),
-            None if self.read_ahead && self.head > to => Ahead::Reading(self.spawn_read(to + 1)),
+            None if self.head > to => Ahead::Reading(self.spawn_read(to + 1)),
             None => Ahead::None,
         };
         let batch = Batch { exporter: self.exporter.clone(), ledger: self.ledger.clone(), entries };
@@ -111,7 +115,7 @@ impl<S: Sink> Job<S> {
                 let prefetched = if through == to { ahead.take().await } else { None };
                 Done { outcome: Outcome::Delivered { through }, entries: through - cursor, prefetched }
             }
-            Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Cancelled),
+            Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Gone),
             Err(e) => Done::only(Outcome::Failed { from, to, error: store_error("write the cursor", &e) }),
         }
     }
@@ -123,8 +127,10 @@ impl<S: Sink> Job<S> {
 
     /// Appends ids `from..=to` to the dead-letter ledger, each with the
     /// error, then moves the cursor to `to`. Each dead-letter entry carries
-    /// the idempotency key `{exporter}/{ledger}/{id}`, so a crash between
-    /// the append and the cursor write does not record an entry twice.
+    /// the idempotency key `{exporter}/{ledger}@{created_at}/{id}`, so a
+    /// crash between the append and the cursor write does not record an
+    /// entry twice, and a later ledger of the same name is not mistaken
+    /// for this one.
     pub async fn dead_letter(self, from: EntryId, to: EntryId, error: String) -> Done {
         let Some(dead_letter) = self.dead_letter.clone() else {
             return Done::only(Outcome::Failed { from, to, error: SinkError::permanent("no dead-letter ledger") });
@@ -156,7 +162,7 @@ impl<S: Sink> Job<S> {
         }
         match self.commit(to).await {
             Ok(()) => Done { outcome: Outcome::DeadLettered { through: to }, entries: to + 1 - from, prefetched: None },
-            Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Cancelled),
+            Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Gone),
             Err(e) => Done::only(Outcome::Failed { from, to, error: store_error("write the cursor", &e) }),
         }
     }
@@ -185,7 +191,7 @@ impl<S: Sink> Job<S> {
         }
         NewEntry {
             key: Some(format!("{}/{}", self.exporter, self.ledger)),
-            idempotency_key: Some(format!("{}/{}/{}", self.exporter, self.ledger, entry.id)),
+            idempotency_key: Some(format!("{}/{}@{}/{}", self.exporter, self.ledger, self.created_at, entry.id)),
             payload: Payload::from_json(&text).expect("dead-letter records are valid JSON"),
         }
     }
@@ -195,7 +201,7 @@ impl<S: Sink> Job<S> {
     async fn skip(&self, to: EntryId) -> Done {
         match self.commit(to).await {
             Ok(()) => Done::only(Outcome::Skipped { to }),
-            Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Cancelled),
+            Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Gone),
             Err(e) => Done::only(Outcome::Failed { from: to, to, error: store_error("write the cursor", &e) }),
         }
     }

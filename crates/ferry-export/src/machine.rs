@@ -52,6 +52,9 @@ pub enum Outcome {
     Failed { from: EntryId, to: EntryId, error: SinkError },
     /// The job was dropped before an acknowledgement (shutdown, reset).
     Cancelled,
+    /// The ledger is being deleted: nothing more to do until it is
+    /// forgotten.
+    Gone,
     /// `..=through` is in the dead-letter ledger and the cursor is written.
     DeadLettered { through: EntryId },
     /// Ids up to `to` were pruned before export; the cursor is written.
@@ -86,6 +89,8 @@ enum Phase {
     /// Gave up on a batch and there is no dead-letter ledger: waits for a
     /// resume or reset.
     Failed,
+    /// The ledger is being deleted.
+    Gone,
     /// A batch must go to the dead-letter ledger (not before `not_before`).
     DeadLetterDue {
         from: EntryId,
@@ -198,7 +203,7 @@ impl LedgerMachine {
         }
         let deliver = Next::Deliver { cursor: self.cursor, prepare: self.needs_prepare };
         match &self.phase {
-            Phase::Failed | Phase::Delivering { .. } | Phase::DeadLettering { .. } => Next::Idle,
+            Phase::Failed | Phase::Gone | Phase::Delivering { .. } | Phase::DeadLettering { .. } => Next::Idle,
             Phase::DeadLetterDue { from, to, error, not_before } => {
                 if now < *not_before {
                     Next::WakeAt(*not_before)
@@ -265,6 +270,10 @@ impl LedgerMachine {
                 self.keep_waiting(since);
                 None
             }
+            Outcome::Gone => {
+                self.phase = Phase::Gone;
+                None
+            }
             Outcome::DeadLettered { through } => {
                 let (from, error) = match &self.phase {
                     Phase::DeadLettering { from, error, .. } => (*from, error.clone()),
@@ -280,6 +289,7 @@ impl LedgerMachine {
             Outcome::Skipped { to } => {
                 let from = self.cursor + 1;
                 self.advance(to);
+                self.needs_prepare = true;
                 self.phase = Phase::Waiting;
                 self.keep_waiting(since);
                 Some(Notice::Skipped { from, to })
@@ -355,6 +365,11 @@ impl LedgerMachine {
 
     pub fn pause(&mut self) {
         self.paused = true;
+    }
+
+    /// Ends a pause, leaving a failed ledger failed.
+    pub fn unpause(&mut self) {
+        self.paused = false;
     }
 
     /// Ends a pause; a failed ledger tries its batch again with a fresh
@@ -588,5 +603,26 @@ mod tests {
         deliver(&mut m, t);
         assert_eq!(m.on_outcome(Outcome::Skipped { to: 7 }, t, 1, 0.0), Some(Notice::Skipped { from: 1, to: 7 }));
         assert_eq!(m.cursor(), 7);
+    }
+
+    #[test]
+    fn a_ledger_being_deleted_is_not_retried() {
+        let t = Instant::now();
+        let mut m = machine(0, 5);
+        deliver(&mut m, t);
+        assert_eq!(m.on_outcome(Outcome::Gone, t, 1, 0.0), None);
+        assert_eq!(m.next(t + Duration::from_secs(60)), Next::Idle);
+        assert_eq!(m.cursor(), 0);
+    }
+
+    #[test]
+    fn reset_of_one_ledger_does_not_retry_another_failed_one() {
+        let t = Instant::now();
+        let mut m = machine(0, 5);
+        deliver(&mut m, t);
+        m.on_outcome(Outcome::Failed { from: 1, to: 5, error: SinkError::permanent("400") }, t, 1, 0.0);
+        m.pause();
+        m.unpause();
+        assert_eq!(m.state(), LedgerState::Failed, "unpause leaves a failed ledger failed");
     }
 }

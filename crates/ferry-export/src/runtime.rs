@@ -274,6 +274,7 @@ async fn blocking<T: Send + 'static>(
 struct Tracked {
     machine: LedgerMachine,
     incarnation: u64,
+    created_at: u64,
     /// In the ready queue.
     queued: bool,
     /// Its entry in the timer set.
@@ -409,7 +410,13 @@ impl<S: Sink> Supervisor<S> {
             return;
         };
         match event.kind {
-            "ledger.deleted" => self.forget(&name),
+            "ledger.deleted" => {
+                // A late event of an older ledger: the one tracked now lives.
+                let current = self.store.ledger_head(&name).map(|h| h.incarnation);
+                if current.is_none() || current != self.ledgers.get(&name).map(|t| t.incarnation) {
+                    self.forget(&name);
+                }
+            }
             "ledger.created" => {
                 if let Some(info) = self.store.ledger_head(&name) {
                     if self.ledgers.get(&name).is_some_and(|t| t.incarnation != info.incarnation) {
@@ -444,6 +451,7 @@ impl<S: Sink> Supervisor<S> {
         let tracked = Tracked {
             machine,
             incarnation: info.incarnation,
+            created_at: info.created_at,
             queued: false,
             wake: None,
             cancel: None,
@@ -535,6 +543,7 @@ impl<S: Sink> Supervisor<S> {
                 exporter: self.settings.name.clone(),
                 ledger: ledger.clone(),
                 incarnation: t.incarnation,
+                created_at: t.created_at,
                 batch: self.settings.batch,
                 dead_letter: self.settings.dead_letter.clone(),
                 cancel,
@@ -587,9 +596,16 @@ impl<S: Sink> Supervisor<S> {
                 metrics::counter!("ferry_exporter_dead_lettered_total", "exporter" => exporter.clone())
                     .increment(done.entries);
             }
-            Outcome::Cancelled | Outcome::Skipped { .. } => {}
+            Outcome::Cancelled | Outcome::Gone | Outcome::Skipped { .. } => {}
         }
         let before = t.machine.lag();
+        // The store checked the id against its head when the cursor was
+        // written; the append notification may simply not have arrived yet.
+        if let Outcome::Delivered { through } | Outcome::DeadLettered { through } | Outcome::Skipped { to: through } =
+            &outcome
+        {
+            t.machine.on_head(*through, Instant::now().into_std());
+        }
         let notice = t.machine.on_outcome(outcome, Instant::now().into_std(), now_ms(), rand::random::<f64>());
         let (after, cursor) = (t.machine.lag(), t.machine.cursor());
         self.table.set(&self.settings.name, &ledger, cursor);
@@ -687,9 +703,11 @@ impl<S: Sink> Supervisor<S> {
         self.state = ExporterState::Stopped;
         self.cancel_jobs().await;
         let mut updates = Vec::new();
+        let mut heads = HashMap::new();
         for ledger in &targets {
             let (Some(t), Some(info)) = (self.ledgers.get(ledger), self.store.ledger_head(ledger)) else { continue };
             let id = (from_id.max(info.first) - 1).min(info.head);
+            heads.insert(ledger.clone(), info.head);
             updates.push(CursorUpdate::Set {
                 exporter: name.clone(),
                 ledger: ledger.clone(),
@@ -697,16 +715,18 @@ impl<S: Sink> Supervisor<S> {
                 id,
             });
         }
-        let commit = async {
-            fail::fail_point!("export::reset", |_| Err(StoreError::Catalog(
-                "injected by fail point export::reset".into()
-            )));
-            let (store, writes) = (self.store.clone(), updates.clone());
-            blocking(move || store.commit_cursors(&writes)).await
-        };
-        if let Err(source) = commit.await {
-            tracing::error!(exporter = %name, error = %source, "reset failed; the exporter stays stopped");
-            return Err(ExportError::ResetFailed { exporter: name, source });
+        loop {
+            match self.commit_reset(&updates).await {
+                Ok(()) => break,
+                // Deleted meanwhile: its cursors went with it; reset the rest.
+                Err(StoreError::LedgerNotFound(gone)) if heads.remove(&gone).is_some() => {
+                    updates.retain(|u| !matches!(u, CursorUpdate::Set { ledger, .. } if *ledger == gone));
+                }
+                Err(source) => {
+                    tracing::error!(exporter = %name, error = %source, "reset failed; the exporter stays stopped");
+                    return Err(ExportError::ResetFailed { exporter: name, source });
+                }
+            }
         }
         let now = Instant::now().into_std();
         // Entries read ahead follow the old cursors.
@@ -714,7 +734,7 @@ impl<S: Sink> Supervisor<S> {
         self.prefetched = 0;
         for update in updates {
             let CursorUpdate::Set { ledger, id, .. } = update else { continue };
-            let head = self.store.ledger_head(&ledger).map_or(0, |i| i.head);
+            let head = heads.get(&ledger).copied().unwrap_or(id);
             if let Some(t) = self.ledgers.get_mut(&ledger) {
                 let before = t.machine.lag();
                 t.machine.on_head(head, now);
@@ -726,7 +746,8 @@ impl<S: Sink> Supervisor<S> {
         }
         self.state = resumed;
         if resumed == ExporterState::Running {
-            self.ledgers.values_mut().for_each(|t| t.machine.resume());
+            // Ends the pause, nothing else: other failed ledgers stay failed.
+            self.ledgers.values_mut().for_each(|t| t.machine.unpause());
         }
         self.evaluate_all();
         tracing::info!(exporter = %name, ledgers = targets.len(), from_id, "exporter reset");
@@ -735,6 +756,14 @@ impl<S: Sink> Supervisor<S> {
         let event = SystemEvent::exporter("exporter.reset", name.as_str(), ledger_field.as_ref(), data);
         self.store.events().publish(&event.key, &event);
         Ok(self.status())
+    }
+
+    /// Writes a reset's cursors in one commit (the fail point stands in for
+    /// a catalog that cannot be written).
+    async fn commit_reset(&self, updates: &[CursorUpdate]) -> Result<(), StoreError> {
+        fail::fail_point!("export::reset", |_| Err(StoreError::Catalog("injected by fail point export::reset".into())));
+        let (store, writes) = (self.store.clone(), updates.to_vec());
+        blocking(move || store.commit_cursors(&writes)).await
     }
 
     /// Cancels every job and applies their outcomes.

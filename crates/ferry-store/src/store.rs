@@ -104,6 +104,9 @@ pub struct LedgerHead {
     /// Tells this ledger from another of the same name (deleted and created
     /// again) within this process.
     pub incarnation: u64,
+    /// Unix milliseconds of its creation: tells incarnations apart across
+    /// restarts too (though two may share a millisecond).
+    pub created_at: u64,
     pub first: EntryId,
     /// `first - 1` for a ledger with no entries.
     pub head: EntryId,
@@ -571,7 +574,13 @@ fn check_len(field: &'static str, value: Option<&str>, max: usize) -> Result<()>
 
 fn head_of(state: &LedgerState) -> LedgerHead {
     let index = state.index.read().expect("index lock");
-    LedgerHead { name: state.name.clone(), incarnation: state.incarnation, first: index.first, head: index.head() }
+    LedgerHead {
+        name: state.name.clone(),
+        incarnation: state.incarnation,
+        created_at: state.meta.created_at,
+        first: index.first,
+        head: index.head(),
+    }
 }
 
 fn info(state: &LedgerState) -> LedgerInfo {

@@ -205,6 +205,12 @@ impl Config {
             if out.iter().any(|(s, _)| s.name == settings.name) {
                 bail!("{what}: name: another exporter is already called {}", settings.name);
             }
+            // Each file sink cuts its files back to its own cursors.
+            if let SinkConfig::File(f) = &sink
+                && out.iter().any(|(_, o)| matches!(o, SinkConfig::File(g) if g.dir == f.dir))
+            {
+                bail!("{what}: config.dir: {} is the directory of another file exporter", f.dir.display());
+            }
             out.push((settings, sink));
         }
         Ok(out)
@@ -420,6 +426,9 @@ headers = { x-team = "audit" }
         assert!(error_of(unknown_sink_key).contains("dirr"), "{}", error_of(unknown_sink_key));
         let twice = "[[exporters]]\nname = \"a\"\nsink = \"stdout\"\n[[exporters]]\nname = \"a\"\nsink = \"stdout\"\n";
         assert!(error_of(twice).contains("already called"), "{}", error_of(twice));
+        let same_dir = "[[exporters]]\nname = \"a\"\nsink = \"file\"\nconfig = { dir = \"/t\" }\n\
+                        [[exporters]]\nname = \"b\"\nsink = \"file\"\nconfig = { dir = \"/t\" }\n";
+        assert!(error_of(same_dir).contains("another file exporter"), "{}", error_of(same_dir));
     }
 
     #[test]

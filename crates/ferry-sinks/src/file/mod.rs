@@ -260,6 +260,11 @@ fn end_of(file: &File, path: &Path, cursor: EntryId) -> Result<(u64, EntryId), S
     let (mut offset, mut end, mut last) = (0u64, 0u64, 0);
     let mut line = Vec::new();
     loop {
+        if last == cursor {
+            // Whatever follows was never acknowledged: cut it unread, even
+            // if a power loss left garbage there.
+            return Ok((end, last));
+        }
         line.clear();
         let n = reader.read_until(b'\n', &mut line).map_err(|e| format!("read {}: {e}", path.display()))?;
         if n == 0 || line.last() != Some(&b'\n') {

@@ -129,3 +129,19 @@ fn config_requires_a_dir_and_a_sane_size() {
     assert!(v(serde_json::json!({"dir": "/x", "dirr": 1})).unwrap_err().contains("dirr"));
     assert_eq!(v(serde_json::json!({"dir": "/x"})).unwrap().max_file_bytes, 64 << 20);
 }
+
+#[tokio::test]
+async fn garbage_past_the_cursor_is_cut_without_being_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(dir.path(), 1 << 20);
+    s.prepare(&name("a"), 0).await.unwrap();
+    s.deliver(&batch("a", 1..=3)).await.unwrap();
+    let (_, path) = list(&dir.path().join("a")).unwrap().pop().unwrap();
+    // What a power loss can leave after unsynced writes: zeros, then a newline.
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(b"\0\0\0\0{\"ledger\n").unwrap();
+    drop(f);
+    s.prepare(&name("a"), 3).await.unwrap();
+    s.deliver(&batch("a", 4..=4)).await.unwrap();
+    assert_eq!(ids_in(dir.path(), "a"), vec![1, 2, 3, 4]);
+}

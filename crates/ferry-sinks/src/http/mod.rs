@@ -78,8 +78,7 @@ impl HttpSink {
             return Ok(Ack { through: batch.last_id() });
         }
         let retry_after = response.headers().get(RETRY_AFTER).and_then(parse_retry_after);
-        let text = response.text().await.unwrap_or_default();
-        let snippet: String = text.chars().take(ERROR_BODY_BYTES_MAX).collect();
+        let snippet = error_snippet(response).await;
         let message = format!("POST {} answered {status}: {snippet}", self.config.url);
         if retryable(status) {
             Err(SinkError::Retryable { message, retry_after })
@@ -87,6 +86,18 @@ impl HttpSink {
             Err(SinkError::permanent(message))
         }
     }
+}
+
+/// The start of an error answer's body, read no further than needed.
+async fn error_snippet(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_BYTES_MAX {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_BYTES_MAX)]).into_owned()
 }
 
 fn retryable(status: StatusCode) -> bool {
