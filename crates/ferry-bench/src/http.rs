@@ -112,6 +112,43 @@ fn with_trailing_slash(mut url: Url) -> Url {
     url
 }
 
+/// Reads `entries` back through `GET …/entries` (NDJSON pages of 10,000)
+/// from an in-process server whose store was filled directly; returns the
+/// entries read and the time the reads took.
+pub async fn replay(parent: &Path, entries: u64, payload_bytes: usize) -> anyhow::Result<(u64, Duration)> {
+    let server = Server::start(parent).await?;
+    let Server::InProcess(s) = &server else { unreachable!("started in-process") };
+    let ledger = &ledger_names()[0];
+    crate::replay::fill(&s.store, ledger, entries, payload_bytes).await?;
+    let client = client(1, None)?;
+    let url = server.base().join(&format!("v1/ledgers/{ledger}/entries"))?;
+    let started = std::time::Instant::now();
+    let (mut from, mut read) = (1u64, 0u64);
+    loop {
+        let response = client
+            .get(url.clone())
+            .query(&[("from", from), ("limit", 10_000)])
+            .header(reqwest::header::ACCEPT, "application/x-ndjson")
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if status != StatusCode::OK {
+            bail!("GET {url}: {status}: {}", String::from_utf8_lossy(&body));
+        }
+        let lines = body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64;
+        if lines == 0 {
+            break;
+        }
+        read += lines;
+        from += lines;
+    }
+    let took = started.elapsed();
+    drop(client);
+    server.stop().await?;
+    Ok((read, took))
+}
+
 enum Server {
     External(Url),
     InProcess(InProcess),

@@ -12,6 +12,9 @@ mod disk;
 mod driver;
 mod export;
 mod http;
+mod nats;
+mod peers;
+mod postgres;
 mod raw;
 mod replay;
 mod report;
@@ -38,6 +41,12 @@ enum Target {
     Store,
     /// ferry's HTTP API.
     Http,
+    /// NATS JetStream, file storage, `sync_interval: always`.
+    Nats,
+    /// NATS JetStream with its default sync: not durable on ack.
+    NatsNosync,
+    /// PostgreSQL INSERTs with `synchronous_commit = on`.
+    Postgres,
 }
 
 /// How many entries each append call carries.
@@ -55,6 +64,9 @@ impl Target {
             Target::Raw => "raw",
             Target::Store => "store",
             Target::Http => "http",
+            Target::Nats => "nats",
+            Target::NatsNosync => "nats-nosync",
+            Target::Postgres => "postgres",
         }
     }
 }
@@ -127,6 +139,24 @@ struct Args {
     /// (for 5 s, 2 s with --quick, per linger).
     #[arg(long, default_value_t = 1000)]
     export_rate: u32,
+    /// ferry against its peers: every target (raw, store, http, nats,
+    /// nats-nosync, postgres) over clients 1/16/64/256 × payloads 256 B /
+    /// 1 KiB / 16 KiB × single appends and batches of 100, then reading
+    /// `--replay-entries` back from each. `--json` gets the whole result.
+    #[arg(long, conflicts_with_all = ["replay", "export"])]
+    peers: bool,
+    /// The nats-server binary `--peers` starts (a current one: JetStream's
+    /// `sync_interval` needs 2.10 or later).
+    #[arg(long, default_value = "nats-server")]
+    nats_server: PathBuf,
+    /// The PostgreSQL `--peers` uses (it creates and drops the table
+    /// `ferry_bench_entries`).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres_url: String,
+    /// Entries each target reads back in `--peers` [default: 1,000,000;
+    /// 20,000 with --quick].
+    #[arg(long)]
+    replay_entries: Option<u64>,
 }
 
 /// What to run: every cell, against the bound and each target, in rounds.
@@ -147,6 +177,22 @@ impl Plan {
             if !targets.contains(&t) {
                 targets.push(t);
             }
+        }
+        if args.peers {
+            let targets =
+                vec![Target::Raw, Target::Store, Target::Http, Target::Nats, Target::NatsNosync, Target::Postgres];
+            if args.quick {
+                let cells = vec![
+                    Cell { clients: 16, payload_bytes: 1024, batch: 1 },
+                    Cell { clients: 16, payload_bytes: 1024, batch: peers::BATCH },
+                ];
+                let timing = Timing { warmup: Duration::from_millis(200), window: Duration::from_secs(1) };
+                return Ok(Plan { cells, targets, rounds: 1, timing });
+            }
+            let mut cells = grid(&peers::CLIENTS, &peers::PAYLOADS, 1);
+            cells.extend(grid(&peers::CLIENTS, &peers::PAYLOADS, peers::BATCH));
+            let timing = Timing { warmup: Duration::from_millis(300), window: Duration::from_secs(1) };
+            return Ok(Plan { cells, targets, rounds: 2, timing });
         }
         if args.quick {
             let cells = vec![Cell { clients: 16, payload_bytes: 1024, batch: 1 }];
@@ -233,15 +279,39 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let http = HttpOptions { server: args.server.clone(), token: args.token.clone() };
+    let peers = if args.peers {
+        let max = postgres::max_clients(&args.postgres_url).await.context("reach PostgreSQL")?;
+        Some(peers::Peers {
+            nats_server: args.nats_server.clone(),
+            postgres_url: args.postgres_url.clone(),
+            postgres_max_clients: max,
+        })
+    } else {
+        None
+    };
+    let meta = match &peers {
+        Some(p) => Some(peers::describe(p, &parent, args.quick, load_average()).await?),
+        None => None,
+    };
     println!("{}", describe(&plan, &parent, &http));
     if disk::is_in_memory(&parent) {
         eprintln!("warning: {} is in memory: fdatasync costs nothing there", parent.display());
     }
-    let rows = run(&plan, &parent, &http).await?;
+    let rows = run(&plan, &parent, &http, peers.as_ref()).await?;
     println!("\n{}", report::table(&rows));
-    print!("{}", report::goals(&rows));
+    let (Some(peers), Some(meta)) = (peers, meta) else {
+        print!("{}", report::goals(&rows));
+        if let Some(path) = &args.json {
+            report::write_json(path, &rows)?;
+        }
+        return Ok(());
+    };
+    let entries = args.replay_entries.unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
+    eprintln!("replay: filling each target with {entries} entries");
+    let replay = peers::replays(&parent, &peers, entries).await?;
+    print!("\n{}\n{}", peers::replay_table(&replay), peers::headline(&rows));
     if let Some(path) = &args.json {
-        report::write_json(path, &rows)?;
+        report::write_json(path, &peers::Results { meta, rows, replay })?;
     }
     Ok(())
 }
@@ -254,11 +324,11 @@ fn install_tls_provider() {
 }
 
 /// Runs every cell; shows each cell's rows on stderr as they are done.
-async fn run(plan: &Plan, parent: &Path, http: &HttpOptions) -> anyhow::Result<Vec<Row>> {
+async fn run(plan: &Plan, parent: &Path, http: &HttpOptions, peers: Option<&peers::Peers>) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     eprint!("{}", report::table(&[]));
     for cell in &plan.cells {
-        let cell_rows = run_cell(plan, cell, parent, http).await?;
+        let cell_rows = run_cell(plan, cell, parent, http, peers).await?;
         cell_rows.iter().for_each(|row| eprint!("{}", report::line(row)));
         rows.extend(cell_rows);
     }
@@ -266,11 +336,17 @@ async fn run(plan: &Plan, parent: &Path, http: &HttpOptions) -> anyhow::Result<V
 }
 
 /// One cell: every target once per round, merged; ratios against the bound.
-async fn run_cell(plan: &Plan, cell: &Cell, parent: &Path, http: &HttpOptions) -> anyhow::Result<Vec<Row>> {
+async fn run_cell(
+    plan: &Plan,
+    cell: &Cell,
+    parent: &Path,
+    http: &HttpOptions,
+    peers: Option<&peers::Peers>,
+) -> anyhow::Result<Vec<Row>> {
     let mut totals: Vec<Measurement> = plan.targets.iter().map(|_| Measurement::empty()).collect();
     for _ in 0..plan.rounds {
         for (&target, total) in plan.targets.iter().zip(&mut totals) {
-            total.merge(&measure(target, cell, plan.timing, parent, http).await?)?;
+            total.merge(&measure(target, cell, plan.timing, parent, http, peers).await?)?;
         }
     }
     let bound = &totals[0];
@@ -283,11 +359,19 @@ async fn measure(
     timing: Timing,
     parent: &Path,
     http: &HttpOptions,
+    peers: Option<&peers::Peers>,
 ) -> anyhow::Result<Measurement> {
+    let peer = || peers.context("peer targets need --peers");
     let measured = match target {
         Target::Raw => raw::run(cell, timing, parent).await,
         Target::Store => store::run(cell, timing, parent).await,
         Target::Http => http::run(cell, timing, parent, http).await,
+        Target::Nats => nats::run(cell, timing, parent, &peer()?.nats_server, nats::SyncPolicy::Always).await,
+        Target::NatsNosync => nats::run(cell, timing, parent, &peer()?.nats_server, nats::SyncPolicy::Default).await,
+        Target::Postgres => {
+            let p = peer()?;
+            postgres::run(cell, timing, &p.postgres_url, p.postgres_max_clients).await
+        }
     };
     measured.with_context(|| format!("{} with {cell:?}", target.name()))
 }
@@ -364,6 +448,17 @@ mod tests {
         assert_eq!((quick.entries, quick.rounds, quick.window), (100_000, 1, Duration::from_secs(2)));
         assert_eq!(args(&[]).export, None);
         assert!(Args::try_parse_from(["ferry-bench", "--export", "--replay", "10"]).is_err());
+    }
+
+    #[test]
+    fn peers_run_every_target_over_the_issue_grid() {
+        let plan = Plan::from_args(&args(&["--peers"])).unwrap();
+        assert_eq!(plan.targets.len(), 6);
+        assert_eq!(plan.cells.len(), 4 * 3 * 2);
+        assert!(plan.cells.iter().any(|c| c.clients == 64 && c.payload_bytes == 1024 && c.batch == 1));
+        assert!(plan.cells.iter().all(|c| c.batch == 1 || c.batch == 100));
+        assert_eq!(Plan::from_args(&args(&["--peers", "--quick"])).unwrap().cells.len(), 2);
+        assert!(Args::try_parse_from(["ferry-bench", "--peers", "--export"]).is_err());
     }
 
     #[test]

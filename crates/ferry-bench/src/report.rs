@@ -15,6 +15,8 @@ use crate::workload::Cell;
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub target: &'static str,
+    /// Whether the target's acknowledgement means the entry is on disk.
+    pub durable: bool,
     pub clients: usize,
     pub payload_bytes: usize,
     pub batch: usize,
@@ -24,6 +26,7 @@ pub struct Row {
     /// Per append call (a whole batch in batch mode), in microseconds.
     pub p50_us: u64,
     pub p99_us: u64,
+    pub p999_us: u64,
     /// entries/s over the raw bound's entries/s for the same cell.
     pub ratio_to_raw: Option<f64>,
     pub calls: u64,
@@ -34,6 +37,7 @@ impl Row {
         let entries_per_sec = m.entries_per_sec();
         Row {
             target,
+            durable: target != "nats-nosync",
             clients: cell.clients,
             payload_bytes: cell.payload_bytes,
             batch: cell.batch,
@@ -41,6 +45,7 @@ impl Row {
             mb_per_sec: entries_per_sec * cell.payload_bytes as f64 / 1e6,
             p50_us: m.latency_at(0.50).as_micros() as u64,
             p99_us: m.latency_at(0.99).as_micros() as u64,
+            p999_us: m.latency_at(0.999).as_micros() as u64,
             ratio_to_raw: Some(entries_per_sec / bound.entries_per_sec()).filter(|r| r.is_finite()),
             calls: m.calls,
         }
@@ -48,7 +53,7 @@ impl Row {
 }
 
 const HEADER: [&str; 9] = ["target", "clients", "payload", "batch", "entries/s", "MB/s", "p50", "p99", "vs raw"];
-const WIDTHS: [usize; 9] = [6, 7, 7, 5, 11, 8, 9, 9, 6];
+const WIDTHS: [usize; 9] = [11, 7, 7, 5, 11, 8, 9, 9, 6];
 
 /// The rows as an aligned table under its header.
 pub fn table(rows: &[Row]) -> String {
@@ -186,6 +191,7 @@ mod tests {
     fn row(target: &'static str, clients: usize, batch: usize, ratio: f64) -> Row {
         Row {
             target,
+            durable: true,
             clients,
             payload_bytes: 1024,
             batch,
@@ -193,6 +199,7 @@ mod tests {
             mb_per_sec: 0.0,
             p50_us: 1,
             p99_us: 2,
+            p999_us: 3,
             ratio_to_raw: Some(ratio),
             calls: 1,
         }
