@@ -155,7 +155,7 @@ def fmt_bytes(n):
 def fmt_eps(v):
     if v is None:
         return "—"
-    return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
+    return f"{v:,.0f}" if v >= 100 or v == 0 else f"{v:,.1f}"
 
 
 def fmt_ratio(v):
@@ -188,6 +188,13 @@ def si(v):
         if abs(v) >= div:
             return f"{v / div:g}{unit}"
     return f"{v:g}"
+
+
+def fmt_p99(row):
+    # A run in which no call completed has no latency, whatever it says.
+    if not row or num(row.get("calls")) == 0 or not num(row.get("entries_per_sec")):
+        return "—"
+    return fmt_us(row.get("p99_us"))
 
 
 def cell_title(cell):
@@ -284,7 +291,15 @@ def markdown(res):
         vers.append(f"PostgreSQL {m['postgres_version']}")
     if vers:
         lines.append(f"- Versions: {', '.join(vers)}")
-    known = {"date", "quick", "cores", "cpu", "mem", "kernel", "load", "fs", "nats_version", "postgres_version"}
+    if m.get("postgres_max_clients") is not None:
+        lines.append(
+            f"- PostgreSQL: one connection per client up to {m['postgres_max_clients']} "
+            "(`max_connections` less a margin); more clients share that many."
+        )
+    known = {
+        "date", "quick", "cores", "cpu", "mem", "kernel", "load", "fs",
+        "nats_version", "postgres_version", "postgres_max_clients",
+    }
     for k in sorted(set(m) - known):
         lines.append(f"- {k}: {m[k]}")
     lines.append(
@@ -328,7 +343,7 @@ def markdown(res):
         header = ["clients"] + [tname(t) for t in targets]
         rows = []
         for c in sorted(by_clients):
-            rows.append([str(c)] + [fmt_us(by_clients[c].get(t, {}).get("p99_us")) for t in targets])
+            rows.append([str(c)] + [fmt_p99(by_clients[c].get(t)) for t in targets])
         lines += table(header, rows, "r" * len(header))
         if any(res.durable.get(t) is False for t in targets):
             lines += ["", dagger]
@@ -413,14 +428,18 @@ def chart(res, path):
                 ax.set_yticks([])
                 continue
             xs = sorted(by_clients)
+            absent = []
             for t in res.targets:
                 ys = [res.eps((p, b), c, t) for c in xs]
                 ys = [y if y is not None and y > 0 else math.nan for y in ys]
                 if all(math.isnan(y) for y in ys):
+                    absent.append(t)
                     continue
                 style = STYLE.get(t, dict(marker="o"))
                 (line,) = ax.plot(xs, ys, label=LABELS.get(t, t), markersize=4, linewidth=1.5, **style)
                 handles.setdefault(t, line)
+            if absent:
+                ax.text(0.02, 0.02, "no numbers: " + ", ".join(absent), transform=ax.transAxes, fontsize=7, color="#aa0000")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.xaxis.set_major_locator(FixedLocator(xs))
@@ -476,6 +495,17 @@ def chart(res, path):
 
 
 # --- check ------------------------------------------------------------------
+
+
+def zero_cells(res):
+    """Cells in which a target has a row but no entries/s: worth a warning."""
+    out = []
+    for cell in res.sorted_cells():
+        for c in sorted(res.cells[cell]):
+            for t in res.targets:
+                if t in res.cells[cell][c] and not res.eps(cell, c, t):
+                    out.append(f"{t} at {c} clients, {cell_title(cell)}: no entries/s")
+    return out
 
 
 def check(res, targets, replay_targets):
@@ -536,6 +566,8 @@ def main():
     if args.check:
         want = [t for t in args.targets.split(",") if t]
         want_replay = [t for t in args.replay_targets.split(",") if t]
+        for z in zero_cells(res):
+            warn(f"warning: {z}")
         problems = check(res, want, want_replay)
         if problems:
             print("check FAILED:", file=sys.stderr)

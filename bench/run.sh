@@ -213,6 +213,8 @@ BENCH_ARGS+=("${EXTRA[@]}")
 
 REPORT_ARGS=("$JSON" --md "$MD")
 ((HAVE_MPL)) && REPORT_ARGS+=(--png "$PNG")
+# --check: every target and replay target produced numbers (no speed asserted).
+((QUICK)) && REPORT_ARGS+=(--check)
 
 if [[ "${FERRY_BENCH_DRY_RUN:-}" == 1 ]]; then
   log "dry run: stopping before the build. Would run:"
@@ -244,11 +246,12 @@ log "$(redact "ferry-bench ${BENCH_ARGS[*]}")"
 "$BENCH" "${BENCH_ARGS[@]}"
 [[ -s "$JSON" ]] || die "ferry-bench exited 0 but wrote no $JSON"
 
-"$PY" "$ROOT/bench/report.py" "${REPORT_ARGS[@]}"
+if ! "$PY" "$ROOT/bench/report.py" "${REPORT_ARGS[@]}"; then
+  ((QUICK)) && die "smoke test failed: a target produced no numbers (results in $OUT_DIR)"
+  die "report.py failed on $JSON"
+fi
 
 if ((QUICK)); then
-  log "checking that every target produced numbers"
-  "$PY" "$ROOT/bench/report.py" "$JSON" --check
   log "smoke test passed; results in $OUT_DIR"
 else
   log "results: ${JSON#"$ROOT"/} ${MD#"$ROOT"/}$( ((HAVE_MPL)) && printf ' %s' "${PNG#"$ROOT"/}")"
