@@ -38,6 +38,10 @@ pub enum SyncPolicy {
 /// durable batch takes under 256 clients, and a late ack is slow, not lost.
 const ACK_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The pause before publishing refused messages again, doubling per retry.
+const BACKPRESSURE_PAUSE_MIN: Duration = Duration::from_millis(1);
+const BACKPRESSURE_PAUSE_MAX: Duration = Duration::from_millis(100);
+
 /// A `nats-server` child process with JetStream, killed on drop.
 pub struct NatsServer {
     child: Child,
@@ -144,16 +148,39 @@ pub async fn run(
     measured
 }
 
-/// Publishes `count` copies and waits for every PubAck.
+/// Publishes `count` copies and waits for every PubAck. A message the
+/// stream refused for back-pressure (429, too many requests: its ingest
+/// queue is full, as 256 clients × 100 × 16 KiB make it) is published
+/// again after a pause, as a producer has to; the call's latency includes
+/// that.
 async fn publish(js: &jetstream::Context, subject: String, payload: Bytes, count: usize) -> anyhow::Result<()> {
-    let mut acks = Vec::with_capacity(count);
-    for _ in 0..count {
-        acks.push(js.publish(subject.clone(), payload.clone()).await.context("publish")?);
-    }
-    for ack in acks {
-        ack.await.context("PubAck")?;
+    let mut pending = count;
+    let mut pause = BACKPRESSURE_PAUSE_MIN;
+    while pending > 0 {
+        let mut acks = Vec::with_capacity(pending);
+        for _ in 0..pending {
+            acks.push(js.publish(subject.clone(), payload.clone()).await.context("publish")?);
+        }
+        pending = 0;
+        for ack in acks {
+            match ack.await {
+                Ok(_) => {}
+                Err(e) if is_backpressure(&e) => pending += 1,
+                Err(e) => return Err(e).context("PubAck"),
+            }
+        }
+        if pending > 0 {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(BACKPRESSURE_PAUSE_MAX);
+        }
     }
     Ok(())
+}
+
+fn is_backpressure(e: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == jetstream::ErrorCode::STREAM_TOO_MANY_REQUESTS)
 }
 
 /// Fills the stream with `entries` messages (pipelined in thousands).
