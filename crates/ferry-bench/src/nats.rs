@@ -41,6 +41,8 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(300);
 /// The pause before publishing refused messages again, doubling per retry.
 const BACKPRESSURE_PAUSE_MIN: Duration = Duration::from_millis(1);
 const BACKPRESSURE_PAUSE_MAX: Duration = Duration::from_millis(100);
+/// Rounds of re-publishing before a call gives up (about 100 s of pauses).
+const BACKPRESSURE_ROUNDS_MAX: u32 = 1000;
 
 /// A `nats-server` child process with JetStream, killed on drop.
 pub struct NatsServer {
@@ -156,7 +158,13 @@ pub async fn run(
 async fn publish(js: &jetstream::Context, subject: String, payload: Bytes, count: usize) -> anyhow::Result<()> {
     let mut pending = count;
     let mut pause = BACKPRESSURE_PAUSE_MIN;
-    while pending > 0 {
+    for round in 0.. {
+        if pending == 0 {
+            break;
+        }
+        if round == BACKPRESSURE_ROUNDS_MAX {
+            bail!("JetStream still refused {pending} of {count} messages after {round} rounds of re-publishing");
+        }
         let mut acks = Vec::with_capacity(pending);
         for _ in 0..pending {
             acks.push(js.publish(subject.clone(), payload.clone()).await.context("publish")?);
