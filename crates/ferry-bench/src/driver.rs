@@ -141,15 +141,20 @@ pub(crate) fn micros(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn counts_only_calls_inside_the_window() {
-        let timing = Timing { warmup: Duration::from_millis(50), window: Duration::from_millis(200) };
-        let m = drive(4, timing, 10, |_| async {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    /// A run whose every call sleeps for `call`.
+    async fn sleeping_calls(clients: usize, timing: Timing, entries_per_call: u64, call: Duration) -> Measurement {
+        drive(clients, timing, entries_per_call, move |_| async move {
+            tokio::time::sleep(call).await;
             Ok(())
         })
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn counts_only_calls_inside_the_window() {
+        let timing = Timing { warmup: Duration::from_millis(50), window: Duration::from_millis(200) };
+        let m = sleeping_calls(4, timing, 10, Duration::from_millis(10)).await;
         // About 4 workers × 200 ms / 10 ms; timers make it fuzzy.
         assert!((40..=84).contains(&m.calls), "{} calls", m.calls);
         assert_eq!(m.entries, m.calls * 10);
@@ -164,12 +169,7 @@ mod tests {
     #[tokio::test]
     async fn calls_longer_than_the_window_still_measure() {
         let timing = Timing { warmup: Duration::from_millis(10), window: Duration::from_millis(20) };
-        let m = drive(3, timing, 100, |_| async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let m = sleeping_calls(3, timing, 100, Duration::from_millis(100)).await;
         // Each worker ran until its span held one whole 100 ms call.
         assert_eq!(m.calls, 3);
         // 3 workers × 100 entries per ~100 ms; timers make it fuzzy.

@@ -158,13 +158,7 @@ pub async fn run(
 async fn publish(js: &jetstream::Context, subject: String, payload: Bytes, count: usize) -> anyhow::Result<()> {
     let mut pending = count;
     let mut pause = BACKPRESSURE_PAUSE_MIN;
-    for round in 0.. {
-        if pending == 0 {
-            break;
-        }
-        if round == BACKPRESSURE_ROUNDS_MAX {
-            bail!("JetStream still refused {pending} of {count} messages after {round} rounds of re-publishing");
-        }
+    for _ in 0..BACKPRESSURE_ROUNDS_MAX {
         let mut acks = Vec::with_capacity(pending);
         for _ in 0..pending {
             acks.push(js.publish(subject.clone(), payload.clone()).await.context("publish")?);
@@ -177,12 +171,15 @@ async fn publish(js: &jetstream::Context, subject: String, payload: Bytes, count
                 Err(e) => return Err(e).context("PubAck"),
             }
         }
-        if pending > 0 {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(BACKPRESSURE_PAUSE_MAX);
+        if pending == 0 {
+            return Ok(());
         }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(BACKPRESSURE_PAUSE_MAX);
     }
-    Ok(())
+    bail!(
+        "JetStream still refused {pending} of {count} messages after {BACKPRESSURE_ROUNDS_MAX} rounds of re-publishing"
+    )
 }
 
 fn is_backpressure(e: &jetstream::context::PublishError) -> bool {

@@ -7,7 +7,7 @@
 //! and unlinks the file it leaves, as ferry releases a sealed segment once
 //! its entries are frozen. No ids, no checksums, no index, no reads.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -84,13 +84,7 @@ impl LogFile {
     /// Creates file `seq` durably (its directory entry synced), as ferry
     /// creates a segment.
     fn create(dir: &Path, seq: u32) -> anyhow::Result<LogFile> {
-        let path = dir.join(format!("{seq:08}.log"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .with_context(|| format!("create {}", path.display()))?;
-        ferry_store::durable::sync_dir(dir)?;
+        let (file, path) = ferry_store::durable::create_file_with_header(dir, &format!("{seq:08}.log"), &[])?;
         Ok(LogFile { seq, file, path, len: 0 })
     }
 }
