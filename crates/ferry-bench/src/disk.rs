@@ -1,6 +1,7 @@
 //! Where the benchmark's files go. fdatasync on a memory filesystem
 //! (tmpfs, often `/tmp`) costs nothing, which would make every number
 //! meaningless, so the default avoids one and a chosen one is flagged.
+#![allow(clippy::disallowed_methods)] // the benchmark creates its scratch directories
 
 use std::path::{Path, PathBuf};
 

@@ -6,6 +6,7 @@
 //! has its own connection and awaits its PubAcks before the next call; a
 //! batch is that many publishes pipelined, acks awaited together (not
 //! atomic: JetStream has no all-or-nothing batch on this client).
+#![allow(clippy::disallowed_methods)] // the benchmark writes nats-server's config and log, not ferry data
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -84,7 +84,7 @@ impl LogFile {
     /// Creates file `seq` durably (its directory entry synced), as ferry
     /// creates a segment.
     fn create(dir: &Path, seq: u32) -> anyhow::Result<LogFile> {
-        let (file, path) = ferry_store::durable::create_file_with_header(dir, &format!("{seq:08}.log"), &[])?;
+        let (file, path) = ferry_fs::durable::create_file_with_header(dir, &format!("{seq:08}.log"), &[])?;
         Ok(LogFile { seq, file, path, len: 0 })
     }
 }
@@ -116,12 +116,12 @@ fn roll_if_full(dir: &Path, log: &mut LogFile, bytes: usize) -> Ack {
     }
     let next = LogFile::create(dir, log.seq + 1).map_err(|e| format!("{e:#}"))?;
     let full = std::mem::replace(log, next);
-    ferry_store::durable::remove_file(&full.path).map_err(|e| e.to_string())
+    ferry_fs::durable::remove_file(&full.path).map_err(|e| e.to_string())
 }
 
 fn write_durably(log: &mut LogFile, bytes: &[u8]) -> Ack {
     log.file.write_all_at(bytes, log.len).map_err(|e| format!("write {}: {e}", log.path.display()))?;
-    ferry_store::durable::sync_data(&log.file, &log.path).map_err(|e| e.to_string())?;
+    ferry_fs::durable::sync_data(&log.file, &log.path).map_err(|e| e.to_string())?;
     log.len += bytes.len() as u64;
     Ok(())
 }

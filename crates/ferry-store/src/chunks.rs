@@ -23,7 +23,7 @@ use sha2::Digest as _;
 
 use crate::catalog::{Catalog, CatalogOp};
 use crate::error::{IoContext as _, Result, StoreError};
-use crate::vfs::{Vfs, VfsFile};
+use ferry_fs::vfs::{Vfs, VfsFile};
 
 /// What the catalog holds under `chunk:{ledger}:{chunk:08}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -61,6 +61,16 @@ fn ledger_suffix(ledger: &Option<LedgerName>) -> String {
     ledger.as_ref().map(|l| format!(" (ledger {l})")).unwrap_or_default()
 }
 
+impl From<ferry_fs::FsError> for StoreError {
+    fn from(e: ferry_fs::FsError) -> Self {
+        match e {
+            ferry_fs::FsError::Locked { root, lock } => StoreError::Locked { root, lock },
+            ferry_fs::FsError::Io { context, source } => StoreError::Io { context, source },
+            other => StoreError::io("storage", std::io::Error::other(other.to_string())),
+        }
+    }
+}
+
 impl StoreError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         StoreError::Io { context: context.into(), source }

@@ -8,7 +8,6 @@
 
 mod catalog;
 pub mod chunks;
-pub mod durable;
 mod error;
 mod flusher;
 mod freezer;
@@ -20,8 +19,9 @@ mod shared;
 pub mod sim;
 mod store;
 pub mod verify;
-pub mod vfs;
 mod wal;
+
+pub use ferry_fs::{RealFs, durable, vfs};
 
 pub use catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
 pub use error::{Result, StoreError};

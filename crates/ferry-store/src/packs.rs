@@ -13,7 +13,7 @@ use ferry_format::wal::WalRecord;
 
 use crate::chunks::{OwnedRecord, PackInfo, PackLayout};
 use crate::error::{Result, StoreError};
-use crate::vfs::{Vfs, VfsRead};
+use ferry_fs::vfs::{Vfs, VfsRead};
 
 /// Open packs kept at once.
 const OPEN_PACKS_MAX: usize = 256;

@@ -16,12 +16,12 @@ use ferry_format::wal::decode_record;
 
 use crate::catalog::Catalog;
 use crate::chunks::{OwnedRecord, PackLayout};
-use crate::durable::{self, RealFs};
 use crate::error::{Result, StoreError};
 use crate::health::Health;
 use crate::ledger::LedgerState;
 use crate::packs::{PackCache, owned};
 use crate::wal::{RELEASED, RecordPos, Segments};
+use ferry_fs::{RealFs, durable};
 
 /// Something that needs a ledger's entries from some id on, so retention
 /// must not prune them (an exporter's cursor, a snapshot pin).
@@ -113,7 +113,7 @@ impl Shared {
             }
             Err(e) => {
                 self.health.poison(e.to_string());
-                Err(e)
+                Err(e.into())
             }
         }
     }

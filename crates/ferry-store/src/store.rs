@@ -21,7 +21,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
 use crate::chunks::{self, PackLayout};
-use crate::durable::{self, RealFs};
 use crate::error::{Result, StoreError};
 use crate::flusher::{AppendRequest, Flusher, FlusherMsg, IdempotencyIndex};
 use crate::freezer::{Freezer, FreezerMsg};
@@ -31,6 +30,7 @@ use crate::packs::PackCache;
 use crate::recovery::{self, WalIndexer};
 use crate::shared::{RetentionHold, RetentionPolicy, Shared};
 use crate::wal::{self, Segments};
+use ferry_fs::{RealFs, durable};
 
 /// Where the store lives and the limits it enforces.
 #[derive(Debug, Clone)]

@@ -49,10 +49,10 @@ pub use ferry_format::wal::{DecodeError, SEGMENT_MAGIC, WalRecord};
 
 use crate::catalog::{LedgerMeta, RedbCatalog};
 use crate::chunks::{self, ChunkState, PackInfo, PackLayout};
-use crate::durable::{self, RealFs};
 use crate::error::{IoContext as _, Result, StoreError};
 use crate::store::StoreConfig;
 use crate::wal::segment_name;
+use ferry_fs::{RealFs, durable};
 
 /// The catalog's one table (the same definition as `catalog.rs`; read raw
 /// here so that a malformed key is reported, not a reason to stop).

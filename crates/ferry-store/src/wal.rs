@@ -18,8 +18,8 @@ use ferry_format::wal::{
     DecodeError, SEGMENT_HEADER_BYTES, WalRecord, decode_record, decode_segment_header, encode_segment_header,
 };
 
-use crate::durable;
 use crate::error::{IoContext as _, Result, StoreError};
+use ferry_fs::durable;
 
 const SEGMENT_SUFFIX: &str = ".wal";
 

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 pub use config::FileConfig;
 use ferry_core::{EntryId, LedgerName};
 use ferry_export::{Ack, Batch, SinkError};
-use ferry_store::durable;
+use ferry_fs::durable;
 
 const SUFFIX: &str = ".jsonl";
 const NAME_DIGITS: usize = 20;

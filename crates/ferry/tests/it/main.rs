@@ -1,6 +1,10 @@
 //! Integration tests of the `ferry` binary: real `ferry serve` processes on
 //! loopback ports with temp data dirs, real HTTP, real `kill -9`. No mocks.
 
+// Tests build, damage and inspect files on purpose, with the raw calls
+// that clippy.toml keeps out of the product code.
+#![allow(clippy::disallowed_methods)]
+
 mod api;
 mod cli;
 mod crash;

@@ -3,15 +3,15 @@
 //! raw calls everywhere else.
 //!
 //! **Architecture Invariant:** a function here either completes its step
-//! durably or returns an error; callers poison the store on any error from a
-//! sync, and never retry one.
+//! durably or returns an error; a caller never retries a failed sync (the
+//! store poisons itself on one).
 #![allow(clippy::disallowed_methods)]
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::error::{IoContext as _, Result, StoreError};
+use crate::error::{FsError, IoContext as _, Result};
 
 /// The lock file of the data directory (SPEC §3).
 pub const LOCK_FILE: &str = "ferry.lock";
@@ -36,7 +36,7 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
         match std::fs::create_dir(d) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(StoreError::io(format!("create directory {}", d.display()), e)),
+            Err(e) => return Err(FsError::io(format!("create directory {}", d.display()), e)),
         }
         // The new entry lives in the parent's directory file.
         sync_dir(d.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
@@ -57,15 +57,15 @@ pub fn lock_root(root: &Path, name: &str) -> Result<File> {
         .context(|| format!("open lock file {}", lock.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { root: root.to_path_buf(), lock }),
-        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(format!("lock {}", lock.display()), e)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(FsError::Locked { root: root.to_path_buf(), lock }),
+        Err(std::fs::TryLockError::Error(e)) => Err(FsError::io(format!("lock {}", lock.display()), e)),
     }
 }
 
 /// Makes a file's written bytes (and its size) durable. The step every
 /// acknowledgement waits for.
 pub fn sync_data(file: &File, path: &Path) -> Result<()> {
-    fail::fail_point!("durable::sync_data", |_| Err(StoreError::io(
+    fail::fail_point!("durable::sync_data", |_| Err(FsError::io(
         format!("fdatasync {}", path.display()),
         std::io::Error::other("injected by fail point durable::sync_data")
     )));
@@ -116,7 +116,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _held = lock_root(dir.path(), LOCK_FILE).unwrap();
         let err = lock_root(dir.path(), LOCK_FILE).unwrap_err();
-        assert!(matches!(err, StoreError::Locked { .. }));
+        assert!(matches!(err, FsError::Locked { .. }));
         assert!(err.to_string().contains(&dir.path().display().to_string()));
     }
 
@@ -134,68 +134,5 @@ mod tests {
         create_dir_all(&nested).unwrap();
         assert!(nested.is_dir());
         create_dir_all(&nested).unwrap();
-    }
-}
-
-/// The real disk, for the pack protocols (`crate::vfs::Vfs`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RealFs;
-
-struct RealFile {
-    file: std::io::BufWriter<File>,
-}
-
-impl crate::vfs::VfsFile for RealFile {
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(buf)
-    }
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.file.flush()?;
-        self.file.get_ref().sync_data()
-    }
-}
-
-impl crate::vfs::VfsRead for File {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        Ok(self.metadata()?.len())
-    }
-}
-
-impl crate::vfs::Vfs for RealFs {
-    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::create_dir(path)
-    }
-    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn crate::vfs::VfsFile>> {
-        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
-        Ok(Box::new(RealFile { file: std::io::BufWriter::with_capacity(1 << 20, file) }))
-    }
-    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn crate::vfs::VfsRead>> {
-        Ok(Box::new(File::open(path)?))
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        std::fs::rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::remove_file(path)
-    }
-    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::remove_dir(path)
-    }
-    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        File::open(path)?.sync_all()
-    }
-    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for item in std::fs::read_dir(path)? {
-            names.push(item?.file_name().to_string_lossy().into_owned());
-        }
-        names.sort();
-        Ok(names)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        path.exists()
     }
 }

@@ -1,0 +1,71 @@
+//! `RealFs`: the [`Vfs`] of the real disk.
+#![allow(clippy::disallowed_methods)] // this file is where the raw calls live
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::Path;
+
+use crate::vfs::{Vfs, VfsFile, VfsRead};
+
+/// The real disk, for the pack protocols (`Vfs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealFs;
+
+struct RealFile {
+    file: std::io::BufWriter<File>,
+}
+
+impl VfsFile for RealFile {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(buf)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().sync_data()
+    }
+}
+
+impl VfsRead for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+impl Vfs for RealFs {
+    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::create_dir(path)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn VfsFile>> {
+        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        Ok(Box::new(RealFile { file: std::io::BufWriter::with_capacity(1 << 20, file) }))
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn VfsRead>> {
+        Ok(Box::new(File::open(path)?))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for item in std::fs::read_dir(path)? {
+            names.push(item?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
