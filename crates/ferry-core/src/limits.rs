@@ -37,8 +37,13 @@ pub const CHUNK_ENTRIES_DEFAULT: u64 = 65_536;
 pub const CHUNK_ENTRIES_MIN: u64 = 4;
 /// The largest `chunk_entries`: a chunk must stay one manageable file.
 pub const CHUNK_ENTRIES_MAX: u64 = 1 << 24;
-/// The on-disk format version (pinned at first start).
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this build writes (pinned at first start;
+/// see `docs/format.md`, "Format versions"). 2: `ledger:` values carry a
+/// durable `incarnation`, handed out by `counter:incarnation`.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build opens (migrating it at start).
+pub const FORMAT_VERSION_OLDEST: u32 = 1;
+const _: () = assert!(FORMAT_VERSION_OLDEST >= 1 && FORMAT_VERSION_OLDEST <= FORMAT_VERSION);
 /// A WAL segment is closed and a new one started past this size.
 pub const WAL_SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// The flusher stops taking requests into a group past this many bytes.

@@ -32,6 +32,23 @@ impl ConfigName {
     }
 }
 
+/// A durable counter: the last value handed out, so none is handed out twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CounterName {
+    /// Ledger incarnations: every ledger ever created got a distinct one.
+    Incarnation,
+}
+
+impl CounterName {
+    pub const ALL: [CounterName; 1] = [CounterName::Incarnation];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CounterName::Incarnation => "incarnation",
+        }
+    }
+}
+
 /// Every kind of key the catalog holds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CatalogKey {
@@ -46,6 +63,8 @@ pub enum CatalogKey {
     Pin(u64),
     /// `config:{name}`: a pinned layout value.
     Config(ConfigName),
+    /// `counter:{name}`: the last value a durable counter handed out.
+    Counter(CounterName),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +80,7 @@ impl CatalogKey {
     pub const CONFIG_PREFIX: &'static str = "config:";
     pub const CHUNK_PREFIX: &'static str = "chunk:";
     pub const CURSOR_PREFIX: &'static str = "cursor:";
+    pub const COUNTER_PREFIX: &'static str = "counter:";
 
     /// The prefix of every `chunk:` key of one ledger.
     pub fn chunk_prefix(ledger: &LedgerName) -> String {
@@ -89,6 +109,11 @@ impl CatalogKey {
                 .find(|n| n.as_str() == *c)
                 .map(Self::Config)
                 .ok_or_else(|| fail("unknown config name")),
+            ("counter", [c]) => CounterName::ALL
+                .into_iter()
+                .find(|n| n.as_str() == *c)
+                .map(Self::Counter)
+                .ok_or_else(|| fail("unknown counter name")),
             _ => Err(fail("unknown kind or wrong number of parts")),
         }
     }
@@ -110,6 +135,7 @@ impl fmt::Display for CatalogKey {
             Self::Cursor(e, l) => write!(f, "cursor:{e}:{l}"),
             Self::Pin(p) => write!(f, "pin:{p:020}"),
             Self::Config(c) => write!(f, "config:{}", c.as_str()),
+            Self::Counter(c) => write!(f, "counter:{}", c.as_str()),
         }
     }
 }
@@ -130,6 +156,7 @@ mod tests {
         assert_eq!(CatalogKey::Cursor(ln("ch"), ln("audit")).encode(), "cursor:ch:audit");
         assert_eq!(CatalogKey::Pin(9).encode(), "pin:00000000000000000009");
         assert_eq!(CatalogKey::Config(ConfigName::ChunkEntries).encode(), "config:chunk_entries");
+        assert_eq!(CatalogKey::Counter(CounterName::Incarnation).encode(), "counter:incarnation");
         assert!(CatalogKey::Chunk(ln("a"), 1).encode().starts_with(&CatalogKey::chunk_prefix(&ln("a"))));
     }
 
@@ -146,6 +173,8 @@ mod tests {
             "chunk:a:000000001",
             "pin:1",
             "config:nope",
+            "counter:nope",
+            "counter:incarnation:1",
             "nope:a",
             "cursor:a",
             "ledger:..",
@@ -165,6 +194,7 @@ mod tests {
             (any_name(), any_name()).prop_map(|(e, l)| CatalogKey::Cursor(e, l)),
             any::<u64>().prop_map(CatalogKey::Pin),
             proptest::sample::select(ConfigName::ALL.to_vec()).prop_map(CatalogKey::Config),
+            proptest::sample::select(CounterName::ALL.to_vec()).prop_map(CatalogKey::Counter),
         ]
     }
 

@@ -30,12 +30,28 @@ pub trait Catalog: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerMeta {
+    /// Tells this ledger from every other ledger ever created under the
+    /// name: handed out by `counter:incarnation`, never reused. 0 only in a
+    /// format-1 catalog, before the migration at start assigns one.
+    #[serde(default)]
+    pub incarnation: u64,
     pub created_at: u64,
     /// The lowest retained id.
     pub first: u64,
     /// The WAL position (segment, offset) the ledger was created at: records
     /// of this name before it belong to an earlier, deleted ledger.
     pub wal_from: (u32, u64),
+}
+
+impl LedgerMeta {
+    /// Decodes the value of `key` (a `ledger:` key, named in the error).
+    pub fn decode(key: &CatalogKey, value: &[u8]) -> Result<Self> {
+        serde_json::from_slice(value).map_err(|e| StoreError::CatalogCorrupted(format!("{key}: {e}")))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("ledger metadata serialises")
+    }
 }
 
 /// `cursor:{exporter}:{ledger}`: the last id the exporter's sink acknowledged.

@@ -37,6 +37,10 @@ pub enum StoreError {
         "{name} is pinned to {pinned} in the catalog; the configuration asks for {configured}. Use {pinned} or a new data directory"
     )]
     PinnedMismatch { name: &'static str, pinned: String, configured: String },
+    #[error(
+        "the data directory has format version {found}; this ferry opens versions {oldest}..={newest}. It was written by a newer ferry: run that one"
+    )]
+    UnknownFormat { found: u64, oldest: u32, newest: u32 },
     #[error("corrupted WAL segment {segment} at offset {offset}{}: {reason}", ledger_suffix(.ledger))]
     Corrupted { segment: PathBuf, offset: u64, ledger: Option<LedgerName>, reason: String },
     #[error("corrupted pack of ledger {ledger} chunk {chunk} ({}) at offset {offset}: {reason}", path.display())]

@@ -6,81 +6,21 @@
 //! fdatasync that covers its records returned success; a failed write or
 //! sync poisons the store and fails the group.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ferry_core::events::Appended;
-use ferry_core::limits::{GROUP_COMMIT_BYTES_MAX, IDEMPOTENCY_WINDOW_MS};
-use ferry_core::{EntryId, LedgerName, NewEntry, now_ms};
+use ferry_core::limits::GROUP_COMMIT_BYTES_MAX;
+use ferry_core::{EntryId, LedgerName, now_ms};
 use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, decode_record, encode_record};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Result, StoreError};
-use crate::freezer::FreezerMsg;
+use crate::idempotency::IdempotencyIndex;
 use crate::ledger::LedgerState;
+use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg};
 use crate::shared::Shared;
-use crate::store::AppendOutcome;
 use crate::wal::{RecordPos, SegmentWriter};
-
-pub(crate) struct AppendRequest {
-    pub ledger: Arc<LedgerState>,
-    pub entries: Vec<NewEntry>,
-    /// The WAL bytes the new entries encode to (at most `APPEND_BYTES_MAX`).
-    pub encoded_bytes: usize,
-    pub reply: oneshot::Sender<Result<AppendOutcome>>,
-}
-
-pub(crate) enum FlusherMsg {
-    Append(AppendRequest),
-    /// Copy the live records of this sealed segment forward so it can go.
-    Relocate(u32),
-    /// A ledger is being deleted: forget its idempotency keys (a ledger
-    /// created later under the name must not answer with the old ids), and
-    /// answer once every message before this one is written and visible.
-    ForgetLedger(LedgerName, oneshot::Sender<()>),
-    Shutdown,
-}
-
-/// Idempotency keys seen in the last 24 h, per ledger, with the id they got.
-#[derive(Debug, Default)]
-pub(crate) struct IdempotencyIndex {
-    ids: HashMap<(LedgerName, String), EntryId>,
-    by_age: VecDeque<(u64, LedgerName, String, EntryId)>,
-}
-
-impl IdempotencyIndex {
-    pub fn insert(&mut self, ledger: &LedgerName, key: &str, id: EntryId, ts: u64) {
-        self.ids.insert((ledger.clone(), key.to_owned()), id);
-        self.by_age.push_back((ts, ledger.clone(), key.to_owned(), id));
-    }
-
-    fn get(&self, ledger: &LedgerName, key: &str) -> Option<EntryId> {
-        // Avoids allocating on the miss path only when the map is empty.
-        if self.ids.is_empty() {
-            return None;
-        }
-        self.ids.get(&(ledger.clone(), key.to_owned())).copied()
-    }
-
-    /// Forgets every key of a ledger.
-    pub fn forget(&mut self, ledger: &LedgerName) {
-        self.ids.retain(|(l, _), _| l != ledger);
-        self.by_age.retain(|(_, l, ..)| l != ledger);
-    }
-
-    /// Forgets keys older than the window. A key used again after it had
-    /// expired (recovery replays both uses) keeps its newer id.
-    pub fn expire(&mut self, now: u64) {
-        let horizon = now.saturating_sub(IDEMPOTENCY_WINDOW_MS);
-        while self.by_age.front().is_some_and(|(ts, ..)| *ts < horizon) {
-            let (_, ledger, key, id) = self.by_age.pop_front().expect("front exists");
-            let slot = (ledger, key);
-            if self.ids.get(&slot) == Some(&id) {
-                self.ids.remove(&slot);
-            }
-        }
-    }
-}
 
 pub(crate) struct Flusher {
     pub rx: mpsc::Receiver<FlusherMsg>,

@@ -16,10 +16,10 @@ use ferry_format::keys::CatalogKey;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{CatalogOp, LedgerMeta};
-use crate::chunks::{self, ChunkState};
 use crate::error::{Result, StoreError};
-use crate::flusher::FlusherMsg;
 use crate::ledger::LedgerState;
+use crate::messages::{FlusherMsg, FreezerMsg};
+use crate::pack_protocols::{self, ChunkState};
 use crate::shared::Shared;
 
 /// How often the freezer looks at retention and sparse segments.
@@ -30,14 +30,6 @@ const RETENTION_EVERY: Duration = Duration::from_secs(1);
 const FREEZE_PAGE_ENTRIES: usize = 4096;
 /// Chunks one ledger freezes before the next ledger's turn.
 const FREEZE_TURN_CHUNKS: usize = 8;
-
-pub(crate) enum FreezerMsg {
-    /// The ledger has a full chunk in the hot tier.
-    Check(Arc<LedgerState>),
-    /// Delete the ledger; answer when it is gone.
-    Delete(Arc<LedgerState>, oneshot::Sender<Result<()>>),
-    Shutdown,
-}
 
 pub(crate) struct Freezer {
     pub rx: Receiver<FreezerMsg>,
@@ -146,8 +138,16 @@ impl Freezer {
             next += 1;
             page.next().map(Ok)
         });
-        let info =
-            chunks::freeze(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk, n, s.format_version, &mut records)?;
+        let info = pack_protocols::freeze(
+            &s.vfs,
+            &*s.catalog,
+            &s.layout,
+            &state.name,
+            chunk,
+            n,
+            s.format_version,
+            &mut records,
+        )?;
         let event = SystemEvent::chunk("chunk.frozen", &state.name, chunk, info.first_id, info.last_id());
         let left = state.index.write().expect("index lock").freeze_front(chunk, info);
         s.segments.account(left, false);
@@ -181,11 +181,11 @@ impl Freezer {
                 }
                 let meta = LedgerMeta { first: info.last_id() + 1, ..state.meta.clone() };
                 let ledger_key = CatalogKey::Ledger(state.name.clone());
-                let with = vec![CatalogOp::Put(ledger_key, serde_json::to_vec(&meta).expect("metadata serialises"))];
+                let with = vec![CatalogOp::Put(ledger_key, meta.encode())];
                 // Readers see the new First before the file goes.
                 state.index.write().expect("index lock").prune_front(chunk);
                 s.packs.forget(&state.name, Some(chunk));
-                chunks::sweep(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk, &info, with)?;
+                pack_protocols::sweep(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk, &info, with)?;
                 tracing::info!(ledger = %state.name, chunk, first = meta.first, "chunk pruned by retention");
                 let event = SystemEvent::chunk("chunk.pruned", &state.name, chunk, info.first_id, info.last_id());
                 s.events.publish(&event.key, &event);
@@ -225,9 +225,9 @@ impl Freezer {
         drop(_cursors);
         s.packs.forget(name, None);
         for (chunk, _) in &frozen {
-            chunks::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, name, *chunk)?;
+            pack_protocols::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, name, *chunk)?;
         }
-        chunks::remove_ledger_dirs(&s.vfs, &s.layout, name)?;
+        pack_protocols::remove_ledger_dirs(&s.vfs, &s.layout, name)?;
         let hot = {
             let mut ledgers = s.ledgers.write().expect("ledgers lock");
             if ledgers.get(name).is_some_and(|l| Arc::ptr_eq(l, state)) {

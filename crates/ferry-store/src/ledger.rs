@@ -10,21 +10,21 @@
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_core::{EntryId, LedgerName};
 
 use crate::catalog::LedgerMeta;
-use crate::chunks::PackInfo;
+use crate::pack_protocols::PackInfo;
 use crate::wal::RecordPos;
 
 #[derive(Debug)]
 pub(crate) struct LedgerState {
     pub name: LedgerName,
     pub meta: LedgerMeta,
-    /// Tells this ledger from an earlier or later one of the same name in
-    /// this process (a cursor write for a deleted ledger must not land on
-    /// its successor).
+    /// `meta.incarnation`: tells this ledger from every earlier or later
+    /// one of the same name, across restarts (a cursor write for a deleted
+    /// ledger must not land on its successor).
     pub incarnation: u64,
     pub index: RwLock<LedgerIndex>,
     /// Set when deletion begins: the flusher takes no more appends for it.
@@ -36,11 +36,10 @@ pub(crate) struct LedgerState {
 impl LedgerState {
     pub fn new(name: LedgerName, meta: LedgerMeta, chunk_entries: u64) -> Self {
         let index = LedgerIndex::new(meta.first, chunk_entries);
-        static INCARNATIONS: AtomicU64 = AtomicU64::new(1);
         Self {
             name,
+            incarnation: meta.incarnation,
             meta,
-            incarnation: INCARNATIONS.fetch_add(1, Ordering::Relaxed),
             index: RwLock::new(index),
             deleted: AtomicBool::new(false),
             freeze_queued: AtomicBool::new(false),

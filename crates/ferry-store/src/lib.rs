@@ -7,14 +7,19 @@
 //! resolve ids through the index and `pread` the WAL. See ARCHITECTURE.md.
 
 mod catalog;
-pub mod chunks;
 mod error;
 mod flusher;
 mod freezer;
 mod health;
+mod idempotency;
+mod layout;
 mod ledger;
-mod packs;
+mod messages;
+pub mod pack_protocols;
+mod pack_reader;
+mod read;
 mod recovery;
+mod roots;
 mod shared;
 pub mod sim;
 mod store;
@@ -25,5 +30,7 @@ pub use ferry_fs::{RealFs, durable, vfs};
 
 pub use catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
 pub use error::{Result, StoreError};
+pub use messages::AppendOutcome;
+pub use roots::{LockedRoots, Roots, lock_roots};
 pub use shared::{RetentionHold, RetentionPolicy};
-pub use store::{AppendOutcome, CursorUpdate, ExportCursor, LedgerHead, LedgerInfo, ReadBatch, Store, StoreConfig};
+pub use store::{CursorUpdate, ExportCursor, LedgerHead, LedgerInfo, ReadBatch, Store, StoreConfig};

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use ferry_core::limits::IDEMPOTENCY_WINDOW_MS;
 use ferry_core::{EntryId, LedgerName};
 
-use crate::chunks::PackInfo;
 use crate::error::{Result, StoreError};
-use crate::flusher::IdempotencyIndex;
+use crate::idempotency::IdempotencyIndex;
 use crate::ledger::LedgerState;
-use crate::packs::PackReader;
+use crate::pack_protocols::PackInfo;
+use crate::pack_reader::PackReader;
 use crate::shared::Shared;
 use crate::wal::{RecordPos, ScannedRecord};
 

@@ -10,27 +10,31 @@ use std::thread::JoinHandle;
 use ferry_core::bus::Bus;
 use ferry_core::events::{Appended, SystemEvent};
 use ferry_core::limits::{
-    APPEND_BYTES_MAX, APPEND_QUEUE_DEPTH, BATCH_ENTRIES_MAX, CHUNK_ENTRIES_DEFAULT, CHUNK_ENTRIES_MAX,
-    CHUNK_ENTRIES_MIN, ENTRY_BYTES_MAX_DEFAULT, ENTRY_BYTES_MAX_LIMIT, ENTRY_KEY_BYTES_MAX, FORMAT_VERSION,
-    IDEMPOTENCY_KEY_BYTES_MAX, WAL_SEGMENT_BYTES_MAX,
+    APPEND_BYTES_MAX, APPEND_QUEUE_DEPTH, BATCH_ENTRIES_MAX, CHUNK_ENTRIES_MAX, CHUNK_ENTRIES_MIN,
+    ENTRY_BYTES_MAX_DEFAULT, ENTRY_BYTES_MAX_LIMIT, ENTRY_KEY_BYTES_MAX, FORMAT_VERSION, IDEMPOTENCY_KEY_BYTES_MAX,
+    WAL_SEGMENT_BYTES_MAX,
 };
 use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload, now_ms};
-use ferry_format::keys::{CatalogKey, ConfigName};
+use ferry_format::keys::CatalogKey;
 use ferry_format::wal as wal_format;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
-use crate::chunks::{self, PackLayout};
 use crate::error::{Result, StoreError};
-use crate::flusher::{AppendRequest, Flusher, FlusherMsg, IdempotencyIndex};
-use crate::freezer::{Freezer, FreezerMsg};
+use crate::flusher::Flusher;
+use crate::freezer::Freezer;
 use crate::health::Health;
+use crate::idempotency::IdempotencyIndex;
+use crate::layout;
 use crate::ledger::LedgerState;
-use crate::packs::PackCache;
+use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg};
+use crate::pack_protocols::{self, PackLayout};
+use crate::pack_reader::PackCache;
 use crate::recovery::{self, WalIndexer};
+use crate::roots::{self, Roots};
 use crate::shared::{RetentionHold, RetentionPolicy, Shared};
 use crate::wal::{self, Segments};
-use ferry_fs::{RealFs, durable};
+use ferry_fs::RealFs;
 
 /// Where the store lives and the limits it enforces.
 #[derive(Debug, Clone)]
@@ -69,25 +73,14 @@ impl StoreConfig {
             holds: Vec::new(),
         }
     }
-
-    fn root(&self, configured: &Option<PathBuf>, default: &str) -> PathBuf {
-        configured.clone().unwrap_or_else(|| self.data_dir.join(default))
-    }
-}
-
-/// The result of an append: the id of every entry, in request order (an
-/// entry whose idempotency key was already used gets its original id).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppendOutcome {
-    pub ids: Vec<EntryId>,
-    /// False when every entry was a repeat of an earlier append.
-    pub created: bool,
 }
 
 /// What `GET /v1/ledgers/{ledger}` reports.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LedgerInfo {
     pub name: LedgerName,
+    /// Never reused for the name: a deleted and re-created ledger has a new one.
+    pub incarnation: u64,
     pub first: EntryId,
     /// `first - 1` for a ledger with no entries.
     pub head: EntryId,
@@ -101,11 +94,10 @@ pub struct LedgerInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerHead {
     pub name: LedgerName,
-    /// Tells this ledger from another of the same name (deleted and created
-    /// again) within this process.
+    /// Tells this ledger from every other of the same name (deleted and
+    /// created again), durably: never reused.
     pub incarnation: u64,
-    /// Unix milliseconds of its creation: tells incarnations apart across
-    /// restarts too (though two may share a millisecond).
+    /// Unix milliseconds of its creation.
     pub created_at: u64,
     pub first: EntryId,
     /// `first - 1` for a ledger with no entries.
@@ -153,8 +145,9 @@ pub struct Store {
 
 struct Inner {
     shared: Arc<Shared>,
-    /// Serialises ledger creation so a name is created once.
-    create_lock: Mutex<()>,
+    /// The last incarnation handed out; held while a ledger is created, so
+    /// a name is created once and no incarnation twice.
+    last_incarnation: Mutex<u64>,
     tx: mpsc::Sender<FlusherMsg>,
     freezer_tx: std::sync::mpsc::Sender<FreezerMsg>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -182,107 +175,28 @@ impl Drop for Inner {
 }
 
 impl Store {
-    /// Locks the storage roots, checks the pinned layout, finishes the pack
-    /// protocols, recovers the hot tier, and starts the flusher and the
-    /// freezer. Blocking.
+    /// Locks the storage roots, checks the pinned layout (migrating an older
+    /// format), finishes the pack protocols, recovers the hot tier, and
+    /// starts the flusher and the freezer. Blocking.
     pub fn open(config: StoreConfig) -> Result<Store> {
         check_config(&config)?;
-        let roots = [
-            config.data_dir.clone(),
-            config.root(&config.catalog_dir, "catalog"),
-            config.root(&config.hot_dir, "hot"),
-            config.root(&config.ledgers_dir, "ledgers"),
-        ];
-        let mut locks = Vec::new();
-        let mut locked = HashSet::new();
-        for (i, root) in roots.iter().enumerate() {
-            durable::create_dir_all(root)?;
-            if locked.insert(std::fs::canonicalize(root).unwrap_or(root.clone())) {
-                let name = if i == 0 { durable::LOCK_FILE } else { durable::ROOT_LOCK_FILE };
-                locks.push(durable::lock_root(root, name)?);
-            }
-        }
-        let [_, catalog_dir, hot_dir, ledgers_dir] = roots;
-        let catalog = RedbCatalog::open(&catalog_dir)?;
-        let chunk_entries = pin_layout(&catalog, config.chunk_entries)?;
-        let ledgers = load_ledgers(&catalog, chunk_entries)?;
-        let layout = PackLayout { root: ledgers_dir };
-        let recovered_packs = chunks::recover(&RealFs, &catalog, &layout)?;
-        for orphan in &recovered_packs.orphans {
-            tracing::warn!(file = %orphan.display(), "pack file without a catalog key (ferry verify lists it)");
-        }
-        let shared = Arc::new(Shared {
-            catalog: Box::new(catalog),
-            ledgers: RwLock::new(ledgers),
-            segments: Segments::new(hot_dir.clone()),
-            health: Health::default(),
-            layout,
-            packs: PackCache::default(),
-            vfs: RealFs,
-            chunk_entries,
-            format_version: FORMAT_VERSION,
-            wal_segment_bytes: config.wal_segment_bytes,
-            retention: config.retention.clone(),
-            holds: RwLock::new(config.holds.clone()),
-            durable_end: Default::default(),
-            stopping: Default::default(),
-            appends: Bus::default(),
-            events: Bus::default(),
-            cursor_lock: Default::default(),
-            reads: Default::default(),
-        });
-        let now = now_ms();
-        let mut idempotency = IdempotencyIndex::default();
-        recovery::load_frozen(&shared, recovered_packs.frozen, &mut idempotency, now)?;
-        let (recovered, live) = {
-            let ledgers = shared.ledgers.read().expect("ledgers lock");
-            let mut indexer = WalIndexer::new(&ledgers, &mut idempotency, &hot_dir);
-            let recovered = wal::recover(&hot_dir, FORMAT_VERSION, |path, scanned| indexer.visit(path, scanned))?;
-            (recovered, indexer.install()?)
-        };
-        idempotency.expire(now);
-        for (seq, file) in recovered.segments {
-            shared.segments.insert(seq, file);
-        }
-        shared.segments.set_current(recovered.writer.seq);
-        shared.segments.account(live, true);
-        shared.set_durable_end(recovered.writer.seq, recovered.writer.len);
-
-        let (tx, rx) = mpsc::channel(APPEND_QUEUE_DEPTH);
-        let (freezer_tx, freezer_rx) = std::sync::mpsc::channel();
-        let flusher =
-            Flusher { rx, writer: recovered.writer, shared: shared.clone(), freezer: freezer_tx.clone(), idempotency };
-        let freezer = Freezer { rx: freezer_rx, shared: shared.clone(), flusher: tx.clone() };
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(f)
-                .map_err(|e| StoreError::io(format!("start {name}"), e))
-        };
-        let threads = vec![
-            spawn("ferry-flusher", Box::new(move || flusher.run()))?,
-            spawn("ferry-freezer", Box::new(move || freezer.run()))?,
-        ];
-        // Chunks that filled before the last stop are frozen now.
-        for state in shared.ledgers.read().expect("ledgers lock").values() {
-            if state.index.read().expect("index lock").next_chunk_to_freeze().is_some() {
-                state.freeze_queued.store(true, std::sync::atomic::Ordering::SeqCst);
-                let _ = freezer_tx.send(FreezerMsg::Check(state.clone()));
-            }
-        }
+        let locked = roots::create_and_lock(&config)?;
+        let recovered = recover(&config, &locked.roots)?;
+        let shared = recovered.shared.clone();
+        let threads = start_threads(recovered)?;
         let count = shared.ledgers.read().expect("ledgers lock").len();
-        tracing::info!(ledgers = count, chunk_entries, "store open");
+        tracing::info!(ledgers = count, chunk_entries = shared.chunk_entries, "store open");
         metrics::gauge!("ferry_ledgers").set(count as f64);
         Ok(Store {
             inner: Arc::new(Inner {
+                last_incarnation: Mutex::new(threads.last_incarnation),
+                tx: threads.tx,
+                freezer_tx: threads.freezer_tx,
+                threads: Mutex::new(threads.handles),
                 shared,
-                create_lock: Mutex::new(()),
-                tx,
-                freezer_tx,
-                threads: Mutex::new(threads),
                 max_entry_bytes: config.max_entry_bytes,
                 auto_create_ledgers: config.auto_create_ledgers,
-                _locks: locks,
+                _locks: locked.locks,
             }),
         })
     }
@@ -394,19 +308,23 @@ impl Store {
     pub fn create_ledger(&self, name: &LedgerName) -> Result<bool> {
         let shared = &self.inner.shared;
         shared.health.check()?;
-        let _guard = self.inner.create_lock.lock().expect("create lock");
+        let mut last_incarnation = self.inner.last_incarnation.lock().expect("create lock");
         if shared.ledger(name).is_some() {
             return Ok(false);
         }
+        let incarnation = *last_incarnation + 1;
         // Every record of an earlier ledger of this name was durable before
         // its deletion, so it lies before this position.
-        let meta = LedgerMeta { created_at: now_ms(), first: 1, wal_from: shared.durable_end() };
-        let value = serde_json::to_vec(&meta).expect("metadata serialises");
-        let op = CatalogOp::Put(CatalogKey::Ledger(name.clone()), value);
-        if let Err(e) = shared.catalog.commit(&[op]) {
+        let meta = LedgerMeta { incarnation, created_at: now_ms(), first: 1, wal_from: shared.durable_end() };
+        let ops = [
+            CatalogOp::Put(CatalogKey::Ledger(name.clone()), meta.encode()),
+            layout::set_last_incarnation(incarnation),
+        ];
+        if let Err(e) = shared.catalog.commit(&ops) {
             shared.health.poison(e.to_string());
             return Err(e);
         }
+        *last_incarnation = incarnation;
         let state = Arc::new(LedgerState::new(name.clone(), meta, shared.chunk_entries));
         let count = {
             let mut ledgers = shared.ledgers.write().expect("ledgers lock");
@@ -587,6 +505,7 @@ fn info(state: &LedgerState) -> LedgerInfo {
     let index = state.index.read().expect("index lock");
     LedgerInfo {
         name: state.name.clone(),
+        incarnation: state.incarnation,
         first: index.first,
         head: index.head(),
         entries: (index.head() + 1).saturating_sub(index.first),
@@ -595,58 +514,106 @@ fn info(state: &LedgerState) -> LedgerInfo {
     }
 }
 
-/// Writes the layout values on first start; on later starts refuses a
-/// configuration that disagrees with them. Returns `chunk_entries`.
-fn pin_layout(catalog: &dyn Catalog, chunk_entries: Option<u64>) -> Result<u64> {
-    let read = |name: ConfigName| -> Result<Option<u64>> {
-        let Some(bytes) = catalog.get(&CatalogKey::Config(name))? else { return Ok(None) };
-        let value = std::str::from_utf8(&bytes).ok().and_then(|s| s.parse().ok());
-        value.map(Some).ok_or_else(|| {
-            StoreError::CatalogCorrupted(format!(
-                "config:{} holds {:?}",
-                name.as_str(),
-                String::from_utf8_lossy(&bytes)
-            ))
-        })
-    };
-    let mismatch = |name: ConfigName, pinned: u64, configured: u64| StoreError::PinnedMismatch {
-        name: name.as_str(),
-        pinned: pinned.to_string(),
-        configured: configured.to_string(),
-    };
-    let version = u64::from(FORMAT_VERSION);
-    let mut ops = Vec::new();
-    let chunk = match (read(ConfigName::ChunkEntries)?, chunk_entries) {
-        (Some(p), Some(c)) if p != c => return Err(mismatch(ConfigName::ChunkEntries, p, c)),
-        (Some(p), _) => p,
-        (None, c) => {
-            let c = c.unwrap_or(CHUNK_ENTRIES_DEFAULT);
-            ops.push(CatalogOp::Put(CatalogKey::Config(ConfigName::ChunkEntries), c.to_string().into_bytes()));
-            c
-        }
-    };
-    match read(ConfigName::FormatVersion)? {
-        Some(p) if p != version => return Err(mismatch(ConfigName::FormatVersion, p, version)),
-        Some(_) => {}
-        None => {
-            ops.push(CatalogOp::Put(CatalogKey::Config(ConfigName::FormatVersion), version.to_string().into_bytes()))
-        }
-    }
-    if !ops.is_empty() {
-        catalog.commit(&ops)?;
-    }
-    Ok(chunk)
-}
-
 fn load_ledgers(catalog: &dyn Catalog, chunk_entries: u64) -> Result<BTreeMap<LedgerName, Arc<LedgerState>>> {
     let mut ledgers = BTreeMap::new();
     for (key, value) in catalog.scan(CatalogKey::LEDGER_PREFIX)? {
         let CatalogKey::Ledger(name) = key else {
             return Err(StoreError::CatalogCorrupted(format!("{key} under the ledger prefix")));
         };
-        let meta: LedgerMeta =
-            serde_json::from_slice(&value).map_err(|e| StoreError::CatalogCorrupted(format!("ledger:{name}: {e}")))?;
+        let meta = LedgerMeta::decode(&CatalogKey::Ledger(name.clone()), &value)?;
         ledgers.insert(name.clone(), Arc::new(LedgerState::new(name, meta, chunk_entries)));
     }
     Ok(ledgers)
+}
+
+/// A recovered store, before its threads run.
+struct Recovered {
+    shared: Arc<Shared>,
+    writer: wal::SegmentWriter,
+    idempotency: IdempotencyIndex,
+    last_incarnation: u64,
+}
+
+/// Opens the catalog (pinning or migrating the layout), finishes the pack
+/// protocols, and rebuilds every index: frozen chunks from the catalog,
+/// hot records from one WAL replay.
+fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
+    let catalog = RedbCatalog::open(&roots.catalog)?;
+    let chunk_entries = layout::pin(&catalog, config.chunk_entries)?;
+    let last_incarnation = layout::last_incarnation(&catalog)?;
+    let ledgers = load_ledgers(&catalog, chunk_entries)?;
+    let pack_layout = PackLayout { root: roots.ledgers.clone() };
+    let recovered_packs = pack_protocols::finish_interrupted(&RealFs, &catalog, &pack_layout)?;
+    for orphan in &recovered_packs.orphans {
+        tracing::warn!(file = %orphan.display(), "pack file without a catalog key (ferry verify lists it)");
+    }
+    let shared = Arc::new(Shared {
+        catalog: Box::new(catalog),
+        ledgers: RwLock::new(ledgers),
+        segments: Segments::new(roots.hot.clone()),
+        health: Health::default(),
+        layout: pack_layout,
+        packs: PackCache::default(),
+        vfs: RealFs,
+        chunk_entries,
+        format_version: FORMAT_VERSION,
+        wal_segment_bytes: config.wal_segment_bytes,
+        retention: config.retention.clone(),
+        holds: RwLock::new(config.holds.clone()),
+        durable_end: Default::default(),
+        stopping: Default::default(),
+        appends: Bus::default(),
+        events: Bus::default(),
+        cursor_lock: Default::default(),
+        reads: Default::default(),
+    });
+    let now = now_ms();
+    let mut idempotency = IdempotencyIndex::default();
+    recovery::load_frozen(&shared, recovered_packs.frozen, &mut idempotency, now)?;
+    let (replayed, live) = {
+        let ledgers = shared.ledgers.read().expect("ledgers lock");
+        let mut indexer = WalIndexer::new(&ledgers, &mut idempotency, &roots.hot);
+        let replayed = wal::replay(&roots.hot, FORMAT_VERSION, |path, scanned| indexer.visit(path, scanned))?;
+        (replayed, indexer.install()?)
+    };
+    idempotency.expire(now);
+    for (seq, file) in replayed.segments {
+        shared.segments.insert(seq, file);
+    }
+    shared.segments.set_current(replayed.writer.seq);
+    shared.segments.account(live, true);
+    shared.set_durable_end(replayed.writer.seq, replayed.writer.len);
+    Ok(Recovered { shared, writer: replayed.writer, idempotency, last_incarnation })
+}
+
+/// The running threads of a store and the queues to them.
+struct Threads {
+    tx: mpsc::Sender<FlusherMsg>,
+    freezer_tx: std::sync::mpsc::Sender<FreezerMsg>,
+    handles: Vec<JoinHandle<()>>,
+    last_incarnation: u64,
+}
+
+/// Starts the flusher and the freezer, and queues every chunk that filled
+/// before the last stop for freezing.
+fn start_threads(recovered: Recovered) -> Result<Threads> {
+    let Recovered { shared, writer, idempotency, last_incarnation } = recovered;
+    let (tx, rx) = mpsc::channel(APPEND_QUEUE_DEPTH);
+    let (freezer_tx, freezer_rx) = std::sync::mpsc::channel();
+    let flusher = Flusher { rx, writer, shared: shared.clone(), freezer: freezer_tx.clone(), idempotency };
+    let freezer = Freezer { rx: freezer_rx, shared: shared.clone(), flusher: tx.clone() };
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| StoreError::io(format!("start {name}"), e))
+    };
+    let handles = vec![
+        spawn("ferry-flusher", Box::new(move || flusher.run()))?,
+        spawn("ferry-freezer", Box::new(move || freezer.run()))?,
+    ];
+    for state in shared.ledgers.read().expect("ledgers lock").values() {
+        if state.index.read().expect("index lock").next_chunk_to_freeze().is_some() {
+            state.freeze_queued.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = freezer_tx.send(FreezerMsg::Check(state.clone()));
+        }
+    }
+    Ok(Threads { tx, freezer_tx, handles, last_incarnation })
 }

@@ -30,13 +30,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use ferry_core::LedgerName;
-use ferry_core::limits::{FORMAT_VERSION, GROUP_WRITE_BYTES_MAX};
+use ferry_core::limits::{FORMAT_VERSION, FORMAT_VERSION_OLDEST};
 use ferry_format::keys::{CatalogKey, ConfigName};
-use ferry_format::wal::{SEGMENT_HEADER_BYTES, decode_record, decode_segment_header, encode_segment_header};
+use ferry_format::segment::{self, SegmentEnd, SegmentRecords};
 use redb::{ReadableTable as _, TableDefinition};
 use sha2::Digest as _;
 
@@ -45,11 +44,13 @@ use sha2::Digest as _;
 pub use ferry_format::pack::{
     BlockMeta, DecodedPack, PACK_MAGIC, PackError, PackHeader, Trailer, decode_header, decode_pack,
 };
+pub use ferry_format::segment::{SegmentScan, SegmentStop, scan_segment};
 pub use ferry_format::wal::{DecodeError, SEGMENT_MAGIC, WalRecord};
 
-use crate::catalog::{LedgerMeta, RedbCatalog};
-use crate::chunks::{self, ChunkState, PackInfo, PackLayout};
+use crate::catalog::LedgerMeta;
 use crate::error::{IoContext as _, Result, StoreError};
+use crate::pack_protocols::{self, ChunkState, PackInfo, PackLayout};
+use crate::roots::{Roots, lock_roots};
 use crate::store::StoreConfig;
 use crate::wal::segment_name;
 use ferry_fs::{RealFs, durable};
@@ -148,59 +149,6 @@ impl Report {
     }
 }
 
-/// The storage roots of a configuration, as `Store::open` places them.
-#[derive(Debug, Clone)]
-pub struct Roots {
-    pub data_dir: PathBuf,
-    pub catalog: PathBuf,
-    pub hot: PathBuf,
-    pub ledgers: PathBuf,
-}
-
-impl Roots {
-    pub fn of(config: &StoreConfig) -> Self {
-        let root = |dir: &Option<PathBuf>, default: &str| dir.clone().unwrap_or_else(|| config.data_dir.join(default));
-        Self {
-            data_dir: config.data_dir.clone(),
-            catalog: root(&config.catalog_dir, "catalog"),
-            hot: root(&config.hot_dir, "hot"),
-            ledgers: root(&config.ledgers_dir, "ledgers"),
-        }
-    }
-
-    pub fn catalog_file(&self) -> PathBuf {
-        self.catalog.join(RedbCatalog::FILE)
-    }
-}
-
-/// The roots with their flocks held (released on drop).
-#[derive(Debug)]
-pub struct LockedRoots {
-    pub roots: Roots,
-    _locks: Vec<File>,
-}
-
-/// Takes the flock of every storage root, as `Store::open` does (a root
-/// that is the same directory as another is locked once), without creating
-/// any directory: a missing root is an error.
-pub fn lock_roots(config: &StoreConfig) -> Result<LockedRoots> {
-    let roots = Roots::of(config);
-    let mut locks = Vec::new();
-    let mut locked = HashSet::new();
-    for (i, root) in [&roots.data_dir, &roots.catalog, &roots.hot, &roots.ledgers].into_iter().enumerate() {
-        if !root.is_dir() {
-            let e = std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory");
-            return Err(StoreError::io(format!("open storage root {}", root.display()), e));
-        }
-        let canonical = std::fs::canonicalize(root).context(|| format!("resolve {}", root.display()))?;
-        if locked.insert(canonical) {
-            let name = if i == 0 { durable::LOCK_FILE } else { durable::ROOT_LOCK_FILE };
-            locks.push(durable::lock_root(root, name)?);
-        }
-    }
-    Ok(LockedRoots { roots, _locks: locks })
-}
-
 /// Every catalog entry, raw and in key order, read without changing the
 /// catalog file.
 #[derive(Debug, Default)]
@@ -260,81 +208,8 @@ fn read_table(db: &impl redb::ReadableDatabase) -> std::result::Result<Vec<(Stri
     Ok(out)
 }
 
-/// Where decoding a segment stopped before its end, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SegmentStop {
-    pub offset: u64,
-    pub error: DecodeError,
-    /// The damage looks like a write torn by a crash: it lies within one
-    /// group write of the end and no valid group start follows it. Only
-    /// the last segment can end in one.
-    pub torn: bool,
-}
-
-/// A WAL segment decoded record by record, without a verdict: what `verify`
-/// judges and `ferry inspect FILE.wal` prints.
-#[derive(Debug)]
-pub struct SegmentScan<'a> {
-    /// The header's format version.
-    pub header: std::result::Result<u32, DecodeError>,
-    /// Every record up to the first that does not decode: (offset, encoded
-    /// length, record).
-    pub records: Vec<(u64, u64, WalRecord<'a>)>,
-    pub stop: Option<SegmentStop>,
-    /// The offset after the last record that ends an append batch: the end
-    /// of what recovery keeps of the last segment.
-    pub batches_end: u64,
-}
-
-/// Decodes a segment's bytes with the WAL codec, in the order recovery does.
-pub fn scan_segment(bytes: &[u8]) -> SegmentScan<'_> {
-    let header = decode_segment_header(bytes);
-    let mut scan = SegmentScan { header: header.clone(), records: Vec::new(), stop: None, batches_end: 0 };
-    if header.is_err() {
-        return scan;
-    }
-    let mut offset = SEGMENT_HEADER_BYTES;
-    scan.batches_end = offset as u64;
-    while offset < bytes.len() {
-        match decode_record(&bytes[offset..]) {
-            Ok((record, used)) => {
-                let ends_batch = !record.batch_continues;
-                scan.records.push((offset as u64, used as u64, record));
-                offset += used;
-                if ends_batch {
-                    scan.batches_end = offset as u64;
-                }
-            }
-            Err(error) => {
-                scan.stop = Some(SegmentStop { offset: offset as u64, error, torn: looks_torn(&bytes[offset..]) });
-                break;
-            }
-        }
-    }
-    scan
-}
-
-/// The rule of recovery (`wal::is_torn_tail`): damage is a torn write only
-/// within one group write of the end and with no valid group start after it
-/// (the next group is written only after this one's fdatasync returned).
-fn looks_torn(tail: &[u8]) -> bool {
-    tail.len() <= GROUP_WRITE_BYTES_MAX
-        && !(1..tail.len()).any(|i| decode_record(&tail[i..]).is_ok_and(|(r, _)| r.group_start))
-}
-
-/// A segment header cut short (or all zeros) by a crash while the segment
-/// was being created; recovery rewrites it (`wal::is_torn_header`).
-fn torn_header(bytes: &[u8], format_version: u32) -> bool {
-    let header = encode_segment_header(format_version);
-    (bytes.len() < SEGMENT_HEADER_BYTES && header.starts_with(bytes))
-        || (bytes.len() <= SEGMENT_HEADER_BYTES && bytes.iter().all(|&b| b == 0))
-}
-
-/// `{seq:020}.wal` → seq; the canonical spelling is `wal::segment_name`'s.
-fn segment_seq(name: &str) -> Option<u64> {
-    let seq: u64 = name.strip_suffix(".wal")?.parse().ok()?;
-    (segment_name(seq) == name).then_some(seq)
-}
+/// `{seq:020}.wal` → seq; the canonical spelling is `segment_name`'s.
+use ferry_format::segment::parse_segment_name as segment_seq;
 
 /// What the check learns about one ledger on the way.
 struct LedgerCheck {
@@ -383,6 +258,7 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
     let mut ledgers: BTreeMap<LedgerName, LedgerCheck> = BTreeMap::new();
     let mut chunk_keys: BTreeMap<(LedgerName, u64), ChunkState> = BTreeMap::new();
     let mut cursors = Vec::new();
+    let mut last_incarnation = None;
     for (raw_key, value) in &dump.entries {
         let key = match CatalogKey::parse(raw_key) {
             Ok(k) => k,
@@ -421,6 +297,10 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
             },
             CatalogKey::Cursor(exporter, ledger) => cursors.push((exporter.clone(), ledger.clone())),
             CatalogKey::Pin(_) => {}
+            CatalogKey::Counter(_) => match std::str::from_utf8(value).ok().and_then(|s| s.parse::<u64>().ok()) {
+                Some(v) => last_incarnation = Some(v),
+                None => report.fault(&catalog_file, None, format!("{key}: not a decimal number: {value:?}")),
+            },
         }
     }
     report.ledgers = ledgers.len() as u64;
@@ -430,17 +310,8 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
         }
     }
     let chunk_entries = config_values.get(&ConfigName::ChunkEntries).copied().filter(|n| *n > 0);
-    let format_version = match config_values.get(&ConfigName::FormatVersion) {
-        Some(&v) if v != u64::from(FORMAT_VERSION) => {
-            report.fault(
-                &catalog_file,
-                None,
-                format!("config:format_version is {v}; this ferry reads format version {FORMAT_VERSION}"),
-            );
-            u32::try_from(v).unwrap_or(FORMAT_VERSION)
-        }
-        _ => FORMAT_VERSION,
-    };
+    let format_version = check_format_version(&mut report, &catalog_file, &config_values);
+    check_incarnations(&mut report, &catalog_file, format_version, last_incarnation, &ledgers);
     for (exporter, ledger) in &cursors {
         if !ledgers.contains_key(ledger) {
             let msg =
@@ -475,7 +346,7 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
             );
             report.fault(&catalog_file, None, msg);
         }
-        if info.format_version != format_version {
+        if !segment::version_readable(info.format_version, format_version) {
             let msg = format!("{key} has format version {}; the catalog pins {format_version}", info.format_version);
             report.fault(&catalog_file, None, msg);
         }
@@ -546,6 +417,52 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
     Ok(report)
 }
 
+/// The pinned format version: this build's, or an older one it knows (the
+/// next start migrates it: a warning); anything else is a fault.
+fn check_format_version(report: &mut Report, catalog_file: &Path, config: &BTreeMap<ConfigName, u64>) -> u32 {
+    match config.get(&ConfigName::FormatVersion).and_then(|v| u32::try_from(*v).ok()) {
+        Some(v) if v == FORMAT_VERSION => v,
+        Some(v) if (FORMAT_VERSION_OLDEST..FORMAT_VERSION).contains(&v) => {
+            let msg = format!("config:format_version is {v}; the next start migrates it to {FORMAT_VERSION}");
+            report.warn(catalog_file, None, msg);
+            v
+        }
+        Some(v) => {
+            let msg = format!(
+                "config:format_version is {v}; this ferry reads versions {FORMAT_VERSION_OLDEST}..={FORMAT_VERSION}"
+            );
+            report.fault(catalog_file, None, msg);
+            FORMAT_VERSION
+        }
+        None => FORMAT_VERSION, // reported as missing
+    }
+}
+
+/// From format 2 on, every ledger has a distinct incarnation no higher than
+/// `counter:incarnation`.
+fn check_incarnations(
+    report: &mut Report,
+    catalog_file: &Path,
+    format_version: u32,
+    last: Option<u64>,
+    ledgers: &BTreeMap<LedgerName, LedgerCheck>,
+) {
+    if format_version < 2 {
+        return; // assigned by the migration at the next start
+    }
+    let last = last.unwrap_or(0);
+    let mut seen = BTreeMap::new();
+    for (name, l) in ledgers {
+        let n = l.meta.incarnation;
+        if n == 0 || n > last {
+            let msg = format!("ledger:{name} has incarnation {n}, outside 1..=counter:incarnation ({last})");
+            report.fault(catalog_file, None, msg);
+        } else if let Some(other) = seen.insert(n, name) {
+            report.fault(catalog_file, None, format!("ledgers {other} and {name} share incarnation {n}"));
+        }
+    }
+}
+
 /// Checks one frozen chunk's pack file against its key; at most one fault.
 fn check_pack(report: &mut Report, path: &Path, ledger: &LedgerName, chunk: u64, info: &PackInfo) {
     let bytes = match std::fs::read(path) {
@@ -563,7 +480,7 @@ fn check_pack(report: &mut Report, path: &Path, ledger: &LedgerName, chunk: u64,
     let mut offset = None;
     if bytes.len() as u64 != info.len {
         problems.push(format!("{} bytes; the catalog says {}", bytes.len(), info.len));
-    } else if chunks::hex(&sha2::Sha256::digest(&bytes)) != info.sha256 {
+    } else if pack_protocols::hex(&sha2::Sha256::digest(&bytes)) != info.sha256 {
         problems.push("SHA-256 differs from the catalog's".to_owned());
     }
     let (mut seen, mut first_ts, mut last_ts, mut ts_order) = (0u64, None, 0u64, None);
@@ -642,7 +559,7 @@ fn check_ledger_files(
             }
         }
     }
-    for (dir, name) in chunks::walk_packs(&RealFs, root)? {
+    for (dir, name) in pack_protocols::walk_packs(&RealFs, root)? {
         let path = dir.join(&name);
         if dir.parent().is_some_and(is_other) {
             continue;
@@ -652,14 +569,14 @@ fn check_ledger_files(
             continue;
         }
         if let Some(pack_name) = name.strip_suffix(".tmp") {
-            let owner = chunks::parse_pack_path(layout, &dir.join(pack_name));
+            let owner = pack_protocols::parse_pack_path(layout, &dir.join(pack_name));
             let freezing = owner.and_then(|o| chunk_keys.get(&o)).is_some_and(|s| matches!(s, ChunkState::Freezing));
             if !freezing {
                 report.fault(&path, None, "a temporary pack file that no freezing key owns (orphan)");
             }
             continue;
         }
-        match chunks::parse_pack_path(layout, &path) {
+        match pack_protocols::parse_pack_path(layout, &path) {
             Some(owner) if chunk_keys.contains_key(&owner) => {}
             Some((ledger, chunk)) => {
                 let msg = format!("orphan pack file: no catalog key chunk:{ledger}:{chunk:08} accounts for it");
@@ -679,6 +596,52 @@ fn check_wal(
     format_version: u32,
     ledgers: &mut BTreeMap<LedgerName, LedgerCheck>,
 ) -> Result<()> {
+    let segments = list_segments(report, hot)?;
+    let last = segments.last().map(|(seq, _)| *seq);
+    for (seq, path) in segments {
+        let is_last = Some(seq) == last;
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                report.fault(&path, None, format!("cannot read the segment: {e}"));
+                continue;
+            }
+        };
+        report.segments += 1;
+        let mut records = match SegmentRecords::new(&bytes) {
+            Err(_) if is_last && segment::is_torn_header(&bytes, format_version) => {
+                let msg = "header torn by a crash while the segment was created; the next start rewrites it";
+                report.warn(&path, Some(0), msg);
+                continue;
+            }
+            Err(e) => {
+                report.fault(&path, Some(0), e.to_string());
+                continue;
+            }
+            Ok((v, _)) if !segment::version_readable(v, format_version) => {
+                report.fault(
+                    &path,
+                    Some(0),
+                    format!("segment has format version {v}; the catalog pins {format_version}"),
+                );
+                continue;
+            }
+            Ok((_, records)) => records,
+        };
+        let mut decoded = Vec::new();
+        decoded.extend(records.by_ref());
+        report.wal_records += decoded.len() as u64;
+        judge_segment_end(report, &path, &records, is_last, bytes.len() as u64);
+        for (offset, _, record) in decoded.iter().take_while(|(o, _, _)| *o < records.batches_end) {
+            collect_live_record(report, &path, seq, *offset, record, ledgers);
+        }
+    }
+    Ok(())
+}
+
+/// Every file of the hot root that is a segment, in order; anything else is
+/// reported.
+fn list_segments(report: &mut Report, hot: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut segments = Vec::new();
     for item in std::fs::read_dir(hot).context(|| format!("list {}", hot.display()))? {
         let item = item.context(|| format!("list {}", hot.display()))?;
@@ -694,135 +657,56 @@ fn check_wal(
         }
     }
     segments.sort();
-    let last = segments.last().map(|(seq, _)| *seq);
-    for (seq, path) in segments {
-        let is_last = Some(seq) == last;
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                report.fault(&path, None, format!("cannot read the segment: {e}"));
-                continue;
-            }
-        };
-        report.segments += 1;
-        let scan = scan_segment(&bytes);
-        match &scan.header {
-            Err(_) if is_last && torn_header(&bytes, format_version) => {
-                report.warn(
-                    &path,
-                    Some(0),
-                    "header torn by a crash while the segment was created; the next start rewrites it",
-                );
-                continue;
-            }
-            Err(e) => {
-                report.fault(&path, Some(0), e.to_string());
-                continue;
-            }
-            Ok(v) if *v != format_version => {
-                report.fault(&path, Some(0), format!("segment has format version {v}, expected {format_version}"));
-                continue;
-            }
-            Ok(_) => {}
-        }
-        report.wal_records += scan.records.len() as u64;
-        let end = bytes.len() as u64;
-        match &scan.stop {
-            Some(stop) if is_last && stop.torn => report.warn(
-                &path,
-                Some(stop.offset),
-                format!(
-                    "torn tail of the last segment ({} bytes: {}); the next start cuts it",
-                    end - stop.offset,
-                    stop.error
-                ),
-            ),
-            Some(stop) => {
-                let why =
-                    if is_last { "and a later group commit follows it" } else { "in a segment that is not the last" };
-                report.fault(&path, Some(stop.offset), format!("{}, {why}", stop.error));
-            }
-            None => {}
-        }
-        let decoded_end = scan.records.last().map_or(SEGMENT_HEADER_BYTES as u64, |(o, len, _)| o + len);
-        if scan.batches_end < decoded_end {
-            if !is_last {
-                report.fault(&path, Some(scan.batches_end), "segment ends inside an append batch");
-            } else if scan.stop.as_ref().is_none_or(|s| s.torn) {
-                report.warn(
-                    &path,
-                    Some(scan.batches_end),
-                    "an append batch cut short at the end of the last segment; the next start drops it whole",
-                );
-            }
-        }
-        for (offset, _, record) in scan.records.iter().take_while(|(o, _, _)| *o < scan.batches_end) {
-            let Some(l) = LedgerName::parse(record.ledger).ok().and_then(|n| ledgers.get_mut(&n)) else {
-                continue; // a deleted ledger's record
-            };
-            let (wal_seg, wal_off) = l.meta.wal_from;
-            if (seq, *offset) < (u64::from(wal_seg), wal_off) || record.id < l.hot_base {
-                continue; // an earlier incarnation of the name, or frozen
-            }
-            if !record.relocated {
-                if record.id <= l.max_original {
-                    let msg = format!(
-                        "ledger {}: id {} after id {} (ids must increase)",
-                        record.ledger, record.id, l.max_original
-                    );
-                    report.fault(&path, Some(*offset), msg);
-                    continue;
-                }
-                l.max_original = record.id;
-            }
-            l.slots.insert(record.id, (seq, *offset, record.ts));
-        }
-    }
-    Ok(())
+    Ok(segments)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segment_names_parse_only_in_their_canonical_spelling() {
-        assert_eq!(segment_seq(&segment_name(7)), Some(7));
-        for bad in ["7.wal", "+0000000000000000007.wal", "00000000000000000007.tmp", "x.wal"] {
-            assert_eq!(segment_seq(bad), None, "{bad}");
-        }
+/// Reports how a segment ends, by the rules recovery applies.
+fn judge_segment_end(report: &mut Report, path: &Path, records: &SegmentRecords<'_>, is_last: bool, len: u64) {
+    match (records.end(is_last), &records.stop) {
+        (SegmentEnd::Clean, _) => {}
+        (SegmentEnd::Torn { .. }, Some(stop)) => report.warn(
+            path,
+            Some(stop.offset),
+            format!(
+                "torn tail of the last segment ({} bytes: {}); the next start cuts it",
+                len - stop.offset,
+                stop.error
+            ),
+        ),
+        (SegmentEnd::Torn { keep }, None) => report.warn(
+            path,
+            Some(keep),
+            "an append batch cut short at the end of the last segment; the next start drops it whole",
+        ),
+        (SegmentEnd::Damaged { offset, reason }, _) => report.fault(path, Some(offset), reason),
     }
+}
 
-    #[test]
-    fn scan_tells_a_torn_tail_from_damage_before_a_group_start() {
-        let record = |id, group_start| WalRecord {
-            ledger: "a",
-            id,
-            ts: id,
-            key: None,
-            idempotency_key: None,
-            batch_continues: false,
-            group_start,
-            relocated: false,
-            payload: b"1",
-        };
-        let mut bytes = encode_segment_header(FORMAT_VERSION).to_vec();
-        for id in 1..=3 {
-            ferry_format::wal::encode_record(&record(id, true), &mut bytes);
-        }
-        let full = scan_segment(&bytes);
-        assert_eq!((full.records.len(), full.stop.clone()), (3, None));
-        assert_eq!(full.batches_end, bytes.len() as u64);
-
-        let cut = scan_segment(&bytes[..bytes.len() - 3]);
-        let stop = cut.stop.expect("cut short");
-        assert!(stop.torn && cut.records.len() == 2, "{stop:?}");
-
-        let mut flipped = bytes.clone();
-        flipped[SEGMENT_HEADER_BYTES + 12] ^= 1;
-        let scan = scan_segment(&flipped);
-        let stop = scan.stop.expect("damage");
-        assert_eq!(stop.offset, SEGMENT_HEADER_BYTES as u64);
-        assert!(!stop.torn, "group starts follow the damage");
+/// One record of a complete batch: live unless its ledger is gone, it
+/// belongs to an earlier incarnation of the name, or a pack holds its id.
+fn collect_live_record(
+    report: &mut Report,
+    path: &Path,
+    seq: u64,
+    offset: u64,
+    record: &WalRecord<'_>,
+    ledgers: &mut BTreeMap<LedgerName, LedgerCheck>,
+) {
+    let Some(l) = LedgerName::parse(record.ledger).ok().and_then(|n| ledgers.get_mut(&n)) else {
+        return; // a deleted ledger's record
+    };
+    let (wal_seg, wal_off) = l.meta.wal_from;
+    if (seq, offset) < (u64::from(wal_seg), wal_off) || record.id < l.hot_base {
+        return; // an earlier incarnation of the name, or frozen
     }
+    if !record.relocated {
+        if record.id <= l.max_original {
+            let msg =
+                format!("ledger {}: id {} after id {} (ids must increase)", record.ledger, record.id, l.max_original);
+            report.fault(path, Some(offset), msg);
+            return;
+        }
+        l.max_original = record.id;
+    }
+    l.slots.insert(record.id, (seq, offset, record.ts));
 }

@@ -13,24 +13,13 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use ferry_core::limits::GROUP_WRITE_BYTES_MAX;
-use ferry_format::wal::{
-    DecodeError, SEGMENT_HEADER_BYTES, WalRecord, decode_record, decode_segment_header, encode_segment_header,
-};
+use ferry_format::segment::{self, SegmentEnd, SegmentRecords};
+use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, encode_segment_header};
 
 use crate::error::{IoContext as _, Result, StoreError};
 use ferry_fs::durable;
 
-const SEGMENT_SUFFIX: &str = ".wal";
-
-pub(crate) fn segment_name(seq: u64) -> String {
-    format!("{seq:020}{SEGMENT_SUFFIX}")
-}
-
-fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
-    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
-}
+pub(crate) use ferry_format::segment::segment_name;
 
 /// Where a record lives: segment sequence number, byte offset, encoded size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,17 +220,18 @@ pub(crate) struct RecoveredWal {
 
 /// Scans every segment in order, handing each record of a complete append
 /// batch to `visit`, truncating a torn tail of the last segment, and
-/// returning the handles. Any other damage is a precise error.
-pub(crate) fn recover(
+/// returning the handles. Any other damage is a precise error. The rules
+/// are `ferry_format::segment`'s, which `ferry verify` applies too.
+pub(crate) fn replay(
     dir: &Path,
     format_version: u32,
     mut visit: impl FnMut(&Path, ScannedRecord<'_>) -> Result<()>,
 ) -> Result<RecoveredWal> {
-    let mut names = list_segments(dir)?;
-    let mut segments = Vec::new();
+    let names = list_segments(dir)?;
     let last_seq = names.last().map(|(seq, _)| *seq);
+    let mut segments = Vec::new();
     let mut writer = None;
-    for (seq, path) in names.drain(..) {
+    for (seq, path) in names {
         let is_last = Some(seq) == last_seq;
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -249,19 +239,11 @@ pub(crate) fn recover(
             .open(&path)
             .context(|| format!("open {}", path.display()))?;
         let bytes = std::fs::read(&path).context(|| format!("read {}", path.display()))?;
-        if is_last && is_torn_header(&bytes, format_version) {
-            // A crash while the segment was being created: it holds no record.
-            tracing::warn!(segment = %path.display(), "rewriting the torn header of a segment created just before a crash");
-            durable::truncate(&file, &path, 0)?;
-            let mut w = SegmentWriter { seq, file: Arc::new(file), path, len: 0 };
-            w.append_durably(&encode_segment_header(format_version))?;
-            // Its directory entry may not have been synced before the crash.
-            durable::sync_dir(dir)?;
-            segments.push((seq, w.file.clone()));
-            writer = Some(w);
-            continue;
-        }
-        let end = scan_segment(&path, seq, &bytes, format_version, is_last, &mut visit)?;
+        let end = if is_last && segment::is_torn_header(&bytes, format_version) {
+            rewrite_torn_header(dir, &file, &path, format_version)?
+        } else {
+            scan_segment(&path, seq, &bytes, format_version, is_last, &mut visit)?
+        };
         if end < bytes.len() as u64 {
             tracing::warn!(
                 segment = %path.display(), offset = end, dropped_bytes = bytes.len() as u64 - end,
@@ -272,7 +254,7 @@ pub(crate) fn recover(
         let file = Arc::new(file);
         segments.push((seq, file.clone()));
         if is_last {
-            writer = Some(SegmentWriter { seq, file, path, len: end });
+            writer = Some(SegmentWriter { seq, file, path, len: end.max(SEGMENT_HEADER_BYTES as u64) });
         }
     }
     let writer = match writer {
@@ -286,13 +268,26 @@ pub(crate) fn recover(
     Ok(RecoveredWal { segments, writer })
 }
 
+/// A crash while the last segment was created left its header torn: it
+/// holds no record, so the header is written again (and its directory
+/// entry synced, which may not have happened before the crash).
+fn rewrite_torn_header(dir: &Path, file: &File, path: &Path, format_version: u32) -> Result<u64> {
+    tracing::warn!(segment = %path.display(), "rewriting the torn header of a segment created just before a crash");
+    durable::truncate(file, path, 0)?;
+    file.write_all_at(&encode_segment_header(format_version), 0)
+        .context(|| format!("write the header of {}", path.display()))?;
+    durable::sync_data(file, path)?;
+    durable::sync_dir(dir)?;
+    Ok(SEGMENT_HEADER_BYTES as u64)
+}
+
 fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
     let mut out = Vec::new();
     for item in std::fs::read_dir(dir).context(|| format!("list {}", dir.display()))? {
         let item = item.context(|| format!("list {}", dir.display()))?;
         let name = item.file_name();
         let Some(name) = name.to_str() else { continue };
-        match parse_segment_name(name) {
+        match segment::parse_segment_name(name) {
             Some(seq) => {
                 let seq = u32::try_from(seq).map_err(|_| StoreError::Corrupted {
                     segment: item.path(),
@@ -310,7 +305,8 @@ fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
     Ok(out)
 }
 
-/// Scans one segment; returns the offset after its last complete batch.
+/// Scans one segment, visiting the records of complete append batches;
+/// returns the offset recovery keeps (the end, or the cut of a torn tail).
 fn scan_segment(
     path: &Path,
     seq: u32,
@@ -319,91 +315,40 @@ fn scan_segment(
     is_last: bool,
     visit: &mut impl FnMut(&Path, ScannedRecord<'_>) -> Result<()>,
 ) -> Result<u64> {
-    let corrupted = |offset: usize, ledger: Option<&str>, reason: String| StoreError::Corrupted {
+    let corrupted = |offset: u64, ledger: Option<&str>, reason: String| StoreError::Corrupted {
         segment: path.to_path_buf(),
-        offset: offset as u64,
+        offset,
         ledger: ledger.and_then(|l| ferry_core::LedgerName::parse(l).ok()),
         reason,
     };
-    match decode_segment_header(bytes) {
-        Ok(v) if v == format_version => {}
-        Ok(v) => return Err(corrupted(0, None, format!("segment has format version {v}, expected {format_version}"))),
+    let mut records = match SegmentRecords::new(bytes) {
+        Ok((v, records)) if segment::version_readable(v, format_version) => records,
+        Ok((v, _)) => {
+            return Err(corrupted(
+                0,
+                None,
+                format!("segment has format version {v}; the catalog pins {format_version}"),
+            ));
+        }
         Err(e) => return Err(corrupted(0, None, e.to_string())),
-    }
-    let mut offset = SEGMENT_HEADER_BYTES;
+    };
     // Records of the current append batch, held back until its last record.
     let mut batch: Vec<ScannedRecord<'_>> = Vec::new();
-    let mut batch_start = offset;
-    while offset < bytes.len() {
-        let (record, used) = match decode_record(&bytes[offset..]) {
-            Ok(ok) => ok,
-            Err(e) if is_last && is_torn_tail(bytes, offset) => {
-                tracing::debug!(offset, error = %e, "torn tail");
-                break;
-            }
-            Err(e) => return Err(corrupted(offset, None, describe(&e, is_last))),
-        };
-        let pos = RecordPos { segment: seq, offset: offset as u32, len: used as u32 };
+    for (offset, len, record) in records.by_ref() {
         let continues = record.batch_continues;
-        batch.push(ScannedRecord { record, pos });
-        offset += used;
+        batch.push(ScannedRecord { record, pos: RecordPos { segment: seq, offset: offset as u32, len: len as u32 } });
         if !continues {
             for r in batch.drain(..) {
                 visit(path, r)?;
             }
-            batch_start = offset;
         }
     }
-    if !batch.is_empty() && !is_last {
-        return Err(corrupted(batch_start, Some(batch[0].record.ledger), "segment ends inside an append batch".into()));
-    }
-    // A batch cut short by a crash was never acknowledged: it goes whole.
-    Ok(batch_start as u64)
-}
-
-/// The header of a segment cut short (or never written, so zeros) by a crash
-/// during `SegmentWriter::create`, before anything could be appended to it.
-fn is_torn_header(bytes: &[u8], format_version: u32) -> bool {
-    let header = encode_segment_header(format_version);
-    (bytes.len() < SEGMENT_HEADER_BYTES && header.starts_with(bytes))
-        || (bytes.len() <= SEGMENT_HEADER_BYTES && bytes.iter().all(|&b| b == 0))
-}
-
-/// A bad record at `offset` of the last segment is a torn write only when
-/// it lies within one group commit of the end and no valid record follows
-/// it; anything else is damage to acknowledged data.
-///
-/// Only the last group write can be torn (the next group is written after
-/// this one's fdatasync returned), and a power loss may persist its pages
-/// in any order, so valid records of the same group may follow the damage;
-/// a valid *group start* after it, though, proves the damage is in synced
-/// data.
-fn is_torn_tail(bytes: &[u8], offset: usize) -> bool {
-    let tail = &bytes[offset..];
-    if tail.len() > GROUP_WRITE_BYTES_MAX {
-        return false;
-    }
-    !(1..tail.len()).any(|i| decode_record(&tail[i..]).is_ok_and(|(r, _)| r.group_start))
-}
-
-fn describe(e: &DecodeError, is_last: bool) -> String {
-    if is_last {
-        format!("{e}, and a later group commit follows it (not a torn tail)")
-    } else {
-        format!("{e} in a segment that is not the last")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segment_names_round_trip_and_sort() {
-        assert_eq!(segment_name(7), "00000000000000000007.wal");
-        assert_eq!(parse_segment_name(&segment_name(7)), Some(7));
-        for bad in ["7.wal", "0000000000000000000x.wal", "00000000000000000007.tmp", "ferry.lock"] {
-            assert_eq!(parse_segment_name(bad), None, "{bad}");
+    match records.end(is_last) {
+        SegmentEnd::Clean => Ok(bytes.len() as u64),
+        // A batch cut short by a crash was never acknowledged: it goes whole.
+        SegmentEnd::Torn { keep } => Ok(keep),
+        SegmentEnd::Damaged { offset, reason } => {
+            Err(corrupted(offset, batch.first().map(|r| r.record.ledger), reason))
         }
     }
 }

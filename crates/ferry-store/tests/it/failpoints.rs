@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ferry_core::{Entry, LedgerName, NewEntry};
 use ferry_format::keys::CatalogKey;
 use ferry_format::pack::decode_pack;
-use ferry_store::chunks::{self, ChunkState, PackLayout};
+use ferry_store::pack_protocols::{self, ChunkState, PackLayout};
 use ferry_store::{Catalog, RedbCatalog, RetentionPolicy, Store, StoreConfig, StoreError};
 use sha2::Digest as _;
 
@@ -105,7 +105,7 @@ fn assert_disk(dir: &Path) -> Vec<(String, u64)> {
         if rel == Path::new(".ferry.lock") {
             continue;
         }
-        let Some((ledger, chunk)) = chunks::parse_pack_path(&layout, path) else {
+        let Some((ledger, chunk)) = pack_protocols::parse_pack_path(&layout, path) else {
             panic!("{} is not a {{ledger}}/{{bucket:05}}/{{chunk:08}}.pack file", path.display());
         };
         let key = CatalogKey::Chunk(ledger, chunk);
@@ -121,7 +121,7 @@ fn assert_disk(dir: &Path) -> Vec<(String, u64)> {
         let path = layout.pack_path(ledger, *chunk);
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{key}: its file {}: {e}", path.display()));
         assert_eq!(bytes.len() as u64, info.len, "{key}: length");
-        assert_eq!(chunks::hex(&sha2::Sha256::digest(&bytes)), info.sha256, "{key}: SHA-256");
+        assert_eq!(pack_protocols::hex(&sha2::Sha256::digest(&bytes)), info.sha256, "{key}: SHA-256");
         let mut records = 0;
         let decoded = decode_pack(&bytes, |_| records += 1).unwrap_or_else(|e| panic!("{key}: {e}"));
         let h = &decoded.header;

@@ -9,6 +9,7 @@ mod append;
 mod corruption;
 mod failpoints;
 mod idempotency;
+mod incarnations;
 mod model;
 mod open;
 mod packs;

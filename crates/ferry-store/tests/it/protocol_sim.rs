@@ -2,7 +2,7 @@
 //! removal) on the simulated filesystem: each protocol runs once to count
 //! its sync points, then once per sync point with a power loss there. Both
 //! disk images a power loss can leave (only what was synced; everything
-//! written) go through `chunks::recover`, and the invariants of SPEC §3 are
+//! written) go through `pack_protocols::finish_interrupted`, and the invariants of SPEC §3 are
 //! checked on the result:
 //!
 //! - every `frozen` key has its file, with the key's length and SHA-256,
@@ -29,7 +29,7 @@ use ferry_core::limits::FORMAT_VERSION;
 use ferry_format::keys::CatalogKey;
 use ferry_format::pack::{PackHeader, PackWriter, decode_pack};
 use ferry_format::wal::WalRecord;
-use ferry_store::chunks::{self, ChunkState, OwnedRecord, PackInfo, PackLayout};
+use ferry_store::pack_protocols::{self, ChunkState, OwnedRecord, PackInfo, PackLayout};
 use ferry_store::sim::{CrashClock, MemCatalog, SimFs};
 use ferry_store::vfs::{Vfs, VfsFile, VfsRead};
 use ferry_store::{Catalog, CatalogOp, LedgerMeta, StoreError};
@@ -96,7 +96,7 @@ impl Env {
 // The protocol steps the scenarios are made of, as the store runs them.
 
 fn create_ledger(w: &World<'_>, ledger: &str) -> StoreResult<()> {
-    let meta = LedgerMeta { created_at: 1, first: 1, wal_from: (0, 0) };
+    let meta = LedgerMeta { incarnation: 1, created_at: 1, first: 1, wal_from: (0, 0) };
     let value = serde_json::to_vec(&meta).expect("metadata serialises");
     w.cat.commit(&[CatalogOp::Put(CatalogKey::Ledger(name(ledger)), value)])
 }
@@ -104,7 +104,7 @@ fn create_ledger(w: &World<'_>, ledger: &str) -> StoreResult<()> {
 fn freeze(w: &World<'_>, ledger: &str, chunk: u64) -> StoreResult<()> {
     let l = name(ledger);
     let mut records = chunk_records(&l, chunk).into_iter().map(Ok);
-    chunks::freeze(w.vfs, w.cat, w.layout, &l, chunk, CHUNK_ENTRIES, FORMAT_VERSION, &mut records).map(|_| ())
+    pack_protocols::freeze(w.vfs, w.cat, w.layout, &l, chunk, CHUNK_ENTRIES, FORMAT_VERSION, &mut records).map(|_| ())
 }
 
 fn chunk_state(w: &World<'_>, ledger: &str, chunk: u64) -> StoreResult<Option<ChunkState>> {
@@ -123,10 +123,10 @@ fn frozen_info(w: &World<'_>, ledger: &str, chunk: u64) -> StoreResult<Option<Pa
 /// the demotion commit.
 fn prune(w: &World<'_>, ledger: &str, chunk: u64) -> StoreResult<()> {
     let info = frozen_info(w, ledger, chunk)?.expect("pruning a frozen chunk");
-    let meta = LedgerMeta { created_at: 1, first: info.last_id() + 1, wal_from: (0, 0) };
+    let meta = LedgerMeta { incarnation: 1, created_at: 1, first: info.last_id() + 1, wal_from: (0, 0) };
     let with =
         vec![CatalogOp::Put(CatalogKey::Ledger(name(ledger)), serde_json::to_vec(&meta).expect("metadata serialises"))];
-    chunks::sweep(w.vfs, w.cat, w.layout, &name(ledger), chunk, &info, with)
+    pack_protocols::sweep(w.vfs, w.cat, w.layout, &name(ledger), chunk, &info, with)
 }
 
 /// A ledger's deletion as the freezer does it: one commit removes the
@@ -146,9 +146,9 @@ fn delete_ledger(w: &World<'_>, ledger: &str) -> StoreResult<()> {
     }
     w.cat.commit(&ops)?;
     for (chunk, _) in &frozen {
-        chunks::sweep_demoted(w.vfs, w.cat, w.layout, &l, *chunk)?;
+        pack_protocols::sweep_demoted(w.vfs, w.cat, w.layout, &l, *chunk)?;
     }
-    chunks::remove_ledger_dirs(w.vfs, w.layout, &l)
+    pack_protocols::remove_ledger_dirs(w.vfs, w.layout, &l)
 }
 
 // ---------------------------------------------------------------------------
@@ -183,7 +183,7 @@ fn check_state(fs: &SimFs, cat: &MemCatalog, layout: &PackLayout) -> Result<(), 
         if path.to_string_lossy().ends_with(".pack.tmp") {
             return Err(format!("temporary file {shown} survived recovery"));
         }
-        let Some((ledger, chunk)) = chunks::parse_pack_path(layout, &path) else {
+        let Some((ledger, chunk)) = pack_protocols::parse_pack_path(layout, &path) else {
             return Err(format!("{shown} is not a pack path"));
         };
         match cat.get(&CatalogKey::Chunk(ledger, chunk)).map_err(|e| e.to_string())? {
@@ -203,7 +203,7 @@ fn check_pack(fs: &SimFs, layout: &PackLayout, ledger: &LedgerName, chunk: u64, 
     if bytes.len() as u64 != info.len {
         return Err(format!("{} has {} bytes, the key says {}", path.display(), bytes.len(), info.len));
     }
-    if chunks::hex(&sha2::Sha256::digest(&bytes)) != info.sha256 {
+    if pack_protocols::hex(&sha2::Sha256::digest(&bytes)) != info.sha256 {
         return Err(format!("{} does not have the key's SHA-256", path.display()));
     }
     let mut seen = Vec::new();
@@ -235,13 +235,14 @@ fn check_pack(fs: &SimFs, layout: &PackLayout, ledger: &LedgerName, chunk: u64, 
 /// Recovers a crash image and checks every invariant, including that a
 /// second recovery changes nothing.
 fn check_image(fs: &SimFs, cat: &MemCatalog, layout: &PackLayout) -> Result<(), String> {
-    let first = chunks::recover(fs, cat, layout).map_err(|e| format!("recover failed: {e}"))?;
+    let first = pack_protocols::finish_interrupted(fs, cat, layout).map_err(|e| format!("recover failed: {e}"))?;
     if !first.orphans.is_empty() {
         return Err(format!("recover left orphans: {:?}", first.orphans));
     }
     check_state(fs, cat, layout)?;
     let before = snapshot(fs, cat)?;
-    let second = chunks::recover(fs, cat, layout).map_err(|e| format!("second recover failed: {e}"))?;
+    let second =
+        pack_protocols::finish_interrupted(fs, cat, layout).map_err(|e| format!("second recover failed: {e}"))?;
     let after = snapshot(fs, cat)?;
     if before != after {
         return Err("a second recover changed files or keys".into());
@@ -444,7 +445,7 @@ fn remove_ledger_dirs_survives_a_crash_at_every_sync_point() {
     assert_no_violations(&[Scenario::new(
         "remove a ledger's empty directories",
         setup,
-        Box::new(|w| chunks::remove_ledger_dirs(w.vfs, w.layout, &name("audit"))),
+        Box::new(|w| pack_protocols::remove_ledger_dirs(w.vfs, w.layout, &name("audit"))),
     )]);
 }
 
@@ -496,7 +497,7 @@ fn broken_freeze(w: &World<'_>, ledger: &str, chunk: u64, broken: Broken) -> Sto
     let (bytes, len, _crc) = writer.finish().expect("finish pack");
     let info = PackInfo {
         len,
-        sha256: chunks::hex(&sha2::Sha256::digest(&bytes)),
+        sha256: pack_protocols::hex(&sha2::Sha256::digest(&bytes)),
         format_version: FORMAT_VERSION,
         first_id,
         count: CHUNK_ENTRIES,
@@ -722,7 +723,7 @@ fn killed_scenarios(name: &str, setup: SharedStep, op: SharedStep, redo: SharedS
                     assert!(result.is_err(), "{label}: the killed run must fail");
                 }),
                 op: Box::new(move |w: &World<'_>| {
-                    let recovered = chunks::recover(w.vfs, w.cat, w.layout)?;
+                    let recovered = pack_protocols::finish_interrupted(w.vfs, w.cat, w.layout)?;
                     if !recovered.orphans.is_empty() {
                         return Err(StoreError::CatalogCorrupted(format!("orphans {:?}", recovered.orphans)));
                     }

@@ -403,6 +403,16 @@ async fn put_creates_a_ledger_with_201_then_200_and_get_describes_it() {
     names.sort_unstable();
     assert_eq!(names, ["audit", "orders"]);
     s.get("/v1/ledgers/nope").await.assert_error(404, "ledger_not_found");
+
+    // A deleted and re-created ledger is a new incarnation, never an old one.
+    let first = created["incarnation"].as_u64().filter(|n| *n > 0).expect("incarnation");
+    assert_eq!(info["incarnation"], first);
+    let r = s.send(s.http.delete(s.url("/v1/ledgers/orders"))).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let again = s.put("/v1/ledgers/orders").await.json();
+    let second = again["incarnation"].as_u64().expect("incarnation");
+    assert!(second > first, "{second} after {first}");
+    assert_eq!((again["head"].as_u64(), again["entries"].as_u64()), (Some(0), Some(0)));
 }
 
 #[tokio::test]

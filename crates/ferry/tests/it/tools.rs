@@ -200,7 +200,8 @@ async fn inspect_prints_packs_segments_and_the_catalog() {
     let file = pack(&data, "audit", 1);
     let out = run(&["inspect", file.to_str().expect("utf-8 path")], None);
     assert_exit(&out, 0, "inspect a pack");
-    for field in ["format_version: 1", "ledger: audit", "chunk: 1", "first_id: 5", "count: 4", "blocks: 1"] {
+    let version = format!("format_version: {}", ferry_core::limits::FORMAT_VERSION);
+    for field in [version.as_str(), "ledger: audit", "chunk: 1", "first_id: 5", "count: 4", "blocks: 1"] {
         assert!(out.stdout.lines().any(|l| l == field), "{field:?} missing:\n{}", out.stdout);
     }
     assert!(out.stdout.contains("block 0: offset ") && out.stdout.contains("records 4"), "{}", out.stdout);
@@ -231,7 +232,9 @@ async fn inspect_prints_packs_segments_and_the_catalog() {
     assert_exit(&out, 0, "inspect --data-dir");
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert!(lines.contains(&"config:chunk_entries 4"), "{}", out.stdout);
-    assert!(lines.contains(&"config:format_version 1"), "{}", out.stdout);
+    let version = format!("config:format_version {}", ferry_core::limits::FORMAT_VERSION);
+    assert!(lines.contains(&version.as_str()), "{}", out.stdout);
+    assert!(lines.contains(&"counter:incarnation 2"), "two ledgers were created: {}", out.stdout);
     for prefix in ["ledger:audit {", "ledger:billing {", "chunk:audit:00000003 {", "chunk:billing:00000002 {"] {
         assert!(lines.iter().any(|l| l.starts_with(prefix)), "{prefix:?} missing:\n{}", out.stdout);
     }

@@ -5,13 +5,13 @@
 //!   its parents when just created) → read back and check → `frozen` key.
 //! - **sweep**: `frozen` → `pruning` (synced) → unlink → fsync the bucket
 //!   dir → delete the key.
-//! - **recover**: before serving, finish every `freezing` (remove its
+//! - **finish_interrupted**: before serving, finish every `freezing` (remove its
 //!   files; the freezer redoes the chunk) and `pruning` key, and check every
 //!   `frozen` key has its complete file.
 //!
 //! **Architecture Invariant:** at every instant every pack file has a key,
 //! and a `frozen` key's file is complete; a crash anywhere is finished by
-//! `recover`. Each step has a fail point (feature `failpoints`).
+//! `finish_interrupted`. Each step has a fail point (feature `failpoints`).
 
 use std::path::{Path, PathBuf};
 
@@ -376,7 +376,7 @@ pub struct Recovered {
 /// Finishes every `freezing` and `pruning` key, checks every `frozen` key's
 /// file is there with its length, removes stray temporary files, and lists
 /// pack files without a key. Runs before serving.
-pub fn recover(vfs: &dyn Vfs, catalog: &dyn Catalog, layout: &PackLayout) -> Result<Recovered> {
+pub fn finish_interrupted(vfs: &dyn Vfs, catalog: &dyn Catalog, layout: &PackLayout) -> Result<Recovered> {
     let mut out = Recovered::default();
     for (key, value) in catalog.scan(CatalogKey::CHUNK_PREFIX)? {
         let CatalogKey::Chunk(ledger, chunk) = &key else {

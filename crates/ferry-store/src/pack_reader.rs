@@ -11,8 +11,8 @@ use ferry_core::{EntryId, LedgerName};
 use ferry_format::pack::{self, BlockMeta, TRAILER_BYTES};
 use ferry_format::wal::WalRecord;
 
-use crate::chunks::{OwnedRecord, PackInfo, PackLayout};
 use crate::error::{Result, StoreError};
+use crate::pack_protocols::{OwnedRecord, PackInfo, PackLayout};
 use ferry_fs::vfs::{Vfs, VfsRead};
 
 /// Open packs kept at once.

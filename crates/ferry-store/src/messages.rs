@@ -1,0 +1,47 @@
+//! What the store's threads send each other: appends to the flusher, work
+//! for the freezer, and what an append answers. Kept apart from the threads
+//! so neither thread's module needs the other's.
+
+use std::sync::Arc;
+
+use ferry_core::{EntryId, LedgerName, NewEntry};
+use tokio::sync::oneshot;
+
+use crate::Result;
+use crate::ledger::LedgerState;
+
+/// The result of an append: the id of every entry, in request order (an
+/// entry whose idempotency key was already used gets its original id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub ids: Vec<EntryId>,
+    /// False when every entry was a repeat of an earlier append.
+    pub created: bool,
+}
+
+pub(crate) struct AppendRequest {
+    pub ledger: Arc<LedgerState>,
+    pub entries: Vec<NewEntry>,
+    /// The WAL bytes the new entries encode to (at most `APPEND_BYTES_MAX`).
+    pub encoded_bytes: usize,
+    pub reply: oneshot::Sender<Result<AppendOutcome>>,
+}
+
+pub(crate) enum FlusherMsg {
+    Append(AppendRequest),
+    /// Copy the live records of this sealed segment forward so it can go.
+    Relocate(u32),
+    /// A ledger is being deleted: forget its idempotency keys (a ledger
+    /// created later under the name must not answer with the old ids), and
+    /// answer once every message before this one is written and visible.
+    ForgetLedger(LedgerName, oneshot::Sender<()>),
+    Shutdown,
+}
+
+pub(crate) enum FreezerMsg {
+    /// The ledger has a full chunk in the hot tier.
+    Check(Arc<LedgerState>),
+    /// Delete the ledger; answer when it is gone.
+    Delete(Arc<LedgerState>, oneshot::Sender<Result<()>>),
+    Shutdown,
+}
