@@ -7,7 +7,7 @@
 //! **Architecture Invariant:** a supervisor is the only writer of its
 //! machines; jobs report outcomes and the supervisor applies them, so each
 //! (exporter, ledger) has at most one job in flight and its cursor moves
-//! only after a durable cursor write.
+//! only after a durable cursor write, made through `cursors::commit`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cursors::CursorTable;
+use crate::cursors::{self, CursorTable};
 use crate::job::{Done, Job};
 use crate::machine::{LedgerMachine, Next, Notice, Outcome};
 use crate::settings::{ExporterSettings, StartAt};
@@ -111,8 +111,7 @@ impl Exporters {
             }
         }
         if !updates.is_empty() {
-            let (store, writes) = (store.clone(), updates.clone());
-            blocking(move || store.commit_cursors(&writes)).await?;
+            cursors::commit(&store, updates.clone()).await?;
             for u in updates {
                 if let CursorUpdate::Set { exporter, ledger, id, .. } = u {
                     table.set(&exporter, &ledger, id);
@@ -193,8 +192,7 @@ impl Exporters {
         };
         let updates: Vec<CursorUpdate> =
             cursors.into_keys().map(|ledger| CursorUpdate::Delete { exporter: exporter.clone(), ledger }).collect();
-        let store = self.inner.store.clone();
-        blocking(move || store.commit_cursors(&updates)).await?;
+        cursors::commit(&self.inner.store, updates).await?;
         self.inner.table.forget_orphan(&exporter);
         tracing::info!(exporter = %exporter, "orphaned exporter's cursors deleted");
         Ok(())
@@ -762,8 +760,7 @@ impl<S: Sink> Supervisor<S> {
     /// a catalog that cannot be written).
     async fn commit_reset(&self, updates: &[CursorUpdate]) -> Result<(), StoreError> {
         fail::fail_point!("export::reset", |_| Err(StoreError::Catalog("injected by fail point export::reset".into())));
-        let (store, writes) = (self.store.clone(), updates.to_vec());
-        blocking(move || store.commit_cursors(&writes)).await
+        cursors::commit(&self.store, updates.to_vec()).await
     }
 
     /// Cancels every job and applies their outcomes.
