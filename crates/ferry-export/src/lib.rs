@@ -18,6 +18,6 @@ pub mod status;
 
 pub use cursors::CursorTable;
 pub use runtime::{ExportError, Exporters};
-pub use settings::{ExporterConfig, ExporterSettings};
+pub use settings::{ExporterConfig, ExporterSettings, SettingsError};
 pub use sink::{Ack, Batch, Sink, SinkError};
 pub use status::{ExporterState, ExporterStatus, LedgerStatus};
