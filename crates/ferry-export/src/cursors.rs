@@ -1,15 +1,39 @@
-//! The exporters' cursors as retention sees them: a `RetentionHold` that
-//! keeps every entry some exporter (configured or orphaned) has not yet had
-//! acknowledged. Updated by the runtime after each durable cursor write, so
-//! it never runs ahead of the catalog.
+//! The exporters' cursors: `commit`, the one writer of cursors to the
+//! catalog, and `CursorTable`, the cursors as retention sees them (a
+//! `RetentionHold` that keeps every entry some exporter, configured or
+//! orphaned, has not yet had acknowledged). The table is updated by the
+//! runtime after each durable cursor write, so it never runs ahead of the
+//! catalog.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
 use ferry_core::{EntryId, LedgerName};
-use ferry_store::RetentionHold;
+use ferry_store::{CursorUpdate, RetentionHold, Store, StoreError};
 
 use crate::settings::LedgerMatcher;
+
+/// Writes exporter cursors durably, all in one catalog commit or none.
+///
+/// **Architecture Invariant:** this is the one writer of exporter cursors:
+/// nothing else in ferry-export calls `Store::commit_cursors`. It may be
+/// called only
+/// - by a job, after the sink's acknowledgement, with `through` and never
+///   past it; after a failed batch was appended to the dead-letter ledger,
+///   with that batch's last id; or after retention pruned entries before
+///   they were exported, with the id before the ledger's First;
+/// - by `Exporters::start`, for the starting cursors of `start = "latest"`
+///   exporters on ledgers they have none for;
+/// - by the control actions: a reset (with the exporter's jobs stopped) and
+///   the deletion of an orphaned exporter's cursors.
+///
+/// Not cancellable: the commit runs to its end on the blocking pool even if
+/// the caller stops waiting, since a write the sink's acknowledgement
+/// earned is always worth finishing.
+pub(crate) async fn commit(store: &Store, updates: Vec<CursorUpdate>) -> Result<(), StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.commit_cursors(&updates)).await.map_err(|_| StoreError::ShuttingDown)?
+}
 
 #[derive(Debug, Default)]
 struct Table {

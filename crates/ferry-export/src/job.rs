@@ -10,6 +10,7 @@ use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload};
 use ferry_store::{CursorUpdate, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
+use crate::cursors;
 use crate::machine::Outcome;
 use crate::settings::BatchPolicy;
 use crate::sink::{Ack, Batch, Sink, SinkError};
@@ -214,19 +215,15 @@ impl<S: Sink> Job<S> {
             .map(|batch| batch.entries)
     }
 
-    /// Writes the cursor durably. Not cancellable: once the sink has
-    /// acknowledged, recording it is always worth finishing.
+    /// Writes this ledger's cursor durably through the one cursor writer.
     async fn commit(&self, id: EntryId) -> Result<(), StoreError> {
-        let store = self.store.clone();
         let update = CursorUpdate::Set {
             exporter: self.exporter.clone(),
             ledger: self.ledger.clone(),
             incarnation: self.incarnation,
             id,
         };
-        tokio::task::spawn_blocking(move || store.commit_cursors(&[update]))
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?
+        cursors::commit(&self.store, vec![update]).await
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! Data flow: store appends bus → `runtime` supervisor (one per exporter)
 //! → `machine` decides → `job` reads the store, calls the sink, commits the
-//! cursor → outcome back to the machine. `cursors` is the retention hold.
+//! cursor → outcome back to the machine. `cursors` holds the one cursor
+//! writer (`cursors::commit`) and the retention hold.
 
 mod cursors;
 mod job;
@@ -17,6 +18,6 @@ pub mod status;
 
 pub use cursors::CursorTable;
 pub use runtime::{ExportError, Exporters};
-pub use settings::{ExporterConfig, ExporterSettings};
+pub use settings::{ExporterConfig, ExporterSettings, SettingsError};
 pub use sink::{Ack, Batch, Sink, SinkError};
 pub use status::{ExporterState, ExporterStatus, LedgerStatus};

@@ -7,7 +7,7 @@
 //! **Architecture Invariant:** a supervisor is the only writer of its
 //! machines; jobs report outcomes and the supervisor applies them, so each
 //! (exporter, ledger) has at most one job in flight and its cursor moves
-//! only after a durable cursor write.
+//! only after a durable cursor write, made through `cursors::commit`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cursors::CursorTable;
+use crate::cursors::{self, CursorTable};
 use crate::job::{Done, Job};
 use crate::machine::{LedgerMachine, Next, Notice, Outcome};
 use crate::settings::{ExporterSettings, StartAt};
@@ -111,8 +111,7 @@ impl Exporters {
             }
         }
         if !updates.is_empty() {
-            let (store, writes) = (store.clone(), updates.clone());
-            blocking(move || store.commit_cursors(&writes)).await?;
+            cursors::commit(&store, updates.clone()).await?;
             for u in updates {
                 if let CursorUpdate::Set { exporter, ledger, id, .. } = u {
                     table.set(&exporter, &ledger, id);
@@ -193,8 +192,7 @@ impl Exporters {
         };
         let updates: Vec<CursorUpdate> =
             cursors.into_keys().map(|ledger| CursorUpdate::Delete { exporter: exporter.clone(), ledger }).collect();
-        let store = self.inner.store.clone();
-        blocking(move || store.commit_cursors(&updates)).await?;
+        cursors::commit(&self.inner.store, updates).await?;
         self.inner.table.forget_orphan(&exporter);
         tracing::info!(exporter = %exporter, "orphaned exporter's cursors deleted");
         Ok(())
@@ -689,45 +687,83 @@ impl<S: Sink> Supervisor<S> {
         ledger: Option<LedgerName>,
         from_id: Option<EntryId>,
     ) -> Result<ExporterStatus, ExportError> {
-        let name = self.settings.name.clone();
         let from_id = from_id.unwrap_or(1);
         if from_id == 0 {
             return Err(ExportError::InvalidRequest("from_id must be at least 1".into()));
         }
-        let targets: Vec<LedgerName> = match ledger {
-            Some(l) if self.ledgers.contains_key(&l) => vec![l],
-            Some(l) => return Err(ExportError::NotExported { exporter: name, ledger: l }),
-            None => self.ledgers.keys().cloned().collect(),
-        };
+        let targets = self.reset_targets(ledger)?;
         let resumed = if self.state == ExporterState::Paused { ExporterState::Paused } else { ExporterState::Running };
         self.state = ExporterState::Stopped;
         self.cancel_jobs().await;
+        let (mut updates, mut heads) = self.reset_cursors(&targets, from_id);
+        self.write_reset(&mut updates, &mut heads).await?;
+        self.apply_reset(updates, &heads);
+        self.state = resumed;
+        if resumed == ExporterState::Running {
+            // Ends the pause, nothing else: other failed ledgers stay failed.
+            self.ledgers.values_mut().for_each(|t| t.machine.unpause());
+        }
+        self.evaluate_all();
+        self.publish_reset(&targets, from_id);
+        Ok(self.status())
+    }
+
+    /// The ledgers a reset moves: the one asked for, or every tracked one.
+    fn reset_targets(&self, ledger: Option<LedgerName>) -> Result<Vec<LedgerName>, ExportError> {
+        match ledger {
+            Some(l) if self.ledgers.contains_key(&l) => Ok(vec![l]),
+            Some(l) => Err(ExportError::NotExported { exporter: self.settings.name.clone(), ledger: l }),
+            None => Ok(self.ledgers.keys().cloned().collect()),
+        }
+    }
+
+    /// Where each target's cursor goes (`from_id - 1`, raised to before the
+    /// ledger's First and capped at its head), and each target's head.
+    fn reset_cursors(
+        &self,
+        targets: &[LedgerName],
+        from_id: EntryId,
+    ) -> (Vec<CursorUpdate>, HashMap<LedgerName, EntryId>) {
         let mut updates = Vec::new();
         let mut heads = HashMap::new();
-        for ledger in &targets {
+        for ledger in targets {
             let (Some(t), Some(info)) = (self.ledgers.get(ledger), self.store.ledger_head(ledger)) else { continue };
             let id = (from_id.max(info.first) - 1).min(info.head);
             heads.insert(ledger.clone(), info.head);
             updates.push(CursorUpdate::Set {
-                exporter: name.clone(),
+                exporter: self.settings.name.clone(),
                 ledger: ledger.clone(),
                 incarnation: t.incarnation,
                 id,
             });
         }
+        (updates, heads)
+    }
+
+    /// Commits a reset's cursors, dropping those of ledgers deleted
+    /// meanwhile (their cursors went with them) and committing the rest.
+    async fn write_reset(
+        &self,
+        updates: &mut Vec<CursorUpdate>,
+        heads: &mut HashMap<LedgerName, EntryId>,
+    ) -> Result<(), ExportError> {
         loop {
-            match self.commit_reset(&updates).await {
-                Ok(()) => break,
-                // Deleted meanwhile: its cursors went with it; reset the rest.
+            match self.commit_reset(updates).await {
+                Ok(()) => return Ok(()),
                 Err(StoreError::LedgerNotFound(gone)) if heads.remove(&gone).is_some() => {
                     updates.retain(|u| !matches!(u, CursorUpdate::Set { ledger, .. } if *ledger == gone));
                 }
                 Err(source) => {
-                    tracing::error!(exporter = %name, error = %source, "reset failed; the exporter stays stopped");
-                    return Err(ExportError::ResetFailed { exporter: name, source });
+                    let exporter = self.settings.name.clone();
+                    tracing::error!(exporter = %exporter, error = %source, "reset failed; the exporter stays stopped");
+                    return Err(ExportError::ResetFailed { exporter, source });
                 }
             }
         }
+    }
+
+    /// Moves the machines and the retention hold to the committed cursors.
+    fn apply_reset(&mut self, updates: Vec<CursorUpdate>, heads: &HashMap<LedgerName, EntryId>) {
         let now = Instant::now().into_std();
         // Entries read ahead follow the old cursors.
         self.ledgers.values_mut().for_each(|t| t.prefetched = None);
@@ -740,30 +776,26 @@ impl<S: Sink> Supervisor<S> {
                 t.machine.on_head(head, now);
                 t.machine.reset(id);
                 let after = t.machine.lag();
-                self.table.set(&name, &ledger, id);
+                self.table.set(&self.settings.name, &ledger, id);
                 self.adjust_lag(before, after);
             }
         }
-        self.state = resumed;
-        if resumed == ExporterState::Running {
-            // Ends the pause, nothing else: other failed ledgers stay failed.
-            self.ledgers.values_mut().for_each(|t| t.machine.unpause());
-        }
-        self.evaluate_all();
+    }
+
+    fn publish_reset(&self, targets: &[LedgerName], from_id: EntryId) {
+        let name = &self.settings.name;
         tracing::info!(exporter = %name, ledgers = targets.len(), from_id, "exporter reset");
         let ledger_field = (targets.len() == 1).then(|| targets[0].clone());
         let data = serde_json::json!({ "from_id": from_id, "ledgers": targets.len() });
         let event = SystemEvent::exporter("exporter.reset", name.as_str(), ledger_field.as_ref(), data);
         self.store.events().publish(&event.key, &event);
-        Ok(self.status())
     }
 
     /// Writes a reset's cursors in one commit (the fail point stands in for
     /// a catalog that cannot be written).
     async fn commit_reset(&self, updates: &[CursorUpdate]) -> Result<(), StoreError> {
         fail::fail_point!("export::reset", |_| Err(StoreError::Catalog("injected by fail point export::reset".into())));
-        let (store, writes) = (self.store.clone(), updates.to_vec());
-        blocking(move || store.commit_cursors(&writes)).await
+        cursors::commit(&self.store, updates.to_vec()).await
     }
 
     /// Cancels every job and applies their outcomes.

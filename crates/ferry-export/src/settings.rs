@@ -5,14 +5,56 @@
 
 use std::time::Duration;
 
-use ferry_core::LedgerName;
 use ferry_core::limits::{
     EXPORT_BATCH_BYTES_DEFAULT, EXPORT_BATCH_BYTES_MAX, EXPORT_BATCH_ENTRIES_DEFAULT, EXPORT_BATCH_ENTRIES_MAX,
     EXPORT_LINGER_MS_DEFAULT, EXPORT_LINGER_MS_MAX, EXPORT_PARALLEL_LEDGERS_DEFAULT, EXPORT_PARALLEL_LEDGERS_MAX,
     RETRY_INITIAL_MS_DEFAULT, RETRY_MAX_MS_DEFAULT, RETRY_WAIT_MS_MAX,
 };
 use ferry_core::units::{Seconds, Size};
+use ferry_core::{InvalidLedgerName, LedgerName};
 use serde::Deserialize;
+
+/// Why an exporter's settings were refused. Each message starts with the
+/// field it is about (`batch.max_entries: …`), or with the `--exporter`
+/// flag's part, and says what to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A `--exporter` flag without `=`.
+    #[error("expected NAME=SINK:{{json}}: no '=' (e.g. audit=file:{{\"dir\":\"/srv/audit\"}})")]
+    FlagSyntax,
+    /// The JSON of a `--exporter` flag does not parse.
+    #[error("the JSON after {sink}: does not parse: {error}: write one JSON object")]
+    FlagJson { sink: String, error: serde_json::Error },
+    /// The JSON of a `--exporter` flag is not an object.
+    #[error("the JSON after {sink}: must be an object: write it as {{\"key\": value, …}}")]
+    FlagNotObject { sink: String },
+    /// A key of a `--exporter` flag is unknown or has the wrong type, in
+    /// serde's words (which name the key and what it expects).
+    #[error("{error}")]
+    FlagKey { error: serde_json::Error },
+    /// `name` or `dead_letter` is not a valid name.
+    #[error("{field}: {error}: exporter and dead-letter names follow the ledger-name rules")]
+    InvalidName { field: &'static str, error: InvalidLedgerName },
+    /// `ledgers = []`.
+    #[error("ledgers: give at least one glob (\"*\" for every ledger)")]
+    NoLedgers,
+    /// A `ledgers` glob does not parse.
+    #[error("ledgers: {glob:?} is not a valid glob: {error}: fix the pattern (e.g. \"audit*\")")]
+    InvalidGlob { glob: String, error: glob::PatternError },
+    /// A count or size outside the limits of `ferry_core::limits`.
+    #[error("{field}: {value} is outside 1..={max}: set it between 1 and {max}")]
+    OutOfRange { field: &'static str, value: u64, max: u64 },
+    /// `batch.linger` above `EXPORT_LINGER_MS_MAX`.
+    #[error("batch.linger: {linger:?} is longer than {max_ms} ms: set it to at most {max_ms}ms")]
+    LingerTooLong { linger: Duration, max_ms: u64 },
+    /// `retry.initial` and `retry.max` out of order or out of bounds.
+    #[error(
+        "retry: need 0 < initial ({initial:?}) <= max ({max:?}) <= {wait_max:?}: \
+         set initial above 0 and at most max, and max at most {wait_max:?}"
+    )]
+    RetryBounds { initial: Duration, max: Duration, wait_max: Duration },
+}
 
 /// Where an exporter starts in a ledger it has no cursor for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -102,16 +144,16 @@ impl ExporterConfig {
     /// Parses `NAME=SINK:{json}`. The JSON object is the sink's config; the
     /// keys `ledgers`, `start`, `batch`, `retry`, `dead_letter` and
     /// `max_parallel_ledgers` in it are the exporter's own settings.
-    pub fn from_flag(flag: &str) -> Result<Self, String> {
-        let (name, rest) = flag.split_once('=').ok_or("expected NAME=SINK:{json}: no '='")?;
+    pub fn from_flag(flag: &str) -> Result<Self, SettingsError> {
+        let (name, rest) = flag.split_once('=').ok_or(SettingsError::FlagSyntax)?;
         let (sink, json) = match rest.split_once(':') {
             Some((sink, json)) => (sink, json),
             None => (rest, "{}"),
         };
         let value: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| format!("the JSON after {sink}: does not parse: {e}"))?;
+            serde_json::from_str(json).map_err(|error| SettingsError::FlagJson { sink: sink.into(), error })?;
         let serde_json::Value::Object(mut config) = value else {
-            return Err(format!("the JSON after {sink}: must be an object"));
+            return Err(SettingsError::FlagNotObject { sink: sink.into() });
         };
         let mut exporter = serde_json::Map::new();
         exporter.insert("name".into(), name.into());
@@ -122,46 +164,39 @@ impl ExporterConfig {
             }
         }
         exporter.insert("config".into(), serde_json::Value::Object(config));
-        serde_json::from_value(serde_json::Value::Object(exporter)).map_err(|e| e.to_string())
+        serde_json::from_value(serde_json::Value::Object(exporter)).map_err(|error| SettingsError::FlagKey { error })
     }
 
     /// Checks everything but the sink's own config. Errors name the field.
-    pub fn validate(&self) -> Result<ExporterSettings, String> {
-        let name = LedgerName::parse(&self.name)
-            .map_err(|e| format!("name: {:?} is not a valid exporter name ({e})", self.name))?;
+    pub fn validate(&self) -> Result<ExporterSettings, SettingsError> {
+        let name =
+            LedgerName::parse(&self.name).map_err(|error| SettingsError::InvalidName { field: "name", error })?;
         if self.ledgers.is_empty() {
-            return Err("ledgers: give at least one glob (\"*\" for every ledger)".into());
+            return Err(SettingsError::NoLedgers);
         }
         let patterns = self
             .ledgers
             .iter()
-            .map(|g| glob::Pattern::new(g).map_err(|e| format!("ledgers: {g:?} is not a valid glob: {e}")))
+            .map(|g| glob::Pattern::new(g).map_err(|error| SettingsError::InvalidGlob { glob: g.clone(), error }))
             .collect::<Result<Vec<_>, _>>()?;
         let dead_letter = match self.dead_letter.as_str() {
             "" => None,
-            dl => Some(LedgerName::parse(dl).map_err(|e| format!("dead_letter: {dl:?}: {e}"))?),
+            dl => Some(
+                LedgerName::parse(dl).map_err(|error| SettingsError::InvalidName { field: "dead_letter", error })?,
+            ),
         };
         let b = &self.batch;
-        if !(1..=EXPORT_BATCH_ENTRIES_MAX).contains(&b.max_entries) {
-            return Err(format!("batch.max_entries: {} is outside 1..={EXPORT_BATCH_ENTRIES_MAX}", b.max_entries));
-        }
-        if !(1..=EXPORT_BATCH_BYTES_MAX).contains(&b.max_bytes.0) {
-            return Err(format!("batch.max_bytes: {} is outside 1..={EXPORT_BATCH_BYTES_MAX}", b.max_bytes.0));
-        }
+        in_range("batch.max_entries", b.max_entries as u64, EXPORT_BATCH_ENTRIES_MAX as u64)?;
+        in_range("batch.max_bytes", b.max_bytes.0, EXPORT_BATCH_BYTES_MAX)?;
         if b.linger.0 > Duration::from_millis(EXPORT_LINGER_MS_MAX) {
-            return Err(format!("batch.linger: {:?} is longer than {EXPORT_LINGER_MS_MAX} ms", b.linger.0));
+            return Err(SettingsError::LingerTooLong { linger: b.linger.0, max_ms: EXPORT_LINGER_MS_MAX });
         }
         let r = &self.retry;
         let wait_max = Duration::from_millis(RETRY_WAIT_MS_MAX);
         if r.initial.0.is_zero() || r.initial.0 > r.max.0 || r.max.0 > wait_max {
-            return Err(format!("retry: need 0 < initial ({:?}) <= max ({:?}) <= {wait_max:?}", r.initial.0, r.max.0));
+            return Err(SettingsError::RetryBounds { initial: r.initial.0, max: r.max.0, wait_max });
         }
-        if !(1..=EXPORT_PARALLEL_LEDGERS_MAX).contains(&self.max_parallel_ledgers) {
-            return Err(format!(
-                "max_parallel_ledgers: {} is outside 1..={EXPORT_PARALLEL_LEDGERS_MAX}",
-                self.max_parallel_ledgers
-            ));
-        }
+        in_range("max_parallel_ledgers", self.max_parallel_ledgers as u64, EXPORT_PARALLEL_LEDGERS_MAX as u64)?;
         Ok(ExporterSettings {
             matcher: LedgerMatcher { patterns, exclude: dead_letter.clone() },
             name,
@@ -173,6 +208,11 @@ impl ExporterConfig {
             max_parallel_ledgers: self.max_parallel_ledgers,
         })
     }
+}
+
+/// `1..=max`, or the error naming `field`.
+fn in_range(field: &'static str, value: u64, max: u64) -> Result<(), SettingsError> {
+    if (1..=max).contains(&value) { Ok(()) } else { Err(SettingsError::OutOfRange { field, value, max }) }
 }
 
 /// Which ledgers an exporter ships: any glob matches, and never its own
@@ -260,10 +300,10 @@ mod tests {
             (r#"../x=file:{}"#, "name"),
         ];
         for (flag, field) in bad {
-            let err = ExporterConfig::from_flag(flag).unwrap().validate().unwrap_err();
+            let err = ExporterConfig::from_flag(flag).unwrap().validate().unwrap_err().to_string();
             assert!(err.starts_with(field), "{flag}: {err}");
         }
-        let err = ExporterConfig::from_flag(r#"x=file:{"start":"middle"}"#).unwrap_err();
+        let err = ExporterConfig::from_flag(r#"x=file:{"start":"middle"}"#).unwrap_err().to_string();
         assert!(err.contains("middle"), "{err}");
         assert!(ExporterConfig::from_flag("x").is_err());
         assert!(ExporterConfig::from_flag("x=file:[1]").is_err());

@@ -3,10 +3,12 @@
 //! its `//!` docs, why it is exactly once in effect). The set is closed:
 //! `SinkConfig` and `AnySink` are enums with a `match`, not a registry.
 
+mod error;
 pub mod file;
 pub mod http;
 pub mod stdout;
 
+pub use error::ConfigError;
 use ferry_core::{EntryId, LedgerName};
 use ferry_export::{Ack, Batch, Sink, SinkError};
 
@@ -24,19 +26,19 @@ const LATER: [&str; 3] = ["clickhouse", "postgres", "nats"];
 impl SinkConfig {
     /// Checks `[exporters.config]` for sink `kind`, touching no disk or
     /// network. Errors start with the offending field (`config.url: …`).
-    pub fn validate(kind: &str, config: &serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+    pub fn validate(kind: &str, config: &serde_json::Map<String, serde_json::Value>) -> Result<Self, ConfigError> {
         let value = serde_json::Value::Object(config.clone());
         match kind {
             "stdout" => stdout::StdoutConfig::validate(value).map(Self::Stdout),
             "file" => file::FileConfig::validate(value).map(Self::File),
             "http" => http::HttpConfig::validate(value).map(Self::Http),
-            k if LATER.contains(&k) => Err(format!("sink: {k:?} is not available in this version of ferry")),
-            k => Err(format!("sink: unknown sink {k:?} (expected one of stdout, file, http)")),
+            k if LATER.contains(&k) => Err(ConfigError::NotAvailable { kind: k.into() }),
+            k => Err(ConfigError::UnknownSink { kind: k.into() }),
         }
     }
 
     /// Builds the sink (creates the file sink's directory, the HTTP client).
-    pub fn build(self) -> Result<AnySink, String> {
+    pub fn build(self) -> Result<AnySink, ConfigError> {
         Ok(match self {
             Self::Stdout(c) => AnySink::Stdout(stdout::StdoutSink::new(c)),
             Self::File(c) => AnySink::File(file::FileSink::new(c)?),
@@ -47,13 +49,13 @@ impl SinkConfig {
 
 /// Deserialises a sink's raw config, naming the field on error
 /// (`config.dir: invalid type: …`).
-fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        match path.as_str() {
-            "." => format!("config: {}", e.inner()),
-            _ => format!("config.{path}: {}", e.inner()),
-        }
+        let field = match e.path().to_string().as_str() {
+            "." => "config".to_owned(),
+            path => format!("config.{path}"),
+        };
+        ConfigError::Parse { field, message: e.inner().to_string() }
     })
 }
 

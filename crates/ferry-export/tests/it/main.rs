@@ -1,7 +1,8 @@
 //! The exporter runtime against a real store in a temp dir, with sinks
 //! written for the test (they record what arrives and misbehave on
-//! purpose): parallelism bounds, partial and bogus acknowledgements,
-//! shutdown with a hanging sink, ledgers created while running.
+//! purpose): parallelism bounds, partial and bogus acknowledgements, a
+//! sink that fails after one batch, shutdown with a hanging sink, ledgers
+//! created while running.
 
 // Tests build, damage and inspect files on purpose, with the raw calls
 // that clippy.toml keeps out of the product code.
@@ -27,6 +28,8 @@ enum Mode {
     Beyond,
     /// Never answers.
     Hang,
+    /// Acknowledges the first batch, then fails every delivery (retryably).
+    FailAfterFirst,
 }
 
 #[derive(Clone)]
@@ -63,6 +66,13 @@ impl Sink for TestSink {
             Mode::Partial => (batch.first_id() + 1).min(batch.last_id()),
             Mode::Beyond => batch.last_id() + 5,
             Mode::Hang => std::future::pending().await,
+            Mode::FailAfterFirst
+                if self.acked.lock().unwrap().get(&batch.ledger).is_some_and(|ids| !ids.is_empty()) =>
+            {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return Err(SinkError::retryable("the destination is down"));
+            }
+            Mode::FailAfterFirst => batch.last_id(),
         };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let mut acked = self.acked.lock().unwrap();
@@ -167,6 +177,29 @@ async fn an_acknowledgement_beyond_the_batch_is_not_trusted() {
     assert!(l.last_error.as_deref().unwrap().contains("outside the batch"), "{l:?}");
     exporters.shutdown(Duration::from_secs(5)).await;
     assert!(store.cursors().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_durable_cursor_stays_at_the_last_acknowledged_id_while_the_sink_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, "a", 9).await;
+    let sink = TestSink::new(Mode::FailAfterFirst);
+    let flag = r#"x=t:{"batch":{"max_entries":5,"linger":"0ms"},"retry":{"initial":"10ms","max":"20ms"}}"#;
+    let exporters = start(&store, flag, sink).await;
+    let mut status = exporters.status("x").await.unwrap();
+    for _ in 0..500 {
+        if status.ledgers.first().is_some_and(|l| l.attempts >= 3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = exporters.status("x").await.unwrap();
+    }
+    let l = &status.ledgers[0];
+    assert_eq!((l.cursor, l.state.as_str()), (5, "backing_off"), "{l:?}");
+    exporters.shutdown(Duration::from_secs(5)).await;
+    let cursors: Vec<EntryId> = store.cursors().unwrap().iter().map(|c| c.id).collect();
+    assert_eq!(cursors, vec![5], "only the acknowledged batch reached the catalog");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,9 @@ use ferry_core::{EntryId, LedgerName};
 use ferry_export::{Ack, Batch, SinkError};
 use ferry_fs::durable;
 
+use crate::ConfigError;
+use crate::error::BoxError;
+
 const SUFFIX: &str = ".jsonl";
 const NAME_DIGITS: usize = 20;
 
@@ -54,8 +57,9 @@ struct Current {
 }
 
 impl FileSink {
-    pub fn new(config: FileConfig) -> Result<Self, String> {
-        durable::create_dir_all(&config.dir).map_err(|e| format!("config.dir: {e}"))?;
+    pub fn new(config: FileConfig) -> Result<Self, ConfigError> {
+        durable::create_dir_all(&config.dir)
+            .map_err(|e| ConfigError::CreateDir { dir: config.dir.clone(), error: e.into() })?;
         Ok(Self { config: Arc::new(config), ledgers: Mutex::new(HashMap::new()) })
     }
 
@@ -93,7 +97,7 @@ impl FileSink {
             let mut files = state.lock().expect("ledger files lock");
             if !files.prepared || lines.first_id() != Some(files.synced + 1) {
                 files.prepared = false;
-                return Err(format!("batch does not follow id {} of the files; preparing again", files.synced));
+                return Err(FileError::NotNext { synced: files.synced });
             }
             let written = write_lines(&mut files, &lines, max);
             if written.is_err() {
@@ -108,11 +112,46 @@ impl FileSink {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, SinkError> {
+/// What went wrong between the sink and its files. Every one is retryable:
+/// `prepare` cuts the files back to the cursor before the next attempt.
+#[derive(Debug, thiserror::Error)]
+enum FileError {
+    /// A plain file-system call failed on `path`.
+    #[error("{op} {}: {error}", path.display())]
+    Io { op: &'static str, path: PathBuf, error: std::io::Error },
+    /// A sync, truncation or removal through `durable` failed (its error
+    /// names the step and the file).
+    #[error("{0}")]
+    Durable(BoxError),
+    /// A complete line up to the cursor that is not an entry.
+    #[error("{} at offset {offset}: not an entry line: {error}", path.display())]
+    NotAnEntry { path: PathBuf, offset: u64, error: serde_json::Error },
+    /// Ids up to the cursor that do not ascend.
+    #[error("{} at offset {offset}: id {id} after id {last}", path.display())]
+    OutOfOrder { path: PathBuf, offset: u64, id: EntryId, last: EntryId },
+    /// A batch that does not start right after the synced id.
+    #[error("batch does not follow id {synced} of the files; preparing again")]
+    NotNext { synced: EntryId },
+}
+
+impl FileError {
+    fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        move |error| Self::Io { op, path: path.to_path_buf(), error }
+    }
+}
+
+/// Wraps an error of the `durable` module.
+fn durable_error(e: impl Into<BoxError>) -> FileError {
+    FileError::Durable(e.into())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FileError> + Send + 'static,
+) -> Result<T, SinkError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| SinkError::retryable(format!("file sink task: {e}")))?
-        .map_err(SinkError::retryable)
+        .map_err(|e| SinkError::retryable(e.to_string()))
 }
 
 /// A batch as JSON lines in one buffer, with where each line ends.
@@ -144,7 +183,7 @@ impl Lines {
 /// holds) before a line that would take the current one past `max`, then
 /// syncs every file written and, if one was created, the directory. One
 /// `write` per file.
-fn write_lines(files: &mut LedgerFiles, lines: &Lines, max: u64) -> Result<(), String> {
+fn write_lines(files: &mut LedgerFiles, lines: &Lines, max: u64) -> Result<(), FileError> {
     let mut current = files.current.take();
     let mut finished: Vec<Current> = Vec::new();
     let (mut start, mut created) = (0, false);
@@ -170,41 +209,37 @@ fn write_lines(files: &mut LedgerFiles, lines: &Lines, max: u64) -> Result<(), S
     let Some(mut last) = current else { return Ok(()) };
     append(&mut last, &lines.bytes[start..])?;
     for c in finished.iter().chain([&last]) {
-        durable::sync_data(&c.file, &c.path).map_err(|e| e.to_string())?;
+        durable::sync_data(&c.file, &c.path).map_err(durable_error)?;
     }
     if created {
-        durable::sync_dir(&files.dir).map_err(|e| e.to_string())?;
+        durable::sync_dir(&files.dir).map_err(durable_error)?;
     }
     files.current = Some(last);
     Ok(())
 }
 
-fn create(dir: &Path, first_id: EntryId) -> Result<Current, String> {
+fn create(dir: &Path, first_id: EntryId) -> Result<Current, FileError> {
     let path = dir.join(format!("{first_id:0NAME_DIGITS$}{SUFFIX}"));
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| format!("create {}: {e}", path.display()))?;
+    let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(FileError::io("create", &path))?;
     Ok(Current { file, path, len: 0 })
 }
 
-fn append(c: &mut Current, bytes: &[u8]) -> Result<(), String> {
-    c.file.write_all(bytes).map_err(|e| format!("write {}: {e}", c.path.display()))?;
+fn append(c: &mut Current, bytes: &[u8]) -> Result<(), FileError> {
+    c.file.write_all(bytes).map_err(FileError::io("write", &c.path))?;
     c.len += bytes.len() as u64;
     Ok(())
 }
 
 /// The ledger's files, by the first id each holds.
-fn list(dir: &Path) -> Result<Vec<(EntryId, PathBuf)>, String> {
+fn list(dir: &Path) -> Result<Vec<(EntryId, PathBuf)>, FileError> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(format!("list {}: {e}", dir.display())),
+        Err(e) => return Err(FileError::io("list", dir)(e)),
     };
     for entry in entries {
-        let entry = entry.map_err(|e| format!("list {}: {e}", dir.display()))?;
+        let entry = entry.map_err(FileError::io("list", dir))?;
         let name = entry.file_name();
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else { continue };
         if stem.len() == NAME_DIGITS
@@ -221,24 +256,23 @@ fn list(dir: &Path) -> Result<Vec<(EntryId, PathBuf)>, String> {
 /// Makes the files hold exactly the ids up to `cursor`: removes files that
 /// start after it and truncates the last one after the line of `cursor`.
 /// Returns the file to keep appending to (`None`: start a new one).
-fn cut_back(dir: &Path, cursor: EntryId) -> Result<Option<Current>, String> {
-    durable::create_dir_all(dir).map_err(|e| e.to_string())?;
+fn cut_back(dir: &Path, cursor: EntryId) -> Result<Option<Current>, FileError> {
+    durable::create_dir_all(dir).map_err(durable_error)?;
     let files = list(dir)?;
     let mut removed = false;
     for (_, path) in files.iter().rev().take_while(|(first, _)| *first > cursor) {
-        durable::remove_file(path).map_err(|e| e.to_string())?;
+        durable::remove_file(path).map_err(durable_error)?;
         removed = true;
     }
     if removed {
-        durable::sync_dir(dir).map_err(|e| e.to_string())?;
+        durable::sync_dir(dir).map_err(durable_error)?;
     }
     let Some((_, path)) = files.iter().rev().find(|(first, _)| *first <= cursor) else { return Ok(None) };
-    let file =
-        OpenOptions::new().read(true).append(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let file = OpenOptions::new().read(true).append(true).open(path).map_err(FileError::io("open", path))?;
     let (end, last) = end_of(&file, path, cursor)?;
-    let len = file.metadata().map_err(|e| format!("stat {}: {e}", path.display()))?.len();
+    let len = file.metadata().map_err(FileError::io("stat", path))?.len();
     if len != end {
-        durable::truncate(&file, path, end).map_err(|e| e.to_string())?;
+        durable::truncate(&file, path, end).map_err(durable_error)?;
     }
     if last < cursor {
         // The files end before the cursor (a reset forward, or files removed
@@ -251,7 +285,7 @@ fn cut_back(dir: &Path, cursor: EntryId) -> Result<Option<Current>, String> {
 
 /// The byte offset just after the line of id `cursor` (or after the last
 /// complete line with a smaller id), and that line's id.
-fn end_of(file: &File, path: &Path, cursor: EntryId) -> Result<(u64, EntryId), String> {
+fn end_of(file: &File, path: &Path, cursor: EntryId) -> Result<(u64, EntryId), FileError> {
     #[derive(serde::Deserialize)]
     struct IdOnly {
         id: EntryId,
@@ -266,18 +300,18 @@ fn end_of(file: &File, path: &Path, cursor: EntryId) -> Result<(u64, EntryId), S
             return Ok((end, last));
         }
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(|e| format!("read {}: {e}", path.display()))?;
+        let n = reader.read_until(b'\n', &mut line).map_err(FileError::io("read", path))?;
         if n == 0 || line.last() != Some(&b'\n') {
             return Ok((end, last)); // end of file, or a torn last line
         }
         let id = serde_json::from_slice::<IdOnly>(&line)
-            .map_err(|e| format!("{} at offset {offset}: not an entry line: {e}", path.display()))?
+            .map_err(|error| FileError::NotAnEntry { path: path.to_path_buf(), offset, error })?
             .id;
         if id > cursor {
             return Ok((end, last));
         }
         if id <= last && last != 0 {
-            return Err(format!("{} at offset {offset}: id {id} after id {last}", path.display()));
+            return Err(FileError::OutOfOrder { path: path.to_path_buf(), offset, id, last });
         }
         offset += n as u64;
         (end, last) = (offset, id);

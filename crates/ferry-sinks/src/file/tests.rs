@@ -122,7 +122,7 @@ async fn a_damaged_line_before_the_cursor_is_reported_with_file_and_offset() {
 
 #[test]
 fn config_requires_a_dir_and_a_sane_size() {
-    let v = |j: serde_json::Value| FileConfig::validate(j);
+    let v = |j: serde_json::Value| FileConfig::validate(j).map_err(|e| e.to_string());
     assert!(v(serde_json::json!({})).unwrap_err().starts_with("config.dir"));
     assert!(
         v(serde_json::json!({"dir": "/x", "max_file_bytes": "1B"})).unwrap_err().starts_with("config.max_file_bytes")

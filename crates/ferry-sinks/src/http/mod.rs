@@ -27,6 +27,8 @@ use hmac::{Hmac, KeyInit as _, Mac as _};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
+use crate::ConfigError;
+
 /// Response bytes quoted in an error.
 const ERROR_BODY_BYTES_MAX: usize = 256;
 
@@ -36,7 +38,7 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(config: HttpConfig) -> Result<Self, String> {
+    pub fn new(config: HttpConfig) -> Result<Self, ConfigError> {
         // reqwest is built without a TLS provider; ferry uses ring. Installing
         // it twice is a no-op, so a sink built outside `ferry serve` works too.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -47,7 +49,7 @@ impl HttpSink {
             .redirect(reqwest::redirect::Policy::none())
             .default_headers(config.headers.clone())
             .build()
-            .map_err(|e| format!("config: build the HTTP client: {e}"))?;
+            .map_err(|error| ConfigError::HttpClient { error })?;
         Ok(Self { config, client })
     }
 

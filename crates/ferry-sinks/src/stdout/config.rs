@@ -7,7 +7,7 @@ use serde::Deserialize;
 pub struct StdoutConfig {}
 
 impl StdoutConfig {
-    pub fn validate(value: serde_json::Value) -> Result<Self, String> {
+    pub fn validate(value: serde_json::Value) -> Result<Self, crate::ConfigError> {
         crate::parse(value)
     }
 }
