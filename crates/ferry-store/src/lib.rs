@@ -7,6 +7,7 @@
 //! resolve ids through the index and `pread` the WAL. See ARCHITECTURE.md.
 
 mod catalog;
+mod config;
 mod error;
 mod flusher;
 mod freezer;
@@ -29,8 +30,8 @@ mod wal;
 pub use ferry_fs::{RealFs, durable, vfs};
 
 pub use catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
+pub use config::{RetentionHold, RetentionPolicy, StoreConfig};
 pub use error::{Result, StoreError};
 pub use messages::AppendOutcome;
 pub use roots::{LockedRoots, Roots, lock_roots};
-pub use shared::{RetentionHold, RetentionPolicy};
-pub use store::{CursorUpdate, ExportCursor, LedgerHead, LedgerInfo, ReadBatch, Store, StoreConfig};
+pub use store::{CursorUpdate, ExportCursor, LedgerHead, LedgerInfo, ReadBatch, Store};

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use ferry_fs::durable;
 
+use crate::config::StoreConfig;
 use crate::error::{IoContext as _, Result, StoreError};
-use crate::store::StoreConfig;
 
 /// The storage roots of a configuration.
 #[derive(Debug, Clone)]

@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use ferry_core::bus::Bus;
 use ferry_core::events::{Appended, SystemEvent};
 use ferry_core::{EntryId, LedgerName};
 
 use crate::catalog::Catalog;
+use crate::config::{RetentionHold, RetentionPolicy};
 use crate::error::Result;
 use crate::health::Health;
 use crate::ledger::LedgerState;
@@ -21,28 +21,6 @@ use crate::pack_protocols::PackLayout;
 use crate::pack_reader::PackCache;
 use crate::wal::Segments;
 use ferry_fs::{RealFs, durable};
-
-/// Something that needs a ledger's entries from some id on, so retention
-/// must not prune them (an exporter's cursor, a snapshot pin).
-pub trait RetentionHold: Send + Sync + std::fmt::Debug {
-    /// The lowest id this holder still needs, or `None` for no need.
-    fn needs_from(&self, ledger: &LedgerName) -> Option<EntryId>;
-}
-
-/// `[retention]`: how old a frozen chunk may get before it is pruned.
-#[derive(Debug, Clone, Default)]
-pub struct RetentionPolicy {
-    /// `None`: keep forever.
-    pub max_age: Option<Duration>,
-    /// Per-ledger overrides of `max_age`.
-    pub ledgers: BTreeMap<LedgerName, Duration>,
-}
-
-impl RetentionPolicy {
-    pub fn max_age(&self, ledger: &LedgerName) -> Option<Duration> {
-        self.ledgers.get(ledger).copied().or(self.max_age)
-    }
-}
 
 pub(crate) struct Shared {
     pub catalog: Box<dyn Catalog>,

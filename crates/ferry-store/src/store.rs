@@ -3,16 +3,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use ferry_core::bus::Bus;
 use ferry_core::events::{Appended, SystemEvent};
 use ferry_core::limits::{
-    APPEND_BYTES_MAX, APPEND_QUEUE_DEPTH, BATCH_ENTRIES_MAX, CHUNK_ENTRIES_MAX, CHUNK_ENTRIES_MIN,
-    ENTRY_BYTES_MAX_DEFAULT, ENTRY_BYTES_MAX_LIMIT, ENTRY_KEY_BYTES_MAX, FORMAT_VERSION, IDEMPOTENCY_KEY_BYTES_MAX,
-    WAL_SEGMENT_BYTES_MAX,
+    APPEND_BYTES_MAX, APPEND_QUEUE_DEPTH, BATCH_ENTRIES_MAX, ENTRY_KEY_BYTES_MAX, FORMAT_VERSION,
+    IDEMPOTENCY_KEY_BYTES_MAX,
 };
 use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload, now_ms};
 use ferry_format::keys::CatalogKey;
@@ -20,6 +18,7 @@ use ferry_format::wal as wal_format;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
+use crate::config::{self, RetentionHold, StoreConfig};
 use crate::error::{Result, StoreError};
 use crate::flusher::Flusher;
 use crate::freezer::Freezer;
@@ -32,48 +31,9 @@ use crate::pack_protocols::{self, PackLayout};
 use crate::pack_reader::PackCache;
 use crate::recovery::{self, WalIndexer};
 use crate::roots::{self, Roots};
-use crate::shared::{RetentionHold, RetentionPolicy, Shared};
+use crate::shared::Shared;
 use crate::wal::{self, Segments};
 use ferry_fs::RealFs;
-
-/// Where the store lives and the limits it enforces.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub data_dir: PathBuf,
-    /// Default `{data_dir}/catalog`.
-    pub catalog_dir: Option<PathBuf>,
-    /// Default `{data_dir}/hot`.
-    pub hot_dir: Option<PathBuf>,
-    /// Default `{data_dir}/ledgers`.
-    pub ledgers_dir: Option<PathBuf>,
-    /// `None` takes the pinned value (or the default on first start).
-    pub chunk_entries: Option<u64>,
-    pub max_entry_bytes: usize,
-    pub auto_create_ledgers: bool,
-    pub retention: RetentionPolicy,
-    /// WAL segment size; smaller values are for tests of segment release.
-    pub wal_segment_bytes: u64,
-    /// Holds retention respects from its first pass on (`Store::add_hold`
-    /// adds more later).
-    pub holds: Vec<Arc<dyn RetentionHold>>,
-}
-
-impl StoreConfig {
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            catalog_dir: None,
-            hot_dir: None,
-            ledgers_dir: None,
-            chunk_entries: None,
-            max_entry_bytes: ENTRY_BYTES_MAX_DEFAULT as usize,
-            auto_create_ledgers: true,
-            retention: RetentionPolicy::default(),
-            wal_segment_bytes: WAL_SEGMENT_BYTES_MAX,
-            holds: Vec::new(),
-        }
-    }
-}
 
 /// What `GET /v1/ledgers/{ledger}` reports.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -179,7 +139,7 @@ impl Store {
     /// format), finishes the pack protocols, recovers the hot tier, and
     /// starts the flusher and the freezer. Blocking.
     pub fn open(config: StoreConfig) -> Result<Store> {
-        check_config(&config)?;
+        config::check(&config)?;
         let locked = roots::create_and_lock(&config)?;
         let recovered = recover(&config, &locked.roots)?;
         let shared = recovered.shared.clone();
@@ -457,30 +417,6 @@ impl Store {
             let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|h| drop(h.join()))).await;
         }
     }
-}
-
-/// The limits a `StoreConfig` must respect, whoever built it.
-fn check_config(config: &StoreConfig) -> Result<()> {
-    if let Some(c) = config.chunk_entries
-        && !(CHUNK_ENTRIES_MIN..=CHUNK_ENTRIES_MAX).contains(&c)
-    {
-        return Err(StoreError::InvalidConfig(format!(
-            "chunk_entries {c} is outside {CHUNK_ENTRIES_MIN}..={CHUNK_ENTRIES_MAX}"
-        )));
-    }
-    if !(4096..=WAL_SEGMENT_BYTES_MAX).contains(&config.wal_segment_bytes) {
-        return Err(StoreError::InvalidConfig(format!(
-            "wal_segment_bytes {} is outside 4096..={WAL_SEGMENT_BYTES_MAX}",
-            config.wal_segment_bytes
-        )));
-    }
-    if config.max_entry_bytes == 0 || config.max_entry_bytes as u64 > ENTRY_BYTES_MAX_LIMIT {
-        return Err(StoreError::InvalidConfig(format!(
-            "max_entry_bytes {} is outside 1..={ENTRY_BYTES_MAX_LIMIT}",
-            config.max_entry_bytes
-        )));
-    }
-    Ok(())
 }
 
 fn check_len(field: &'static str, value: Option<&str>, max: usize) -> Result<()> {

@@ -48,10 +48,10 @@ pub use ferry_format::segment::{SegmentScan, SegmentStop, scan_segment};
 pub use ferry_format::wal::{DecodeError, SEGMENT_MAGIC, WalRecord};
 
 use crate::catalog::LedgerMeta;
+use crate::config::StoreConfig;
 use crate::error::{IoContext as _, Result, StoreError};
 use crate::pack_protocols::{self, ChunkState, PackInfo, PackLayout};
 use crate::roots::{Roots, lock_roots};
-use crate::store::StoreConfig;
 use crate::wal::segment_name;
 use ferry_fs::{RealFs, durable};
 

@@ -1,0 +1,99 @@
+//! `StoreConfig`: where the store lives and the limits it enforces, and
+//! `[retention]` with the holds retention must respect.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::limits::{
+    CHUNK_ENTRIES_MAX, CHUNK_ENTRIES_MIN, ENTRY_BYTES_MAX_DEFAULT, ENTRY_BYTES_MAX_LIMIT, WAL_SEGMENT_BYTES_MAX,
+};
+use ferry_core::{EntryId, LedgerName};
+
+use crate::error::{Result, StoreError};
+
+/// Where the store lives and the limits it enforces.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// Default `{data_dir}/catalog`.
+    pub catalog_dir: Option<PathBuf>,
+    /// Default `{data_dir}/hot`.
+    pub hot_dir: Option<PathBuf>,
+    /// Default `{data_dir}/ledgers`.
+    pub ledgers_dir: Option<PathBuf>,
+    /// `None` takes the pinned value (or the default on first start).
+    pub chunk_entries: Option<u64>,
+    pub max_entry_bytes: usize,
+    pub auto_create_ledgers: bool,
+    pub retention: RetentionPolicy,
+    /// WAL segment size; smaller values are for tests of segment release.
+    pub wal_segment_bytes: u64,
+    /// Holds retention respects from its first pass on (`Store::add_hold`
+    /// adds more later).
+    pub holds: Vec<Arc<dyn RetentionHold>>,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            catalog_dir: None,
+            hot_dir: None,
+            ledgers_dir: None,
+            chunk_entries: None,
+            max_entry_bytes: ENTRY_BYTES_MAX_DEFAULT as usize,
+            auto_create_ledgers: true,
+            retention: RetentionPolicy::default(),
+            wal_segment_bytes: WAL_SEGMENT_BYTES_MAX,
+            holds: Vec::new(),
+        }
+    }
+}
+
+/// Something that needs a ledger's entries from some id on, so retention
+/// must not prune them (an exporter's cursor, a snapshot pin).
+pub trait RetentionHold: Send + Sync + std::fmt::Debug {
+    /// The lowest id this holder still needs, or `None` for no need.
+    fn needs_from(&self, ledger: &LedgerName) -> Option<EntryId>;
+}
+
+/// `[retention]`: how old a frozen chunk may get before it is pruned.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionPolicy {
+    /// `None`: keep forever.
+    pub max_age: Option<Duration>,
+    /// Per-ledger overrides of `max_age`.
+    pub ledgers: BTreeMap<LedgerName, Duration>,
+}
+
+impl RetentionPolicy {
+    pub fn max_age(&self, ledger: &LedgerName) -> Option<Duration> {
+        self.ledgers.get(ledger).copied().or(self.max_age)
+    }
+}
+
+/// The limits a `StoreConfig` must respect, whoever built it.
+pub(crate) fn check(config: &StoreConfig) -> Result<()> {
+    if let Some(c) = config.chunk_entries
+        && !(CHUNK_ENTRIES_MIN..=CHUNK_ENTRIES_MAX).contains(&c)
+    {
+        return Err(StoreError::InvalidConfig(format!(
+            "chunk_entries {c} is outside {CHUNK_ENTRIES_MIN}..={CHUNK_ENTRIES_MAX}"
+        )));
+    }
+    if !(4096..=WAL_SEGMENT_BYTES_MAX).contains(&config.wal_segment_bytes) {
+        return Err(StoreError::InvalidConfig(format!(
+            "wal_segment_bytes {} is outside 4096..={WAL_SEGMENT_BYTES_MAX}",
+            config.wal_segment_bytes
+        )));
+    }
+    if config.max_entry_bytes == 0 || config.max_entry_bytes as u64 > ENTRY_BYTES_MAX_LIMIT {
+        return Err(StoreError::InvalidConfig(format!(
+            "max_entry_bytes {} is outside 1..={ENTRY_BYTES_MAX_LIMIT}",
+            config.max_entry_bytes
+        )));
+    }
+    Ok(())
+}
