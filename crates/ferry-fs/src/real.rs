@@ -4,8 +4,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
-use crate::vfs::{Vfs, VfsFile, VfsRead};
+use crate::vfs::{Vfs, VfsFile, VfsRead, VfsSegment};
 
 /// The real disk, for the pack protocols (`Vfs`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,6 +35,39 @@ impl VfsRead for File {
     }
 }
 
+/// A segment file on disk.
+#[derive(Debug)]
+struct RealSegment {
+    file: File,
+}
+
+impl VfsRead for RealSegment {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}
+
+impl VfsSegment for RealSegment {
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        fail::fail_point!("fs::segment_write", |_| Err(std::io::Error::other(
+            "injected by fail point fs::segment_write"
+        )));
+        std::os::unix::fs::FileExt::write_all_at(&self.file, buf, offset)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        fail::fail_point!("durable::sync_data", |_| Err(std::io::Error::other(
+            "injected by fail point durable::sync_data"
+        )));
+        self.file.sync_data()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+}
+
 impl Vfs for RealFs {
     fn create_dir(&self, path: &Path) -> std::io::Result<()> {
         std::fs::create_dir(path)
@@ -44,6 +78,14 @@ impl Vfs for RealFs {
     }
     fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn VfsRead>> {
         Ok(Box::new(File::open(path)?))
+    }
+    fn create_segment(&self, path: &Path) -> std::io::Result<Arc<dyn VfsSegment>> {
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        Ok(Arc::new(RealSegment { file }))
+    }
+    fn open_segment(&self, path: &Path) -> std::io::Result<Arc<dyn VfsSegment>> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Arc::new(RealSegment { file }))
     }
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
         std::fs::rename(from, to)

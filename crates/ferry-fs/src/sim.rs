@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::vfs::{Vfs, VfsFile, VfsRead};
+use crate::vfs::{Vfs, VfsFile, VfsRead, VfsSegment};
 
 /// Counts sync points (file syncs, directory syncs, catalog commits) and
 /// crashes at a chosen one: that sync does not happen, and every later
@@ -173,6 +173,57 @@ impl VfsRead for SimRead {
     }
 }
 
+/// A segment file of the simulated disk: reads and writes go to the live
+/// image; `sync` copies the file's live bytes to the durable image.
+#[derive(Debug)]
+struct SimSegment {
+    state: Arc<Mutex<State>>,
+    clock: Arc<CrashClock>,
+    inode: u64,
+}
+
+impl VfsRead for SimSegment {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let s = self.state.lock().expect("sim lock");
+        let data = s.live_data.get(&self.inode).map(Vec::as_slice).unwrap_or_default();
+        SimRead(data.to_vec()).read_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        let s = self.state.lock().expect("sim lock");
+        Ok(s.live_data.get(&self.inode).map_or(0, |d| d.len() as u64))
+    }
+}
+
+impl VfsSegment for SimSegment {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.clock.alive()?;
+        let mut s = self.state.lock().expect("sim lock");
+        let data = s.live_data.entry(self.inode).or_default();
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        if data.len() < start + buf.len() {
+            data.resize(start + buf.len(), 0);
+        }
+        data[start..start + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.clock.sync_point()?;
+        let mut s = self.state.lock().expect("sim lock");
+        let data = s.live_data.get(&self.inode).cloned().unwrap_or_default();
+        s.durable_data.insert(self.inode, data);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.clock.alive()?;
+        let mut s = self.state.lock().expect("sim lock");
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        s.live_data.entry(self.inode).or_default().resize(len, 0);
+        Ok(())
+    }
+}
+
 impl Vfs for SimFs {
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         self.clock.alive()?;
@@ -197,6 +248,27 @@ impl Vfs for SimFs {
         s.live.files.insert(path.to_path_buf(), inode);
         s.live_data.insert(inode, Vec::new());
         Ok(Box::new(SimFile { state: self.state.clone(), clock: self.clock.clone(), inode }))
+    }
+
+    fn create_segment(&self, path: &Path) -> io::Result<Arc<dyn VfsSegment>> {
+        self.clock.alive()?;
+        let mut s = self.state.lock().expect("sim lock");
+        Self::parent_exists(&s, path)?;
+        if s.live.files.contains_key(path) || s.live.dirs.contains(path) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, path.display().to_string()));
+        }
+        s.next_inode += 1;
+        let inode = s.next_inode;
+        s.live.files.insert(path.to_path_buf(), inode);
+        s.live_data.insert(inode, Vec::new());
+        Ok(Arc::new(SimSegment { state: self.state.clone(), clock: self.clock.clone(), inode }))
+    }
+
+    fn open_segment(&self, path: &Path) -> io::Result<Arc<dyn VfsSegment>> {
+        self.clock.alive()?;
+        let s = self.state.lock().expect("sim lock");
+        let inode = *s.live.files.get(path).ok_or_else(|| not_found(path))?;
+        Ok(Arc::new(SimSegment { state: self.state.clone(), clock: self.clock.clone(), inode }))
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn VfsRead>> {

@@ -1,11 +1,13 @@
-//! The narrow filesystem the pack protocols (freeze, sweep, recovery) run
-//! on. `durable::RealFs` is the disk; `sim::SimFs` keeps what is durable
+//! The narrow filesystem the storage protocols run on: the pack protocols
+//! (freeze, sweep, recovery) and the WAL (segment create, group write,
+//! sync, replay, truncation, release). `durable::RealFs` is the disk; `sim::SimFs` keeps what is durable
 //! apart from what is not yet synced, so tests can build the disk image a
 //! crash would leave at every sync point — the only kind of test that
 //! catches a missing fsync.
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A file being written: bytes go in with `write_all`, `sync` makes them
 /// durable.
@@ -22,7 +24,18 @@ pub trait VfsRead: Send + Sync {
     fn len(&self) -> io::Result<u64>;
 }
 
-/// The operations the pack protocols need, and no more. Directory entry
+/// A file written and read at offsets, from any thread (positional I/O has
+/// no seek position): a WAL segment.
+pub trait VfsSegment: VfsRead + std::fmt::Debug {
+    /// Writes all of `buf` at `offset`; not durable until `sync`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// fdatasync: the file's bytes and length are durable when it returns.
+    fn sync(&self) -> io::Result<()>;
+    /// Cuts (or extends) the file to `len`; durable after `sync`.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+}
+
+/// The operations the storage protocols need, and no more. Directory entry
 /// changes (create, rename, remove) are durable only after `sync_dir` of
 /// the parent; file bytes only after `VfsFile::sync`.
 pub trait Vfs: Send + Sync {
@@ -31,6 +44,10 @@ pub trait Vfs: Send + Sync {
     /// Creates a file that must not exist yet.
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn VfsFile>>;
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn VfsRead>>;
+    /// Creates a segment file that must not exist yet, for reads and writes.
+    fn create_segment(&self, path: &Path) -> io::Result<Arc<dyn VfsSegment>>;
+    /// Opens an existing segment file for reads and writes.
+    fn open_segment(&self, path: &Path) -> io::Result<Arc<dyn VfsSegment>>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Removes an empty directory.

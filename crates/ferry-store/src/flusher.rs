@@ -22,6 +22,17 @@ use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg};
 use crate::shared::Shared;
 use crate::wal::{RecordPos, SegmentWriter};
 
+/// An idempotency key first used in a group: (ledger, key, id, ts).
+type FreshKey = (LedgerName, String, EntryId, u64);
+
+/// The error every request of a failed group is answered with.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Poisoned(reason) => StoreError::Poisoned(reason.clone()),
+        other => StoreError::io("append", std::io::Error::other(other.to_string())),
+    }
+}
+
 pub(crate) struct Flusher {
     pub rx: mpsc::Receiver<FlusherMsg>,
     pub writer: SegmentWriter,
@@ -77,8 +88,10 @@ impl Flusher {
                     let _ = done.send(());
                 }
                 Some(FlusherMsg::Relocate(segment)) => {
+                    // A refused relocation leaves the segment as it was; the
+                    // freezer asks again later.
                     if let Err(e) = self.relocate(segment, &mut buf) {
-                        self.shared.health.poison(e.to_string());
+                        tracing::warn!(segment, error = %e, "relocating a sparse segment failed");
                     }
                     self.shared.segments.relocation_done(segment);
                 }
@@ -101,10 +114,15 @@ impl Flusher {
         buf.clear();
         let now = now_ms();
         self.idempotency.expire(now);
-        let planned = self.plan(group, now, buf);
+        let (planned, fresh_keys) = self.plan(group, now, buf);
         let started = std::time::Instant::now();
         match self.write(buf) {
             Ok(segment_base) => {
+                // Only a written group's keys are remembered: a refused
+                // write leaves no trace, so a retry appends anew.
+                for (ledger, key, id, ts) in fresh_keys {
+                    self.idempotency.insert(&ledger, &key, id, ts);
+                }
                 let records: usize = planned.iter().map(|p| p.records.len()).sum();
                 metrics::histogram!("ferry_fsync_seconds").record(started.elapsed().as_secs_f64());
                 metrics::histogram!("ferry_group_commit_entries").record(records as f64);
@@ -113,16 +131,20 @@ impl Flusher {
                 self.publish(planned, segment_base)
             }
             Err(e) => {
-                self.shared.health.poison(e.to_string());
+                // `Disk` poisoned the store if the failure may have lost
+                // durable state; a refused write changed nothing.
+                tracing::warn!(error = %e, "a group commit failed; its appends are refused");
                 for p in planned {
-                    let _ = p.reply.send(Err(StoreError::Poisoned(e.to_string())));
+                    let _ = p.reply.send(Err(same_error(&e)));
                 }
             }
         }
     }
 
-    /// Assigns ids and timestamps and encodes the group into `buf`.
-    fn plan(&mut self, group: Vec<AppendRequest>, now: u64, buf: &mut Vec<u8>) -> Vec<Planned> {
+    /// Assigns ids and timestamps and encodes the group into `buf`; returns
+    /// the plan and the idempotency keys first used in it, to remember once
+    /// the group is durable.
+    fn plan(&mut self, group: Vec<AppendRequest>, now: u64, buf: &mut Vec<u8>) -> (Vec<Planned>, Vec<FreshKey>) {
         // (next id, last ts) of each ledger touched by this group.
         let mut heads: HashMap<LedgerName, (EntryId, u64)> = HashMap::new();
         // Idempotency keys first used in this group.
@@ -185,14 +207,14 @@ impl Flusher {
             }
             planned.push((Ok(ids), records));
         }
-        for ((ledger, key), (id, ts)) in fresh {
-            self.idempotency.insert(&ledger, key, id, ts);
-        }
-        group
+        let fresh: Vec<FreshKey> =
+            fresh.into_iter().map(|((ledger, key), (id, ts))| (ledger, key.to_owned(), id, ts)).collect();
+        let planned = group
             .into_iter()
             .zip(planned)
             .map(|(req, (ids, records))| Planned { reply: req.reply, ledger: req.ledger, ids, records })
-            .collect()
+            .collect();
+        (planned, fresh)
     }
 
     /// Writes the group durably; returns (segment, offset) the buffer begins at.
@@ -203,13 +225,13 @@ impl Flusher {
         let has_records = self.writer.len > SEGMENT_HEADER_BYTES as u64;
         if has_records && self.writer.len + buf.len() as u64 > self.shared.wal_segment_bytes {
             let s = &self.shared;
-            let next = SegmentWriter::create(s.segments.dir(), self.writer.seq + 1, s.format_version)?;
+            let next = SegmentWriter::create(&s.disk, s.segments.dir(), self.writer.seq + 1, s.format_version)?;
             s.segments.insert(next.seq, next.file.clone());
             s.segments.set_current(next.seq);
             self.writer = next;
         }
         let base = (self.writer.seq, self.writer.len);
-        self.writer.append_durably(buf)?;
+        self.writer.append_durably(&self.shared.disk, buf)?;
         self.shared.set_durable_end(self.writer.seq, self.writer.len);
         Ok(base)
     }
@@ -251,13 +273,10 @@ impl Flusher {
         let s = self.shared.clone();
         let Some(file) = s.segments.file(segment) else { return Ok(()) };
         let path = s.segments.path(segment);
-        let len = file.metadata().map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?.len();
         // Read through the handle taken above, not by segment number: the
         // freezer may release the segment (every record frozen) meanwhile,
         // and its open file still reads; nothing in it is live then.
-        let mut bytes = vec![0; len as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut bytes, 0)
-            .map_err(|e| StoreError::io(format!("read {}", path.display()), e))?;
+        let bytes = s.disk.read_all(&*file, &path)?;
         buf.clear();
         // (ledger, id, old position, offset in buf, encoded size)
         let mut moved = Vec::new();

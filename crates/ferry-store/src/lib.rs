@@ -8,6 +8,7 @@
 
 mod catalog;
 mod config;
+mod disk;
 mod error;
 mod flusher;
 mod freezer;

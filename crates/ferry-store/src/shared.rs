@@ -14,19 +14,22 @@ use ferry_core::{EntryId, LedgerName};
 
 use crate::catalog::Catalog;
 use crate::config::{RetentionHold, RetentionPolicy};
+use crate::disk::Disk;
 use crate::error::Result;
 use crate::health::Health;
 use crate::ledger::LedgerState;
 use crate::pack_protocols::PackLayout;
 use crate::pack_reader::PackCache;
 use crate::wal::Segments;
-use ferry_fs::{RealFs, durable};
+use ferry_fs::RealFs;
 
 pub(crate) struct Shared {
     pub catalog: Box<dyn Catalog>,
     pub ledgers: RwLock<BTreeMap<LedgerName, Arc<LedgerState>>>,
     pub segments: Segments,
-    pub health: Health,
+    pub health: Arc<Health>,
+    /// The checked disk every WAL file operation goes through.
+    pub disk: Disk,
     pub layout: PackLayout,
     pub packs: PackCache,
     pub vfs: RealFs,
@@ -73,25 +76,15 @@ impl Shared {
     }
 
     /// Unlinks every sealed segment with nothing live left, then syncs the
-    /// hot directory once. A failure poisons the store.
+    /// hot directory once. A failure poisons the store (inside `Disk`).
     pub fn release_dead_segments(&self) -> Result<()> {
         let dead = self.segments.take_dead();
         if dead.is_empty() {
             return Ok(());
         }
-        let result = dead
-            .iter()
-            .try_for_each(|path| durable::remove_file(path))
-            .and_then(|()| durable::sync_dir(self.segments.dir()));
-        match result {
-            Ok(()) => {
-                tracing::debug!(segments = dead.len(), "released WAL segments");
-                Ok(())
-            }
-            Err(e) => {
-                self.health.poison(e.to_string());
-                Err(e.into())
-            }
-        }
+        dead.iter().try_for_each(|path| self.disk.remove_segment(path))?;
+        self.disk.sync_dir(self.segments.dir())?;
+        tracing::debug!(segments = dead.len(), "released WAL segments");
+        Ok(())
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
 use crate::config::{self, RetentionHold, StoreConfig};
+use crate::disk::Disk;
 use crate::error::{Result, StoreError};
 use crate::flusher::Flusher;
 use crate::freezer::Freezer;
@@ -483,11 +484,13 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
     for orphan in &recovered_packs.orphans {
         tracing::warn!(file = %orphan.display(), "pack file without a catalog key (ferry verify lists it)");
     }
+    let health = Arc::new(Health::default());
     let shared = Arc::new(Shared {
         catalog: Box::new(catalog),
         ledgers: RwLock::new(ledgers),
         segments: Segments::new(roots.hot.clone()),
-        health: Health::default(),
+        disk: Disk::new(Arc::new(RealFs), health.clone()),
+        health,
         layout: pack_layout,
         packs: PackCache::default(),
         vfs: RealFs,
@@ -509,7 +512,8 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
     let (replayed, live) = {
         let ledgers = shared.ledgers.read().expect("ledgers lock");
         let mut indexer = WalIndexer::new(&ledgers, &mut idempotency, &roots.hot);
-        let replayed = wal::replay(&roots.hot, FORMAT_VERSION, |path, scanned| indexer.visit(path, scanned))?;
+        let replayed =
+            wal::replay(&shared.disk, &roots.hot, FORMAT_VERSION, |path, scanned| indexer.visit(path, scanned))?;
         (replayed, indexer.install()?)
     };
     idempotency.expire(now);

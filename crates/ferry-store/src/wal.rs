@@ -1,5 +1,7 @@
-//! The hot tier's segment files: naming, the append handle, the shared read
-//! handles, and the recovery scan.
+//! The hot tier's segment files: the append handle, the shared read
+//! handles, and the replay at start. Every file operation goes through the
+//! checked `Disk` on a `Vfs`, so the simulated disk crash-tests the WAL as
+//! it does the pack protocols.
 //!
 //! Segments are `{hot_dir}/{seq:020}.wal`, written strictly in sequence by
 //! the flusher. **Architecture Invariant:** only the last segment can end in
@@ -8,16 +10,17 @@
 //! or one followed by valid records, is corruption and stops recovery.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use ferry_format::segment::{self, SegmentEnd, SegmentRecords};
 use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, encode_segment_header};
 
-use crate::error::{IoContext as _, Result, StoreError};
 use ferry_fs::durable;
+use ferry_fs::vfs::VfsSegment;
+
+use crate::disk::Disk;
+use crate::error::{IoContext as _, Result, StoreError};
 
 pub(crate) use ferry_format::segment::segment_name;
 
@@ -46,7 +49,7 @@ pub(crate) struct Segments {
 
 #[derive(Debug, Clone)]
 struct Segment {
-    file: Arc<File>,
+    file: Arc<dyn VfsSegment>,
     live_records: u64,
     live_bytes: u64,
     /// A relocation of its live records was asked for and not yet done.
@@ -70,7 +73,7 @@ impl Segments {
         self.dir.join(segment_name(segment.into()))
     }
 
-    pub fn insert(&self, segment: u32, file: Arc<File>) {
+    pub fn insert(&self, segment: u32, file: Arc<dyn VfsSegment>) {
         let seg = Segment { file, live_records: 0, live_bytes: 0, relocating: false };
         self.files.write().expect("segments lock").insert(segment, seg);
     }
@@ -83,7 +86,7 @@ impl Segments {
         self.current.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    pub fn file(&self, segment: u32) -> Option<Arc<File>> {
+    pub fn file(&self, segment: u32) -> Option<Arc<dyn VfsSegment>> {
         self.files.read().expect("segments lock").get(&segment).map(|s| s.file.clone())
     }
 
@@ -139,7 +142,7 @@ impl Segments {
         let current = self.current();
         let mut out = Vec::new();
         for (n, s) in files.iter_mut().filter(|(n, s)| **n < current && s.live_records > 0 && !s.relocating) {
-            let len = s.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let len = s.file.len().unwrap_or(0);
             if s.live_bytes * 2 < len {
                 s.relocating = true;
                 out.push(*n);
@@ -157,7 +160,7 @@ impl Segments {
     /// Bytes of every segment file, for metrics and tests.
     pub fn disk_bytes(&self) -> u64 {
         let files = self.files.read().expect("segments lock");
-        files.values().map(|s| s.file.metadata().map(|m| m.len()).unwrap_or(0)).sum()
+        files.values().map(|s| s.file.len().unwrap_or(0)).sum()
     }
 
     /// Reads `len` bytes at `offset` of a segment.
@@ -169,7 +172,7 @@ impl Segments {
             reason: RELEASED.into(),
         })?;
         let mut buf = vec![0; len];
-        file.read_exact_at(&mut buf, offset)
+        file.read_at(&mut buf, offset)
             .context(|| format!("read {} bytes at {offset} of {}", len, self.path(segment).display()))?;
         Ok(buf)
     }
@@ -179,7 +182,7 @@ impl Segments {
 #[derive(Debug)]
 pub(crate) struct SegmentWriter {
     pub seq: u32,
-    pub file: Arc<File>,
+    pub file: Arc<dyn VfsSegment>,
     pub path: PathBuf,
     /// Bytes in the file, all durable.
     pub len: u64,
@@ -187,19 +190,17 @@ pub(crate) struct SegmentWriter {
 
 impl SegmentWriter {
     /// Creates segment `seq` with its header, durably.
-    pub fn create(dir: &Path, seq: u32, format_version: u32) -> Result<Self> {
-        let header = encode_segment_header(format_version);
-        let (file, path) = durable::create_file_with_header(dir, &segment_name(seq.into()), &header)?;
-        Ok(Self { seq, file: Arc::new(file), path, len: SEGMENT_HEADER_BYTES as u64 })
+    pub fn create(disk: &Disk, dir: &Path, seq: u32, format_version: u32) -> Result<Self> {
+        let name = segment_name(seq.into());
+        let file = disk.create_segment(dir, &name, &encode_segment_header(format_version))?;
+        Ok(Self { seq, file, path: dir.join(name), len: SEGMENT_HEADER_BYTES as u64 })
     }
 
-    /// Writes `buf` at the end and makes it durable. On error the file's
-    /// state is unknown: the caller poisons the store.
-    pub fn append_durably(&mut self, buf: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(buf, self.len)
-            .context(|| format!("write {} bytes at {} of {}", buf.len(), self.len, self.path.display()))?;
-        durable::sync_data(&self.file, &self.path)?;
+    /// Writes `buf` at the end and makes it durable. A refused write leaves
+    /// the segment as it was; a failed sync poisons (both inside `Disk`).
+    pub fn append_durably(&mut self, disk: &Disk, buf: &[u8]) -> Result<()> {
+        disk.write(&*self.file, &self.path, buf, self.len)?;
+        disk.sync(&*self.file, &self.path)?;
         self.len += buf.len() as u64;
         Ok(())
     }
@@ -214,7 +215,7 @@ pub(crate) struct ScannedRecord<'a> {
 /// What recovery leaves behind: every segment's read handle and the writer
 /// positioned after the last complete batch.
 pub(crate) struct RecoveredWal {
-    pub segments: Vec<(u32, Arc<File>)>,
+    pub segments: Vec<(u32, Arc<dyn VfsSegment>)>,
     pub writer: SegmentWriter,
 }
 
@@ -223,24 +224,21 @@ pub(crate) struct RecoveredWal {
 /// returning the handles. Any other damage is a precise error. The rules
 /// are `ferry_format::segment`'s, which `ferry verify` applies too.
 pub(crate) fn replay(
+    disk: &Disk,
     dir: &Path,
     format_version: u32,
     mut visit: impl FnMut(&Path, ScannedRecord<'_>) -> Result<()>,
 ) -> Result<RecoveredWal> {
-    let names = list_segments(dir)?;
+    let names = list_segments(disk, dir)?;
     let last_seq = names.last().map(|(seq, _)| *seq);
     let mut segments = Vec::new();
     let mut writer = None;
     for (seq, path) in names {
         let is_last = Some(seq) == last_seq;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(is_last)
-            .open(&path)
-            .context(|| format!("open {}", path.display()))?;
-        let bytes = std::fs::read(&path).context(|| format!("read {}", path.display()))?;
+        let file = disk.open_segment(&path)?;
+        let bytes = disk.read_all(&*file, &path)?;
         let end = if is_last && segment::is_torn_header(&bytes, format_version) {
-            rewrite_torn_header(dir, &file, &path, format_version)?
+            rewrite_torn_header(disk, dir, &*file, &path, format_version)?
         } else {
             scan_segment(&path, seq, &bytes, format_version, is_last, &mut visit)?
         };
@@ -249,9 +247,8 @@ pub(crate) fn replay(
                 segment = %path.display(), offset = end, dropped_bytes = bytes.len() as u64 - end,
                 "truncating a torn tail left by a crash (no acknowledged entry is in it)"
             );
-            durable::truncate(&file, &path, end)?;
+            disk.truncate(&*file, &path, end)?;
         }
-        let file = Arc::new(file);
         segments.push((seq, file.clone()));
         if is_last {
             writer = Some(SegmentWriter { seq, file, path, len: end.max(SEGMENT_HEADER_BYTES as u64) });
@@ -260,7 +257,7 @@ pub(crate) fn replay(
     let writer = match writer {
         Some(w) => w,
         None => {
-            let w = SegmentWriter::create(dir, 1, format_version)?;
+            let w = SegmentWriter::create(disk, dir, 1, format_version)?;
             segments.push((w.seq, w.file.clone()));
             w
         }
@@ -271,34 +268,37 @@ pub(crate) fn replay(
 /// A crash while the last segment was created left its header torn: it
 /// holds no record, so the header is written again (and its directory
 /// entry synced, which may not have happened before the crash).
-fn rewrite_torn_header(dir: &Path, file: &File, path: &Path, format_version: u32) -> Result<u64> {
+fn rewrite_torn_header(
+    disk: &Disk,
+    dir: &Path,
+    file: &dyn VfsSegment,
+    path: &Path,
+    format_version: u32,
+) -> Result<u64> {
     tracing::warn!(segment = %path.display(), "rewriting the torn header of a segment created just before a crash");
-    durable::truncate(file, path, 0)?;
-    file.write_all_at(&encode_segment_header(format_version), 0)
-        .context(|| format!("write the header of {}", path.display()))?;
-    durable::sync_data(file, path)?;
-    durable::sync_dir(dir)?;
+    disk.truncate(file, path, 0)?;
+    disk.write(file, path, &encode_segment_header(format_version), 0)?;
+    disk.sync(file, path)?;
+    disk.sync_dir(dir)?;
     Ok(SEGMENT_HEADER_BYTES as u64)
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
+fn list_segments(disk: &Disk, dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
     let mut out = Vec::new();
-    for item in std::fs::read_dir(dir).context(|| format!("list {}", dir.display()))? {
-        let item = item.context(|| format!("list {}", dir.display()))?;
-        let name = item.file_name();
-        let Some(name) = name.to_str() else { continue };
-        match segment::parse_segment_name(name) {
+    for name in disk.list_dir(dir)? {
+        let path = dir.join(&name);
+        match segment::parse_segment_name(&name) {
             Some(seq) => {
                 let seq = u32::try_from(seq).map_err(|_| StoreError::Corrupted {
-                    segment: item.path(),
+                    segment: path.clone(),
                     offset: 0,
                     ledger: None,
                     reason: "segment number out of range".into(),
                 })?;
-                out.push((seq, item.path()));
+                out.push((seq, path));
             }
             None if name == durable::LOCK_FILE || name == durable::ROOT_LOCK_FILE => {}
-            None => tracing::warn!(file = %item.path().display(), "ignoring a file that is not a WAL segment"),
+            None => tracing::warn!(file = %path.display(), "ignoring a file that is not a WAL segment"),
         }
     }
     out.sort();
@@ -352,3 +352,6 @@ fn scan_segment(
         }
     }
 }
+
+#[cfg(test)]
+mod sim_tests;

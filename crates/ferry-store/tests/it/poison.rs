@@ -41,3 +41,35 @@ async fn failed_fdatasync_poisons_the_store_and_is_never_retried() {
     assert!(store.ready().is_ok());
     close(store).await;
 }
+
+/// A failed write is not a failed sync: `Disk` cuts the segment back to its
+/// synced length and refuses the group; the store stays ready, the refused
+/// idempotency key is not remembered, and the next append takes the id the
+/// refused one would have had.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_write_is_refused_and_cut_back_without_poisoning_the_store() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger("audit");
+    let store = open(dir.path());
+    assert_eq!(store.append(&l, vec![entry("1")]).await.unwrap().ids, vec![1]);
+    let synced_len = file_len(&last_segment(dir.path()));
+
+    fail::cfg("fs::segment_write", "return").unwrap();
+    let err = store.append(&l, vec![with_idempotency_key("k", "2")]).await.unwrap_err();
+    assert!(!matches!(err, StoreError::Poisoned(_)), "{err}");
+    assert!(err.to_string().contains("refused"), "{err}");
+    fail::remove("fs::segment_write");
+    assert!(store.ready().is_ok(), "a refused write does not poison");
+    assert_eq!(file_len(&last_segment(dir.path())), synced_len, "cut back to the synced length");
+
+    let again = store.append(&l, vec![with_idempotency_key("k", "2")]).await.unwrap();
+    assert_eq!((again.ids, again.created), (vec![2], true), "the refused key was not remembered");
+    close(store).await;
+    scenario.teardown();
+
+    let store = open(dir.path());
+    let payloads: Vec<String> = read_all(&store, &l).iter().map(|e| e.payload.as_str().to_owned()).collect();
+    assert_eq!(payloads, ["1", "2"]);
+    close(store).await;
+}

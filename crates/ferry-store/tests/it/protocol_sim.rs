@@ -31,7 +31,7 @@ use ferry_format::pack::{PackHeader, PackWriter, decode_pack};
 use ferry_format::wal::WalRecord;
 use ferry_store::pack_protocols::{self, ChunkState, OwnedRecord, PackInfo, PackLayout};
 use ferry_store::sim::{CrashClock, MemCatalog, SimFs};
-use ferry_store::vfs::{Vfs, VfsFile, VfsRead};
+use ferry_store::vfs::{Vfs, VfsFile, VfsRead, VfsSegment};
 use ferry_store::{Catalog, CatalogOp, LedgerMeta, StoreError};
 use sha2::Digest as _;
 
@@ -647,6 +647,16 @@ impl Vfs for KillFs<'_> {
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn VfsRead>> {
         self.kill.alive()?;
         self.fs.open_read(path)
+    }
+    // The pack protocols open no segment; the WAL's simulated-disk test
+    // (wal_sim.rs) crashes those through the clock.
+    fn create_segment(&self, path: &Path) -> io::Result<Arc<dyn VfsSegment>> {
+        self.kill.step()?;
+        self.fs.create_segment(path)
+    }
+    fn open_segment(&self, path: &Path) -> io::Result<Arc<dyn VfsSegment>> {
+        self.kill.alive()?;
+        self.fs.open_segment(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.kill.step()?;
