@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ferry_core::events::Appended;
 use ferry_core::limits::GROUP_COMMIT_BYTES_MAX;
-use ferry_core::{EntryId, LedgerName, now_ms};
+use ferry_core::{EntryId, LedgerName, NewEntry, now_ms};
 use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, decode_record, encode_record};
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,6 +21,32 @@ use crate::ledger::LedgerState;
 use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg};
 use crate::shared::Shared;
 use crate::wal::{RecordPos, SegmentWriter};
+
+/// Encodes a new entry as the group's next record; returns where it lies
+/// in the buffer (offset, encoded size).
+fn encode_new(
+    buf: &mut Vec<u8>,
+    ledger: &LedgerName,
+    id: EntryId,
+    ts: u64,
+    e: &NewEntry,
+    more: bool,
+) -> (usize, usize) {
+    let record = WalRecord {
+        ledger: ledger.as_str(),
+        id,
+        ts,
+        key: e.key.as_deref(),
+        idempotency_key: e.idempotency_key.as_deref(),
+        batch_continues: more,
+        group_start: buf.is_empty(),
+        relocated: false,
+        payload: e.payload.as_str().as_bytes(),
+    };
+    let offset = buf.len();
+    encode_record(&record, buf);
+    (offset, buf.len() - offset)
+}
 
 /// An idempotency key first used in a group: (ledger, key, id, ts).
 type FreshKey = (LedgerName, String, EntryId, u64);
@@ -186,20 +212,8 @@ impl Flusher {
                 let ts = now.max(*last_ts);
                 (*next, *last_ts) = (id + 1, ts);
                 written += 1;
-                let record = WalRecord {
-                    ledger: ledger.name.as_str(),
-                    id,
-                    ts,
-                    key: e.key.as_deref(),
-                    idempotency_key: e.idempotency_key.as_deref(),
-                    batch_continues: written < new_count,
-                    group_start: buf.is_empty(),
-                    relocated: false,
-                    payload: e.payload.as_str().as_bytes(),
-                };
-                let offset = buf.len();
-                encode_record(&record, buf);
-                records.push((id, ts, offset, buf.len() - offset));
+                let (offset, len) = encode_new(buf, &ledger.name, id, ts, e, written < new_count);
+                records.push((id, ts, offset, len));
                 if let Some(k) = e.idempotency_key.as_deref() {
                     fresh.insert((ledger.name.clone(), k), (id, ts));
                 }

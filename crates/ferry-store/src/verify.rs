@@ -231,97 +231,130 @@ struct LedgerCheck {
 
 /// Checks the data directory of `config` under the roots' locks. `Err` only
 /// when the check cannot start (a locked or missing root); everything it
-/// finds is in the report.
+/// finds is in the report. One function per phase, in the order recovery
+/// meets the same things.
 pub fn verify(config: &StoreConfig) -> Result<Report> {
     let locked = lock_roots(config)?;
     let roots = &locked.roots;
     let mut report = Report::default();
     let catalog_file = roots.catalog_file();
-    let dump = match read_catalog(&catalog_file) {
-        Ok(dump) => dump,
-        Err(e) => {
-            report.fault(&catalog_file, None, format!("cannot read the catalog: {e}"));
-            return Ok(report);
-        }
-    };
-    if dump.repaired_copy {
-        report.warn(
-            &catalog_file,
-            None,
-            "the catalog was not closed cleanly (a crash?); checked a repaired copy, the next start repairs it",
-        );
-    }
+    let Some(dump) = open_catalog(&mut report, &catalog_file) else { return Ok(report) };
     let layout = PackLayout { root: roots.ledgers.clone() };
+    let mut keys = read_keys(&mut report, &catalog_file, &dump);
+    let pinned = check_pinned(&mut report, &catalog_file, &keys);
+    check_chunk_keys(&mut report, &catalog_file, &layout, &pinned, &mut keys);
+    check_ledger_files(&mut report, roots, &layout, &keys.chunks)?;
+    check_frozen_ids(&mut report, &layout, &mut keys.ledgers);
+    check_wal(&mut report, &roots.hot, pinned.format_version, &mut keys.ledgers)?;
+    check_hot_ids(&mut report, &roots.hot, &keys.ledgers);
+    Ok(report)
+}
 
-    // Keys and values.
-    let mut config_values = BTreeMap::new();
-    let mut ledgers: BTreeMap<LedgerName, LedgerCheck> = BTreeMap::new();
-    let mut chunk_keys: BTreeMap<(LedgerName, u64), ChunkState> = BTreeMap::new();
-    let mut cursors = Vec::new();
-    let mut last_incarnation = None;
+/// Reads the catalog; a catalog that cannot be read is the one finding.
+fn open_catalog(report: &mut Report, catalog_file: &Path) -> Option<CatalogDump> {
+    match read_catalog(catalog_file) {
+        Ok(dump) => {
+            if dump.repaired_copy {
+                report.warn(
+                    catalog_file,
+                    None,
+                    "the catalog was not closed cleanly (a crash?); checked a repaired copy, the next start repairs it",
+                );
+            }
+            Some(dump)
+        }
+        Err(e) => {
+            report.fault(catalog_file, None, format!("cannot read the catalog: {e}"));
+            None
+        }
+    }
+}
+
+/// What the catalog's keys say, each value decoded.
+#[derive(Default)]
+struct Keys {
+    config: BTreeMap<ConfigName, u64>,
+    ledgers: BTreeMap<LedgerName, LedgerCheck>,
+    chunks: BTreeMap<(LedgerName, u64), ChunkState>,
+    cursors: Vec<(LedgerName, LedgerName)>,
+    last_incarnation: Option<u64>,
+}
+
+/// Parses every key and decodes every value; what does not parse or decode
+/// is a fault and is left out.
+fn read_keys(report: &mut Report, catalog_file: &Path, dump: &CatalogDump) -> Keys {
+    let mut keys = Keys::default();
+    let decimal = |value: &[u8]| std::str::from_utf8(value).ok().and_then(|s| s.parse::<u64>().ok());
     for (raw_key, value) in &dump.entries {
         let key = match CatalogKey::parse(raw_key) {
             Ok(k) => k,
             Err(e) => {
-                report.fault(&catalog_file, None, e.to_string());
+                report.fault(catalog_file, None, e.to_string());
                 continue;
             }
         };
-        match &key {
-            CatalogKey::Config(name) => match std::str::from_utf8(value).ok().and_then(|s| s.parse::<u64>().ok()) {
-                Some(v) => {
-                    config_values.insert(*name, v);
+        let bad = match &key {
+            CatalogKey::Config(name) => decimal(value).map(|v| keys.config.insert(*name, v)).is_none(),
+            CatalogKey::Counter(_) => decimal(value).map(|v| keys.last_incarnation = Some(v)).is_none(),
+            CatalogKey::Ledger(name) => match LedgerMeta::decode(&key, value) {
+                Ok(meta) => keys.ledgers.insert(name.clone(), LedgerCheck::new(meta)).is_some(),
+                Err(e) => {
+                    report.fault(catalog_file, None, format!("bad ledger metadata: {e}"));
+                    false
                 }
-                None => report.fault(&catalog_file, None, format!("{key}: not a decimal number: {value:?}")),
-            },
-            CatalogKey::Ledger(name) => match serde_json::from_slice::<LedgerMeta>(value) {
-                Ok(meta) => {
-                    let check = LedgerCheck {
-                        hot_base: meta.first,
-                        meta,
-                        frozen: BTreeMap::new(),
-                        last_ts: 0,
-                        frozen_entries: 0,
-                        max_original: 0,
-                        slots: BTreeMap::new(),
-                    };
-                    ledgers.insert(name.clone(), check);
-                }
-                Err(e) => report.fault(&catalog_file, None, format!("{key}: bad ledger metadata: {e}")),
             },
             CatalogKey::Chunk(ledger, chunk) => match ChunkState::decode(&key, value) {
-                Ok(state) => {
-                    chunk_keys.insert((ledger.clone(), *chunk), state);
+                Ok(state) => keys.chunks.insert((ledger.clone(), *chunk), state).is_some(),
+                Err(e) => {
+                    report.fault(catalog_file, None, e.to_string());
+                    false
                 }
-                Err(e) => report.fault(&catalog_file, None, e.to_string()),
             },
-            CatalogKey::Cursor(exporter, ledger) => cursors.push((exporter.clone(), ledger.clone())),
-            CatalogKey::Pin(_) => {}
-            CatalogKey::Counter(_) => match std::str::from_utf8(value).ok().and_then(|s| s.parse::<u64>().ok()) {
-                Some(v) => last_incarnation = Some(v),
-                None => report.fault(&catalog_file, None, format!("{key}: not a decimal number: {value:?}")),
-            },
+            CatalogKey::Cursor(exporter, ledger) => {
+                keys.cursors.push((exporter.clone(), ledger.clone()));
+                false
+            }
+            CatalogKey::Pin(_) => false,
+        };
+        if bad && matches!(key, CatalogKey::Config(_) | CatalogKey::Counter(_)) {
+            report.fault(catalog_file, None, format!("{key}: not a decimal number: {value:?}"));
         }
     }
-    report.ledgers = ledgers.len() as u64;
+    report.ledgers = keys.ledgers.len() as u64;
+    keys
+}
+
+/// The pinned layout values the rest of the check relies on.
+struct Pinned {
+    /// `None` when missing or zero (reported).
+    chunk_entries: Option<u64>,
+    format_version: u32,
+}
+
+/// The `config:` keys, the format version, incarnations, and cursors of
+/// ledgers that do not exist.
+fn check_pinned(report: &mut Report, catalog_file: &Path, keys: &Keys) -> Pinned {
     for name in ConfigName::ALL {
-        if !config_values.contains_key(&name) {
-            report.fault(&catalog_file, None, format!("config:{} is missing", name.as_str()));
+        if !keys.config.contains_key(&name) {
+            report.fault(catalog_file, None, format!("config:{} is missing", name.as_str()));
         }
     }
-    let chunk_entries = config_values.get(&ConfigName::ChunkEntries).copied().filter(|n| *n > 0);
-    let format_version = check_format_version(&mut report, &catalog_file, &config_values);
-    check_incarnations(&mut report, &catalog_file, format_version, last_incarnation, &ledgers);
-    for (exporter, ledger) in &cursors {
-        if !ledgers.contains_key(ledger) {
+    let chunk_entries = keys.config.get(&ConfigName::ChunkEntries).copied().filter(|n| *n > 0);
+    let format_version = check_format_version(report, catalog_file, &keys.config);
+    check_incarnations(report, catalog_file, format_version, keys.last_incarnation, &keys.ledgers);
+    for (exporter, ledger) in &keys.cursors {
+        if !keys.ledgers.contains_key(ledger) {
             let msg =
                 format!("cursor:{exporter}:{ledger}: a cursor of ledger {ledger}, which the catalog does not list");
-            report.fault(&catalog_file, None, msg);
+            report.fault(catalog_file, None, msg);
         }
     }
+    Pinned { chunk_entries, format_version }
+}
 
-    // Chunk keys and their pack files.
-    for ((ledger, chunk), state) in &chunk_keys {
+/// Every `chunk:` key against the layout, and its pack file against the key.
+fn check_chunk_keys(report: &mut Report, catalog_file: &Path, layout: &PackLayout, pinned: &Pinned, keys: &mut Keys) {
+    for ((ledger, chunk), state) in &keys.chunks {
         let path = layout.pack_path(ledger, *chunk);
         let key = CatalogKey::Chunk(ledger.clone(), *chunk);
         let info = match state {
@@ -334,7 +367,7 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
             ChunkState::Frozen(info) => info,
         };
         report.packs += 1;
-        if let Some(n) = chunk_entries
+        if let Some(n) = pinned.chunk_entries
             && (chunk.checked_mul(n).and_then(|f| f.checked_add(1)) != Some(info.first_id) || info.count != n)
         {
             let msg = format!(
@@ -344,27 +377,28 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
                 chunk.saturating_mul(n).saturating_add(1),
                 chunk.saturating_add(1).saturating_mul(n)
             );
-            report.fault(&catalog_file, None, msg);
+            report.fault(catalog_file, None, msg);
         }
-        if !segment::version_readable(info.format_version, format_version) {
-            let msg = format!("{key} has format version {}; the catalog pins {format_version}", info.format_version);
-            report.fault(&catalog_file, None, msg);
+        let version = pinned.format_version;
+        if !segment::version_readable(info.format_version, version) {
+            let msg = format!("{key} has format version {}; the catalog pins {version}", info.format_version);
+            report.fault(catalog_file, None, msg);
         }
-        check_pack(&mut report, &path, ledger, *chunk, info);
-        match ledgers.get_mut(ledger) {
+        check_pack(report, &path, ledger, *chunk, info);
+        match keys.ledgers.get_mut(ledger) {
             Some(l) => {
                 l.frozen.insert(*chunk, info.clone());
             }
             None => {
-                report.fault(&catalog_file, None, format!("{key} is frozen but the catalog lists no ledger {ledger}"))
+                report.fault(catalog_file, None, format!("{key} is frozen but the catalog lists no ledger {ledger}"))
             }
         }
     }
+}
 
-    check_ledger_files(&mut report, roots, &layout, &chunk_keys)?;
-
-    // Ids across packs, as recovery loads them (`recovery::load_frozen`).
-    for (name, l) in &mut ledgers {
+/// Ids across packs, as recovery loads them (`recovery::load_frozen`).
+fn check_frozen_ids(report: &mut Report, layout: &PackLayout, ledgers: &mut BTreeMap<LedgerName, LedgerCheck>) {
+    for (name, l) in ledgers {
         for (chunk, info) in &l.frozen {
             let path = layout.pack_path(name, *chunk);
             if info.count == 0 || info.first_id == 0 {
@@ -395,14 +429,14 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
             l.last_ts = info.last_ts;
         }
     }
+}
 
-    check_wal(&mut report, &roots.hot, format_version, &mut ledgers)?;
-
-    // Hot ids, as recovery installs them (`recovery::WalIndexer::install`).
-    for (name, l) in &ledgers {
+/// Hot ids, as recovery installs them (`recovery::WalIndexer::install`).
+fn check_hot_ids(report: &mut Report, hot: &Path, ledgers: &BTreeMap<LedgerName, LedgerCheck>) {
+    for (name, l) in ledgers {
         let (mut next, mut last_ts) = (l.hot_base, l.last_ts);
         for (&id, &(segment, offset, ts)) in &l.slots {
-            let path = roots.hot.join(segment_name(segment));
+            let path = hot.join(segment_name(segment));
             if id != next {
                 let msg = format!("ledger {name}: ids {next}..={} are in neither a pack nor the WAL", id - 1);
                 report.fault(&path, Some(offset), msg);
@@ -414,7 +448,6 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
         }
         report.entries += l.frozen_entries + l.slots.len() as u64;
     }
-    Ok(report)
 }
 
 /// The pinned format version: this build's, or an older one it knows (the
@@ -459,6 +492,20 @@ fn check_incarnations(
             report.fault(catalog_file, None, msg);
         } else if let Some(other) = seen.insert(n, name) {
             report.fault(catalog_file, None, format!("ledgers {other} and {name} share incarnation {n}"));
+        }
+    }
+}
+
+impl LedgerCheck {
+    fn new(meta: LedgerMeta) -> Self {
+        Self {
+            hot_base: meta.first,
+            meta,
+            frozen: BTreeMap::new(),
+            last_ts: 0,
+            frozen_entries: 0,
+            max_original: 0,
+            slots: BTreeMap::new(),
         }
     }
 }
