@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_core::limits::{READ_LIMIT_DEFAULT, READ_LIMIT_MAX};
 use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload};
-use ferry_store::{ReadBatch, Store, StoreError};
+use ferry_store::{ReadBatch, Store};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -116,10 +116,7 @@ pub(crate) async fn read(
 }
 
 async fn read_page(store: Store, name: LedgerName, from: Option<EntryId>, limit: usize) -> Result<ReadBatch, ApiError> {
-    let batch = tokio::task::spawn_blocking(move || store.read(&name, from, limit))
-        .await
-        .map_err(|_| StoreError::ShuttingDown)??;
-    Ok(batch)
+    Ok(store.read(&name, from, limit).await?)
 }
 
 /// Streams up to `limit` entries as JSON lines, page by page.

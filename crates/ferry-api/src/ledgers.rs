@@ -34,13 +34,7 @@ pub(crate) async fn create(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<LedgerInfo>), ApiError> {
     let name = LedgerName::parse(&name)?;
-    let store = state.store.clone();
-    let created = {
-        let name = name.clone();
-        tokio::task::spawn_blocking(move || store.create_ledger(&name))
-            .await
-            .map_err(|_| StoreError::ShuttingDown)??
-    };
+    let created = state.store.create_ledger(&name).await?;
     let info = state.store.ledger_info(&name).ok_or(StoreError::LedgerNotFound(name))?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(info)))

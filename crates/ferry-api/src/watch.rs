@@ -244,9 +244,7 @@ impl Watcher {
     /// be more.
     async fn read(&mut self, ledger: &LedgerName) -> Result<bool, StoreError> {
         let Some(from) = self.cursor(ledger).await? else { return Ok(false) };
-        let (store, name) = (self.store.clone(), ledger.clone());
-        let read = tokio::task::spawn_blocking(move || store.read(&name, Some(from), READ_PAGE)).await;
-        let batch = match read.map_err(|_| StoreError::ShuttingDown)? {
+        let batch = match self.store.read(ledger, Some(from), READ_PAGE).await {
             Err(StoreError::BelowFirst { first, .. }) => {
                 // Pruned before it could be delivered: go on from First.
                 self.token.next.insert(ledger.clone(), first);
@@ -284,9 +282,7 @@ impl Watcher {
         let (mut lo, mut hi) = (info.first, info.head + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let (store, name) = (self.store.clone(), ledger.clone());
-            let read = tokio::task::spawn_blocking(move || store.read(&name, Some(mid), 1)).await;
-            let batch = match read.map_err(|_| StoreError::ShuttingDown)? {
+            let batch = match self.store.read(ledger, Some(mid), 1).await {
                 Err(StoreError::BelowFirst { first, .. }) => {
                     lo = first;
                     continue;

@@ -152,7 +152,7 @@ pub(crate) fn read_all(store: &Store, ledger: &LedgerName) -> anyhow::Result<(Du
     let started = Instant::now();
     let (mut from, mut bytes) = (1, 0u64);
     loop {
-        let page = store.read(ledger, Some(from), READ_PAGE)?;
+        let page = store.read_blocking(ledger, Some(from), READ_PAGE)?;
         if page.entries.is_empty() {
             break;
         }

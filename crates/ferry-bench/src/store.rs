@@ -40,7 +40,9 @@ pub async fn open(dir: &Path) -> anyhow::Result<Store> {
 /// Creates the ledgers up front, so no measured call pays for a creation.
 async fn create_ledgers(store: &Store, ledgers: &Arc<Vec<ferry_core::LedgerName>>) -> anyhow::Result<()> {
     let (store, ledgers) = (store.clone(), ledgers.clone());
-    tokio::task::spawn_blocking(move || ledgers.iter().try_for_each(|l| store.create_ledger(l).map(drop))).await??;
+    for l in ledgers.iter() {
+        store.create_ledger(l).await?;
+    }
     Ok(())
 }
 

@@ -31,8 +31,7 @@ use crate::settings::LedgerMatcher;
 /// the caller stops waiting, since a write the sink's acknowledgement
 /// earned is always worth finishing.
 pub(crate) async fn commit(store: &Store, updates: Vec<CursorUpdate>) -> Result<(), StoreError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || store.commit_cursors(&updates)).await.map_err(|_| StoreError::ShuttingDown)?
+    store.commit_cursors(updates).await
 }
 
 #[derive(Debug, Default)]

@@ -123,7 +123,7 @@ impl<S: Sink> Job<S> {
 
     fn spawn_read(&self, from: EntryId) -> tokio::task::JoinHandle<Result<Vec<Entry>, StoreError>> {
         let (store, ledger, limit) = (self.store.clone(), self.ledger.clone(), self.batch.max_entries);
-        tokio::task::spawn_blocking(move || store.read(&ledger, Some(from), limit).map(|b| b.entries))
+        tokio::spawn(async move { store.read(&ledger, Some(from), limit).await.map(|b| b.entries) })
     }
 
     /// Appends ids `from..=to` to the dead-letter ledger, each with the
@@ -208,11 +208,7 @@ impl<S: Sink> Job<S> {
     }
 
     async fn read(&self, from: EntryId, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let (store, ledger) = (self.store.clone(), self.ledger.clone());
-        tokio::task::spawn_blocking(move || store.read(&ledger, Some(from), limit))
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?
-            .map(|batch| batch.entries)
+        self.store.read(&self.ledger, Some(from), limit).await.map(|batch| batch.entries)
     }
 
     /// Writes this ledger's cursor durably through the one cursor writer.

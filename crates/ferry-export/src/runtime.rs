@@ -89,11 +89,11 @@ impl Exporters {
     ) -> Result<Exporters, ExportError> {
         for dead_letter in exporters.iter().filter_map(|(s, _)| s.dead_letter.clone()) {
             let store = store.clone();
-            blocking(move || store.create_ledger(&dead_letter)).await?;
+            store.create_ledger(&dead_letter).await?;
         }
         let loaded = {
             let store = store.clone();
-            blocking(move || store.cursors()).await?
+            store.cursors().await?
         };
         table.load(loaded.into_iter().map(|c| (c.exporter, c.ledger, c.id)));
         let ledgers = store.ledger_heads();
@@ -260,12 +260,6 @@ async fn ask(
     let (reply, answer) = oneshot::channel();
     tx.send(make(reply)).await.map_err(|_| ExportError::Stopping(name.clone()))?;
     answer.await.map_err(|_| ExportError::Stopping(name))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| StoreError::ShuttingDown)?
 }
 
 /// One ledger as a supervisor tracks it.

@@ -99,6 +99,12 @@ pub struct ReadBatch {
 }
 
 /// The embedded durable log. Cheap to clone; all clones share one store.
+///
+/// The API convention: a method that may wait on the disk is `async` and
+/// moves its blocking part to tokio's blocking pool itself, so callers on
+/// the runtime never wrap it; each has a `*_blocking` twin for threads and
+/// offline tools. `Store::open` is the one blocking entry point (it runs
+/// once, before anything is served).
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -208,10 +214,7 @@ impl Store {
         let state = match self.inner.shared.ledger(ledger) {
             Some(state) => state,
             None if self.inner.auto_create_ledgers => {
-                let (store, name) = (self.clone(), ledger.clone());
-                tokio::task::spawn_blocking(move || store.create_ledger(&name))
-                    .await
-                    .map_err(|_| StoreError::ShuttingDown)??;
+                self.create_ledger(ledger).await?;
                 self.inner.shared.ledger(ledger).ok_or_else(|| StoreError::LedgerNotFound(ledger.clone()))?
             }
             None => return Err(StoreError::LedgerNotFound(ledger.clone())),
@@ -265,8 +268,14 @@ impl Store {
         Ok(encoded_bytes)
     }
 
-    /// Creates a ledger durably; false when it already existed. Blocking.
-    pub fn create_ledger(&self, name: &LedgerName) -> Result<bool> {
+    /// Creates a ledger durably; false when it already existed.
+    pub async fn create_ledger(&self, name: &LedgerName) -> Result<bool> {
+        let name = name.clone();
+        self.blocking(move |store| store.create_ledger_blocking(&name)).await
+    }
+
+    /// `create_ledger` for threads and tools: blocks on the catalog commit.
+    pub fn create_ledger_blocking(&self, name: &LedgerName) -> Result<bool> {
         let shared = &self.inner.shared;
         shared.health.check()?;
         let mut last_incarnation = self.inner.last_incarnation.lock().expect("create lock");
@@ -331,8 +340,13 @@ impl Store {
 
     /// Reads up to `limit` entries from `from` (default: First) in id order,
     /// across packs and the hot tier, stopping early after `READ_BYTES_MAX`.
-    /// Blocking: it reads files.
-    pub fn read(&self, ledger: &LedgerName, from: Option<EntryId>, limit: usize) -> Result<ReadBatch> {
+    pub async fn read(&self, ledger: &LedgerName, from: Option<EntryId>, limit: usize) -> Result<ReadBatch> {
+        let ledger = ledger.clone();
+        self.blocking(move |store| store.read_blocking(&ledger, from, limit)).await
+    }
+
+    /// `read` for threads and tools: blocks on the file reads.
+    pub fn read_blocking(&self, ledger: &LedgerName, from: Option<EntryId>, limit: usize) -> Result<ReadBatch> {
         let shared = &self.inner.shared;
         shared.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("ferry_store_reads_total").increment(1);
@@ -358,8 +372,13 @@ impl Store {
         self.inner.shared.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Every exporter cursor in the catalog, in key order. Blocking.
-    pub fn cursors(&self) -> Result<Vec<ExportCursor>> {
+    /// Every exporter cursor in the catalog, in key order.
+    pub async fn cursors(&self) -> Result<Vec<ExportCursor>> {
+        self.blocking(|store| store.cursors_blocking()).await
+    }
+
+    /// `cursors` for threads and tools: blocks on the catalog read.
+    pub fn cursors_blocking(&self) -> Result<Vec<ExportCursor>> {
         let mut out = Vec::new();
         for (key, value) in self.inner.shared.catalog.scan(CatalogKey::CURSOR_PREFIX)? {
             let CatalogKey::Cursor(exporter, ledger) = key else {
@@ -375,8 +394,13 @@ impl Store {
     /// Writes cursor changes in one durable catalog commit, all or nothing.
     /// A `Set` for a ledger that was deleted (or deleted and created again)
     /// or beyond its head fails with `LedgerNotFound`/`InvalidCursor` and
-    /// writes nothing, so a cursor never outlives its ledger. Blocking.
-    pub fn commit_cursors(&self, updates: &[CursorUpdate]) -> Result<()> {
+    /// writes nothing, so a cursor never outlives its ledger.
+    pub async fn commit_cursors(&self, updates: Vec<CursorUpdate>) -> Result<()> {
+        self.blocking(move |store| store.commit_cursors_blocking(&updates)).await
+    }
+
+    /// `commit_cursors` for threads and tools: blocks on the catalog commit.
+    pub fn commit_cursors_blocking(&self, updates: &[CursorUpdate]) -> Result<()> {
         let shared = &self.inner.shared;
         shared.health.check()?;
         let _guard = shared.cursor_lock.lock().expect("cursor lock");
@@ -405,6 +429,13 @@ impl Store {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Runs blocking store work on tokio's blocking pool: the one place the
+    /// async API leaves the runtime's threads.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(Store) -> Result<T> + Send + 'static) -> Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(store)).await.map_err(|_| StoreError::ShuttingDown)?
     }
 
     /// Stops the flusher after the appends already queued, and the freezer.

@@ -242,7 +242,7 @@ async fn start<S: Sink>(store: &Store, settings: ExporterSettings, sink: S) -> a
 /// The exporter's durable cursors are the heads the sink acknowledged.
 async fn check_cursors(store: &Store, exporter: &str, heads: &[(LedgerName, EntryId)]) -> anyhow::Result<()> {
     let store = store.clone();
-    let cursors = tokio::task::spawn_blocking(move || store.cursors()).await??;
+    let cursors = store.cursors().await?;
     let cursors: HashMap<LedgerName, EntryId> =
         cursors.into_iter().filter(|c| c.exporter.as_str() == exporter).map(|c| (c.ledger, c.id)).collect();
     for (ledger, head) in heads {

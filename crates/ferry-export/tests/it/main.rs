@@ -140,7 +140,7 @@ async fn no_more_than_max_parallel_ledgers_deliver_at_once_and_all_arrive_once_i
     wait_caught_up(&exporters, "x", 11, 504).await;
     assert_eq!(sink.acked.lock().unwrap()[&name("later")], vec![1, 2, 3, 4]);
     exporters.shutdown(Duration::from_secs(5)).await;
-    let cursors = store.cursors().unwrap();
+    let cursors = store.cursors_blocking().unwrap();
     assert_eq!(cursors.len(), 11);
     assert!(cursors.iter().all(|c| c.id == if c.ledger.as_str() == "later" { 4 } else { 50 }));
 }
@@ -176,7 +176,7 @@ async fn an_acknowledgement_beyond_the_batch_is_not_trusted() {
     assert_eq!((l.cursor, l.state.as_str()), (0, "backing_off"), "{l:?}");
     assert!(l.last_error.as_deref().unwrap().contains("outside the batch"), "{l:?}");
     exporters.shutdown(Duration::from_secs(5)).await;
-    assert!(store.cursors().unwrap().is_empty());
+    assert!(store.cursors_blocking().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +198,7 @@ async fn the_durable_cursor_stays_at_the_last_acknowledged_id_while_the_sink_fai
     let l = &status.ledgers[0];
     assert_eq!((l.cursor, l.state.as_str()), (5, "backing_off"), "{l:?}");
     exporters.shutdown(Duration::from_secs(5)).await;
-    let cursors: Vec<EntryId> = store.cursors().unwrap().iter().map(|c| c.id).collect();
+    let cursors: Vec<EntryId> = store.cursors_blocking().unwrap().iter().map(|c| c.id).collect();
     assert_eq!(cursors, vec![5], "only the acknowledged batch reached the catalog");
 }
 
@@ -216,5 +216,5 @@ async fn shutdown_abandons_a_hanging_delivery_at_the_timeout_and_is_safe_to_repe
     assert!(bounded.is_ok(), "shutdown waited on the hanging sink");
     exporters.shutdown(Duration::from_millis(100)).await;
     assert!(exporters.status("x").await.is_err(), "the exporter is gone");
-    assert!(store.cursors().unwrap().is_empty(), "an abandoned batch is not acknowledged");
+    assert!(store.cursors_blocking().unwrap().is_empty(), "an abandoned batch is not acknowledged");
 }

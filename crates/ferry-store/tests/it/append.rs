@@ -106,7 +106,7 @@ async fn concurrent_single_and_batch_appends_on_many_ledgers_get_dense_ids_and_s
         let last = read.last().unwrap();
         let outcome = store.append(name, vec![entry(r#"{"after":"reopen"}"#)]).await.unwrap();
         assert_eq!(outcome.ids, vec![last.id + 1]);
-        let again = store.read(name, Some(last.id + 1), 10).unwrap();
+        let again = store.read_blocking(name, Some(last.id + 1), 10).unwrap();
         assert_eq!(again.entries.len(), 1);
         assert!(again.entries[0].ts >= last.ts);
     }
@@ -121,21 +121,21 @@ async fn reads_start_at_from_honour_limit_and_report_next() {
     let batch: Vec<NewEntry> = (0..10).map(|i| keyed(&format!("k{i}"), &format!(r#"{{"i":{i}}}"#))).collect();
     assert_eq!(store.append(&l, batch).await.unwrap().ids, (1..=10).collect::<Vec<_>>());
 
-    let page = store.read(&l, None, 3).unwrap();
+    let page = store.read_blocking(&l, None, 3).unwrap();
     assert_eq!(page.entries.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(page.next, 4);
-    let page = store.read(&l, Some(8), 100).unwrap();
+    let page = store.read_blocking(&l, Some(8), 100).unwrap();
     assert_eq!(page.entries.iter().map(|e| e.id).collect::<Vec<_>>(), [8, 9, 10]);
     assert_eq!(page.next, 11);
     assert_eq!(page.entries[2].key.as_deref(), Some("k9"));
     assert_eq!(page.entries[2].payload.as_str(), r#"{"i":9}"#);
-    let past = store.read(&l, Some(11), 100).unwrap();
+    let past = store.read_blocking(&l, Some(11), 100).unwrap();
     assert!(past.entries.is_empty());
     assert_eq!(past.next, 11);
-    let far = store.read(&l, Some(1_000), 100).unwrap();
+    let far = store.read_blocking(&l, Some(1_000), 100).unwrap();
     assert!(far.entries.is_empty());
     assert_eq!(far.next, 1_000);
-    let none = store.read(&l, Some(2), 0).unwrap();
+    let none = store.read_blocking(&l, Some(2), 0).unwrap();
     assert!(none.entries.is_empty());
     assert_eq!(none.next, 2);
     close(store).await;

@@ -153,7 +153,7 @@ async fn a_full_segment_rolls_over_reads_span_segments_and_damage_in_the_older_o
     let check = |store: &ferry_store::Store| {
         let mut from = 1;
         while from <= n {
-            let batch = store.read(&l, Some(from), 13).unwrap();
+            let batch = store.read_blocking(&l, Some(from), 13).unwrap();
             for e in &batch.entries {
                 assert_eq!(e.id, from);
                 assert_eq!(e.key, Some(format!("{}-{}", (from - 1) / per_batch as u64, (from - 1) % per_batch as u64)));
@@ -164,7 +164,7 @@ async fn a_full_segment_rolls_over_reads_span_segments_and_damage_in_the_older_o
     };
     check(&store);
     // One page stops after the entry that crosses READ_BYTES_MAX.
-    let page = store.read(&l, Some(3), READ_LIMIT_MAX).unwrap();
+    let page = store.read_blocking(&l, Some(3), READ_LIMIT_MAX).unwrap();
     let per_record = records(&std::fs::read(&segs[0]).unwrap())[0].len;
     let fit = READ_BYTES_MAX.div_ceil(per_record);
     assert_eq!(page.entries.len(), fit);

@@ -76,7 +76,7 @@ fn assert_reads(store: &Store, l: &LedgerName, first: u64, acked: &[NewEntry]) {
     let mut got: Vec<Entry> = Vec::new();
     let mut from = None;
     loop {
-        let batch = store.read(l, from, 3).expect("read");
+        let batch = store.read_blocking(l, from, 3).expect("read");
         if batch.entries.is_empty() {
             break;
         }
@@ -197,7 +197,7 @@ async fn retention_sweep_step_fails(point: &str) {
     assert_reads(&store, &l, CHUNK_ENTRIES + 1, &acked);
     eventually("chunk 1 frozen", || pack(dir.path(), "audit", 1).exists()).await;
     assert!(!pack(dir.path(), "audit", 0).exists(), "the pruned chunk's file is gone");
-    assert!(matches!(store.read(&l, Some(1), 10), Err(StoreError::BelowFirst { first: 5, .. })));
+    assert!(matches!(store.read_blocking(&l, Some(1), 10), Err(StoreError::BelowFirst { first: 5, .. })));
     close(store).await;
     assert_eq!(assert_disk(dir.path()), vec![("audit".into(), 1)]);
 

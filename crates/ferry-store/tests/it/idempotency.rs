@@ -132,7 +132,7 @@ async fn idempotency_key_reused_after_its_window_is_remembered_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let l = ledger("audit");
     let store = open(dir.path());
-    assert!(store.create_ledger(&l).unwrap());
+    assert!(store.create_ledger_blocking(&l).unwrap());
     close(store).await;
 
     let now = now_ms();

@@ -29,7 +29,7 @@ async fn a_recreated_ledger_gets_a_new_incarnation_that_survives_restarts_and_is
     assert_eq!(store.ledger_info(&a).unwrap().incarnation, second_a, "durable across a restart");
     assert_eq!(store.ledger_info(&b).unwrap().incarnation, first_b);
     store.delete_ledger(&a).await.unwrap();
-    store.create_ledger(&a).unwrap();
+    store.create_ledger_blocking(&a).unwrap();
     let third_a = store.ledger_info(&a).unwrap().incarnation;
     assert!(third_a > second_a, "a restart does not hand out an old incarnation again");
     close(store).await;
@@ -84,7 +84,7 @@ async fn a_format_1_data_dir_opens_and_its_ledgers_get_distinct_durable_incarnat
         let entries = read_all(&store, l);
         assert_eq!(entries.len(), 6, "every entry is still there after the migration");
     }
-    store.create_ledger(&ledger("w")).unwrap();
+    store.create_ledger_blocking(&ledger("w")).unwrap();
     assert!(store.ledger_info(&ledger("w")).unwrap().incarnation > *incarnations.iter().max().unwrap());
     close(store).await;
 

@@ -115,7 +115,7 @@ fn open_held(dir: &std::path::Path, floors: &Arc<Floors>) -> Store {
 /// First during the read. Returns (First, entries).
 fn read_from_first(store: &Store, l: &LedgerName) -> (EntryId, Vec<ferry_core::Entry>) {
     for _ in 0..50 {
-        match store.read(l, None, 100_000) {
+        match store.read_blocking(l, None, 100_000) {
             Ok(batch) => {
                 let first = batch.entries.first().map_or(batch.next, |e| e.id);
                 return (first, batch.entries);
@@ -133,7 +133,7 @@ fn check(store: &Store, model: &mut BTreeMap<usize, Ledger>, step: &str) {
         let Some(m) = model.get_mut(&i) else {
             assert!(store.ledger_info(&l).is_none(), "{step}: ledger {l} must not exist");
             assert!(
-                matches!(store.read(&l, None, 10), Err(StoreError::LedgerNotFound(_))),
+                matches!(store.read_blocking(&l, None, 10), Err(StoreError::LedgerNotFound(_))),
                 "{step}: reading the absent ledger {l}"
             );
             continue;
@@ -287,7 +287,7 @@ async fn acked_entries_survive_segment_rolls_racing_segment_release() {
             assert_eq!(ids, vec![acked[k]]);
         }
         for l in &names {
-            if let Err(e) = store.read(l, None, 100_000) {
+            if let Err(e) = store.read_blocking(l, None, 100_000) {
                 failed_read = Some(format!("read {l} after {acked:?} acked appends: {e}"));
             }
         }

@@ -125,7 +125,7 @@ async fn store_dropped_with_queued_appends_stays_locked_until_its_flusher_stoppe
     let dir = tempfile::tempdir().unwrap();
     let l = ledger("audit");
     let store = open(dir.path());
-    assert!(store.create_ledger(&l).unwrap());
+    assert!(store.create_ledger_blocking(&l).unwrap());
     let big = entry(&format!("\"{}\"", "q".repeat(512 * 1024)));
     for _ in 0..24 {
         let append = store.append(&l, vec![big.clone(); 8]);

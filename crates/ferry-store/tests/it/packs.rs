@@ -42,7 +42,7 @@ async fn full_chunks_are_frozen_and_reads_span_packs_and_hot_tier_across_restart
     assert_eq!(all.len(), 10);
     assert_dense_and_ordered(&all, &l);
     // A read starting inside a pack runs on into the hot tier.
-    let page = store.read(&l, Some(7), 100).unwrap();
+    let page = store.read_blocking(&l, Some(7), 100).unwrap();
     assert_eq!(page.entries.iter().map(|e| e.id).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
     close(store).await;
 

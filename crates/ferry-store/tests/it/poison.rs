@@ -26,7 +26,7 @@ async fn failed_fdatasync_poisons_the_store_and_is_never_retried() {
     let again = store.append(&l, vec![entry("3")]).await.unwrap_err();
     assert!(matches!(again, StoreError::Poisoned(_)), "{again}");
     assert!(store.ready().is_err());
-    assert!(matches!(store.create_ledger(&ledger("other")), Err(StoreError::Poisoned(_))));
+    assert!(matches!(store.create_ledger_blocking(&ledger("other")), Err(StoreError::Poisoned(_))));
     // The failed group's id never became visible.
     assert_eq!(head(&store, &l), 1);
     close(store).await;

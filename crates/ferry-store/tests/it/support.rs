@@ -63,7 +63,7 @@ pub fn read_all(store: &Store, ledger: &LedgerName) -> Vec<Entry> {
     let mut out: Vec<Entry> = Vec::new();
     let mut from = None;
     loop {
-        let batch = store.read(ledger, from, 97).expect("read");
+        let batch = store.read_blocking(ledger, from, 97).expect("read");
         let expected_next = batch.entries.last().map_or(from.unwrap_or(1), |e| e.id + 1);
         assert_eq!(batch.next, expected_next, "next must follow the last entry read");
         if batch.entries.is_empty() {

@@ -14,7 +14,7 @@ use crate::support::*;
 async fn store_with_singles(dir: &Path, n: usize) -> (Vec<Entry>, Vec<u64>) {
     let l = ledger("audit");
     let store = open(dir);
-    assert!(store.create_ledger(&l).unwrap());
+    assert!(store.create_ledger_blocking(&l).unwrap());
     let segment = last_segment(dir);
     let mut lens = vec![file_len(&segment)];
     for i in 0..n {

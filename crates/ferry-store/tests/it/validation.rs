@@ -88,12 +88,12 @@ async fn reading_an_unknown_ledger_or_below_first_fails_precisely() {
     store.append(&l, vec![entry("1")]).await.unwrap();
 
     let unknown = ledger("nope");
-    match store.read(&unknown, None, 10) {
+    match store.read_blocking(&unknown, None, 10) {
         Err(StoreError::LedgerNotFound(name)) => assert_eq!(name, unknown),
         other => panic!("expected LedgerNotFound, got {other:?}"),
     }
     assert!(store.ledger_info(&unknown).is_none());
-    match store.read(&l, Some(0), 10) {
+    match store.read_blocking(&l, Some(0), 10) {
         Err(StoreError::BelowFirst { ledger, from, first }) => {
             assert_eq!((ledger, from, first), (l.clone(), 0, 1));
         }
@@ -119,24 +119,24 @@ async fn without_auto_create_appends_need_a_created_ledger() {
     assert!(err.to_string().contains("audit"));
     assert!(store.ledger_info(&l).is_none());
 
-    assert!(store.create_ledger(&l).unwrap());
+    assert!(store.create_ledger_blocking(&l).unwrap());
     let info = store.ledger_info(&l).unwrap();
     assert_eq!((info.first, info.head, info.entries, info.bytes), (1, 0, 0, 0));
     assert!(read_all(&store, &l).is_empty());
     assert_eq!(store.append(&l, vec![entry("1")]).await.unwrap().ids, vec![1]);
-    assert!(!store.create_ledger(&l).unwrap(), "a second create reports it existed");
+    assert!(!store.create_ledger_blocking(&l).unwrap(), "a second create reports it existed");
     assert_eq!(head(&store, &l), 1, "a second create leaves the ledger alone");
     close(store).await;
 
     // Created ledgers (even empty ones) survive a reopen.
     let store = open_with(c);
     let empty = ledger("empty");
-    assert!(store.create_ledger(&empty).unwrap());
+    assert!(store.create_ledger_blocking(&empty).unwrap());
     close(store).await;
     let mut c = config(dir.path());
     c.auto_create_ledgers = false;
     let store = open_with(c);
-    assert!(!store.create_ledger(&l).unwrap());
+    assert!(!store.create_ledger_blocking(&l).unwrap());
     assert_eq!(head(&store, &l), 1);
     assert_eq!(store.ledger_info(&empty).unwrap().head, 0);
     assert_eq!(store.append(&empty, vec![entry("1")]).await.unwrap().ids, vec![1]);
