@@ -4,6 +4,7 @@
 mod append;
 mod corruption;
 mod failpoints;
+mod format_fixtures;
 mod idempotency;
 mod model;
 mod open;
