@@ -1,6 +1,7 @@
 //! `ferry serve`: config → validate → logging → open the store (recovery)
 //! → serve the API until SIGINT/SIGTERM → drain and stop.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -8,21 +9,27 @@ use ferry_export::{CursorTable, Exporters};
 use ferry_store::Store;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::ServeArgs;
 use crate::config::{Config, Log, LogFormat, LogLevel};
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
+/// Runs the daemon from the config file (or the defaults), with
+/// `--data-dir`, `--listen` and `--exporter` laid over it.
+pub async fn run(
+    config_file: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    exporter_flags: Vec<String>,
+) -> anyhow::Result<()> {
+    let mut config = match config_file {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if let Some(dir) = args.data_dir {
+    if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
-    if let Some(listen) = args.listen {
+    if let Some(listen) = listen {
         config.server.listen = listen;
     }
-    config.exporter_flags = args.exporter;
+    config.exporter_flags = exporter_flags;
     let mut settings = config.validate()?;
     init_logging(&settings.log);
     settings.api.metrics = ferry_api::metrics::install();
