@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one gate: formatting, lints and every test of the workspace (fail
-# points included). People and .ci/run use it; it never skips a part, it
-# fails instead.
+# The one gate: formatting, lints, every test of the workspace (fail points
+# included) and the fuzz crate's corpus and regression tests. People and
+# .ci/run use it; it never skips a part, it fails instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +21,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 cargo nextest run --workspace --all-features --locked --profile ci
 
+echo "== fuzz corpus and regression tests (fuzz/, its own workspace, stable toolchain)"
+# The fuzz targets over their seeds, the past findings' inputs and
+# deterministic mutations, 5 s per target (FERRY_FUZZ_SECS); no cargo-fuzz
+# or nightly needed. Release: the fuzz profile keeps overflow checks and
+# debug assertions on, and mutations run faster.
+cargo test --release --manifest-path fuzz/Cargo.toml --locked
