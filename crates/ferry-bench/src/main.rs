@@ -249,35 +249,52 @@ async fn main() -> anyhow::Result<()> {
     let plan = Plan::from_args(&args)?;
     let parent = disk::data_parent(args.data_dir.clone())?;
     if let Some(entries) = args.replay {
-        let payload = args.payloads.first().copied().unwrap_or(256);
-        println!(
-            "ferry-bench replay: {entries} entries of {payload} B under {}, load {}",
-            parent.display(),
-            load_average()
-        );
-        let replay = replay::run(&parent, entries, payload, args.rounds).await?;
-        print!("{}", replay.report());
-        return Ok(());
+        return replay_mode(&args, &parent, entries).await;
     }
     if let Some(entries) = args.export {
-        let options = export_options(&args, entries)?;
-        let fs = disk::filesystem_type(&parent).unwrap_or_else(|| "unknown fs".into());
-        println!(
-            "ferry-bench export: {} entries of {} B in {} ledgers under {} ({fs}), {} cores, load {}",
-            options.entries,
-            options.payload_bytes,
-            options.ledgers,
-            parent.display(),
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            load_average()
-        );
-        let report = export::run(&parent, &options).await?;
-        print!("{}", report.text());
-        if let Some(path) = &args.json {
-            report::write_json(path, &report)?;
-        }
-        return Ok(());
+        return export_mode(&args, &parent, entries).await;
     }
+    appends_mode(&args, &plan, &parent).await
+}
+
+/// `--replay N`: reads frozen packs back through `Store::read` beside raw
+/// zstd decompression.
+async fn replay_mode(args: &Args, parent: &Path, entries: u64) -> anyhow::Result<()> {
+    let payload = args.payloads.first().copied().unwrap_or(256);
+    println!(
+        "ferry-bench replay: {entries} entries of {payload} B under {}, load {}",
+        parent.display(),
+        load_average()
+    );
+    let replay = replay::run(parent, entries, payload, args.rounds).await?;
+    print!("{}", replay.report());
+    Ok(())
+}
+
+/// `--export N`: the file exporter against the store's read bound, and
+/// append → sink-ack latency.
+async fn export_mode(args: &Args, parent: &Path, entries: Option<u64>) -> anyhow::Result<()> {
+    let options = export_options(args, entries)?;
+    let fs = disk::filesystem_type(parent).unwrap_or_else(|| "unknown fs".into());
+    println!(
+        "ferry-bench export: {} entries of {} B in {} ledgers under {} ({fs}), {} cores, load {}",
+        options.entries,
+        options.payload_bytes,
+        options.ledgers,
+        parent.display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+    let report = export::run(parent, &options).await?;
+    print!("{}", report.text());
+    if let Some(path) = &args.json {
+        report::write_json(path, &report)?;
+    }
+    Ok(())
+}
+
+/// The append grid (and with `--peers`, the peers and their replays).
+async fn appends_mode(args: &Args, plan: &Plan, parent: &Path) -> anyhow::Result<()> {
     let http = HttpOptions { server: args.server.clone(), token: args.token.clone() };
     let peers = if args.peers {
         let max = postgres::max_clients(&args.postgres_url).await.context("reach PostgreSQL")?;
@@ -290,14 +307,14 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     let meta = match &peers {
-        Some(p) => Some(peers::describe(p, &parent, args.quick, load_average()).await?),
+        Some(p) => Some(peers::describe(p, parent, args.quick, load_average()).await?),
         None => None,
     };
-    println!("{}", describe(&plan, &parent, &http));
-    if disk::is_in_memory(&parent) {
+    println!("{}", describe(plan, parent, &http));
+    if disk::is_in_memory(parent) {
         eprintln!("warning: {} is in memory: fdatasync costs nothing there", parent.display());
     }
-    let rows = run(&plan, &parent, &http, peers.as_ref()).await?;
+    let rows = run(plan, parent, &http, peers.as_ref()).await?;
     println!("\n{}", report::table(&rows));
     let (Some(peers), Some(meta)) = (peers, meta) else {
         print!("{}", report::goals(&rows));
@@ -308,7 +325,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let entries = args.replay_entries.unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
     eprintln!("replay: filling each target with {entries} entries");
-    let replay = peers::replays(&parent, &peers, entries).await?;
+    let replay = peers::replays(parent, &peers, entries).await?;
     print!("\n{}\n{}", peers::replay_table(&replay), peers::headline(&rows));
     if let Some(path) = &args.json {
         report::write_json(path, &peers::Results { meta, rows, replay })?;

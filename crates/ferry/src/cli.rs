@@ -1,17 +1,16 @@
-//! The command line (SPEC §8), parsed by clap; `Cli::run` dispatches.
+//! The command line (SPEC §8): clap's argument types and nothing else.
+//! `main.rs` dispatches them to the command modules, which take plain
+//! values and know nothing of clap.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::client::Client;
-use crate::tools;
-
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "Durable append-only ledgers, moved exactly once in effect")]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    pub command: Command,
 }
 
 /// Where client commands find the server.
@@ -26,7 +25,7 @@ pub struct ServerArgs {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+pub enum Command {
     /// Run the daemon: the store and the HTTP API.
     Serve(ServeArgs),
     /// Append one entry, or JSON lines from stdin (one payload per line).
@@ -79,7 +78,7 @@ enum Command {
     },
     /// Check a stopped node's data directory offline (takes its locks,
     /// changes nothing); exits 1 on any fault.
-    Verify(tools::StorageArgs),
+    Verify(StorageArgs),
     /// Print the catalog (--data-dir, under the locks), or a pack file or
     /// WAL segment from the file alone.
     Inspect {
@@ -87,7 +86,7 @@ enum Command {
         #[arg(conflicts_with_all = ["data_dir", "config"])]
         file: Option<PathBuf>,
         #[command(flatten)]
-        storage: tools::StorageArgs,
+        storage: StorageArgs,
     },
 }
 
@@ -129,23 +128,15 @@ pub struct ServeArgs {
     pub exporter: Vec<String>,
 }
 
-impl Cli {
-    pub async fn run(self) -> anyhow::Result<()> {
-        match self.command {
-            Command::Serve(args) => crate::serve::run(args).await,
-            Command::Append { ledger, payload, key, idempotency_key, server } => {
-                Client::new(&server)?.append(&ledger, payload.as_deref(), key, idempotency_key).await
-            }
-            Command::Read { ledger, from, limit, server } => Client::new(&server)?.read(&ledger, from, limit).await,
-            Command::Ledgers { server } => Client::new(&server)?.ledgers().await,
-            Command::Tail { prefix, from, server } => {
-                crate::tail::tail(&Client::new(&server)?, &prefix, from.as_deref()).await
-            }
-            Command::Exporters { command, server } => Client::new(&server)?.exporters(command).await,
-            Command::Verify(storage) => tokio::task::spawn_blocking(move || tools::verify(&storage)).await?,
-            Command::Inspect { file, storage } => {
-                tokio::task::spawn_blocking(move || tools::inspect(file.as_deref(), &storage)).await?
-            }
-        }
-    }
+/// Where the data is: `--data-dir`, or a config file's `data_dir` and
+/// `[storage] *_dir` roots (`--data-dir` wins over the file's `data_dir`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StorageArgs {
+    /// The data directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// TOML config file (SPEC §8): its `data_dir` and `[storage] catalog_dir`,
+    /// `hot_dir`, `ledgers_dir`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }

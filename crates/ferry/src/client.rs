@@ -7,7 +7,6 @@ use ferry_core::limits::READ_LIMIT_MAX;
 use ferry_core::{LedgerName, Payload};
 
 use crate::UsageError;
-use crate::cli::{ExportersCommand, ServerArgs};
 
 /// stdin lines sent per append request.
 const STDIN_BATCH_ENTRIES: usize = 1_000;
@@ -21,13 +20,15 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
+    /// A client of the server at `server` (`--server`), with `token`
+    /// (`--token`) as bearer token.
+    pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().build().context("build the HTTP client")?;
-        let base = args.server.trim_end_matches('/').to_owned();
+        let base = server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(UsageError(format!("--server {base:?} must start with http:// or https://")).into());
         }
-        Ok(Self { http, base, token: args.token.clone() })
+        Ok(Self { http, base, token })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -151,31 +152,38 @@ impl Client {
         Ok(())
     }
 
-    /// `ferry exporters …`: prints the server's JSON answer.
-    pub async fn exporters(&self, command: ExportersCommand) -> anyhow::Result<()> {
-        let name = |n: &str| LedgerName::parse(n).map_err(|e| UsageError(format!("exporter name: {e}")));
-        let request = match command {
-            ExportersCommand::Status { name: None } => self.request(reqwest::Method::GET, "/v1/exporters"),
-            ExportersCommand::Status { name: Some(n) } => {
-                self.request(reqwest::Method::GET, &format!("/v1/exporters/{}", name(&n)?))
-            }
-            ExportersCommand::Reset { name: n, ledger, from_id } => {
-                if let Some(l) = &ledger {
-                    LedgerName::parse(l).map_err(|e| UsageError(format!("--ledger: {e}")))?;
-                }
-                let body = serde_json::json!({ "ledger": ledger, "from_id": from_id }).to_string();
-                self.post_json(&format!("/v1/exporters/{}/reset", name(&n)?), body)
-            }
-            ExportersCommand::Pause { name: n } => {
-                self.request(reqwest::Method::POST, &format!("/v1/exporters/{}/pause", name(&n)?))
-            }
-            ExportersCommand::Resume { name: n } => {
-                self.request(reqwest::Method::POST, &format!("/v1/exporters/{}/resume", name(&n)?))
-            }
-            ExportersCommand::Delete { name: n } => {
-                self.request(reqwest::Method::DELETE, &format!("/v1/exporters/{}", name(&n)?))
-            }
+    /// `ferry exporters status [NAME]`.
+    pub async fn exporter_status(&self, name: Option<&str>) -> anyhow::Result<()> {
+        let path = match name {
+            None => "/v1/exporters".to_owned(),
+            Some(n) => format!("/v1/exporters/{}", exporter_name(n)?),
         };
+        self.print_answer(self.request(reqwest::Method::GET, &path)).await
+    }
+
+    /// `ferry exporters reset NAME [--ledger L] [--from-id N]`.
+    pub async fn exporter_reset(&self, name: &str, ledger: Option<&str>, from_id: Option<u64>) -> anyhow::Result<()> {
+        if let Some(l) = ledger {
+            LedgerName::parse(l).map_err(|e| UsageError(format!("--ledger: {e}")))?;
+        }
+        let body = serde_json::json!({ "ledger": ledger, "from_id": from_id }).to_string();
+        self.print_answer(self.post_json(&format!("/v1/exporters/{}/reset", exporter_name(name)?), body)).await
+    }
+
+    /// `ferry exporters pause|resume NAME`: `action` is the path's last step.
+    pub async fn exporter_control(&self, name: &str, action: ExporterControl) -> anyhow::Result<()> {
+        let path = format!("/v1/exporters/{}/{}", exporter_name(name)?, action.as_str());
+        self.print_answer(self.request(reqwest::Method::POST, &path)).await
+    }
+
+    /// `ferry exporters delete NAME`.
+    pub async fn exporter_delete(&self, name: &str) -> anyhow::Result<()> {
+        let path = format!("/v1/exporters/{}", exporter_name(name)?);
+        self.print_answer(self.request(reqwest::Method::DELETE, &path)).await
+    }
+
+    /// Sends `request` and prints the server's JSON answer, if any.
+    async fn print_answer(&self, request: reqwest::RequestBuilder) -> anyhow::Result<()> {
         let body = self.send(request).await?;
         if !body.is_empty() {
             let value: serde_json::Value = serde_json::from_slice(&body).context("parse the server's answer")?;
@@ -192,6 +200,26 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// What `ferry exporters pause|resume` asks of an exporter.
+#[derive(Debug, Clone, Copy)]
+pub enum ExporterControl {
+    Pause,
+    Resume,
+}
+
+impl ExporterControl {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+        }
+    }
+}
+
+fn exporter_name(name: &str) -> Result<LedgerName, UsageError> {
+    LedgerName::parse(name).map_err(|e| UsageError(format!("exporter name: {e}")))
 }
 
 /// One entry of an append body, with the payload's text kept byte for byte

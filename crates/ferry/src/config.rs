@@ -222,40 +222,12 @@ impl Config {
         let listen: SocketAddr = self.server.listen.parse().with_context(|| {
             format!("server.listen: {:?} is not an address like 127.0.0.1:7070", self.server.listen)
         })?;
-        if let Some(c) = self.storage.chunk_entries
-            && !(CHUNK_ENTRIES_MIN..=CHUNK_ENTRIES_MAX).contains(&c)
-        {
-            bail!("storage.chunk_entries: {c} is outside {CHUNK_ENTRIES_MIN}..={CHUNK_ENTRIES_MAX}");
-        }
-        let (body_max, entry_max) = (self.server.max_body_bytes.0, self.storage.max_entry_bytes.0);
-        if entry_max == 0 || entry_max > body_max.min(ENTRY_BYTES_MAX_LIMIT) {
-            bail!(
-                "storage.max_entry_bytes ({entry_max}) must be at least 1 and at most server.max_body_bytes \
-                 ({body_max}) and {ENTRY_BYTES_MAX_LIMIT}"
-            );
-        }
-        if body_max > BODY_BYTES_MAX_LIMIT {
-            bail!("server.max_body_bytes ({body_max}) may be at most {BODY_BYTES_MAX_LIMIT}");
-        }
-        let mut retention =
-            ferry_store::RetentionPolicy { max_age: self.retention.max_age.map(|s| s.0), ..Default::default() };
-        for (name, age) in self.retention.ledgers {
-            let ledger = LedgerName::parse(&name).with_context(|| format!("retention.ledgers.{name}"))?;
-            retention.ledgers.insert(ledger, age.0);
-        }
+        let (body_max, entry_max) = self.sizes()?;
+        let retention = self.retention.policy()?;
         if !self.sources.is_empty() {
             bail!("[[sources]] is not implemented yet in this version of ferry");
         }
-        let mut tokens = self.server.tokens;
-        if !self.server.token_file.as_os_str().is_empty() {
-            let path = &self.server.token_file;
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("server.token_file: read {}", path.display()))?;
-            tokens.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
-        }
-        if tokens.iter().any(|t| t.is_empty() || t.chars().any(char::is_whitespace)) {
-            bail!("server.tokens: a token must be non-empty and contain no whitespace");
-        }
+        let tokens = self.server.all_tokens()?;
         let dir = |p: PathBuf| (!p.as_os_str().is_empty()).then_some(p);
         let store = StoreConfig {
             data_dir: self.data_dir,
@@ -287,6 +259,57 @@ impl Config {
             exporters,
             respect_exporters: self.retention.respect_exporters,
         })
+    }
+
+    /// `storage.chunk_entries` in range, and (max_body_bytes,
+    /// max_entry_bytes) within their limits and each other.
+    fn sizes(&self) -> anyhow::Result<(u64, u64)> {
+        if let Some(c) = self.storage.chunk_entries
+            && !(CHUNK_ENTRIES_MIN..=CHUNK_ENTRIES_MAX).contains(&c)
+        {
+            bail!("storage.chunk_entries: {c} is outside {CHUNK_ENTRIES_MIN}..={CHUNK_ENTRIES_MAX}");
+        }
+        let (body_max, entry_max) = (self.server.max_body_bytes.0, self.storage.max_entry_bytes.0);
+        if entry_max == 0 || entry_max > body_max.min(ENTRY_BYTES_MAX_LIMIT) {
+            bail!(
+                "storage.max_entry_bytes ({entry_max}) must be at least 1 and at most server.max_body_bytes \
+                 ({body_max}) and {ENTRY_BYTES_MAX_LIMIT}"
+            );
+        }
+        if body_max > BODY_BYTES_MAX_LIMIT {
+            bail!("server.max_body_bytes ({body_max}) may be at most {BODY_BYTES_MAX_LIMIT}");
+        }
+        Ok((body_max, entry_max))
+    }
+}
+
+impl Retention {
+    /// `[retention]` as the store takes it, with each ledger name checked.
+    fn policy(&self) -> anyhow::Result<ferry_store::RetentionPolicy> {
+        let mut retention = ferry_store::RetentionPolicy { max_age: self.max_age.map(|s| s.0), ..Default::default() };
+        for (name, age) in &self.ledgers {
+            let ledger = LedgerName::parse(name).with_context(|| format!("retention.ledgers.{name}"))?;
+            retention.ledgers.insert(ledger, age.0);
+        }
+        Ok(retention)
+    }
+}
+
+impl Server {
+    /// `tokens` and the lines of `token_file`, each non-empty and without
+    /// whitespace.
+    fn all_tokens(&self) -> anyhow::Result<Vec<String>> {
+        let mut tokens = self.tokens.clone();
+        if !self.token_file.as_os_str().is_empty() {
+            let path = &self.token_file;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("server.token_file: read {}", path.display()))?;
+            tokens.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
+        }
+        if tokens.iter().any(|t| t.is_empty() || t.chars().any(char::is_whitespace)) {
+            bail!("server.tokens: a token must be non-empty and contain no whitespace");
+        }
+        Ok(tokens)
     }
 }
 

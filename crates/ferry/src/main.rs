@@ -1,5 +1,7 @@
 //! The `ferry` binary: `serve` runs the daemon; the other commands are
-//! clients of its HTTP API. Exit codes: 0 ok, 1 failure, 2 usage.
+//! clients of its HTTP API or offline tools. This file dispatches the
+//! parsed command line (`cli.rs`) to the command modules. Exit codes: 0 ok,
+//! 1 failure, 2 usage.
 
 mod cli;
 mod client;
@@ -11,6 +13,10 @@ mod tools;
 use std::process::ExitCode;
 
 use clap::Parser as _;
+
+use crate::cli::{Cli, Command, ExportersCommand, StorageArgs};
+use crate::client::{Client, ExporterControl};
+use crate::tools::Storage;
 
 /// An error in how ferry was invoked (exit code 2), as opposed to a failure
 /// while doing the work (exit code 1).
@@ -26,7 +32,7 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = Cli::parse();
     // Tests configure fail points through `FAILPOINTS`; release builds have none.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
@@ -39,11 +45,50 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli.run()) {
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
+}
+
+/// Runs one command.
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve::run(args.config.as_deref(), args.data_dir, args.listen, args.exporter).await,
+        Command::Append { ledger, payload, key, idempotency_key, server } => {
+            Client::new(&server.server, server.token)?.append(&ledger, payload.as_deref(), key, idempotency_key).await
+        }
+        Command::Read { ledger, from, limit, server } => {
+            Client::new(&server.server, server.token)?.read(&ledger, from, limit).await
+        }
+        Command::Ledgers { server } => Client::new(&server.server, server.token)?.ledgers().await,
+        Command::Tail { prefix, from, server } => {
+            tail::tail(&Client::new(&server.server, server.token)?, &prefix, from.as_deref()).await
+        }
+        Command::Exporters { command, server } => exporters(&Client::new(&server.server, server.token)?, command).await,
+        Command::Verify(storage) => tokio::task::spawn_blocking(move || tools::verify(storage_of(&storage))).await?,
+        Command::Inspect { file, storage } => {
+            tokio::task::spawn_blocking(move || tools::inspect(file.as_deref(), storage_of(&storage))).await?
+        }
+    }
+}
+
+/// `ferry exporters …`: prints the server's JSON answer.
+async fn exporters(client: &Client, command: ExportersCommand) -> anyhow::Result<()> {
+    match command {
+        ExportersCommand::Status { name } => client.exporter_status(name.as_deref()).await,
+        ExportersCommand::Reset { name, ledger, from_id } => {
+            client.exporter_reset(&name, ledger.as_deref(), from_id).await
+        }
+        ExportersCommand::Pause { name } => client.exporter_control(&name, ExporterControl::Pause).await,
+        ExportersCommand::Resume { name } => client.exporter_control(&name, ExporterControl::Resume).await,
+        ExportersCommand::Delete { name } => client.exporter_delete(&name).await,
+    }
+}
+
+fn storage_of(args: &StorageArgs) -> Storage<'_> {
+    Storage { data_dir: args.data_dir.as_deref(), config: args.config.as_deref() }
 }

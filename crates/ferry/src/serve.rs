@@ -1,6 +1,7 @@
 //! `ferry serve`: config → validate → logging → open the store (recovery)
 //! → serve the API until SIGINT/SIGTERM → drain and stop.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -8,22 +9,17 @@ use ferry_export::{CursorTable, Exporters};
 use ferry_store::Store;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::ServeArgs;
-use crate::config::{Config, Log, LogFormat, LogLevel};
+use crate::config::{Config, Log, LogFormat, LogLevel, ServeSettings};
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(listen) = args.listen {
-        config.server.listen = listen;
-    }
-    config.exporter_flags = args.exporter;
-    let mut settings = config.validate()?;
+/// Runs the daemon from the config file (or the defaults), with
+/// `--data-dir`, `--listen` and `--exporter` laid over it.
+pub async fn run(
+    config_file: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    exporter_flags: Vec<String>,
+) -> anyhow::Result<()> {
+    let mut settings = settings(config_file, data_dir, listen, exporter_flags)?;
     init_logging(&settings.log);
     settings.api.metrics = ferry_api::metrics::install();
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
@@ -67,6 +63,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("shutdown_timeout passed before the flusher stopped");
     }
     Ok(())
+}
+
+/// The config file (or the defaults) with the command line's overrides,
+/// validated: nothing is opened yet.
+fn settings(
+    config_file: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    exporter_flags: Vec<String>,
+) -> anyhow::Result<ServeSettings> {
+    let mut config = match config_file {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    config.exporter_flags = exporter_flags;
+    config.validate()
 }
 
 fn init_logging(log: &Log) {

@@ -13,20 +13,16 @@ use ferry_store::verify::{self, WalRecord};
 use crate::UsageError;
 use crate::config::Config;
 
-/// Where the data is: `--data-dir`, or a config file's `data_dir` and
-/// `[storage] *_dir` roots (`--data-dir` wins over the file's `data_dir`).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct StorageArgs {
-    /// The data directory.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// TOML config file (SPEC §8): its `data_dir` and `[storage] catalog_dir`,
-    /// `hot_dir`, `ledgers_dir`.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+/// Where the data is, as the command line gave it: `--data-dir`, or a
+/// config file's `data_dir` and `[storage] *_dir` roots (`--data-dir` wins
+/// over the file's `data_dir`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Storage<'a> {
+    pub data_dir: Option<&'a Path>,
+    pub config: Option<&'a Path>,
 }
 
-impl StorageArgs {
+impl Storage<'_> {
     fn given(&self) -> bool {
         self.data_dir.is_some() || self.config.is_some()
     }
@@ -35,12 +31,12 @@ impl StorageArgs {
         if !self.given() {
             return Err(UsageError("give the data directory with --data-dir D (or --config F)".into()).into());
         }
-        let mut config = match &self.config {
+        let mut config = match self.config {
             Some(path) => Config::load(path)?,
             None => Config::default(),
         };
-        if let Some(dir) = &self.data_dir {
-            config.data_dir = dir.clone();
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir.to_path_buf();
         }
         let dir = |p: PathBuf| (!p.as_os_str().is_empty()).then_some(p);
         let mut store = StoreConfig::new(config.data_dir);
@@ -53,7 +49,7 @@ impl StorageArgs {
 
 /// `ferry verify`: every finding on its own line, then a summary; an error
 /// (exit 1) when there is any fault.
-pub fn verify(args: &StorageArgs) -> anyhow::Result<()> {
+pub fn verify(args: Storage<'_>) -> anyhow::Result<()> {
     let config = args.store_config()?;
     let data_dir = config.data_dir.display().to_string();
     let report = verify::verify(&config).with_context(|| format!("verify {data_dir}"))?;
@@ -70,7 +66,7 @@ pub fn verify(args: &StorageArgs) -> anyhow::Result<()> {
 }
 
 /// `ferry inspect --data-dir D` or `ferry inspect FILE`.
-pub fn inspect(file: Option<&Path>, args: &StorageArgs) -> anyhow::Result<()> {
+pub fn inspect(file: Option<&Path>, args: Storage<'_>) -> anyhow::Result<()> {
     match file {
         Some(_) if args.given() => Err(UsageError("give either FILE or --data-dir/--config, not both".into()).into()),
         Some(path) => inspect_file(path),
@@ -79,7 +75,7 @@ pub fn inspect(file: Option<&Path>, args: &StorageArgs) -> anyhow::Result<()> {
 }
 
 /// Every catalog key and its value, one per line, under the roots' locks.
-fn inspect_catalog(args: &StorageArgs) -> anyhow::Result<()> {
+fn inspect_catalog(args: Storage<'_>) -> anyhow::Result<()> {
     let config = args.store_config()?;
     let dump = verify::dump_catalog(&config)
         .with_context(|| format!("inspect the catalog of {}", config.data_dir.display()))?;

@@ -8,6 +8,7 @@
 mod append;
 mod corruption;
 mod failpoints;
+mod format_fixtures;
 mod idempotency;
 mod incarnations;
 mod model;

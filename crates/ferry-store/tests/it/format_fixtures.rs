@@ -1,0 +1,380 @@
+//! Data directories written by earlier versions of the store, committed
+//! under `tests/fixtures/format-v{N}/`: today's code must verify them
+//! clean, open them, and serve every entry exactly as it was written, and
+//! today's pure codecs must decode their pack and WAL files. A change that
+//! cannot read what an older ferry wrote fails here.
+//!
+//! A fixture is written once, by `write_format_fixture` (ignored; run it
+//! deliberately), and never regenerated: a new format version gets a new
+//! directory. See `tests/fixtures/format-v1/README.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_core::bus::Received;
+use ferry_core::limits::{FORMAT_VERSION, IDEMPOTENCY_WINDOW_MS};
+use ferry_core::{Entry, NewEntry, now_ms};
+use ferry_format::pack::decode_pack;
+use ferry_format::wal::{SEGMENT_HEADER_BYTES, decode_record, decode_segment_header};
+use ferry_store::verify::verify;
+use ferry_store::{Store, StoreConfig};
+
+use crate::support::*;
+
+const CHUNK_ENTRIES: u64 = 4;
+
+/// The format-v1 fixture, written by commit 903d965 (see its README).
+fn v1_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v1")
+}
+
+/// One entry as it was appended, with the ts the store gave it.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    ledger: &'static str,
+    id: u64,
+    ts: u64,
+    key: Option<&'static str>,
+    idempotency_key: Option<&'static str>,
+    payload: &'static str,
+}
+
+/// Every entry of the format-v1 fixture, in the order they were appended.
+/// `audit` 1..=4 are frozen in pack `ledgers/audit/00000/00000000.pack`;
+/// `audit` 5..=6 and both `payments.eu` entries are hot, in segment
+/// `hot/00000000000000000001.wal` (which still holds the dead records of
+/// `audit` 1..=4 too).
+const V1_ROWS: &[Row] = &[
+    Row {
+        ledger: "audit",
+        id: 1,
+        ts: 1796383722748,
+        key: Some("user-7"),
+        idempotency_key: Some("req-1"),
+        payload: r#"{"user":"u-7","action":"login"}"#,
+    },
+    Row {
+        ledger: "payments.eu",
+        id: 1,
+        ts: 1796383722753,
+        key: Some("order-1"),
+        idempotency_key: Some("pay-1"),
+        payload: r#"{"amount":"12.30","currency":"EUR"}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 2,
+        ts: 1796383722759,
+        key: None,
+        idempotency_key: None,
+        payload: r#"{"n":1.50,"big":1e3}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 3,
+        ts: 1796383722759,
+        key: Some("k-3"),
+        idempotency_key: None,
+        payload: r#""quotes \" and ünïcode ✓""#,
+    },
+    Row {
+        ledger: "audit",
+        id: 4,
+        ts: 1796383722761,
+        key: None,
+        idempotency_key: Some("req-4"),
+        payload: r#"[1,2,{"deep":null}]"#,
+    },
+    Row {
+        ledger: "payments.eu",
+        id: 2,
+        ts: 1796383722765,
+        key: None,
+        idempotency_key: None,
+        payload: r#"{"refund":true}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 5,
+        ts: 1796383722770,
+        key: Some("user-8"),
+        idempotency_key: Some("req-5"),
+        payload: r#"{"action":"logout"}"#,
+    },
+    Row { ledger: "audit", id: 6, ts: 1796383722775, key: None, idempotency_key: None, payload: r#"true"# },
+];
+
+/// The appends the generator makes, in order: (ledger, entries of one
+/// request as (key, idempotency key, payload)). Chunk 0 of `audit` (ids
+/// 1..=4) fills during the fourth request; the rest stays hot.
+type Request = (&'static str, &'static [(Option<&'static str>, Option<&'static str>, &'static str)]);
+const V1_REQUESTS: &[Request] = &[
+    ("audit", &[(Some("user-7"), Some("req-1"), r#"{"user":"u-7","action":"login"}"#)]),
+    ("payments.eu", &[(Some("order-1"), Some("pay-1"), r#"{"amount":"12.30","currency":"EUR"}"#)]),
+    ("audit", &[(None, None, r#"{"n":1.50,"big":1e3}"#), (Some("k-3"), None, r#""quotes \" and ünïcode ✓""#)]),
+    ("audit", &[(None, Some("req-4"), r#"[1,2,{"deep":null}]"#)]),
+    ("payments.eu", &[(None, None, r#"{"refund":true}"#)]),
+    ("audit", &[(Some("user-8"), Some("req-5"), r#"{"action":"logout"}"#)]),
+    ("audit", &[(None, None, "true")]),
+];
+
+fn new_entry((key, idempotency_key, payload): (Option<&str>, Option<&str>, &str)) -> NewEntry {
+    NewEntry {
+        key: key.map(str::to_owned),
+        idempotency_key: idempotency_key.map(str::to_owned),
+        payload: crate::support::payload(payload),
+    }
+}
+
+fn fixture_config(dir: &Path) -> StoreConfig {
+    let mut c = config(dir);
+    c.chunk_entries = Some(CHUNK_ENTRIES);
+    c
+}
+
+/// Writes `tests/fixtures/format-v{FORMAT_VERSION}` with today's store.
+/// Refuses to overwrite: a committed fixture is never regenerated. Run with
+/// `cargo nextest run -p ferry-store --run-ignored only write_format_fixture`,
+/// then paste the printed rows into the version's test table.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "writes a new fixture directory; run deliberately for a new format version"]
+async fn write_format_fixture() {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/format-v{FORMAT_VERSION}"));
+    assert!(
+        !out.exists(),
+        "{} exists: never regenerate a fixture; a new format version gets a new directory",
+        out.display()
+    );
+    let store = open_with(fixture_config(&out));
+    let mut frozen = store.events().subscribe("chunk.frozen/audit/00000000", 16);
+    let mut written = Vec::new();
+    for (ledger_name, request) in V1_REQUESTS {
+        let l = ledger(ledger_name);
+        let outcome = store.append(&l, request.iter().copied().map(new_entry).collect()).await.unwrap();
+        for (id, e) in outcome.ids.into_iter().zip(request.iter()) {
+            written.push((*ledger_name, id, *e));
+        }
+    }
+    let event = tokio::time::timeout(Duration::from_secs(20), frozen.recv()).await.expect("chunk 0 frozen in time");
+    assert!(matches!(event, Some(Received::Message(_))), "{event:?}");
+    let rows: Vec<String> = written
+        .into_iter()
+        .map(|(ledger_name, id, (key, idempotency_key, payload))| {
+            let e = store.read(&ledger(ledger_name), Some(id), 1).unwrap().entries.remove(0);
+            assert_eq!((e.id, e.key.as_deref(), e.payload.as_str()), (id, key, payload));
+            format!(
+                "    Row {{ ledger: {ledger_name:?}, id: {id}, ts: {}, key: {key:?}, idempotency_key: {idempotency_key:?}, payload: r#\"{payload}\"# }},",
+                e.ts
+            )
+        })
+        .collect();
+    close(store).await;
+    remove_lock_files(&out);
+    let report = verify(&fixture_config(&out)).unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    remove_lock_files(&out);
+    println!("const V1_ROWS: &[Row] = &[");
+    for row in rows {
+        println!("{row}");
+    }
+    println!("];");
+}
+
+/// Lock files belong to a running store, not to a fixture (the store
+/// creates them when it opens the directory).
+#[allow(clippy::disallowed_methods, reason = "deletes the generator's lock files, not store data")]
+fn remove_lock_files(dir: &Path) {
+    for lock in ["ferry.lock", "catalog/.ferry.lock", "hot/.ferry.lock", "ledgers/.ferry.lock"] {
+        match std::fs::remove_file(dir.join(lock)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("remove {lock}: {e}"),
+        }
+    }
+}
+
+/// A copy of a fixture in a temp dir, so no test writes to the committed one.
+fn copy_of(fixture: &Path) -> tempfile::TempDir {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &target);
+            } else if e.file_name() != "README.md" {
+                std::fs::copy(e.path(), target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(fixture, dir.path());
+    dir
+}
+
+fn rows_of(ledger_name: &str) -> Vec<Row> {
+    V1_ROWS.iter().filter(|r| r.ledger == ledger_name).copied().collect()
+}
+
+fn assert_entries(got: &[Entry], want: &[Row]) {
+    let got: Vec<_> =
+        got.iter().map(|e| (e.ledger.as_str(), e.id, e.ts, e.key.as_deref(), e.payload.as_str())).collect();
+    let want: Vec<_> = want.iter().map(|r| (r.ledger, r.id, r.ts, r.key, r.payload)).collect();
+    assert_eq!(got, want);
+}
+
+/// Every ledger of the fixture reads back exactly as written: ids, ts, keys
+/// and payloads, from the pack and from the hot tier.
+fn assert_v1_contents(store: &Store) {
+    assert_eq!(store.chunk_entries(), CHUNK_ENTRIES, "the pinned chunk size");
+    let names: Vec<String> = store.list_ledgers().into_iter().map(|i| i.name.as_str().to_owned()).collect();
+    assert_eq!(names, ["audit", "payments.eu"]);
+    for name in ["audit", "payments.eu"] {
+        let l = ledger(name);
+        let want = rows_of(name);
+        let info = store.ledger_info(&l).unwrap();
+        assert_eq!((info.first, info.head, info.entries), (1, want.len() as u64, want.len() as u64), "{name}");
+        assert_entries(&read_all(store, &l), &want);
+    }
+    // A read that starts in the pack runs on into the hot tier.
+    let page = store.read(&ledger("audit"), Some(3), 10).unwrap();
+    assert_entries(&page.entries, &rows_of("audit")[2..]);
+    assert_eq!(page.next, 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn format_v1_fixture_verifies_clean_and_every_entry_reads_back_as_written_across_a_restart() {
+    let dir = copy_of(&v1_dir());
+    let report = verify(&config(dir.path())).unwrap();
+    assert!(report.findings.is_empty(), "verify of the v1 fixture: {:?}", report.findings);
+    assert_eq!((report.ledgers, report.packs, report.entries, report.segments), (2, 1, 8, 1), "{}", report.summary());
+
+    let store = open(dir.path());
+    assert_v1_contents(&store);
+    close(store).await;
+    let store = open(dir.path());
+    assert_v1_contents(&store);
+    // The old files take new appends after their entries.
+    let outcome = store.append(&ledger("audit"), vec![entry("7")]).await.unwrap();
+    assert_eq!((outcome.ids, outcome.created), (vec![7], true));
+    close(store).await;
+}
+
+/// What a retry of a fixture key must answer, given how old the key is now.
+/// `None` near the window's edge, where the clock of the check and the
+/// flusher's clock could disagree.
+fn retry_expectation(row: &Row, now: u64) -> Option<bool> {
+    const MARGIN_MS: u64 = 10 * 60 * 1000;
+    let age = now.saturating_sub(row.ts);
+    if age + MARGIN_MS < IDEMPOTENCY_WINDOW_MS {
+        Some(true)
+    } else if age > IDEMPOTENCY_WINDOW_MS + MARGIN_MS {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// A retry of a key recorded in the fixture (frozen or hot) answers the
+/// original id while the key's 24 h window lasts and appends a new entry
+/// once it has passed; either way the recorded entries stay as they were,
+/// and a key used again is remembered from then on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_of_a_fixture_idempotency_key_is_recognised_only_within_its_window() {
+    let dir = copy_of(&v1_dir());
+    let store = open(dir.path());
+    for row in V1_ROWS.iter().filter(|r| r.idempotency_key.is_some()) {
+        let (l, k) = (ledger(row.ledger), row.idempotency_key.unwrap());
+        let head_before = head(&store, &l);
+        let expectation = retry_expectation(row, now_ms());
+        let retry = store.append(&l, vec![with_idempotency_key(k, r#""retry""#)]).await.unwrap();
+        match expectation {
+            Some(true) => assert_eq!((retry.ids.clone(), retry.created), (vec![row.id], false), "{k} is in its window"),
+            Some(false) => {
+                assert_eq!((retry.ids.clone(), retry.created), (vec![head_before + 1], true), "{k} has expired")
+            }
+            None => assert!(retry.ids == vec![row.id] || retry.ids == vec![head_before + 1], "{k}: {retry:?}"),
+        }
+        // Whatever the first retry got, the next one gets the same id.
+        let again = store.append(&l, vec![with_idempotency_key(k, r#""again""#)]).await.unwrap();
+        assert_eq!((again.ids, again.created), (retry.ids, false), "{k} retried twice");
+    }
+    // The recorded entries never change, whatever the retries did.
+    for name in ["audit", "payments.eu"] {
+        let l = ledger(name);
+        let want = rows_of(name);
+        assert_entries(&read_all(&store, &l)[..want.len()], &want);
+    }
+    close(store).await;
+}
+
+/// The fixture's files decode with today's pure codecs alone: the pack
+/// through `decode_pack`, the WAL segment record by record to its last byte.
+#[test]
+fn format_v1_pack_and_wal_segment_decode_with_todays_codecs() {
+    // (row, whether the record ends its request, whether it starts it)
+    let mut flags = Vec::new();
+    for (_, request) in V1_REQUESTS {
+        for (i, _) in request.iter().enumerate() {
+            flags.push((i + 1 < request.len(), i == 0));
+        }
+    }
+    assert_eq!(flags.len(), V1_ROWS.len());
+    for (row, request_entry) in
+        V1_ROWS.iter().zip(V1_REQUESTS.iter().flat_map(|(l, r)| r.iter().map(move |e| (*l, *e))))
+    {
+        assert_eq!(
+            (row.ledger, (row.key, row.idempotency_key, row.payload)),
+            request_entry,
+            "the table follows the requests"
+        );
+    }
+    let record_of = |r: &ferry_format::wal::WalRecord<'_>| {
+        (
+            r.ledger.to_owned(),
+            r.id,
+            r.ts,
+            r.key.map(str::to_owned),
+            r.idempotency_key.map(str::to_owned),
+            r.payload.to_vec(),
+        )
+    };
+    let row_of = |r: &Row| {
+        (
+            r.ledger.to_owned(),
+            r.id,
+            r.ts,
+            r.key.map(str::to_owned),
+            r.idempotency_key.map(str::to_owned),
+            r.payload.as_bytes().to_vec(),
+        )
+    };
+
+    let pack = std::fs::read(v1_dir().join("ledgers/audit/00000/00000000.pack")).unwrap();
+    let mut in_pack = Vec::new();
+    let decoded =
+        decode_pack(&pack, |r| in_pack.push((record_of(r), r.batch_continues, r.group_start, r.relocated))).unwrap();
+    assert_eq!(decoded.header.format_version, 1);
+    assert_eq!((decoded.header.ledger.as_str(), decoded.header.chunk), ("audit", 0));
+    assert_eq!((decoded.header.first_id, decoded.header.count), (1, CHUNK_ENTRIES));
+    // A pack keeps no batch or group flags: those matter only in the WAL.
+    let want_pack: Vec<_> = V1_ROWS
+        .iter()
+        .filter(|r| r.ledger == "audit" && r.id <= CHUNK_ENTRIES)
+        .map(|r| (row_of(r), false, false, false))
+        .collect();
+    assert_eq!(in_pack, want_pack);
+
+    let segment = std::fs::read(v1_dir().join("hot/00000000000000000001.wal")).unwrap();
+    assert_eq!(decode_segment_header(&segment).unwrap(), 1);
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut in_segment = Vec::new();
+    while offset < segment.len() {
+        let (r, len) = decode_record(&segment[offset..]).unwrap_or_else(|e| panic!("record at offset {offset}: {e}"));
+        in_segment.push((record_of(&r), r.batch_continues, r.group_start, r.relocated));
+        offset += len;
+    }
+    let want_segment: Vec<_> =
+        V1_ROWS.iter().zip(&flags).map(|(r, (continues, starts))| (row_of(r), *continues, *starts, false)).collect();
+    assert_eq!(in_segment, want_segment, "every record, the frozen chunk's dead ones included, in append order");
+}
