@@ -6,7 +6,8 @@
 //!
 //! A fixture is written once, by `write_format_fixture` (ignored; run it
 //! deliberately), and never regenerated: a new format version gets a new
-//! directory. See `tests/fixtures/format-v1/README.md`.
+//! directory. See `tests/fixtures/format-v1/README.md`; `FIXTURES` lists
+//! every version.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,9 +24,25 @@ use crate::support::*;
 
 const CHUNK_ENTRIES: u64 = 4;
 
-/// The format-v1 fixture, written by commit 903d965 (see its README).
-fn v1_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v1")
+/// One committed fixture: the format version that wrote it and its entries.
+struct Fixture {
+    version: u32,
+    rows: &'static [Row],
+}
+
+/// Every fixture, oldest first: format 1 (commit 903d965) and format 2
+/// (durable incarnations). Each was written by the same requests
+/// (`REQUESTS`) and differs only in what its version put on disk.
+const FIXTURES: [Fixture; 2] = [Fixture { version: 1, rows: V1_ROWS }, Fixture { version: 2, rows: V2_ROWS }];
+
+impl Fixture {
+    fn dir(&self) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/format-v{}", self.version))
+    }
+
+    fn rows_of(&self, ledger_name: &str) -> Vec<Row> {
+        self.rows.iter().filter(|r| r.ledger == ledger_name).copied().collect()
+    }
 }
 
 /// One entry as it was appended, with the ts the store gave it.
@@ -104,11 +121,73 @@ const V1_ROWS: &[Row] = &[
     Row { ledger: "audit", id: 6, ts: 1796383722775, key: None, idempotency_key: None, payload: r#"true"# },
 ];
 
+/// Every entry of the format-v2 fixture (the same requests, the same
+/// layout of pack and segment), written when format 2 was introduced.
+const V2_ROWS: &[Row] = &[
+    Row {
+        ledger: "audit",
+        id: 1,
+        ts: 1796385605152,
+        key: Some("user-7"),
+        idempotency_key: Some("req-1"),
+        payload: r#"{"user":"u-7","action":"login"}"#,
+    },
+    Row {
+        ledger: "payments.eu",
+        id: 1,
+        ts: 1796385605153,
+        key: Some("order-1"),
+        idempotency_key: Some("pay-1"),
+        payload: r#"{"amount":"12.30","currency":"EUR"}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 2,
+        ts: 1796385605154,
+        key: None,
+        idempotency_key: None,
+        payload: r#"{"n":1.50,"big":1e3}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 3,
+        ts: 1796385605154,
+        key: Some("k-3"),
+        idempotency_key: None,
+        payload: r#""quotes \" and ünïcode ✓""#,
+    },
+    Row {
+        ledger: "audit",
+        id: 4,
+        ts: 1796385605154,
+        key: None,
+        idempotency_key: Some("req-4"),
+        payload: r#"[1,2,{"deep":null}]"#,
+    },
+    Row {
+        ledger: "payments.eu",
+        id: 2,
+        ts: 1796385605154,
+        key: None,
+        idempotency_key: None,
+        payload: r#"{"refund":true}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 5,
+        ts: 1796385605154,
+        key: Some("user-8"),
+        idempotency_key: Some("req-5"),
+        payload: r#"{"action":"logout"}"#,
+    },
+    Row { ledger: "audit", id: 6, ts: 1796385605155, key: None, idempotency_key: None, payload: r#"true"# },
+];
+
 /// The appends the generator makes, in order: (ledger, entries of one
 /// request as (key, idempotency key, payload)). Chunk 0 of `audit` (ids
 /// 1..=4) fills during the fourth request; the rest stays hot.
 type Request = (&'static str, &'static [(Option<&'static str>, Option<&'static str>, &'static str)]);
-const V1_REQUESTS: &[Request] = &[
+const REQUESTS: &[Request] = &[
     ("audit", &[(Some("user-7"), Some("req-1"), r#"{"user":"u-7","action":"login"}"#)]),
     ("payments.eu", &[(Some("order-1"), Some("pay-1"), r#"{"amount":"12.30","currency":"EUR"}"#)]),
     ("audit", &[(None, None, r#"{"n":1.50,"big":1e3}"#), (Some("k-3"), None, r#""quotes \" and ünïcode ✓""#)]),
@@ -148,7 +227,7 @@ async fn write_format_fixture() {
     let store = open_with(fixture_config(&out));
     let mut frozen = store.events().subscribe("chunk.frozen/audit/00000000", 16);
     let mut written = Vec::new();
-    for (ledger_name, request) in V1_REQUESTS {
+    for (ledger_name, request) in REQUESTS {
         let l = ledger(ledger_name);
         let outcome = store.append(&l, request.iter().copied().map(new_entry).collect()).await.unwrap();
         for (id, e) in outcome.ids.into_iter().zip(request.iter()) {
@@ -160,7 +239,7 @@ async fn write_format_fixture() {
     let rows: Vec<String> = written
         .into_iter()
         .map(|(ledger_name, id, (key, idempotency_key, payload))| {
-            let e = store.read(&ledger(ledger_name), Some(id), 1).unwrap().entries.remove(0);
+            let e = store.read_blocking(&ledger(ledger_name), Some(id), 1).unwrap().entries.remove(0);
             assert_eq!((e.id, e.key.as_deref(), e.payload.as_str()), (id, key, payload));
             format!(
                 "    Row {{ ledger: {ledger_name:?}, id: {id}, ts: {}, key: {key:?}, idempotency_key: {idempotency_key:?}, payload: r#\"{payload}\"# }},",
@@ -173,7 +252,7 @@ async fn write_format_fixture() {
     let report = verify(&fixture_config(&out)).unwrap();
     assert!(report.findings.is_empty(), "{:?}", report.findings);
     remove_lock_files(&out);
-    println!("const V1_ROWS: &[Row] = &[");
+    println!("const V{FORMAT_VERSION}_ROWS: &[Row] = &[");
     for row in rows {
         println!("{row}");
     }
@@ -212,10 +291,6 @@ fn copy_of(fixture: &Path) -> tempfile::TempDir {
     dir
 }
 
-fn rows_of(ledger_name: &str) -> Vec<Row> {
-    V1_ROWS.iter().filter(|r| r.ledger == ledger_name).copied().collect()
-}
-
 fn assert_entries(got: &[Entry], want: &[Row]) {
     let got: Vec<_> =
         got.iter().map(|e| (e.ledger.as_str(), e.id, e.ts, e.key.as_deref(), e.payload.as_str())).collect();
@@ -225,39 +300,61 @@ fn assert_entries(got: &[Entry], want: &[Row]) {
 
 /// Every ledger of the fixture reads back exactly as written: ids, ts, keys
 /// and payloads, from the pack and from the hot tier.
-fn assert_v1_contents(store: &Store) {
+fn assert_contents(store: &Store, fixture: &Fixture) {
     assert_eq!(store.chunk_entries(), CHUNK_ENTRIES, "the pinned chunk size");
     let names: Vec<String> = store.list_ledgers().into_iter().map(|i| i.name.as_str().to_owned()).collect();
     assert_eq!(names, ["audit", "payments.eu"]);
     for name in ["audit", "payments.eu"] {
         let l = ledger(name);
-        let want = rows_of(name);
+        let want = fixture.rows_of(name);
         let info = store.ledger_info(&l).unwrap();
         assert_eq!((info.first, info.head, info.entries), (1, want.len() as u64, want.len() as u64), "{name}");
         assert_entries(&read_all(store, &l), &want);
     }
     // A read that starts in the pack runs on into the hot tier.
-    let page = store.read(&ledger("audit"), Some(3), 10).unwrap();
-    assert_entries(&page.entries, &rows_of("audit")[2..]);
+    let page = store.read_blocking(&ledger("audit"), Some(3), 10).unwrap();
+    assert_entries(&page.entries, &fixture.rows_of("audit")[2..]);
     assert_eq!(page.next, 7);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn format_v1_fixture_verifies_clean_and_every_entry_reads_back_as_written_across_a_restart() {
-    let dir = copy_of(&v1_dir());
-    let report = verify(&config(dir.path())).unwrap();
-    assert!(report.findings.is_empty(), "verify of the v1 fixture: {:?}", report.findings);
+/// An older fixture is healthy but due for migration; the first open
+/// migrates it (format 1 -> 2 gives every ledger a durable incarnation),
+/// after which it verifies clean like today's.
+fn verify_before_open(dir: &Path, fixture: &Fixture) {
+    let report = verify(&config(dir)).unwrap();
+    let messages: Vec<String> = report.findings.iter().map(|f| f.message.clone()).collect();
+    let expected: Vec<String> = if fixture.version < FORMAT_VERSION {
+        vec![format!("config:format_version is {}; the next start migrates it to {FORMAT_VERSION}", fixture.version)]
+    } else {
+        Vec::new()
+    };
+    assert_eq!(messages, expected, "verify of the v{} fixture", fixture.version);
+    assert!(report.is_ok());
     assert_eq!((report.ledgers, report.packs, report.entries, report.segments), (2, 1, 8, 1), "{}", report.summary());
+}
 
-    let store = open(dir.path());
-    assert_v1_contents(&store);
-    close(store).await;
-    let store = open(dir.path());
-    assert_v1_contents(&store);
-    // The old files take new appends after their entries.
-    let outcome = store.append(&ledger("audit"), vec![entry("7")]).await.unwrap();
-    assert_eq!((outcome.ids, outcome.created), (vec![7], true));
-    close(store).await;
+#[tokio::test(flavor = "multi_thread")]
+async fn every_fixture_verifies_and_reads_back_as_written_across_a_migration_and_a_restart() {
+    for fixture in &FIXTURES {
+        let dir = copy_of(&fixture.dir());
+        verify_before_open(dir.path(), fixture);
+        let store = open(dir.path());
+        assert_contents(&store, fixture);
+        let incarnations: Vec<u64> = store.list_ledgers().iter().map(|i| i.incarnation).collect();
+        assert_eq!(incarnations, [1, 2], "v{}: one incarnation each, in creation (and name) order", fixture.version);
+        close(store).await;
+
+        let report = verify(&config(dir.path())).unwrap();
+        assert!(report.findings.is_empty(), "v{} after its first open: {:?}", fixture.version, report.findings);
+        let store = open(dir.path());
+        assert_contents(&store, fixture);
+        let again: Vec<u64> = store.list_ledgers().iter().map(|i| i.incarnation).collect();
+        assert_eq!(again, incarnations, "v{}: incarnations are durable", fixture.version);
+        // The old files take new appends after their entries.
+        let outcome = store.append(&ledger("audit"), vec![entry("7")]).await.unwrap();
+        assert_eq!((outcome.ids, outcome.created), (vec![7], true));
+        close(store).await;
+    }
 }
 
 /// What a retry of a fixture key must answer, given how old the key is now.
@@ -281,9 +378,15 @@ fn retry_expectation(row: &Row, now: u64) -> Option<bool> {
 /// and a key used again is remembered from then on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_of_a_fixture_idempotency_key_is_recognised_only_within_its_window() {
-    let dir = copy_of(&v1_dir());
+    for fixture in &FIXTURES {
+        retry_fixture_keys(fixture).await;
+    }
+}
+
+async fn retry_fixture_keys(fixture: &Fixture) {
+    let dir = copy_of(&fixture.dir());
     let store = open(dir.path());
-    for row in V1_ROWS.iter().filter(|r| r.idempotency_key.is_some()) {
+    for row in fixture.rows.iter().filter(|r| r.idempotency_key.is_some()) {
         let (l, k) = (ledger(row.ledger), row.idempotency_key.unwrap());
         let head_before = head(&store, &l);
         let expectation = retry_expectation(row, now_ms());
@@ -302,7 +405,7 @@ async fn a_retry_of_a_fixture_idempotency_key_is_recognised_only_within_its_wind
     // The recorded entries never change, whatever the retries did.
     for name in ["audit", "payments.eu"] {
         let l = ledger(name);
-        let want = rows_of(name);
+        let want = fixture.rows_of(name);
         assert_entries(&read_all(&store, &l)[..want.len()], &want);
     }
     close(store).await;
@@ -311,17 +414,23 @@ async fn a_retry_of_a_fixture_idempotency_key_is_recognised_only_within_its_wind
 /// The fixture's files decode with today's pure codecs alone: the pack
 /// through `decode_pack`, the WAL segment record by record to its last byte.
 #[test]
-fn format_v1_pack_and_wal_segment_decode_with_todays_codecs() {
+fn every_fixtures_pack_and_wal_segment_decode_with_todays_codecs() {
+    for fixture in &FIXTURES {
+        decode_fixture_files(fixture);
+    }
+}
+
+fn decode_fixture_files(fixture: &Fixture) {
     // (row, whether the record ends its request, whether it starts it)
     let mut flags = Vec::new();
-    for (_, request) in V1_REQUESTS {
+    for (_, request) in REQUESTS {
         for (i, _) in request.iter().enumerate() {
             flags.push((i + 1 < request.len(), i == 0));
         }
     }
-    assert_eq!(flags.len(), V1_ROWS.len());
+    assert_eq!(flags.len(), fixture.rows.len());
     for (row, request_entry) in
-        V1_ROWS.iter().zip(V1_REQUESTS.iter().flat_map(|(l, r)| r.iter().map(move |e| (*l, *e))))
+        fixture.rows.iter().zip(REQUESTS.iter().flat_map(|(l, r)| r.iter().map(move |e| (*l, *e))))
     {
         assert_eq!(
             (row.ledger, (row.key, row.idempotency_key, row.payload)),
@@ -350,23 +459,24 @@ fn format_v1_pack_and_wal_segment_decode_with_todays_codecs() {
         )
     };
 
-    let pack = std::fs::read(v1_dir().join("ledgers/audit/00000/00000000.pack")).unwrap();
+    let pack = std::fs::read(fixture.dir().join("ledgers/audit/00000/00000000.pack")).unwrap();
     let mut in_pack = Vec::new();
     let decoded =
         decode_pack(&pack, |r| in_pack.push((record_of(r), r.batch_continues, r.group_start, r.relocated))).unwrap();
-    assert_eq!(decoded.header.format_version, 1);
+    assert_eq!(decoded.header.format_version, fixture.version);
     assert_eq!((decoded.header.ledger.as_str(), decoded.header.chunk), ("audit", 0));
     assert_eq!((decoded.header.first_id, decoded.header.count), (1, CHUNK_ENTRIES));
     // A pack keeps no batch or group flags: those matter only in the WAL.
-    let want_pack: Vec<_> = V1_ROWS
+    let want_pack: Vec<_> = fixture
+        .rows
         .iter()
         .filter(|r| r.ledger == "audit" && r.id <= CHUNK_ENTRIES)
         .map(|r| (row_of(r), false, false, false))
         .collect();
     assert_eq!(in_pack, want_pack);
 
-    let segment = std::fs::read(v1_dir().join("hot/00000000000000000001.wal")).unwrap();
-    assert_eq!(decode_segment_header(&segment).unwrap(), 1);
+    let segment = std::fs::read(fixture.dir().join("hot/00000000000000000001.wal")).unwrap();
+    assert_eq!(decode_segment_header(&segment).unwrap(), fixture.version);
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut in_segment = Vec::new();
     while offset < segment.len() {
@@ -374,7 +484,11 @@ fn format_v1_pack_and_wal_segment_decode_with_todays_codecs() {
         in_segment.push((record_of(&r), r.batch_continues, r.group_start, r.relocated));
         offset += len;
     }
-    let want_segment: Vec<_> =
-        V1_ROWS.iter().zip(&flags).map(|(r, (continues, starts))| (row_of(r), *continues, *starts, false)).collect();
+    let want_segment: Vec<_> = fixture
+        .rows
+        .iter()
+        .zip(&flags)
+        .map(|(r, (continues, starts))| (row_of(r), *continues, *starts, false))
+        .collect();
     assert_eq!(in_segment, want_segment, "every record, the frozen chunk's dead ones included, in append order");
 }
