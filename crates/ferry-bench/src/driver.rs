@@ -12,7 +12,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the real one outside tests), so the tests can run on
+// paused time and measure exactly instead of asserting timer-fuzzy ranges.
+use tokio::time::Instant;
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
@@ -151,14 +155,18 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn counts_only_calls_inside_the_window() {
         let timing = Timing { warmup: Duration::from_millis(50), window: Duration::from_millis(200) };
         let m = sleeping_calls(4, timing, 10, Duration::from_millis(10)).await;
-        // About 4 workers × 200 ms / 10 ms; timers make it fuzzy.
-        assert!((40..=84).contains(&m.calls), "{} calls", m.calls);
+        // Each worker's span starts at its first ack after the warmup
+        // (60 ms) and ends at the first ack at or after 250 ms: 19 calls.
+        assert_eq!(m.calls, 4 * 19);
         assert_eq!(m.entries, m.calls * 10);
-        assert!(m.latency_at(0.5) >= Duration::from_millis(10));
+        // Exactly 10 ms, within the histogram's 3 significant digits.
+        let p50 = m.latency_at(0.5);
+        assert!(p50 >= Duration::from_millis(10) && p50 < Duration::from_micros(10_010), "{p50:?}");
+        assert_eq!(m.entries_per_sec(), 4.0 * 1_000.0);
         let mut sum = Measurement::empty();
         sum.merge(&m).unwrap();
         sum.merge(&m).unwrap();
@@ -166,15 +174,14 @@ mod tests {
         assert_eq!(sum.entries_per_sec(), m.entries_per_sec());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn calls_longer_than_the_window_still_measure() {
         let timing = Timing { warmup: Duration::from_millis(10), window: Duration::from_millis(20) };
         let m = sleeping_calls(3, timing, 100, Duration::from_millis(100)).await;
         // Each worker ran until its span held one whole 100 ms call.
         assert_eq!(m.calls, 3);
-        // 3 workers × 100 entries per ~100 ms; timers make it fuzzy.
-        let rate = m.entries_per_sec();
-        assert!((1_500.0..=3_100.0).contains(&rate), "{rate} entries/s");
+        // 3 workers × 100 entries per 100 ms.
+        assert_eq!(m.entries_per_sec(), 3_000.0);
     }
 
     #[tokio::test]
