@@ -24,8 +24,11 @@ pub(crate) fn pin(catalog: &dyn Catalog, chunk_entries: Option<u64>) -> Result<u
             c
         }
     };
+    let first_start = ops.len() == 1; // `chunk_entries` was not pinned yet
     match read_u64(catalog, &CatalogKey::Config(ConfigName::FormatVersion))? {
-        None => ops.push(put_u64(CatalogKey::Config(ConfigName::FormatVersion), FORMAT_VERSION.into())),
+        None if first_start => ops.push(put_u64(CatalogKey::Config(ConfigName::FormatVersion), FORMAT_VERSION.into())),
+        // Pinning it now would skip the migrations the data may need.
+        None => return Err(StoreError::CatalogCorrupted("config:format_version is missing".into())),
         Some(v) if v == u64::from(FORMAT_VERSION) => {}
         Some(v) if (u64::from(FORMAT_VERSION_OLDEST)..u64::from(FORMAT_VERSION)).contains(&v) => {
             migrate(catalog, v as u32)?

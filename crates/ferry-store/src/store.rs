@@ -489,6 +489,10 @@ fn load_ledgers(catalog: &dyn Catalog, chunk_entries: u64) -> Result<BTreeMap<Le
             return Err(StoreError::CatalogCorrupted(format!("{key} under the ledger prefix")));
         };
         let meta = LedgerMeta::decode(&CatalogKey::Ledger(name.clone()), &value)?;
+        if meta.incarnation == 0 {
+            // The format migration gave every ledger one before this runs.
+            return Err(StoreError::CatalogCorrupted(format!("ledger:{name} has no incarnation")));
+        }
         ledgers.insert(name.clone(), Arc::new(LedgerState::new(name, meta, chunk_entries)));
     }
     Ok(ledgers)

@@ -123,3 +123,18 @@ fn ledger_metadata_of_format_1_decodes_with_no_incarnation() {
     let err = LedgerMeta::decode(&key, br#"{"created_at":5,"first":1,"wal_from":[1,16],"x":1}"#).unwrap_err();
     assert!(err.to_string().contains("ledger:a"), "{err}");
 }
+
+#[test]
+fn a_catalog_that_lost_its_format_version_is_refused_not_pinned_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let catalog = RedbCatalog::open(&dir.path().join("catalog")).unwrap();
+    catalog.commit(&[CatalogOp::Delete(CatalogKey::Config(ConfigName::FormatVersion))]).unwrap();
+    drop(catalog);
+    match open_err(config(dir.path())) {
+        StoreError::CatalogCorrupted(msg) => assert!(msg.contains("config:format_version"), "{msg}"),
+        other => panic!("expected CatalogCorrupted, got {other:?}"),
+    }
+    let catalog = RedbCatalog::open(&dir.path().join("catalog")).unwrap();
+    assert_eq!(catalog.get(&CatalogKey::Config(ConfigName::FormatVersion)).unwrap(), None, "nothing was written");
+}
