@@ -61,7 +61,9 @@ pub struct CursorValue {
     pub id: u64,
 }
 
-const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
+/// The catalog's one table. `ferry verify` reads it raw (keys as text) so a
+/// malformed key is reported rather than a reason to stop.
+pub(crate) const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 
 /// The catalog on redb, each commit with `Durability::Immediate`.
 pub struct RedbCatalog {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_core::{EntryId, LedgerName};
 use ferry_format::keys::CatalogKey;
-use ferry_format::pack::{PackHeader, PackWriter, decode_pack};
+use ferry_format::pack::{PackError, PackHeader, PackWriter, decode_pack};
 use ferry_format::wal::WalRecord;
 use sha2::Digest as _;
 
@@ -258,28 +258,70 @@ fn write_pack(
 /// second half of "assert in pairs".
 fn check_pack(vfs: &dyn Vfs, path: &Path, ledger: &LedgerName, chunk: u64, info: &PackInfo) -> Result<()> {
     let bytes = vfs.read(path).context(|| format!("read back {}", path.display()))?;
-    let corrupted = |offset: u64, reason: String| StoreError::CorruptedPack {
+    check_pack_bytes(&bytes, ledger, chunk, info).map_err(|damage| StoreError::CorruptedPack {
         ledger: ledger.clone(),
         chunk,
         path: path.to_path_buf(),
-        offset,
-        reason,
-    };
-    if bytes.len() as u64 != info.len || hex(&sha2::Sha256::digest(&bytes)) != info.sha256 {
-        return Err(corrupted(0, "read back differs from what was written (length or SHA-256)".into()));
+        offset: damage.offset.unwrap_or(0),
+        reason: damage.problems.join("; "),
+    })
+}
+
+/// What is wrong with a pack file's bytes, and where, if known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PackDamage {
+    pub offset: Option<u64>,
+    pub problems: Vec<String>,
+}
+
+/// The one check of a pack's bytes against its catalog key, used by the
+/// freezer's read-back and by `ferry verify`: length and SHA-256, a full
+/// checked decode, the header (ledger, chunk, first id, count, format
+/// version), the record count, and timestamps in order and equal to the
+/// key's first and last.
+pub(crate) fn check_pack_bytes(
+    bytes: &[u8],
+    ledger: &LedgerName,
+    chunk: u64,
+    info: &PackInfo,
+) -> std::result::Result<(), PackDamage> {
+    let mut problems = Vec::new();
+    if bytes.len() as u64 != info.len {
+        problems.push(format!("{} bytes; the catalog says {}", bytes.len(), info.len));
+    } else if hex(&sha2::Sha256::digest(bytes)) != info.sha256 {
+        problems.push("SHA-256 differs from the catalog's".to_owned());
     }
-    let mut seen = 0u64;
-    let pack = decode_pack(&bytes, |_| seen += 1).map_err(|e| corrupted(0, e.to_string()))?;
-    let h = &pack.header;
-    if h.ledger != ledger.as_str()
-        || h.chunk != chunk
-        || h.first_id != info.first_id
-        || h.count != info.count
-        || seen != info.count
-    {
-        return Err(corrupted(0, format!("header {h:?} with {seen} records does not match {info:?}")));
+    let (mut seen, mut first_ts, mut last_ts, mut ts_order) = (0u64, None, 0u64, None);
+    let decoded = decode_pack(bytes, |r| {
+        seen += 1;
+        first_ts.get_or_insert(r.ts);
+        if r.ts < last_ts && ts_order.is_none() {
+            ts_order = Some(format!("ts of id {} is before the previous record's", r.id));
+        }
+        last_ts = r.ts;
+    });
+    let mut offset = None;
+    match decoded {
+        Ok(pack) => {
+            let (h, expected) = (&pack.header, info.header(ledger, chunk));
+            if *h != expected || seen != info.count {
+                problems.push(format!("header {h:?} with {seen} records does not match the catalog's {expected:?}"));
+            } else if first_ts != Some(info.first_ts) || last_ts != info.last_ts {
+                let (from, to) = (info.first_ts, info.last_ts);
+                problems.push(format!("timestamps {first_ts:?}..{last_ts} differ from the catalog's {from}..{to}"));
+            }
+            problems.extend(ts_order);
+        }
+        Err(e) => {
+            offset = match &e {
+                PackError::Block { offset, .. } => Some(*offset),
+                PackError::Header(_) => Some(0),
+                _ => None,
+            };
+            problems.push(format!("does not decode: {e}"));
+        }
     }
-    Ok(())
+    if problems.is_empty() { Ok(()) } else { Err(PackDamage { offset, problems }) }
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -59,18 +59,82 @@ pub(crate) fn load_frozen(
     Ok(())
 }
 
-/// Hot records found for one ledger, by id.
-#[derive(Default)]
-struct Found {
-    slots: BTreeMap<EntryId, (RecordPos, u64)>,
+/// The live hot records of one ledger as a WAL replay finds them, keyed by
+/// id: the rules recovery applies and `ferry verify` checks by (one home).
+/// `P` is where a record lies (recovery: `RecordPos`; verify: segment and
+/// offset).
+#[derive(Debug)]
+pub(crate) struct HotRecords<P> {
+    slots: BTreeMap<EntryId, (P, u64)>,
     /// The highest id seen in an original (not relocated) record.
     max_original: EntryId,
+}
+
+/// What is wrong just before a hot record, in id order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HotFault {
+    /// Ids `from..=to` are in neither a pack nor the WAL.
+    Gap { from: EntryId, to: EntryId },
+    /// The record's ts is before the previous entry's.
+    TsBack { ts: u64, previous: u64 },
+}
+
+impl<P: Copy> Default for HotRecords<P> {
+    fn default() -> Self {
+        Self { slots: BTreeMap::new(), max_original: 0 }
+    }
+}
+
+impl<P: Copy> HotRecords<P> {
+    /// A WAL record of a listed ledger is dead when it lies before the
+    /// ledger's `wal_from` (an earlier ledger of the name) or a pack holds
+    /// its id.
+    pub fn is_dead(wal_from: (u32, u64), at: (u64, u64), id: EntryId, hot_base: EntryId) -> bool {
+        at < (u64::from(wal_from.0), wal_from.1) || id < hot_base
+    }
+
+    /// Takes a live record. Originals are written in id order, so an
+    /// original whose id does not increase is damage (the reason is
+    /// returned); a relocated copy replaces the record of its id.
+    pub fn offer(&mut self, id: EntryId, ts: u64, at: P, relocated: bool) -> std::result::Result<(), String> {
+        if !relocated {
+            if id <= self.max_original {
+                return Err(format!("id {id} after id {} (ids must increase)", self.max_original));
+            }
+            self.max_original = id;
+        }
+        self.slots.insert(id, (at, ts));
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The records in id order from `next` (the first hot id) with what is
+    /// wrong before each: ids must be dense and timestamps must not
+    /// decrease, starting from `last_ts` (the frozen part's last).
+    pub fn in_order(&self, mut next: EntryId, mut last_ts: u64) -> Vec<(EntryId, P, u64, Option<HotFault>)> {
+        let mut out = Vec::with_capacity(self.slots.len());
+        for (&id, &(at, ts)) in &self.slots {
+            let fault = if id != next {
+                Some(HotFault::Gap { from: next, to: id - 1 })
+            } else if ts < last_ts {
+                Some(HotFault::TsBack { ts, previous: last_ts })
+            } else {
+                None
+            };
+            out.push((id, at, ts, fault));
+            (next, last_ts) = (id.saturating_add(1), ts);
+        }
+        out
+    }
 }
 
 /// Collects the WAL's live records, then installs them in the indexes.
 pub(crate) struct WalIndexer<'a> {
     ledgers: &'a BTreeMap<LedgerName, Arc<LedgerState>>,
-    found: HashMap<LedgerName, Found>,
+    found: HashMap<LedgerName, HotRecords<RecordPos>>,
     idempotency: &'a mut IdempotencyIndex,
     hot_dir: &'a Path,
 }
@@ -89,25 +153,18 @@ impl<'a> WalIndexer<'a> {
         let Some(state) = LedgerName::parse(record.ledger).ok().and_then(|n| self.ledgers.get(&n)) else {
             return Ok(()); // a deleted ledger's record
         };
-        if (pos.segment, u64::from(pos.offset)) < state.meta.wal_from {
-            return Ok(()); // an earlier incarnation of the name
-        }
-        if record.id < state.index.read().expect("index lock").hot_base {
-            return Ok(()); // frozen: the pack holds it
+        let hot_base = state.index.read().expect("index lock").hot_base;
+        let at = (u64::from(pos.segment), u64::from(pos.offset));
+        if HotRecords::<RecordPos>::is_dead(state.meta.wal_from, at, record.id, hot_base) {
+            return Ok(()); // an earlier ledger of the name, or frozen
         }
         let found = self.found.entry(state.name.clone()).or_default();
-        if !record.relocated {
-            if record.id <= found.max_original {
-                return Err(StoreError::Corrupted {
-                    segment: path.to_path_buf(),
-                    offset: pos.offset.into(),
-                    ledger: Some(state.name.clone()),
-                    reason: format!("id {} after id {} (ids must increase)", record.id, found.max_original),
-                });
-            }
-            found.max_original = record.id;
-        }
-        found.slots.insert(record.id, (pos, record.ts));
+        found.offer(record.id, record.ts, pos, record.relocated).map_err(|reason| StoreError::Corrupted {
+            segment: path.to_path_buf(),
+            offset: pos.offset.into(),
+            ledger: Some(state.name.clone()),
+            reason,
+        })?;
         if let Some(key) = record.idempotency_key {
             self.idempotency.insert(&state.name, key, record.id, record.ts);
         }
@@ -121,22 +178,59 @@ impl<'a> WalIndexer<'a> {
         for (name, found) in self.found {
             let state = &self.ledgers[&name];
             let mut index = state.index.write().expect("index lock");
-            for (id, (pos, ts)) in found.slots {
-                if id != index.next_id() {
-                    return Err(StoreError::MissingEntries { ledger: name.clone(), from: index.next_id(), to: id - 1 });
-                }
-                if ts < index.last_ts {
-                    return Err(StoreError::Corrupted {
-                        segment: self.hot_dir.join(crate::wal::segment_name(pos.segment.into())),
-                        offset: pos.offset.into(),
-                        ledger: Some(name.clone()),
-                        reason: format!("timestamp {ts} of id {id} is before the previous {}", index.last_ts),
-                    });
+            for (id, pos, ts, fault) in found.in_order(index.next_id(), index.last_ts) {
+                match fault {
+                    Some(HotFault::Gap { from, to }) => {
+                        return Err(StoreError::MissingEntries { ledger: name.clone(), from, to });
+                    }
+                    Some(HotFault::TsBack { ts, previous }) => {
+                        return Err(StoreError::Corrupted {
+                            segment: self.hot_dir.join(crate::wal::segment_name(pos.segment.into())),
+                            offset: pos.offset.into(),
+                            ledger: Some(name.clone()),
+                            reason: format!("timestamp {ts} of id {id} is before the previous {previous}"),
+                        });
+                    }
+                    None => {}
                 }
                 index.push(id, ts, pos);
                 live.push(pos);
             }
         }
         Ok(live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_records_find_gaps_timestamps_going_back_and_originals_out_of_order() {
+        let mut hot = HotRecords::<u32>::default();
+        hot.offer(5, 10, 0, false).unwrap();
+        hot.offer(6, 9, 1, false).unwrap();
+        hot.offer(8, 11, 2, false).unwrap();
+        assert!(hot.offer(7, 11, 3, false).unwrap_err().contains("id 7 after id 8"));
+        hot.offer(5, 10, 4, true).unwrap(); // a relocated copy replaces the original
+        let faults: Vec<_> = hot.in_order(5, 10).into_iter().map(|(id, at, _, f)| (id, at, f)).collect();
+        assert_eq!(
+            faults,
+            [
+                (5, 4, None),
+                (6, 1, Some(HotFault::TsBack { ts: 9, previous: 10 })),
+                (8, 2, Some(HotFault::Gap { from: 7, to: 7 })),
+            ]
+        );
+        assert_eq!(hot.in_order(4, 0)[0].3, Some(HotFault::Gap { from: 4, to: 4 }), "the hot tier starts at hot_base");
+    }
+
+    #[test]
+    fn records_before_wal_from_or_below_the_hot_base_are_dead() {
+        let dead = HotRecords::<u32>::is_dead;
+        assert!(dead((2, 100), (1, 500), 9, 1), "an earlier ledger of the name");
+        assert!(dead((2, 100), (2, 99), 9, 1));
+        assert!(!dead((2, 100), (2, 100), 9, 1));
+        assert!(dead((0, 0), (3, 0), 4, 5), "frozen");
     }
 }

@@ -36,8 +36,7 @@ use ferry_core::LedgerName;
 use ferry_core::limits::{FORMAT_VERSION, FORMAT_VERSION_OLDEST};
 use ferry_format::keys::{CatalogKey, ConfigName};
 use ferry_format::segment::{self, SegmentEnd, SegmentRecords};
-use redb::{ReadableTable as _, TableDefinition};
-use sha2::Digest as _;
+use redb::ReadableTable as _;
 
 // The codecs `ferry inspect` prints files with, for crates that do not
 // depend on `ferry-format` themselves.
@@ -47,17 +46,14 @@ pub use ferry_format::pack::{
 pub use ferry_format::segment::{SegmentScan, SegmentStop, scan_segment};
 pub use ferry_format::wal::{DecodeError, SEGMENT_MAGIC, WalRecord};
 
-use crate::catalog::LedgerMeta;
+use crate::catalog::{LedgerMeta, TABLE};
 use crate::config::StoreConfig;
 use crate::error::{IoContext as _, Result, StoreError};
 use crate::pack_protocols::{self, ChunkState, PackInfo, PackLayout};
+use crate::recovery::{HotFault, HotRecords};
 use crate::roots::{Roots, lock_roots};
 use crate::wal::segment_name;
 use ferry_fs::{RealFs, durable};
-
-/// The catalog's one table (the same definition as `catalog.rs`; read raw
-/// here so that a malformed key is reported, not a reason to stop).
-const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -223,10 +219,10 @@ struct LedgerCheck {
     /// Frozen ids at or above `first`.
     frozen_entries: u64,
     /// The highest id of an original (not relocated) live record.
-    max_original: u64,
+
     /// Live hot records: id → (segment, offset, ts); a later record of the
     /// same id (a relocated copy) replaces an earlier one.
-    slots: BTreeMap<u64, (u64, u64, u64)>,
+    hot: HotRecords<(u64, u64)>,
 }
 
 /// Checks the data directory of `config` under the roots' locks. `Err` only
@@ -434,19 +430,20 @@ fn check_frozen_ids(report: &mut Report, layout: &PackLayout, ledgers: &mut BTre
 /// Hot ids, as recovery installs them (`recovery::WalIndexer::install`).
 fn check_hot_ids(report: &mut Report, hot: &Path, ledgers: &BTreeMap<LedgerName, LedgerCheck>) {
     for (name, l) in ledgers {
-        let (mut next, mut last_ts) = (l.hot_base, l.last_ts);
-        for (&id, &(segment, offset, ts)) in &l.slots {
+        for (id, (segment, offset), _, fault) in l.hot.in_order(l.hot_base, l.last_ts) {
             let path = hot.join(segment_name(segment));
-            if id != next {
-                let msg = format!("ledger {name}: ids {next}..={} are in neither a pack nor the WAL", id - 1);
-                report.fault(&path, Some(offset), msg);
+            match fault {
+                Some(HotFault::Gap { from, to }) => {
+                    let msg = format!("ledger {name}: ids {from}..={to} are in neither a pack nor the WAL");
+                    report.fault(&path, Some(offset), msg);
+                }
+                Some(HotFault::TsBack { ts, previous }) => {
+                    report.fault(&path, Some(offset), format!("ledger {name}: ts {ts} of id {id} is before {previous}"))
+                }
+                None => {}
             }
-            if ts < last_ts {
-                report.fault(&path, Some(offset), format!("ledger {name}: ts {ts} of id {id} is before {last_ts}"));
-            }
-            (next, last_ts) = (id.saturating_add(1), ts);
         }
-        report.entries += l.frozen_entries + l.slots.len() as u64;
+        report.entries += l.frozen_entries + l.hot.len() as u64;
     }
 }
 
@@ -504,8 +501,7 @@ impl LedgerCheck {
             frozen: BTreeMap::new(),
             last_ts: 0,
             frozen_entries: 0,
-            max_original: 0,
-            slots: BTreeMap::new(),
+            hot: HotRecords::default(),
         }
     }
 }
@@ -523,47 +519,9 @@ fn check_pack(report: &mut Report, path: &Path, ledger: &LedgerName, chunk: u64,
             return;
         }
     };
-    let mut problems = Vec::new();
-    let mut offset = None;
-    if bytes.len() as u64 != info.len {
-        problems.push(format!("{} bytes; the catalog says {}", bytes.len(), info.len));
-    } else if pack_protocols::hex(&sha2::Sha256::digest(&bytes)) != info.sha256 {
-        problems.push("SHA-256 differs from the catalog's".to_owned());
-    }
-    let (mut seen, mut first_ts, mut last_ts, mut ts_order) = (0u64, None, 0u64, None);
-    match decode_pack(&bytes, |r| {
-        seen += 1;
-        first_ts.get_or_insert(r.ts);
-        if r.ts < last_ts && ts_order.is_none() {
-            ts_order = Some(format!("ts of id {} is before the previous record's", r.id));
-        }
-        last_ts = r.ts;
-    }) {
-        Ok(pack) => {
-            let h = &pack.header;
-            let expected = info.header(ledger, chunk);
-            if *h != expected || seen != info.count {
-                problems.push(format!("header {h:?} with {seen} records does not match the catalog's {expected:?}"));
-            } else if first_ts != Some(info.first_ts) || last_ts != info.last_ts {
-                problems.push(format!(
-                    "timestamps {first_ts:?}..{last_ts} differ from the catalog's {}..{}",
-                    info.first_ts, info.last_ts
-                ));
-            }
-            problems.extend(ts_order);
-        }
-        Err(e) => {
-            offset = match &e {
-                PackError::Block { offset, .. } => Some(*offset),
-                PackError::Header(_) => Some(0),
-                _ => None,
-            };
-            problems.push(format!("does not decode: {e}"));
-        }
-    }
-    if !problems.is_empty() {
-        let msg = format!("corrupted pack of chunk:{ledger}:{chunk:08}: {}", problems.join("; "));
-        report.fault(path, offset, msg);
+    if let Err(damage) = pack_protocols::check_pack_bytes(&bytes, ledger, chunk, info) {
+        let msg = format!("corrupted pack of chunk:{ledger}:{chunk:08}: {}", damage.problems.join("; "));
+        report.fault(path, damage.offset, msg);
     }
 }
 
@@ -742,18 +700,10 @@ fn collect_live_record(
     let Some(l) = LedgerName::parse(record.ledger).ok().and_then(|n| ledgers.get_mut(&n)) else {
         return; // a deleted ledger's record
     };
-    let (wal_seg, wal_off) = l.meta.wal_from;
-    if (seq, offset) < (u64::from(wal_seg), wal_off) || record.id < l.hot_base {
-        return; // an earlier incarnation of the name, or frozen
+    if HotRecords::<(u64, u64)>::is_dead(l.meta.wal_from, (seq, offset), record.id, l.hot_base) {
+        return; // an earlier ledger of the name, or frozen
     }
-    if !record.relocated {
-        if record.id <= l.max_original {
-            let msg =
-                format!("ledger {}: id {} after id {} (ids must increase)", record.ledger, record.id, l.max_original);
-            report.fault(path, Some(offset), msg);
-            return;
-        }
-        l.max_original = record.id;
+    if let Err(reason) = l.hot.offer(record.id, record.ts, (seq, offset), record.relocated) {
+        report.fault(path, Some(offset), format!("ledger {}: {reason}", record.ledger));
     }
-    l.slots.insert(record.id, (seq, offset, record.ts));
 }
