@@ -128,6 +128,22 @@ impl SimFs {
         self.state.lock().expect("sim lock").live.files.keys().cloned().collect()
     }
 
+    /// Creates an empty file that must not exist yet (live, not durable
+    /// until its directory is synced); returns its inode.
+    fn create_file(&self, path: &Path) -> io::Result<u64> {
+        self.clock.alive()?;
+        let mut s = self.state.lock().expect("sim lock");
+        Self::parent_exists(&s, path)?;
+        if s.live.files.contains_key(path) || s.live.dirs.contains(path) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, path.display().to_string()));
+        }
+        s.next_inode += 1;
+        let inode = s.next_inode;
+        s.live.files.insert(path.to_path_buf(), inode);
+        s.live_data.insert(inode, Vec::new());
+        Ok(inode)
+    }
+
     fn parent_exists(s: &State, path: &Path) -> io::Result<()> {
         match path.parent() {
             Some(p) if s.live.dirs.contains(p) => Ok(()),
@@ -237,30 +253,12 @@ impl Vfs for SimFs {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
-        self.clock.alive()?;
-        let mut s = self.state.lock().expect("sim lock");
-        Self::parent_exists(&s, path)?;
-        if s.live.files.contains_key(path) || s.live.dirs.contains(path) {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, path.display().to_string()));
-        }
-        s.next_inode += 1;
-        let inode = s.next_inode;
-        s.live.files.insert(path.to_path_buf(), inode);
-        s.live_data.insert(inode, Vec::new());
+        let inode = self.create_file(path)?;
         Ok(Box::new(SimFile { state: self.state.clone(), clock: self.clock.clone(), inode }))
     }
 
     fn create_segment(&self, path: &Path) -> io::Result<Arc<dyn VfsSegment>> {
-        self.clock.alive()?;
-        let mut s = self.state.lock().expect("sim lock");
-        Self::parent_exists(&s, path)?;
-        if s.live.files.contains_key(path) || s.live.dirs.contains(path) {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, path.display().to_string()));
-        }
-        s.next_inode += 1;
-        let inode = s.next_inode;
-        s.live.files.insert(path.to_path_buf(), inode);
-        s.live_data.insert(inode, Vec::new());
+        let inode = self.create_file(path)?;
         Ok(Arc::new(SimSegment { state: self.state.clone(), clock: self.clock.clone(), inode }))
     }
 
