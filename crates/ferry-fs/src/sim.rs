@@ -123,6 +123,23 @@ impl SimFs {
         SimFs { state: Arc::new(Mutex::new(image)), clock: CrashClock::new() }
     }
 
+    /// The filesystem after the process was killed (`kill -9`) now, with
+    /// the machine still up: every write is visible (the page cache keeps
+    /// it) but only what was synced is durable, so a later
+    /// `crash_image(true)` (a power loss) still drops the rest. What a
+    /// restarted process must not serve before it has synced it.
+    pub fn process_crash(&self) -> SimFs {
+        let s = self.state.lock().expect("sim lock");
+        let state = State {
+            live: s.live.clone(),
+            durable: s.durable.clone(),
+            live_data: s.live_data.clone(),
+            durable_data: s.durable_data.clone(),
+            next_inode: s.next_inode,
+        };
+        SimFs { state: Arc::new(Mutex::new(state)), clock: CrashClock::new() }
+    }
+
     /// Every file path, for orphan checks.
     pub fn files(&self) -> Vec<PathBuf> {
         self.state.lock().expect("sim lock").live.files.keys().cloned().collect()

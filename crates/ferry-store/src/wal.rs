@@ -255,7 +255,16 @@ pub(crate) fn replay(
         }
     }
     let writer = match writer {
-        Some(w) => w,
+        Some(w) => {
+            // A `kill -9` between a group's write and its fdatasync leaves
+            // the whole group in the page cache, where the scan above found
+            // it. Nothing may be served (read, exported, answered to a
+            // retry) that a power loss could still take back with its id,
+            // so the last segment and its directory are synced first.
+            disk.sync(&*w.file, &w.path)?;
+            disk.sync_dir(dir)?;
+            w
+        }
         None => {
             let w = SegmentWriter::create(disk, dir, 1, format_version)?;
             segments.push((w.seq, w.file.clone()));

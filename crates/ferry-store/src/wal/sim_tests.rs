@@ -169,3 +169,25 @@ fn a_refused_write_is_cut_back_and_the_next_group_lands_where_it_would_have() {
 fn disk_health_ok(disk: &Disk) -> bool {
     disk.health().check().is_ok()
 }
+
+/// Issue #12 item 3: after `kill -9` between a group's write and its
+/// fdatasync, the whole group sits in the page cache. Whatever replay then
+/// serves must already be durable: a power loss after the restart must not
+/// take back a record that was served (and exported, or answered to an
+/// idempotent retry) with its id.
+#[test]
+fn what_replay_serves_survives_a_power_loss_after_the_restart() {
+    let clock = CrashClock::new();
+    let fs = SimFs::new(&[hot()], clock.clone());
+    let disk = disk_on(&fs);
+    let mut wal = replay(&disk, hot(), FORMAT, |_, _| Ok(())).unwrap();
+    wal.writer.append_durably(&disk, &group(1, 2)).unwrap();
+    clock.crash_at(1); // the next group's fdatasync
+    assert!(wal.writer.append_durably(&disk, &group(3, 2)).is_err(), "killed before the sync");
+
+    let restarted = fs.process_crash();
+    let served = replayed(&restarted).unwrap();
+    assert_eq!(served.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4], "the page cache holds the whole group");
+    let after_power_loss = replayed(&restarted.crash_image(true)).unwrap();
+    assert_eq!(after_power_loss, served, "replay served records that were not durable");
+}
