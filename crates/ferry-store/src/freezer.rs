@@ -52,7 +52,10 @@ impl Freezer {
                     let result = self.delete(&state);
                     // A storage fault while deleting poisons like any other.
                     if let Err(e) = &result
-                        && !matches!(e, StoreError::Poisoned(_) | StoreError::ShuttingDown)
+                        && !matches!(
+                            e,
+                            StoreError::Poisoned(_) | StoreError::ShuttingDown | StoreError::LedgerNotFound(_)
+                        )
                     {
                         self.shared.health.poison(e.to_string());
                     }
@@ -198,8 +201,16 @@ impl Freezer {
     /// Deletes a ledger: no more appends, then one catalog commit removes its
     /// key and cursors and demotes its chunks, then the sweep removes files.
     fn delete(&self, state: &Arc<LedgerState>) -> Result<()> {
+        fail::fail_point!("freezer::delete");
         let s = &self.shared;
         s.health.check()?;
+        // A retried DELETE queued behind the first finds its ledger already
+        // deleted, and perhaps its name taken by a new incarnation: it must
+        // touch neither.
+        let current = s.ledger(&state.name).is_some_and(|l| Arc::ptr_eq(&l, state));
+        if state.is_deleted() || !current {
+            return Err(StoreError::LedgerNotFound(state.name.clone()));
+        }
         state.mark_deleted();
         let (tx, rx) = oneshot::channel();
         let forget = FlusherMsg::ForgetLedger(state.name.clone(), tx);

@@ -7,6 +7,7 @@
 
 mod append;
 mod corruption;
+mod deletion;
 mod failpoints;
 mod format_fixtures;
 mod idempotency;
