@@ -10,7 +10,9 @@
 //!   synced: the write is refused and the store goes on (a full disk is
 //!   not a lost disk); only if the cut fails does the store poison;
 //! - a failed **open, create or listing** (EMFILE, ENOENT, ENOSPC on
-//!   create) is an ordinary error: nothing was written.
+//!   create) is an ordinary error: nothing was written;
+//! - after a poison, every **write and create** is refused before it
+//!   touches a file.
 //!
 //! **Architecture Invariant:** the WAL's files are touched only through
 //! `Disk`; the poison flag is set here (and for catalog commits and pack
@@ -67,7 +69,10 @@ impl Disk {
 
     /// Writes `buf` at `offset`, the segment's synced length. On failure the
     /// segment is cut back to `offset` (synced) and the write refused.
+    /// A poisoned store writes nothing more, whoever asks (an append group,
+    /// or a relocation queued before the failure).
     pub fn write(&self, file: &dyn VfsSegment, path: &Path, buf: &[u8], offset: u64) -> Result<()> {
+        self.health.check()?;
         match file.write_at(buf, offset) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -83,6 +88,7 @@ impl Disk {
     /// and its header survive a crash, so recovery never meets a segment
     /// without one. A failure before the sync removes the new file again.
     pub fn create_segment(&self, dir: &Path, name: &str, header: &[u8]) -> Result<Arc<dyn VfsSegment>> {
+        self.health.check()?;
         let path = dir.join(name);
         let file =
             self.vfs.create_segment(&path).map_err(|e| StoreError::io(format!("create {}", path.display()), e))?;

@@ -191,3 +191,55 @@ fn what_replay_serves_survives_a_power_loss_after_the_restart() {
     let after_power_loss = replayed(&restarted.crash_image(true)).unwrap();
     assert_eq!(after_power_loss, served, "replay served records that were not durable");
 }
+
+/// Issue #12 item 10: once a sync failed, no later write may reach the WAL
+/// — not an append group, and not a relocation queued before the failure
+/// (it would write over the failed group's bytes and sync them). The
+/// checked disk refuses every write after a poison, whoever asks.
+#[test]
+fn after_a_failed_sync_no_write_reaches_the_wal() {
+    let fs = SimFs::new(&[hot()], CrashClock::new());
+    let disk = disk_on(&fs);
+    let mut wal = replay(&disk, hot(), FORMAT, |_, _| Ok(())).unwrap();
+    wal.writer.append_durably(&disk, &group(1, 1)).unwrap();
+    let len = wal.writer.len;
+    // A sync that fails once (a transient EIO), then works again.
+    #[derive(Debug)]
+    struct FailsOnce(Arc<dyn VfsSegment>, std::sync::atomic::AtomicBool);
+    impl ferry_fs::vfs::VfsRead for FailsOnce {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.0.read_at(buf, offset)
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            self.0.len()
+        }
+    }
+    impl VfsSegment for FailsOnce {
+        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.0.write_at(buf, offset)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            if self.1.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(5)); // EIO
+            }
+            self.0.sync()
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.0.set_len(len)
+        }
+    }
+    let real = wal.writer.file.clone();
+    wal.writer.file = Arc::new(FailsOnce(real.clone(), true.into()));
+    let failed = group(2, 1);
+    assert!(matches!(wal.writer.append_durably(&disk, &failed), Err(StoreError::Poisoned(_))));
+    let on_disk = real.len().unwrap();
+    assert_eq!(on_disk, len + failed.len() as u64, "the failed group's bytes are in the file");
+
+    // The relocation (or any group) that comes next is refused untouched.
+    let err = wal.writer.append_durably(&disk, &group(2, 3)).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned(_)), "{err}");
+    assert_eq!(real.len().unwrap(), on_disk, "nothing was written after the poison");
+    let mut bytes = vec![0; failed.len()];
+    real.read_at(&mut bytes, len).unwrap();
+    assert_eq!(bytes, failed, "the failed group's bytes are as they were");
+}
