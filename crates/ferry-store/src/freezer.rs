@@ -115,6 +115,7 @@ impl Freezer {
     }
 
     fn freeze_chunk(&self, state: &Arc<LedgerState>, chunk: u64) -> Result<()> {
+        fail::fail_point!("freezer::freeze_chunk");
         let s = &self.shared;
         let n = s.chunk_entries;
         let first = chunk * n + 1;

@@ -577,8 +577,16 @@ fn start_threads(recovered: Recovered) -> Result<Threads> {
     let (freezer_tx, freezer_rx) = std::sync::mpsc::channel();
     let flusher = Flusher { rx, writer, shared: shared.clone(), freezer: freezer_tx.clone(), idempotency };
     let freezer = Freezer { rx: freezer_rx, shared: shared.clone(), flusher: tx.clone() };
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| StoreError::io(format!("start {name}"), e))
+    let spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| {
+        let guard = PanicGuard { thread: name, health: shared.health.clone() };
+        let body = move || {
+            let _guard = guard;
+            f()
+        };
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(body)
+            .map_err(|e| StoreError::io(format!("start {name}"), e))
     };
     let handles = vec![
         spawn("ferry-flusher", Box::new(move || flusher.run()))?,
@@ -591,4 +599,20 @@ fn start_threads(recovered: Recovered) -> Result<Threads> {
         }
     }
     Ok(Threads { tx, freezer_tx, handles, last_incarnation })
+}
+
+/// Poisons the store when the thread it lives on unwinds: a store thread
+/// that panicked (a broken invariant) no longer does its work, so the store
+/// must refuse writes and say it is not ready rather than stay green.
+struct PanicGuard {
+    thread: &'static str,
+    health: Arc<Health>,
+}
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.health.poison(format!("the {} thread panicked; restart ferry to recover", self.thread));
+        }
+    }
 }

@@ -73,3 +73,26 @@ async fn a_failed_write_is_refused_and_cut_back_without_poisoning_the_store() {
     assert_eq!(payloads, ["1", "2"]);
     close(store).await;
 }
+
+/// Issue #12 item 11: a store thread that panics (a broken invariant, or a
+/// key that cannot be formatted) can no longer do its work, so the store
+/// must say it is not ready instead of staying green.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_on_the_freezer_thread_makes_the_store_unready() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(ferry_store::StoreConfig { chunk_entries: Some(4), ..config(dir.path()) });
+    fail::cfg("freezer::freeze_chunk", "panic").unwrap();
+    store.append(&ledger("audit"), (0..4).map(|i| entry(&i.to_string())).collect()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.ready().is_ok() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let err = store.ready().unwrap_err();
+    assert!(err.to_string().contains("ferry-freezer"), "{err}");
+    let refused = store.append(&ledger("audit"), vec![entry("5")]).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Poisoned(_)), "{refused}");
+    fail::remove("freezer::freeze_chunk");
+    drop(store);
+    scenario.teardown();
+}
