@@ -239,7 +239,9 @@ impl Freezer {
         for (chunk, _) in &frozen {
             pack_protocols::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, name, *chunk)?;
         }
-        pack_protocols::remove_ledger_dirs(&s.vfs, &s.layout, name)?;
+        for path in pack_protocols::remove_ledger_dirs(&s.vfs, &s.layout, name)? {
+            tracing::warn!(ledger = %name, file = %path.display(), "left a file that is not ferry's in the deleted ledger's directory");
+        }
         let hot = {
             let mut ledgers = s.ledgers.write().expect("ledgers lock");
             if ledgers.get(name).is_some_and(|l| Arc::ptr_eq(l, state)) {

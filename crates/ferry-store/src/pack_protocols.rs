@@ -390,22 +390,36 @@ fn remove_if_present(vfs: &dyn Vfs, path: &Path) -> Result<bool> {
     }
 }
 
-/// Removes a ledger's empty bucket directories and its own directory, and
-/// syncs their parents; after a ledger's chunks were all swept.
-pub fn remove_ledger_dirs(vfs: &dyn Vfs, layout: &PackLayout, ledger: &LedgerName) -> Result<()> {
+/// Removes a ledger's bucket directories and its own directory, and syncs
+/// their parents; after a ledger's chunks were all swept. Only what is
+/// ferry's goes: a file someone else left there (and the directories
+/// holding it) stays, and is returned so the caller can report it; it is
+/// no reason to fail the deletion.
+pub fn remove_ledger_dirs(vfs: &dyn Vfs, layout: &PackLayout, ledger: &LedgerName) -> Result<Vec<PathBuf>> {
     let dir = layout.ledger_dir(ledger);
-    let buckets = match vfs.list_dir(&dir) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+    let names = match vfs.list_dir(&dir) {
+        Ok(names) => names,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(StoreError::io(format!("list {}", dir.display()), e)),
     };
-    for b in buckets {
-        let bucket = dir.join(&b);
-        vfs.remove_dir(&bucket).map_err(io_err(|| format!("remove directory {}", bucket.display())))?;
+    let mut left = Vec::new();
+    for name in names {
+        let path = dir.join(&name);
+        let is_bucket = name.len() == 5 && name.bytes().all(|b| b.is_ascii_digit());
+        match is_bucket.then(|| vfs.list_dir(&path)) {
+            Some(Ok(inside)) if inside.is_empty() => {
+                vfs.remove_dir(&path).map_err(io_err(|| format!("remove directory {}", path.display())))?
+            }
+            Some(Ok(inside)) => left.extend(inside.into_iter().map(|n| path.join(n))),
+            Some(Err(_)) | None => left.push(path),
+        }
     }
     vfs.sync_dir(&dir).map_err(io_err(|| format!("fsync directory {}", dir.display())))?;
-    vfs.remove_dir(&dir).map_err(io_err(|| format!("remove directory {}", dir.display())))?;
-    vfs.sync_dir(&layout.root).map_err(io_err(|| format!("fsync directory {}", layout.root.display())))
+    if left.is_empty() {
+        vfs.remove_dir(&dir).map_err(io_err(|| format!("remove directory {}", dir.display())))?;
+        vfs.sync_dir(&layout.root).map_err(io_err(|| format!("fsync directory {}", layout.root.display())))?;
+    }
+    Ok(left)
 }
 
 /// What `recover` found: every frozen chunk, and files no key accounts for.

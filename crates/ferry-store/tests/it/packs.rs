@@ -91,3 +91,32 @@ async fn a_slow_ledger_does_not_pin_old_segments() {
     assert!(segments(dir.path()).len() <= segments_before + 1);
     close(store).await;
 }
+
+/// Issue #12 item 11: a file someone left in a ledger's directory (an
+/// editor's backup, a copied note) must not make the deletion fail with
+/// ENOTEMPTY and poison the store. The deletion removes what is ferry's and
+/// leaves (and reports) the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stray_file_in_a_ledger_directory_does_not_stop_its_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger("audit");
+    let store = open_with(ferry_store::StoreConfig { chunk_entries: Some(4), ..config(dir.path()) });
+    append_n(&store, &l, 9, "a").await;
+    eventually("chunk 1 frozen", || pack(dir.path(), "audit", 1).exists()).await;
+    let stray = dir.path().join("ledgers/audit/notes.txt");
+    let stray_in_bucket = dir.path().join("ledgers/audit/00000/copy.bak");
+    std::fs::write(&stray, b"mine").unwrap();
+    std::fs::write(&stray_in_bucket, b"mine too").unwrap();
+
+    store.delete_ledger(&l).await.unwrap();
+    assert!(store.ready().is_ok(), "a stray file is not a storage failure");
+    assert!(!pack(dir.path(), "audit", 0).exists() && !pack(dir.path(), "audit", 1).exists(), "ferry's files are gone");
+    assert_eq!(std::fs::read(&stray).unwrap(), b"mine", "the stray file is left as it was");
+    assert_eq!(std::fs::read(&stray_in_bucket).unwrap(), b"mine too");
+
+    // The name works again, and its packs go beside the stray files.
+    append_n(&store, &l, 5, "b").await;
+    eventually("chunk 0 of the new ledger frozen", || pack(dir.path(), "audit", 0).exists()).await;
+    assert_eq!(read_all(&store, &l).len(), 5);
+    close(store).await;
+}

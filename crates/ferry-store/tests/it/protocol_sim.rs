@@ -148,7 +148,7 @@ fn delete_ledger(w: &World<'_>, ledger: &str) -> StoreResult<()> {
     for (chunk, _) in &frozen {
         pack_protocols::sweep_demoted(w.vfs, w.cat, w.layout, &l, *chunk)?;
     }
-    pack_protocols::remove_ledger_dirs(w.vfs, w.layout, &l)
+    pack_protocols::remove_ledger_dirs(w.vfs, w.layout, &l).map(drop)
 }
 
 // ---------------------------------------------------------------------------
@@ -445,7 +445,7 @@ fn remove_ledger_dirs_survives_a_crash_at_every_sync_point() {
     assert_no_violations(&[Scenario::new(
         "remove a ledger's empty directories",
         setup,
-        Box::new(|w| pack_protocols::remove_ledger_dirs(w.vfs, w.layout, &name("audit"))),
+        Box::new(|w| pack_protocols::remove_ledger_dirs(w.vfs, w.layout, &name("audit")).map(drop)),
     )]);
 }
 
