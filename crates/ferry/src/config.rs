@@ -165,6 +165,30 @@ pub struct ServeSettings {
     pub respect_exporters: bool,
 }
 
+/// Whether two directory paths name the same directory however they are
+/// spelled (`./out` and `out`, `a/../b` and `b`, a symlink and its target
+/// when both exist).
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    fn key(p: &std::path::Path) -> std::path::PathBuf {
+        if let Ok(real) = std::fs::canonicalize(p) {
+            return real;
+        }
+        let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut out = std::path::PathBuf::new();
+        for part in absolute.components() {
+            match part {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out
+    }
+    key(a) == key(b)
+}
+
 impl Config {
     /// Reads and parses a config file. Errors name the file, key and line.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -207,7 +231,7 @@ impl Config {
             }
             // Each file sink cuts its files back to its own cursors.
             if let SinkConfig::File(f) = &sink
-                && out.iter().any(|(_, o)| matches!(o, SinkConfig::File(g) if g.dir == f.dir))
+                && out.iter().any(|(_, o)| matches!(o, SinkConfig::File(g) if same_dir(&g.dir, &f.dir)))
             {
                 bail!("{what}: config.dir: {} is the directory of another file exporter", f.dir.display());
             }
@@ -452,6 +476,14 @@ headers = { x-team = "audit" }
         let same_dir = "[[exporters]]\nname = \"a\"\nsink = \"file\"\nconfig = { dir = \"/t\" }\n\
                         [[exporters]]\nname = \"b\"\nsink = \"file\"\nconfig = { dir = \"/t\" }\n";
         assert!(error_of(same_dir).contains("another file exporter"), "{}", error_of(same_dir));
+        // Spelled differently, the same directory (#12 item 11).
+        for (x, y) in [("./out", "out"), ("/t/../t", "/t"), ("/t/", "/t/./"), ("out/x/..", "out")] {
+            let two = format!(
+                "[[exporters]]\nname = \"a\"\nsink = \"file\"\nconfig = {{ dir = \"{x}\" }}\n\
+                 [[exporters]]\nname = \"b\"\nsink = \"file\"\nconfig = {{ dir = \"{y}\" }}\n"
+            );
+            assert!(error_of(&two).contains("another file exporter"), "{x} and {y}: {}", error_of(&two));
+        }
     }
 
     #[test]
