@@ -35,13 +35,23 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     for d in missing.iter().rev() {
         match std::fs::create_dir(d) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // Created by someone else meanwhile, maybe not durably yet.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(FsError::io(format!("create directory {}", d.display()), e)),
         }
         // The new entry lives in the parent's directory file.
-        sync_dir(d.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+        sync_dir(parent_of(d))?;
+    }
+    if missing.is_empty() {
+        // It exists, but a crash may have come between its creation and
+        // the sync of its parent (ours, in an earlier run): sync it now.
+        sync_dir(parent_of(dir))?;
     }
     Ok(())
+}
+
+fn parent_of(dir: &Path) -> &Path {
+    dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// Takes the exclusive kernel lock (`flock`) of a storage root. The lock
@@ -74,6 +84,7 @@ pub fn sync_data(file: &File, path: &Path) -> Result<()> {
 
 /// Makes a directory's entries (created, renamed, removed files) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    fail::fail_point!("durable::sync_dir");
     File::open(dir).and_then(|d| d.sync_all()).context(|| format!("fsync directory {}", dir.display()))
 }
 
@@ -125,6 +136,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(lock_root(dir.path(), LOCK_FILE).unwrap());
         lock_root(dir.path(), LOCK_FILE).unwrap();
+    }
+
+    /// Issue #12 item 11: a directory left by a crash between its creation
+    /// and its parent's fsync must have its parent synced on the next run.
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn create_dir_all_syncs_the_parent_of_a_directory_that_already_exists() {
+        let scenario = fail::FailScenario::setup();
+        let syncs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = syncs.clone();
+        fail::cfg_callback("durable::sync_dir", move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let left = dir.path().join("left-by-a-crash");
+        std::fs::create_dir(&left).unwrap(); // never synced
+        create_dir_all(&left).unwrap();
+        assert!(syncs.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the parent of an existing dir is synced");
+        scenario.teardown();
     }
 
     #[test]
