@@ -37,10 +37,12 @@ pub fn version_readable(version: u32, pinned: u32) -> bool {
 }
 
 /// The header of a segment cut short (or never written, so zeros) by a
-/// crash while the segment was created, before anything was appended.
-pub fn is_torn_header(bytes: &[u8], format_version: u32) -> bool {
-    let header = encode_segment_header(format_version);
-    (bytes.len() < SEGMENT_HEADER_BYTES && header.starts_with(bytes))
+/// crash while the segment was created, before anything was appended. The
+/// crash may predate a migration, so the header may be of any version a
+/// data directory pinned to `pinned` still reads.
+pub fn is_torn_header(bytes: &[u8], pinned: u32) -> bool {
+    let prefix_of = |version| bytes.len() < SEGMENT_HEADER_BYTES && encode_segment_header(version).starts_with(bytes);
+    (FORMAT_VERSION_OLDEST..=pinned).any(prefix_of)
         || (bytes.len() <= SEGMENT_HEADER_BYTES && bytes.iter().all(|&b| b == 0))
 }
 
@@ -247,5 +249,9 @@ mod tests {
         assert!(is_torn_header(&[], 2));
         assert!(!is_torn_header(&header, 2), "a whole header is not torn");
         assert!(!is_torn_header(b"garbage", 2));
+        // Torn by a format-1 build, read after the migration to format 2.
+        let old = encode_segment_header(1);
+        assert!(is_torn_header(&old[..10], 2), "a prefix of an older readable version's header");
+        assert!(!is_torn_header(&encode_segment_header(3)[..10], 2), "not of a version the data cannot hold");
     }
 }

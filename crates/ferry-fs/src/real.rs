@@ -97,6 +97,7 @@ impl Vfs for RealFs {
         std::fs::remove_dir(path)
     }
     fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        fail::fail_point!("fs::sync_dir", |_| Err(std::io::Error::other("injected by fail point fs::sync_dir")));
         File::open(path)?.sync_all()
     }
     fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {

@@ -96,6 +96,10 @@ impl Disk {
             // Nothing in it is ours yet; a file left behind would stop the
             // next attempt (create-new), so its removal must succeed.
             self.vfs.remove_file(&path).map_err(|e| self.poison(format!("remove {}", path.display()), e))?;
+            // And durably: a created entry that outlived its removal in a
+            // power loss would become an empty "last" segment after the
+            // one still being written.
+            self.sync_dir(dir)?;
             return Err(StoreError::io(format!("write the header of {}", path.display()), e));
         }
         self.sync(&*file, &path)?;

@@ -138,3 +138,28 @@ fn a_catalog_that_lost_its_format_version_is_refused_not_pinned_anew() {
     let catalog = RedbCatalog::open(&dir.path().join("catalog")).unwrap();
     assert_eq!(catalog.get(&CatalogKey::Config(ConfigName::FormatVersion)).unwrap(), None, "nothing was written");
 }
+
+/// A format-1 build that crashed while creating a segment left a torn
+/// format-1 header; the build after the migration must still see it as
+/// torn (and rewrite it), not refuse to start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_torn_segment_header_from_before_the_migration_is_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger("a");
+    let store = open(dir.path());
+    store.append(&l, vec![entry("1")]).await.unwrap();
+    close(store).await;
+    downgrade_to_format_1(dir.path());
+    let torn = segment_path(dir.path(), 2);
+    std::fs::write(&torn, &ferry_format::wal::encode_segment_header(1)[..10]).unwrap();
+    let report = verify(&config(dir.path())).unwrap();
+    assert!(report.is_ok(), "{:?}", report.findings);
+
+    let store = open(dir.path());
+    assert_eq!(read_all(&store, &l).len(), 1);
+    store.append(&l, vec![entry("2")]).await.unwrap();
+    close(store).await;
+    let store = open(dir.path());
+    assert_eq!(read_all(&store, &l).len(), 2);
+    close(store).await;
+}
