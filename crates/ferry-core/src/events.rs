@@ -8,6 +8,9 @@ use crate::{EntryId, LedgerName};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     pub ledger: LedgerName,
+    /// The ledger's durable incarnation: a wake-up for a re-created ledger
+    /// is never taken for the old one.
+    pub incarnation: u64,
     pub last_id: EntryId,
 }
 

@@ -123,7 +123,8 @@ impl<S: Sink> Job<S> {
 
     fn spawn_read(&self, from: EntryId) -> tokio::task::JoinHandle<Result<Vec<Entry>, StoreError>> {
         let (store, ledger, limit) = (self.store.clone(), self.ledger.clone(), self.batch.max_entries);
-        tokio::spawn(async move { store.read(&ledger, Some(from), limit).await.map(|b| b.entries) })
+        let incarnation = self.incarnation;
+        tokio::spawn(async move { read_incarnation(&store, &ledger, incarnation, from, limit).await })
     }
 
     /// Appends ids `from..=to` to the dead-letter ledger, each with the
@@ -208,7 +209,7 @@ impl<S: Sink> Job<S> {
     }
 
     async fn read(&self, from: EntryId, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        self.store.read(&self.ledger, Some(from), limit).await.map(|batch| batch.entries)
+        read_incarnation(&self.store, &self.ledger, self.incarnation, from, limit).await
     }
 
     /// Writes this ledger's cursor durably through the one cursor writer.
@@ -284,6 +285,23 @@ fn chunk_by_bytes(entries: Vec<NewEntry>, max_bytes: usize) -> Vec<Vec<NewEntry>
     out
 }
 
+/// Reads entries of the incarnation the cursor belongs to: when the name
+/// now holds another ledger (deleted and created again), its entries are
+/// not this cursor's to deliver, and the ledger this job follows is gone.
+async fn read_incarnation(
+    store: &Store,
+    ledger: &LedgerName,
+    incarnation: u64,
+    from: EntryId,
+    limit: usize,
+) -> Result<Vec<Entry>, StoreError> {
+    let batch = store.read(ledger, Some(from), limit).await?;
+    if batch.incarnation != incarnation {
+        return Err(StoreError::LedgerNotFound(ledger.clone()));
+    }
+    Ok(batch.entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,5 +332,59 @@ mod tests {
         let chunks = chunk_by_bytes(vec![e(10), e(10), e(100), e(5)], 30);
         let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![2, 1, 1]);
+    }
+
+    /// A sink that records every batch it is given.
+    #[derive(Default)]
+    struct Recording(std::sync::Mutex<Vec<Vec<EntryId>>>);
+
+    impl Sink for Recording {
+        async fn prepare(&self, _: &LedgerName, _: EntryId) -> Result<(), SinkError> {
+            Ok(())
+        }
+        async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
+            self.0.lock().unwrap().push(batch.entries.iter().map(|e| e.id).collect());
+            Ok(Ack { through: batch.last_id() })
+        }
+    }
+
+    /// Issue #12 item 4: a job of a deleted ledger whose name now holds a
+    /// new one (deleted and created again, with entries past the old
+    /// cursor) must deliver nothing of the new ledger under the old cursor.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_job_never_delivers_a_re_created_ledgers_entries_under_the_old_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(ferry_store::StoreConfig::new(dir.path())).unwrap();
+        let l = LedgerName::parse("audit").unwrap();
+        let new_entry = |n: u64| NewEntry {
+            key: None,
+            idempotency_key: None,
+            payload: Payload::from_json(&n.to_string()).unwrap(),
+        };
+        store.append(&l, (1..=3).map(new_entry).collect()).await.unwrap();
+        let old = store.ledger_head(&l).unwrap();
+        store.delete_ledger(&l).await.unwrap();
+        store.append(&l, (1..=8).map(new_entry).collect()).await.unwrap();
+
+        let sink = Arc::new(Recording::default());
+        let job = Job {
+            store: store.clone(),
+            sink: sink.clone(),
+            exporter: LedgerName::parse("x").unwrap(),
+            ledger: l.clone(),
+            incarnation: old.incarnation,
+            created_at: old.created_at,
+            batch: BatchPolicy { max_entries: 4, max_bytes: 1 << 20, linger: std::time::Duration::ZERO },
+            dead_letter: None,
+            cancel: CancellationToken::new(),
+            head: 8,
+            prefetched: None,
+            read_ahead: true,
+        };
+        let done = job.deliver(3, false).await;
+        assert!(matches!(done.outcome, Outcome::Gone), "{:?}", done.outcome);
+        assert!(sink.0.lock().unwrap().is_empty(), "the sink got {:?}", sink.0.lock().unwrap());
+        assert!(store.cursors().await.unwrap().is_empty());
+        store.shutdown().await;
     }
 }

@@ -338,7 +338,7 @@ impl<S: Sink> Supervisor<S> {
                 },
                 Some(done) = self.workers.join_next_with_id(), if !self.workers.is_empty() => self.finished(done),
                 wake = appends.recv() => match wake {
-                    Some(Received::Message(a)) => self.appended(&a.ledger, a.last_id),
+                    Some(Received::Message(a)) => self.appended(&a),
                     Some(Received::Lagged) => {
                         (appends, events) = self.subscribe();
                         self.resync();
@@ -375,14 +375,25 @@ impl<S: Sink> Supervisor<S> {
         }
         for info in &infos {
             if self.ledgers.contains_key(&info.name) {
-                self.appended(&info.name, info.head);
+                let head = Appended { ledger: info.name.clone(), incarnation: info.incarnation, last_id: info.head };
+                self.appended(&head);
             } else {
                 self.track(info);
             }
         }
     }
 
-    fn appended(&mut self, ledger: &LedgerName, head: EntryId) {
+    fn appended(&mut self, appended: &Appended) {
+        let (ledger, head) = (&appended.ledger, appended.last_id);
+        match self.ledgers.get(ledger).map(|t| t.incarnation.cmp(&appended.incarnation)) {
+            // A late wake-up of a ledger deleted since: nothing to do.
+            Some(std::cmp::Ordering::Greater) => return,
+            // The name holds a new ledger (incarnations only grow): the
+            // tracked one and its cursor are gone; follow the new one from
+            // its own cursor.
+            Some(std::cmp::Ordering::Less) => self.forget(ledger),
+            _ => {}
+        }
         if let Some(t) = self.ledgers.get_mut(ledger) {
             let before = t.machine.lag();
             t.machine.on_head(head, Instant::now().into_std());

@@ -273,7 +273,7 @@ impl Flusher {
             }
             let created = !p.records.is_empty();
             if let Some(&(last_id, ..)) = p.records.last() {
-                let event = Appended { ledger: p.ledger.name.clone(), last_id };
+                let event = Appended { ledger: p.ledger.name.clone(), incarnation: p.ledger.incarnation, last_id };
                 self.shared.appends.publish(p.ledger.name.as_str(), &event);
             }
             let _ = p.reply.send(p.ids.map(|ids| AppendOutcome { ids, created }));

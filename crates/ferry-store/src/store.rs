@@ -94,6 +94,10 @@ pub enum CursorUpdate {
 /// Entries of one read, and the id to read from next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadBatch {
+    /// The incarnation of the ledger the entries were read from: a caller
+    /// that follows one incarnation (an exporter's cursor, a watcher)
+    /// checks it, since the name may have been deleted and created again.
+    pub incarnation: u64,
     pub entries: Vec<Entry>,
     pub next: EntryId,
 }
@@ -364,7 +368,7 @@ impl Store {
             })
             .collect();
         let next = from + entries.len() as u64;
-        Ok(ReadBatch { entries, next })
+        Ok(ReadBatch { incarnation: state.incarnation, entries, next })
     }
 
     /// `Store::read` calls so far.
