@@ -239,6 +239,9 @@ impl Freezer {
         for (chunk, _) in &frozen {
             pack_protocols::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, name, *chunk)?;
         }
+        // Again after the unlinks: a read racing the deletion may have opened
+        // (and cached) an old pack meanwhile; drop its descriptor now.
+        s.packs.forget(name, None);
         for path in pack_protocols::remove_ledger_dirs(&s.vfs, &s.layout, name)? {
             tracing::warn!(ledger = %name, file = %path.display(), "left a file that is not ferry's in the deleted ledger's directory");
         }

@@ -120,8 +120,12 @@ pub(crate) fn owned(r: &WalRecord<'_>) -> std::result::Result<OwnedRecord, Strin
     })
 }
 
-/// Open packs by (ledger, chunk), oldest evicted first.
-type PackKey = (LedgerName, u64);
+/// Open packs by (ledger, chunk, the pack's SHA-256 from its catalog key),
+/// oldest evicted first. The digest is the pack's identity: a read racing a
+/// deletion may cache a pack of the old ledger after `forget`, and the
+/// ledger created again under the name writes a different file at the same
+/// path, which must never be served from that stale entry.
+type PackKey = (LedgerName, u64, String);
 
 /// Open readers, and their keys oldest first.
 #[derive(Default)]
@@ -141,7 +145,7 @@ impl PackCache {
         chunk: u64,
         info: &PackInfo,
     ) -> Result<Arc<PackReader>> {
-        let key = (ledger.clone(), chunk);
+        let key = (ledger.clone(), chunk, info.sha256.clone());
         if let Some(r) = self.open.lock().expect("pack cache").0.get(&key) {
             return Ok(r.clone());
         }
@@ -163,7 +167,7 @@ impl PackCache {
     pub fn forget(&self, ledger: &LedgerName, chunk: Option<u64>) {
         let mut guard = self.open.lock().expect("pack cache");
         let OpenPacks(map, order) = &mut *guard;
-        map.retain(|(l, c), _| !(l == ledger && chunk.is_none_or(|x| x == *c)));
+        map.retain(|(l, c, _), _| !(l == ledger && chunk.is_none_or(|x| x == *c)));
         order.retain(|k| map.contains_key(k));
     }
 }

@@ -75,3 +75,54 @@ async fn a_retried_delete_never_deletes_the_ledger_created_again_under_the_name(
     assert_eq!(entries.iter().map(|e| e.payload.as_str()).collect::<Vec<_>>(), [r#""new""#]);
     close(store).await;
 }
+
+/// Issue #12 item 2: a read racing a deletion re-opens a pack of the old
+/// ledger after the deletion forgot its cached packs; once the name holds
+/// a new ledger with a pack of the same chunk number, reads must get the
+/// new ledger's entries, never the old pack's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pack_opened_during_a_deletion_is_never_served_for_the_ledger_created_again() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger("audit");
+    let store = open_with(StoreConfig { chunk_entries: Some(4), ..config(dir.path()) });
+    store.append(&l, (1..=9).map(|i| entry(&format!(r#""old-{i}""#))).collect()).await.unwrap();
+    let pack1 = dir.path().join("ledgers/audit/00000/00000001.pack");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !pack1.exists() {
+        assert!(std::time::Instant::now() < deadline, "chunk 1 frozen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Hold the sweep after its first unlink (chunk 0), and read chunk 1
+    // meanwhile: the read opens (and caches) the old pack 1.
+    let (tx, rx) = mpsc::channel::<()>();
+    let rx = Arc::new(Mutex::new(rx));
+    fail::cfg_callback("sweep::unlinked", move || {
+        let _ = rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+    })
+    .unwrap();
+    let deletion = tokio::spawn({
+        let (store, l) = (store.clone(), l.clone());
+        async move { store.delete_ledger(&l).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = store.read(&l, Some(5), 4).await.unwrap();
+    assert_eq!(during.entries[0].payload.as_str(), r#""old-5""#);
+    tx.send(()).unwrap();
+    tx.send(()).unwrap();
+    deletion.await.unwrap().unwrap();
+    fail::remove("sweep::unlinked");
+
+    store.append(&l, (1..=9).map(|i| entry(&format!(r#""new-{i}""#))).collect()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !pack1.exists() {
+        assert!(std::time::Instant::now() < deadline, "the new chunk 1 frozen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = store.read(&l, Some(5), 4).await.unwrap();
+    let payloads: Vec<&str> = after.entries.iter().map(|e| e.payload.as_str()).collect();
+    assert_eq!(payloads, [r#""new-5""#, r#""new-6""#, r#""new-7""#, r#""new-8""#]);
+    close(store).await;
+    scenario.teardown();
+}
