@@ -14,7 +14,8 @@
 use ferry_core::limits::{FORMAT_VERSION_OLDEST, GROUP_WRITE_BYTES_MAX};
 
 use crate::wal::{
-    DecodeError, SEGMENT_HEADER_BYTES, WalRecord, decode_record, decode_segment_header, encode_segment_header,
+    DecodeError, RECORD_BODY_BYTES_MAX, SEGMENT_HEADER_BYTES, WalRecord, decode_record, decode_segment_header,
+    encode_segment_header, group_start_candidate,
 };
 
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -49,10 +50,33 @@ pub fn is_torn_header(bytes: &[u8], pinned: u32) -> bool {
 /// Damage at the start of `tail` (the rest of the last segment) is a torn
 /// write only when it lies within one group write of the end and no valid
 /// group start follows it.
+///
+/// The search checksums only offsets whose prefix could start a group
+/// (`group_start_candidate`), and at most `TORN_TAIL_CHECK_BYTES_MAX` bytes
+/// in all: damage that would cost more to judge (bytes that look like
+/// headers everywhere, which no torn write leaves) is judged damage, so
+/// recovery refuses and names it instead of cutting — never the reverse.
 pub fn is_torn_tail(tail: &[u8]) -> bool {
-    tail.len() <= GROUP_WRITE_BYTES_MAX
-        && !(1..tail.len()).any(|i| decode_record(&tail[i..]).is_ok_and(|(r, _)| r.group_start))
+    if tail.len() > GROUP_WRITE_BYTES_MAX {
+        return false;
+    }
+    let mut budget = TORN_TAIL_CHECK_BYTES_MAX;
+    for i in 1..tail.len() {
+        let rest = &tail[i..];
+        let Some(len) = group_start_candidate(rest) else { continue };
+        let Some(left) = budget.checked_sub(len) else { return false };
+        budget = left;
+        if decode_record(rest).is_ok_and(|(r, _)| r.group_start) {
+            return false;
+        }
+    }
+    true
 }
+
+/// The most bytes the torn-tail rule checksums for one tail: a few
+/// candidates' worth of the largest record, far more than a real torn
+/// write ever needs (JSON text rarely looks like a record header).
+pub const TORN_TAIL_CHECK_BYTES_MAX: usize = 4 * RECORD_BODY_BYTES_MAX;
 
 /// Where decoding stopped before the end of a segment, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,5 +277,21 @@ mod tests {
         let old = encode_segment_header(1);
         assert!(is_torn_header(&old[..10], 2), "a prefix of an older readable version's header");
         assert!(!is_torn_header(&encode_segment_header(3)[..10], 2), "not of a version the data cannot hold");
+    }
+}
+
+#[cfg(test)]
+mod torn_tail_tests {
+    use super::*;
+
+    /// Issue #12 item 11: damage whose bytes look like record headers at
+    /// every other offset (each claiming a half-MiB body with the group
+    /// start flag) made the torn-tail rule checksum half a MiB at each of
+    /// them: hours for a few MiB. The rule's work is bounded now, and such
+    /// a tail is reported as damage, never cut.
+    #[test]
+    fn a_tail_of_plausible_record_headers_is_judged_in_bounded_work() {
+        let tail: Vec<u8> = [0x08u8, 0x00].iter().copied().cycle().take(4 << 20).collect();
+        assert!(!is_torn_tail(&tail), "damage too costly to judge is damage, never a cut");
     }
 }

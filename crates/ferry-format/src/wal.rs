@@ -141,6 +141,22 @@ pub fn encode_record(record: &WalRecord<'_>, out: &mut Vec<u8>) {
 }
 
 /// Decodes the record at the start of `buf`; returns it and its encoded size.
+/// Whether `buf` could begin with the first record of a group commit, from
+/// its prefix alone (body length in range and within `buf`, the group
+/// start flag, no unknown flag): the encoded length to checksum if so. What
+/// makes the torn-tail rule cheap: only such offsets are checksummed.
+pub fn group_start_candidate(buf: &[u8]) -> Option<usize> {
+    let prefix = buf.get(..RECORD_PREFIX_BYTES + 1)?;
+    let body_len = u32::from_le_bytes(prefix[..4].try_into().expect("4 bytes")) as usize;
+    let flags = prefix[RECORD_PREFIX_BYTES];
+    let total = RECORD_PREFIX_BYTES + body_len;
+    let plausible = (BODY_FIXED_BYTES + 1..=RECORD_BODY_BYTES_MAX).contains(&body_len)
+        && total <= buf.len()
+        && flags & FLAG_GROUP_START != 0
+        && flags & !FLAGS_KNOWN == 0;
+    plausible.then_some(total)
+}
+
 pub fn decode_record(buf: &[u8]) -> Result<(WalRecord<'_>, usize), DecodeError> {
     if buf.len() < RECORD_PREFIX_BYTES {
         return Err(DecodeError::Truncated { needed: RECORD_PREFIX_BYTES, available: buf.len() });
