@@ -289,31 +289,32 @@ fn read_keys(report: &mut Report, catalog_file: &Path, dump: &CatalogDump) -> Ke
                 continue;
             }
         };
-        let bad = match &key {
-            CatalogKey::Config(name) => decimal(value).map(|v| keys.config.insert(*name, v)).is_none(),
-            CatalogKey::Counter(_) => decimal(value).map(|v| keys.last_incarnation = Some(v)).is_none(),
-            CatalogKey::Ledger(name) => match LedgerMeta::decode(&key, value) {
-                Ok(meta) => keys.ledgers.insert(name.clone(), LedgerCheck::new(meta)).is_some(),
-                Err(e) => {
-                    report.fault(catalog_file, None, format!("bad ledger metadata: {e}"));
-                    false
+        let not_decimal = || format!("{key}: not a decimal number: {value:?}");
+        match &key {
+            CatalogKey::Config(name) => match decimal(value) {
+                Some(v) => {
+                    keys.config.insert(*name, v);
                 }
+                None => report.fault(catalog_file, None, not_decimal()),
+            },
+            CatalogKey::Counter(_) => match decimal(value) {
+                Some(v) => keys.last_incarnation = Some(v),
+                None => report.fault(catalog_file, None, not_decimal()),
+            },
+            CatalogKey::Ledger(name) => match LedgerMeta::decode(&key, value) {
+                Ok(meta) => {
+                    keys.ledgers.insert(name.clone(), LedgerCheck::new(meta));
+                }
+                Err(e) => report.fault(catalog_file, None, format!("bad ledger metadata: {e}")),
             },
             CatalogKey::Chunk(ledger, chunk) => match ChunkState::decode(&key, value) {
-                Ok(state) => keys.chunks.insert((ledger.clone(), *chunk), state).is_some(),
-                Err(e) => {
-                    report.fault(catalog_file, None, e.to_string());
-                    false
+                Ok(state) => {
+                    keys.chunks.insert((ledger.clone(), *chunk), state);
                 }
+                Err(e) => report.fault(catalog_file, None, e.to_string()),
             },
-            CatalogKey::Cursor(exporter, ledger) => {
-                keys.cursors.push((exporter.clone(), ledger.clone()));
-                false
-            }
-            CatalogKey::Pin(_) => false,
-        };
-        if bad && matches!(key, CatalogKey::Config(_) | CatalogKey::Counter(_)) {
-            report.fault(catalog_file, None, format!("{key}: not a decimal number: {value:?}"));
+            CatalogKey::Cursor(exporter, ledger) => keys.cursors.push((exporter.clone(), ledger.clone())),
+            CatalogKey::Pin(_) => {}
         }
     }
     report.ledgers = keys.ledgers.len() as u64;

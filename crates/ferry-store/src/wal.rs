@@ -251,7 +251,7 @@ pub(crate) fn replay(
         }
         segments.push((seq, file.clone()));
         if is_last {
-            writer = Some(SegmentWriter { seq, file, path, len: end.max(SEGMENT_HEADER_BYTES as u64) });
+            writer = Some(SegmentWriter { seq, file, path, len: end });
         }
     }
     let writer = match writer {

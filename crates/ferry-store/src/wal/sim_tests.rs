@@ -27,6 +27,61 @@ fn disk_on(fs: &SimFs) -> Disk {
     Disk::new(Arc::new(fs.clone()), Arc::new(Health::default()))
 }
 
+/// What a `Faulty` segment gets wrong, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The next write lands half and fails with ENOSPC.
+    ShortWrite,
+    /// The next sync fails with EIO; later ones work.
+    SyncOnce,
+}
+
+/// A segment file that fails once in the chosen way, then behaves.
+#[derive(Debug)]
+struct Faulty {
+    inner: Arc<dyn VfsSegment>,
+    fault: Fault,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl Faulty {
+    fn wrap(inner: Arc<dyn VfsSegment>, fault: Fault) -> Arc<dyn VfsSegment> {
+        Arc::new(Self { inner, fault, armed: true.into() })
+    }
+
+    fn fires(&self, fault: Fault) -> bool {
+        self.fault == fault && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl ferry_fs::vfs::VfsRead for Faulty {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+impl VfsSegment for Faulty {
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.fires(Fault::ShortWrite) {
+            self.inner.write_at(&buf[..buf.len() / 2], offset)?;
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        if self.fires(Fault::SyncOnce) {
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        self.inner.sync()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
 fn payload(id: u64) -> String {
     format!("{{\"n\":{id}}}")
 }
@@ -128,34 +183,8 @@ fn a_refused_write_is_cut_back_and_the_next_group_lands_where_it_would_have() {
     let len = wal.writer.len;
     // A write that reaches the file but fails (as a short write on a full
     // disk does) is cut back to the synced length, and the store goes on.
-    struct Failing(Arc<dyn VfsSegment>);
-    impl std::fmt::Debug for Failing {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("Failing")
-        }
-    }
-    impl ferry_fs::vfs::VfsRead for Failing {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-            self.0.read_at(buf, offset)
-        }
-        fn len(&self) -> std::io::Result<u64> {
-            self.0.len()
-        }
-    }
-    impl VfsSegment for Failing {
-        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            self.0.write_at(&buf[..buf.len() / 2], offset)?;
-            Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
-        }
-        fn sync(&self) -> std::io::Result<()> {
-            self.0.sync()
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.0.set_len(len)
-        }
-    }
     let real = wal.writer.file.clone();
-    wal.writer.file = Arc::new(Failing(real.clone()));
+    wal.writer.file = Faulty::wrap(real.clone(), Fault::ShortWrite);
     let err = wal.writer.append_durably(&disk, &group(3, 2)).unwrap_err();
     assert!(!matches!(err, StoreError::Poisoned(_)), "{err}");
     assert!(disk_health_ok(&disk), "a refused write does not poison");
@@ -204,32 +233,8 @@ fn after_a_failed_sync_no_write_reaches_the_wal() {
     wal.writer.append_durably(&disk, &group(1, 1)).unwrap();
     let len = wal.writer.len;
     // A sync that fails once (a transient EIO), then works again.
-    #[derive(Debug)]
-    struct FailsOnce(Arc<dyn VfsSegment>, std::sync::atomic::AtomicBool);
-    impl ferry_fs::vfs::VfsRead for FailsOnce {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-            self.0.read_at(buf, offset)
-        }
-        fn len(&self) -> std::io::Result<u64> {
-            self.0.len()
-        }
-    }
-    impl VfsSegment for FailsOnce {
-        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            self.0.write_at(buf, offset)
-        }
-        fn sync(&self) -> std::io::Result<()> {
-            if self.1.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                return Err(std::io::Error::from_raw_os_error(5)); // EIO
-            }
-            self.0.sync()
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.0.set_len(len)
-        }
-    }
     let real = wal.writer.file.clone();
-    wal.writer.file = Arc::new(FailsOnce(real.clone(), true.into()));
+    wal.writer.file = Faulty::wrap(real.clone(), Fault::SyncOnce);
     let failed = group(2, 1);
     assert!(matches!(wal.writer.append_durably(&disk, &failed), Err(StoreError::Poisoned(_))));
     let on_disk = real.len().unwrap();

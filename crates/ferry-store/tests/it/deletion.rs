@@ -10,20 +10,16 @@ use ferry_store::{StoreConfig, StoreError};
 
 use crate::support::*;
 
-/// Holds each hit of the fail point `freezer::delete` until the test lets
-/// one through.
-struct Gate(Arc<Mutex<mpsc::Receiver<()>>>);
-
-impl Gate {
-    fn install() -> mpsc::Sender<()> {
-        let (tx, rx) = mpsc::channel();
-        let gate = Gate(Arc::new(Mutex::new(rx)));
-        fail::cfg_callback("freezer::delete", move || {
-            let _ = gate.0.lock().unwrap().recv_timeout(Duration::from_secs(30));
-        })
-        .unwrap();
-        tx
-    }
+/// Holds each hit of the fail point `name` until the test lets one through
+/// (a send on the returned channel).
+fn gate(name: &str) -> mpsc::Sender<()> {
+    let (tx, rx) = mpsc::channel::<()>();
+    let rx = Arc::new(Mutex::new(rx));
+    fail::cfg_callback(name, move || {
+        let _ = rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+    })
+    .unwrap();
+    tx
 }
 
 /// Issue #12 item 1: a client retries `DELETE L` while the first deletion
@@ -39,7 +35,7 @@ async fn a_retried_delete_never_deletes_the_ledger_created_again_under_the_name(
     store.append(&l, (0..6).map(|i| entry(&i.to_string())).collect()).await.unwrap();
     let old = store.ledger_info(&l).unwrap().incarnation;
 
-    let go = Gate::install();
+    let go = gate("freezer::delete");
     let first = tokio::spawn({
         let (store, l) = (store.clone(), l.clone());
         async move { store.delete_ledger(&l).await }
@@ -96,12 +92,7 @@ async fn a_pack_opened_during_a_deletion_is_never_served_for_the_ledger_created_
 
     // Hold the sweep after its first unlink (chunk 0), and read chunk 1
     // meanwhile: the read opens (and caches) the old pack 1.
-    let (tx, rx) = mpsc::channel::<()>();
-    let rx = Arc::new(Mutex::new(rx));
-    fail::cfg_callback("sweep::unlinked", move || {
-        let _ = rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
-    })
-    .unwrap();
+    let tx = gate("sweep::unlinked");
     let deletion = tokio::spawn({
         let (store, l) = (store.clone(), l.clone());
         async move { store.delete_ledger(&l).await }
