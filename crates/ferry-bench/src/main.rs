@@ -18,6 +18,7 @@ mod postgres;
 mod raw;
 mod replay;
 mod report;
+mod restart;
 mod store;
 mod workload;
 
@@ -139,6 +140,15 @@ struct Args {
     /// (for 5 s, 2 s with --quick, per linger).
     #[arg(long, default_value_t = 1000)]
     export_rate: u32,
+    /// Instead of appends: what restarts and idempotency keys cost — RSS
+    /// per live key after 10M keyed appends, bytes a restart reads over
+    /// 1 GiB of keyless packs, recovery time with 1M hot entries (smaller
+    /// with --quick). Each measured in a child process of its own.
+    #[arg(long, conflicts_with_all = ["replay", "export"])]
+    restart: bool,
+    /// Internal: one measurement of `--restart`, run as a child process.
+    #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true)]
+    restart_child: Option<Vec<String>>,
     /// ferry against its peers: every target (raw, store, http, nats,
     /// nats-nosync, postgres) over clients 1/16/64/256 × payloads 256 B /
     /// 1 KiB / 16 KiB × single appends and batches of 100, then reading
@@ -248,6 +258,15 @@ async fn main() -> anyhow::Result<()> {
     install_tls_provider();
     let plan = Plan::from_args(&args)?;
     let parent = disk::data_parent(args.data_dir.clone())?;
+    if let Some(child) = &args.restart_child {
+        return restart::child_main(&parent, child).await;
+    }
+    if args.restart {
+        let sizes = if args.quick { restart::Sizes::quick() } else { restart::Sizes::full() };
+        println!("ferry-bench restart: under {}, load {}", parent.display(), load_average());
+        print!("{}", restart::run(&parent, sizes)?);
+        return Ok(());
+    }
     if let Some(entries) = args.replay {
         return replay_mode(&args, &parent, entries).await;
     }

@@ -16,7 +16,7 @@ use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, decode_record, encode_r
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Result, StoreError};
-use crate::idempotency::IdempotencyIndex;
+use crate::idempotency::{IdempotencyIndex, Seen, expired_below};
 use crate::ledger::LedgerState;
 use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg};
 use crate::shared::Shared;
@@ -48,8 +48,8 @@ fn encode_new(
     (offset, buf.len() - offset)
 }
 
-/// An idempotency key first used in a group: (ledger, key, id, ts).
-type FreshKey = (LedgerName, String, EntryId, u64);
+/// An idempotency key first used in a group: (ledger, key, id).
+type FreshKey = (Arc<LedgerState>, String, EntryId);
 
 /// The error every request of a failed group is answered with.
 fn same_error(e: &StoreError) -> StoreError {
@@ -139,16 +139,14 @@ impl Flusher {
         }
         buf.clear();
         let now = now_ms();
-        self.idempotency.expire(now);
+        self.sweep_keys(now);
         let (planned, fresh_keys) = self.plan(group, now, buf);
         let started = std::time::Instant::now();
         match self.write(buf) {
             Ok(segment_base) => {
                 // Only a written group's keys are remembered: a refused
                 // write leaves no trace, so a retry appends anew.
-                for (ledger, key, id, ts) in fresh_keys {
-                    self.idempotency.insert(&ledger, &key, id, ts);
-                }
+                self.remember(fresh_keys, now);
                 let records: usize = planned.iter().map(|p| p.records.len()).sum();
                 metrics::histogram!("ferry_fsync_seconds").record(started.elapsed().as_secs_f64());
                 metrics::histogram!("ferry_group_commit_entries").record(records as f64);
@@ -173,8 +171,8 @@ impl Flusher {
     fn plan(&mut self, group: Vec<AppendRequest>, now: u64, buf: &mut Vec<u8>) -> (Vec<Planned>, Vec<FreshKey>) {
         // (next id, last ts) of each ledger touched by this group.
         let mut heads: HashMap<LedgerName, (EntryId, u64)> = HashMap::new();
-        // Idempotency keys first used in this group.
-        let mut fresh: HashMap<(LedgerName, &str), (EntryId, u64)> = HashMap::new();
+        // Idempotency keys first used in this group, with their ids.
+        let mut fresh: HashMap<(LedgerName, &str), (EntryId, Arc<LedgerState>)> = HashMap::new();
         let mut planned = Vec::with_capacity(group.len());
         for req in &group {
             let ledger = &req.ledger;
@@ -182,53 +180,90 @@ impl Flusher {
                 planned.push((Err(StoreError::LedgerNotFound(ledger.name.clone())), Vec::new()));
                 continue;
             }
+            // Each entry's original id, if its key was used before; a
+            // failure to read an original fails the request alone.
+            let originals: Result<Vec<Option<EntryId>>> = req
+                .entries
+                .iter()
+                .map(|e| {
+                    let Some(k) = e.idempotency_key.as_deref() else { return Ok(None) };
+                    if let Some((id, _)) = fresh.get(&(ledger.name.clone(), k)) {
+                        return Ok(Some(*id));
+                    }
+                    let stored = |id| self.shared.stored_key(ledger, id);
+                    match self.idempotency.seen(&ledger.name, ledger.incarnation, k, now, stored)? {
+                        Seen::Original(id) => Ok(Some(id)),
+                        Seen::New => Ok(None),
+                    }
+                })
+                .collect();
+            let originals = match originals {
+                Ok(o) => o,
+                Err(e) => {
+                    planned.push((Err(e), Vec::new()));
+                    continue;
+                }
+            };
             let (next, last_ts) = heads.entry(ledger.name.clone()).or_insert_with(|| {
                 let index = ledger.index.read().expect("index lock");
                 (index.next_id(), index.last_ts)
             });
+            let new_count = originals.iter().filter(|o| o.is_none()).count();
             let mut ids = Vec::with_capacity(req.entries.len());
-            let mut records = Vec::with_capacity(req.entries.len());
-            let new_count = req
-                .entries
-                .iter()
-                .filter(|e| {
-                    e.idempotency_key.as_deref().is_none_or(|k| {
-                        self.idempotency.get(&ledger.name, k).is_none()
-                            && !fresh.contains_key(&(ledger.name.clone(), k))
-                    })
-                })
-                .count();
-            let mut written = 0;
-            for e in &req.entries {
-                if let Some(k) = e.idempotency_key.as_deref() {
-                    let seen = self.idempotency.get(&ledger.name, k);
-                    let fresh_id = || fresh.get(&(ledger.name.clone(), k)).map(|(id, _)| *id);
-                    if let Some(id) = seen.or_else(fresh_id) {
-                        ids.push(id);
-                        continue;
-                    }
+            let mut records = Vec::with_capacity(new_count);
+            for (e, original) in req.entries.iter().zip(originals) {
+                if let Some(id) = original {
+                    ids.push(id);
+                    continue;
                 }
                 let id = *next;
                 let ts = now.max(*last_ts);
                 (*next, *last_ts) = (id + 1, ts);
-                written += 1;
-                let (offset, len) = encode_new(buf, &ledger.name, id, ts, e, written < new_count);
+                let (offset, len) = encode_new(buf, &ledger.name, id, ts, e, records.len() + 1 < new_count);
                 records.push((id, ts, offset, len));
                 if let Some(k) = e.idempotency_key.as_deref() {
-                    fresh.insert((ledger.name.clone(), k), (id, ts));
+                    fresh.insert((ledger.name.clone(), k), (id, ledger.clone()));
                 }
                 ids.push(id);
             }
             planned.push((Ok(ids), records));
         }
         let fresh: Vec<FreshKey> =
-            fresh.into_iter().map(|((ledger, key), (id, ts))| (ledger, key.to_owned(), id, ts)).collect();
+            fresh.into_iter().map(|((_, key), (id, state))| (state, key.to_owned(), id)).collect();
         let planned = group
             .into_iter()
             .zip(planned)
             .map(|(req, (ids, records))| Planned { reply: req.reply, ledger: req.ledger, ids, records })
             .collect();
         (planned, fresh)
+    }
+
+    /// Remembers the keys first used in a durable group. A key that takes
+    /// the fingerprint slot of another live key (a collision) keeps that
+    /// one findable; reading it costs a read, but only on a collision or a
+    /// key reused after its window.
+    fn remember(&mut self, fresh: Vec<FreshKey>, now: u64) {
+        for (state, key, id) in fresh {
+            let Some(old) = self.idempotency.insert(&state.name, state.incarnation, &key, id) else { continue };
+            match self.shared.stored_key(&state, old) {
+                Ok(stored) => self.idempotency.displaced(&state.name, state.incarnation, &key, old, stored, now),
+                Err(e) => {
+                    tracing::warn!(ledger = %state.name, id = old, error = %e,
+                        "reading an entry whose key shares a fingerprint failed; both keys are kept whole");
+                    self.idempotency.unsettled(&state.name, state.incarnation, &key, id, old);
+                }
+            }
+        }
+    }
+
+    /// One bounded step of dropping keys whose window has passed.
+    fn sweep_keys(&mut self, now: u64) {
+        let shared = &self.shared;
+        self.idempotency.sweep_step(now, |name, incarnation| {
+            let state = shared.ledger(name).filter(|s| s.incarnation == incarnation && !s.is_deleted())?;
+            let index = state.index.read().expect("index lock");
+            Some(expired_below(&index.frozen, index.hot_base, now))
+        });
     }
 
     /// Writes the group durably; returns (segment, offset) the buffer begins at.

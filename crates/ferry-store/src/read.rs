@@ -8,6 +8,7 @@ use ferry_core::{EntryId, LedgerName};
 use ferry_format::wal::decode_record;
 
 use crate::error::{Result, StoreError};
+use crate::idempotency::StoredKey;
 use crate::ledger::LedgerState;
 use crate::pack_protocols::OwnedRecord;
 use crate::pack_reader::owned;
@@ -65,6 +66,17 @@ impl Shared {
             )));
         }
         owned(&record).map_err(corrupted)
+    }
+
+    /// The idempotency key and ts of entry `id`, for the idempotency index
+    /// to confirm a fingerprint hit; `None` when the id is not readable
+    /// (pruned, or above the head).
+    pub fn stored_key(&self, state: &LedgerState, id: EntryId) -> Result<StoredKey> {
+        match self.read_records(state, id, 1) {
+            Ok(mut records) => Ok(records.pop().filter(|r| r.id == id).map(|r| (r.idempotency_key, r.ts))),
+            Err(StoreError::BelowFirst { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads up to `limit` records from `from` (≥ First) across packs and

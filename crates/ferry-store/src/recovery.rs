@@ -20,24 +20,61 @@ use crate::pack_reader::PackReader;
 use crate::shared::Shared;
 use crate::wal::{RecordPos, ScannedRecord};
 
+/// Rebuilds the idempotency index from the records recovery finds. A key
+/// that takes another id's fingerprint slot is settled (`displaced`) once
+/// the indexes are installed and the other id can be read.
+pub(crate) struct KeyLoader {
+    pub index: IdempotencyIndex,
+    /// (ledger, key, its id, the id whose slot it took)
+    displaced: Vec<(Arc<LedgerState>, String, EntryId, EntryId)>,
+    now: u64,
+}
+
+impl KeyLoader {
+    pub fn new(now: u64) -> Self {
+        Self { index: IdempotencyIndex::default(), displaced: Vec::new(), now }
+    }
+
+    /// Remembers a key recovery found, if its window has not passed.
+    fn add(&mut self, state: &Arc<LedgerState>, key: &str, id: EntryId, ts: u64) {
+        if ts + IDEMPOTENCY_WINDOW_MS < self.now {
+            return;
+        }
+        if let Some(old) = self.index.insert(&state.name, state.incarnation, key, id) {
+            self.displaced.push((state.clone(), key.to_owned(), id, old));
+        }
+    }
+
+    /// Settles the displaced ids, reading them from the recovered store.
+    pub fn finish(mut self, shared: &Shared) -> Result<IdempotencyIndex> {
+        for (state, key, id, old) in std::mem::take(&mut self.displaced) {
+            match shared.stored_key(&state, old) {
+                Ok(stored) => self.index.displaced(&state.name, state.incarnation, &key, old, stored, self.now),
+                Err(_) => self.index.unsettled(&state.name, state.incarnation, &key, id, old),
+            }
+        }
+        Ok(self.index)
+    }
+}
+
 /// Puts the catalog's frozen chunks into the indexes and reloads the
-/// idempotency keys of packs younger than the idempotency window.
+/// idempotency keys of packs that hold some inside their window (a pack
+/// without keys is not read).
 pub(crate) fn load_frozen(
     shared: &Shared,
     frozen: Vec<(LedgerName, u64, PackInfo)>,
-    idempotency: &mut IdempotencyIndex,
-    now: u64,
+    keys: &mut KeyLoader,
 ) -> Result<()> {
     let ledgers = shared.ledgers.read().expect("ledgers lock");
     for (ledger, chunk, info) in frozen {
         let state = ledgers.get(&ledger).ok_or_else(|| {
             StoreError::CatalogCorrupted(format!("chunk {chunk} of ledger {ledger}, which the catalog does not list"))
         })?;
-        if info.last_ts + IDEMPOTENCY_WINDOW_MS >= now {
+        if info.idempotency_keys > 0 && info.last_ts + IDEMPOTENCY_WINDOW_MS >= keys.now {
             let reader = PackReader::open(&shared.vfs, &shared.layout, &ledger, chunk, &info)?;
             for r in reader.all()? {
                 if let Some(k) = &r.idempotency_key {
-                    idempotency.insert(&ledger, k, r.id, r.ts);
+                    keys.add(state, k, r.id, r.ts);
                 }
             }
         }
@@ -135,17 +172,17 @@ impl<P: Copy> HotRecords<P> {
 pub(crate) struct WalIndexer<'a> {
     ledgers: &'a BTreeMap<LedgerName, Arc<LedgerState>>,
     found: HashMap<LedgerName, HotRecords<RecordPos>>,
-    idempotency: &'a mut IdempotencyIndex,
+    keys: &'a mut KeyLoader,
     hot_dir: &'a Path,
 }
 
 impl<'a> WalIndexer<'a> {
     pub fn new(
         ledgers: &'a BTreeMap<LedgerName, Arc<LedgerState>>,
-        idempotency: &'a mut IdempotencyIndex,
+        keys: &'a mut KeyLoader,
         hot_dir: &'a Path,
     ) -> Self {
-        Self { ledgers, found: HashMap::new(), idempotency, hot_dir }
+        Self { ledgers, found: HashMap::new(), keys, hot_dir }
     }
 
     pub fn visit(&mut self, path: &Path, scanned: ScannedRecord<'_>) -> Result<()> {
@@ -166,7 +203,7 @@ impl<'a> WalIndexer<'a> {
             reason,
         })?;
         if let Some(key) = record.idempotency_key {
-            self.idempotency.insert(&state.name, key, record.id, record.ts);
+            self.keys.add(state, key, record.id, record.ts);
         }
         Ok(())
     }

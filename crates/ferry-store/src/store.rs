@@ -30,7 +30,7 @@ use crate::ledger::LedgerState;
 use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg};
 use crate::pack_protocols::{self, PackLayout};
 use crate::pack_reader::PackCache;
-use crate::recovery::{self, WalIndexer};
+use crate::recovery::{self, KeyLoader, WalIndexer};
 use crate::roots::{self, Roots};
 use crate::shared::Shared;
 use crate::wal::{self, Segments};
@@ -546,22 +546,22 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
         reads: Default::default(),
     });
     let now = now_ms();
-    let mut idempotency = IdempotencyIndex::default();
-    recovery::load_frozen(&shared, recovered_packs.frozen, &mut idempotency, now)?;
+    let mut keys = KeyLoader::new(now);
+    recovery::load_frozen(&shared, recovered_packs.frozen, &mut keys)?;
     let (replayed, live) = {
         let ledgers = shared.ledgers.read().expect("ledgers lock");
-        let mut indexer = WalIndexer::new(&ledgers, &mut idempotency, &roots.hot);
+        let mut indexer = WalIndexer::new(&ledgers, &mut keys, &roots.hot);
         let replayed =
             wal::replay(&shared.disk, &roots.hot, FORMAT_VERSION, |path, scanned| indexer.visit(path, scanned))?;
         (replayed, indexer.install()?)
     };
-    idempotency.expire(now);
     for (seq, file) in replayed.segments {
         shared.segments.insert(seq, file);
     }
     shared.segments.set_current(replayed.writer.seq);
     shared.segments.account(live, true);
     shared.set_durable_end(replayed.writer.seq, replayed.writer.len);
+    let idempotency = keys.finish(&shared)?;
     Ok(Recovered { shared, writer: replayed.writer, idempotency, last_incarnation })
 }
 

@@ -185,3 +185,40 @@ async fn a_deleted_ledger_takes_its_idempotency_keys_with_it() {
     assert_eq!(entries[0].payload.as_str(), r#""new""#);
     close(store).await;
 }
+
+/// The index keeps fingerprints only and confirms each hit on the stored
+/// record: a retry must be recognised whether its original is hot or in a
+/// pack, before and after a restart, and a new key must never be taken for
+/// an old one.
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_are_recognised_when_their_originals_are_frozen_in_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.chunk_entries = Some(4);
+    let l = ledger("audit");
+    let mut store = open_with(c.clone());
+    for i in 1..=10 {
+        let out = store.append(&l, vec![with_idempotency_key(&format!("k{i}"), &i.to_string())]).await.unwrap();
+        assert_eq!(out.ids, vec![i]);
+    }
+    let frozen = dir.path().join("ledgers/audit/00000/00000001.pack");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !frozen.exists() {
+        assert!(std::time::Instant::now() < deadline, "chunk 1 was not frozen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for round in 0..2u64 {
+        for i in 1..=10 {
+            let again = store.append(&l, vec![with_idempotency_key(&format!("k{i}"), r#""late""#)]).await.unwrap();
+            assert_eq!((again.ids, again.created), (vec![i], false), "round {round}: k{i}");
+        }
+        let new = store.append(&l, vec![with_idempotency_key(&format!("new{round}"), "0")]).await.unwrap();
+        assert_eq!((new.ids, new.created), (vec![11 + round], true));
+        close(store).await;
+        store = open_with(c.clone());
+        assert_eq!(head(&store, &l), 11 + round);
+    }
+    let payloads: Vec<String> = read_all(&store, &l).iter().map(|e| e.payload.as_str().to_owned()).collect();
+    assert_eq!(payloads, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "0", "0"]);
+    close(store).await;
+}
