@@ -68,7 +68,9 @@ impl From<StoreError> for ApiError {
             StoreError::BelowFirst { .. } => (S::GONE, "below_first"),
             StoreError::Poisoned(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
             StoreError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
-            StoreError::Corrupted { .. } | StoreError::CatalogCorrupted(_) => (S::INTERNAL_SERVER_ERROR, "corrupted"),
+            StoreError::Corrupted { .. } | StoreError::CorruptedPack { .. } | StoreError::CatalogCorrupted(_) => {
+                (S::INTERNAL_SERVER_ERROR, "corrupted")
+            }
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() {

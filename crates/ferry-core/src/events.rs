@@ -18,6 +18,7 @@ pub struct Appended {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SystemEvent {
     /// `ledger.created`, `ledger.deleted`, `chunk.frozen`, `chunk.pruned`,
+    /// `chunk.keys_lost`,
     /// `exporter.failed`, `exporter.recovered`, `exporter.reset`, and the pin
     /// events as those land.
     pub kind: &'static str,

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
+use ferry_core::events::SystemEvent;
 use ferry_core::limits::IDEMPOTENCY_WINDOW_MS;
 use ferry_core::{EntryId, LedgerName};
 
@@ -71,11 +72,18 @@ pub(crate) fn load_frozen(
             StoreError::CatalogCorrupted(format!("chunk {chunk} of ledger {ledger}, which the catalog does not list"))
         })?;
         if info.idempotency_keys > 0 && info.last_ts + IDEMPOTENCY_WINDOW_MS >= keys.now {
-            let reader = PackReader::open(&shared.vfs, &shared.layout, &ledger, chunk, &info)?;
-            for r in reader.all()? {
-                if let Some(k) = &r.idempotency_key {
-                    keys.add(state, k, r.id, r.ts);
+            let records = PackReader::open(&shared.vfs, &shared.layout, &ledger, chunk, &info).and_then(|r| r.all());
+            match records {
+                Ok(records) => {
+                    for r in records {
+                        if let Some(k) = &r.idempotency_key {
+                            keys.add(state, k, r.id, r.ts);
+                        }
+                    }
                 }
+                // SPEC §2.3: damage fails the reads of its range, not the
+                // store; what it costs here is said loudly.
+                Err(e) => report_lost_keys(shared, &ledger, chunk, &info, &e),
             }
         }
         let mut index = state.index.write().expect("index lock");
@@ -94,6 +102,21 @@ pub(crate) fn load_frozen(
         index.frozen.insert(chunk, info);
     }
     Ok(())
+}
+
+/// A pack whose idempotency keys could not be reloaded: retries of them
+/// are no longer recognised. Logged, counted and published as
+/// `chunk.keys_lost`.
+fn report_lost_keys(shared: &Shared, ledger: &LedgerName, chunk: u64, info: &PackInfo, error: &StoreError) {
+    tracing::error!(
+        %ledger, chunk, keys = info.idempotency_keys, %error,
+        "the idempotency keys of a damaged pack are lost: retries of them append again (ferry verify lists the damage)"
+    );
+    metrics::counter!("ferry_idempotency_keys_lost_total").increment(info.idempotency_keys);
+    let mut event = SystemEvent::chunk("chunk.keys_lost", ledger, chunk, info.first_id, info.last_id());
+    event.data["idempotency_keys"] = info.idempotency_keys.into();
+    event.data["error"] = error.to_string().into();
+    shared.events.publish(&event.key, &event);
 }
 
 /// The live hot records of one ledger as a WAL replay finds them, keyed by

@@ -186,3 +186,47 @@ async fn a_full_segment_rolls_over_reads_span_segments_and_damage_in_the_older_o
     assert!(matches!(err, StoreError::Corrupted { .. }));
     eprintln!("rollover test took {:?}", started.elapsed());
 }
+
+/// SPEC §2.3: a damaged pack is reported where it is read, and only there.
+/// The store opens (startup reloads the idempotency keys of recent keyed
+/// packs, and must not stop at one it cannot read), serves every other
+/// ledger and range, and a read of the damaged range fails with
+/// `CorruptedPack` naming the ledger, the chunk and the offset.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_recent_pack_fails_only_the_reads_of_its_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.chunk_entries = Some(4);
+    let (audit, other) = (ledger("audit"), ledger("other"));
+    let store = open_with(c.clone());
+    for i in 1..=10 {
+        store.append(&audit, vec![with_idempotency_key(&format!("k{i}"), &format!(r#"{{"i":{i}}}"#))]).await.unwrap();
+    }
+    store.append(&other, vec![entry("1"), entry("2")]).await.unwrap();
+    let pack = dir.path().join("ledgers/audit/00000/00000000.pack");
+    let next = dir.path().join("ledgers/audit/00000/00000001.pack");
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while !(pack.exists() && next.exists()) {
+        assert!(Instant::now() < deadline, "chunks 0 and 1 were not frozen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let before = read_all(&store, &audit);
+    close(store).await;
+
+    let len = std::fs::metadata(&pack).unwrap().len() as usize;
+    flip_bit(&pack, len / 2, 5);
+    let store = open_with(c);
+    assert_eq!(read_all(&store, &other).len(), 2, "another ledger is served");
+    let tail = store.read_blocking(&audit, Some(5), 100).unwrap();
+    assert_eq!(tail.entries, before[4..], "the ranges of other chunks are served");
+    match store.read_blocking(&audit, Some(1), 100) {
+        Err(StoreError::CorruptedPack { ledger, chunk, offset, .. }) => {
+            assert_eq!((ledger.as_str(), chunk), ("audit", 0));
+            assert!(offset > 0, "the offset of the damaged block");
+        }
+        other => panic!("a read of the damaged range must fail with CorruptedPack, got {other:?}"),
+    }
+    // Appends go on.
+    assert_eq!(store.append(&audit, vec![entry("11")]).await.unwrap().ids, vec![11]);
+    close(store).await;
+}
