@@ -213,12 +213,12 @@ fn in_own_process(test: &str) -> bool {
     false
 }
 
-/// Lowers this process's soft open-file limit to 256 and opens `/dev/null`
-/// until no descriptor is left; dropping the result frees them again.
+/// Lowers this process's soft open-file limit to 256 (at most) and opens
+/// `/dev/null` until no descriptor is left; dropping the result frees them.
 fn exhaust_descriptors() -> Vec<File> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let hard = getrlimit(Resource::Nofile).maximum;
-    setrlimit(Resource::Nofile, Rlimit { current: Some(256), maximum: hard }).unwrap();
+    setrlimit(Resource::Nofile, Rlimit { current: Some(hard.map_or(256, |h| h.min(256))), maximum: hard }).unwrap();
     let mut held = Vec::new();
     loop {
         match File::open("/dev/null") {
