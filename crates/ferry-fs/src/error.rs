@@ -30,6 +30,13 @@ impl FsError {
             FsError::Locked { .. } => None,
         }
     }
+
+    /// True when the step failed because no descriptor was left to open a
+    /// file with (see [`crate::descriptors`]): it did not happen, and may be
+    /// retried once descriptors are free.
+    pub fn descriptors_exhausted(&self) -> bool {
+        self.io_error().is_some_and(crate::descriptors::exhausted)
+    }
 }
 
 /// Adds a context line to I/O results.

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::vfs::{Vfs, VfsFile, VfsRead, VfsSegment};
+use crate::vfs::{Vfs, VfsDir, VfsFile, VfsRead, VfsSegment};
 
 /// The real disk, for the pack protocols (`Vfs`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -68,6 +68,18 @@ impl VfsSegment for RealSegment {
     }
 }
 
+/// A directory held open.
+struct RealDir {
+    dir: File,
+}
+
+impl VfsDir for RealDir {
+    fn sync(&self) -> std::io::Result<()> {
+        fail::fail_point!("fs::sync_dir", |_| Err(std::io::Error::other("injected by fail point fs::sync_dir")));
+        self.dir.sync_all()
+    }
+}
+
 impl Vfs for RealFs {
     fn create_dir(&self, path: &Path) -> std::io::Result<()> {
         std::fs::create_dir(path)
@@ -99,6 +111,9 @@ impl Vfs for RealFs {
     fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
         fail::fail_point!("fs::sync_dir", |_| Err(std::io::Error::other("injected by fail point fs::sync_dir")));
         File::open(path)?.sync_all()
+    }
+    fn open_dir(&self, path: &Path) -> std::io::Result<Box<dyn VfsDir>> {
+        Ok(Box::new(RealDir { dir: File::open(path)? }))
     }
     fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
         let mut names = Vec::new();

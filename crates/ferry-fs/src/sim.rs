@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::vfs::{Vfs, VfsFile, VfsRead, VfsSegment};
+use crate::vfs::{Vfs, VfsDir, VfsFile, VfsRead, VfsSegment};
 
 /// Counts sync points (file syncs, directory syncs, catalog commits) and
 /// crashes at a chosen one: that sync does not happen, and every later
@@ -257,6 +257,19 @@ impl VfsSegment for SimSegment {
     }
 }
 
+/// A directory held open: its sync is `sync_dir` of its path, a sync point
+/// like any other.
+struct SimDir {
+    fs: SimFs,
+    path: PathBuf,
+}
+
+impl VfsDir for SimDir {
+    fn sync(&self) -> io::Result<()> {
+        self.fs.sync_dir(&self.path)
+    }
+}
+
 impl Vfs for SimFs {
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         self.clock.alive()?;
@@ -330,6 +343,14 @@ impl Vfs for SimFs {
         durable.dirs.retain(|p| !child(p));
         durable.dirs.extend(live.dirs.iter().filter(|p| child(p)).cloned());
         Ok(())
+    }
+
+    fn open_dir(&self, path: &Path) -> io::Result<Box<dyn VfsDir>> {
+        self.clock.alive()?;
+        if !self.state.lock().expect("sim lock").live.dirs.contains(path) {
+            return Err(not_found(path));
+        }
+        Ok(Box::new(SimDir { fs: self.clone(), path: path.to_path_buf() }))
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {

@@ -35,6 +35,14 @@ pub trait VfsSegment: VfsRead + std::fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
 }
 
+/// A directory held open: its entries (created, renamed, removed files)
+/// are made durable through the handle, with no descriptor to open at the
+/// moment it matters (the WAL's directory, synced at every segment roll).
+pub trait VfsDir: Send + Sync {
+    /// fsync: the directory's entries are durable when it returns.
+    fn sync(&self) -> io::Result<()>;
+}
+
 /// The operations the storage protocols need, and no more. Directory entry
 /// changes (create, rename, remove) are durable only after `sync_dir` of
 /// the parent; file bytes only after `VfsFile::sync`.
@@ -53,6 +61,8 @@ pub trait Vfs: Send + Sync {
     /// Removes an empty directory.
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Opens a directory to sync it later through the handle.
+    fn open_dir(&self, path: &Path) -> io::Result<Box<dyn VfsDir>>;
     /// Names in a directory, sorted; `NotFound` if it does not exist.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     fn exists(&self, path: &Path) -> bool;

@@ -14,14 +14,22 @@
 //! - after a poison, every **write and create** is refused before it
 //!   touches a file.
 //!
+//! A directory is synced through a handle opened at its first sync (the
+//! WAL's, at replay) and held for the store's life: a segment roll then
+//! needs one descriptor, the new segment's, and running out of descriptors
+//! can never fail a directory sync, which would poison (issue #12 item 9).
+//! A roll takes the handle before it creates the file, so an open that
+//! fails leaves nothing behind.
+//!
 //! **Architecture Invariant:** the WAL's files are touched only through
 //! `Disk`; the poison flag is set here (and for catalog commits and pack
 //! protocols by their callers), never by a caller of `Disk`.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use ferry_fs::vfs::{Vfs, VfsSegment};
+use ferry_fs::vfs::{Vfs, VfsDir, VfsSegment};
 
 use crate::error::{Result, StoreError};
 use crate::health::Health;
@@ -29,11 +37,25 @@ use crate::health::Health;
 pub(crate) struct Disk {
     vfs: Arc<dyn Vfs>,
     health: Arc<Health>,
+    /// Directories held open since their first sync.
+    dirs: Mutex<HashMap<PathBuf, Arc<dyn VfsDir>>>,
 }
 
 impl Disk {
     pub fn new(vfs: Arc<dyn Vfs>, health: Arc<Health>) -> Self {
-        Self { vfs, health }
+        Self { vfs, health, dirs: Mutex::default() }
+    }
+
+    /// The held handle of `dir`, opened now if this is its first use. A
+    /// failed open is ordinary: nothing was synced, nothing lost.
+    fn dir(&self, dir: &Path) -> Result<Arc<dyn VfsDir>> {
+        if let Some(handle) = self.dirs.lock().expect("dirs lock").get(dir) {
+            return Ok(handle.clone());
+        }
+        let handle: Arc<dyn VfsDir> =
+            self.vfs.open_dir(dir).map_err(|e| StoreError::io(format!("open directory {}", dir.display()), e))?.into();
+        self.dirs.lock().expect("dirs lock").insert(dir.to_path_buf(), handle.clone());
+        Ok(handle)
     }
 
     #[cfg(test)]
@@ -53,10 +75,15 @@ impl Disk {
         file.sync().map_err(|e| self.poison(format!("fdatasync {}", path.display()), e))
     }
 
-    /// fsync of a directory (entries created, renamed or removed); a
-    /// failure poisons.
+    /// fsync of a directory (entries created, renamed or removed) through
+    /// its held handle; a failed sync poisons.
     pub fn sync_dir(&self, dir: &Path) -> Result<()> {
-        self.vfs.sync_dir(dir).map_err(|e| self.poison(format!("fsync directory {}", dir.display()), e))
+        let handle = self.dir(dir)?;
+        self.sync_dir_handle(&*handle, dir)
+    }
+
+    fn sync_dir_handle(&self, handle: &dyn VfsDir, dir: &Path) -> Result<()> {
+        handle.sync().map_err(|e| self.poison(format!("fsync directory {}", dir.display()), e))
     }
 
     /// Cuts a segment to `len` and syncs the new length, so the bytes that
@@ -89,6 +116,9 @@ impl Disk {
     /// without one. A failure before the sync removes the new file again.
     pub fn create_segment(&self, dir: &Path, name: &str, header: &[u8]) -> Result<Arc<dyn VfsSegment>> {
         self.health.check()?;
+        // Before the file exists: the directory's sync below must not need
+        // a descriptor the new file may have taken.
+        let dir_handle = self.dir(dir)?;
         let path = dir.join(name);
         let file =
             self.vfs.create_segment(&path).map_err(|e| StoreError::io(format!("create {}", path.display()), e))?;
@@ -99,11 +129,11 @@ impl Disk {
             // And durably: a created entry that outlived its removal in a
             // power loss would become an empty "last" segment after the
             // one still being written.
-            self.sync_dir(dir)?;
+            self.sync_dir_handle(&*dir_handle, dir)?;
             return Err(StoreError::io(format!("write the header of {}", path.display()), e));
         }
         self.sync(&*file, &path)?;
-        self.sync_dir(dir)?;
+        self.sync_dir_handle(&*dir_handle, dir)?;
         Ok(file)
     }
 

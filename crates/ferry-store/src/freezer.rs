@@ -3,6 +3,13 @@
 //! needs (asking the flusher to move the last live records of sparse
 //! segments forward). One thread does all of these, so they never race
 //! each other on the same ledger's keys.
+//!
+//! A storage fault here poisons the store, except running out of file
+//! descriptors (issue #12 item 9): that can only fail an open, so the step
+//! did not happen and nothing durable was lost. A freeze that failed so is
+//! tried again a tick later (its `freezing` key, and any file it left, is
+//! what a retry or recovery redoes anyway); a retention sweep that failed
+//! so after its `pruning` key was committed is finished a tick later.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -11,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::events::SystemEvent;
 use ferry_core::limits::IDEMPOTENCY_WINDOW_MS;
-use ferry_core::now_ms;
+use ferry_core::{LedgerName, now_ms};
 use ferry_format::keys::CatalogKey;
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,6 +38,31 @@ const FREEZE_PAGE_ENTRIES: usize = 4096;
 /// Chunks one ledger freezes before the next ledger's turn.
 const FREEZE_TURN_CHUNKS: usize = 8;
 
+/// True when `e` is an open that failed for want of a descriptor.
+fn descriptors_exhausted(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { source, .. } if ferry_fs::descriptors::exhausted(source))
+}
+
+/// Work that failed for want of a descriptor, tried again a tick later.
+#[derive(Default)]
+struct Deferred {
+    /// Ledgers whose freeze failed.
+    freezes: Vec<Arc<LedgerState>>,
+    /// Chunks demoted to `pruning` whose file is not yet swept.
+    sweeps: Vec<(LedgerName, u64)>,
+    since: Option<Instant>,
+}
+
+impl Deferred {
+    fn note(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn due(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= TICK)
+    }
+}
+
 pub(crate) struct Freezer {
     pub rx: Receiver<FreezerMsg>,
     pub shared: Arc<Shared>,
@@ -44,7 +76,14 @@ impl Freezer {
         // Ledgers with more full chunks than one turn freezes; taken in
         // turns so one ledger's backlog never starves the others or retention.
         let mut backlog: VecDeque<Arc<LedgerState>> = VecDeque::new();
+        let mut deferred = Deferred::default();
         loop {
+            if deferred.due() && self.shared.health.check().is_ok() {
+                deferred.since = None;
+                backlog.extend(deferred.freezes.drain(..));
+                let sweeps = std::mem::take(&mut deferred.sweeps);
+                self.contain(self.finish_sweeps(sweeps, &mut deferred));
+            }
             let wait = if backlog.is_empty() { TICK } else { Duration::ZERO };
             match self.rx.recv_timeout(wait) {
                 Ok(FreezerMsg::Check(state)) => backlog.push_back(state),
@@ -71,12 +110,19 @@ impl Freezer {
                 match self.freeze_some(&state) {
                     Ok(true) => backlog.push_back(state),
                     Ok(false) => {}
+                    Err(e) if descriptors_exhausted(&e) => {
+                        tracing::warn!(ledger = %state.name, error = %e, "freezing waits for a free file descriptor");
+                        // Queued here: the flusher need not ask again.
+                        state.freeze_queued.store(true, std::sync::atomic::Ordering::SeqCst);
+                        deferred.freezes.push(state);
+                        deferred.note();
+                    }
                     Err(e) => self.contain(Err(e)),
                 }
             }
             if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
                 last_retention = Some(Instant::now());
-                self.contain(self.apply_retention());
+                self.contain(self.apply_retention(&mut deferred));
             }
             self.contain(self.reclaim());
         }
@@ -163,7 +209,7 @@ impl Freezer {
 
     /// Prunes frozen chunks older than their ledger's `max_age` that no
     /// hold still needs, oldest first, through the sweep.
-    fn apply_retention(&self) -> Result<()> {
+    fn apply_retention(&self, deferred: &mut Deferred) -> Result<()> {
         let s = &self.shared;
         let ledgers: Vec<Arc<LedgerState>> = s.ledgers.read().expect("ledgers lock").values().cloned().collect();
         let now = now_ms();
@@ -189,11 +235,45 @@ impl Freezer {
                 // Readers see the new First before the file goes.
                 state.index.write().expect("index lock").prune_front(chunk);
                 s.packs.forget(&state.name, Some(chunk));
-                pack_protocols::sweep(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk, &info, with)?;
+                match pack_protocols::sweep(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk, &info, with) {
+                    Ok(()) => {}
+                    // The `pruning` key and the new First are durable (the
+                    // commit opens nothing); the file's sweep is left.
+                    Err(e) if descriptors_exhausted(&e) => {
+                        tracing::warn!(ledger = %state.name, chunk, error = %e, "sweeping waits for a free file descriptor");
+                        deferred.sweeps.push((state.name.clone(), chunk));
+                        deferred.note();
+                    }
+                    Err(e) => return Err(e),
+                }
                 tracing::info!(ledger = %state.name, chunk, first = meta.first, "chunk pruned by retention");
                 let event = SystemEvent::chunk("chunk.pruned", &state.name, chunk, info.first_id, info.last_id());
                 s.events.publish(&event.key, &event);
                 metrics::counter!("ferry_chunks_pruned_total").increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes sweeps that failed for want of a descriptor after their
+    /// chunk was demoted; those that fail so again wait another tick.
+    fn finish_sweeps(&self, sweeps: Vec<(LedgerName, u64)>, deferred: &mut Deferred) -> Result<()> {
+        let s = &self.shared;
+        for (ledger, chunk) in sweeps {
+            let key = CatalogKey::Chunk(ledger.clone(), chunk);
+            // Gone, or another incarnation's key by now (the ledger deleted
+            // and created again): nothing of this sweep is left to do.
+            let state = s.catalog.get(&key)?.map(|v| ChunkState::decode(&key, &v)).transpose()?;
+            if !matches!(state, Some(ChunkState::Pruning(_))) {
+                continue;
+            }
+            match pack_protocols::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, &ledger, chunk) {
+                Ok(()) => tracing::info!(%ledger, chunk, "finished a sweep that waited for a file descriptor"),
+                Err(e) if descriptors_exhausted(&e) => {
+                    deferred.sweeps.push((ledger, chunk));
+                    deferred.note();
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())

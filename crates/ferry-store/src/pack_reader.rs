@@ -1,7 +1,11 @@
 //! The read side of pack files: an open-pack cache and reads from any id.
 //! Every read is checked (index against header, zstd frame checksums,
 //! record CRCs, dense ids); damage is an error naming ledger, chunk, file
-//! and offset, never wrong data.
+//! and offset, never wrong data. A pack that cannot be opened for want of a
+//! descriptor (EMFILE) is an I/O error, not damage: the read fails and may
+//! be retried; the cache first closes the packs it holds and tries once
+//! more, so its own descriptors never keep a read from succeeding (issue
+//! #12 item 9).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -37,7 +41,14 @@ impl PackReader {
             offset,
             reason,
         };
-        let file = vfs.open_read(&path).map_err(|e| bad(0, format!("open: {e}")))?;
+        let file = vfs.open_read(&path).map_err(|e| {
+            if ferry_fs::descriptors::exhausted(&e) {
+                // Not damage: the same open succeeds once descriptors are free.
+                StoreError::io(format!("open pack {}", path.display()), e)
+            } else {
+                bad(0, format!("open: {e}"))
+            }
+        })?;
         let len = file.len().map_err(|e| bad(0, e.to_string()))?;
         if len != info.len || len < TRAILER_BYTES as u64 {
             return Err(bad(0, format!("{len} bytes; the catalog says {}", info.len)));
@@ -149,7 +160,15 @@ impl PackCache {
         if let Some(r) = self.open.lock().expect("pack cache").0.get(&key) {
             return Ok(r.clone());
         }
-        let reader = Arc::new(PackReader::open(vfs, layout, ledger, chunk, info)?);
+        let reader = match PackReader::open(vfs, layout, ledger, chunk, info) {
+            Err(StoreError::Io { source, .. }) if ferry_fs::descriptors::exhausted(&source) => {
+                let closed = self.close_all();
+                tracing::warn!(ledger = %ledger, chunk, closed, "out of file descriptors: closed the open packs");
+                PackReader::open(vfs, layout, ledger, chunk, info)?
+            }
+            opened => opened?,
+        };
+        let reader = Arc::new(reader);
         let mut guard = self.open.lock().expect("pack cache");
         let OpenPacks(map, order) = &mut *guard;
         if map.insert(key.clone(), reader.clone()).is_none() {
@@ -161,6 +180,14 @@ impl PackCache {
             }
         }
         Ok(reader)
+    }
+
+    /// Closes every cached pack (readers still in use close when done);
+    /// returns how many were cached.
+    fn close_all(&self) -> usize {
+        let OpenPacks(map, order) = std::mem::take(&mut *self.open.lock().expect("pack cache"));
+        drop(order);
+        map.len()
     }
 
     /// Forgets a pack (pruned) or every pack of a ledger (`chunk` None).

@@ -21,6 +21,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut settings = settings(config_file, data_dir, listen, exporter_flags)?;
     init_logging(&settings.log);
+    // Before the sinks are built: the file sink sizes its set of open files
+    // from the limit.
+    raise_open_file_limit();
     settings.api.metrics = ferry_api::metrics::install();
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     settings.api.closing = closing;
@@ -85,6 +88,29 @@ fn settings(
     }
     config.exporter_flags = exporter_flags;
     config.validate()
+}
+
+/// Raises the soft open-file limit to the hard one and logs both: a shell's
+/// default soft limit (often 1,024) is far below what many ledgers, file
+/// exporters and connections need, and the hard limit is what the operator
+/// allowed. A failure is logged and ferry runs with the limit it has.
+fn raise_open_file_limit() {
+    let shown = |n: Option<u64>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    match ferry_fs::descriptors::raise_to_hard() {
+        Ok((before, after)) if before.soft != after.soft => tracing::info!(
+            before = %shown(before.soft),
+            after = %shown(after.soft),
+            hard = %shown(after.hard),
+            "open-file limit raised to the hard limit"
+        ),
+        Ok((_, now)) => {
+            tracing::info!(soft = %shown(now.soft), hard = %shown(now.hard), "open-file limit already at the hard limit")
+        }
+        Err(e) => {
+            let now = ferry_fs::descriptors::limit();
+            tracing::warn!(soft = %shown(now.soft), hard = %shown(now.hard), error = %e, "could not raise the open-file limit")
+        }
+    }
 }
 
 fn init_logging(log: &Log) {

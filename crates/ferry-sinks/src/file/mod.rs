@@ -12,8 +12,16 @@
 //! files always hold ids `first..=cursor` once each, in order, whatever
 //! happened in between. A reset to an earlier id cuts the files back the
 //! same way and rewrites from there.
+//!
+//! **Open files.** Only a bounded set of ledgers keep their current file
+//! open between deliveries (`open_files.rs`, which also says why closing
+//! one loses nothing); the others reopen it, and check it still has the
+//! length they left it at. Running out of descriptors is a retryable error
+//! like any other failed open, and closes every idle file of the sink, so
+//! the retry after the backoff finds descriptors free.
 
 mod config;
+mod open_files;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -24,7 +32,8 @@ use std::sync::{Arc, Mutex};
 pub use config::FileConfig;
 use ferry_core::{EntryId, LedgerName};
 use ferry_export::{Ack, Batch, SinkError};
-use ferry_fs::durable;
+use ferry_fs::{FsError, descriptors, durable};
+use open_files::OpenFiles;
 
 use crate::ConfigError;
 use crate::error::BoxError;
@@ -35,6 +44,8 @@ const NAME_DIGITS: usize = 20;
 pub struct FileSink {
     config: Arc<FileConfig>,
     ledgers: Mutex<HashMap<LedgerName, Arc<Mutex<LedgerFiles>>>>,
+    /// Idle handles of the ledgers' current files, at most a bound of them.
+    open: Arc<OpenFiles>,
 }
 
 /// What the sink knows of one ledger's files after `prepare`.
@@ -42,6 +53,7 @@ pub struct FileSink {
 struct LedgerFiles {
     dir: PathBuf,
     /// The file being appended to, with its length; `None` starts a new one.
+    /// Its handle, if open, is in `OpenFiles`.
     current: Option<Current>,
     /// The last id written and synced (the cursor after `prepare`).
     synced: EntryId,
@@ -49,18 +61,36 @@ struct LedgerFiles {
     prepared: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Current {
+    path: PathBuf,
+    /// Bytes in the file, every one synced.
+    len: u64,
+}
+
+/// A file being written in one delivery.
+struct Writing {
     file: File,
     path: PathBuf,
     len: u64,
 }
 
 impl FileSink {
+    /// Builds the sink, creating `dir`. It keeps at most `OPEN_FILES_MAX`
+    /// files open between deliveries, or an eighth of the process's
+    /// open-file limit when that is less.
     pub fn new(config: FileConfig) -> Result<Self, ConfigError> {
+        let sink = Self::with_open_files(config, open_files::bound_for(descriptors::limit().soft))?;
+        tracing::info!(dir = %sink.config.dir.display(), open_files_max = sink.open.bound(), "file sink ready");
+        Ok(sink)
+    }
+
+    /// Builds the sink with its own bound of idle open files.
+    fn with_open_files(config: FileConfig, bound: usize) -> Result<Self, ConfigError> {
         durable::create_dir_all(&config.dir)
             .map_err(|e| ConfigError::CreateDir { dir: config.dir.clone(), error: e.into() })?;
-        Ok(Self { config: Arc::new(config), ledgers: Mutex::new(HashMap::new()) })
+        let open = Arc::new(OpenFiles::new(bound));
+        Ok(Self { config: Arc::new(config), ledgers: Mutex::new(HashMap::new()), open })
     }
 
     fn ledger(&self, ledger: &LedgerName) -> Arc<Mutex<LedgerFiles>> {
@@ -75,15 +105,22 @@ impl FileSink {
 
     pub async fn prepare(&self, ledger: &LedgerName, cursor: EntryId) -> Result<(), SinkError> {
         let state = self.ledger(ledger);
-        blocking(move || {
+        let (open, ledger) = (self.open.clone(), ledger.clone());
+        blocking(self.open.clone(), move || {
             let mut files = state.lock().expect("ledger files lock");
             files.prepared = false;
             files.current = None;
-            cut_back(&files.dir, cursor).map(|current| {
-                files.current = current;
-                files.synced = cursor;
-                files.prepared = true;
-            })
+            // The handle may be on a file the cut removes or shortens.
+            open.forget(&ledger);
+            let current = cut_back(&files.dir, cursor)?.map(|w| {
+                let current = Current { path: w.path.clone(), len: w.len };
+                open.put(&ledger, w.path, w.file);
+                current
+            });
+            files.current = current;
+            files.synced = cursor;
+            files.prepared = true;
+            Ok(())
         })
         .await
     }
@@ -93,13 +130,14 @@ impl FileSink {
         let max = self.config.max_file_bytes;
         let lines = Lines::of(batch);
         let through = batch.last_id();
-        blocking(move || {
+        let (open, ledger) = (self.open.clone(), batch.ledger.clone());
+        blocking(self.open.clone(), move || {
             let mut files = state.lock().expect("ledger files lock");
             if !files.prepared || lines.first_id() != Some(files.synced + 1) {
                 files.prepared = false;
                 return Err(FileError::NotNext { synced: files.synced });
             }
-            let written = write_lines(&mut files, &lines, max);
+            let written = write_lines(&mut files, &lines, max, &open, &ledger);
             if written.is_err() {
                 files.prepared = false;
             } else {
@@ -132,11 +170,23 @@ enum FileError {
     /// A batch that does not start right after the synced id.
     #[error("batch does not follow id {synced} of the files; preparing again")]
     NotNext { synced: EntryId },
+    /// A reopened file whose length is not the one the sink left it at.
+    #[error("{} is {found} bytes, not the {expected} the sink wrote; preparing again", path.display())]
+    Changed { path: PathBuf, expected: u64, found: u64 },
 }
 
 impl FileError {
     fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
         move |error| Self::Io { op, path: path.to_path_buf(), error }
+    }
+
+    /// True when an open failed for want of a descriptor (EMFILE, ENFILE).
+    fn descriptors_exhausted(&self) -> bool {
+        match self {
+            Self::Io { error, .. } => descriptors::exhausted(error),
+            Self::Durable(e) => e.downcast_ref::<FsError>().is_some_and(FsError::descriptors_exhausted),
+            _ => false,
+        }
     }
 }
 
@@ -145,13 +195,27 @@ fn durable_error(e: impl Into<BoxError>) -> FileError {
     FileError::Durable(e.into())
 }
 
+/// Runs the sink's file work on the blocking pool. Every failure is
+/// retryable; one for want of a descriptor also closes the sink's idle
+/// files, so that the retry finds some free whoever else holds the rest.
 async fn blocking<T: Send + 'static>(
+    open: Arc<OpenFiles>,
     f: impl FnOnce() -> Result<T, FileError> + Send + 'static,
 ) -> Result<T, SinkError> {
-    tokio::task::spawn_blocking(f)
+    let run = move || {
+        f().map_err(|e| {
+            if e.descriptors_exhausted() {
+                let closed = open.close_all();
+                format!("{e} (closed the sink's {closed} idle files; retrying after the backoff)")
+            } else {
+                e.to_string()
+            }
+        })
+    };
+    tokio::task::spawn_blocking(run)
         .await
         .map_err(|e| SinkError::retryable(format!("file sink task: {e}")))?
-        .map_err(|e| SinkError::retryable(e.to_string()))
+        .map_err(SinkError::retryable)
 }
 
 /// A batch as JSON lines in one buffer, with where each line ends.
@@ -182,51 +246,83 @@ impl Lines {
 /// Appends the lines, starting a new file (named after the first id it
 /// holds) before a line that would take the current one past `max`, then
 /// syncs every file written and, if one was created, the directory. One
-/// `write` per file.
-fn write_lines(files: &mut LedgerFiles, lines: &Lines, max: u64) -> Result<(), FileError> {
-    let mut current = files.current.take();
-    let mut finished: Vec<Current> = Vec::new();
+/// `write` per file; a file left behind is synced and closed at once, the
+/// last one goes back to `open` once synced.
+fn write_lines(
+    files: &mut LedgerFiles,
+    lines: &Lines,
+    max: u64,
+    open: &OpenFiles,
+    ledger: &LedgerName,
+) -> Result<(), FileError> {
+    // The current file, opened only when bytes go to it.
+    let mut current: Option<Result<Writing, Current>> = files.current.take().map(Err);
     let (mut start, mut created) = (0, false);
     for (i, &(id, end)) in lines.ends.iter().enumerate() {
         let line_start = if i == 0 { 0 } else { lines.ends[i - 1].1 };
         let roll = match &current {
             None => true,
             Some(c) => {
-                let before = c.len + (line_start - start) as u64;
+                let len = c.as_ref().map_or_else(|c| c.len, |w| w.len);
+                let before = len + (line_start - start) as u64;
                 before > 0 && before + (end - line_start) as u64 > max
             }
         };
         if roll {
-            if let Some(mut c) = current.take() {
-                append(&mut c, &lines.bytes[start..line_start])?;
-                finished.push(c);
+            if let Some(c) = current.take()
+                && line_start > start
+            {
+                let mut w = writing(c, open, ledger)?;
+                append(&mut w, &lines.bytes[start..line_start])?;
+                durable::sync_data(&w.file, &w.path).map_err(durable_error)?;
             }
             start = line_start;
-            current = Some(create(&files.dir, id)?);
+            current = Some(Ok(create(&files.dir, id)?));
             created = true;
         }
     }
-    let Some(mut last) = current else { return Ok(()) };
+    let Some(last) = current else { return Ok(()) };
+    let mut last = writing(last, open, ledger)?;
     append(&mut last, &lines.bytes[start..])?;
-    for c in finished.iter().chain([&last]) {
-        durable::sync_data(&c.file, &c.path).map_err(durable_error)?;
-    }
+    durable::sync_data(&last.file, &last.path).map_err(durable_error)?;
     if created {
         durable::sync_dir(&files.dir).map_err(durable_error)?;
     }
-    files.current = Some(last);
+    files.current = Some(Current { path: last.path.clone(), len: last.len });
+    open.put(ledger, last.path, last.file);
     Ok(())
 }
 
-fn create(dir: &Path, first_id: EntryId) -> Result<Current, FileError> {
-    let path = dir.join(format!("{first_id:0NAME_DIGITS$}{SUFFIX}"));
-    let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(FileError::io("create", &path))?;
-    Ok(Current { file, path, len: 0 })
+/// The handle to write `c` through: the one just created, the idle one,
+/// or the file reopened (and checked to be as long as the sink left it).
+fn writing(c: Result<Writing, Current>, open: &OpenFiles, ledger: &LedgerName) -> Result<Writing, FileError> {
+    let c = match c {
+        Ok(w) => return Ok(w),
+        Err(c) => c,
+    };
+    let file = match open.take(ledger, &c.path) {
+        Some(file) => file,
+        None => {
+            let file = OpenOptions::new().append(true).open(&c.path).map_err(FileError::io("reopen", &c.path))?;
+            let found = file.metadata().map_err(FileError::io("stat", &c.path))?.len();
+            if found != c.len {
+                return Err(FileError::Changed { path: c.path, expected: c.len, found });
+            }
+            file
+        }
+    };
+    Ok(Writing { file, path: c.path, len: c.len })
 }
 
-fn append(c: &mut Current, bytes: &[u8]) -> Result<(), FileError> {
-    c.file.write_all(bytes).map_err(FileError::io("write", &c.path))?;
-    c.len += bytes.len() as u64;
+fn create(dir: &Path, first_id: EntryId) -> Result<Writing, FileError> {
+    let path = dir.join(format!("{first_id:0NAME_DIGITS$}{SUFFIX}"));
+    let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(FileError::io("create", &path))?;
+    Ok(Writing { file, path, len: 0 })
+}
+
+fn append(w: &mut Writing, bytes: &[u8]) -> Result<(), FileError> {
+    w.file.write_all(bytes).map_err(FileError::io("write", &w.path))?;
+    w.len += bytes.len() as u64;
     Ok(())
 }
 
@@ -256,7 +352,7 @@ fn list(dir: &Path) -> Result<Vec<(EntryId, PathBuf)>, FileError> {
 /// Makes the files hold exactly the ids up to `cursor`: removes files that
 /// start after it and truncates the last one after the line of `cursor`.
 /// Returns the file to keep appending to (`None`: start a new one).
-fn cut_back(dir: &Path, cursor: EntryId) -> Result<Option<Current>, FileError> {
+fn cut_back(dir: &Path, cursor: EntryId) -> Result<Option<Writing>, FileError> {
     durable::create_dir_all(dir).map_err(durable_error)?;
     let files = list(dir)?;
     let mut removed = false;
@@ -280,7 +376,7 @@ fn cut_back(dir: &Path, cursor: EntryId) -> Result<Option<Current>, FileError> {
         tracing::warn!(file = %path.display(), last, cursor, "file sink: files end before the cursor");
         return Ok(None);
     }
-    Ok(Some(Current { file, path: path.clone(), len: end }))
+    Ok(Some(Writing { file, path: path.clone(), len: end }))
 }
 
 /// The byte offset just after the line of id `cursor` (or after the last

@@ -146,3 +146,123 @@ async fn garbage_past_the_cursor_is_cut_without_being_parsed() {
     s.deliver(&batch("a", 4..=4)).await.unwrap();
     assert_eq!(ids_in(dir.path(), "a"), vec![1, 2, 3, 4]);
 }
+
+/// A sink that keeps at most `open_files` files open between deliveries.
+fn sink_with_open_files(dir: &Path, max_file_bytes: u64, open_files: usize) -> FileSink {
+    FileSink::with_open_files(FileConfig { dir: dir.to_path_buf(), max_file_bytes }, open_files).unwrap()
+}
+
+/// Descriptors this process holds on files under `dir`.
+fn open_under(dir: &Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .count()
+}
+
+/// Issue #12 item 9: with more ledgers than the sink keeps files open, the
+/// least recently used are closed between deliveries and reopened (the same
+/// file, not a new one) when their ledger's next batch comes; every entry
+/// lands once, in order.
+#[tokio::test]
+async fn more_ledgers_than_open_files_are_closed_and_reopened_and_each_entry_lands_once_in_order() {
+    const LEDGERS: usize = 40;
+    const OPEN_FILES: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink_with_open_files(dir.path(), 1 << 20, OPEN_FILES);
+    let names: Vec<String> = (0..LEDGERS).map(|i| format!("l{i:02}")).collect();
+    for n in &names {
+        s.prepare(&name(n), 0).await.unwrap();
+    }
+    for round in 0..3 {
+        for n in &names {
+            s.deliver(&batch(n, round * 5 + 1..=round * 5 + 5)).await.unwrap();
+            let open = open_under(dir.path());
+            assert!(open <= OPEN_FILES, "{open} files open after delivering to {n}; the bound is {OPEN_FILES}");
+        }
+    }
+    for n in &names {
+        assert_eq!(ids_in(dir.path(), n), (1..=15).collect::<Vec<_>>(), "{n}: each id once, in order");
+        let files = list(&dir.path().join(n)).unwrap();
+        assert_eq!(files.len(), 1, "{n}: a closed file is reopened, not replaced by a new one: {files:?}");
+    }
+}
+
+/// Runs the calling test again in a child process of its own: true in the
+/// child, which runs the body; false in the parent, which has checked that
+/// the child passed. For tests that exhaust the process's descriptors,
+/// which would fail any test running beside them in one process.
+fn in_own_process(test: &str) -> bool {
+    const VAR: &str = "FERRY_SINKS_TEST_OWN_PROCESS";
+    if std::env::var(VAR).as_deref() == Ok(test) {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(VAR, test)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} in its own process: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        out.status
+    );
+    false
+}
+
+/// Lowers this process's soft open-file limit to 256 (at most) and opens
+/// `/dev/null` until no descriptor is left; dropping the result frees them.
+fn exhaust_descriptors() -> Vec<File> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let hard = getrlimit(Resource::Nofile).maximum;
+    setrlimit(Resource::Nofile, Rlimit { current: Some(hard.map_or(256, |h| h.min(256))), maximum: hard }).unwrap();
+    let mut held = Vec::new();
+    loop {
+        match File::open("/dev/null") {
+            Ok(f) => held.push(f),
+            Err(e) if ferry_fs::descriptors::exhausted(&e) => return held,
+            Err(e) => panic!("open /dev/null: {e}"),
+        }
+    }
+}
+
+/// Issue #12 item 9: when the process runs out of descriptors, a failed
+/// open is a retryable error (the runtime backs off and prepares again),
+/// and the sink closes the files it keeps open between deliveries, so its
+/// own idle files never keep a ledger from recovering.
+#[tokio::test]
+async fn running_out_of_descriptors_is_retryable_and_the_sink_closes_its_idle_files() {
+    if !in_own_process("file::tests::running_out_of_descriptors_is_retryable_and_the_sink_closes_its_idle_files") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink_with_open_files(dir.path(), 1 << 20, 8);
+    let idle: Vec<String> = (0..8).map(|i| format!("a{i}")).collect();
+    for n in &idle {
+        s.prepare(&name(n), 0).await.unwrap();
+        s.deliver(&batch(n, 1..=3)).await.unwrap();
+    }
+    let held = exhaust_descriptors();
+
+    let err = s.prepare(&name("b"), 0).await.unwrap_err();
+    assert!(!err.is_permanent(), "{err}");
+    assert!(err.to_string().contains("Too many open files"), "{err}");
+    assert!(err.to_string().contains("closed the sink's 8 idle files"), "{err}");
+    // The sink let go of its idle files: the retry finds descriptors, even
+    // though the rest of the process still holds every other one.
+    s.prepare(&name("b"), 0).await.expect("the retry after the sink closed its idle files");
+    s.deliver(&batch("b", 1..=3)).await.unwrap();
+    s.deliver(&batch("a0", 4..=6)).await.expect("a closed file is reopened");
+
+    drop(held);
+    for n in &idle[1..] {
+        s.deliver(&batch(n, 4..=6)).await.unwrap();
+    }
+    for n in idle.iter().chain([&"b".to_owned()]) {
+        let want: Vec<EntryId> = if n == "b" { (1..=3).collect() } else { (1..=6).collect() };
+        assert_eq!(ids_in(dir.path(), n), want, "{n}");
+    }
+}

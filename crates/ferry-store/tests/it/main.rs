@@ -8,6 +8,7 @@
 mod append;
 mod corruption;
 mod deletion;
+mod descriptors;
 mod failpoints;
 mod format_fixtures;
 mod idempotency;

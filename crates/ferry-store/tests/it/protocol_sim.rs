@@ -31,7 +31,7 @@ use ferry_format::pack::{PackHeader, PackWriter, decode_pack};
 use ferry_format::wal::WalRecord;
 use ferry_store::pack_protocols::{self, ChunkState, OwnedRecord, PackInfo, PackLayout};
 use ferry_store::sim::{CrashClock, MemCatalog, SimFs};
-use ferry_store::vfs::{Vfs, VfsFile, VfsRead, VfsSegment};
+use ferry_store::vfs::{Vfs, VfsDir, VfsFile, VfsRead, VfsSegment};
 use ferry_store::{Catalog, CatalogOp, LedgerMeta, StoreError};
 use sha2::Digest as _;
 
@@ -673,6 +673,11 @@ impl Vfs for KillFs<'_> {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.kill.step()?;
         self.fs.sync_dir(path)
+    }
+    // The pack protocols sync directories by path; only the WAL holds one open.
+    fn open_dir(&self, path: &Path) -> io::Result<Box<dyn VfsDir>> {
+        self.kill.alive()?;
+        self.fs.open_dir(path)
     }
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
         self.kill.alive()?;

@@ -8,6 +8,7 @@
 mod api;
 mod cli;
 mod crash;
+mod descriptors;
 mod export_crash;
 mod export_http;
 mod exporters;

@@ -225,10 +225,42 @@ impl Server {
         port: u16,
         env: &[(&str, &str)],
     ) -> Result<Server, StartError> {
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let (stdout_path, stderr_path) = output_files(data_dir);
         let mut cmd = serve_command(data_dir, config, port);
         cmd.envs(env.iter().copied());
+        Self::try_start_command(cmd, data_dir, port).await
+    }
+
+    /// Starts `ferry serve` with the open-file limit (`ulimit -n`) set to
+    /// `soft` and `hard` (through `sh`, which then execs ferry: the server's
+    /// pid is the shell's).
+    pub async fn start_with_open_files(data_dir: &Path, config: Option<&Path>, soft: u64, hard: u64) -> Server {
+        let port = free_port();
+        let serve = serve_command(data_dir, config, port);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"ulimit -S -n "$1" && ulimit -H -n "$2" && shift 2 && exec "$@""#)
+            .arg("sh")
+            .arg(soft.to_string())
+            .arg(hard.to_string())
+            .arg(serve.get_program())
+            .args(serve.get_args());
+        for var in ["FERRY_SERVER", "FERRY_TOKEN", "FERRY_LOG"] {
+            cmd.env_remove(var);
+        }
+        cmd.stdin(Stdio::null());
+        match Self::try_start_command(cmd, data_dir, port).await {
+            Ok(server) => server,
+            Err(StartError::Exited(e)) => {
+                panic!("ferry serve under ulimit -n {soft}/{hard} exited ({}):\n{}", e.status, e.stderr)
+            }
+        }
+    }
+
+    /// Spawns `cmd` (a `ferry serve` listening on `port`) and waits until
+    /// it is ready.
+    async fn try_start_command(mut cmd: Command, data_dir: &Path, port: u16) -> Result<Server, StartError> {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let (stdout_path, stderr_path) = output_files(data_dir);
         cmd.stdout(File::create(&stdout_path).expect("stdout file"));
         cmd.stderr(File::create(&stderr_path).expect("stderr file"));
         let child = cmd.spawn().expect("spawn ferry serve");
