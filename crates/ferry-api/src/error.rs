@@ -68,6 +68,7 @@ impl From<StoreError> for ApiError {
             StoreError::BelowFirst { .. } => (S::GONE, "below_first"),
             StoreError::Poisoned(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
             StoreError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
+            StoreError::NoSpace(_) => (S::INSUFFICIENT_STORAGE, "insufficient_storage"),
             StoreError::Corrupted { .. } | StoreError::CorruptedPack { .. } | StoreError::CatalogCorrupted(_) => {
                 (S::INTERNAL_SERVER_ERROR, "corrupted")
             }

@@ -52,9 +52,11 @@ impl VfsRead for RealSegment {
 
 impl VfsSegment for RealSegment {
     fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        fail::fail_point!("fs::segment_write", |_| Err(std::io::Error::other(
-            "injected by fail point fs::segment_write"
-        )));
+        // `return(enospc)` fails as a full disk does; plain `return` as EIO.
+        fail::fail_point!("fs::segment_write", |arg: Option<String>| Err(match arg.as_deref() {
+            Some("enospc") => std::io::Error::from_raw_os_error(28),
+            _ => std::io::Error::other("injected by fail point fs::segment_write"),
+        }));
         std::os::unix::fs::FileExt::write_all_at(&self.file, buf, offset)
     }
     fn sync(&self) -> std::io::Result<()> {

@@ -3,10 +3,12 @@
 //! small JSON documents so `ferry inspect` can print them as they are.
 
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use ferry_format::keys::CatalogKey;
 use redb::{Database, Durability, ReadableDatabase as _, TableDefinition};
 
+use crate::error::is_no_space;
 use crate::{Result, StoreError};
 
 /// One change in an atomic catalog commit.
@@ -17,7 +19,8 @@ pub enum CatalogOp {
 }
 
 /// A small transactional KV. Every `commit` is atomic and durable when it
-/// returns; a failed commit poisons the store (its caller's job).
+/// returns. A commit refused with `NoSpace` changed nothing; any other
+/// failed commit poisons the store (its caller's job).
 pub trait Catalog: Send + Sync {
     fn get(&self, key: &CatalogKey) -> Result<Option<Vec<u8>>>;
     /// Every key starting with `prefix`, in key order.
@@ -67,8 +70,42 @@ pub(crate) const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("cat
 
 /// The catalog on redb, each commit with `Durability::Immediate`.
 pub struct RedbCatalog {
-    db: Database,
+    /// `None` after a commit failed for lack of space, until a reopen
+    /// works: redb answers every call with `PreviousIo` after a failed
+    /// commit, and opening the file again recovers its last commit.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+}
+
+/// The storage error inside any redb error that has one.
+trait StorageCause {
+    fn storage(&self) -> Option<&redb::StorageError>;
+}
+
+macro_rules! storage_cause {
+    ($($t:ty),*) => {$(
+        impl StorageCause for $t {
+            fn storage(&self) -> Option<&redb::StorageError> {
+                match self {
+                    Self::Storage(s) => Some(s),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+storage_cause!(redb::CommitError, redb::TransactionError, redb::TableError, redb::DatabaseError);
+
+impl StorageCause for redb::SetDurabilityError {
+    fn storage(&self) -> Option<&redb::StorageError> {
+        None
+    }
+}
+
+impl StorageCause for redb::StorageError {
+    fn storage(&self) -> Option<&redb::StorageError> {
+        Some(self)
+    }
 }
 
 impl RedbCatalog {
@@ -76,42 +113,48 @@ impl RedbCatalog {
 
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(Self::FILE);
-        let db = Database::create(&path).map_err(|e| StoreError::Catalog(format!("open {}: {e}", path.display())))?;
-        let cat = Self { db, path };
+        let db = Database::create(&path).map_err(|e| Self::error(&path, "open", &e))?;
+        let cat = Self { db: RwLock::new(Some(db)), path };
         cat.commit(&[])?; // creates the table on first start
         Ok(cat)
     }
 
-    fn err(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Catalog(format!("{what} in {}: {e}", self.path.display()))
-    }
-}
-
-impl Catalog for RedbCatalog {
-    fn get(&self, key: &CatalogKey) -> Result<Option<Vec<u8>>> {
-        let tx = self.db.begin_read().map_err(|e| self.err("begin read", e))?;
-        let table = tx.open_table(TABLE).map_err(|e| self.err("open table", e))?;
-        let value = table.get(key.encode().as_str()).map_err(|e| self.err("get", e))?;
-        Ok(value.map(|v| v.value().to_vec()))
-    }
-
-    fn scan(&self, prefix: &str) -> Result<Vec<(CatalogKey, Vec<u8>)>> {
-        let tx = self.db.begin_read().map_err(|e| self.err("begin read", e))?;
-        let table = tx.open_table(TABLE).map_err(|e| self.err("open table", e))?;
-        let mut out = Vec::new();
-        for item in table.range(prefix..).map_err(|e| self.err("range", e))? {
-            let (k, v) = item.map_err(|e| self.err("range", e))?;
-            if !k.value().starts_with(prefix) {
-                break;
-            }
-            let key = CatalogKey::parse(k.value()).map_err(|e| StoreError::CatalogCorrupted(e.to_string()))?;
-            out.push((key, v.value().to_vec()));
+    /// A redb failure as a store error: `NoSpace` when the disk or a quota
+    /// is full (the commit was refused; the catalog reopens), `Catalog`
+    /// otherwise.
+    fn error<E: StorageCause + std::fmt::Display>(path: &Path, what: &str, e: &E) -> StoreError {
+        if let Some(redb::StorageError::Io(io)) = e.storage()
+            && is_no_space(io)
+        {
+            return StoreError::NoSpace(format!("catalog {what} in {}: {io}", path.display()));
         }
-        Ok(out)
+        StoreError::Catalog(format!("{what} in {}: {e}", path.display()))
     }
 
-    fn commit(&self, ops: &[CatalogOp]) -> Result<()> {
-        let mut tx = self.db.begin_write().map_err(|e| self.err("begin write", e))?;
+    fn err<E: StorageCause + std::fmt::Display>(&self, what: &str, e: E) -> StoreError {
+        Self::error(&self.path, what, &e)
+    }
+
+    /// Runs `f` on the open database, reopening it first if a refused
+    /// commit closed it.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        {
+            let db = self.db.read().expect("catalog lock");
+            if let Some(db) = db.as_ref() {
+                return f(db);
+            }
+        }
+        let mut slot = self.db.write().expect("catalog lock");
+        if slot.is_none() {
+            let db = Database::create(&self.path).map_err(|e| self.err("reopen", e))?;
+            tracing::info!(catalog = %self.path.display(), "catalog reopened after a refused commit");
+            *slot = Some(db);
+        }
+        f(slot.as_ref().expect("just opened"))
+    }
+
+    fn commit_on(&self, db: &Database, ops: &[CatalogOp]) -> Result<()> {
+        let mut tx = db.begin_write().map_err(|e| self.err("begin write", e))?;
         tx.set_durability(Durability::Immediate).map_err(|e| self.err("set durability", e))?;
         {
             let mut table = tx.open_table(TABLE).map_err(|e| self.err("open table", e))?;
@@ -127,6 +170,50 @@ impl Catalog for RedbCatalog {
             }
         }
         tx.commit().map_err(|e| self.err("commit", e))
+    }
+}
+
+impl Catalog for RedbCatalog {
+    fn get(&self, key: &CatalogKey) -> Result<Option<Vec<u8>>> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| self.err("begin read", e))?;
+            let table = tx.open_table(TABLE).map_err(|e| self.err("open table", e))?;
+            let value = table.get(key.encode().as_str()).map_err(|e| self.err("get", e))?;
+            Ok(value.map(|v| v.value().to_vec()))
+        })
+    }
+
+    fn scan(&self, prefix: &str) -> Result<Vec<(CatalogKey, Vec<u8>)>> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| self.err("begin read", e))?;
+            let table = tx.open_table(TABLE).map_err(|e| self.err("open table", e))?;
+            let mut out = Vec::new();
+            for item in table.range(prefix..).map_err(|e| self.err("range", e))? {
+                let (k, v) = item.map_err(|e| self.err("range", e))?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                let key = CatalogKey::parse(k.value()).map_err(|e| StoreError::CatalogCorrupted(e.to_string()))?;
+                out.push((key, v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// A commit refused for lack of space changed nothing (redb's last
+    /// commit stands; the new pages were never referenced), so the
+    /// database is closed and reopened on next use instead of poisoning
+    /// the store; any other failure is the caller's to poison on.
+    fn commit(&self, ops: &[CatalogOp]) -> Result<()> {
+        let result = self.with_db(|db| self.commit_on(db, ops));
+        if let Err(e) = &result
+            && e.is_no_space()
+        {
+            let mut slot = self.db.write().expect("catalog lock");
+            *slot = None; // dropped: closes the file
+            tracing::warn!(error = %e, "a catalog commit was refused for lack of space; the catalog reopens on next use");
+        }
+        result
     }
 }
 

@@ -31,6 +31,11 @@ pub enum StoreError {
     Poisoned(String),
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// A write refused because the disk (or a quota) is full. Nothing
+    /// changed; the store stays ready and takes writes again once there is
+    /// room.
+    #[error("refused, no space left: {0}")]
+    NoSpace(String),
     #[error("storage root {root} is locked by another ferry process (lock file {lock})")]
     Locked { root: PathBuf, lock: PathBuf },
     #[error(
@@ -69,16 +74,30 @@ impl From<ferry_fs::FsError> for StoreError {
     fn from(e: ferry_fs::FsError) -> Self {
         match e {
             ferry_fs::FsError::Locked { root, lock } => StoreError::Locked { root, lock },
-            ferry_fs::FsError::Io { context, source } => StoreError::Io { context, source },
+            ferry_fs::FsError::Io { context, source } => StoreError::io(context, source),
             other => StoreError::io("storage", std::io::Error::other(other.to_string())),
         }
     }
 }
 
 impl StoreError {
+    /// An I/O failure, sorted: a full disk or quota is `NoSpace`.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        if is_no_space(&source) {
+            return StoreError::NoSpace(format!("{}: {source}", context.into()));
+        }
         StoreError::Io { context: context.into(), source }
     }
+
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::NoSpace(_))
+    }
+}
+
+/// ENOSPC or EDQUOT: the disk or a quota is full.
+pub(crate) fn is_no_space(e: &std::io::Error) -> bool {
+    const EDQUOT: i32 = 122;
+    e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(EDQUOT)
 }
 
 /// Adds a context line to I/O results.

@@ -55,6 +55,7 @@ type FreshKey = (Arc<LedgerState>, String, EntryId);
 fn same_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Poisoned(reason) => StoreError::Poisoned(reason.clone()),
+        StoreError::NoSpace(reason) => StoreError::NoSpace(reason.clone()),
         other => StoreError::io("append", std::io::Error::other(other.to_string())),
     }
 }

@@ -38,9 +38,12 @@ const FREEZE_PAGE_ENTRIES: usize = 4096;
 /// Chunks one ledger freezes before the next ledger's turn.
 const FREEZE_TURN_CHUNKS: usize = 8;
 
-/// True when `e` is an open that failed for want of a descriptor.
-fn descriptors_exhausted(e: &StoreError) -> bool {
-    matches!(e, StoreError::Io { source, .. } if ferry_fs::descriptors::exhausted(source))
+/// True when `e` is a step refused for want of a resource that comes back:
+/// an open that failed for want of a descriptor, or a write or commit
+/// refused for lack of space. Nothing durable was lost; the step is tried
+/// again a tick later (issue #12 items 9 and 12).
+fn refused_for_now(e: &StoreError) -> bool {
+    e.is_no_space() || matches!(e, StoreError::Io { source, .. } if ferry_fs::descriptors::exhausted(source))
 }
 
 /// Work that failed for want of a descriptor, tried again a tick later.
@@ -110,8 +113,8 @@ impl Freezer {
                 match self.freeze_some(&state) {
                     Ok(true) => backlog.push_back(state),
                     Ok(false) => {}
-                    Err(e) if descriptors_exhausted(&e) => {
-                        tracing::warn!(ledger = %state.name, error = %e, "freezing waits for a free file descriptor");
+                    Err(e) if refused_for_now(&e) => {
+                        tracing::warn!(ledger = %state.name, error = %e, "freezing waits for a descriptor or space");
                         // Queued here: the flusher need not ask again.
                         state.freeze_queued.store(true, std::sync::atomic::Ordering::SeqCst);
                         deferred.freezes.push(state);
@@ -232,15 +235,24 @@ impl Freezer {
                 let meta = LedgerMeta { first: info.last_id() + 1, ..state.meta.clone() };
                 let ledger_key = CatalogKey::Ledger(state.name.clone());
                 let with = vec![CatalogOp::Put(ledger_key, meta.encode())];
+                match pack_protocols::demote(&*s.catalog, &state.name, chunk, &info, with) {
+                    Ok(()) => {}
+                    // Refused, nothing changed: retention tries again later.
+                    Err(e) if e.is_no_space() => {
+                        tracing::warn!(ledger = %state.name, chunk, error = %e, "retention waits for space");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
                 // Readers see the new First before the file goes.
                 state.index.write().expect("index lock").prune_front(chunk);
                 s.packs.forget(&state.name, Some(chunk));
-                match pack_protocols::sweep(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk, &info, with) {
+                match pack_protocols::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk) {
                     Ok(()) => {}
                     // The `pruning` key and the new First are durable (the
                     // commit opens nothing); the file's sweep is left.
-                    Err(e) if descriptors_exhausted(&e) => {
-                        tracing::warn!(ledger = %state.name, chunk, error = %e, "sweeping waits for a free file descriptor");
+                    Err(e) if refused_for_now(&e) => {
+                        tracing::warn!(ledger = %state.name, chunk, error = %e, "sweeping waits for a descriptor or space");
                         deferred.sweeps.push((state.name.clone(), chunk));
                         deferred.note();
                     }
@@ -268,8 +280,8 @@ impl Freezer {
                 continue;
             }
             match pack_protocols::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, &ledger, chunk) {
-                Ok(()) => tracing::info!(%ledger, chunk, "finished a sweep that waited for a file descriptor"),
-                Err(e) if descriptors_exhausted(&e) => {
+                Ok(()) => tracing::info!(%ledger, chunk, "finished a sweep that waited for a descriptor or space"),
+                Err(e) if refused_for_now(&e) => {
                     deferred.sweeps.push((ledger, chunk));
                     deferred.note();
                 }

@@ -176,13 +176,26 @@ pub fn freeze(
         first_id: chunk * chunk_entries + 1,
         count: chunk_entries,
     };
-    let (mut written, info) = write_pack(file, header, records).map_err(|e| match e {
-        PackWriteError::Store(e) => e,
-        PackWriteError::Pack(e) => StoreError::io(format!("write {}", tmp.display()), std::io::Error::other(e)),
+    let written = write_pack(file, header, records)
+        .map_err(|e| match e {
+            PackWriteError::Store(e) => e,
+            PackWriteError::Pack(ferry_format::pack::PackError::Io(e)) => {
+                StoreError::io(format!("write {}", tmp.display()), e)
+            }
+            PackWriteError::Pack(e) => StoreError::io(format!("write {}", tmp.display()), std::io::Error::other(e)),
+        })
+        .and_then(|(mut written, info)| {
+            step!("freeze::written");
+            written.sync().map_err(io_err(|| format!("fdatasync {}", tmp.display())))?;
+            Ok(info)
+        });
+    // A pack that could not be written (a full disk, say) is nobody's yet:
+    // it goes, so the next attempt can create it anew. If it cannot go,
+    // the caller poisons.
+    let info = written.map_err(|e| match vfs.remove_file(&tmp) {
+        Ok(()) => e,
+        Err(rm) => StoreError::Io { context: format!("remove {} after: {e}", tmp.display()), source: rm },
     })?;
-    step!("freeze::written");
-    written.sync().map_err(io_err(|| format!("fdatasync {}", tmp.display())))?;
-    drop(written);
     step!("freeze::synced");
     vfs.rename(&tmp, &path).map_err(io_err(|| format!("rename {} to {}", tmp.display(), path.display())))?;
     step!("freeze::renamed");
@@ -344,12 +357,25 @@ pub fn sweep(
     info: &PackInfo,
     with: Vec<CatalogOp>,
 ) -> Result<()> {
+    demote(catalog, ledger, chunk, info, with)?;
+    sweep_demoted(vfs, catalog, layout, ledger, chunk)
+}
+
+/// The sweep's first step: the chunk's key becomes `pruning`, with `with`
+/// in the same commit. Until it is durable nothing has changed.
+pub fn demote(
+    catalog: &dyn Catalog,
+    ledger: &LedgerName,
+    chunk: u64,
+    info: &PackInfo,
+    with: Vec<CatalogOp>,
+) -> Result<()> {
     let key = CatalogKey::Chunk(ledger.clone(), chunk);
-    let mut ops = vec![CatalogOp::Put(key.clone(), ChunkState::Pruning(info.clone()).encode())];
+    let mut ops = vec![CatalogOp::Put(key, ChunkState::Pruning(info.clone()).encode())];
     ops.extend(with);
     catalog.commit(&ops)?;
     step!("sweep::demoted");
-    sweep_demoted(vfs, catalog, layout, ledger, chunk)
+    Ok(())
 }
 
 /// The part of the sweep after the `pruning` key is durable: unlink, fsync

@@ -295,7 +295,10 @@ impl Store {
             layout::set_last_incarnation(incarnation),
         ];
         if let Err(e) = shared.catalog.commit(&ops) {
-            shared.health.poison(e.to_string());
+            // Refused for lack of space, the commit changed nothing.
+            if !e.is_no_space() {
+                shared.health.poison(e.to_string());
+            }
             return Err(e);
         }
         *last_incarnation = incarnation;
@@ -429,7 +432,10 @@ impl Store {
             }
         }
         if let Err(e) = shared.catalog.commit(&ops) {
-            shared.health.poison(e.to_string());
+            // Refused for lack of space, the commit changed nothing.
+            if !e.is_no_space() {
+                shared.health.poison(e.to_string());
+            }
             return Err(e);
         }
         Ok(())

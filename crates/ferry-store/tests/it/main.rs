@@ -11,6 +11,7 @@ mod deletion;
 mod descriptors;
 mod failpoints;
 mod format_fixtures;
+mod full_disk;
 mod idempotency;
 mod incarnations;
 mod model;

@@ -74,6 +74,28 @@ async fn a_failed_write_is_refused_and_cut_back_without_poisoning_the_store() {
     close(store).await;
 }
 
+/// A write refused because the disk is full (ENOSPC, from a fail point
+/// here; `full_disk.rs` fills a real tmpfs) is `NoSpace`, which the API
+/// answers 507: cut back, refused, the store still ready, and the next
+/// append goes through once the disk takes writes again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_refused_for_lack_of_space_is_no_space_and_the_store_stays_ready() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger("audit");
+    let store = open(dir.path());
+    assert_eq!(store.append(&l, vec![entry("1")]).await.unwrap().ids, vec![1]);
+    fail::cfg("fs::segment_write", "return(enospc)").unwrap();
+    let err = store.append(&l, vec![entry("2")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::NoSpace(_)), "{err}");
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    assert!(store.ready().is_ok());
+    fail::remove("fs::segment_write");
+    assert_eq!(store.append(&l, vec![entry("2")]).await.unwrap().ids, vec![2]);
+    close(store).await;
+    scenario.teardown();
+}
+
 /// Issue #12 item 11: a store thread that panics (a broken invariant, or a
 /// key that cannot be formatted) can no longer do its work, so the store
 /// must say it is not ready instead of staying green.

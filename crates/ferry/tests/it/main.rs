@@ -12,6 +12,7 @@ mod descriptors;
 mod export_crash;
 mod export_http;
 mod exporters;
+mod full_disk;
 mod packs;
 mod support;
 mod tools;
