@@ -311,6 +311,9 @@ pub fn decode_index(
         if b.raw_len as usize > BLOCK_RAW_BYTES_MAX {
             return Err(bad(format!("block {} claims {} raw bytes", blocks.len(), b.raw_len)));
         }
+        if b.compressed_len as usize > zstd::zstd_safe::compress_bound(BLOCK_RAW_BYTES_MAX) {
+            return Err(bad(format!("block {} claims {} compressed bytes", blocks.len(), b.compressed_len)));
+        }
         let overflow = || bad(format!("block {} runs past u64", blocks.len()));
         offset = offset.checked_add(u64::from(b.compressed_len)).ok_or_else(overflow)?;
         next_id = next_id.checked_add(u64::from(b.records)).ok_or_else(overflow)?;
@@ -408,24 +411,87 @@ pub struct DecodedPack {
     pub blocks: Vec<BlockMeta>,
 }
 
-pub fn decode_pack(bytes: &[u8], mut visit: impl FnMut(&WalRecord<'_>)) -> Result<DecodedPack, PackError> {
-    let len = bytes.len() as u64;
-    if bytes.len() < TRAILER_BYTES {
+pub fn decode_pack(bytes: &[u8], visit: impl FnMut(&WalRecord<'_>)) -> Result<DecodedPack, PackError> {
+    decode_pack_from(bytes, visit)
+}
+
+/// Where a pack's bytes are read from: a slice in memory, or a file read a
+/// piece at a time, so that checking a pack of any size holds at most one
+/// block (and one `STREAM_PIECE_BYTES` piece) in memory.
+pub trait PackSource {
+    fn byte_len(&self) -> io::Result<u64>;
+    /// Fills `buf` with the bytes at `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl PackSource for [u8] {
+    fn byte_len(&self) -> io::Result<u64> {
+        Ok(<[u8]>::len(self) as u64)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let bytes = start.checked_add(buf.len()).and_then(|end| self.get(start..end));
+        buf.copy_from_slice(bytes.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?);
+        Ok(())
+    }
+}
+
+/// The size of the pieces a pack is streamed in (checksums).
+pub const STREAM_PIECE_BYTES: usize = 1 << 20;
+
+/// The longest header: magic, version, ledger length, a 255-byte ledger,
+/// chunk, first id, count, CRC.
+const HEADER_BYTES_MAX: usize = 13 + 255 + 24 + 4;
+
+/// Feeds bytes `0..end` of `source` to `f`, `STREAM_PIECE_BYTES` at a time.
+pub fn stream_pieces(source: &(impl PackSource + ?Sized), end: u64, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    let mut piece = vec![0u8; STREAM_PIECE_BYTES.min(usize::try_from(end).unwrap_or(usize::MAX))];
+    let mut at = 0u64;
+    while at < end {
+        let n = piece.len().min(usize::try_from(end - at).unwrap_or(usize::MAX));
+        source.read_exact_at(&mut piece[..n], at)?;
+        f(&piece[..n]);
+        at += n as u64;
+    }
+    Ok(())
+}
+
+fn read_vec(source: &(impl PackSource + ?Sized), offset: u64, len: usize) -> Result<Vec<u8>, PackError> {
+    let mut buf = vec![0u8; len];
+    source.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+/// `decode_pack` over any `PackSource`, streaming: the whole-file CRC in
+/// pieces, then the header, the index and one block at a time.
+pub fn decode_pack_from(
+    source: &(impl PackSource + ?Sized),
+    mut visit: impl FnMut(&WalRecord<'_>),
+) -> Result<DecodedPack, PackError> {
+    let len = source.byte_len()?;
+    if len < TRAILER_BYTES as u64 {
         return Err(PackError::Trailer("file shorter than a trailer".into()));
     }
-    let trailer = decode_trailer(&bytes[bytes.len() - TRAILER_BYTES..], len)?;
-    let computed = crc32c::crc32c(&bytes[..bytes.len() - 12]);
+    let trailer = decode_trailer(&read_vec(source, len - TRAILER_BYTES as u64, TRAILER_BYTES)?, len)?;
+    let mut computed = 0;
+    stream_pieces(source, len - 12, |piece| computed = crc32c::crc32c_append(computed, piece))?;
     if computed != trailer.crc32c {
         return Err(PackError::Checksum { stored: trailer.crc32c, computed });
     }
-    let (header, header_len) = decode_header(bytes)?;
-    let index_end = bytes.len() - TRAILER_BYTES;
-    let index_start = usize::try_from(trailer.index_offset).ok().filter(|s| *s <= index_end && *s >= header_len);
+    let head_len = HEADER_BYTES_MAX.min(usize::try_from(len).unwrap_or(usize::MAX));
+    let (header, header_len) = decode_header(&read_vec(source, 0, head_len)?)?;
+    let index_end = len - TRAILER_BYTES as u64;
+    let index_start = Some(trailer.index_offset).filter(|s| *s <= index_end && *s >= header_len as u64);
     let index_start = index_start.ok_or_else(|| PackError::Index("index offset out of range".into()))?;
-    let blocks = decode_index(&bytes[index_start..index_end], &header, header_len, trailer.index_offset)?;
+    let index = read_vec(source, index_start, usize::try_from(index_end - index_start).map_err(io::Error::other)?)?;
+    let blocks = decode_index(&index, &header, header_len, trailer.index_offset)?;
+    let mut compressed = Vec::new();
+    let mut raw = Vec::new();
     for b in &blocks {
-        let start = b.offset as usize;
-        let raw = decode_block(&bytes[start..start + b.compressed_len as usize], b)?;
+        compressed.resize(b.compressed_len as usize, 0);
+        source.read_exact_at(&mut compressed, b.offset)?;
+        decode_block_into(&compressed, b, &mut raw)?;
         for r in block_records(&raw, b) {
             let r = r?;
             if r.ledger != header.ledger {
@@ -463,6 +529,67 @@ mod tests {
         let (bytes, len, _) = w.finish().unwrap();
         assert_eq!(bytes.len() as u64, len);
         bytes
+    }
+
+    /// A source that remembers the largest single read.
+    struct Counting<'a> {
+        bytes: &'a [u8],
+        largest: std::cell::Cell<usize>,
+    }
+
+    impl PackSource for Counting<'_> {
+        fn byte_len(&self) -> io::Result<u64> {
+            Ok(self.bytes.len() as u64)
+        }
+
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.largest.set(self.largest.get().max(buf.len()));
+            self.bytes.read_exact_at(buf, offset)
+        }
+    }
+
+    /// Issue #12 item 11: checking a pack must not read it into memory
+    /// whole. A pack of several MiB decodes with no read larger than a
+    /// streamed piece or one compressed block, and to the same records.
+    #[test]
+    fn a_pack_decodes_streamed_in_bounded_reads() {
+        let header = PackHeader { format_version: 2, ledger: "audit".into(), chunk: 0, first_id: 1, count: 4000 };
+        let mut w = PackWriter::new(Vec::new(), header).unwrap();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for id in 1..=4000u64 {
+            let noise: String = (0..64)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    format!("{x:016x}")
+                })
+                .collect();
+            let payload = format!("\"{noise}\"");
+            let r = WalRecord {
+                ledger: "audit",
+                id,
+                ts: id,
+                key: None,
+                idempotency_key: None,
+                batch_continues: false,
+                group_start: false,
+                relocated: false,
+                payload: payload.as_bytes(),
+            };
+            w.push(&r).unwrap();
+        }
+        let (bytes, ..) = w.finish().unwrap();
+        assert!(bytes.len() > 2 * STREAM_PIECE_BYTES, "{} bytes", bytes.len());
+        let source = Counting { bytes: &bytes, largest: std::cell::Cell::new(0) };
+        let mut streamed = Vec::new();
+        decode_pack_from(&source, |r| streamed.push(r.id)).unwrap();
+        let mut whole = Vec::new();
+        decode_pack(&bytes, |r| whole.push(r.id)).unwrap();
+        assert_eq!(streamed, whole);
+        assert_eq!(streamed.len(), 4000);
+        let bound = STREAM_PIECE_BYTES.max(zstd::zstd_safe::compress_bound(BLOCK_RAW_BYTES_MAX));
+        assert!(source.largest.get() <= bound, "a read of {} bytes", source.largest.get());
     }
 
     #[test]

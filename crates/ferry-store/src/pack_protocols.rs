@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 
 use ferry_core::{EntryId, LedgerName};
 use ferry_format::keys::CatalogKey;
-use ferry_format::pack::{PackError, PackHeader, PackWriter, decode_pack};
+use ferry_format::pack::{PackError, PackHeader, PackSource, PackWriter, decode_pack_from, stream_pieces};
 use ferry_format::wal::WalRecord;
 use sha2::Digest as _;
 
 use crate::catalog::{Catalog, CatalogOp};
 use crate::error::{IoContext as _, Result, StoreError};
-use ferry_fs::vfs::{Vfs, VfsFile};
+use ferry_fs::vfs::{Vfs, VfsFile, VfsRead};
 
 /// What the catalog holds under `chunk:{ledger}:{chunk:08}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -269,9 +269,22 @@ fn write_pack(
 
 /// Reads a written pack back and checks it against what was written: the
 /// second half of "assert in pairs".
+/// A file opened through the `Vfs` as a `PackSource`.
+pub(crate) struct ReadSource<'a>(pub &'a dyn VfsRead);
+
+impl PackSource for ReadSource<'_> {
+    fn byte_len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+}
+
 fn check_pack(vfs: &dyn Vfs, path: &Path, ledger: &LedgerName, chunk: u64, info: &PackInfo) -> Result<()> {
-    let bytes = vfs.read(path).context(|| format!("read back {}", path.display()))?;
-    check_pack_bytes(&bytes, ledger, chunk, info).map_err(|damage| StoreError::CorruptedPack {
+    let file = vfs.open_read(path).context(|| format!("read back {}", path.display()))?;
+    check_pack_bytes(&ReadSource(&*file), ledger, chunk, info).map_err(|damage| StoreError::CorruptedPack {
         ledger: ledger.clone(),
         chunk,
         path: path.to_path_buf(),
@@ -288,24 +301,31 @@ pub(crate) struct PackDamage {
 }
 
 /// The one check of a pack's bytes against its catalog key, used by the
-/// freezer's read-back and by `ferry verify`: length and SHA-256, a full
+/// freezer's read-back and by `ferry verify`, streamed (one block and one
+/// piece in memory, whatever the pack's size): length and SHA-256, a full
 /// checked decode, the header (ledger, chunk, first id, count, format
 /// version), the record count, and timestamps in order and equal to the
 /// key's first and last.
 pub(crate) fn check_pack_bytes(
-    bytes: &[u8],
+    source: &dyn PackSource,
     ledger: &LedgerName,
     chunk: u64,
     info: &PackInfo,
 ) -> std::result::Result<(), PackDamage> {
     let mut problems = Vec::new();
-    if bytes.len() as u64 != info.len {
-        problems.push(format!("{} bytes; the catalog says {}", bytes.len(), info.len));
-    } else if hex(&sha2::Sha256::digest(bytes)) != info.sha256 {
-        problems.push("SHA-256 differs from the catalog's".to_owned());
+    let unreadable = |e: std::io::Error| PackDamage { offset: None, problems: vec![format!("cannot be read: {e}")] };
+    let len = source.byte_len().map_err(unreadable)?;
+    if len != info.len {
+        problems.push(format!("{len} bytes; the catalog says {}", info.len));
+    } else {
+        let mut sha = sha2::Sha256::new();
+        stream_pieces(source, len, |piece| sha.update(piece)).map_err(unreadable)?;
+        if hex(&sha.finalize()) != info.sha256 {
+            problems.push("SHA-256 differs from the catalog's".to_owned());
+        }
     }
     let (mut seen, mut first_ts, mut last_ts, mut ts_order) = (0u64, None, 0u64, None);
-    let decoded = decode_pack(bytes, |r| {
+    let decoded = decode_pack_from(source, |r| {
         seen += 1;
         first_ts.get_or_insert(r.ts);
         if r.ts < last_ts && ts_order.is_none() {

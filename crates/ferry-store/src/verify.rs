@@ -509,8 +509,8 @@ impl LedgerCheck {
 
 /// Checks one frozen chunk's pack file against its key; at most one fault.
 fn check_pack(report: &mut Report, path: &Path, ledger: &LedgerName, chunk: u64, info: &PackInfo) {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    let file = match ferry_fs::vfs::Vfs::open_read(&ferry_fs::RealFs, path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             report.fault(path, None, format!("missing pack file: chunk:{ledger}:{chunk:08} is frozen"));
             return;
@@ -520,7 +520,7 @@ fn check_pack(report: &mut Report, path: &Path, ledger: &LedgerName, chunk: u64,
             return;
         }
     };
-    if let Err(damage) = pack_protocols::check_pack_bytes(&bytes, ledger, chunk, info) {
+    if let Err(damage) = pack_protocols::check_pack_bytes(&pack_protocols::ReadSource(&*file), ledger, chunk, info) {
         let msg = format!("corrupted pack of chunk:{ledger}:{chunk:08}: {}", damage.problems.join("; "));
         report.fault(path, damage.offset, msg);
     }
