@@ -552,7 +552,9 @@ impl<S: Sink> Supervisor<S> {
                 cancel,
             };
             let handle = match next {
-                Next::Deliver { cursor, prepare } => self.workers.spawn(job.deliver(cursor, prepare)),
+                Next::Deliver { cursor, prepare, resend_to } => {
+                    self.workers.spawn(job.deliver(cursor, prepare, resend_to))
+                }
                 Next::DeadLetter { from, to, error } => self.workers.spawn(job.dead_letter(from, to, error)),
                 Next::Idle | Next::WakeAt(_) => unreachable!("checked above"),
             };
@@ -567,7 +569,8 @@ impl<S: Sink> Supervisor<S> {
             Err(e) => {
                 tracing::error!(exporter = %self.settings.name, error = %e, "export job panicked");
                 let error = SinkError::retryable(format!("export job failed: {e}"));
-                (e.id(), Done { outcome: Outcome::Failed { from: 0, to: 0, error }, entries: 0, prefetched: None })
+                let outcome = Outcome::Failed { from: 0, to: 0, error, sent: false };
+                (e.id(), Done { outcome, entries: 0, prefetched: None })
             }
         };
         let Some((ledger, incarnation)) = self.jobs.remove(&id) else { return };
@@ -579,9 +582,9 @@ impl<S: Sink> Supervisor<S> {
         }
         let outcome = match done.outcome {
             // A panicked job's range is unknown: retry from the cursor.
-            Outcome::Failed { from: 0, to: 0, error } => {
+            Outcome::Failed { from: 0, to: 0, error, .. } => {
                 let from = t.machine.cursor() + 1;
-                Outcome::Failed { from, to: from, error }
+                Outcome::Failed { from, to: from, error, sent: false }
             }
             o => o,
         };

@@ -17,9 +17,9 @@
 //!   reset asks for it. A sink must not acknowledge before that point.
 //! - `Err(SinkError::Retryable)` means nothing of the batch may be assumed
 //!   delivered; the runtime backs off (at least `retry_after` when given)
-//!   and sends the entries after the cursor again. Any part that did arrive
-//!   arrives again: the sink's dedup (see `docs/sinks.md`) makes that
-//!   harmless.
+//!   and sends the same batch again (the same entries, however many were
+//!   appended meanwhile). Any part that did arrive arrives again: the
+//!   sink's dedup (see `docs/sinks.md`) makes that harmless.
 //! - `Err(SinkError::Permanent)` means retrying the same batch will fail the
 //!   same way (bad request, schema mismatch). The runtime dead-letters the
 //!   batch when the exporter has a `dead_letter` ledger, and otherwise stops
@@ -57,7 +57,8 @@ impl Batch {
     }
 
     /// `{exporter}/{ledger}/{first_id}-{last_id}`: names this batch the
-    /// same way on every retry, for receivers that deduplicate.
+    /// same way on every retry (a retry sends the same ids), for receivers
+    /// that deduplicate.
     pub fn idempotency_key(&self) -> String {
         format!("{}/{}/{}-{}", self.exporter, self.ledger, self.first_id(), self.last_id())
     }

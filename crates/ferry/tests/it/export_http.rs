@@ -66,6 +66,9 @@ enum Reply {
     /// 500; with `partial`, the first half of the batch is stored first (it
     /// "arrived", the answer did not say so).
     ServerError { partial: bool },
+    /// The whole batch is stored (applied and its key recorded), then the
+    /// answer is a 500: a receiver that fails after its commit.
+    StoredButFailed,
     /// 429 with `Retry-After: 1`; nothing stored, and the next request for
     /// the ledger must wait that long.
     TooMany,
@@ -79,7 +82,7 @@ impl Reply {
     fn kind(self) -> &'static str {
         match self {
             Reply::Ok => "ok",
-            Reply::ServerError { .. } => "500",
+            Reply::ServerError { .. } | Reply::StoredButFailed => "500",
             Reply::TooMany => "429",
             Reply::Stall => "stall",
             Reply::BadRequest => "400",
@@ -90,6 +93,8 @@ impl Reply {
 /// One well-formed request, as the policy sees it.
 struct Call<'a> {
     ledger: &'a str,
+    /// The batch's first id.
+    first: u64,
     /// 1 for the first request the receiver got, from any exporter.
     n: u64,
 }
@@ -122,11 +127,22 @@ struct Seen {
     repeats: u64,
     /// Per (exporter, ledger), no request before this (a 429's Retry-After).
     not_before: BTreeMap<Key, Instant>,
+    /// Per (exporter, ledger), every well-formed request in arrival order.
+    sent: BTreeMap<Key, Vec<Sent>>,
     /// Contract violations; any one fails the test.
     problems: Vec<String>,
 }
 
 type Key = (String, String);
+
+/// One request as sent: its `Idempotency-Key`, id range and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sent {
+    key: String,
+    first: u64,
+    last: u64,
+    body: Vec<u8>,
+}
 
 fn key(exporter: &str, ledger: &str) -> Key {
     (exporter.to_owned(), ledger.to_owned())
@@ -173,6 +189,33 @@ impl Receiver {
 
     fn entries(&self, exporter: &str, ledger: &str) -> BTreeMap<u64, String> {
         self.seen().entries.get(&key(exporter, ledger)).cloned().unwrap_or_default()
+    }
+
+    /// Every well-formed request of (exporter, ledger) so far.
+    fn sent(&self, exporter: &str, ledger: &str) -> Vec<Sent> {
+        self.seen().sent.get(&key(exporter, ledger)).cloned().unwrap_or_default()
+    }
+
+    /// Logs a request and checks it against the earlier ones of its ledger:
+    /// a key names one body, and two batches are the same batch or share no
+    /// id. Otherwise a receiver that deduplicates by `Idempotency-Key` (as
+    /// the header invites) applies the shared ids twice.
+    fn log_request(seen: &mut Seen, exporter: &str, ledger: &str, sent: Sent) {
+        let earlier = seen.sent.entry(key(exporter, ledger)).or_default();
+        let mut problems = Vec::new();
+        for e in earlier.iter() {
+            if e.key == sent.key && e.body != sent.body {
+                problems.push(format!("{exporter}/{ledger}: key {} came with two different bodies", sent.key));
+            }
+            if e.key != sent.key && e.first <= sent.last && sent.first <= e.last {
+                problems.push(format!(
+                    "{exporter}/{ledger}: batches {} and {} overlap under different keys",
+                    e.key, sent.key
+                ));
+            }
+        }
+        earlier.push(sent);
+        seen.problems.extend(problems);
     }
 
     /// Checks one request: content type, `Ferry-Signature`, and an
@@ -305,9 +348,12 @@ async fn ingest(
         {
             seen.problems.push(format!("{exporter}/{ledger}: a retry {early:?} before Retry-After allowed it"));
         }
+        let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let sent = Sent { key: idempotency_key.to_owned(), first, last, body: body.to_vec() };
+        Receiver::log_request(&mut seen, &exporter, &ledger, sent);
         seen.requests += 1;
         *seen.calls.entry(key(&exporter, &ledger)).or_default() += 1;
-        let reply = (rx.policy)(&Call { ledger: &ledger, n: seen.requests });
+        let reply = (rx.policy)(&Call { ledger: &ledger, first, n: seen.requests });
         *seen.replies.entry((exporter.clone(), reply.kind())).or_default() += 1;
         match reply {
             Reply::Ok => {
@@ -315,7 +361,7 @@ async fn ingest(
                 let acked = seen.acked.entry(key(&exporter, &ledger)).or_default();
                 *acked = (*acked).max(last);
             }
-            Reply::Stall => rx.store(&mut seen, &exporter, &ledger, &entries),
+            Reply::Stall | Reply::StoredButFailed => rx.store(&mut seen, &exporter, &ledger, &entries),
             Reply::TooMany => {
                 // Minus a little for timer granularity on either side.
                 let until = Instant::now() + RETRY_AFTER - Duration::from_millis(10);
@@ -330,7 +376,9 @@ async fn ingest(
     };
     match reply {
         Reply::Ok => StatusCode::OK.into_response(),
-        Reply::ServerError { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "injected failure").into_response(),
+        Reply::ServerError { .. } | Reply::StoredButFailed => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "injected failure").into_response()
+        }
         Reply::TooMany => {
             let secs = RETRY_AFTER.as_secs().to_string();
             (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, secs)], "slow down").into_response()
@@ -346,12 +394,17 @@ async fn ingest(
 /// One `[[exporters]]` table of `sink = "http"` pointing at the receiver;
 /// `settings` are extra exporter-level lines (retry, ledgers, …).
 fn http_exporter(name: &str, receiver: SocketAddr, format: Format, settings: &str) -> String {
+    http_exporter_batched(name, receiver, format, r#"{ max_entries = 50, linger = "5ms" }"#, settings)
+}
+
+/// `http_exporter` with its own `batch` table.
+fn http_exporter_batched(name: &str, receiver: SocketAddr, format: Format, batch: &str, settings: &str) -> String {
     format!(
         r#"
 [[exporters]]
 name = "{name}"
 sink = "http"
-batch = {{ max_entries = 50, linger = "5ms" }}
+batch = {batch}
 {settings}
 [exporters.config]
 url = "http://{receiver}/in/{name}"
@@ -783,5 +836,88 @@ async fn permanent_failures_fail_the_ledger_and_with_dead_letter_move_the_batch(
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rx.calls("strict", "bad"), 2, "one attempt per resume");
     rx.assert_no_problems();
+    server.stop();
+}
+
+/// An append body of `n` entries, each with a payload of `pad` bytes or a
+/// little more.
+fn padded_entries(n: usize, tag: &str, pad: usize) -> String {
+    let entries: Vec<String> =
+        (0..n).map(|i| format!(r#"{{"payload":{{"tag":"{tag}-{i}","pad":"{}"}}}}"#, "p".repeat(pad))).collect();
+    format!(r#"{{"entries":[{}]}}"#, entries.join(","))
+}
+
+/// Issue #12 item 5: a retried batch is the batch that failed — the same
+/// ids, `Idempotency-Key` and body — however many entries were appended
+/// while it backed off. Here the receiver applied the batch and then
+/// answered 500; a receiver that deduplicates by key must see that key
+/// again, not a longer range that holds the same ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_batch_keeps_its_key_and_body_while_appends_continue() {
+    let failed = AtomicBool::new(false);
+    let policy: Policy =
+        Box::new(move |_| if failed.swap(true, Ordering::SeqCst) { Reply::Ok } else { Reply::StoredButFailed });
+    let (rx, addr) = Receiver::start(&[("hooks", Format::Json)], policy).await;
+    // A backoff of 1 to 2 s: long enough to append during it.
+    let settings = r#"retry = { initial = "2s", max = "2s" }"#;
+    let env = Env::new();
+    let server = env.serve_with(&http_exporter("hooks", addr, Format::Json, settings)).await;
+
+    assert_eq!(server.append("audit", padded_entries(3, "a", 10)).await.status, 201);
+    eventually("the first delivery", || rx.calls("hooks", "audit") == 1).await;
+    assert_eq!(server.append("audit", padded_entries(10, "b", 10)).await.status, 201);
+    assert_eq!(rx.calls("hooks", "audit"), 1, "the retry came before the second append: the test proves nothing");
+
+    wait_for(&server, &rx, "hooks", "audit exported", |s| caught_up(s, "audit", 13)).await;
+    let sent = rx.sent("hooks", "audit");
+    let ranges: Vec<(u64, u64)> = sent.iter().map(|s| (s.first, s.last)).collect();
+    assert_eq!(ranges[..2], [(1, 3), (1, 3)], "the retry is the batch that failed: {sent:#?}");
+    assert_eq!(sent[1], sent[0], "same Idempotency-Key and body on the retry");
+    rx.assert_no_problems();
+    assert_received_exactly(&server, &rx, "hooks", "audit").await;
+    server.stop();
+}
+
+/// Issue #12 item 5, across `kill -9`: a batch cut by `max_entries` or
+/// `max_bytes` is a function of the durable cursor and the entries, so the
+/// restarted process sends the batch that failed again with the same key
+/// and body, although entries were appended during the backoff. Here the
+/// batch that fails follows entries read ahead by the previous delivery
+/// (the byte limit left them over), which end before the head did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_batch_keeps_its_key_and_body_across_kill_9() {
+    let failed = AtomicBool::new(false);
+    // The first batch from id 5 is applied, then answered 500.
+    let policy: Policy = Box::new(move |call| {
+        if call.first == 5 && !failed.swap(true, Ordering::SeqCst) { Reply::StoredButFailed } else { Reply::Ok }
+    });
+    let (rx, addr) = Receiver::start(&[("hooks", Format::Ndjson)], policy).await;
+    // Entries of ~10 kB and 25,000 bytes a batch: two entries fit, a third
+    // does not. The retry waits 15 to 30 s, so it comes only after the kill.
+    let batch = r#"{ max_entries = 5, max_bytes = 25000, linger = "5ms" }"#;
+    let settings = r#"retry = { initial = "30s", max = "30s" }"#;
+    let config = http_exporter_batched("hooks", addr, Format::Ndjson, batch, settings);
+    let env = Env::new();
+    let server = env.serve_with(&config).await;
+
+    assert_eq!(server.append("audit", padded_entries(8, "a", 10_000)).await.status, 201);
+    wait_for(&server, &rx, "hooks", "the batch from 5 failed", |s| {
+        ledger_status(s, "audit").is_some_and(|l| l["cursor"] == 4 && l["attempts"] == 1)
+    })
+    .await;
+    assert_eq!(server.append("audit", padded_entries(4, "b", 10_000)).await.status, 201);
+    let before = rx.sent("hooks", "audit");
+    assert_eq!(before.len(), 3, "two batches acknowledged, the third failed: {before:#?}");
+    server.kill();
+
+    let server = env.serve_with(&config).await;
+    wait_for(&server, &rx, "hooks", "audit exported after the restart", |s| caught_up(s, "audit", 12)).await;
+    let sent = rx.sent("hooks", "audit");
+    let ranges: Vec<(u64, u64)> = sent.iter().map(|s| (s.first, s.last)).collect();
+    assert_eq!(ranges[3], (before[2].first, before[2].last), "the restart sent another batch: {ranges:?}");
+    assert_eq!(sent[3], before[2], "same Idempotency-Key and body after kill -9");
+    assert_eq!(ranges[..4], [(1, 2), (3, 4), (5, 6), (5, 6)], "batches of two entries");
+    rx.assert_no_problems();
+    assert_received_exactly(&server, &rx, "hooks", "audit").await;
     server.stop();
 }
