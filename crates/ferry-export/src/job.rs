@@ -84,7 +84,12 @@ impl<S: Sink> Job<S> {
             None if self.head > to => Ahead::Reading(self.spawn_read(to + 1)),
             None => Ahead::None,
         };
-        let batch = Batch { exporter: self.exporter.clone(), ledger: self.ledger.clone(), entries };
+        let batch = Batch {
+            exporter: self.exporter.clone(),
+            ledger: self.ledger.clone(),
+            incarnation: self.incarnation,
+            entries,
+        };
         let acked = tokio::select! {
             r = self.sink.deliver(&batch) => r,
             () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled),

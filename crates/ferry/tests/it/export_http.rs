@@ -5,7 +5,7 @@
 //! others and is never skipped; permanent failures stop a ledger, or move
 //! its batch to the dead-letter ledger when one is configured.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,12 +117,14 @@ struct Seen {
     calls: BTreeMap<Key, u64>,
     /// Replies per (exporter, kind).
     replies: BTreeMap<(String, &'static str), u64>,
-    /// Per (exporter, ledger), each entry's JSON by id, as first received.
-    entries: BTreeMap<Key, BTreeMap<u64, String>>,
-    /// Per (exporter, ledger), the highest id answered 200: a batch never
-    /// starts past it + 1 (no gap), unless a dead-letter ledger took the
-    /// batch in between (the dead-letter test appends nothing after that).
-    acked: BTreeMap<Key, u64>,
+    /// Per (exporter, ledger, incarnation), each entry's JSON by id, as
+    /// first received.
+    entries: BTreeMap<Stream, BTreeMap<u64, String>>,
+    /// Per (exporter, ledger, incarnation), the highest id answered 200: a
+    /// batch never starts past it + 1 (no gap), unless a dead-letter ledger
+    /// took the batch in between (the dead-letter test appends nothing
+    /// after that).
+    acked: BTreeMap<Stream, u64>,
     /// Entries received again (and identical).
     repeats: u64,
     /// Per (exporter, ledger), no request before this (a 429's Retry-After).
@@ -135,10 +137,15 @@ struct Seen {
 
 type Key = (String, String);
 
-/// One request as sent: its `Idempotency-Key`, id range and body.
+/// (exporter, ledger, incarnation): what one cursor exports.
+type Stream = (String, String, u64);
+
+/// One request as sent: its `Idempotency-Key`, the ledger's incarnation and
+/// the id range the key names, and the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Sent {
     key: String,
+    incarnation: u64,
     first: u64,
     last: u64,
     body: Vec<u8>,
@@ -146,6 +153,18 @@ struct Sent {
 
 fn key(exporter: &str, ledger: &str) -> Key {
     (exporter.to_owned(), ledger.to_owned())
+}
+
+fn stream(exporter: &str, ledger: &str, incarnation: u64) -> Stream {
+    (exporter.to_owned(), ledger.to_owned(), incarnation)
+}
+
+/// A request that passed `Receiver::check`.
+struct Checked {
+    ledger: String,
+    incarnation: u64,
+    /// (id, JSON text as received)
+    entries: Vec<(u64, String)>,
 }
 
 impl Receiver {
@@ -187,8 +206,16 @@ impl Receiver {
         ["500", "429", "stall", "400"].iter().map(|k| self.replies(exporter, k)).sum()
     }
 
+    /// The entries received of the latest incarnation of the ledger.
     fn entries(&self, exporter: &str, ledger: &str) -> BTreeMap<u64, String> {
-        self.seen().entries.get(&key(exporter, ledger)).cloned().unwrap_or_default()
+        let seen = self.seen();
+        let mut streams = seen.entries.iter().filter(|((e, l, _), _)| e == exporter && l == ledger);
+        streams.next_back().map(|(_, entries)| entries.clone()).unwrap_or_default()
+    }
+
+    /// The incarnations the keys of (exporter, ledger) named.
+    fn incarnations(&self, exporter: &str, ledger: &str) -> BTreeSet<u64> {
+        self.sent(exporter, ledger).iter().map(|s| s.incarnation).collect()
     }
 
     /// Every well-formed request of (exporter, ledger) so far.
@@ -197,9 +224,10 @@ impl Receiver {
     }
 
     /// Logs a request and checks it against the earlier ones of its ledger:
-    /// a key names one body, and two batches are the same batch or share no
-    /// id. Otherwise a receiver that deduplicates by `Idempotency-Key` (as
-    /// the header invites) applies the shared ids twice.
+    /// a key names one body, and two batches of one incarnation are the
+    /// same batch or share no id. Otherwise a receiver that deduplicates by
+    /// `Idempotency-Key` (as the header invites) applies the shared ids
+    /// twice.
     fn log_request(seen: &mut Seen, exporter: &str, ledger: &str, sent: Sent) {
         let earlier = seen.sent.entry(key(exporter, ledger)).or_default();
         let mut problems = Vec::new();
@@ -207,7 +235,8 @@ impl Receiver {
             if e.key == sent.key && e.body != sent.body {
                 problems.push(format!("{exporter}/{ledger}: key {} came with two different bodies", sent.key));
             }
-            if e.key != sent.key && e.first <= sent.last && sent.first <= e.last {
+            let overlap = e.incarnation == sent.incarnation && e.first <= sent.last && sent.first <= e.last;
+            if e.key != sent.key && overlap {
                 problems.push(format!(
                     "{exporter}/{ledger}: batches {} and {} overlap under different keys",
                     e.key, sent.key
@@ -219,10 +248,10 @@ impl Receiver {
     }
 
     /// Checks one request: content type, `Ferry-Signature`, and an
-    /// `Idempotency-Key` that names this exporter, the ledger of every
-    /// entry and the batch's first and last ids, which are consecutive.
-    /// Returns the ledger and the entries (id, JSON text as received).
-    fn check(&self, exporter: &str, headers: &HeaderMap, body: &[u8]) -> Result<(String, Vec<(u64, String)>), String> {
+    /// `Idempotency-Key` (`{exporter}/{ledger}/{incarnation}/{first}-{last}`)
+    /// that names this exporter, the ledger of every entry, an incarnation,
+    /// and the batch's first and last ids, which are consecutive.
+    fn check(&self, exporter: &str, headers: &HeaderMap, body: &[u8]) -> Result<Checked, String> {
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let format = *self.formats.get(exporter).ok_or_else(|| format!("a request for unknown exporter {exporter}"))?;
         let content_type = get(header::CONTENT_TYPE.as_str());
@@ -233,12 +262,22 @@ impl Receiver {
 
         let idempotency_key = get("idempotency-key");
         let parts: Vec<&str> = idempotency_key.split('/').collect();
-        let (first, last) = match parts.as_slice() {
-            [e, _, range] if *e == exporter => range
-                .split_once('-')
-                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
-                .ok_or_else(|| format!("{exporter}: Idempotency-Key {idempotency_key:?} has no id range"))?,
-            _ => return Err(format!("{exporter}: Idempotency-Key {idempotency_key:?} is not {exporter}/LEDGER/A-B")),
+        let (incarnation, first, last) = match parts.as_slice() {
+            [e, _, incarnation, range] if *e == exporter => {
+                let incarnation = incarnation
+                    .parse::<u64>()
+                    .map_err(|_| format!("{exporter}: Idempotency-Key {idempotency_key:?} has no incarnation"))?;
+                let (first, last) = range
+                    .split_once('-')
+                    .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+                    .ok_or_else(|| format!("{exporter}: Idempotency-Key {idempotency_key:?} has no id range"))?;
+                (incarnation, first, last)
+            }
+            _ => {
+                return Err(format!(
+                    "{exporter}: Idempotency-Key {idempotency_key:?} is not {exporter}/LEDGER/INCARNATION/A-B"
+                ));
+            }
         };
         let ledger = parts[1].to_owned();
 
@@ -269,7 +308,7 @@ impl Receiver {
             out.push((id, line));
         }
         match out.last() {
-            Some((id, _)) if *id == last => Ok((ledger, out)),
+            Some((id, _)) if *id == last => Ok(Checked { ledger, incarnation, entries: out }),
             _ => Err(format!(
                 "{exporter}: key {idempotency_key} but the body holds ids {first}..{}",
                 first + out.len() as u64
@@ -278,8 +317,9 @@ impl Receiver {
     }
 
     /// Keeps each entry once; a repeat must be byte for byte what came first.
-    fn store(&self, seen: &mut Seen, exporter: &str, ledger: &str, entries: &[(u64, String)]) {
-        let kept = seen.entries.entry(key(exporter, ledger)).or_default();
+    fn store(&self, seen: &mut Seen, exporter: &str, batch: &Checked, entries: &[(u64, String)]) {
+        let ledger = &batch.ledger;
+        let kept = seen.entries.entry(stream(exporter, ledger, batch.incarnation)).or_default();
         let (mut problems, mut repeats) = (Vec::new(), 0);
         for (id, line) in entries {
             match kept.get(id) {
@@ -328,7 +368,7 @@ async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (ledger, entries) = match rx.check(&exporter, &headers, &body) {
+    let batch = match rx.check(&exporter, &headers, &body) {
         Ok(checked) => checked,
         Err(problem) => {
             rx.seen().problems.push(problem.clone());
@@ -337,38 +377,40 @@ async fn ingest(
     };
     let reply = {
         let mut seen = rx.seen();
+        let (ledger, entries) = (&batch.ledger, &batch.entries);
         let (first, last) = (entries[0].0, entries[entries.len() - 1].0);
-        let acked = seen.acked.get(&key(&exporter, &ledger)).copied().unwrap_or(0);
+        let acked = seen.acked.get(&stream(&exporter, ledger, batch.incarnation)).copied().unwrap_or(0);
         if first > acked + 1 {
             seen.problems
                 .push(format!("{exporter}/{ledger}: a batch from {first} but only ..={acked} was acknowledged"));
         }
         if let Some(early) =
-            seen.not_before.remove(&key(&exporter, &ledger)).and_then(|t| t.checked_duration_since(Instant::now()))
+            seen.not_before.remove(&key(&exporter, ledger)).and_then(|t| t.checked_duration_since(Instant::now()))
         {
             seen.problems.push(format!("{exporter}/{ledger}: a retry {early:?} before Retry-After allowed it"));
         }
         let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let sent = Sent { key: idempotency_key.to_owned(), first, last, body: body.to_vec() };
-        Receiver::log_request(&mut seen, &exporter, &ledger, sent);
+        let sent =
+            Sent { key: idempotency_key.to_owned(), incarnation: batch.incarnation, first, last, body: body.to_vec() };
+        Receiver::log_request(&mut seen, &exporter, ledger, sent);
         seen.requests += 1;
-        *seen.calls.entry(key(&exporter, &ledger)).or_default() += 1;
-        let reply = (rx.policy)(&Call { ledger: &ledger, first, n: seen.requests });
+        *seen.calls.entry(key(&exporter, ledger)).or_default() += 1;
+        let reply = (rx.policy)(&Call { ledger, first, n: seen.requests });
         *seen.replies.entry((exporter.clone(), reply.kind())).or_default() += 1;
         match reply {
             Reply::Ok => {
-                rx.store(&mut seen, &exporter, &ledger, &entries);
-                let acked = seen.acked.entry(key(&exporter, &ledger)).or_default();
+                rx.store(&mut seen, &exporter, &batch, entries);
+                let acked = seen.acked.entry(stream(&exporter, ledger, batch.incarnation)).or_default();
                 *acked = (*acked).max(last);
             }
-            Reply::Stall | Reply::StoredButFailed => rx.store(&mut seen, &exporter, &ledger, &entries),
+            Reply::Stall | Reply::StoredButFailed => rx.store(&mut seen, &exporter, &batch, entries),
             Reply::TooMany => {
                 // Minus a little for timer granularity on either side.
                 let until = Instant::now() + RETRY_AFTER - Duration::from_millis(10);
-                seen.not_before.insert(key(&exporter, &ledger), until);
+                seen.not_before.insert(key(&exporter, ledger), until);
             }
             Reply::ServerError { partial: true } => {
-                rx.store(&mut seen, &exporter, &ledger, &entries[..entries.len() / 2]);
+                rx.store(&mut seen, &exporter, &batch, &entries[..entries.len() / 2]);
             }
             Reply::ServerError { partial: false } | Reply::BadRequest => {}
         }
@@ -456,11 +498,21 @@ async fn api_entries(server: &Server, ledger: &str) -> Vec<Value> {
     }
 }
 
+/// The ledger's incarnation, from `GET /v1/ledgers/{ledger}`.
+async fn incarnation(server: &Server, ledger: &str) -> u64 {
+    let r = server.get(&format!("/v1/ledgers/{ledger}")).await;
+    assert_eq!(r.status, 200, "GET /v1/ledgers/{ledger}: {}", r.text);
+    r.json()["incarnation"].as_u64().expect("incarnation is a number")
+}
+
 /// The receiver holds ids 1..=head of the ledger for the exporter, each
-/// exactly as ferry serves it (same JSON; same bytes as the NDJSON read).
+/// exactly as ferry serves it (same JSON; same bytes as the NDJSON read),
+/// under keys that name the ledger's incarnation.
 async fn assert_received_exactly(server: &Server, rx: &Receiver, exporter: &str, ledger: &str) {
     let stored = api_entries(server, ledger).await;
     let lines = server.read_all(ledger).await;
+    let current = incarnation(server, ledger).await;
+    assert_eq!(rx.incarnations(exporter, ledger).last(), Some(&current), "{exporter}: the keys of {ledger}");
     let got = rx.entries(exporter, ledger);
     let head = stored.len() as u64;
     assert!(head > 0, "{ledger} is empty");
@@ -917,6 +969,34 @@ async fn a_failed_batch_keeps_its_key_and_body_across_kill_9() {
     assert_eq!(ranges[3], (before[2].first, before[2].last), "the restart sent another batch: {ranges:?}");
     assert_eq!(sent[3], before[2], "same Idempotency-Key and body after kill -9");
     assert_eq!(ranges[..4], [(1, 2), (3, 4), (5, 6), (5, 6)], "batches of two entries");
+    rx.assert_no_problems();
+    assert_received_exactly(&server, &rx, "hooks", "audit").await;
+    server.stop();
+}
+
+/// SPEC §5: every destination key carries the ledger's incarnation. A
+/// ledger deleted and created again starts from id 1 again, and its
+/// batches come under keys of their own, so a receiver that deduplicates
+/// by key does not drop the new entries as repeats of the old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ledger_created_again_is_sent_under_keys_of_its_own_incarnation() {
+    let (rx, addr) = Receiver::start(&[("hooks", Format::Json)], Box::new(|_| Reply::Ok)).await;
+    let env = Env::new();
+    let server = env.serve_with(&http_exporter("hooks", addr, Format::Json, "")).await;
+
+    assert_eq!(server.append("audit", padded_entries(3, "old", 10)).await.status, 201);
+    wait_for(&server, &rx, "hooks", "the first ledger exported", |s| caught_up(s, "audit", 3)).await;
+    let old = incarnation(&server, "audit").await;
+    let deleted = server.send(server.http.delete(server.url("/v1/ledgers/audit"))).await;
+    assert!(deleted.status < 300, "DELETE /v1/ledgers/audit: {deleted:?}");
+    assert_eq!(server.append("audit", padded_entries(3, "new", 10)).await.status, 201);
+    let new = incarnation(&server, "audit").await;
+    assert_ne!(new, old, "a ledger created again has a new incarnation");
+    wait_for(&server, &rx, "hooks", "the new ledger exported", |s| caught_up(s, "audit", 3)).await;
+
+    let sent = rx.sent("hooks", "audit");
+    let keys: Vec<&str> = sent.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, [format!("hooks/audit/{old}/1-3"), format!("hooks/audit/{new}/1-3")], "{sent:#?}");
     rx.assert_no_problems();
     assert_received_exactly(&server, &rx, "hooks", "audit").await;
     server.stop();
