@@ -25,9 +25,9 @@ pub(crate) struct Job<S> {
     pub sink: Arc<S>,
     pub exporter: LedgerName,
     pub ledger: LedgerName,
+    /// The ledger's incarnation: reads must be of it, and batch keys and
+    /// dead-letter idempotency keys name it.
     pub incarnation: u64,
-    /// The ledger's `created_at`, in dead-letter idempotency keys.
-    pub created_at: u64,
     pub batch: BatchPolicy,
     pub dead_letter: Option<LedgerName>,
     pub cancel: CancellationToken,
@@ -175,10 +175,10 @@ impl<S: Sink> Job<S> {
 
     /// Appends ids `from..=to` to the dead-letter ledger, each with the
     /// error, then moves the cursor to `to`. Each dead-letter entry carries
-    /// the idempotency key `{exporter}/{ledger}@{created_at}/{id}`, so a
+    /// the idempotency key `{exporter}/{ledger}/{incarnation}/{id}`, so a
     /// crash between the append and the cursor write does not record an
-    /// entry twice, and a later ledger of the same name is not mistaken
-    /// for this one.
+    /// entry twice, and a later ledger of the same name (a new incarnation;
+    /// `created_at` could be the same) is not mistaken for this one.
     pub async fn dead_letter(self, from: EntryId, to: EntryId, error: String) -> Done {
         let Some(dead_letter) = self.dead_letter.clone() else {
             return Done::only(Outcome::Failed {
@@ -245,7 +245,7 @@ impl<S: Sink> Job<S> {
         }
         NewEntry {
             key: Some(format!("{}/{}", self.exporter, self.ledger)),
-            idempotency_key: Some(format!("{}/{}@{}/{}", self.exporter, self.ledger, self.created_at, entry.id)),
+            idempotency_key: Some(format!("{}/{}/{}/{}", self.exporter, self.ledger, self.incarnation, entry.id)),
             payload: Payload::from_json(&text).expect("dead-letter records are valid JSON"),
         }
     }
@@ -441,7 +441,6 @@ mod tests {
             exporter: LedgerName::parse("x").unwrap(),
             ledger: ledger.clone(),
             incarnation: head.incarnation,
-            created_at: head.created_at,
             batch: BatchPolicy { max_entries, max_bytes: 1 << 20, linger: std::time::Duration::ZERO },
             dead_letter: None,
             cancel: CancellationToken::new(),
@@ -476,6 +475,45 @@ mod tests {
         store.shutdown().await;
     }
 
+    /// Issue #12 item 5: the dead-letter idempotency key tells two ledgers
+    /// of one name apart by their incarnation. Two incarnations may share
+    /// a `created_at` (created in one millisecond, or after the clock
+    /// stepped back); the key used to be built on it, and the store dropped
+    /// the second ledger's dead letters as repeats while the cursor moved
+    /// past them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn dead_letters_of_a_ledger_created_again_are_recorded_under_its_own_keys() {
+        let (_dir, store, l) = filled(2).await;
+        let dlq = LedgerName::parse("dlq").unwrap();
+        store.create_ledger(&dlq).await.unwrap();
+        let sink = Arc::new(Recording::default());
+        let dead_letter = |job: Job<Recording>| Job { dead_letter: Some(dlq.clone()), ..job };
+
+        let first = dead_letter(job(&store, &sink, &l, 5));
+        let incarnation = first.incarnation;
+        assert_eq!(first.dead_letter(1, 2, "400".into()).await.outcome, Outcome::DeadLettered { through: 2 });
+        store.delete_ledger(&l).await.unwrap();
+        let entries = (1..=2)
+            .map(|i| NewEntry {
+                key: None,
+                idempotency_key: None,
+                payload: Payload::from_json(&format!("{i}")).unwrap(),
+            })
+            .collect();
+        store.append(&l, entries).await.unwrap();
+        let again = dead_letter(job(&store, &sink, &l, 5));
+        assert_ne!(again.incarnation, incarnation);
+        // The key does not depend on `created_at`, which the two may share.
+        let entry = &store.read(&l, Some(1), 1).await.unwrap().entries[0];
+        let key = again.dead_letter_entry(entry, "400").idempotency_key;
+        assert_eq!(key, Some(format!("x/audit/{}/1", again.incarnation)));
+        assert_eq!(again.dead_letter(1, 2, "400".into()).await.outcome, Outcome::DeadLettered { through: 2 });
+
+        let recorded = store.read(&dlq, Some(1), 100).await.unwrap().entries;
+        assert_eq!(recorded.len(), 4, "two dead letters of each ledger: {recorded:#?}");
+        store.shutdown().await;
+    }
+
     /// Issue #12 item 4: a job of a deleted ledger whose name now holds a
     /// new one (deleted and created again, with entries past the old
     /// cursor) must deliver nothing of the new ledger under the old cursor.
@@ -501,7 +539,6 @@ mod tests {
             exporter: LedgerName::parse("x").unwrap(),
             ledger: l.clone(),
             incarnation: old.incarnation,
-            created_at: old.created_at,
             batch: BatchPolicy { max_entries: 4, max_bytes: 1 << 20, linger: std::time::Duration::ZERO },
             dead_letter: None,
             cancel: CancellationToken::new(),

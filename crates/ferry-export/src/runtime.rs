@@ -266,7 +266,6 @@ async fn ask(
 struct Tracked {
     machine: LedgerMachine,
     incarnation: u64,
-    created_at: u64,
     /// In the ready queue.
     queued: bool,
     /// Its entry in the timer set.
@@ -454,7 +453,6 @@ impl<S: Sink> Supervisor<S> {
         let tracked = Tracked {
             machine,
             incarnation: info.incarnation,
-            created_at: info.created_at,
             queued: false,
             wake: None,
             cancel: None,
@@ -546,7 +544,6 @@ impl<S: Sink> Supervisor<S> {
                 exporter: self.settings.name.clone(),
                 ledger: ledger.clone(),
                 incarnation: t.incarnation,
-                created_at: t.created_at,
                 batch: self.settings.batch,
                 dead_letter: self.settings.dead_letter.clone(),
                 cancel,
