@@ -64,7 +64,7 @@ impl<S: Sink> Job<S> {
         if prepare {
             let prepared = tokio::select! {
                 r = self.sink.prepare(&self.ledger, cursor) => r,
-                () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled),
+                () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled { sent_to: None }),
             };
             if let Err(error) = prepared {
                 return not_sent(from, error);
@@ -92,7 +92,8 @@ impl<S: Sink> Job<S> {
         };
         let acked = tokio::select! {
             r = self.sink.deliver(&batch) => r,
-            () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled),
+            // The batch may have arrived: it is the one to send again.
+            () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled { sent_to: Some(to) }),
         };
         // From here on the sink has had the batch: a failure sends it again
         // as it is.
@@ -201,7 +202,7 @@ impl<S: Sink> Job<S> {
             for chunk in chunk_by_bytes(records, DEAD_LETTER_APPEND_BYTES_MAX) {
                 let appended = tokio::select! {
                     r = self.store.append(&dead_letter, chunk) => r,
-                    () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled),
+                    () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled { sent_to: None }),
                 };
                 if let Err(e) = appended {
                     return Done::only(Outcome::Failed {

@@ -57,8 +57,10 @@ pub enum Outcome {
     /// The delivery of ids `from..=to` (or its preparation) failed; `sent`
     /// when the sink was given the batch `from..=to` (it may have arrived).
     Failed { from: EntryId, to: EntryId, error: SinkError, sent: bool },
-    /// The job was dropped before an acknowledgement (shutdown, reset).
-    Cancelled,
+    /// The job was dropped before an acknowledgement (shutdown, reset);
+    /// `sent_to` is the last id of the batch the sink was being given (it
+    /// may have arrived), if it got that far.
+    Cancelled { sent_to: Option<EntryId> },
     /// The ledger is being deleted: nothing more to do until it is
     /// forgotten.
     Gone,
@@ -278,7 +280,10 @@ impl LedgerMachine {
                 }
                 self.failed(from, to, error, since, now, jitter)
             }
-            Outcome::Cancelled => {
+            Outcome::Cancelled { sent_to } => {
+                if let Some(to) = sent_to.filter(|to| *to > self.cursor) {
+                    self.unacked_to = Some(to);
+                }
                 self.needs_prepare = true;
                 self.phase = match std::mem::replace(&mut self.phase, Phase::Waiting) {
                     Phase::DeadLettering { from, to, error } => {
@@ -534,7 +539,7 @@ mod tests {
         m.resume();
         assert_eq!(m.next(w), Next::Deliver { cursor: 0, prepare: true, resend_to: Some(3) }, "after a resume too");
         deliver(&mut m, w);
-        m.on_outcome(Outcome::Cancelled, w, 1, 0.0);
+        m.on_outcome(Outcome::Cancelled { sent_to: None }, w, 1, 0.0);
         assert_eq!(m.next(w), Next::Deliver { cursor: 0, prepare: true, resend_to: Some(3) }, "after a cancel too");
         deliver(&mut m, w);
         m.on_outcome(Outcome::Delivered { through: 3 }, w, 1, 0.0);
@@ -698,8 +703,20 @@ mod tests {
         deliver(&mut m, t);
         m.on_outcome(Outcome::Delivered { through: 10 }, t, 1, 0.0);
         deliver(&mut m, t);
-        m.on_outcome(Outcome::Cancelled, t, 1, 0.0);
+        m.on_outcome(Outcome::Cancelled { sent_to: None }, t, 1, 0.0);
         assert_eq!(m.next(t), Next::Deliver { cursor: 10, prepare: true, resend_to: None });
+    }
+
+    /// A reset of another ledger cancels this ledger's delivery too; the
+    /// sink may have had the batch, so it is the one sent next.
+    #[test]
+    fn a_delivery_cancelled_while_the_sink_had_the_batch_is_sent_again_as_it_was() {
+        let t = Instant::now();
+        let mut m = machine(0, 3);
+        deliver(&mut m, t);
+        m.on_head(20, t);
+        m.on_outcome(Outcome::Cancelled { sent_to: Some(3) }, t, 1, 0.0);
+        assert_eq!(m.next(t), Next::Deliver { cursor: 0, prepare: true, resend_to: Some(3) });
     }
 
     #[test]

@@ -599,7 +599,7 @@ impl<S: Sink> Supervisor<S> {
                 metrics::counter!("ferry_exporter_dead_lettered_total", "exporter" => exporter.clone())
                     .increment(done.entries);
             }
-            Outcome::Cancelled | Outcome::Gone | Outcome::Skipped { .. } => {}
+            Outcome::Cancelled { .. } | Outcome::Gone | Outcome::Skipped { .. } => {}
         }
         let before = t.machine.lag();
         // The store checked the id against its head when the cursor was

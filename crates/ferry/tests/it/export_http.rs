@@ -31,6 +31,9 @@ const SECRET: &str = "test-secret-\u{e9}t\u{e9}";
 /// The sink's request timeout, and how long a stalled answer takes.
 const SINK_TIMEOUT: &str = "300ms";
 const STALL: Duration = Duration::from_millis(600);
+/// How long a held answer takes (within the timeout of exporters that
+/// hold requests).
+const HOLD: Duration = Duration::from_secs(3);
 /// What a 429 asks for (`Retry-After: 1`).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Bound on waits that are not exporter status polls.
@@ -74,6 +77,8 @@ enum Reply {
     TooMany,
     /// The batch is stored, and the 200 comes only after the sink gave up.
     Stall,
+    /// The batch is stored, and the 200 comes after `HOLD`.
+    Hold,
     /// 400; nothing stored.
     BadRequest,
 }
@@ -85,6 +90,7 @@ impl Reply {
             Reply::ServerError { .. } | Reply::StoredButFailed => "500",
             Reply::TooMany => "429",
             Reply::Stall => "stall",
+            Reply::Hold => "hold",
             Reply::BadRequest => "400",
         }
     }
@@ -403,7 +409,7 @@ async fn ingest(
                 let acked = seen.acked.entry(stream(&exporter, ledger, batch.incarnation)).or_default();
                 *acked = (*acked).max(last);
             }
-            Reply::Stall | Reply::StoredButFailed => rx.store(&mut seen, &exporter, &batch, entries),
+            Reply::Stall | Reply::Hold | Reply::StoredButFailed => rx.store(&mut seen, &exporter, &batch, entries),
             Reply::TooMany => {
                 // Minus a little for timer granularity on either side.
                 let until = Instant::now() + RETRY_AFTER - Duration::from_millis(10);
@@ -429,6 +435,10 @@ async fn ingest(
             tokio::time::sleep(STALL).await;
             StatusCode::OK.into_response()
         }
+        Reply::Hold => {
+            tokio::time::sleep(HOLD).await;
+            StatusCode::OK.into_response()
+        }
         Reply::BadRequest => (StatusCode::BAD_REQUEST, "this receiver rejects the batch").into_response(),
     }
 }
@@ -436,11 +446,18 @@ async fn ingest(
 /// One `[[exporters]]` table of `sink = "http"` pointing at the receiver;
 /// `settings` are extra exporter-level lines (retry, ledgers, …).
 fn http_exporter(name: &str, receiver: SocketAddr, format: Format, settings: &str) -> String {
-    http_exporter_batched(name, receiver, format, r#"{ max_entries = 50, linger = "5ms" }"#, settings)
+    http_exporter_batched(name, receiver, format, r#"{ max_entries = 50, linger = "5ms" }"#, settings, SINK_TIMEOUT)
 }
 
-/// `http_exporter` with its own `batch` table.
-fn http_exporter_batched(name: &str, receiver: SocketAddr, format: Format, batch: &str, settings: &str) -> String {
+/// `http_exporter` with its own `batch` table and sink timeout.
+fn http_exporter_batched(
+    name: &str,
+    receiver: SocketAddr,
+    format: Format,
+    batch: &str,
+    settings: &str,
+    timeout: &str,
+) -> String {
     format!(
         r#"
 [[exporters]]
@@ -451,7 +468,7 @@ batch = {batch}
 [exporters.config]
 url = "http://{receiver}/in/{name}"
 secret = "{SECRET}"
-timeout = "{SINK_TIMEOUT}"
+timeout = "{timeout}"
 format = "{format}"
 "#,
         format = format.name()
@@ -948,7 +965,7 @@ async fn a_failed_batch_keeps_its_key_and_body_across_kill_9() {
     // does not. The retry waits 15 to 30 s, so it comes only after the kill.
     let batch = r#"{ max_entries = 5, max_bytes = 25000, linger = "5ms" }"#;
     let settings = r#"retry = { initial = "30s", max = "30s" }"#;
-    let config = http_exporter_batched("hooks", addr, Format::Ndjson, batch, settings);
+    let config = http_exporter_batched("hooks", addr, Format::Ndjson, batch, settings, SINK_TIMEOUT);
     let env = Env::new();
     let server = env.serve_with(&config).await;
 
@@ -999,5 +1016,42 @@ async fn a_ledger_created_again_is_sent_under_keys_of_its_own_incarnation() {
     assert_eq!(keys, [format!("hooks/audit/{old}/1-3"), format!("hooks/audit/{new}/1-3")], "{sent:#?}");
     rx.assert_no_problems();
     assert_received_exactly(&server, &rx, "hooks", "audit").await;
+    server.stop();
+}
+
+/// A reset of one ledger cancels the deliveries of the exporter's other
+/// ledgers too. A cancelled batch may have arrived, so the ledger that was
+/// not reset sends exactly that batch again, not a longer one formed from
+/// entries appended meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_cancelled_by_another_ledgers_reset_is_sent_again_as_it_was() {
+    let held = AtomicBool::new(false);
+    let policy: Policy =
+        Box::new(
+            move |call| {
+                if call.ledger == "a" && !held.swap(true, Ordering::SeqCst) { Reply::Hold } else { Reply::Ok }
+            },
+        );
+    let (rx, addr) = Receiver::start(&[("hooks", Format::Json)], policy).await;
+    let batch = r#"{ max_entries = 50, linger = "5ms" }"#;
+    let env = Env::new();
+    let server = env.serve_with(&http_exporter_batched("hooks", addr, Format::Json, batch, "", "10s")).await;
+
+    assert_eq!(server.append("b", padded_entries(2, "b", 10)).await.status, 201);
+    wait_for(&server, &rx, "hooks", "b exported", |s| caught_up(s, "b", 2)).await;
+    assert_eq!(server.append("a", padded_entries(3, "a", 10)).await.status, 201);
+    eventually("a's first batch is held", || rx.calls("hooks", "a") == 1).await;
+    assert_eq!(server.append("a", padded_entries(7, "a2", 10)).await.status, 201);
+    let r = server.post("/v1/exporters/hooks/reset", r#"{"ledger":"b"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    wait_for(&server, &rx, "hooks", "a and b exported", |s| caught_up(s, "a", 10) && caught_up(s, "b", 2)).await;
+    let ranges: Vec<(u64, u64)> = rx.sent("hooks", "a").iter().map(|s| (s.first, s.last)).collect();
+    assert_eq!(ranges, [(1, 3), (1, 3), (4, 10)], "a's batches");
+    assert!(rx.calls("hooks", "b") >= 2, "b was exported again after its reset");
+    rx.assert_no_problems();
+    for l in ["a", "b"] {
+        assert_received_exactly(&server, &rx, "hooks", l).await;
+    }
     server.stop();
 }
