@@ -25,9 +25,9 @@ pub(crate) struct Job<S> {
     pub sink: Arc<S>,
     pub exporter: LedgerName,
     pub ledger: LedgerName,
+    /// The ledger's incarnation: reads must be of it, and batch keys and
+    /// dead-letter idempotency keys name it.
     pub incarnation: u64,
-    /// The ledger's `created_at`, in dead-letter idempotency keys.
-    pub created_at: u64,
     pub batch: BatchPolicy,
     pub dead_letter: Option<LedgerName>,
     pub cancel: CancellationToken,
@@ -55,38 +55,26 @@ impl Done {
 }
 
 impl<S: Sink> Job<S> {
-    /// Prepares the sink if asked, reads the batch after `cursor` (or takes
-    /// the entries read ahead), delivers it while reading the next batch
-    /// ahead, and writes the acknowledged cursor.
-    pub async fn deliver(mut self, cursor: EntryId, prepare: bool) -> Done {
+    /// Prepares the sink if asked, forms the batch after `cursor` (exactly
+    /// `cursor + 1..=resend_to` when the sink was given that batch and did
+    /// not acknowledge it), delivers it while reading the next batch ahead,
+    /// and writes the acknowledged cursor.
+    pub async fn deliver(mut self, cursor: EntryId, prepare: bool, resend_to: Option<EntryId>) -> Done {
         let from = cursor + 1;
         if prepare {
             let prepared = tokio::select! {
                 r = self.sink.prepare(&self.ledger, cursor) => r,
-                () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled),
+                () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled { sent_to: None }),
             };
             if let Err(error) = prepared {
-                return Done::only(Outcome::Failed { from, to: from, error });
+                return not_sent(from, error);
             }
         }
-        let prefetched = self.prefetched.take().filter(|p| p.first().map(|e| e.id) == Some(from));
-        let entries = match prefetched {
-            Some(entries) => entries,
-            None => match self.read(from, self.batch.max_entries).await {
-                Ok(entries) => entries,
-                Err(StoreError::BelowFirst { first, .. }) => return self.skip(first - 1).await,
-                Err(StoreError::LedgerNotFound(_)) => return Done::only(Outcome::Gone),
-                Err(e) => return Done::only(Outcome::Failed { from, to: from, error: store_error("read", &e) }),
-            },
+        let (entries, rest) = match self.batch(from, resend_to).await {
+            Ok(batch) => batch,
+            Err(done) => return done,
         };
-        let (entries, rest) = trim(entries, self.batch.max_bytes);
-        let Some(to) = entries.last().map(|e| e.id) else {
-            return Done::only(Outcome::Failed {
-                from,
-                to: from,
-                error: SinkError::retryable("read returned nothing"),
-            });
-        };
+        let to = entries.last().map_or(from, |e| e.id);
         // Read the next batch while the sink works: reading and delivering
         // overlap, and the next job starts with its entries in hand. Only
         // while the supervisor's budget of held batches allows.
@@ -96,18 +84,27 @@ impl<S: Sink> Job<S> {
             None if self.head > to => Ahead::Reading(self.spawn_read(to + 1)),
             None => Ahead::None,
         };
-        let batch = Batch { exporter: self.exporter.clone(), ledger: self.ledger.clone(), entries };
+        let batch = Batch {
+            exporter: self.exporter.clone(),
+            ledger: self.ledger.clone(),
+            incarnation: self.incarnation,
+            entries,
+        };
         let acked = tokio::select! {
             r = self.sink.deliver(&batch) => r,
-            () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled),
+            // The batch may have arrived: it is the one to send again.
+            () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled { sent_to: Some(to) }),
         };
+        // From here on the sink has had the batch: a failure sends it again
+        // as it is.
+        let sent = |error| Done::only(Outcome::Failed { from, to, error, sent: true });
         let through = match acked {
             Ok(Ack { through }) if through > cursor && through <= to => through,
             Ok(Ack { through }) => {
                 let message = format!("the sink acknowledged id {through}, outside the batch {from}..={to}");
-                return Done::only(Outcome::Failed { from, to, error: SinkError::retryable(message) });
+                return sent(SinkError::retryable(message));
             }
-            Err(error) => return Done::only(Outcome::Failed { from, to, error }),
+            Err(error) => return sent(error),
         };
         match self.commit(through).await {
             Ok(()) => {
@@ -117,8 +114,58 @@ impl<S: Sink> Job<S> {
                 Done { outcome: Outcome::Delivered { through }, entries: through - cursor, prefetched }
             }
             Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Gone),
-            Err(e) => Done::only(Outcome::Failed { from, to, error: store_error("write the cursor", &e) }),
+            Err(e) => sent(store_error("write the cursor", &e)),
         }
+    }
+
+    /// The entries of the batch from `from`, and those after it that the
+    /// byte limit left out; or how the job ends when there is none.
+    async fn batch(&mut self, from: EntryId, resend_to: Option<EntryId>) -> Result<(Vec<Entry>, Rest), Done> {
+        let read = match resend_to {
+            Some(to) => self.read(from, (to + 1 - from) as usize).await.map(|entries| (entries, None)),
+            None => self.form(from).await,
+        };
+        let (entries, rest) = match read {
+            Ok(read) => read,
+            Err(StoreError::BelowFirst { first, .. }) => return Err(self.skip(first - 1).await),
+            Err(StoreError::LedgerNotFound(_)) => return Err(Done::only(Outcome::Gone)),
+            Err(e) => return Err(not_sent(from, store_error("read", &e))),
+        };
+        match (entries.last().map(|e| e.id), resend_to) {
+            (None, _) => Err(not_sent(from, SinkError::retryable("read returned nothing"))),
+            (Some(last), Some(to)) if last != to => {
+                let message = format!("the batch {from}..={to} to send again read back as {from}..={last}");
+                Err(not_sent(from, SinkError::retryable(message)))
+            }
+            _ => Ok((entries, rest)),
+        }
+    }
+
+    /// A new batch from `from`: `max_entries` entries, or fewer when
+    /// `max_bytes` cuts it first, or fewer still only when the ledger had no
+    /// more. A batch that the head did not cut short is so a function of
+    /// the cursor and the (immutable) entries: a process restarted at the
+    /// same cursor forms the same batch. Entries read ahead stop where the
+    /// head was when they were read, so they are topped up first.
+    async fn form(&mut self, from: EntryId) -> Result<(Vec<Entry>, Rest), StoreError> {
+        let entries = match self.prefetched.take().filter(|p| p.first().map(|e| e.id) == Some(from)) {
+            Some(entries) => self.top_up(entries).await?,
+            None => self.read(from, self.batch.max_entries).await?,
+        };
+        Ok(trim(entries, self.batch.max_bytes))
+    }
+
+    /// Entries read ahead, extended to what a read from their first id would
+    /// return now: up to `max_entries`, while they fit in `max_bytes` and
+    /// the head is beyond them.
+    async fn top_up(&self, mut entries: Vec<Entry>) -> Result<Vec<Entry>, StoreError> {
+        let last = entries.last().map_or(0, |e| e.id);
+        let room = self.batch.max_entries.saturating_sub(entries.len());
+        let fits = entries.iter().map(json_bytes).sum::<usize>() <= self.batch.max_bytes;
+        if room > 0 && fits && self.head > last {
+            entries.extend(self.read(last + 1, room).await?);
+        }
+        Ok(entries)
     }
 
     fn spawn_read(&self, from: EntryId) -> tokio::task::JoinHandle<Result<Vec<Entry>, StoreError>> {
@@ -129,13 +176,18 @@ impl<S: Sink> Job<S> {
 
     /// Appends ids `from..=to` to the dead-letter ledger, each with the
     /// error, then moves the cursor to `to`. Each dead-letter entry carries
-    /// the idempotency key `{exporter}/{ledger}@{created_at}/{id}`, so a
+    /// the idempotency key `{exporter}/{ledger}/{incarnation}/{id}`, so a
     /// crash between the append and the cursor write does not record an
-    /// entry twice, and a later ledger of the same name is not mistaken
-    /// for this one.
+    /// entry twice, and a later ledger of the same name (a new incarnation;
+    /// `created_at` could be the same) is not mistaken for this one.
     pub async fn dead_letter(self, from: EntryId, to: EntryId, error: String) -> Done {
         let Some(dead_letter) = self.dead_letter.clone() else {
-            return Done::only(Outcome::Failed { from, to, error: SinkError::permanent("no dead-letter ledger") });
+            return Done::only(Outcome::Failed {
+                from,
+                to,
+                error: SinkError::permanent("no dead-letter ledger"),
+                sent: false,
+            });
         };
         let mut id = from;
         while id <= to {
@@ -143,20 +195,21 @@ impl<S: Sink> Job<S> {
             let entries = match self.read(id, want).await {
                 Ok(e) if !e.is_empty() => e,
                 Ok(_) => break,
-                Err(e) => return Done::only(Outcome::Failed { from, to, error: store_error("read", &e) }),
+                Err(e) => return Done::only(Outcome::Failed { from, to, error: store_error("read", &e), sent: false }),
             };
             let last = entries.last().map_or(id, |e| e.id);
             let records: Vec<NewEntry> = entries.iter().map(|e| self.dead_letter_entry(e, &error)).collect();
             for chunk in chunk_by_bytes(records, DEAD_LETTER_APPEND_BYTES_MAX) {
                 let appended = tokio::select! {
                     r = self.store.append(&dead_letter, chunk) => r,
-                    () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled),
+                    () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled { sent_to: None }),
                 };
                 if let Err(e) = appended {
                     return Done::only(Outcome::Failed {
                         from,
                         to,
                         error: store_error("append to the dead-letter ledger", &e),
+                        sent: false,
                     });
                 }
             }
@@ -165,7 +218,7 @@ impl<S: Sink> Job<S> {
         match self.commit(to).await {
             Ok(()) => Done { outcome: Outcome::DeadLettered { through: to }, entries: to + 1 - from, prefetched: None },
             Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Gone),
-            Err(e) => Done::only(Outcome::Failed { from, to, error: store_error("write the cursor", &e) }),
+            Err(e) => Done::only(Outcome::Failed { from, to, error: store_error("write the cursor", &e), sent: false }),
         }
     }
 
@@ -193,7 +246,7 @@ impl<S: Sink> Job<S> {
         }
         NewEntry {
             key: Some(format!("{}/{}", self.exporter, self.ledger)),
-            idempotency_key: Some(format!("{}/{}@{}/{}", self.exporter, self.ledger, self.created_at, entry.id)),
+            idempotency_key: Some(format!("{}/{}/{}/{}", self.exporter, self.ledger, self.incarnation, entry.id)),
             payload: Payload::from_json(&text).expect("dead-letter records are valid JSON"),
         }
     }
@@ -204,7 +257,9 @@ impl<S: Sink> Job<S> {
         match self.commit(to).await {
             Ok(()) => Done::only(Outcome::Skipped { to }),
             Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Gone),
-            Err(e) => Done::only(Outcome::Failed { from: to, to, error: store_error("write the cursor", &e) }),
+            Err(e) => {
+                Done::only(Outcome::Failed { from: to, to, error: store_error("write the cursor", &e), sent: false })
+            }
         }
     }
 
@@ -222,6 +277,15 @@ impl<S: Sink> Job<S> {
         };
         cursors::commit(&self.store, vec![update]).await
     }
+}
+
+/// Entries after a batch that its byte limit left out.
+type Rest = Option<Vec<Entry>>;
+
+/// A job that ends before the sink was given a batch: the next attempt
+/// forms the batch again (or sends again the one it was given before).
+fn not_sent(from: EntryId, error: SinkError) -> Done {
+    Done::only(Outcome::Failed { from, to: from, error, sent: false })
 }
 
 /// The batch after the one being delivered.
@@ -248,14 +312,19 @@ fn store_error(what: &str, e: &StoreError) -> SinkError {
     SinkError::retryable(format!("{what}: {e}"))
 }
 
+/// What an entry counts for against `max_bytes`: about its JSON form.
+fn json_bytes(e: &Entry) -> usize {
+    e.payload.len() + e.key.as_ref().map_or(0, String::len) + ENTRY_JSON_OVERHEAD_BYTES
+}
+
 /// Splits off the leading entries whose JSON fits in `max_bytes` (at least
 /// one); the rest, if any, is the start of the next batch.
-fn trim(mut entries: Vec<Entry>, max_bytes: usize) -> (Vec<Entry>, Option<Vec<Entry>>) {
+fn trim(mut entries: Vec<Entry>, max_bytes: usize) -> (Vec<Entry>, Rest) {
     let mut bytes = 0;
     let keep = entries
         .iter()
         .take_while(|e| {
-            bytes += e.payload.len() + e.key.as_ref().map_or(0, String::len) + ENTRY_JSON_OVERHEAD_BYTES;
+            bytes += json_bytes(e);
             bytes <= max_bytes
         })
         .count()
@@ -348,6 +417,104 @@ mod tests {
         }
     }
 
+    /// A store holding ids 1..=n of ledger `audit`.
+    async fn filled(n: u64) -> (tempfile::TempDir, Store, LedgerName) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(ferry_store::StoreConfig::new(dir.path())).unwrap();
+        let l = LedgerName::parse("audit").unwrap();
+        let entries = (1..=n)
+            .map(|i| NewEntry {
+                key: None,
+                idempotency_key: None,
+                payload: Payload::from_json(&i.to_string()).unwrap(),
+            })
+            .collect();
+        store.append(&l, entries).await.unwrap();
+        (dir, store, l)
+    }
+
+    /// A job on the ledger as it is now, with batches of `max_entries`.
+    fn job(store: &Store, sink: &Arc<Recording>, ledger: &LedgerName, max_entries: usize) -> Job<Recording> {
+        let head = store.ledger_head(ledger).unwrap();
+        Job {
+            store: store.clone(),
+            sink: sink.clone(),
+            exporter: LedgerName::parse("x").unwrap(),
+            ledger: ledger.clone(),
+            incarnation: head.incarnation,
+            batch: BatchPolicy { max_entries, max_bytes: 1 << 20, linger: std::time::Duration::ZERO },
+            dead_letter: None,
+            cancel: CancellationToken::new(),
+            head: head.head,
+            prefetched: None,
+            read_ahead: false,
+        }
+    }
+
+    /// Issue #12 item 5: entries read ahead end where the head was then; the
+    /// batch they start is the one a read from the cursor forms now, as it
+    /// would be after a restart.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn entries_read_ahead_are_topped_up_to_the_batch_a_read_from_the_cursor_forms() {
+        let (_dir, store, l) = filled(12).await;
+        let sink = Arc::new(Recording::default());
+        let mut job = job(&store, &sink, &l, 5);
+        job.prefetched = Some(store.read(&l, Some(5), 1).await.unwrap().entries);
+        let done = job.deliver(4, false, None).await;
+        assert_eq!(done.outcome, Outcome::Delivered { through: 9 });
+        assert_eq!(*sink.0.lock().unwrap(), [(5..=9).collect::<Vec<_>>()]);
+        store.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_batch_sent_again_is_exactly_the_one_that_failed() {
+        let (_dir, store, l) = filled(12).await;
+        let sink = Arc::new(Recording::default());
+        let done = job(&store, &sink, &l, 5).deliver(0, true, Some(3)).await;
+        assert_eq!(done.outcome, Outcome::Delivered { through: 3 });
+        assert_eq!(*sink.0.lock().unwrap(), [vec![1, 2, 3]]);
+        store.shutdown().await;
+    }
+
+    /// Issue #12 item 5: the dead-letter idempotency key tells two ledgers
+    /// of one name apart by their incarnation. Two incarnations may share
+    /// a `created_at` (created in one millisecond, or after the clock
+    /// stepped back); the key used to be built on it, and the store dropped
+    /// the second ledger's dead letters as repeats while the cursor moved
+    /// past them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn dead_letters_of_a_ledger_created_again_are_recorded_under_its_own_keys() {
+        let (_dir, store, l) = filled(2).await;
+        let dlq = LedgerName::parse("dlq").unwrap();
+        store.create_ledger(&dlq).await.unwrap();
+        let sink = Arc::new(Recording::default());
+        let dead_letter = |job: Job<Recording>| Job { dead_letter: Some(dlq.clone()), ..job };
+
+        let first = dead_letter(job(&store, &sink, &l, 5));
+        let incarnation = first.incarnation;
+        assert_eq!(first.dead_letter(1, 2, "400".into()).await.outcome, Outcome::DeadLettered { through: 2 });
+        store.delete_ledger(&l).await.unwrap();
+        let entries = (1..=2)
+            .map(|i| NewEntry {
+                key: None,
+                idempotency_key: None,
+                payload: Payload::from_json(&format!("{i}")).unwrap(),
+            })
+            .collect();
+        store.append(&l, entries).await.unwrap();
+        let again = dead_letter(job(&store, &sink, &l, 5));
+        assert_ne!(again.incarnation, incarnation);
+        // The key does not depend on `created_at`, which the two may share.
+        let entry = &store.read(&l, Some(1), 1).await.unwrap().entries[0];
+        let key = again.dead_letter_entry(entry, "400").idempotency_key;
+        assert_eq!(key, Some(format!("x/audit/{}/1", again.incarnation)));
+        assert_eq!(again.dead_letter(1, 2, "400".into()).await.outcome, Outcome::DeadLettered { through: 2 });
+
+        let recorded = store.read(&dlq, Some(1), 100).await.unwrap().entries;
+        assert_eq!(recorded.len(), 4, "two dead letters of each ledger: {recorded:#?}");
+        store.shutdown().await;
+    }
+
     /// Issue #12 item 4: a job of a deleted ledger whose name now holds a
     /// new one (deleted and created again, with entries past the old
     /// cursor) must deliver nothing of the new ledger under the old cursor.
@@ -373,7 +540,6 @@ mod tests {
             exporter: LedgerName::parse("x").unwrap(),
             ledger: l.clone(),
             incarnation: old.incarnation,
-            created_at: old.created_at,
             batch: BatchPolicy { max_entries: 4, max_bytes: 1 << 20, linger: std::time::Duration::ZERO },
             dead_letter: None,
             cancel: CancellationToken::new(),
@@ -381,7 +547,7 @@ mod tests {
             prefetched: None,
             read_ahead: true,
         };
-        let done = job.deliver(3, false).await;
+        let done = job.deliver(3, false, None).await;
         assert!(matches!(done.outcome, Outcome::Gone), "{:?}", done.outcome);
         assert!(sink.0.lock().unwrap().is_empty(), "the sink got {:?}", sink.0.lock().unwrap());
         assert!(store.cursors().await.unwrap().is_empty());

@@ -7,7 +7,11 @@
 //! **Invariants:** the cursor only moves forward (except by `reset`), never
 //! past the head, and only on an acknowledged delivery, a dead-lettered
 //! batch, or entries retention pruned before they could be exported. At
-//! most one job per ledger is in flight.
+//! most one job per ledger is in flight. A batch the sink was given and did
+//! not acknowledge is sent again exactly as it was (same ids, so the same
+//! `Idempotency-Key` and body) until it is acknowledged, dead-lettered or
+//! a reset moves the cursor: batches of one process are identical or
+//! disjoint (see `docs/decisions/2026-12-04-stable-export-batches.md`).
 
 use std::time::{Duration, Instant};
 
@@ -36,8 +40,10 @@ pub enum Next {
     Idle,
     /// Ask again at this instant.
     WakeAt(Instant),
-    /// Deliver the entries after `cursor` (takes a parallelism slot).
-    Deliver { cursor: EntryId, prepare: bool },
+    /// Deliver the entries after `cursor` (takes a parallelism slot); with
+    /// `resend_to`, exactly ids `cursor + 1..=resend_to` again, the batch
+    /// the sink was given and did not acknowledge.
+    Deliver { cursor: EntryId, prepare: bool, resend_to: Option<EntryId> },
     /// Append ids `from..=to` to the dead-letter ledger and move the cursor
     /// to `to` (takes a slot).
     DeadLetter { from: EntryId, to: EntryId, error: String },
@@ -48,10 +54,13 @@ pub enum Next {
 pub enum Outcome {
     /// The sink acknowledged through `through` and the cursor is written.
     Delivered { through: EntryId },
-    /// The delivery of ids `from..=to` (or its preparation) failed.
-    Failed { from: EntryId, to: EntryId, error: SinkError },
-    /// The job was dropped before an acknowledgement (shutdown, reset).
-    Cancelled,
+    /// The delivery of ids `from..=to` (or its preparation) failed; `sent`
+    /// when the sink was given the batch `from..=to` (it may have arrived).
+    Failed { from: EntryId, to: EntryId, error: SinkError, sent: bool },
+    /// The job was dropped before an acknowledgement (shutdown, reset);
+    /// `sent_to` is the last id of the batch the sink was being given (it
+    /// may have arrived), if it got that far.
+    Cancelled { sent_to: Option<EntryId> },
     /// The ledger is being deleted: nothing more to do until it is
     /// forgotten.
     Gone,
@@ -119,6 +128,9 @@ pub struct LedgerMachine {
     pending_since: Option<Instant>,
     paused: bool,
     needs_prepare: bool,
+    /// The last id of the batch after the cursor that the sink was given
+    /// and did not acknowledge: the next delivery sends exactly that batch.
+    unacked_to: Option<EntryId>,
     attempts: u32,
     last_error: Option<String>,
     last_success_at: Option<u64>,
@@ -138,6 +150,7 @@ impl LedgerMachine {
             pending_since: None,
             paused: false,
             needs_prepare: true,
+            unacked_to: None,
             attempts: 0,
             last_error: None,
             last_success_at: None,
@@ -201,7 +214,7 @@ impl LedgerMachine {
         if self.paused || self.in_flight() {
             return Next::Idle;
         }
-        let deliver = Next::Deliver { cursor: self.cursor, prepare: self.needs_prepare };
+        let deliver = Next::Deliver { cursor: self.cursor, prepare: self.needs_prepare, resend_to: self.unacked_to };
         match &self.phase {
             Phase::Failed | Phase::Gone | Phase::Delivering { .. } | Phase::DeadLettering { .. } => Next::Idle,
             Phase::DeadLetterDue { from, to, error, not_before } => {
@@ -249,6 +262,9 @@ impl LedgerMachine {
             Outcome::Delivered { through } => {
                 self.advance(through);
                 self.needs_prepare = false;
+                // Also after a partial acknowledgement: the sink said the
+                // rest did not arrive, so the next batch is a new one.
+                self.unacked_to = None;
                 let recovered = self.attempts > 0;
                 self.attempts = 0;
                 self.last_error = None;
@@ -258,8 +274,16 @@ impl LedgerMachine {
                 self.keep_waiting(since);
                 recovered.then_some(Notice::Recovered)
             }
-            Outcome::Failed { from, to, error } => self.failed(from, to, error, since, now, jitter),
-            Outcome::Cancelled => {
+            Outcome::Failed { from, to, error, sent } => {
+                if sent && from == self.cursor + 1 && to >= from {
+                    self.unacked_to = Some(to);
+                }
+                self.failed(from, to, error, since, now, jitter)
+            }
+            Outcome::Cancelled { sent_to } => {
+                if let Some(to) = sent_to.filter(|to| *to > self.cursor) {
+                    self.unacked_to = Some(to);
+                }
                 self.needs_prepare = true;
                 self.phase = match std::mem::replace(&mut self.phase, Phase::Waiting) {
                     Phase::DeadLettering { from, to, error } => {
@@ -280,6 +304,7 @@ impl LedgerMachine {
                     _ => (self.cursor + 1, String::new()),
                 };
                 self.advance(through);
+                self.unacked_to = None;
                 self.attempts = 0;
                 self.dead_lettered = true;
                 self.phase = Phase::Waiting;
@@ -289,6 +314,7 @@ impl LedgerMachine {
             Outcome::Skipped { to } => {
                 let from = self.cursor + 1;
                 self.advance(to);
+                self.unacked_to = None;
                 self.needs_prepare = true;
                 self.phase = Phase::Waiting;
                 self.keep_waiting(since);
@@ -388,6 +414,7 @@ impl LedgerMachine {
         assert!(!self.in_flight(), "reset with a job in flight");
         assert!(cursor <= self.head, "reset cursor {cursor} beyond head {}", self.head);
         self.cursor = cursor;
+        self.unacked_to = None;
         self.phase = Phase::Waiting;
         self.attempts = 0;
         self.last_error = None;
@@ -428,7 +455,7 @@ mod tests {
         assert_eq!(m.next(t), Next::Idle);
         m.on_head(3, t);
         assert_eq!(m.next(t), Next::WakeAt(t + BATCH.linger));
-        assert!(matches!(m.next(t + BATCH.linger), Next::Deliver { cursor: 0, prepare: true }));
+        assert!(matches!(m.next(t + BATCH.linger), Next::Deliver { cursor: 0, prepare: true, resend_to: None }));
         m.on_head(10, t + Duration::from_millis(1));
         assert!(matches!(m.next(t + Duration::from_millis(1)), Next::Deliver { .. }), "10 entries fill a batch");
     }
@@ -461,18 +488,29 @@ mod tests {
         let t = Instant::now();
         let mut m = machine(0, 20);
         deliver(&mut m, t);
-        let notice = m.on_outcome(Outcome::Failed { from: 1, to: 10, error: fail(None) }, t, 1, 0.0);
+        let notice = m.on_outcome(Outcome::Failed { from: 1, to: 10, error: fail(None), sent: true }, t, 1, 0.0);
         assert!(matches!(notice, Some(Notice::Failed { attempts: 1, .. })));
         assert_eq!(m.state(), LedgerState::BackingOff);
         assert_eq!(m.next(t), Next::WakeAt(t + Duration::from_millis(50)), "½ of 100 ms at jitter 0");
         let t2 = t + Duration::from_millis(50);
-        assert!(matches!(m.next(t2), Next::Deliver { cursor: 0, prepare: true }), "retries re-prepare");
+        assert!(
+            matches!(m.next(t2), Next::Deliver { cursor: 0, prepare: true, resend_to: Some(10) }),
+            "retries re-prepare"
+        );
         deliver(&mut m, t2);
-        assert_eq!(m.on_outcome(Outcome::Failed { from: 1, to: 10, error: fail(None) }, t2, 1, 0.999), None);
+        assert_eq!(
+            m.on_outcome(Outcome::Failed { from: 1, to: 10, error: fail(None), sent: true }, t2, 1, 0.999),
+            None
+        );
         let Next::WakeAt(w) = m.next(t2) else { panic!() };
         assert!(w - t2 > Duration::from_millis(190) && w - t2 <= Duration::from_millis(200));
         deliver(&mut m, w);
-        m.on_outcome(Outcome::Failed { from: 1, to: 10, error: fail(Some(Duration::from_secs(7))) }, w, 1, 0.0);
+        m.on_outcome(
+            Outcome::Failed { from: 1, to: 10, error: fail(Some(Duration::from_secs(7))), sent: true },
+            w,
+            1,
+            0.0,
+        );
         assert_eq!(m.next(w), Next::WakeAt(w + Duration::from_secs(7)), "Retry-After wins when longer");
         deliver(&mut m, w + Duration::from_secs(7));
         let notice = m.on_outcome(Outcome::Delivered { through: 10 }, w, 9, 0.0);
@@ -481,6 +519,76 @@ mod tests {
             (m.state(), m.attempts(), m.last_error(), m.last_success_at()),
             (LedgerState::Running, 0, None, Some(9))
         );
+    }
+
+    /// Issue #12 item 5: a retry sends the batch that failed, not a longer
+    /// one that entries appended during the backoff would make.
+    #[test]
+    fn a_batch_the_sink_was_given_is_sent_again_exactly_until_acknowledged() {
+        let t = Instant::now();
+        let mut m = machine(0, 3);
+        assert_eq!(m.next(t + BATCH.linger), Next::Deliver { cursor: 0, prepare: true, resend_to: None });
+        deliver(&mut m, t);
+        m.on_outcome(Outcome::Failed { from: 1, to: 3, error: fail(None), sent: true }, t, 1, 0.0);
+        m.on_head(25, t);
+        let Next::WakeAt(w) = m.next(t) else { panic!("{:?}", m.next(t)) };
+        assert_eq!(m.next(w), Next::Deliver { cursor: 0, prepare: true, resend_to: Some(3) });
+        deliver(&mut m, w);
+        let permanent = SinkError::permanent("400");
+        m.on_outcome(Outcome::Failed { from: 1, to: 3, error: permanent, sent: true }, w, 1, 0.0);
+        m.resume();
+        assert_eq!(m.next(w), Next::Deliver { cursor: 0, prepare: true, resend_to: Some(3) }, "after a resume too");
+        deliver(&mut m, w);
+        m.on_outcome(Outcome::Cancelled { sent_to: None }, w, 1, 0.0);
+        assert_eq!(m.next(w), Next::Deliver { cursor: 0, prepare: true, resend_to: Some(3) }, "after a cancel too");
+        deliver(&mut m, w);
+        m.on_outcome(Outcome::Delivered { through: 3 }, w, 1, 0.0);
+        assert_eq!(m.next(w), Next::Deliver { cursor: 3, prepare: false, resend_to: None }, "then a new batch");
+    }
+
+    #[test]
+    fn a_failure_before_the_sink_had_the_batch_pins_nothing_and_keeps_what_was_pinned() {
+        let t = Instant::now();
+        let mut m = machine(0, 20);
+        deliver(&mut m, t);
+        m.on_outcome(Outcome::Failed { from: 1, to: 1, error: fail(None), sent: false }, t, 1, 0.0);
+        let Next::WakeAt(w) = m.next(t) else { panic!() };
+        assert_eq!(m.next(w), Next::Deliver { cursor: 0, prepare: true, resend_to: None }, "prepare failed");
+        deliver(&mut m, w);
+        m.on_outcome(Outcome::Failed { from: 1, to: 10, error: fail(None), sent: true }, w, 1, 0.0);
+        let Next::WakeAt(w) = m.next(w) else { panic!() };
+        deliver(&mut m, w);
+        m.on_outcome(Outcome::Failed { from: 1, to: 1, error: fail(None), sent: false }, w, 1, 0.0);
+        let Next::WakeAt(w) = m.next(w) else { panic!() };
+        assert_eq!(m.next(w), Next::Deliver { cursor: 0, prepare: true, resend_to: Some(10) });
+    }
+
+    #[test]
+    fn a_reset_a_dead_letter_or_a_partial_ack_ends_the_resending() {
+        let t = Instant::now();
+        let failed = |m: &mut LedgerMachine, to: EntryId, error: SinkError| {
+            let from = m.cursor() + 1;
+            deliver(m, t);
+            m.on_outcome(Outcome::Failed { from, to, error, sent: true }, t, 1, 0.0);
+        };
+        let mut m = machine(0, 20);
+        failed(&mut m, 10, fail(None));
+        m.reset(5);
+        assert_eq!(m.next(t), Next::Deliver { cursor: 5, prepare: true, resend_to: None });
+
+        let mut m = LedgerMachine::new(BATCH, RETRY, true, 0, 20);
+        failed(&mut m, 10, SinkError::permanent("400"));
+        let next = m.next(t);
+        m.begin(&next);
+        m.on_outcome(Outcome::DeadLettered { through: 10 }, t, 1, 0.0);
+        assert_eq!(m.next(t), Next::Deliver { cursor: 10, prepare: true, resend_to: None });
+
+        let mut m = machine(0, 20);
+        failed(&mut m, 10, fail(None));
+        let Next::WakeAt(w) = m.next(t) else { panic!() };
+        deliver(&mut m, w);
+        m.on_outcome(Outcome::Delivered { through: 4 }, w, 1, 0.0);
+        assert_eq!(m.next(w), Next::Deliver { cursor: 4, prepare: false, resend_to: None });
     }
 
     #[test]
@@ -493,7 +601,7 @@ mod tests {
                 _ => t,
             };
             deliver(&mut m, now);
-            m.on_outcome(Outcome::Failed { from: 1, to: 5, error: fail(None) }, t, 1, 0.999);
+            m.on_outcome(Outcome::Failed { from: 1, to: 5, error: fail(None), sent: true }, t, 1, 0.999);
         }
         let Next::WakeAt(w) = m.next(t) else { panic!() };
         assert!(w - t <= RETRY.max);
@@ -505,7 +613,7 @@ mod tests {
         let t = Instant::now();
         let mut m = machine(0, 5);
         deliver(&mut m, t);
-        m.on_outcome(Outcome::Failed { from: 1, to: 5, error: SinkError::permanent("400") }, t, 1, 0.5);
+        m.on_outcome(Outcome::Failed { from: 1, to: 5, error: SinkError::permanent("400"), sent: true }, t, 1, 0.5);
         assert_eq!(m.state(), LedgerState::Failed);
         assert_eq!(m.next(t + Duration::from_secs(3600)), Next::Idle);
         assert_eq!(m.cursor(), 0);
@@ -520,10 +628,10 @@ mod tests {
         let retry = RetryPolicy { max_attempts: 2, ..RETRY };
         let mut m = LedgerMachine::new(BATCH, retry, true, 0, 15);
         deliver(&mut m, t);
-        m.on_outcome(Outcome::Failed { from: 1, to: 10, error: fail(None) }, t, 1, 0.0);
+        m.on_outcome(Outcome::Failed { from: 1, to: 10, error: fail(None), sent: true }, t, 1, 0.0);
         let Next::WakeAt(w) = m.next(t) else { panic!() };
         deliver(&mut m, w);
-        m.on_outcome(Outcome::Failed { from: 1, to: 10, error: fail(None) }, w, 1, 0.0);
+        m.on_outcome(Outcome::Failed { from: 1, to: 10, error: fail(None), sent: true }, w, 1, 0.0);
         let next = m.next(w);
         assert_eq!(next, Next::DeadLetter { from: 1, to: 10, error: "boom".into() });
         assert_eq!(m.state(), LedgerState::DeadLettered);
@@ -531,7 +639,7 @@ mod tests {
         let notice = m.on_outcome(Outcome::DeadLettered { through: 10 }, w, 2, 0.0);
         assert_eq!(notice, Some(Notice::DeadLettered { from: 1, to: 10, error: "boom".into() }));
         assert_eq!((m.cursor(), m.state()), (10, LedgerState::DeadLettered));
-        assert!(matches!(m.next(w), Next::Deliver { cursor: 10, prepare: true }));
+        assert!(matches!(m.next(w), Next::Deliver { cursor: 10, prepare: true, resend_to: None }));
     }
 
     #[test]
@@ -540,7 +648,7 @@ mod tests {
         let retry = RetryPolicy { max_attempts: 1, ..RETRY };
         let mut m = LedgerMachine::new(BATCH, retry, false, 0, 3);
         deliver(&mut m, t);
-        m.on_outcome(Outcome::Failed { from: 1, to: 3, error: fail(None) }, t, 1, 0.0);
+        m.on_outcome(Outcome::Failed { from: 1, to: 3, error: fail(None), sent: true }, t, 1, 0.0);
         assert_eq!(m.state(), LedgerState::Failed);
         assert_eq!(m.next(t + Duration::from_secs(60)), Next::Idle);
     }
@@ -550,10 +658,10 @@ mod tests {
         let t = Instant::now();
         let mut m = LedgerMachine::new(BATCH, RETRY, true, 0, 3);
         deliver(&mut m, t);
-        m.on_outcome(Outcome::Failed { from: 1, to: 3, error: SinkError::permanent("no") }, t, 1, 0.0);
+        m.on_outcome(Outcome::Failed { from: 1, to: 3, error: SinkError::permanent("no"), sent: true }, t, 1, 0.0);
         let next = m.next(t);
         m.begin(&next);
-        m.on_outcome(Outcome::Failed { from: 1, to: 3, error: SinkError::retryable("disk") }, t, 1, 0.0);
+        m.on_outcome(Outcome::Failed { from: 1, to: 3, error: SinkError::retryable("disk"), sent: true }, t, 1, 0.0);
         let Next::WakeAt(w) = m.next(t) else { panic!("{:?}", m.next(t)) };
         assert!(matches!(m.next(w), Next::DeadLetter { from: 1, to: 3, .. }));
         assert_eq!(m.cursor(), 0);
@@ -582,7 +690,10 @@ mod tests {
         assert_eq!(m.next(t), Next::Idle);
         m.reset(2);
         assert_eq!((m.cursor(), m.lag()), (2, 3));
-        assert!(matches!(m.next(t), Next::Deliver { cursor: 2, prepare: true }), "re-exported entries are old");
+        assert!(
+            matches!(m.next(t), Next::Deliver { cursor: 2, prepare: true, resend_to: None }),
+            "re-exported entries are old"
+        );
     }
 
     #[test]
@@ -592,8 +703,20 @@ mod tests {
         deliver(&mut m, t);
         m.on_outcome(Outcome::Delivered { through: 10 }, t, 1, 0.0);
         deliver(&mut m, t);
-        m.on_outcome(Outcome::Cancelled, t, 1, 0.0);
-        assert_eq!(m.next(t), Next::Deliver { cursor: 10, prepare: true });
+        m.on_outcome(Outcome::Cancelled { sent_to: None }, t, 1, 0.0);
+        assert_eq!(m.next(t), Next::Deliver { cursor: 10, prepare: true, resend_to: None });
+    }
+
+    /// A reset of another ledger cancels this ledger's delivery too; the
+    /// sink may have had the batch, so it is the one sent next.
+    #[test]
+    fn a_delivery_cancelled_while_the_sink_had_the_batch_is_sent_again_as_it_was() {
+        let t = Instant::now();
+        let mut m = machine(0, 3);
+        deliver(&mut m, t);
+        m.on_head(20, t);
+        m.on_outcome(Outcome::Cancelled { sent_to: Some(3) }, t, 1, 0.0);
+        assert_eq!(m.next(t), Next::Deliver { cursor: 0, prepare: true, resend_to: Some(3) });
     }
 
     #[test]
@@ -620,7 +743,7 @@ mod tests {
         let t = Instant::now();
         let mut m = machine(0, 5);
         deliver(&mut m, t);
-        m.on_outcome(Outcome::Failed { from: 1, to: 5, error: SinkError::permanent("400") }, t, 1, 0.0);
+        m.on_outcome(Outcome::Failed { from: 1, to: 5, error: SinkError::permanent("400"), sent: true }, t, 1, 0.0);
         m.pause();
         m.unpause();
         assert_eq!(m.state(), LedgerState::Failed, "unpause leaves a failed ledger failed");

@@ -266,7 +266,6 @@ async fn ask(
 struct Tracked {
     machine: LedgerMachine,
     incarnation: u64,
-    created_at: u64,
     /// In the ready queue.
     queued: bool,
     /// Its entry in the timer set.
@@ -454,7 +453,6 @@ impl<S: Sink> Supervisor<S> {
         let tracked = Tracked {
             machine,
             incarnation: info.incarnation,
-            created_at: info.created_at,
             queued: false,
             wake: None,
             cancel: None,
@@ -546,13 +544,14 @@ impl<S: Sink> Supervisor<S> {
                 exporter: self.settings.name.clone(),
                 ledger: ledger.clone(),
                 incarnation: t.incarnation,
-                created_at: t.created_at,
                 batch: self.settings.batch,
                 dead_letter: self.settings.dead_letter.clone(),
                 cancel,
             };
             let handle = match next {
-                Next::Deliver { cursor, prepare } => self.workers.spawn(job.deliver(cursor, prepare)),
+                Next::Deliver { cursor, prepare, resend_to } => {
+                    self.workers.spawn(job.deliver(cursor, prepare, resend_to))
+                }
                 Next::DeadLetter { from, to, error } => self.workers.spawn(job.dead_letter(from, to, error)),
                 Next::Idle | Next::WakeAt(_) => unreachable!("checked above"),
             };
@@ -567,7 +566,8 @@ impl<S: Sink> Supervisor<S> {
             Err(e) => {
                 tracing::error!(exporter = %self.settings.name, error = %e, "export job panicked");
                 let error = SinkError::retryable(format!("export job failed: {e}"));
-                (e.id(), Done { outcome: Outcome::Failed { from: 0, to: 0, error }, entries: 0, prefetched: None })
+                let outcome = Outcome::Failed { from: 0, to: 0, error, sent: false };
+                (e.id(), Done { outcome, entries: 0, prefetched: None })
             }
         };
         let Some((ledger, incarnation)) = self.jobs.remove(&id) else { return };
@@ -579,9 +579,9 @@ impl<S: Sink> Supervisor<S> {
         }
         let outcome = match done.outcome {
             // A panicked job's range is unknown: retry from the cursor.
-            Outcome::Failed { from: 0, to: 0, error } => {
+            Outcome::Failed { from: 0, to: 0, error, .. } => {
                 let from = t.machine.cursor() + 1;
-                Outcome::Failed { from, to: from, error }
+                Outcome::Failed { from, to: from, error, sent: false }
             }
             o => o,
         };
@@ -599,7 +599,7 @@ impl<S: Sink> Supervisor<S> {
                 metrics::counter!("ferry_exporter_dead_lettered_total", "exporter" => exporter.clone())
                     .increment(done.entries);
             }
-            Outcome::Cancelled | Outcome::Gone | Outcome::Skipped { .. } => {}
+            Outcome::Cancelled { .. } | Outcome::Gone | Outcome::Skipped { .. } => {}
         }
         let before = t.machine.lag();
         // The store checked the id against its head when the cursor was

@@ -17,9 +17,9 @@
 //!   reset asks for it. A sink must not acknowledge before that point.
 //! - `Err(SinkError::Retryable)` means nothing of the batch may be assumed
 //!   delivered; the runtime backs off (at least `retry_after` when given)
-//!   and sends the entries after the cursor again. Any part that did arrive
-//!   arrives again: the sink's dedup (see `docs/sinks.md`) makes that
-//!   harmless.
+//!   and sends the same batch again (the same entries, however many were
+//!   appended meanwhile). Any part that did arrive arrives again: the
+//!   sink's dedup (see `docs/sinks.md`) makes that harmless.
 //! - `Err(SinkError::Permanent)` means retrying the same batch will fail the
 //!   same way (bad request, schema mismatch). The runtime dead-letters the
 //!   batch when the exporter has a `dead_letter` ledger, and otherwise stops
@@ -43,6 +43,9 @@ use ferry_core::{Entry, EntryId, LedgerName};
 pub struct Batch {
     pub exporter: LedgerName,
     pub ledger: LedgerName,
+    /// The ledger's incarnation: durable and never reused for the name, so
+    /// a ledger deleted and created again (ids from 1 again) has another.
+    pub incarnation: u64,
     /// Never empty; ids consecutive.
     pub entries: Vec<Entry>,
 }
@@ -56,10 +59,13 @@ impl Batch {
         self.entries.last().map_or(0, |e| e.id)
     }
 
-    /// `{exporter}/{ledger}/{first_id}-{last_id}`: names this batch the
-    /// same way on every retry, for receivers that deduplicate.
+    /// `{exporter}/{ledger}/{incarnation}/{first_id}-{last_id}`: names this
+    /// batch the same way on every retry (a retry sends the same ids), and
+    /// never a batch of another ledger that had the name, for receivers
+    /// that deduplicate.
     pub fn idempotency_key(&self) -> String {
-        format!("{}/{}/{}-{}", self.exporter, self.ledger, self.first_id(), self.last_id())
+        let (exporter, ledger, incarnation) = (&self.exporter, &self.ledger, self.incarnation);
+        format!("{exporter}/{ledger}/{incarnation}/{}-{}", self.first_id(), self.last_id())
     }
 }
 

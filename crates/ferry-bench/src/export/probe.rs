@@ -148,7 +148,8 @@ mod tests {
     fn batch(ledger: &LedgerName, ids: std::ops::RangeInclusive<EntryId>) -> Batch {
         let entry =
             |id| Entry { ledger: ledger.clone(), id, ts: 1, key: None, payload: Payload::from_json("{}").unwrap() };
-        Batch { exporter: LedgerName::parse("x").unwrap(), ledger: ledger.clone(), entries: ids.map(entry).collect() }
+        let (exporter, ledger) = (LedgerName::parse("x").unwrap(), ledger.clone());
+        Batch { exporter, ledger, incarnation: 1, entries: ids.map(entry).collect() }
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ fn batch(ledger: &str, ids: std::ops::RangeInclusive<EntryId>) -> Batch {
             payload: Payload::from_json(&format!(r#"{{"n":{id},"pad":"{}"}}"#, "x".repeat(100))).unwrap(),
         })
         .collect();
-    Batch { exporter: name("x"), ledger, entries }
+    Batch { exporter: name("x"), ledger, incarnation: 1, entries }
 }
 
 fn sink(dir: &Path, max_file_bytes: u64) -> FileSink {

@@ -1,19 +1,24 @@
 //! `http`: each batch is one POST (a JSON array, or NDJSON), with
-//! `Idempotency-Key: {exporter}/{ledger}/{first_id}-{last_id}` and, when a
-//! secret is set, `Ferry-Signature: t={unix seconds},v1={hex HMAC-SHA256 of
-//! "{t}.{body}"}`. 2xx acknowledges the batch; 408, 429 and 5xx, timeouts
-//! and connection errors are retried (after `Retry-After` when sent); any
-//! other status is a permanent failure.
+//! `Idempotency-Key: {exporter}/{ledger}/{incarnation}/{first_id}-{last_id}`
+//! and, when a secret is set, `Ferry-Signature: t={unix seconds},v1={hex
+//! HMAC-SHA256 of "{t}.{body}"}`. 2xx acknowledges the batch; 408, 429 and
+//! 5xx, timeouts and connection errors are retried (after `Retry-After`
+//! when sent); any other status is a permanent failure.
 //!
 //! **Why exactly once in effect.** The runtime re-sends a batch until a 2xx
-//! arrives, so the receiver sees every entry at least once. A retried
-//! batch starts at the same id as the first attempt (the cursor did not
-//! move), and carries the same `Idempotency-Key` unless entries were
-//! appended in between, in which case the key's range differs but every
-//! entry still carries its `(ledger, id)`. A receiver that records the
-//! highest id applied per ledger (or the keys it has seen) drops the
-//! repeats: that dedup is the receiver's half of the contract, and the
-//! signature lets it trust the body.
+//! arrives, so the receiver sees every entry at least once. A batch the
+//! sink was given and did not acknowledge is sent again with the same ids,
+//! so the same `Idempotency-Key` and body, however many entries were
+//! appended meanwhile; after a restart too, unless the head had cut it
+//! short (a linger batch), in which case it may come again from the same
+//! id with more entries under another key (`docs/sinks.md`). The key names
+//! the ledger's incarnation, so a ledger deleted and created again (ids
+//! from 1 again) never repeats an old key. Every entry carries its
+//! `(ledger, id)`: a receiver that records the highest id applied per
+//! ledger and incarnation drops every repeat, restarts included; one that
+//! records keys drops every repeat but that one. That dedup is the
+//! receiver's half of the contract, and the signature lets it trust the
+//! body.
 
 mod config;
 

@@ -12,7 +12,7 @@ fn batch(ids: std::ops::RangeInclusive<EntryId>) -> Batch {
     let entries = ids
         .map(|id| Entry { ledger: ledger.clone(), id, ts: 7, key: None, payload: Payload::from_json("{}").unwrap() })
         .collect();
-    Batch { exporter: LedgerName::parse("hook").unwrap(), ledger, entries }
+    Batch { exporter: LedgerName::parse("hook").unwrap(), ledger, incarnation: 7, entries }
 }
 
 #[test]
@@ -122,7 +122,7 @@ async fn a_batch_is_posted_signed_with_its_idempotency_key() {
     let s = sink(&format!("{base}/in"), serde_json::json!({}));
     assert_eq!(s.deliver(&batch(3..=5)).await.unwrap(), Ack { through: 5 });
     let (headers, body) = receiver.seen.lock().unwrap().pop().unwrap();
-    assert_eq!(headers["idempotency-key"], "hook/audit/3-5");
+    assert_eq!(headers["idempotency-key"], "hook/audit/7/3-5");
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(headers["x-team"], "audit");
     let sig = headers["ferry-signature"].to_str().unwrap();

@@ -4,7 +4,9 @@
 //! written and flushed to the pipe; whatever reads the pipe may still lose
 //! it, and a crash after the write but before the cursor commit prints the
 //! batch again on restart. Readers that need exactly once deduplicate on
-//! `(ledger, id)`, which every line carries.
+//! `(ledger, id)`, which every line carries; the pair repeats when a
+//! ledger is deleted and created again (a line carries no incarnation),
+//! which `docs/sinks.md` warns of.
 
 mod config;
 
