@@ -129,6 +129,7 @@ impl<S: Sink> Job<S> {
             Ok(read) => read,
             Err(StoreError::BelowFirst { first, .. }) => return Err(self.skip(first - 1).await),
             Err(StoreError::LedgerNotFound(_)) => return Err(Done::only(Outcome::Gone)),
+            Err(e) if is_damage(&e) => return Err(Done::only(Outcome::Unreadable { error: format!("read: {e}") })),
             Err(e) => return Err(not_sent(from, store_error("read", &e))),
         };
         match (entries.last().map(|e| e.id), resend_to) {
@@ -195,6 +196,7 @@ impl<S: Sink> Job<S> {
             let entries = match self.read(id, want).await {
                 Ok(e) if !e.is_empty() => e,
                 Ok(_) => break,
+                Err(e) if is_damage(&e) => return Done::only(Outcome::Unreadable { error: format!("read: {e}") }),
                 Err(e) => return Done::only(Outcome::Failed { from, to, error: store_error("read", &e), sent: false }),
             };
             let last = entries.last().map_or(id, |e| e.id);
@@ -306,6 +308,11 @@ impl Ahead {
             Ahead::Reading(read) => read.await.ok()?.ok().filter(|e| !e.is_empty()),
         }
     }
+}
+
+/// Damaged storage: reading again will not help.
+fn is_damage(e: &StoreError) -> bool {
+    matches!(e, StoreError::CorruptedPack { .. } | StoreError::Corrupted { .. } | StoreError::MissingEntries { .. })
 }
 
 fn store_error(what: &str, e: &StoreError) -> SinkError {

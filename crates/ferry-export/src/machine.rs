@@ -68,6 +68,11 @@ pub enum Outcome {
     DeadLettered { through: EntryId },
     /// Ids up to `to` were pruned before export; the cursor is written.
     Skipped { to: EntryId },
+    /// The store cannot read the entries from the cursor on (damaged
+    /// storage, SPEC §2.3): the ledger stops in `failed` at once, whatever
+    /// the retry budget, and nothing is skipped or dead-lettered (what
+    /// cannot be read cannot be moved); a reset or a restart tries again.
+    Unreadable { error: String },
 }
 
 /// A state change worth an event (`exporter.failed`, `exporter.recovered`).
@@ -310,6 +315,13 @@ impl LedgerMachine {
                 self.phase = Phase::Waiting;
                 self.keep_waiting(None);
                 Some(Notice::DeadLettered { from, to: through, error })
+            }
+            Outcome::Unreadable { error } => {
+                self.attempts = self.attempts.saturating_add(1);
+                self.last_error = Some(error.clone());
+                self.needs_prepare = true;
+                self.phase = Phase::Failed;
+                Some(Notice::Failed { error, attempts: self.attempts })
             }
             Outcome::Skipped { to } => {
                 let from = self.cursor + 1;
@@ -620,6 +632,18 @@ mod tests {
         m.resume();
         assert_eq!(m.attempts(), 0);
         assert!(matches!(m.next(t), Next::Deliver { cursor: 0, .. }));
+    }
+
+    #[test]
+    fn entries_the_store_cannot_read_stop_the_ledger_without_a_dead_letter_or_a_skip() {
+        let t = Instant::now();
+        let mut m = LedgerMachine::new(BATCH, RETRY, true, 0, 15);
+        deliver(&mut m, t);
+        let notice = m.on_outcome(Outcome::Unreadable { error: "corrupted pack".into() }, t, 1, 0.0);
+        assert!(matches!(notice, Some(Notice::Failed { attempts: 1, .. })), "{notice:?}");
+        assert_eq!(m.state(), LedgerState::Failed);
+        assert_eq!(m.cursor(), 0);
+        assert_eq!(m.next(t + Duration::from_secs(3600)), Next::Idle, "no retry, no dead letter until a reset");
     }
 
     #[test]

@@ -592,7 +592,7 @@ impl<S: Sink> Supervisor<S> {
                 metrics::counter!("ferry_exporter_entries_total", "exporter" => exporter.clone())
                     .increment(done.entries);
             }
-            Outcome::Failed { .. } => {
+            Outcome::Failed { .. } | Outcome::Unreadable { .. } => {
                 metrics::counter!("ferry_exporter_errors_total", "exporter" => exporter.clone()).increment(1);
             }
             Outcome::DeadLettered { .. } => {

@@ -302,7 +302,23 @@ async fn a_server_over_a_damaged_pack_starts_and_fails_only_the_reads_of_its_ran
     let damaged = pack(&env.data_dir(), "audit", 0);
     let len = std::fs::metadata(&damaged).unwrap().len();
     flip_bit(&damaged, len / 2);
-    let server = env.serve_with(CONFIG).await;
+    // An exporter that reaches the damaged range stops in `failed` with its
+    // error: it neither skips it nor dead-letters what it cannot read, even
+    // with a dead-letter ledger and a retry budget of one.
+    let out = env.dir.path().join("out");
+    let exporter = format!(
+        "{CONFIG}[[exporters]]\nname = \"f\"\nsink = \"file\"\nledgers = [\"audit\"]\n\
+         batch = {{ max_entries = 3, linger = \"1ms\" }}\nretry = {{ initial = \"10ms\", max_attempts = 1 }}\n\
+         dead_letter = \"dead\"\n[exporters.config]\ndir = \"{}\"\n",
+        out.display()
+    );
+    let server = env.serve_with(&exporter).await;
+    let status = server.wait_exporter("f", "audit failed", |s| s["ledgers"][0]["state"] == "failed").await;
+    let ledger = &status["ledgers"][0];
+    assert_eq!(ledger["cursor"], 0, "nothing skipped: {status:#}");
+    let error = ledger["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("corrupted pack of ledger audit chunk 0"), "{status:#}");
+    assert_eq!(server.read_all("dead").await.len(), 0, "nothing dead-lettered");
     assert_eq!(server.get("/readyz").await.status, 200, "{}", server.stderr());
     assert_eq!(server.read_all("billing").await.len(), 1);
     assert_eq!(server.read_from("audit", 5).await.len(), 5, "the other chunks' range is served");
