@@ -3,7 +3,7 @@
 # to NATS JetStream, PostgreSQL and the raw write+fdatasync bound.
 #
 #   bench/run.sh                 full grid + replay → bench/results/{date}.{json,md,png}
-#   bench/run.sh --quick         smoke test (< 2 min, debug build) → a temp dir; fails
+#   bench/run.sh --quick         smoke test (< 3 min, debug build) → a temp dir; fails
 #                                unless every target produced numbers (asserts no speed)
 #   bench/run.sh [--quick] -- ARGS...   extra ARGS go to ferry-bench as they are
 #
@@ -255,6 +255,14 @@ if ! "$PY" "$ROOT/bench/report.py" "${REPORT_ARGS[@]}"; then
 fi
 
 if ((QUICK)); then
+  # What restarts and idempotency keys cost: a smoke run of every
+  # measurement (the figures come from the full `ferry-bench --restart`).
+  log "ferry-bench --restart --quick"
+  RESTART_OUT="$OUT_DIR/restart.txt"
+  "$BENCH" --restart --quick | tee "$RESTART_OUT"
+  for what in "per live key" "keyless packs" "hot entries"; do
+    grep -q "$what" "$RESTART_OUT" || die "smoke test failed: ferry-bench --restart printed no '$what' line"
+  done
   log "smoke test passed; results in $OUT_DIR"
 else
   log "results: ${JSON#"$ROOT"/} ${MD#"$ROOT"/}$( ((HAVE_MPL)) && printf ' %s' "${PNG#"$ROOT"/}")"
