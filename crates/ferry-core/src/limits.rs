@@ -39,8 +39,10 @@ pub const CHUNK_ENTRIES_MIN: u64 = 4;
 pub const CHUNK_ENTRIES_MAX: u64 = 1 << 24;
 /// The on-disk format version this build writes (pinned at first start;
 /// see `docs/format.md`, "Format versions"). 2: `ledger:` values carry a
-/// durable `incarnation`, handed out by `counter:incarnation`.
-pub const FORMAT_VERSION: u32 = 2;
+/// durable `incarnation`, handed out by `counter:incarnation`. 3: frozen
+/// chunks' idempotency-key fingerprints in `keys:` under
+/// `config:fingerprint_key`.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this build opens (migrating it at start).
 pub const FORMAT_VERSION_OLDEST: u32 = 1;
 const _: () = assert!(FORMAT_VERSION_OLDEST >= 1 && FORMAT_VERSION_OLDEST <= FORMAT_VERSION);

@@ -19,15 +19,18 @@ const PIN_DIGITS: usize = 20;
 pub enum ConfigName {
     ChunkEntries,
     FormatVersion,
+    /// The secret key of the idempotency-key fingerprints (format 3).
+    FingerprintKey,
 }
 
 impl ConfigName {
-    pub const ALL: [ConfigName; 2] = [ConfigName::ChunkEntries, ConfigName::FormatVersion];
+    pub const ALL: [ConfigName; 3] = [ConfigName::ChunkEntries, ConfigName::FormatVersion, ConfigName::FingerprintKey];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ConfigName::ChunkEntries => "chunk_entries",
             ConfigName::FormatVersion => "format_version",
+            ConfigName::FingerprintKey => "fingerprint_key",
         }
     }
 }
@@ -56,6 +59,10 @@ pub enum CatalogKey {
     Ledger(LedgerName),
     /// `chunk:{ledger}:{chunk:08}`: a pack file's state.
     Chunk(LedgerName, u64),
+    /// `keys:{ledger}:{chunk:08}`: the fingerprints of a frozen chunk's
+    /// idempotency keys (format 3; `fingerprints.rs`), while inside their
+    /// window.
+    Keys(LedgerName, u64),
     /// `cursor:{exporter}:{ledger}`: the last id the exporter's sink acked.
     /// Exporter names follow the ledger-name rules.
     Cursor(LedgerName, LedgerName),
@@ -81,6 +88,7 @@ impl CatalogKey {
     pub const CHUNK_PREFIX: &'static str = "chunk:";
     pub const CURSOR_PREFIX: &'static str = "cursor:";
     pub const COUNTER_PREFIX: &'static str = "counter:";
+    pub const KEYS_PREFIX: &'static str = "keys:";
 
     /// The prefix of every `chunk:` key of one ledger.
     pub fn chunk_prefix(ledger: &LedgerName) -> String {
@@ -101,6 +109,10 @@ impl CatalogKey {
             ("chunk", [l, c]) => {
                 let chunk = fixed_number(c, CHUNK_DIGITS).ok_or_else(|| fail("bad chunk number"))?;
                 Ok(Self::Chunk(name(l)?, chunk))
+            }
+            ("keys", [l, c]) => {
+                let chunk = fixed_number(c, CHUNK_DIGITS).ok_or_else(|| fail("bad chunk number"))?;
+                Ok(Self::Keys(name(l)?, chunk))
             }
             ("cursor", [e, l]) => Ok(Self::Cursor(name(e)?, name(l)?)),
             ("pin", [p]) => Ok(Self::Pin(fixed_number(p, PIN_DIGITS).ok_or_else(|| fail("bad pin id"))?)),
@@ -132,6 +144,10 @@ impl fmt::Display for CatalogKey {
                 assert!(*c <= CHUNK_MAX, "chunk number {c} exceeds the key width");
                 write!(f, "chunk:{l}:{c:08}")
             }
+            Self::Keys(l, c) => {
+                assert!(*c <= CHUNK_MAX, "chunk number {c} exceeds the key width");
+                write!(f, "keys:{l}:{c:08}")
+            }
             Self::Cursor(e, l) => write!(f, "cursor:{e}:{l}"),
             Self::Pin(p) => write!(f, "pin:{p:020}"),
             Self::Config(c) => write!(f, "config:{}", c.as_str()),
@@ -153,6 +169,7 @@ mod tests {
     fn known_keys_have_the_spec_spelling() {
         assert_eq!(CatalogKey::Ledger(ln("audit")).encode(), "ledger:audit");
         assert_eq!(CatalogKey::Chunk(ln("audit"), 3).encode(), "chunk:audit:00000003");
+        assert_eq!(CatalogKey::Keys(ln("audit"), 3).encode(), "keys:audit:00000003");
         assert_eq!(CatalogKey::Cursor(ln("ch"), ln("audit")).encode(), "cursor:ch:audit");
         assert_eq!(CatalogKey::Pin(9).encode(), "pin:00000000000000000009");
         assert_eq!(CatalogKey::Config(ConfigName::ChunkEntries).encode(), "config:chunk_entries");
@@ -171,6 +188,7 @@ mod tests {
             "chunk:a:1",
             "chunk:a:0000000x",
             "chunk:a:000000001",
+            "keys:a:1",
             "pin:1",
             "config:nope",
             "counter:nope",
@@ -191,6 +209,7 @@ mod tests {
         prop_oneof![
             any_name().prop_map(CatalogKey::Ledger),
             (any_name(), 0..=CHUNK_MAX).prop_map(|(l, c)| CatalogKey::Chunk(l, c)),
+            (any_name(), 0..=CHUNK_MAX).prop_map(|(l, c)| CatalogKey::Keys(l, c)),
             (any_name(), any_name()).prop_map(|(e, l)| CatalogKey::Cursor(e, l)),
             any::<u64>().prop_map(CatalogKey::Pin),
             proptest::sample::select(ConfigName::ALL.to_vec()).prop_map(CatalogKey::Config),

@@ -126,6 +126,7 @@ impl Freezer {
             if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
                 last_retention = Some(Instant::now());
                 self.contain(self.apply_retention(&mut deferred));
+                self.contain(self.expire_key_lists());
             }
             self.contain(self.reclaim());
         }
@@ -197,8 +198,11 @@ impl Freezer {
             &s.layout,
             &state.name,
             chunk,
-            n,
-            s.format_version,
+            &pack_protocols::Pinned {
+                chunk_entries: n,
+                format_version: s.format_version,
+                fingerprint_key: s.fingerprint_key,
+            },
             &mut records,
         )?;
         let event = SystemEvent::chunk("chunk.frozen", &state.name, chunk, info.first_id, info.last_id());
@@ -263,6 +267,49 @@ impl Freezer {
                 s.events.publish(&event.key, &event);
                 metrics::counter!("ferry_chunks_pruned_total").increment(1);
             }
+        }
+        Ok(())
+    }
+
+    /// Deletes the `keys:` values of chunks whose idempotency window has
+    /// passed (their keys are no longer answered, so a restart need not
+    /// reload them), in one commit per pass; a pass refused for lack of
+    /// space is tried again at the next.
+    fn expire_key_lists(&self) -> Result<()> {
+        let s = &self.shared;
+        let now = now_ms();
+        let ledgers: Vec<Arc<LedgerState>> = s.ledgers.read().expect("ledgers lock").values().cloned().collect();
+        let (mut ops, mut advanced) = (Vec::new(), Vec::new());
+        for state in ledgers {
+            if state.is_deleted() {
+                continue;
+            }
+            let index = state.index.read().expect("index lock");
+            let mut next = index.keys_kept_from;
+            for (&chunk, info) in index.frozen.range(index.keys_kept_from..) {
+                if info.last_ts + IDEMPOTENCY_WINDOW_MS >= now {
+                    break;
+                }
+                // Chunks frozen before format 3 never had a value.
+                if info.idempotency_keys > 0 && info.format_version >= 3 {
+                    ops.push(CatalogOp::Delete(CatalogKey::Keys(state.name.clone(), chunk)));
+                }
+                next = chunk + 1;
+            }
+            if next != index.keys_kept_from {
+                drop(index);
+                advanced.push((state, next));
+            }
+        }
+        if !ops.is_empty() {
+            match s.catalog.commit(&ops) {
+                Ok(()) => tracing::debug!(values = ops.len(), "deleted expired idempotency key lists"),
+                Err(e) if e.is_no_space() => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        for (state, next) in advanced {
+            state.index.write().expect("index lock").keys_kept_from = next;
         }
         Ok(())
     }

@@ -7,17 +7,18 @@
 //! also tells whether the key is still inside its window. So memory is
 //! about 16 bytes per live key plus the table's slack, whatever the keys'
 //! length (see `docs/decisions/2026-12-04-bounded-idempotency-index.md`).
-//! Two live keys of one ledger with the same fingerprint — a 2⁻⁶⁴ event per
-//! pair under a per-process random SipHash key, which a client cannot
-//! aim at — are both kept exact: the older one moves to a small map of
-//! whole keys.
+//! Fingerprints are `ferry_format::fingerprints` (SipHash-1-3 under the
+//! data directory's secret key), the same the catalog keeps for frozen
+//! chunks, so a restart reloads them without reading packs. Two live keys
+//! of one ledger with the same fingerprint — a 2⁻⁶⁴ event per pair, which
+//! a client cannot aim at without the secret — are both kept exact: the
+//! older one moves to a small map of whole keys.
 //!
 //! **Architecture Invariant:** a key maps to at most one id, and to the
 //! id its first use within the window got; an answer is never taken from a
 //! fingerprint alone.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, RandomState};
 
 use ferry_core::limits::IDEMPOTENCY_WINDOW_MS;
 use ferry_core::{EntryId, LedgerName};
@@ -66,22 +67,21 @@ impl KeyTable {
 /// Idempotency keys seen in the last 24 h, per ledger, with the id they got.
 #[derive(Debug)]
 pub(crate) struct IdempotencyIndex {
-    fingerprint: RandomState,
+    /// `config:fingerprint_key`.
+    secret: u64,
     ledgers: HashMap<LedgerName, KeyTable>,
     /// The next ledger the sweep visits, and when a new round may start.
     sweep_from: Option<LedgerName>,
     next_round_at: u64,
 }
 
-impl Default for IdempotencyIndex {
-    fn default() -> Self {
-        Self { fingerprint: RandomState::new(), ledgers: HashMap::new(), sweep_from: None, next_round_at: 0 }
-    }
-}
-
 impl IdempotencyIndex {
-    fn fingerprint(&self, key: &str) -> u64 {
-        self.fingerprint.hash_one(key)
+    pub fn new(secret: u64) -> Self {
+        Self { secret, ledgers: HashMap::new(), sweep_from: None, next_round_at: 0 }
+    }
+
+    pub fn fingerprint(&self, key: &str) -> u64 {
+        ferry_format::fingerprints::fingerprint(self.secret, key)
     }
 
     fn table(&self, ledger: &LedgerName, incarnation: u64) -> Option<&KeyTable> {
@@ -124,11 +124,26 @@ impl IdempotencyIndex {
     #[must_use = "a displaced id must be settled with `displaced`"]
     pub fn insert(&mut self, ledger: &LedgerName, incarnation: u64, key: &str, id: EntryId) -> Option<EntryId> {
         let fingerprint = self.fingerprint(key);
+        let displaced = self.insert_fingerprint(ledger, incarnation, fingerprint, id);
+        if let Some(table) = self.ledgers.get_mut(ledger) {
+            table.collided.remove(key);
+        }
+        displaced
+    }
+
+    /// `insert` by fingerprint (recovery from a `keys:` value).
+    #[must_use = "a displaced id must be settled with `displaced`"]
+    pub fn insert_fingerprint(
+        &mut self,
+        ledger: &LedgerName,
+        incarnation: u64,
+        fingerprint: u64,
+        id: EntryId,
+    ) -> Option<EntryId> {
         let table = self.ledgers.entry(ledger.clone()).or_insert_with(|| KeyTable::new(incarnation));
         if table.incarnation != incarnation {
             *table = KeyTable::new(incarnation);
         }
-        table.collided.remove(key);
         table.ids.insert(fingerprint, id).filter(|&old| old != id)
     }
 
@@ -261,7 +276,7 @@ mod tests {
     #[test]
     fn a_key_is_seen_with_its_id_within_the_window_and_new_after_it() {
         let l = name("audit");
-        let mut index = IdempotencyIndex::default();
+        let mut index = IdempotencyIndex::new(1);
         let records = Records(HashMap::from([(7, ("k".to_owned(), 1_000))]));
         assert_eq!(index.seen(&l, 1, "k", 1_000, |id| records.stored(id)).unwrap(), Seen::New);
         assert_eq!(index.insert(&l, 1, "k", 7), None);
@@ -276,7 +291,7 @@ mod tests {
     #[test]
     fn a_fingerprint_hit_is_confirmed_by_the_stored_key() {
         let l = name("audit");
-        let mut index = IdempotencyIndex::default();
+        let mut index = IdempotencyIndex::new(1);
         assert_eq!(index.insert(&l, 1, "k", 7), None);
         // The record under id 7 carries another key: the hit is not an answer.
         let other = Records(HashMap::from([(7, ("not-k".to_owned(), 1_000))]));
@@ -288,20 +303,19 @@ mod tests {
     #[test]
     fn colliding_live_keys_both_stay_exact() {
         let l = name("audit");
-        let mut index = IdempotencyIndex::default();
+        let mut index = IdempotencyIndex::new(1);
         let records = Records(HashMap::from([(1, ("a".to_owned(), 10)), (2, ("b".to_owned(), 20))]));
         let _ = index.insert(&l, 1, "a", 1);
         // Force "b" into "a"'s slot, as a fingerprint collision would.
-        let table = index.ledgers.get_mut(&l).unwrap();
-        let fp_a = index.fingerprint.hash_one("a");
-        table.ids.insert(fp_a, 2);
+        let fp_a = index.fingerprint("a");
+        index.ledgers.get_mut(&l).unwrap().ids.insert(fp_a, 2);
         index.displaced(&l, 1, "b", 1, records.stored(1).unwrap(), 30);
         let seen = |key| index.seen(&l, 1, key, 30, |id| records.stored(id)).unwrap();
         assert_eq!(seen("a"), Seen::Original(1), "the displaced key is found by its whole key");
         // A key used again after its window displaces its own old id: nothing to keep.
         index.displaced(&l, 1, "a", 1, records.stored(1).unwrap(), 30);
         // A displaced id that cannot be read: both keys stay exact.
-        let mut unread = IdempotencyIndex::default();
+        let mut unread = IdempotencyIndex::new(1);
         let _ = unread.insert(&l, 1, "a", 1);
         let _ = unread.insert(&l, 1, "a", 3); // "a" again after its window, say
         unread.unsettled(&l, 1, "a", 3, 1);
@@ -310,14 +324,14 @@ mod tests {
         let now = 20 + IDEMPOTENCY_WINDOW_MS;
         assert_eq!(unread.seen(&l, 1, "a", now, |id| both.stored(id)).unwrap(), Seen::Original(3));
         let later = 11 + IDEMPOTENCY_WINDOW_MS;
-        let mut fresh = IdempotencyIndex::default();
+        let mut fresh = IdempotencyIndex::new(1);
         fresh.displaced(&l, 1, "b", 1, records.stored(1).unwrap(), later);
         assert_eq!(fresh.len(), 0, "an expired displaced key is dropped");
     }
 
     #[test]
     fn the_sweep_drops_expired_keys_and_gone_ledgers_in_bounded_steps() {
-        let mut index = IdempotencyIndex::default();
+        let mut index = IdempotencyIndex::new(1);
         for l in ["a", "b", "c"] {
             for id in 1..=10 {
                 let _ = index.insert(&name(l), 1, &format!("{l}{id}"), id);
@@ -337,7 +351,7 @@ mod tests {
 
     #[test]
     fn forgetting_a_ledger_leaves_the_others() {
-        let mut index = IdempotencyIndex::default();
+        let mut index = IdempotencyIndex::new(1);
         let _ = index.insert(&name("a"), 1, "k", 1);
         let _ = index.insert(&name("b"), 2, "k", 1);
         index.forget(&name("a"));

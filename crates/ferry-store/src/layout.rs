@@ -26,7 +26,10 @@ pub(crate) fn pin(catalog: &dyn Catalog, chunk_entries: Option<u64>) -> Result<u
     };
     let first_start = ops.len() == 1; // `chunk_entries` was not pinned yet
     match read_u64(catalog, &CatalogKey::Config(ConfigName::FormatVersion))? {
-        None if first_start => ops.push(put_u64(CatalogKey::Config(ConfigName::FormatVersion), FORMAT_VERSION.into())),
+        None if first_start => {
+            ops.push(put_u64(CatalogKey::Config(ConfigName::FormatVersion), FORMAT_VERSION.into()));
+            ops.push(put_u64(CatalogKey::Config(ConfigName::FingerprintKey), rand::random()));
+        }
         // Pinning it now would skip the migrations the data may need.
         None => return Err(StoreError::CatalogCorrupted("config:format_version is missing".into())),
         Some(v) if v == u64::from(FORMAT_VERSION) => {}
@@ -50,6 +53,7 @@ fn migrate(catalog: &dyn Catalog, from: u32) -> Result<()> {
     for version in from..FORMAT_VERSION {
         let mut ops = match version {
             1 => durable_incarnations(catalog)?,
+            2 => fingerprint_key_op(catalog)?.into_iter().collect(),
             _ => unreachable!("FORMAT_VERSION_OLDEST..FORMAT_VERSION has a step for each version"),
         };
         let changed = ops.len();
@@ -75,6 +79,20 @@ fn durable_incarnations(catalog: &dyn Catalog) -> Result<Vec<CatalogOp>> {
     }
     ops.push(put_u64(CatalogKey::Counter(CounterName::Incarnation), last));
     Ok(ops)
+}
+
+/// 2 → 3: the data directory gets its secret fingerprint key. Chunks frozen
+/// before have no `keys:` value; recovery reads their packs instead.
+fn fingerprint_key_op(catalog: &dyn Catalog) -> Result<Option<CatalogOp>> {
+    let present = read_u64(catalog, &CatalogKey::Config(ConfigName::FingerprintKey))?.is_some();
+    Ok((!present).then(|| put_u64(CatalogKey::Config(ConfigName::FingerprintKey), rand::random())))
+}
+
+/// The secret key of the idempotency-key fingerprints (pinned at first
+/// start, or by the migration to format 3).
+pub(crate) fn fingerprint_key(catalog: &dyn Catalog) -> Result<u64> {
+    read_u64(catalog, &CatalogKey::Config(ConfigName::FingerprintKey))?
+        .ok_or_else(|| StoreError::CatalogCorrupted("config:fingerprint_key is missing".into()))
 }
 
 /// The last incarnation handed out (0 before the first ledger).

@@ -70,6 +70,9 @@ pub(crate) struct LedgerIndex {
     pub last_ts: u64,
     /// Encoded size of the hot records.
     pub hot_bytes: u64,
+    /// The first chunk whose `keys:` value may still be in the catalog:
+    /// those before it passed their window and were deleted.
+    pub keys_kept_from: u64,
 }
 
 impl LedgerIndex {
@@ -84,6 +87,7 @@ impl LedgerIndex {
             positions: Vec::new(),
             last_ts: 0,
             hot_bytes: 0,
+            keys_kept_from: 0,
         }
     }
 

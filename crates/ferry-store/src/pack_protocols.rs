@@ -16,6 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use ferry_core::{EntryId, LedgerName};
+use ferry_format::fingerprints::{self, fingerprint};
 use ferry_format::keys::CatalogKey;
 use ferry_format::pack::{PackError, PackHeader, PackSource, PackWriter, decode_pack_from, stream_pieces};
 use ferry_format::wal::WalRecord;
@@ -145,21 +146,29 @@ fn io_err(what: impl Fn() -> String) -> impl Fn(std::io::Error) -> StoreError {
     move |e| StoreError::io(what(), e)
 }
 
+/// What the catalog pins that a freeze needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Pinned {
+    pub chunk_entries: u64,
+    pub format_version: u32,
+    /// `config:fingerprint_key`.
+    pub fingerprint_key: u64,
+}
+
 /// Freezes chunk `chunk` of `ledger` from `records` (exactly the chunk's
 /// ids, in order) by the mark-then-write protocol. Returns what the
 /// `frozen` key now says. Every input is explicit so the protocol runs the
 /// same on the real disk and the simulated one.
-#[allow(clippy::too_many_arguments)]
 pub fn freeze(
     vfs: &dyn Vfs,
     catalog: &dyn Catalog,
     layout: &PackLayout,
     ledger: &LedgerName,
     chunk: u64,
-    chunk_entries: u64,
-    format_version: u32,
+    pinned: &Pinned,
     records: &mut dyn Iterator<Item = Result<OwnedRecord>>,
 ) -> Result<PackInfo> {
+    let Pinned { chunk_entries, format_version, fingerprint_key } = *pinned;
     let key = CatalogKey::Chunk(ledger.clone(), chunk);
     catalog.commit(&[CatalogOp::Put(key.clone(), ChunkState::Freezing.encode())])?;
     step!("freeze::marked");
@@ -176,7 +185,17 @@ pub fn freeze(
         first_id: chunk * chunk_entries + 1,
         count: chunk_entries,
     };
-    let written = write_pack(file, header, records)
+    // The fingerprints of the chunk's idempotency keys, for `keys:`.
+    let first_id = header.first_id;
+    let mut fingerprints = Vec::new();
+    let mut tapped = records.inspect(|r| {
+        if let Ok(r) = r
+            && let Some(k) = &r.idempotency_key
+        {
+            fingerprints.push(((r.id - first_id) as u32, fingerprint(fingerprint_key, k)));
+        }
+    });
+    let written = write_pack(file, header, &mut tapped)
         .map_err(|e| match e {
             PackWriteError::Store(e) => e,
             PackWriteError::Pack(ferry_format::pack::PackError::Io(e)) => {
@@ -207,7 +226,12 @@ pub fn freeze(
     }
     step!("freeze::dir_synced");
     check_pack(vfs, &path, ledger, chunk, &info)?;
-    catalog.commit(&[CatalogOp::Put(key, ChunkState::Frozen(info.clone()).encode())])?;
+    drop(tapped);
+    let mut ops = vec![CatalogOp::Put(key, ChunkState::Frozen(info.clone()).encode())];
+    if !fingerprints.is_empty() {
+        ops.push(CatalogOp::Put(CatalogKey::Keys(ledger.clone(), chunk), fingerprints::encode(&fingerprints)));
+    }
+    catalog.commit(&ops)?;
     step!("freeze::frozen");
     Ok(info)
 }
@@ -267,8 +291,6 @@ fn write_pack(
     Ok((hashing.file, info))
 }
 
-/// Reads a written pack back and checks it against what was written: the
-/// second half of "assert in pairs".
 /// A file opened through the `Vfs` as a `PackSource`.
 pub(crate) struct ReadSource<'a>(pub &'a dyn VfsRead);
 
@@ -282,6 +304,8 @@ impl PackSource for ReadSource<'_> {
     }
 }
 
+/// Reads a written pack back and checks it against what was written: the
+/// second half of "assert in pairs".
 fn check_pack(vfs: &dyn Vfs, path: &Path, ledger: &LedgerName, chunk: u64, info: &PackInfo) -> Result<()> {
     let file = vfs.open_read(path).context(|| format!("read back {}", path.display()))?;
     check_pack_bytes(&ReadSource(&*file), ledger, chunk, info).map_err(|damage| StoreError::CorruptedPack {
@@ -414,7 +438,10 @@ pub fn sweep_demoted(
     // unlinked it and crashed before this fsync.
     sync_dir_if_present(vfs, &layout.bucket_dir(ledger, chunk))?;
     step!("sweep::dir_synced");
-    catalog.commit(&[CatalogOp::Delete(CatalogKey::Chunk(ledger.clone(), chunk))])?;
+    catalog.commit(&[
+        CatalogOp::Delete(CatalogKey::Chunk(ledger.clone(), chunk)),
+        CatalogOp::Delete(CatalogKey::Keys(ledger.clone(), chunk)),
+    ])?;
     step!("sweep::deleted");
     Ok(())
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use ferry_core::events::SystemEvent;
 use ferry_core::limits::IDEMPOTENCY_WINDOW_MS;
 use ferry_core::{EntryId, LedgerName};
+use ferry_format::fingerprints;
+use ferry_format::keys::CatalogKey;
 
 use crate::error::{Result, StoreError};
 use crate::idempotency::IdempotencyIndex;
@@ -26,14 +28,14 @@ use crate::wal::{RecordPos, ScannedRecord};
 /// the indexes are installed and the other id can be read.
 pub(crate) struct KeyLoader {
     pub index: IdempotencyIndex,
-    /// (ledger, key, its id, the id whose slot it took)
-    displaced: Vec<(Arc<LedgerState>, String, EntryId, EntryId)>,
+    /// (ledger, key if known, its id, the id whose slot it took)
+    displaced: Vec<(Arc<LedgerState>, Option<String>, EntryId, EntryId)>,
     now: u64,
 }
 
 impl KeyLoader {
-    pub fn new(now: u64) -> Self {
-        Self { index: IdempotencyIndex::default(), displaced: Vec::new(), now }
+    pub fn new(now: u64, fingerprint_key: u64) -> Self {
+        Self { index: IdempotencyIndex::new(fingerprint_key), displaced: Vec::new(), now }
     }
 
     /// Remembers a key recovery found, if its window has not passed.
@@ -42,13 +44,30 @@ impl KeyLoader {
             return;
         }
         if let Some(old) = self.index.insert(&state.name, state.incarnation, key, id) {
-            self.displaced.push((state.clone(), key.to_owned(), id, old));
+            self.displaced.push((state.clone(), Some(key.to_owned()), id, old));
+        }
+    }
+
+    /// Remembers a key recovery found as a fingerprint (`keys:`), its
+    /// chunk inside the window.
+    fn add_fingerprint(&mut self, state: &Arc<LedgerState>, fingerprint: u64, id: EntryId) {
+        if let Some(old) = self.index.insert_fingerprint(&state.name, state.incarnation, fingerprint, id) {
+            self.displaced.push((state.clone(), None, id, old));
         }
     }
 
     /// Settles the displaced ids, reading them from the recovered store.
     pub fn finish(mut self, shared: &Shared) -> Result<IdempotencyIndex> {
         for (state, key, id, old) in std::mem::take(&mut self.displaced) {
+            // A key known only by its fingerprint is read from its entry.
+            let key = match key {
+                Some(k) => Some(k),
+                None => shared.stored_key(&state, id).ok().flatten().and_then(|(k, _)| k),
+            };
+            let Some(key) = key else {
+                tracing::warn!(ledger = %state.name, id, "the idempotency key of an entry could not be read back");
+                continue;
+            };
             match shared.stored_key(&state, old) {
                 Ok(stored) => self.index.displaced(&state.name, state.incarnation, &key, old, stored, self.now),
                 Err(_) => self.index.unsettled(&state.name, state.incarnation, &key, id, old),
@@ -72,19 +91,7 @@ pub(crate) fn load_frozen(
             StoreError::CatalogCorrupted(format!("chunk {chunk} of ledger {ledger}, which the catalog does not list"))
         })?;
         if info.idempotency_keys > 0 && info.last_ts + IDEMPOTENCY_WINDOW_MS >= keys.now {
-            let records = PackReader::open(&shared.vfs, &shared.layout, &ledger, chunk, &info).and_then(|r| r.all());
-            match records {
-                Ok(records) => {
-                    for r in records {
-                        if let Some(k) = &r.idempotency_key {
-                            keys.add(state, k, r.id, r.ts);
-                        }
-                    }
-                }
-                // SPEC §2.3: damage fails the reads of its range, not the
-                // store; what it costs here is said loudly.
-                Err(e) => report_lost_keys(shared, &ledger, chunk, &info, &e),
-            }
+            reload_keys(shared, state, chunk, &info, keys)?;
         }
         let mut index = state.index.write().expect("index lock");
         if info.last_id() < index.first {
@@ -100,6 +107,44 @@ pub(crate) fn load_frozen(
         index.hot_base = info.last_id() + 1;
         index.last_ts = info.last_ts;
         index.frozen.insert(chunk, info);
+    }
+    Ok(())
+}
+
+/// Reloads a frozen chunk's idempotency keys: from its `keys:` value
+/// (format 3; the pack is not read), or, for a chunk frozen before format
+/// 3 or whose value does not decode, from its pack.
+fn reload_keys(
+    shared: &Shared,
+    state: &Arc<LedgerState>,
+    chunk: u64,
+    info: &PackInfo,
+    keys: &mut KeyLoader,
+) -> Result<()> {
+    let ledger = &state.name;
+    let key = CatalogKey::Keys(ledger.clone(), chunk);
+    if let Some(value) = shared.catalog.get(&key)? {
+        match fingerprints::decode(&value, info.count) {
+            Ok(entries) => {
+                for (offset, fp) in entries {
+                    keys.add_fingerprint(state, fp, info.first_id + u64::from(offset));
+                }
+                return Ok(());
+            }
+            Err(e) => tracing::warn!(%key, error = %e, "a stored key list does not decode; reading the pack instead"),
+        }
+    }
+    match PackReader::open(&shared.vfs, &shared.layout, ledger, chunk, info).and_then(|r| r.all()) {
+        Ok(records) => {
+            for r in records {
+                if let Some(k) = &r.idempotency_key {
+                    keys.add(state, k, r.id, r.ts);
+                }
+            }
+        }
+        // SPEC §2.3: damage fails the reads of its range, not the store;
+        // what it costs here is said loudly.
+        Err(e) => report_lost_keys(shared, ledger, chunk, info, &e),
     }
     Ok(())
 }

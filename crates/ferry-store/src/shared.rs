@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub vfs: RealFs,
     pub chunk_entries: u64,
     pub format_version: u32,
+    /// `config:fingerprint_key`: the secret of idempotency-key fingerprints.
+    pub fingerprint_key: u64,
     /// A segment is sealed past this size.
     pub wal_segment_bytes: u64,
     pub retention: RetentionPolicy,

@@ -523,6 +523,7 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
     let catalog = RedbCatalog::open(&roots.catalog)?;
     let chunk_entries = layout::pin(&catalog, config.chunk_entries)?;
     let last_incarnation = layout::last_incarnation(&catalog)?;
+    let fingerprint_key = layout::fingerprint_key(&catalog)?;
     let ledgers = load_ledgers(&catalog, chunk_entries)?;
     let pack_layout = PackLayout { root: roots.ledgers.clone() };
     let recovered_packs = pack_protocols::finish_interrupted(&RealFs, &catalog, &pack_layout)?;
@@ -541,6 +542,7 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
         vfs: RealFs,
         chunk_entries,
         format_version: FORMAT_VERSION,
+        fingerprint_key,
         wal_segment_bytes: config.wal_segment_bytes,
         retention: config.retention.clone(),
         holds: RwLock::new(config.holds.clone()),
@@ -552,7 +554,7 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
         reads: Default::default(),
     });
     let now = now_ms();
-    let mut keys = KeyLoader::new(now);
+    let mut keys = KeyLoader::new(now, fingerprint_key);
     recovery::load_frozen(&shared, recovered_packs.frozen, &mut keys)?;
     let (replayed, live) = {
         let ledgers = shared.ledgers.read().expect("ledgers lock");

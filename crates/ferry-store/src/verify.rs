@@ -239,6 +239,7 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
     let mut keys = read_keys(&mut report, &catalog_file, &dump);
     let pinned = check_pinned(&mut report, &catalog_file, &keys);
     check_chunk_keys(&mut report, &catalog_file, &layout, &pinned, &mut keys);
+    check_key_lists(&mut report, &catalog_file, &keys);
     check_ledger_files(&mut report, roots, &layout, &keys.chunks)?;
     check_frozen_ids(&mut report, &layout, &mut keys.ledgers);
     check_wal(&mut report, &roots.hot, pinned.format_version, &mut keys.ledgers)?;
@@ -274,6 +275,8 @@ struct Keys {
     chunks: BTreeMap<(LedgerName, u64), ChunkState>,
     cursors: Vec<(LedgerName, LedgerName)>,
     last_incarnation: Option<u64>,
+    /// `keys:` values: (ledger, chunk) → the raw fingerprint list.
+    key_lists: BTreeMap<(LedgerName, u64), Vec<u8>>,
 }
 
 /// Parses every key and decodes every value; what does not parse or decode
@@ -313,6 +316,9 @@ fn read_keys(report: &mut Report, catalog_file: &Path, dump: &CatalogDump) -> Ke
                 }
                 Err(e) => report.fault(catalog_file, None, e.to_string()),
             },
+            CatalogKey::Keys(ledger, chunk) => {
+                keys.key_lists.insert((ledger.clone(), *chunk), value.clone());
+            }
             CatalogKey::Cursor(exporter, ledger) => keys.cursors.push((exporter.clone(), ledger.clone())),
             CatalogKey::Pin(_) => {}
         }
@@ -331,13 +337,15 @@ struct Pinned {
 /// The `config:` keys, the format version, incarnations, and cursors of
 /// ledgers that do not exist.
 fn check_pinned(report: &mut Report, catalog_file: &Path, keys: &Keys) -> Pinned {
+    let format_version = check_format_version(report, catalog_file, &keys.config);
     for name in ConfigName::ALL {
-        if !keys.config.contains_key(&name) {
+        // Format 3 brought the fingerprint key; the migration writes it.
+        let expected = name != ConfigName::FingerprintKey || format_version >= 3;
+        if expected && !keys.config.contains_key(&name) {
             report.fault(catalog_file, None, format!("config:{} is missing", name.as_str()));
         }
     }
     let chunk_entries = keys.config.get(&ConfigName::ChunkEntries).copied().filter(|n| *n > 0);
-    let format_version = check_format_version(report, catalog_file, &keys.config);
     check_incarnations(report, catalog_file, format_version, keys.last_incarnation, &keys.ledgers);
     for (exporter, ledger) in &keys.cursors {
         if !keys.ledgers.contains_key(ledger) {
@@ -347,6 +355,24 @@ fn check_pinned(report: &mut Report, catalog_file: &Path, keys: &Keys) -> Pinned
         }
     }
     Pinned { chunk_entries, format_version }
+}
+
+/// Every `keys:` value belongs to a frozen (or pruning) chunk and decodes
+/// against its entry count.
+fn check_key_lists(report: &mut Report, catalog_file: &Path, keys: &Keys) {
+    for ((ledger, chunk), value) in &keys.key_lists {
+        let key = CatalogKey::Keys(ledger.clone(), *chunk);
+        match keys.chunks.get(&(ledger.clone(), *chunk)) {
+            Some(ChunkState::Frozen(info) | ChunkState::Pruning(info)) => {
+                if let Err(e) = ferry_format::fingerprints::decode(value, info.count) {
+                    report.fault(catalog_file, None, format!("{key}: {e}"));
+                }
+            }
+            Some(ChunkState::Freezing) | None => {
+                report.fault(catalog_file, None, format!("{key}: no frozen chunk:{ledger}:{chunk:08} accounts for it"));
+            }
+        }
+    }
 }
 
 /// Every `chunk:` key against the layout, and its pack file against the key.

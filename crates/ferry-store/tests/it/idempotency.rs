@@ -222,3 +222,42 @@ async fn retries_are_recognised_when_their_originals_are_frozen_in_packs() {
     assert_eq!(payloads, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "0", "0"]);
     close(store).await;
 }
+
+/// Issue #12 item 7: a restart reloads a frozen chunk's idempotency keys
+/// from the catalog (their fingerprints, stored with the chunk's `frozen`
+/// key), not by reading its pack. Proven with a damaged pack: its keys
+/// still answer after the restart — a retry is refused with the damage
+/// (its original cannot be read to confirm) instead of appended again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_reloads_frozen_keys_without_reading_their_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.chunk_entries = Some(4);
+    let l = ledger("audit");
+    let store = open_with(c.clone());
+    for i in 1..=5 {
+        store.append(&l, vec![with_idempotency_key(&format!("k{i}"), &i.to_string())]).await.unwrap();
+    }
+    let pack = dir.path().join("ledgers/audit/00000/00000000.pack");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !pack.exists() {
+        assert!(std::time::Instant::now() < deadline, "chunk 0 was not frozen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    close(store).await;
+
+    let len = std::fs::metadata(&pack).unwrap().len() as usize;
+    flip_bit(&pack, len / 2, 2);
+    let store = open_with(c);
+    for i in 1..=4 {
+        match store.append(&l, vec![with_idempotency_key(&format!("k{i}"), r#""again""#)]).await {
+            Err(StoreError::CorruptedPack { chunk: 0, .. }) => {}
+            other => panic!("k{i}: a retry whose original is in the damaged pack must be refused, got {other:?}"),
+        }
+    }
+    let hot = store.append(&l, vec![with_idempotency_key("k5", r#""again""#)]).await.unwrap();
+    assert_eq!((hot.ids, hot.created), (vec![5], false));
+    assert_eq!(head(&store, &l), 5, "nothing appended twice");
+    close(store).await;
+}

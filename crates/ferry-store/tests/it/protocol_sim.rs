@@ -104,7 +104,9 @@ fn create_ledger(w: &World<'_>, ledger: &str) -> StoreResult<()> {
 fn freeze(w: &World<'_>, ledger: &str, chunk: u64) -> StoreResult<()> {
     let l = name(ledger);
     let mut records = chunk_records(&l, chunk).into_iter().map(Ok);
-    pack_protocols::freeze(w.vfs, w.cat, w.layout, &l, chunk, CHUNK_ENTRIES, FORMAT_VERSION, &mut records).map(|_| ())
+    let pinned =
+        pack_protocols::Pinned { chunk_entries: CHUNK_ENTRIES, format_version: FORMAT_VERSION, fingerprint_key: 7 };
+    pack_protocols::freeze(w.vfs, w.cat, w.layout, &l, chunk, &pinned, &mut records).map(|_| ())
 }
 
 fn chunk_state(w: &World<'_>, ledger: &str, chunk: u64) -> StoreResult<Option<ChunkState>> {
