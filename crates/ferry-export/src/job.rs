@@ -276,6 +276,7 @@ impl<S: Sink> Job<S> {
             ledger: self.ledger.clone(),
             incarnation: self.incarnation,
             id,
+            sent_to: None,
         };
         cursors::commit(&self.store, vec![update]).await
     }

@@ -106,6 +106,7 @@ impl Exporters {
                         ledger: info.name.clone(),
                         incarnation: info.incarnation,
                         id: info.head,
+                        sent_to: None,
                     });
                 }
             }
@@ -740,6 +741,7 @@ impl<S: Sink> Supervisor<S> {
                 ledger: ledger.clone(),
                 incarnation: t.incarnation,
                 id,
+                sent_to: None,
             });
         }
         (updates, heads)
