@@ -57,8 +57,9 @@ impl Done {
 impl<S: Sink> Job<S> {
     /// Prepares the sink if asked, forms the batch after `cursor` (exactly
     /// `cursor + 1..=resend_to` when the sink was given that batch and did
-    /// not acknowledge it), delivers it while reading the next batch ahead,
-    /// and writes the acknowledged cursor.
+    /// not acknowledge it), writes its range durably when the cursor alone
+    /// would not form it again (`pin`), delivers it while reading the next
+    /// batch ahead, and writes the acknowledged cursor.
     pub async fn deliver(mut self, cursor: EntryId, prepare: bool, resend_to: Option<EntryId>) -> Done {
         let from = cursor + 1;
         if prepare {
@@ -75,6 +76,9 @@ impl<S: Sink> Job<S> {
             Err(done) => return done,
         };
         let to = entries.last().map_or(from, |e| e.id);
+        if let Err(done) = self.pin(cursor, to, &entries, &rest, resend_to).await {
+            return done;
+        }
         // Read the next batch while the sink works: reading and delivering
         // overlap, and the next job starts with its entries in hand. Only
         // while the supervisor's budget of held batches allows.
@@ -115,6 +119,49 @@ impl<S: Sink> Job<S> {
             }
             Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Gone),
             Err(e) => sent(store_error("write the cursor", &e)),
+        }
+    }
+
+    /// Before a batch the head cut short goes out, writes its range to the
+    /// cursor record (`sent_to`, one synced catalog commit), so that after a
+    /// crash the next process sends exactly it again rather than a longer
+    /// batch from the same id under another key. A batch of `max_entries`,
+    /// or one `max_bytes` cut (entries were left over), is a function of the
+    /// durable cursor and needs none. A batch sent again writes it again
+    /// when it is short (it cannot tell a `max_bytes` cut from a head cut
+    /// without another read): an earlier write may have failed, and only a
+    /// range that is durable may be sent.
+    ///
+    /// A failed write ends the job before the sink has the batch, but pins
+    /// it (`sent: true`): the commit may have reached the disk, and the next
+    /// attempt must not send another batch from the same id while the
+    /// record may name this one.
+    async fn pin(
+        &self,
+        cursor: EntryId,
+        to: EntryId,
+        entries: &[Entry],
+        rest: &Rest,
+        resend_to: Option<EntryId>,
+    ) -> Result<(), Done> {
+        let reproducible = entries.len() >= self.batch.max_entries || (resend_to.is_none() && rest.is_some());
+        if reproducible {
+            return Ok(());
+        }
+        let update = CursorUpdate::Set {
+            exporter: self.exporter.clone(),
+            ledger: self.ledger.clone(),
+            incarnation: self.incarnation,
+            id: cursor,
+            sent_to: Some(to),
+        };
+        match cursors::commit(&self.store, vec![update]).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::LedgerNotFound(_)) => Err(Done::only(Outcome::Gone)),
+            Err(e) => {
+                let error = store_error("write the range of the batch before sending it", &e);
+                Err(Done::only(Outcome::Failed { from: cursor + 1, to, error, sent: true }))
+            }
         }
     }
 
@@ -269,13 +316,16 @@ impl<S: Sink> Job<S> {
         read_incarnation(&self.store, &self.ledger, self.incarnation, from, limit).await
     }
 
-    /// Writes this ledger's cursor durably through the one cursor writer.
+    /// Writes this ledger's cursor durably through the one cursor writer;
+    /// the record's `sent_to` goes with it (the batch it named is
+    /// acknowledged, dead-lettered or pruned).
     async fn commit(&self, id: EntryId) -> Result<(), StoreError> {
         let update = CursorUpdate::Set {
             exporter: self.exporter.clone(),
             ledger: self.ledger.clone(),
             incarnation: self.incarnation,
             id,
+            sent_to: None,
         };
         cursors::commit(&self.store, vec![update]).await
     }
@@ -380,6 +430,8 @@ async fn read_incarnation(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     fn entry(id: EntryId, payload_bytes: usize) -> Entry {
@@ -480,6 +532,82 @@ mod tests {
         let done = job(&store, &sink, &l, 5).deliver(0, true, Some(3)).await;
         assert_eq!(done.outcome, Outcome::Delivered { through: 3 });
         assert_eq!(*sink.0.lock().unwrap(), [vec![1, 2, 3]]);
+        store.shutdown().await;
+    }
+
+    /// A sink that records, for every batch it is given, the ledger's
+    /// cursor record at that moment (`(id, sent_to)`), and fails the
+    /// delivery numbered `fail` (from 1).
+    struct Peeking {
+        store: Store,
+        fail: std::sync::atomic::AtomicUsize,
+        seen: std::sync::Mutex<Vec<(Vec<EntryId>, Option<Record>)>>,
+    }
+
+    /// A cursor record: `(id, sent_to)`.
+    type Record = (EntryId, Option<EntryId>);
+
+    impl Peeking {
+        fn new(store: &Store, fail: usize) -> Arc<Self> {
+            Arc::new(Self { store: store.clone(), fail: fail.into(), seen: Default::default() })
+        }
+    }
+
+    impl Sink for Peeking {
+        async fn prepare(&self, _: &LedgerName, _: EntryId) -> Result<(), SinkError> {
+            Ok(())
+        }
+        async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
+            let record = self.store.cursors().await.unwrap().first().map(|c| (c.id, c.sent_to));
+            let mut seen = self.seen.lock().unwrap();
+            seen.push((batch.entries.iter().map(|e| e.id).collect(), record));
+            if seen.len() == self.fail.load(Ordering::SeqCst) {
+                Err(SinkError::retryable("500"))
+            } else {
+                Ok(Ack { through: batch.last_id() })
+            }
+        }
+    }
+
+    fn peeking_job(store: &Store, sink: &Arc<Peeking>, ledger: &LedgerName, max_entries: usize) -> Job<Peeking> {
+        let head = store.ledger_head(ledger).unwrap();
+        Job {
+            store: store.clone(),
+            sink: sink.clone(),
+            exporter: LedgerName::parse("x").unwrap(),
+            ledger: ledger.clone(),
+            incarnation: head.incarnation,
+            batch: BatchPolicy { max_entries, max_bytes: 1 << 20, linger: std::time::Duration::ZERO },
+            dead_letter: None,
+            cancel: CancellationToken::new(),
+            head: head.head,
+            prefetched: None,
+            read_ahead: false,
+        }
+    }
+
+    /// Issue #12 item 5: a batch the head cut short is not a function of
+    /// the cursor, so its range is durable (`sent_to`) before the sink gets
+    /// it, stays so while it fails, and the acknowledgement clears it; a
+    /// batch of `max_entries` needs no such write.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_short_batch_is_named_in_the_cursor_record_before_it_is_sent() {
+        let (_dir, store, l) = filled(8).await;
+        let sink = Peeking::new(&store, 2);
+        let done = peeking_job(&store, &sink, &l, 5).deliver(0, false, None).await;
+        assert_eq!(done.outcome, Outcome::Delivered { through: 5 });
+        let done = peeking_job(&store, &sink, &l, 5).deliver(5, false, None).await;
+        assert!(matches!(done.outcome, Outcome::Failed { from: 6, to: 8, sent: true, .. }), "{:?}", done.outcome);
+        let done = peeking_job(&store, &sink, &l, 5).deliver(5, true, Some(8)).await;
+        assert_eq!(done.outcome, Outcome::Delivered { through: 8 });
+        let seen = sink.seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [(vec![1, 2, 3, 4, 5], None), (vec![6, 7, 8], Some((5, Some(8)))), (vec![6, 7, 8], Some((5, Some(8)))),],
+            "a full batch writes nothing before it is sent; a short one names its range"
+        );
+        let cursors = store.cursors().await.unwrap();
+        assert_eq!((cursors[0].id, cursors[0].sent_to), (8, None), "the acknowledgement clears sent_to");
         store.shutdown().await;
     }
 

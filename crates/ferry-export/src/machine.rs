@@ -11,7 +11,9 @@
 //! not acknowledge is sent again exactly as it was (same ids, so the same
 //! `Idempotency-Key` and body) until it is acknowledged, dead-lettered or
 //! a reset moves the cursor: batches of one process are identical or
-//! disjoint (see `docs/decisions/2026-12-04-stable-export-batches.md`).
+//! disjoint; with the cursor record's `sent_to` (`restore_unacked`), so
+//! are those of a process and the one restarted after it (see
+//! `docs/decisions/2026-12-04-stable-export-batches.md`).
 
 use std::time::{Duration, Instant};
 
@@ -55,7 +57,8 @@ pub enum Outcome {
     /// The sink acknowledged through `through` and the cursor is written.
     Delivered { through: EntryId },
     /// The delivery of ids `from..=to` (or its preparation) failed; `sent`
-    /// when the sink was given the batch `from..=to` (it may have arrived).
+    /// when the sink was given the batch `from..=to` (it may have arrived),
+    /// or its range may be in the cursor record as `sent_to`.
     Failed { from: EntryId, to: EntryId, error: SinkError, sent: bool },
     /// The job was dropped before an acknowledgement (shutdown, reset);
     /// `sent_to` is the last id of the batch the sink was being given (it
@@ -161,6 +164,17 @@ impl LedgerMachine {
             last_success_at: None,
             dead_lettered: false,
         }
+    }
+
+    /// A batch `cursor + 1..=to` the sink may have been given before a
+    /// restart (the cursor record's `sent_to`): the first delivery sends
+    /// exactly it. False (and nothing changes) unless `cursor < to <= head`.
+    pub fn restore_unacked(&mut self, to: EntryId) -> bool {
+        let valid = self.cursor < to && to <= self.head;
+        if valid {
+            self.unacked_to = Some(to);
+        }
+        valid
     }
 
     pub fn cursor(&self) -> EntryId {
@@ -556,6 +570,24 @@ mod tests {
         deliver(&mut m, w);
         m.on_outcome(Outcome::Delivered { through: 3 }, w, 1, 0.0);
         assert_eq!(m.next(w), Next::Deliver { cursor: 3, prepare: false, resend_to: None }, "then a new batch");
+    }
+
+    /// Issue #12 item 5 across a restart: the cursor record's `sent_to`
+    /// names a short batch the last process may have sent; the first
+    /// delivery sends exactly it, however far the head moved.
+    #[test]
+    fn a_batch_in_flight_before_a_restart_is_the_first_one_sent_again() {
+        let t = Instant::now();
+        let mut m = machine(2, 13);
+        for invalid in [0, 2, 14] {
+            assert!(!m.restore_unacked(invalid), "sent_to {invalid} with cursor 2 and head 13");
+        }
+        assert_eq!(m.next(t), Next::Deliver { cursor: 2, prepare: true, resend_to: None });
+        assert!(m.restore_unacked(5));
+        assert_eq!(m.next(t), Next::Deliver { cursor: 2, prepare: true, resend_to: Some(5) });
+        deliver(&mut m, t);
+        m.on_outcome(Outcome::Delivered { through: 5 }, t, 1, 0.0);
+        assert_eq!(m.next(t), Next::Deliver { cursor: 5, prepare: false, resend_to: None });
     }
 
     #[test]

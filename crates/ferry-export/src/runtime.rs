@@ -95,6 +95,14 @@ impl Exporters {
             let store = store.clone();
             store.cursors().await?
         };
+        // Short batches that were in flight at the last stop, per exporter:
+        // each is sent again exactly as it was.
+        let mut sent_to: HashMap<LedgerName, HashMap<LedgerName, EntryId>> = HashMap::new();
+        for c in &loaded {
+            if let Some(to) = c.sent_to {
+                sent_to.entry(c.exporter.clone()).or_default().insert(c.ledger.clone(), to);
+            }
+        }
         table.load(loaded.into_iter().map(|c| (c.exporter, c.ledger, c.id)));
         let ledgers = store.ledger_heads();
         let mut updates = Vec::new();
@@ -106,6 +114,7 @@ impl Exporters {
                         ledger: info.name.clone(),
                         incarnation: info.incarnation,
                         id: info.head,
+                        sent_to: None,
                     });
                 }
             }
@@ -123,7 +132,8 @@ impl Exporters {
         for (settings, sink) in exporters {
             let (tx, rx) = mpsc::channel(EXPORT_CONTROL_QUEUE_DEPTH);
             let name = settings.name.clone();
-            let supervisor = Supervisor::new(store.clone(), table.clone(), settings, Arc::new(sink));
+            let mut supervisor = Supervisor::new(store.clone(), table.clone(), settings, Arc::new(sink));
+            supervisor.sent_to = sent_to.remove(&name).unwrap_or_default();
             tasks.push(tokio::spawn(supervisor.run(rx)));
             tracing::info!(exporter = %name, "exporter started");
             handles.insert(name, tx);
@@ -291,6 +301,9 @@ struct Supervisor<S> {
     /// Ledgers holding entries read ahead: at most `max_parallel_ledgers`
     /// (plus the jobs running), so memory stays bounded by batch sizes.
     prefetched: usize,
+    /// The `sent_to` of the catalog's cursors at start, for ledgers not yet
+    /// tracked: a short batch that was in flight before the restart.
+    sent_to: HashMap<LedgerName, EntryId>,
 }
 
 impl<S: Sink> Supervisor<S> {
@@ -308,6 +321,7 @@ impl<S: Sink> Supervisor<S> {
             jobs: HashMap::new(),
             total_lag: 0,
             prefetched: 0,
+            sent_to: HashMap::new(),
         }
     }
 
@@ -446,6 +460,11 @@ impl<S: Sink> Supervisor<S> {
         }
         self.table.set(&s.name, &info.name, cursor);
         let mut machine = LedgerMachine::new(s.batch, s.retry, s.dead_letter.is_some(), cursor, info.head);
+        if let Some(to) = self.sent_to.remove(&info.name)
+            && !machine.restore_unacked(to)
+        {
+            tracing::warn!(exporter = %s.name, ledger = %info.name, cursor, sent_to = to, head = info.head, "sent_to is not after the cursor and within the head; ignored");
+        }
         if self.state == ExporterState::Paused {
             machine.pause();
         }
@@ -475,6 +494,7 @@ impl<S: Sink> Supervisor<S> {
             self.prefetched -= t.prefetched.is_some() as usize;
             self.adjust_lag(t.machine.lag(), 0);
         }
+        self.sent_to.remove(ledger);
         self.table.forget_ledger(ledger);
     }
 
@@ -740,6 +760,7 @@ impl<S: Sink> Supervisor<S> {
                 ledger: ledger.clone(),
                 incarnation: t.incarnation,
                 id,
+                sent_to: None,
             });
         }
         (updates, heads)

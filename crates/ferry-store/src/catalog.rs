@@ -57,11 +57,18 @@ impl LedgerMeta {
     }
 }
 
-/// `cursor:{exporter}:{ledger}`: the last id the exporter's sink acknowledged.
+/// `cursor:{exporter}:{ledger}`: the last id the exporter's sink
+/// acknowledged, and (format 3) the in-flight range of a batch the head cut
+/// short: `{"id": c, "sent_to": m}` says the sink may have been given ids
+/// `c+1..=m`, so the next attempt, after a restart too, sends exactly those.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CursorValue {
     pub id: u64,
+    /// Absent (the usual case) when no short batch is in flight; written
+    /// before such a batch is sent, cleared by the next cursor write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_to: Option<u64>,
 }
 
 /// The catalog's one table. `ferry verify` reads it raw (keys as text) so a

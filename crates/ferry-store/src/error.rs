@@ -54,6 +54,8 @@ pub enum StoreError {
     MissingEntries { ledger: LedgerName, from: u64, to: u64 },
     #[error("cursor {id} of ledger {ledger} is beyond its head {head}")]
     InvalidCursor { ledger: LedgerName, id: u64, head: u64 },
+    #[error("cursor {id} of ledger {ledger}: sent_to {sent_to} is outside {}..={head}", id + 1)]
+    InvalidSentTo { ledger: LedgerName, id: u64, sent_to: u64, head: u64 },
     #[error("corrupted catalog: {0}")]
     CatalogCorrupted(String),
     #[error("catalog error: {0}")]

@@ -72,18 +72,25 @@ pub struct ExportCursor {
     pub ledger: LedgerName,
     /// The last id the exporter's sink acknowledged.
     pub id: EntryId,
+    /// The last id of a batch the head cut short that the sink may have
+    /// been given and did not acknowledge: the next attempt sends exactly
+    /// `id + 1..=sent_to` again.
+    pub sent_to: Option<EntryId>,
 }
 
 /// One change in `Store::commit_cursors`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CursorUpdate {
     /// Sets the cursor of a ledger, which must still be the incarnation
-    /// named and hold `id`.
+    /// named and hold `id`, and `sent_to` when given (`id < sent_to`).
+    /// Every `Set` replaces the whole record: one without `sent_to` clears
+    /// an earlier one.
     Set {
         exporter: LedgerName,
         ledger: LedgerName,
         incarnation: u64,
         id: EntryId,
+        sent_to: Option<EntryId>,
     },
     Delete {
         exporter: LedgerName,
@@ -393,15 +400,16 @@ impl Store {
             };
             let value: CursorValue = serde_json::from_slice(&value)
                 .map_err(|e| StoreError::CatalogCorrupted(format!("cursor:{exporter}:{ledger}: {e}")))?;
-            out.push(ExportCursor { exporter, ledger, id: value.id });
+            out.push(ExportCursor { exporter, ledger, id: value.id, sent_to: value.sent_to });
         }
         Ok(out)
     }
 
     /// Writes cursor changes in one durable catalog commit, all or nothing.
     /// A `Set` for a ledger that was deleted (or deleted and created again)
-    /// or beyond its head fails with `LedgerNotFound`/`InvalidCursor` and
-    /// writes nothing, so a cursor never outlives its ledger.
+    /// or beyond its head fails with `LedgerNotFound`/`InvalidCursor`, and
+    /// one whose `sent_to` is not in `id + 1..=head` with `InvalidSentTo`,
+    /// and writes nothing, so a cursor never outlives its ledger.
     pub async fn commit_cursors(&self, updates: Vec<CursorUpdate>) -> Result<()> {
         self.blocking(move |store| store.commit_cursors_blocking(&updates)).await
     }
@@ -414,7 +422,7 @@ impl Store {
         let mut ops = Vec::with_capacity(updates.len());
         for update in updates {
             match update {
-                CursorUpdate::Set { exporter, ledger, incarnation, id } => {
+                CursorUpdate::Set { exporter, ledger, incarnation, id, sent_to } => {
                     let state = shared
                         .ledger(ledger)
                         .filter(|s| s.incarnation == *incarnation && !s.is_deleted())
@@ -423,7 +431,13 @@ impl Store {
                     if *id > head {
                         return Err(StoreError::InvalidCursor { ledger: ledger.clone(), id: *id, head });
                     }
-                    let value = serde_json::to_vec(&CursorValue { id: *id }).expect("cursor serialises");
+                    if let Some(to) = *sent_to
+                        && !(*id < to && to <= head)
+                    {
+                        return Err(StoreError::InvalidSentTo { ledger: ledger.clone(), id: *id, sent_to: to, head });
+                    }
+                    let value = CursorValue { id: *id, sent_to: *sent_to };
+                    let value = serde_json::to_vec(&value).expect("cursor serialises");
                     ops.push(CatalogOp::Put(CatalogKey::Cursor(exporter.clone(), ledger.clone()), value));
                 }
                 CursorUpdate::Delete { exporter, ledger } => {

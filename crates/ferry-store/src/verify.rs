@@ -21,7 +21,10 @@
 //!   then its live WAL records (as recovery sees them: relocated copies
 //!   replace originals; records of unlisted ledgers, of a name's earlier
 //!   incarnation before `wal_from`, and of frozen chunks are dead), with
-//!   timestamps never decreasing.
+//!   timestamps never decreasing;
+//! - every `cursor:` value decodes, names a listed ledger, is at most its
+//!   head, and a `sent_to` in it (format 3) is after the cursor and at most
+//!   the head.
 //!
 //! **Architecture Invariant:** nothing here writes to the data directory.
 //! The catalog is opened read-only; a catalog that needs redb's crash
@@ -46,7 +49,7 @@ pub use ferry_format::pack::{
 pub use ferry_format::segment::{SegmentScan, SegmentStop, scan_segment};
 pub use ferry_format::wal::{DecodeError, SEGMENT_MAGIC, WalRecord};
 
-use crate::catalog::{LedgerMeta, TABLE};
+use crate::catalog::{CursorValue, LedgerMeta, TABLE};
 use crate::config::StoreConfig;
 use crate::error::{IoContext as _, Result, StoreError};
 use crate::pack_protocols::{self, ChunkState, PackInfo, PackLayout};
@@ -218,6 +221,9 @@ struct LedgerCheck {
     last_ts: u64,
     /// Frozen ids at or above `first`.
     frozen_entries: u64,
+    /// The last id, as recovery sees it (`first - 1` when empty); known
+    /// after `check_hot_ids`.
+    head: u64,
     /// The highest id of an original (not relocated) live record.
 
     /// Live hot records: id → (segment, offset, ts); a later record of the
@@ -243,7 +249,8 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
     check_ledger_files(&mut report, roots, &layout, &keys.chunks)?;
     check_frozen_ids(&mut report, &layout, &mut keys.ledgers);
     check_wal(&mut report, &roots.hot, pinned.format_version, &mut keys.ledgers)?;
-    check_hot_ids(&mut report, &roots.hot, &keys.ledgers);
+    check_hot_ids(&mut report, &roots.hot, &mut keys.ledgers);
+    check_cursors(&mut report, &catalog_file, &keys);
     Ok(report)
 }
 
@@ -273,7 +280,7 @@ struct Keys {
     config: BTreeMap<ConfigName, u64>,
     ledgers: BTreeMap<LedgerName, LedgerCheck>,
     chunks: BTreeMap<(LedgerName, u64), ChunkState>,
-    cursors: Vec<(LedgerName, LedgerName)>,
+    cursors: Vec<(LedgerName, LedgerName, CursorValue)>,
     last_incarnation: Option<u64>,
     /// `keys:` values: (ledger, chunk) → the raw fingerprint list.
     key_lists: BTreeMap<(LedgerName, u64), Vec<u8>>,
@@ -319,7 +326,10 @@ fn read_keys(report: &mut Report, catalog_file: &Path, dump: &CatalogDump) -> Ke
             CatalogKey::Keys(ledger, chunk) => {
                 keys.key_lists.insert((ledger.clone(), *chunk), value.clone());
             }
-            CatalogKey::Cursor(exporter, ledger) => keys.cursors.push((exporter.clone(), ledger.clone())),
+            CatalogKey::Cursor(exporter, ledger) => match serde_json::from_slice::<CursorValue>(value) {
+                Ok(cursor) => keys.cursors.push((exporter.clone(), ledger.clone(), cursor)),
+                Err(e) => report.fault(catalog_file, None, format!("{key}: bad cursor value: {e}")),
+            },
             CatalogKey::Pin(_) => {}
         }
     }
@@ -347,7 +357,7 @@ fn check_pinned(report: &mut Report, catalog_file: &Path, keys: &Keys) -> Pinned
     }
     let chunk_entries = keys.config.get(&ConfigName::ChunkEntries).copied().filter(|n| *n > 0);
     check_incarnations(report, catalog_file, format_version, keys.last_incarnation, &keys.ledgers);
-    for (exporter, ledger) in &keys.cursors {
+    for (exporter, ledger, _) in &keys.cursors {
         if !keys.ledgers.contains_key(ledger) {
             let msg =
                 format!("cursor:{exporter}:{ledger}: a cursor of ledger {ledger}, which the catalog does not list");
@@ -455,9 +465,11 @@ fn check_frozen_ids(report: &mut Report, layout: &PackLayout, ledgers: &mut BTre
 }
 
 /// Hot ids, as recovery installs them (`recovery::WalIndexer::install`).
-fn check_hot_ids(report: &mut Report, hot: &Path, ledgers: &BTreeMap<LedgerName, LedgerCheck>) {
+fn check_hot_ids(report: &mut Report, hot: &Path, ledgers: &mut BTreeMap<LedgerName, LedgerCheck>) {
     for (name, l) in ledgers {
+        l.head = l.hot_base.saturating_sub(1);
         for (id, (segment, offset), _, fault) in l.hot.in_order(l.hot_base, l.last_ts) {
+            l.head = id;
             let path = hot.join(segment_name(segment));
             match fault {
                 Some(HotFault::Gap { from, to }) => {
@@ -471,6 +483,29 @@ fn check_hot_ids(report: &mut Report, hot: &Path, ledgers: &BTreeMap<LedgerName,
             }
         }
         report.entries += l.frozen_entries + l.hot.len() as u64;
+    }
+}
+
+/// Every cursor of a listed ledger against its head: the cursor is at most
+/// the head, and `sent_to`, the last id of a batch in flight, is after the
+/// cursor and at most the head (the store writes nothing else).
+fn check_cursors(report: &mut Report, catalog_file: &Path, keys: &Keys) {
+    for (exporter, ledger, cursor) in &keys.cursors {
+        let Some(head) = keys.ledgers.get(ledger).map(|l| l.head) else { continue }; // reported
+        let key = format!("cursor:{exporter}:{ledger}");
+        if cursor.id > head {
+            report.fault(catalog_file, None, format!("{key}: cursor {} is beyond the head {head}", cursor.id));
+        }
+        match cursor.sent_to {
+            Some(to) if to <= cursor.id => {
+                let msg = format!("{key}: sent_to {to} is not after the cursor {}", cursor.id);
+                report.fault(catalog_file, None, msg);
+            }
+            Some(to) if to > head => {
+                report.fault(catalog_file, None, format!("{key}: sent_to {to} is beyond the head {head}"));
+            }
+            _ => {}
+        }
     }
 }
 
@@ -528,6 +563,7 @@ impl LedgerCheck {
             frozen: BTreeMap::new(),
             last_ts: 0,
             frozen_entries: 0,
+            head: 0,
             hot: HotRecords::default(),
         }
     }

@@ -7,6 +7,7 @@
 
 mod append;
 mod corruption;
+mod cursors;
 mod deletion;
 mod descriptors;
 mod failpoints;

@@ -24,7 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::Value;
 
-use crate::support::{Env, Server, now_ms};
+use crate::support::{Env, Server, assert_exit, ferry, now_ms, run_to_exit};
 
 /// The secret every exporter here signs with.
 const SECRET: &str = "test-secret-\u{e9}t\u{e9}";
@@ -986,6 +986,56 @@ async fn a_failed_batch_keeps_its_key_and_body_across_kill_9() {
     assert_eq!(ranges[3], (before[2].first, before[2].last), "the restart sent another batch: {ranges:?}");
     assert_eq!(sent[3], before[2], "same Idempotency-Key and body after kill -9");
     assert_eq!(ranges[..4], [(1, 2), (3, 4), (5, 6), (5, 6)], "batches of two entries");
+    rx.assert_no_problems();
+    assert_received_exactly(&server, &rx, "hooks", "audit").await;
+    server.stop();
+}
+
+/// Issue #12 item 5, the case the durable cursor alone cannot cover: a
+/// batch the head cut short (the linger sent 3 entries of a possible 50)
+/// that the receiver applied but did not acknowledge. Entries appended
+/// during the backoff would let a restarted process form a longer batch
+/// from the same id, under another key; the range written to the catalog
+/// before the send (`sent_to`) makes it send exactly that batch again, with
+/// the same key and body, until it is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_short_batch_keeps_its_key_and_body_across_kill_9() {
+    let failed = AtomicBool::new(false);
+    let policy: Policy =
+        Box::new(move |_| if failed.swap(true, Ordering::SeqCst) { Reply::Ok } else { Reply::StoredButFailed });
+    let (rx, addr) = Receiver::start(&[("hooks", Format::Json)], policy).await;
+    // The retry waits 15 to 30 s, so it comes only after the kill.
+    let batch = r#"{ max_entries = 50, linger = "5ms" }"#;
+    let settings = r#"retry = { initial = "30s", max = "30s" }"#;
+    let config = http_exporter_batched("hooks", addr, Format::Json, batch, settings, SINK_TIMEOUT);
+    let env = Env::new();
+    let server = env.serve_with(&config).await;
+
+    assert_eq!(server.append("audit", padded_entries(3, "a", 10)).await.status, 201);
+    wait_for(&server, &rx, "hooks", "the short batch failed", |s| {
+        ledger_status(s, "audit").is_some_and(|l| l["cursor"] == 0 && l["attempts"] == 1)
+    })
+    .await;
+    assert_eq!(server.append("audit", padded_entries(10, "b", 10)).await.status, 201);
+    let before = rx.sent("hooks", "audit");
+    assert_eq!(before.iter().map(|s| (s.first, s.last)).collect::<Vec<_>>(), [(1, 3)], "{before:#?}");
+    server.kill();
+    let mut inspect = ferry();
+    inspect.arg("inspect").arg("--data-dir").arg(env.data_dir());
+    let out = run_to_exit(inspect, None);
+    assert_exit(&out, 0, "ferry inspect");
+    assert!(
+        out.stdout.lines().any(|l| l == r#"cursor:hooks:audit {"id":0,"sent_to":3}"#),
+        "the cursor record names the batch in flight:\n{}",
+        out.stdout
+    );
+
+    let server = env.serve_with(&config).await;
+    wait_for(&server, &rx, "hooks", "audit exported after the restart", |s| caught_up(s, "audit", 13)).await;
+    let sent = rx.sent("hooks", "audit");
+    let ranges: Vec<(u64, u64)> = sent.iter().map(|s| (s.first, s.last)).collect();
+    assert_eq!(ranges, [(1, 3), (1, 3), (4, 13)], "the restart sends the short batch again, then the rest");
+    assert_eq!(sent[1], before[0], "same Idempotency-Key and body after kill -9");
     rx.assert_no_problems();
     assert_received_exactly(&server, &rx, "hooks", "audit").await;
     server.stop();
