@@ -43,6 +43,7 @@ use redb::ReadableTable as _;
 
 // The codecs `ferry inspect` prints files with, for crates that do not
 // depend on `ferry-format` themselves.
+pub use ferry_format::fingerprints;
 pub use ferry_format::pack::{
     BlockMeta, DecodedPack, PACK_MAGIC, PackError, PackHeader, Trailer, decode_header, decode_pack,
 };

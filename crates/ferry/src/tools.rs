@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use ferry_core::{Entry, LedgerName, Payload};
 use ferry_store::StoreConfig;
-use ferry_store::verify::{self, WalRecord};
+use ferry_store::verify::{self, WalRecord, fingerprints};
 
 use crate::UsageError;
 use crate::config::Config;
@@ -84,6 +84,14 @@ fn inspect_catalog(args: Storage<'_>) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     for (key, value) in &dump.entries {
+        // `keys:` values are binary: offsets and fingerprints, as JSON.
+        if key.starts_with("keys:")
+            && let Ok(entries) = fingerprints::decode(value, u64::MAX)
+        {
+            let list: Vec<String> = entries.iter().map(|(o, fp)| format!("[{o},\"{fp:016x}\"]")).collect();
+            writeln!(out, "{key} [{}]", list.join(","))?;
+            continue;
+        }
         match std::str::from_utf8(value) {
             Ok(text) => writeln!(out, "{key} {text}")?,
             Err(_) => writeln!(out, "{key} 0x{}", hex(value))?,

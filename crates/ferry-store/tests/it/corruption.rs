@@ -230,3 +230,44 @@ async fn a_damaged_recent_pack_fails_only_the_reads_of_its_range() {
     assert_eq!(store.append(&audit, vec![entry("11")]).await.unwrap().ids, vec![11]);
     close(store).await;
 }
+
+/// A chunk frozen before format 3 has no `keys:` value: startup reads its
+/// pack to reload its keys. If that pack is damaged the store still opens
+/// (the keys are reported lost), and — the documented cost — a retry of
+/// one of those keys appends again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_pack_without_a_key_list_costs_its_keys_but_not_the_store() {
+    use ferry_format::keys::CatalogKey;
+    use ferry_store::{Catalog, CatalogOp, RedbCatalog};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.chunk_entries = Some(4);
+    let l = ledger("audit");
+    let store = open_with(c.clone());
+    for i in 1..=5 {
+        store.append(&l, vec![with_idempotency_key(&format!("k{i}"), &i.to_string())]).await.unwrap();
+    }
+    let pack = dir.path().join("ledgers/audit/00000/00000000.pack");
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while !pack.exists() {
+        assert!(Instant::now() < deadline, "chunk 0 was not frozen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    close(store).await;
+    {
+        let catalog = RedbCatalog::open(&dir.path().join("catalog")).unwrap();
+        let key = CatalogKey::Keys(l.clone(), 0);
+        assert!(catalog.get(&key).unwrap().is_some(), "format 3 stored the chunk's keys");
+        catalog.commit(&[CatalogOp::Delete(key)]).unwrap();
+    }
+    let len = std::fs::metadata(&pack).unwrap().len() as usize;
+    flip_bit(&pack, len / 2, 4);
+    let store = open_with(c);
+    let again = store.append(&l, vec![with_idempotency_key("k1", r#""again""#)]).await.unwrap();
+    assert_eq!((again.ids, again.created), (vec![6], true), "the lost key appends again");
+    let hot = store.append(&l, vec![with_idempotency_key("k5", r#""again""#)]).await.unwrap();
+    assert_eq!((hot.ids, hot.created), (vec![5], false), "keys of the hot tier are unaffected");
+    close(store).await;
+}

@@ -18,11 +18,14 @@ use ferry_core::{Entry, NewEntry, now_ms};
 use ferry_format::pack::decode_pack;
 use ferry_format::wal::{SEGMENT_HEADER_BYTES, decode_record, decode_segment_header};
 use ferry_store::verify::verify;
-use ferry_store::{Store, StoreConfig};
+use ferry_store::{CursorUpdate, Store, StoreConfig};
 
 use crate::support::*;
 
 const CHUNK_ENTRIES: u64 = 4;
+/// The cursor of `audit` the generator commits from format 3 on:
+/// (exporter, id, sent_to).
+const FIXTURE_CURSOR: (&str, u64, u64) = ("ship", 2, 4);
 
 /// One committed fixture: the format version that wrote it and its entries.
 struct Fixture {
@@ -30,10 +33,16 @@ struct Fixture {
     rows: &'static [Row],
 }
 
-/// Every fixture, oldest first: format 1 (commit 903d965) and format 2
-/// (durable incarnations). Each was written by the same requests
-/// (`REQUESTS`) and differs only in what its version put on disk.
-const FIXTURES: [Fixture; 2] = [Fixture { version: 1, rows: V1_ROWS }, Fixture { version: 2, rows: V2_ROWS }];
+/// Every fixture, oldest first: format 1 (commit 903d965), format 2
+/// (durable incarnations) and format 3 (idempotency-key fingerprints in
+/// `keys:`, a cursor naming a batch in flight). Each was written by the
+/// same requests (`REQUESTS`) and differs only in what its version put on
+/// disk (format 3 also commits `FIXTURE_CURSOR`).
+const FIXTURES: [Fixture; 3] = [
+    Fixture { version: 1, rows: V1_ROWS },
+    Fixture { version: 2, rows: V2_ROWS },
+    Fixture { version: 3, rows: V3_ROWS },
+];
 
 impl Fixture {
     fn dir(&self) -> PathBuf {
@@ -183,6 +192,68 @@ const V2_ROWS: &[Row] = &[
     Row { ledger: "audit", id: 6, ts: 1796385605155, key: None, idempotency_key: None, payload: r#"true"# },
 ];
 
+/// Every entry of the format-v3 fixture (the same requests, the same
+/// layout of pack and segment), written when format 3 was introduced.
+const V3_ROWS: &[Row] = &[
+    Row {
+        ledger: "audit",
+        id: 1,
+        ts: 1796395680827,
+        key: Some("user-7"),
+        idempotency_key: Some("req-1"),
+        payload: r#"{"user":"u-7","action":"login"}"#,
+    },
+    Row {
+        ledger: "payments.eu",
+        id: 1,
+        ts: 1796395680829,
+        key: Some("order-1"),
+        idempotency_key: Some("pay-1"),
+        payload: r#"{"amount":"12.30","currency":"EUR"}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 2,
+        ts: 1796395680830,
+        key: None,
+        idempotency_key: None,
+        payload: r#"{"n":1.50,"big":1e3}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 3,
+        ts: 1796395680830,
+        key: Some("k-3"),
+        idempotency_key: None,
+        payload: r#""quotes \" and ünïcode ✓""#,
+    },
+    Row {
+        ledger: "audit",
+        id: 4,
+        ts: 1796395680830,
+        key: None,
+        idempotency_key: Some("req-4"),
+        payload: r#"[1,2,{"deep":null}]"#,
+    },
+    Row {
+        ledger: "payments.eu",
+        id: 2,
+        ts: 1796395680832,
+        key: None,
+        idempotency_key: None,
+        payload: r#"{"refund":true}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 5,
+        ts: 1796395680832,
+        key: Some("user-8"),
+        idempotency_key: Some("req-5"),
+        payload: r#"{"action":"logout"}"#,
+    },
+    Row { ledger: "audit", id: 6, ts: 1796395680833, key: None, idempotency_key: None, payload: r#"true"# },
+];
+
 /// The appends the generator makes, in order: (ledger, entries of one
 /// request as (key, idempotency key, payload)). Chunk 0 of `audit` (ids
 /// 1..=4) fills during the fourth request; the rest stays hot.
@@ -236,6 +307,13 @@ async fn write_format_fixture() {
     }
     let event = tokio::time::timeout(Duration::from_secs(20), frozen.recv()).await.expect("chunk 0 frozen in time");
     assert!(matches!(event, Some(Received::Message(_))), "{event:?}");
+    // Format 3: a cursor naming a batch in flight (`sent_to`).
+    let audit = ledger("audit");
+    let incarnation = store.ledger_info(&audit).unwrap().incarnation;
+    let (exporter, id, sent_to) = FIXTURE_CURSOR;
+    let update =
+        CursorUpdate::Set { exporter: ledger(exporter), ledger: audit, incarnation, id, sent_to: Some(sent_to) };
+    store.commit_cursors(vec![update]).await.unwrap();
     let rows: Vec<String> = written
         .into_iter()
         .map(|(ledger_name, id, (key, idempotency_key, payload))| {
@@ -491,4 +569,35 @@ fn decode_fixture_files(fixture: &Fixture) {
         .map(|(r, (continues, starts))| (row_of(r), *continues, *starts, false))
         .collect();
     assert_eq!(in_segment, want_segment, "every record, the frozen chunk's dead ones included, in append order");
+}
+
+/// What format 3 added, as the v3 fixture holds it: the fingerprints of
+/// the frozen chunk's idempotency keys (`keys:audit:00000000`: `req-1` at
+/// offset 0 and `req-4` at offset 3, under the fixture's own secret) and a
+/// cursor naming a batch in flight (`sent_to`), read back by today's store.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_format_3_fixture_keeps_its_key_fingerprints_and_its_cursor_in_flight() {
+    use ferry_core::LedgerName;
+    use ferry_format::fingerprints;
+    use ferry_format::keys::{CatalogKey, ConfigName};
+    use ferry_store::{Catalog, RedbCatalog};
+
+    let fixture = FIXTURES.iter().find(|f| f.version == 3).expect("a v3 fixture");
+    let dir = copy_of(&fixture.dir());
+    {
+        let catalog = RedbCatalog::open(&dir.path().join("catalog")).unwrap();
+        let secret = catalog.get(&CatalogKey::Config(ConfigName::FingerprintKey)).unwrap().expect("a secret");
+        let secret: u64 = std::str::from_utf8(&secret).unwrap().parse().unwrap();
+        let audit = LedgerName::parse("audit").unwrap();
+        let value = catalog.get(&CatalogKey::Keys(audit, 0)).unwrap().expect("keys:audit:00000000");
+        let expected =
+            [(0, fingerprints::fingerprint(secret, "req-1")), (3, fingerprints::fingerprint(secret, "req-4"))];
+        assert_eq!(fingerprints::decode(&value, CHUNK_ENTRIES).unwrap(), expected);
+    }
+    let store = open(dir.path());
+    let cursors = store.cursors().await.unwrap();
+    let (exporter, id, sent_to) = FIXTURE_CURSOR;
+    let found: Vec<_> = cursors.iter().map(|c| (c.exporter.as_str(), c.ledger.as_str(), c.id, c.sent_to)).collect();
+    assert_eq!(found, [(exporter, "audit", id, Some(sent_to))]);
+    close(store).await;
 }

@@ -261,3 +261,57 @@ async fn a_restart_reloads_frozen_keys_without_reading_their_pack() {
     assert_eq!(head(&store, &l), 5, "nothing appended twice");
     close(store).await;
 }
+
+/// A chunk's stored key list (`keys:`) goes once its keys' window has
+/// passed: a restart then need not load keys no retry can use. Entries
+/// written by hand a day and more ago fill a chunk; it freezes with its
+/// key list, and the next retention pass deletes the list.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_chunks_key_list_is_deleted_once_its_window_has_passed() {
+    use ferry_format::keys::CatalogKey;
+    use ferry_store::{Catalog, RedbCatalog};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.chunk_entries = Some(4);
+    let l = ledger("audit");
+    let store = open_with(c.clone());
+    assert!(store.create_ledger_blocking(&l).unwrap());
+    close(store).await;
+
+    let old = now_ms() - IDEMPOTENCY_WINDOW_MS - 3_600_000;
+    let keys = ["a", "b", "c", "d"];
+    let records: Vec<WalRecord<'_>> = (0..4)
+        .map(|i| WalRecord {
+            ledger: "audit",
+            id: i as u64 + 1,
+            ts: old + i as u64,
+            key: None,
+            idempotency_key: Some(keys[i]),
+            batch_continues: false,
+            group_start: true,
+            relocated: false,
+            payload: b"1",
+        })
+        .collect();
+    let segment = last_segment(dir.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.extend(encode(&records));
+    std::fs::write(&segment, bytes).unwrap();
+
+    let store = open_with(c);
+    let pack = dir.path().join("ledgers/audit/00000/00000000.pack");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !pack.exists() {
+        assert!(std::time::Instant::now() < deadline, "chunk 0 was not frozen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A retention pass runs every second.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let again = store.append(&l, vec![with_idempotency_key("a", "2")]).await.unwrap();
+    assert_eq!((again.ids, again.created), (vec![5], true), "a key past its window is new");
+    close(store).await;
+    let catalog = RedbCatalog::open(&dir.path().join("catalog")).unwrap();
+    assert!(catalog.get(&CatalogKey::Chunk(l.clone(), 0)).unwrap().is_some(), "chunk 0 is frozen");
+    assert_eq!(catalog.get(&CatalogKey::Keys(l, 0)).unwrap(), None, "its expired key list is gone");
+}
