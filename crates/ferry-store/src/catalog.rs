@@ -212,6 +212,12 @@ impl Catalog for RedbCatalog {
     /// database is closed and reopened on next use instead of poisoning
     /// the store; any other failure is the caller's to poison on.
     fn commit(&self, ops: &[CatalogOp]) -> Result<()> {
+        // `return` refuses the commit as a full disk does (redb's own
+        // behaviour on ENOSPC is proven on a real tmpfs in the tests).
+        fail::fail_point!("catalog::commit", |_| {
+            let full = std::io::Error::from_raw_os_error(28);
+            Err(StoreError::NoSpace(format!("catalog commit in {}: {full}", self.path.display())))
+        });
         let result = self.with_db(|db| self.commit_on(db, ops));
         if let Err(e) = &result
             && e.is_no_space()

@@ -110,10 +110,10 @@ impl Flusher {
             match other {
                 None => {}
                 Some(FlusherMsg::Shutdown) => break,
-                Some(FlusherMsg::ForgetLedger(ledger, done)) => {
-                    self.idempotency.forget(&ledger);
+                Some(FlusherMsg::Barrier(done)) => {
                     let _ = done.send(());
                 }
+                Some(FlusherMsg::ForgetLedger(ledger)) => self.idempotency.forget(&ledger),
                 Some(FlusherMsg::Relocate(segment)) => {
                     // A refused relocation leaves the segment as it was; the
                     // freezer asks again later.

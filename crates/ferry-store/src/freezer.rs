@@ -26,7 +26,7 @@ use crate::catalog::{CatalogOp, LedgerMeta};
 use crate::error::{Result, StoreError};
 use crate::ledger::LedgerState;
 use crate::messages::{FlusherMsg, FreezerMsg};
-use crate::pack_protocols::{self, ChunkState};
+use crate::pack_protocols::{self, ChunkState, PackInfo};
 use crate::shared::Shared;
 
 /// How often the freezer looks at retention and sparse segments.
@@ -91,9 +91,10 @@ impl Freezer {
             match self.rx.recv_timeout(wait) {
                 Ok(FreezerMsg::Check(state)) => backlog.push_back(state),
                 Ok(FreezerMsg::Delete(state, reply)) => {
-                    let result = self.delete(&state);
+                    let result = self.delete(&state, &mut deferred);
                     // A storage fault while deleting poisons like any other.
                     if let Err(e) = &result
+                        && !refused_for_now(e)
                         && !matches!(
                             e,
                             StoreError::Poisoned(_) | StoreError::ShuttingDown | StoreError::LedgerNotFound(_)
@@ -340,7 +341,15 @@ impl Freezer {
 
     /// Deletes a ledger: no more appends, then one catalog commit removes its
     /// key and cursors and demotes its chunks, then the sweep removes files.
-    fn delete(&self, state: &Arc<LedgerState>) -> Result<()> {
+    ///
+    /// Running out of space or descriptors never poisons here (issue #12
+    /// items 9 and 12): refused at the commit, nothing durable changed and
+    /// the ledger takes appends again (the caller may retry the DELETE);
+    /// refused in a sweep after it, the ledger is deleted and the sweeps
+    /// left are finished a tick later, like retention's (a chunk frozen by a
+    /// ledger created again under the name meanwhile replaces the `pruning`
+    /// key first, and the file, so the late sweep finds nothing of its own).
+    fn delete(&self, state: &Arc<LedgerState>, deferred: &mut Deferred) -> Result<()> {
         fail::fail_point!("freezer::delete");
         let s = &self.shared;
         s.health.check()?;
@@ -353,36 +362,53 @@ impl Freezer {
         }
         state.mark_deleted();
         let (tx, rx) = oneshot::channel();
-        let forget = FlusherMsg::ForgetLedger(state.name.clone(), tx);
-        self.flusher.blocking_send(forget).map_err(|_| StoreError::ShuttingDown)?;
+        self.flusher.blocking_send(FlusherMsg::Barrier(tx)).map_err(|_| StoreError::ShuttingDown)?;
         rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)?;
 
         let name = &state.name;
         let frozen: Vec<_> = state.index.read().expect("index lock").frozen.clone().into_iter().collect();
-        let mut ops = vec![CatalogOp::Delete(CatalogKey::Ledger(name.clone()))];
-        for (chunk, info) in &frozen {
-            ops.push(CatalogOp::Put(
-                CatalogKey::Chunk(name.clone(), *chunk),
-                ChunkState::Pruning(info.clone()).encode(),
-            ));
-        }
-        let _cursors = s.cursor_lock.lock().expect("cursor lock");
-        for (key, _) in s.catalog.scan(CatalogKey::CURSOR_PREFIX)? {
-            if matches!(&key, CatalogKey::Cursor(_, l) if l == name) {
-                ops.push(CatalogOp::Delete(key));
+        if let Err(e) = self.commit_deletion(name, &frozen) {
+            if refused_for_now(&e) {
+                state.unmark_deleted();
             }
+            return Err(e);
         }
-        s.catalog.commit(&ops)?;
-        drop(_cursors);
+        self.flusher.blocking_send(FlusherMsg::ForgetLedger(name.clone())).map_err(|_| StoreError::ShuttingDown)?;
         s.packs.forget(name, None);
+        let mut left = Vec::new();
         for (chunk, _) in &frozen {
-            pack_protocols::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, name, *chunk)?;
+            if !left.is_empty() {
+                left.push(*chunk);
+                continue;
+            }
+            match pack_protocols::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, name, *chunk) {
+                Ok(()) => {}
+                Err(e) if refused_for_now(&e) => {
+                    tracing::warn!(ledger = %name, chunk, error = %e, "the deleted ledger's sweep waits for a descriptor or space");
+                    left.push(*chunk);
+                }
+                Err(e) => return Err(e),
+            }
         }
         // Again after the unlinks: a read racing the deletion may have opened
         // (and cached) an old pack meanwhile; drop its descriptor now.
         s.packs.forget(name, None);
-        for path in pack_protocols::remove_ledger_dirs(&s.vfs, &s.layout, name)? {
-            tracing::warn!(ledger = %name, file = %path.display(), "left a file that is not ferry's in the deleted ledger's directory");
+        if left.is_empty() {
+            match pack_protocols::remove_ledger_dirs(&s.vfs, &s.layout, name) {
+                Ok(strays) => {
+                    for path in strays {
+                        tracing::warn!(ledger = %name, file = %path.display(), "left a file that is not ferry's in the deleted ledger's directory");
+                    }
+                }
+                // Empty directories left behind cost nothing.
+                Err(e) if refused_for_now(&e) => {
+                    tracing::warn!(ledger = %name, error = %e, "the deleted ledger's directories stay for now");
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            deferred.sweeps.extend(left.into_iter().map(|chunk| (name.clone(), chunk)));
+            deferred.note();
         }
         let hot = {
             let mut ledgers = s.ledgers.write().expect("ledgers lock");
@@ -397,6 +423,26 @@ impl Freezer {
         let event = SystemEvent::ledger_deleted(name);
         s.events.publish(&event.key, &event);
         s.release_dead_segments()
+    }
+
+    /// The deletion's one commit: the ledger's key and cursors go, its
+    /// chunks become `pruning`.
+    fn commit_deletion(&self, name: &LedgerName, frozen: &[(u64, PackInfo)]) -> Result<()> {
+        let s = &self.shared;
+        let mut ops = vec![CatalogOp::Delete(CatalogKey::Ledger(name.clone()))];
+        for (chunk, info) in frozen {
+            ops.push(CatalogOp::Put(
+                CatalogKey::Chunk(name.clone(), *chunk),
+                ChunkState::Pruning(info.clone()).encode(),
+            ));
+        }
+        let _cursors = s.cursor_lock.lock().expect("cursor lock");
+        for (key, _) in s.catalog.scan(CatalogKey::CURSOR_PREFIX)? {
+            if matches!(&key, CatalogKey::Cursor(_, l) if l == name) {
+                ops.push(CatalogOp::Delete(key));
+            }
+        }
+        s.catalog.commit(&ops)
     }
 
     /// Releases dead segments and asks the flusher to move the live records

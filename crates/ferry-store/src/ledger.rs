@@ -50,6 +50,12 @@ impl LedgerState {
         self.deleted.store(true, Ordering::SeqCst);
     }
 
+    /// A deletion refused before anything durable changed (no space, no
+    /// descriptor): the ledger takes appends again.
+    pub fn unmark_deleted(&self) {
+        self.deleted.store(false, Ordering::SeqCst);
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::SeqCst)
     }

@@ -31,10 +31,13 @@ pub(crate) enum FlusherMsg {
     Append(AppendRequest),
     /// Copy the live records of this sealed segment forward so it can go.
     Relocate(u32),
-    /// A ledger is being deleted: forget its idempotency keys (a ledger
-    /// created later under the name must not answer with the old ids), and
-    /// answer once every message before this one is written and visible.
-    ForgetLedger(LedgerName, oneshot::Sender<()>),
+    /// Answer once every message before this one is written and visible
+    /// (a deletion waits for it after marking its ledger deleted, so no
+    /// append of the ledger is in flight when its key goes).
+    Barrier(oneshot::Sender<()>),
+    /// A ledger was deleted: forget its idempotency keys (a ledger created
+    /// later under the name must not answer with the old ids).
+    ForgetLedger(LedgerName),
     Shutdown,
 }
 

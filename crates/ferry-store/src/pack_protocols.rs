@@ -135,9 +135,13 @@ impl OwnedRecord {
 
 macro_rules! step {
     ($name:literal) => {
-        fail::fail_point!($name, |_| Err(StoreError::io(
+        // `return(enospc)` fails as a full disk does; plain `return` as EIO.
+        fail::fail_point!($name, |arg: Option<String>| Err(StoreError::io(
             concat!("fail point ", $name),
-            std::io::Error::other("injected")
+            match arg.as_deref() {
+                Some("enospc") => std::io::Error::from_raw_os_error(28),
+                _ => std::io::Error::other("injected"),
+            }
         )));
     };
 }

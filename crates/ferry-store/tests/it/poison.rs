@@ -118,3 +118,53 @@ async fn a_panic_on_the_freezer_thread_makes_the_store_unready() {
     drop(store);
     scenario.teardown();
 }
+
+/// Issue #12 items 9 and 12: a deletion that runs out of space never
+/// poisons. Refused at its one commit, nothing changed: the ledger stays,
+/// takes appends, and a retried DELETE goes through. Refused in a sweep
+/// after that commit, the ledger is deleted and the sweep left is finished
+/// a tick later; the name can be created again meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deletion_short_of_space_never_poisons_and_finishes_by_itself() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let c = ferry_store::StoreConfig { chunk_entries: Some(4), ..config(dir.path()) };
+    let l = ledger("audit");
+    let store = open_with(c.clone());
+    store.append(&l, (0..9).map(|i| entry(&i.to_string())).collect()).await.unwrap();
+    let pack = |chunk: u64| dir.path().join(format!("ledgers/audit/00000/{chunk:08}.pack"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !pack(1).exists() {
+        assert!(std::time::Instant::now() < deadline, "chunks 0 and 1 were not frozen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    fail::cfg("catalog::commit", "1*return").unwrap();
+    let err = store.delete_ledger(&l).await.unwrap_err();
+    assert!(matches!(err, StoreError::NoSpace(_)), "{err}");
+    assert!(store.ready().is_ok(), "{:?}", store.ready());
+    assert_eq!(read_all(&store, &l).len(), 9, "nothing of the ledger changed");
+    assert_eq!(store.append(&l, vec![entry("10")]).await.unwrap().ids, vec![10], "it takes appends again");
+
+    fail::cfg("sweep::unlinked", "1*return(enospc)").unwrap();
+    store.delete_ledger(&l).await.expect("deleted, with a sweep left for later");
+    assert!(store.ready().is_ok(), "{:?}", store.ready());
+    assert!(store.ledger_info(&l).is_none());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pack(0).exists() || pack(1).exists() {
+        assert!(std::time::Instant::now() < deadline, "the sweep left was not finished");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let again = store.append(&l, vec![entry(r#""new""#)]).await.unwrap();
+    assert_eq!((again.ids, again.created), (vec![1], true));
+    close(store).await;
+    scenario.teardown();
+
+    let store = open_with(c);
+    let entries = read_all(&store, &l);
+    assert_eq!(entries.len(), 1, "only the new ledger's entry");
+    assert_eq!(entries[0].payload.as_str(), r#""new""#);
+    assert!(store.ready().is_ok());
+    close(store).await;
+}
