@@ -320,21 +320,58 @@ impl Retention {
 }
 
 impl Server {
-    /// `tokens` and the lines of `token_file`, each non-empty and without
-    /// whitespace.
+    /// `tokens` and the tokens of `token_file`, each non-empty and without
+    /// whitespace. A `token_file` that names no token is an error: an empty
+    /// file must never mean "no auth".
     fn all_tokens(&self) -> anyhow::Result<Vec<String>> {
+        if let Some(i) = self.tokens.iter().position(|t| t.is_empty() || t.chars().any(char::is_whitespace)) {
+            bail!("server.tokens: entry {}: a token must be non-empty and contain no whitespace", i + 1);
+        }
         let mut tokens = self.tokens.clone();
         if !self.token_file.as_os_str().is_empty() {
             let path = &self.token_file;
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("server.token_file: read {}", path.display()))?;
-            tokens.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
-        }
-        if tokens.iter().any(|t| t.is_empty() || t.chars().any(char::is_whitespace)) {
-            bail!("server.tokens: a token must be non-empty and contain no whitespace");
+            let from_file = token_file_tokens(&text).map_err(|TokenLineError { line, problem }| {
+                anyhow::anyhow!("server.token_file: {} line {line}: {problem}", path.display())
+            })?;
+            if from_file.is_empty() {
+                bail!(
+                    "server.token_file has no tokens: {} holds only blank and '#' comment lines; write one \
+                     token per line, or remove token_file (with no tokens at all the server runs without auth)",
+                    path.display()
+                );
+            }
+            tokens.extend(from_file);
         }
         Ok(tokens)
     }
+}
+
+/// Why a line of `token_file` was refused (`line` counts from 1). The
+/// problem never quotes the line: it may hold a secret.
+#[derive(Debug, PartialEq, Eq)]
+struct TokenLineError {
+    line: usize,
+    problem: &'static str,
+}
+
+/// The tokens of a `token_file`: one per line, surrounding whitespace
+/// trimmed; blank lines and lines starting with `#` are skipped. The one
+/// place the line format is read.
+fn token_file_tokens(text: &str) -> Result<Vec<String>, TokenLineError> {
+    let mut tokens = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.chars().any(char::is_whitespace) {
+            return Err(TokenLineError { line: i + 1, problem: "a token must contain no whitespace" });
+        }
+        tokens.push(line.to_owned());
+    }
+    Ok(tokens)
 }
 
 #[cfg(test)]
@@ -413,6 +450,15 @@ format = "json"
         ] {
             assert!(Config::parse(text).unwrap().validate().is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn token_file_lines_skip_blanks_and_comments_and_name_a_bad_line() {
+        assert_eq!(token_file_tokens(""), Ok(vec![]));
+        assert_eq!(token_file_tokens("\n \t\n# a comment\n  # another\n"), Ok(vec![]));
+        assert_eq!(token_file_tokens("# ops\n one \r\n\ntwo\n"), Ok(vec!["one".to_owned(), "two".to_owned()]));
+        let err = token_file_tokens("ok\n\nnot ok\n").unwrap_err();
+        assert_eq!(err.line, 3);
     }
 }
 
