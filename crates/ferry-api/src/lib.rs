@@ -72,7 +72,11 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
         .route("/exporters/{name}/reset", post(exporters::reset))
         .route("/exporters/{name}/pause", post(exporters::pause))
         .route("/exporters/{name}/resume", post(exporters::resume))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .fallback(not_found)
+        // `layer`, not `route_layer`: the fallback (and a method a route
+        // lacks) is behind the token too, so without one every `/v1` path
+        // answers 401 and the route table cannot be probed.
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let mut metrics = Router::new().route("/metrics", get(metrics::render));
     if state.config.metrics_auth {
         metrics = metrics.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));

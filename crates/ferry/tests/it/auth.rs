@@ -65,3 +65,53 @@ async fn comment_and_blank_lines_of_a_token_file_are_skipped() {
         r.assert_error(401, "unauthorized");
     }
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let env = Env::new();
+    let s = env.serve_with("[server]\ntokens = [\"secret\"]\n").await;
+    for auth in ["Bearer secret", "bearer secret", "BEARER secret", "bEaReR secret"] {
+        let r = s.send(s.http.get(s.url("/v1/ledgers")).header("authorization", auth)).await;
+        assert_eq!(r.status, 200, "{auth:?}: {}", r.text);
+    }
+    // The token itself stays case-sensitive, and other schemes stay refused.
+    for auth in ["bearer SECRET", "Bearers secret", "Basic secret", "bearer", "bearer ", "secret"] {
+        let r = s.send(s.http.get(s.url("/v1/ledgers")).header("authorization", auth)).await;
+        r.assert_error(401, "unauthorized");
+    }
+}
+
+#[tokio::test]
+async fn unknown_v1_routes_answer_401_before_404_when_auth_is_on() {
+    let env = Env::new();
+    let s = env.serve_with("[server]\ntokens = [\"secret\"]\n").await;
+    let probes: [(&str, &str); 7] = [
+        ("GET", "/v1/nope"),
+        ("GET", "/v1/admin/secrets"),
+        ("POST", "/v1/pins"),
+        ("GET", "/v1/ledgers/audit/entries/extra"),
+        ("GET", "/v1"),
+        ("DELETE", "/v1/watch"),
+        ("PATCH", "/v1/ledgers"),
+    ];
+    for (method, path) in probes {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let r = s.send(s.http.request(method.clone(), s.url(path))).await;
+        assert_eq!(r.status, 401, "{method} {path} without a token: {}", r.text);
+        r.assert_error(401, "unauthorized");
+        let r = s.send(s.http.request(method.clone(), s.url(path)).bearer_auth("wrong")).await;
+        r.assert_error(401, "unauthorized");
+        let r = s.send(s.http.request(method.clone(), s.url(path)).bearer_auth("secret")).await;
+        assert!(matches!(r.status, 404 | 405), "{method} {path} with the token: {} {}", r.status, r.text);
+    }
+    // Outside /v1 nothing changed: an unknown path is 404 without a token.
+    s.get("/nope").await.assert_error(404, "not_found");
+    assert_eq!(s.get("/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn without_tokens_unknown_v1_routes_are_plain_404() {
+    let env = Env::new();
+    let s = env.serve().await;
+    s.get("/v1/nope").await.assert_error(404, "not_found");
+}
