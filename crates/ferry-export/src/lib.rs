@@ -11,12 +11,14 @@
 mod cursors;
 mod job;
 pub mod machine;
+pub mod redact;
 mod runtime;
 pub mod settings;
 pub mod sink;
 pub mod status;
 
 pub use cursors::CursorTable;
+pub use redact::Secrets;
 pub use runtime::{ExportError, Exporters};
 pub use settings::{ExporterConfig, ExporterSettings, SettingsError};
 pub use sink::{Ack, Batch, Sink, SinkError};

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cursors::{self, CursorTable};
 use crate::job::{Done, Job};
 use crate::machine::{LedgerMachine, Next, Notice, Outcome};
+use crate::redact::Secrets;
 use crate::settings::{ExporterSettings, StartAt};
 use crate::sink::{Sink, SinkError};
 use crate::status::{ExporterState, ExporterStatus, LedgerStatus};
@@ -291,6 +292,8 @@ struct Supervisor<S> {
     table: Arc<CursorTable>,
     settings: Arc<ExporterSettings>,
     sink: Arc<S>,
+    /// The sink's secrets: removed from every error before it is shown.
+    secrets: Secrets,
     state: ExporterState,
     ledgers: HashMap<LedgerName, Tracked>,
     ready: VecDeque<LedgerName>,
@@ -312,6 +315,7 @@ impl<S: Sink> Supervisor<S> {
             store,
             table,
             settings: Arc::new(settings),
+            secrets: sink.secrets(),
             sink,
             state: ExporterState::Running,
             ledgers: HashMap::new(),
@@ -584,8 +588,9 @@ impl<S: Sink> Supervisor<S> {
         let (id, done) = match done {
             Ok((id, done)) => (id, done),
             Err(e) => {
-                tracing::error!(exporter = %self.settings.name, error = %e, "export job panicked");
-                let error = SinkError::retryable(format!("export job failed: {e}"));
+                let shown = self.secrets.redact(&e.to_string());
+                tracing::error!(exporter = %self.settings.name, error = %shown, "export job panicked");
+                let error = SinkError::retryable(format!("export job failed: {shown}"));
                 let outcome = Outcome::Failed { from: 0, to: 0, error, sent: false };
                 (e.id(), Done { outcome, entries: 0, prefetched: None })
             }
@@ -601,8 +606,14 @@ impl<S: Sink> Supervisor<S> {
             // A panicked job's range is unknown: retry from the cursor.
             Outcome::Failed { from: 0, to: 0, error, .. } => {
                 let from = t.machine.cursor() + 1;
-                Outcome::Failed { from, to: from, error, sent: false }
+                Outcome::Failed { from, to: from, error: error.redacted(&self.secrets), sent: false }
             }
+            // The backstop: whatever the sink put in its message, no secret
+            // goes on to last_error, events, logs or dead-letter entries.
+            Outcome::Failed { from, to, error, sent } => {
+                Outcome::Failed { from, to, error: error.redacted(&self.secrets), sent }
+            }
+            Outcome::Unreadable { error } => Outcome::Unreadable { error: self.secrets.redact(&error) },
             o => o,
         };
         let exporter = self.settings.name.to_string();

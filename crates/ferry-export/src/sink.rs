@@ -32,11 +32,20 @@
 //! as unacknowledged, and the runtime calls `prepare` before the next one,
 //! so a sink must only ensure that state left by a dropped future is either
 //! harmless to repeat or undone by `prepare`.
+//!
+//! # Secrets
+//!
+//! An error's message is shown in exporter status, events, logs and
+//! dead-letter entries: it must not carry a URL's userinfo, a password, a
+//! token or a configured header value. [`Sink::secrets`] names the values
+//! to remove; the runtime removes them (and userinfo) again as a backstop.
 
 use std::future::Future;
 use std::time::Duration;
 
 use ferry_core::{Entry, EntryId, LedgerName};
+
+use crate::redact::Secrets;
 
 /// Consecutive entries of one ledger, first id right after the cursor.
 #[derive(Debug, Clone)]
@@ -99,6 +108,16 @@ impl SinkError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::Permanent { .. })
     }
+
+    /// The same error with its message run through [`Secrets::redact`].
+    pub fn redacted(self, secrets: &Secrets) -> Self {
+        match self {
+            Self::Retryable { message, retry_after } => {
+                Self::Retryable { message: secrets.redact(&message), retry_after }
+            }
+            Self::Permanent { message } => Self::Permanent { message: secrets.redact(&message) },
+        }
+    }
 }
 
 /// A destination driver. See the module documentation for the contract.
@@ -109,4 +128,12 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Delivers one batch; `Ok` only once it is durable at the destination.
     fn deliver(&self, batch: &Batch) -> impl Future<Output = Result<Ack, SinkError>> + Send;
+
+    /// The configured values this sink's errors must never show (passwords,
+    /// tokens, header values). A sink redacts its own messages; the runtime
+    /// also removes these, and any URL userinfo, from every error before it
+    /// reaches status, events, logs or a dead-letter entry.
+    fn secrets(&self) -> Secrets {
+        Secrets::default()
+    }
 }

@@ -10,7 +10,7 @@ pub mod stdout;
 
 pub use error::ConfigError;
 use ferry_core::{EntryId, LedgerName};
-use ferry_export::{Ack, Batch, Sink, SinkError};
+use ferry_export::{Ack, Batch, Secrets, Sink, SinkError};
 
 /// A sink kind's validated configuration.
 #[derive(Debug, Clone)]
@@ -80,6 +80,13 @@ impl Sink for AnySink {
             Self::Stdout(s) => s.deliver(batch).await,
             Self::File(s) => s.deliver(batch).await,
             Self::Http(s) => s.deliver(batch).await,
+        }
+    }
+
+    fn secrets(&self) -> Secrets {
+        match self {
+            Self::Stdout(_) | Self::File(_) => Secrets::default(),
+            Self::Http(s) => s.secrets(),
         }
     }
 }

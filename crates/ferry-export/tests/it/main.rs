@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::{EntryId, LedgerName, NewEntry, Payload};
-use ferry_export::{Ack, Batch, CursorTable, ExporterConfig, ExporterStatus, Exporters, Sink, SinkError};
+use ferry_export::{Ack, Batch, CursorTable, ExporterConfig, ExporterStatus, Exporters, Secrets, Sink, SinkError};
 use ferry_store::{Store, StoreConfig};
 
 /// How a test sink behaves.
@@ -30,7 +30,12 @@ enum Mode {
     Hang,
     /// Acknowledges the first batch, then fails every delivery (retryably).
     FailAfterFirst,
+    /// Fails with a message that quotes URL credentials and a secret.
+    Leaky,
 }
+
+/// The value `TestSink::secrets` names.
+const TEST_SECRET: &str = "leaked-token";
 
 #[derive(Clone)]
 struct TestSink {
@@ -73,12 +78,24 @@ impl Sink for TestSink {
                 return Err(SinkError::retryable("the destination is down"));
             }
             Mode::FailAfterFirst => batch.last_id(),
+            Mode::Leaky => {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let message =
+                    format!("POST http://user:leaked-pw@127.0.0.1:9/x failed: the answer quoted {TEST_SECRET}");
+                return Err(SinkError::permanent(message));
+            }
         };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let mut acked = self.acked.lock().unwrap();
         let ids = acked.entry(batch.ledger.clone()).or_default();
         ids.extend(batch.entries.iter().map(|e| e.id).filter(|id| *id <= through));
         Ok(Ack { through })
+    }
+
+    fn secrets(&self) -> Secrets {
+        let mut secrets = Secrets::default();
+        secrets.add(TEST_SECRET);
+        secrets
     }
 }
 
@@ -223,4 +240,23 @@ async fn shutdown_abandons_a_hanging_delivery_at_the_timeout_and_is_safe_to_repe
     // the cursor before it: an abandoned batch is not acknowledged.
     let cursors: Vec<_> = store.cursors_blocking().unwrap().iter().map(|c| (c.id, c.sent_to)).collect();
     assert_eq!(cursors, [(0, Some(3))], "an abandoned batch is not acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_error_reaches_status_without_userinfo_or_the_sinks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, "a", 3).await;
+    let exporters = start(&store, "x=t:{}", TestSink::new(Mode::Leaky)).await;
+    let mut status = exporters.status("x").await.unwrap();
+    for _ in 0..500 {
+        if status.ledgers.first().is_some_and(|l| l.state == "failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = exporters.status("x").await.unwrap();
+    }
+    let error = status.ledgers[0].last_error.clone().unwrap_or_default();
+    assert_eq!(error, "POST http://***@127.0.0.1:9/x failed: the answer quoted ***", "{status:?}");
+    exporters.shutdown(Duration::from_secs(5)).await;
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_core::units::Seconds;
+use ferry_export::Secrets;
+use ferry_export::redact::REDACTED;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
@@ -36,7 +38,8 @@ struct Raw {
     headers: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone)]
+/// Debug shows the URL as errors do, and no secret or header value.
+#[derive(Clone)]
 pub struct HttpConfig {
     pub url: reqwest::Url,
     pub format: BodyFormat,
@@ -44,6 +47,18 @@ pub struct HttpConfig {
     pub secret: Option<String>,
     pub timeout: Duration,
     pub headers: HeaderMap,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("url", &self.shown_url())
+            .field("format", &self.format)
+            .field("secret", &self.secret.as_ref().map(|_| REDACTED))
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Headers ferry sets itself; configuring them would break the contract.
@@ -58,7 +73,7 @@ impl HttpConfig {
         })?;
         let url = reqwest::Url::parse(&url).map_err(|e| ConfigError::Invalid {
             field: "config.url".into(),
-            problem: format!("{url:?} is not a URL: {e}"),
+            problem: format!("{:?} is not a URL: {e}", shown_url_text(&url)),
             fix: "write an absolute http:// or https:// URL",
         })?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -79,6 +94,61 @@ impl HttpConfig {
         let headers = headers(raw.headers)?;
         let secret = Some(raw.secret).filter(|s| !s.is_empty());
         Ok(Self { url, format: raw.format, secret, timeout, headers })
+    }
+
+    /// The URL as messages show it: without userinfo, each query value
+    /// replaced by `***` (a query often carries an API key).
+    pub fn shown_url(&self) -> String {
+        let mut url = self.url.clone();
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        if url.query().is_some() {
+            let keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+            url.query_pairs_mut().clear().extend_pairs(keys.iter().map(|k| (k, REDACTED)));
+        }
+        url.to_string()
+    }
+
+    /// Every configured value that must not appear in a message: the
+    /// signing secret, the URL's password, its query values and every
+    /// header value (headers are where receivers want their API keys).
+    pub fn secrets(&self) -> Secrets {
+        let mut secrets = Secrets::default();
+        if let Some(secret) = &self.secret {
+            secrets.add(secret);
+        }
+        if let Some(password) = self.url.password() {
+            secrets.add(password);
+        }
+        if let Some(query) = self.url.query() {
+            for pair in query.split('&') {
+                secrets.add(pair.split_once('=').map_or("", |(_, v)| v));
+            }
+            for (_, value) in self.url.query_pairs() {
+                secrets.add(&value);
+            }
+        }
+        for value in self.headers.values() {
+            if let Ok(text) = value.to_str() {
+                secrets.add(text);
+                // `Bearer <token>`: the credentials alone, as an echo may
+                // quote them.
+                if let Some((_scheme, credentials)) = text.split_once(' ') {
+                    secrets.add(credentials.trim());
+                }
+            }
+        }
+        secrets
+    }
+}
+
+/// A URL that did not parse, as an error may quote it: without userinfo
+/// and without its query.
+fn shown_url_text(text: &str) -> String {
+    let text = ferry_export::redact::redact_userinfo(text);
+    match text.split_once('?') {
+        Some((before, _)) => format!("{before}?{REDACTED}"),
+        None => text,
     }
 }
 

@@ -19,6 +19,11 @@
 //! records keys drops every repeat but that one. That dedup is the
 //! receiver's half of the contract, and the signature lets it trust the
 //! body.
+//!
+//! **Secrets.** Errors name the URL without its userinfo and with every
+//! query value replaced, and never show the `secret`, a header value, the
+//! password or a query value, even when the receiver's answer quotes them
+//! (`HttpConfig::secrets`).
 
 mod config;
 
@@ -27,7 +32,7 @@ use std::time::{Duration, SystemTime};
 pub use config::{BodyFormat, HttpConfig};
 use ferry_core::limits::RETRY_WAIT_MS_MAX;
 use ferry_core::{EntryId, LedgerName};
-use ferry_export::{Ack, Batch, SinkError};
+use ferry_export::{Ack, Batch, Secrets, SinkError};
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -40,6 +45,16 @@ const ERROR_BODY_BYTES_MAX: usize = 256;
 pub struct HttpSink {
     config: HttpConfig,
     client: reqwest::Client,
+    shown: Box<Shown>,
+}
+
+/// What error messages may say about the configuration.
+struct Shown {
+    /// The URL: no userinfo, query values replaced.
+    url: String,
+    /// Removed from every error message (the receiver's answer may quote
+    /// what it was sent).
+    secrets: Secrets,
 }
 
 impl HttpSink {
@@ -54,8 +69,19 @@ impl HttpSink {
             .redirect(reqwest::redirect::Policy::none())
             .default_headers(config.headers.clone())
             .build()
-            .map_err(|error| ConfigError::HttpClient { error })?;
-        Ok(Self { config, client })
+            .map_err(|error| ConfigError::HttpClient { error: error.without_url() })?;
+        let shown = Box::new(Shown { url: config.shown_url(), secrets: config.secrets() });
+        Ok(Self { config, client, shown })
+    }
+
+    /// What the runtime removes from this sink's errors again.
+    pub fn secrets(&self) -> Secrets {
+        self.shown.secrets.clone()
+    }
+
+    /// `message` with this sink's secrets and any URL userinfo removed.
+    fn error_message(&self, message: String) -> String {
+        self.shown.secrets.redact(&message)
     }
 
     pub async fn prepare(&self, _ledger: &LedgerName, _cursor: EntryId) -> Result<(), SinkError> {
@@ -78,7 +104,11 @@ impl HttpSink {
         }
         let response = request.body(body).send().await.map_err(|e| {
             let what = if e.is_timeout() { "timed out" } else { "failed" };
-            SinkError::retryable(format!("POST {} {what}: {e}", self.config.url))
+            // reqwest's error carries the URL, query and all: drop it and
+            // name the shown URL instead, with the causes (e.g. "connection
+            // refused") that its own Display leaves out.
+            let cause = error_chain(&e.without_url());
+            SinkError::retryable(self.error_message(format!("POST {} {what}: {cause}", self.shown.url)))
         })?;
         let status = response.status();
         if status.is_success() {
@@ -86,13 +116,28 @@ impl HttpSink {
         }
         let retry_after = response.headers().get(RETRY_AFTER).and_then(parse_retry_after);
         let snippet = error_snippet(response).await;
-        let message = format!("POST {} answered {status}: {snippet}", self.config.url);
+        let message = self.error_message(format!("POST {} answered {status}: {snippet}", self.shown.url));
         if retryable(status) {
             Err(SinkError::Retryable { message, retry_after })
         } else {
             Err(SinkError::permanent(message))
         }
     }
+}
+
+/// An error and its causes, `outer: inner: …`.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
 }
 
 /// The start of an error answer's body, read no further than needed.

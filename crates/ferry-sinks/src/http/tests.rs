@@ -160,3 +160,20 @@ async fn failures_are_retryable_or_permanent_by_status_and_timeout() {
     let closed = sink("http://127.0.0.1:9/in", serde_json::json!({}));
     assert!(!closed.deliver(&batch(1..=1)).await.unwrap_err().is_permanent());
 }
+
+#[test]
+fn errors_show_the_url_without_userinfo_or_query_values_and_know_every_secret() {
+    let config = HttpConfig::validate(serde_json::json!({
+        "url": "https://al:pa%24s-word@example.com:8443/in?token=qs-token&v=2",
+        "secret": "signing-secret",
+        "headers": {"authorization": "Bearer hdr-token", "x-tenant": "acme-corp"},
+    }))
+    .unwrap();
+    assert_eq!(config.shown_url(), "https://example.com:8443/in?token=***&v=***");
+    let shown = format!("{config:?}");
+    for secret in ["pa%24s-word", "qs-token", "signing-secret", "hdr-token", "acme-corp"] {
+        assert!(!shown.contains(secret), "Debug shows {secret}: {shown}");
+    }
+    let text = "echo: pa%24s-word qs-token signing-secret Bearer hdr-token acme-corp http://al:x@h/";
+    assert_eq!(config.secrets().redact(text), "echo: *** *** *** *** *** http://***@h/");
+}
