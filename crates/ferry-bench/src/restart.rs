@@ -146,8 +146,13 @@ pub async fn child_main(parent: &Path, args: &[String]) -> anyhow::Result<()> {
             let store = Store::open(StoreConfig::new(dir.path()))?;
             let n: u64 = n.parse()?;
             append(&store, n, 64, *kind == "keyed").await?;
-            // Let the freezer catch up, so both runs hold the same hot tier.
-            std::thread::sleep(Duration::from_secs(2));
+            // Let the freezer catch up, so both runs hold the same hot tier
+            // (every full chunk frozen) when RSS is read.
+            let full_chunks = n / LEDGERS / store.chunk_entries();
+            for l in ledgers() {
+                wait_frozen(dir.path(), &l, full_chunks).await?;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
             println!("rss={}", rss_bytes()?);
             std::process::exit(0); // the measurement is done; no shutdown
         }

@@ -115,12 +115,22 @@ impl StorageCause for redb::StorageError {
     }
 }
 
+/// redb's page cache (its default is 1 GiB). The catalog's hot part is
+/// small (ledgers, chunk states, cursors); the bulk, the `keys:` lists, is
+/// written once and read only at start, so caching it would cost memory
+/// per idempotency key for nothing.
+const CACHE_BYTES: usize = 16 << 20;
+
 impl RedbCatalog {
     pub const FILE: &'static str = "catalog.redb";
 
+    fn open_database(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
+        redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)
+    }
+
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(Self::FILE);
-        let db = Database::create(&path).map_err(|e| Self::error(&path, "open", &e))?;
+        let db = Self::open_database(&path).map_err(|e| Self::error(&path, "open", &e))?;
         let cat = Self { db: RwLock::new(Some(db)), path };
         cat.commit(&[])?; // creates the table on first start
         Ok(cat)
@@ -153,7 +163,7 @@ impl RedbCatalog {
         }
         let mut slot = self.db.write().expect("catalog lock");
         if slot.is_none() {
-            let db = Database::create(&self.path).map_err(|e| self.err("reopen", e))?;
+            let db = Self::open_database(&self.path).map_err(|e| self.err("reopen", e))?;
             tracing::info!(catalog = %self.path.display(), "catalog reopened after a refused commit");
             *slot = Some(db);
         }
