@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 
+use crate::extract::{ApiQuery, LedgerSegment};
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_core::limits::{READ_LIMIT_DEFAULT, READ_LIMIT_MAX};
@@ -57,7 +58,7 @@ fn parse_append(body: &[u8]) -> Result<Vec<NewEntry>, ApiError> {
 
 pub(crate) async fn append(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    LedgerSegment(name): LedgerSegment,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let name = LedgerName::parse(&name)?;
@@ -84,12 +85,11 @@ pub(crate) struct ReadParams {
 
 pub(crate) async fn read(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    params: Result<Query<ReadParams>, QueryRejection>,
+    LedgerSegment(name): LedgerSegment,
+    ApiQuery(params): ApiQuery<ReadParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = LedgerName::parse(&name)?;
-    let Query(params) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = params.limit.unwrap_or(READ_LIMIT_DEFAULT);
     if limit == 0 || limit > READ_LIMIT_MAX {
         return Err(ApiError::bad_request("invalid_limit", format!("limit must be 1..={READ_LIMIT_MAX}, got {limit}")));

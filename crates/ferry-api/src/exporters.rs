@@ -1,8 +1,9 @@
 //! `/v1/exporters`: status, pause, resume, reset (SPEC §4, §5), and the
 //! deletion of an orphaned exporter's cursors.
 
+use crate::extract::ExporterSegment;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use ferry_core::{EntryId, LedgerName};
 use ferry_export::{ExportError, ExporterStatus, Exporters};
@@ -23,16 +24,22 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<ExporterStatus>> {
 
 pub async fn get_one(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ExporterSegment(name): ExporterSegment,
 ) -> Result<Json<ExporterStatus>, ApiError> {
     Ok(Json(exporters(&state)?.status(&name).await?))
 }
 
-pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ExporterStatus>, ApiError> {
+pub async fn pause(
+    State(state): State<AppState>,
+    ExporterSegment(name): ExporterSegment,
+) -> Result<Json<ExporterStatus>, ApiError> {
     Ok(Json(exporters(&state)?.pause(&name).await?))
 }
 
-pub async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ExporterStatus>, ApiError> {
+pub async fn resume(
+    State(state): State<AppState>,
+    ExporterSegment(name): ExporterSegment,
+) -> Result<Json<ExporterStatus>, ApiError> {
     Ok(Json(exporters(&state)?.resume(&name).await?))
 }
 
@@ -46,7 +53,7 @@ struct ResetRequest {
 /// `{"ledger"?: L, "from_id"?: N}`; an empty body resets every ledger to 1.
 pub async fn reset(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ExporterSegment(name): ExporterSegment,
     body: axum::body::Bytes,
 ) -> Result<Json<ExporterStatus>, ApiError> {
     let request: ResetRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -59,7 +66,10 @@ pub async fn reset(
 }
 
 /// Deletes an orphaned exporter's cursors (a configured one: 409).
-pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    ExporterSegment(name): ExporterSegment,
+) -> Result<StatusCode, ApiError> {
     exporters(&state)?.delete_orphan(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

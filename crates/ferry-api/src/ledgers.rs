@@ -1,7 +1,8 @@
 //! `GET /v1/ledgers`, `GET /v1/ledgers/{ledger}`, `PUT /v1/ledgers/{ledger}`.
 
+use crate::extract::LedgerSegment;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use ferry_core::LedgerName;
 use ferry_store::{LedgerInfo, StoreError};
@@ -14,7 +15,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Json<Vec<LedgerInfo>>
 
 pub(crate) async fn get_one(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    LedgerSegment(name): LedgerSegment,
 ) -> Result<Json<LedgerInfo>, ApiError> {
     let name = LedgerName::parse(&name)?;
     let info = state.store.ledger_info(&name).ok_or(StoreError::LedgerNotFound(name))?;
@@ -22,7 +23,10 @@ pub(crate) async fn get_one(
 }
 
 /// Deletes a ledger with its packs, cursors and metadata: 204.
-pub(crate) async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    LedgerSegment(name): LedgerSegment,
+) -> Result<StatusCode, ApiError> {
     let name = LedgerName::parse(&name)?;
     state.store.delete_ledger(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -31,7 +35,7 @@ pub(crate) async fn delete(State(state): State<AppState>, Path(name): Path<Strin
 /// Creates a ledger: 201 when new, 200 when it already existed.
 pub(crate) async fn create(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    LedgerSegment(name): LedgerSegment,
 ) -> Result<(StatusCode, Json<LedgerInfo>), ApiError> {
     let name = LedgerName::parse(&name)?;
     let created = state.store.create_ledger(&name).await?;

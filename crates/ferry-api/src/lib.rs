@@ -5,6 +5,7 @@ mod auth;
 mod entries;
 mod error;
 mod exporters;
+mod extract;
 mod ledgers;
 pub mod metrics;
 mod watch;
@@ -73,6 +74,7 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
         .route("/exporters/{name}/pause", post(exporters::pause))
         .route("/exporters/{name}/resume", post(exporters::resume))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // `layer`, not `route_layer`: the fallback (and a method a route
         // lacks) is behind the token too, so without one every `/v1` path
         // answers 401 and the route table cannot be probed.
@@ -87,6 +89,7 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
 }
@@ -114,6 +117,14 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.ready()?;
     Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "the route does not take this method",
+    )
 }
 
 async fn not_found() -> ApiError {

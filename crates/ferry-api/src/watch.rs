@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use crate::extract::ApiQuery;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -109,7 +110,7 @@ fn bad_token(e: String) -> ApiError {
 
 pub(crate) async fn watch(
     State(state): State<AppState>,
-    Query(params): Query<WatchParams>,
+    ApiQuery(params): ApiQuery<WatchParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let from = match params.from.as_deref() {
@@ -308,7 +309,7 @@ pub(crate) struct EventsParams {
 
 pub(crate) async fn events(
     State(state): State<AppState>,
-    Query(params): Query<EventsParams>,
+    ApiQuery(params): ApiQuery<EventsParams>,
 ) -> Result<Response, ApiError> {
     let guard = state.watchers.enter(state.config.max_watchers).ok_or_else(|| {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_watchers", "max_watchers streams are open")

@@ -498,3 +498,42 @@ async fn with_metrics_auth_metrics_needs_the_bearer_token_too() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.text.contains("ferry_"), "Prometheus text with ferry_ metrics after an append:\n{}", r.text);
 }
+
+/// Issue #13 item 9: every error is the documented JSON shape
+/// `{"error":{"code","message"}}` — a method a route lacks (405), a path
+/// segment that is not UTF-8 and a repeated query parameter (400) included.
+#[tokio::test]
+async fn every_error_is_the_json_shape_also_405_bad_utf8_paths_and_repeated_query_parameters() {
+    let env = Env::new();
+    let s = env.serve().await;
+    seeded(&s).await;
+    let json_error = |what: &str, status: u16, text: &str, want_status: u16, code: &str| {
+        assert_eq!(status, want_status, "{what}: {text}");
+        let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text:?}"));
+        assert_eq!(v["error"]["code"], code, "{what}: {text}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {text}");
+    };
+    for (method, path) in [
+        ("PATCH", "/v1/ledgers/audit"),
+        ("DELETE", "/v1/ledgers/audit/entries"),
+        ("POST", "/v1/ledgers"),
+        ("PUT", "/healthz"),
+        ("POST", "/readyz"),
+    ] {
+        let (status, text) = raw_request(s.addr, method, path, "");
+        json_error(&format!("{method} {path}"), status, &text, 405, "method_not_allowed");
+    }
+    for path in ["/v1/ledgers/%FF%FE", "/v1/ledgers/%C3%28/entries", "/v1/exporters/%FF"] {
+        let (status, text) = raw_request(s.addr, "GET", path, "");
+        let code = if path.starts_with("/v1/exporters") { "invalid_request" } else { "invalid_ledger_name" };
+        json_error(path, status, &text, 400, code);
+    }
+    for path in [
+        "/v1/ledgers/audit/entries?from=1&from=2",
+        "/v1/watch?from=audit:1&from=audit:2",
+        "/v1/events?prefix=a&prefix=b",
+    ] {
+        let (status, text) = raw_request(s.addr, "GET", path, "");
+        json_error(path, status, &text, 400, "invalid_query");
+    }
+}

@@ -1,0 +1,56 @@
+//! Extractors whose rejections are the API's JSON errors, not axum's
+//! plain-text ones: every error body is `{"error":{"code","message"}}`
+//! (issue #13 item 9), a path segment that is not UTF-8 and a repeated or
+//! malformed query parameter included.
+
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// The `{ledger}` segment of a path, as text (parsed into a `LedgerName`
+/// by the handler). Not UTF-8: 400 `invalid_ledger_name`.
+pub(crate) struct LedgerSegment(pub String);
+
+/// The `{name}` segment of an exporter path. Not UTF-8: 400
+/// `invalid_request`.
+pub(crate) struct ExporterSegment(pub String);
+
+/// Query parameters; a repeated, unknown-shaped or malformed one is 400
+/// `invalid_query`.
+pub(crate) struct ApiQuery<T>(pub T);
+
+async fn segment<S: Send + Sync>(parts: &mut Parts, state: &S, code: &'static str) -> Result<String, ApiError> {
+    match Path::<String>::from_request_parts(parts, state).await {
+        Ok(Path(s)) => Ok(s),
+        Err(e) => Err(ApiError::bad_request(code, format!("the path is not valid: {}", e.body_text()))),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for LedgerSegment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        segment(parts, state, "invalid_ledger_name").await.map(Self)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ExporterSegment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        segment(parts, state, "invalid_request").await.map(Self)
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(t)) => Ok(Self(t)),
+            Err(e) => Err(ApiError::bad_request("invalid_query", e.body_text())),
+        }
+    }
+}
