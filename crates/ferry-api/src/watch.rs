@@ -90,7 +90,9 @@ impl ResumeToken {
         for part in rest.split(',').filter(|p| !p.is_empty()) {
             let (l, id) = part.split_once(':').ok_or("a ledger without ':'")?;
             let ledger = LedgerName::parse(l).map_err(|e| e.to_string())?;
-            next.insert(ledger, id.parse().map_err(|_| "bad id")?);
+            if next.insert(ledger, id.parse().map_err(|_| "bad id")?).is_some() {
+                return Err(format!("ledger {l} is named twice"));
+            }
         }
         Ok(Self { start_ts, next })
     }
@@ -123,11 +125,27 @@ pub(crate) async fn watch(
             Some((LedgerName::parse(l)?, id))
         }
     };
+    // Say what cannot be delivered instead of starting later in silence.
+    if let Some((l, id)) = &from
+        && let Some(info) = state.store.ledger_info(l)
+        && *id < info.first
+    {
+        return Err(StoreError::BelowFirst { ledger: l.clone(), from: *id, first: info.first }.into());
+    }
     let token = match headers.get("last-event-id").map(|v| v.to_str().map(str::to_owned)) {
         None => None,
         Some(Ok(t)) => Some(ResumeToken::parse(&t).map_err(bad_token)?),
         Some(Err(_)) => return Err(bad_token("not text".into())),
     };
+    if let Some(token) = &token {
+        for (l, next) in &token.next {
+            if let Some(info) = state.store.ledger_info(l)
+                && *next > info.head + 1
+            {
+                return Err(bad_token(format!("{l}:{next} is past the head {} of {l}", info.head)));
+            }
+        }
+    }
     let guard = state.watchers.enter(state.config.max_watchers).ok_or_else(|| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

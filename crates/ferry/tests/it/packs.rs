@@ -28,6 +28,16 @@ async fn retention_prunes_old_chunks_and_reads_below_first_answer_410() {
     r.assert_error(410, "below_first");
     assert_eq!(r.json()["error"]["first"], 9);
     assert_eq!(server.read_from("old", 9).await.len(), 2, "entries 9 and 10 stay (chunk 2 is not full)");
+    // Issue #13 item 8: a watch says when it cannot deliver what was asked,
+    // as reads do: from below First is 410, not a silent later start; a
+    // resume token past the head or naming a ledger twice is 400.
+    let w = server.get("/v1/watch?from=old:1").await;
+    w.assert_error(410, "below_first");
+    assert_eq!(w.json()["error"]["first"], 9);
+    let token = |t: &str| server.http.get(server.url("/v1/watch")).header("last-event-id", t.to_owned());
+    for bad in ["1/old:12", "1/old:9,old:10"] {
+        server.send(token(bad)).await.assert_error(400, "invalid_resume_token");
+    }
     server.stop();
 }
 
