@@ -493,7 +493,7 @@ mod tests {
     }
 
     /// A job on the ledger as it is now, with batches of `max_entries`.
-    fn job(store: &Store, sink: &Arc<Recording>, ledger: &LedgerName, max_entries: usize) -> Job<Recording> {
+    fn job<S>(store: &Store, sink: &Arc<S>, ledger: &LedgerName, max_entries: usize) -> Job<S> {
         let head = store.ledger_head(ledger).unwrap();
         Job {
             store: store.clone(),
@@ -569,23 +569,6 @@ mod tests {
         }
     }
 
-    fn peeking_job(store: &Store, sink: &Arc<Peeking>, ledger: &LedgerName, max_entries: usize) -> Job<Peeking> {
-        let head = store.ledger_head(ledger).unwrap();
-        Job {
-            store: store.clone(),
-            sink: sink.clone(),
-            exporter: LedgerName::parse("x").unwrap(),
-            ledger: ledger.clone(),
-            incarnation: head.incarnation,
-            batch: BatchPolicy { max_entries, max_bytes: 1 << 20, linger: std::time::Duration::ZERO },
-            dead_letter: None,
-            cancel: CancellationToken::new(),
-            head: head.head,
-            prefetched: None,
-            read_ahead: false,
-        }
-    }
-
     /// Issue #12 item 5: a batch the head cut short is not a function of
     /// the cursor, so its range is durable (`sent_to`) before the sink gets
     /// it, stays so while it fails, and the acknowledgement clears it; a
@@ -594,11 +577,11 @@ mod tests {
     async fn a_short_batch_is_named_in_the_cursor_record_before_it_is_sent() {
         let (_dir, store, l) = filled(8).await;
         let sink = Peeking::new(&store, 2);
-        let done = peeking_job(&store, &sink, &l, 5).deliver(0, false, None).await;
+        let done = job(&store, &sink, &l, 5).deliver(0, false, None).await;
         assert_eq!(done.outcome, Outcome::Delivered { through: 5 });
-        let done = peeking_job(&store, &sink, &l, 5).deliver(5, false, None).await;
+        let done = job(&store, &sink, &l, 5).deliver(5, false, None).await;
         assert!(matches!(done.outcome, Outcome::Failed { from: 6, to: 8, sent: true, .. }), "{:?}", done.outcome);
-        let done = peeking_job(&store, &sink, &l, 5).deliver(5, true, Some(8)).await;
+        let done = job(&store, &sink, &l, 5).deliver(5, true, Some(8)).await;
         assert_eq!(done.outcome, Outcome::Delivered { through: 8 });
         let seen = sink.seen.lock().unwrap().clone();
         assert_eq!(

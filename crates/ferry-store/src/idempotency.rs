@@ -18,7 +18,7 @@
 //! id its first use within the window got; an answer is never taken from a
 //! fingerprint alone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use ferry_core::limits::IDEMPOTENCY_WINDOW_MS;
 use ferry_core::{EntryId, LedgerName};
@@ -70,14 +70,15 @@ pub(crate) struct IdempotencyIndex {
     /// `config:fingerprint_key`.
     secret: u64,
     ledgers: HashMap<LedgerName, KeyTable>,
-    /// The next ledger the sweep visits, and when a new round may start.
-    sweep_from: Option<LedgerName>,
+    /// The ledgers the current sweep round has yet to visit, and when the
+    /// next round may start.
+    round: VecDeque<LedgerName>,
     next_round_at: u64,
 }
 
 impl IdempotencyIndex {
     pub fn new(secret: u64) -> Self {
-        Self { secret, ledgers: HashMap::new(), sweep_from: None, next_round_at: 0 }
+        Self { secret, ledgers: HashMap::new(), round: VecDeque::new(), next_round_at: 0 }
     }
 
     pub fn fingerprint(&self, key: &str) -> u64 {
@@ -192,49 +193,34 @@ impl IdempotencyIndex {
     /// lower bound is enough: what it keeps, `seen` still judges by the
     /// record's ts), or `None` when the ledger is gone.
     pub fn sweep_step(&mut self, now: u64, mut expired_below: impl FnMut(&LedgerName, u64) -> Option<EntryId>) {
-        if self.sweep_from.is_none() && now < self.next_round_at {
-            return;
-        }
-        // Visit ledgers in name order from where the last step stopped.
-        let mut names: Vec<&LedgerName> = self.ledgers.keys().collect();
-        names.sort_unstable();
-        let start = match &self.sweep_from {
-            Some(from) => names.partition_point(|n| *n < from),
-            None => 0,
-        };
-        let mut visited = 0;
-        let mut plan: BTreeMap<LedgerName, Option<EntryId>> = BTreeMap::new();
-        let mut next = None;
-        for name in &names[start..] {
-            if visited >= SWEEP_STEP_ENTRIES {
-                next = Some((*name).clone());
-                break;
+        if self.round.is_empty() {
+            if now < self.next_round_at {
+                return;
             }
-            let table = &self.ledgers[*name];
-            visited += table.ids.len() + table.collided.len();
-            plan.insert((*name).clone(), expired_below(name, table.incarnation));
-        }
-        for (name, below) in plan {
-            match below {
-                None => {
-                    self.ledgers.remove(&name);
-                }
-                Some(below) => {
-                    let table = self.ledgers.get_mut(&name).expect("listed above");
-                    table.ids.retain(|_, id| *id >= below);
-                    table.collided.retain(|_, id| *id >= below);
-                    if table.ids.is_empty() {
-                        self.ledgers.remove(&name);
-                    } else {
-                        table.ids.shrink_to_fit();
-                    }
-                }
-            }
-        }
-        if next.is_none() {
+            // A round visits the ledgers that have keys now; one that gets
+            // its first key meanwhile waits for the next round.
+            self.round = self.ledgers.keys().cloned().collect();
             self.next_round_at = now + SWEEP_EVERY_MS;
         }
-        self.sweep_from = next;
+        let mut visited = 0;
+        while visited < SWEEP_STEP_ENTRIES
+            && let Some(name) = self.round.pop_front()
+        {
+            let Some(table) = self.ledgers.get_mut(&name) else { continue };
+            visited += table.ids.len() + table.collided.len();
+            let Some(below) = expired_below(&name, table.incarnation) else {
+                self.ledgers.remove(&name);
+                continue;
+            };
+            let before = table.ids.len();
+            table.ids.retain(|_, id| *id >= below);
+            table.collided.retain(|_, id| *id >= below);
+            if table.ids.is_empty() && table.collided.is_empty() {
+                self.ledgers.remove(&name);
+            } else if table.ids.len() < before {
+                table.ids.shrink_to_fit();
+            }
+        }
     }
 
     /// Keys held (fingerprints plus whole keys).

@@ -205,11 +205,8 @@ async fn a_damaged_recent_pack_fails_only_the_reads_of_its_range() {
     store.append(&other, vec![entry("1"), entry("2")]).await.unwrap();
     let pack = dir.path().join("ledgers/audit/00000/00000000.pack");
     let next = dir.path().join("ledgers/audit/00000/00000001.pack");
-    let deadline = Instant::now() + std::time::Duration::from_secs(20);
-    while !(pack.exists() && next.exists()) {
-        assert!(Instant::now() < deadline, "chunks 0 and 1 were not frozen");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_file(&pack, "chunks 0 and 1 were not frozen").await;
+    wait_for_file(&next, "chunks 0 and 1 were not frozen").await;
     let before = read_all(&store, &audit);
     close(store).await;
 
@@ -249,11 +246,7 @@ async fn a_damaged_pack_without_a_key_list_costs_its_keys_but_not_the_store() {
         store.append(&l, vec![with_idempotency_key(&format!("k{i}"), &i.to_string())]).await.unwrap();
     }
     let pack = dir.path().join("ledgers/audit/00000/00000000.pack");
-    let deadline = Instant::now() + std::time::Duration::from_secs(20);
-    while !pack.exists() {
-        assert!(Instant::now() < deadline, "chunk 0 was not frozen");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_file(&pack, "chunk 0 was not frozen").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     close(store).await;
     {

@@ -84,11 +84,7 @@ async fn a_pack_opened_during_a_deletion_is_never_served_for_the_ledger_created_
     let store = open_with(StoreConfig { chunk_entries: Some(4), ..config(dir.path()) });
     store.append(&l, (1..=9).map(|i| entry(&format!(r#""old-{i}""#))).collect()).await.unwrap();
     let pack1 = dir.path().join("ledgers/audit/00000/00000001.pack");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !pack1.exists() {
-        assert!(std::time::Instant::now() < deadline, "chunk 1 frozen");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_file(&pack1, "chunk 1 frozen").await;
 
     // Hold the sweep after its first unlink (chunk 0), and read chunk 1
     // meanwhile: the read opens (and caches) the old pack 1.
@@ -106,11 +102,7 @@ async fn a_pack_opened_during_a_deletion_is_never_served_for_the_ledger_created_
     fail::remove("sweep::unlinked");
 
     store.append(&l, (1..=9).map(|i| entry(&format!(r#""new-{i}""#))).collect()).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !pack1.exists() {
-        assert!(std::time::Instant::now() < deadline, "the new chunk 1 frozen");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_file(&pack1, "the new chunk 1 frozen").await;
     let after = store.read(&l, Some(5), 4).await.unwrap();
     let payloads: Vec<&str> = after.entries.iter().map(|e| e.payload.as_str()).collect();
     assert_eq!(payloads, [r#""new-5""#, r#""new-6""#, r#""new-7""#, r#""new-8""#]);

@@ -202,11 +202,7 @@ async fn retries_are_recognised_when_their_originals_are_frozen_in_packs() {
         assert_eq!(out.ids, vec![i]);
     }
     let frozen = dir.path().join("ledgers/audit/00000/00000001.pack");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !frozen.exists() {
-        assert!(std::time::Instant::now() < deadline, "chunk 1 was not frozen");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_file(&frozen, "chunk 1 was not frozen").await;
     for round in 0..2u64 {
         for i in 1..=10 {
             let again = store.append(&l, vec![with_idempotency_key(&format!("k{i}"), r#""late""#)]).await.unwrap();
@@ -239,11 +235,7 @@ async fn a_restart_reloads_frozen_keys_without_reading_their_pack() {
         store.append(&l, vec![with_idempotency_key(&format!("k{i}"), &i.to_string())]).await.unwrap();
     }
     let pack = dir.path().join("ledgers/audit/00000/00000000.pack");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !pack.exists() {
-        assert!(std::time::Instant::now() < deadline, "chunk 0 was not frozen");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_file(&pack, "chunk 0 was not frozen").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     close(store).await;
 
@@ -301,11 +293,7 @@ async fn a_frozen_chunks_key_list_is_deleted_once_its_window_has_passed() {
 
     let store = open_with(c);
     let pack = dir.path().join("ledgers/audit/00000/00000000.pack");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !pack.exists() {
-        assert!(std::time::Instant::now() < deadline, "chunk 0 was not frozen");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_file(&pack, "chunk 0 was not frozen").await;
     // A retention pass runs every second.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let again = store.append(&l, vec![with_idempotency_key("a", "2")]).await.unwrap();

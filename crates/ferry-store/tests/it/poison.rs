@@ -133,11 +133,7 @@ async fn a_deletion_short_of_space_never_poisons_and_finishes_by_itself() {
     let store = open_with(c.clone());
     store.append(&l, (0..9).map(|i| entry(&i.to_string())).collect()).await.unwrap();
     let pack = |chunk: u64| dir.path().join(format!("ledgers/audit/00000/{chunk:08}.pack"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !pack(1).exists() {
-        assert!(std::time::Instant::now() < deadline, "chunks 0 and 1 were not frozen");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_file(&pack(1), "chunks 0 and 1 were not frozen").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     fail::cfg("catalog::commit", "1*return").unwrap();

@@ -173,3 +173,13 @@ pub fn assert_corrupted_at(err: &StoreError, segment: &Path, offset: u64) {
     assert!(message.contains(&segment.display().to_string()), "message must name the segment: {message}");
     assert!(message.contains(&format!("offset {offset}")), "message must name the offset: {message}");
 }
+
+/// Waits (up to 20 s) until `path` exists: the freezer works in the
+/// background. `what` says what its existence means, for the failure.
+pub async fn wait_for_file(path: &Path, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what} ({})", path.display());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
