@@ -2,12 +2,15 @@
 //! mapping from errors to statuses and codes (`error.rs`).
 
 mod auth;
+mod body_budget;
 mod entries;
 mod error;
 mod exporters;
 mod extract;
 mod ledgers;
 pub mod metrics;
+mod server;
+mod tls;
 mod watch;
 
 use std::sync::Arc;
@@ -15,10 +18,12 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
-use ferry_core::limits::{BODY_BYTES_MAX_DEFAULT, WATCHERS_MAX_DEFAULT};
+use ferry_core::limits::{BODY_BYTES_MAX_DEFAULT, BUFFERED_BODY_BYTES_MAX_DEFAULT, WATCHERS_MAX_DEFAULT};
 use ferry_store::Store;
 
 pub use error::ApiError;
+pub use server::{ConnectionLimits, serve};
+pub use tls::{ServerTls, TlsError};
 
 /// Settings of the API layer (the `[server]` section, validated).
 #[derive(Clone)]
@@ -27,6 +32,9 @@ pub struct ApiConfig {
     pub tokens: Vec<String>,
     pub metrics_auth: bool,
     pub max_body_bytes: usize,
+    /// Bytes of request bodies buffered at once, over all requests
+    /// (`body_budget.rs`).
+    pub max_buffered_body_bytes: u64,
     /// Open `/v1/watch` and `/v1/events` streams at most.
     pub max_watchers: usize,
     /// Turns true when the server shuts down: open SSE streams end, so a
@@ -44,6 +52,7 @@ impl Default for ApiConfig {
             tokens: Vec::new(),
             metrics_auth: false,
             max_body_bytes: BODY_BYTES_MAX_DEFAULT as usize,
+            max_buffered_body_bytes: BUFFERED_BODY_BYTES_MAX_DEFAULT,
             max_watchers: WATCHERS_MAX_DEFAULT,
             closing: tokio::sync::watch::channel(false).1,
             metrics: None,
@@ -57,11 +66,13 @@ pub(crate) struct AppState {
     pub store: Store,
     pub config: Arc<ApiConfig>,
     pub watchers: watch::Watchers,
+    pub body_budget: body_budget::BodyBudget,
 }
 
 /// The whole API as one router.
 pub fn router(store: Store, config: ApiConfig) -> Router {
-    let state = AppState { store, config: Arc::new(config), watchers: watch::Watchers::default() };
+    let body_budget = body_budget::BodyBudget::new(config.max_buffered_body_bytes);
+    let state = AppState { store, config: Arc::new(config), watchers: watch::Watchers::default(), body_budget };
     let v1 = Router::new()
         .route("/ledgers", get(ledgers::list))
         .route("/ledgers/{ledger}", get(ledgers::get_one).put(ledgers::create).delete(ledgers::delete))
@@ -75,6 +86,9 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
         .route("/exporters/{name}/resume", post(exporters::resume))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside the token check: a request without a token reserves
+        // nothing and its body is never read.
+        .layer(middleware::from_fn_with_state(state.clone(), body_budget::reserve))
         // `layer`, not `route_layer`: the fallback (and a method a route
         // lacks) is behind the token too, so without one every `/v1` path
         // answers 401 and the route table cannot be probed.
@@ -92,22 +106,6 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Answers are small and latency-bound: never hold them back (Nagle).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -174,9 +174,10 @@ impl Server {
         let config = ApiConfig { metrics: ferry_api::metrics::install(), ..ApiConfig::default() };
         let router = ferry_api::router(store.clone(), config);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(ferry_api::serve(listener, router, async {
-            let _ = stopped.await;
-        }));
+        let task =
+            tokio::spawn(ferry_api::serve(listener, router, ferry_api::ConnectionLimits::default(), None, async {
+                let _ = stopped.await;
+            }));
         Ok(Server::InProcess(InProcess { base, store, stop, task, _dir: dir }))
     }
 

@@ -58,6 +58,21 @@ pub const APPEND_QUEUE_DEPTH: usize = 8_192;
 pub const WATCHERS_MAX_DEFAULT: usize = 1_024;
 /// Default for `[server] max_pins`.
 pub const PINS_MAX_DEFAULT: usize = 4;
+
+/// Connections served at once (`server.max_connections`) when the
+/// open-file limit allows it; see `ferry_fs::descriptors::for_connections`.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4_096;
+/// Time a connection has to send a request head, from when it is ready for
+/// one (`server.header_read_timeout`): a slow link sends a few KiB of
+/// headers in well under a second; a kept-alive client idle longer than
+/// this reconnects.
+pub const HEADER_READ_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Time a connection may move no byte either way (`server.idle_timeout`).
+/// Above the watch's 15 s keep-alive, so an idle watch stays open.
+pub const IDLE_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Bytes of request bodies buffered at once (`server.max_buffered_body_bytes`):
+/// eight bodies of the default `max_body_bytes`, or thousands of small ones.
+pub const BUFFERED_BODY_BYTES_MAX_DEFAULT: u64 = 128 * 1024 * 1024;
 /// Default `batch.max_entries` of an exporter.
 pub const EXPORT_BATCH_ENTRIES_DEFAULT: usize = 1_000;
 /// The largest `batch.max_entries`: one batch is one store read.
@@ -91,6 +106,7 @@ const _: () = assert!(EXPORT_BATCH_BYTES_DEFAULT <= EXPORT_BATCH_BYTES_MAX);
 const _: () = assert!(RETRY_INITIAL_MS_DEFAULT <= RETRY_MAX_MS_DEFAULT && RETRY_MAX_MS_DEFAULT <= RETRY_WAIT_MS_MAX);
 const _: () = assert!(EXPORT_PARALLEL_LEDGERS_DEFAULT <= EXPORT_PARALLEL_LEDGERS_MAX);
 const _: () = assert!(ENTRY_BYTES_MAX_DEFAULT <= BODY_BYTES_MAX_DEFAULT);
+const _: () = assert!(BODY_BYTES_MAX_DEFAULT <= BUFFERED_BODY_BYTES_MAX_DEFAULT);
 const _: () = assert!(ENTRY_BYTES_MAX_DEFAULT <= ENTRY_BYTES_MAX_LIMIT);
 const _: () = assert!(ENTRY_BYTES_MAX_LIMIT <= BODY_BYTES_MAX_LIMIT);
 const _: () = assert!(BODY_BYTES_MAX_LIMIT as usize <= APPEND_BYTES_MAX);

@@ -45,9 +45,37 @@ pub fn raise_to_hard() -> io::Result<(Limit, Limit)> {
     Ok((before, limit()))
 }
 
+/// Descriptors kept for the store, the exporters and the process itself
+/// under an open-file limit of `soft`: half of it, at least 64 and at most
+/// 1,024 (the WAL, the catalog, pack reads, freezes and each file
+/// exporter's bounded set of open files fit in that many).
+pub fn reserved_for_storage(soft: Option<u64>) -> u64 {
+    soft.map_or(1_024, |soft| (soft / 2).clamp(64, 1_024))
+}
+
+/// How many connections may be open at once under an open-file limit of
+/// `soft` without eating the descriptors `reserved_for_storage` keeps:
+/// `wanted`, or fewer when the limit is low, but at least one.
+pub fn for_connections(soft: Option<u64>, wanted: usize) -> usize {
+    let Some(soft) = soft else { return wanted };
+    let spare = soft.saturating_sub(reserved_for_storage(Some(soft)));
+    usize::try_from(spare).unwrap_or(usize::MAX).min(wanted).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_leave_the_store_its_reserve() {
+        assert_eq!(reserved_for_storage(Some(200)), 100);
+        assert_eq!(for_connections(Some(200), 4_096), 100);
+        assert_eq!(for_connections(Some(1_024), 4_096), 512);
+        assert_eq!(for_connections(Some(65_536), 4_096), 4_096);
+        assert_eq!(for_connections(Some(100), 4_096), 36, "at least 64 are kept");
+        assert_eq!(for_connections(Some(32), 4_096), 1, "never zero");
+        assert_eq!(for_connections(None, 4_096), 4_096);
+    }
 
     #[test]
     fn emfile_and_enfile_are_exhaustion_and_other_errors_are_not() {

@@ -11,8 +11,9 @@ use ferry_api::ApiConfig;
 use ferry_core::LedgerName;
 use ferry_core::limits::EXPORTERS_MAX;
 use ferry_core::limits::{
-    BODY_BYTES_MAX_DEFAULT, BODY_BYTES_MAX_LIMIT, CHUNK_ENTRIES_MAX, CHUNK_ENTRIES_MIN, ENTRY_BYTES_MAX_DEFAULT,
-    ENTRY_BYTES_MAX_LIMIT, PINS_MAX_DEFAULT, WATCHERS_MAX_DEFAULT,
+    BODY_BYTES_MAX_DEFAULT, BODY_BYTES_MAX_LIMIT, BUFFERED_BODY_BYTES_MAX_DEFAULT, CHUNK_ENTRIES_MAX,
+    CHUNK_ENTRIES_MIN, ENTRY_BYTES_MAX_DEFAULT, ENTRY_BYTES_MAX_LIMIT, HEADER_READ_TIMEOUT_DEFAULT,
+    IDLE_TIMEOUT_DEFAULT, PINS_MAX_DEFAULT, WATCHERS_MAX_DEFAULT,
 };
 use ferry_core::units::{Seconds, Size};
 use ferry_export::{ExporterConfig, ExporterSettings};
@@ -49,6 +50,14 @@ pub struct Server {
     pub max_watchers: usize,
     pub max_pins: usize,
     pub shutdown_timeout: Seconds,
+    /// Unset: as many as the open-file limit leaves after the store's
+    /// reserve, at most `CONNECTIONS_MAX_DEFAULT`.
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Seconds,
+    pub idle_timeout: Seconds,
+    pub max_buffered_body_bytes: Size,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +132,12 @@ impl Default for Server {
             max_watchers: WATCHERS_MAX_DEFAULT,
             max_pins: PINS_MAX_DEFAULT,
             shutdown_timeout: Seconds(Duration::from_secs(30)),
+            max_connections: None,
+            header_read_timeout: Seconds(HEADER_READ_TIMEOUT_DEFAULT),
+            idle_timeout: Seconds(IDLE_TIMEOUT_DEFAULT),
+            max_buffered_body_bytes: Size(BUFFERED_BODY_BYTES_MAX_DEFAULT),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }
@@ -163,6 +178,19 @@ pub struct ServeSettings {
     pub exporters: Vec<(ExporterSettings, SinkConfig)>,
     /// `[retention] respect_exporters`: exporter cursors hold retention.
     pub respect_exporters: bool,
+    /// `[server]` connection limits; `max_connections` unset is sized from
+    /// the open-file limit once `ferry serve` has raised it.
+    pub connections: Connections,
+    /// `[server] tls_cert` and `tls_key`, both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// The `[server]` connection limits as configured.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 /// Whether two directory paths name the same directory however they are
@@ -252,6 +280,7 @@ impl Config {
             bail!("[[sources]] is not implemented yet in this version of ferry");
         }
         let tokens = self.server.all_tokens()?;
+        let (connections, tls) = self.server.connections(body_max)?;
         let dir = |p: PathBuf| (!p.as_os_str().is_empty()).then_some(p);
         let store = StoreConfig {
             data_dir: self.data_dir,
@@ -269,6 +298,7 @@ impl Config {
             tokens,
             metrics_auth: self.server.metrics_auth,
             max_body_bytes: body_max as usize,
+            max_buffered_body_bytes: self.server.max_buffered_body_bytes.0,
             max_watchers: self.server.max_watchers,
             closing: tokio::sync::watch::channel(false).1,
             metrics: None,
@@ -282,6 +312,8 @@ impl Config {
             log: self.log,
             exporters,
             respect_exporters: self.retention.respect_exporters,
+            connections,
+            tls,
         })
     }
 
@@ -320,6 +352,38 @@ impl Retention {
 }
 
 impl Server {
+    /// The connection limits and the TLS files, checked against each other
+    /// and `max_body_bytes`.
+    fn connections(&self, body_max: u64) -> anyhow::Result<(Connections, Option<(PathBuf, PathBuf)>)> {
+        if self.max_connections == Some(0) {
+            bail!("server.max_connections: must be at least 1");
+        }
+        for (key, d) in [("header_read_timeout", self.header_read_timeout.0), ("idle_timeout", self.idle_timeout.0)] {
+            if d < Duration::from_millis(100) {
+                bail!("server.{key}: {d:?} is too short; at least 100ms");
+            }
+        }
+        let buffered = self.max_buffered_body_bytes.0;
+        if buffered < body_max {
+            bail!(
+                "server.max_buffered_body_bytes ({buffered}) must be at least server.max_body_bytes ({body_max}), \
+                 or the largest body could never be received"
+            );
+        }
+        let tls = match (self.tls_cert.as_os_str().is_empty(), self.tls_key.as_os_str().is_empty()) {
+            (true, true) => None,
+            (false, false) => Some((self.tls_cert.clone(), self.tls_key.clone())),
+            (false, true) => bail!("server.tls_cert is set but server.tls_key is not: set both, or neither"),
+            (true, false) => bail!("server.tls_key is set but server.tls_cert is not: set both, or neither"),
+        };
+        let connections = Connections {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+        };
+        Ok((connections, tls))
+    }
+
     /// `tokens` and the tokens of `token_file`, each non-empty and without
     /// whitespace. A `token_file` that names no token is an error: an empty
     /// file must never mean "no auth".

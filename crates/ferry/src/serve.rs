@@ -9,7 +9,7 @@ use ferry_export::{CursorTable, Exporters};
 use ferry_store::Store;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, Log, LogFormat, LogLevel, ServeSettings};
+use crate::config::{Config, Connections, Log, LogFormat, LogLevel, ServeSettings};
 
 /// Runs the daemon from the config file (or the defaults), with
 /// `--data-dir`, `--listen` and `--exporter` laid over it.
@@ -40,14 +40,25 @@ pub async fn run(
     if settings.respect_exporters {
         settings.store.holds.push(table.clone());
     }
+    // TLS files are read before storage opens: a bad certificate changes
+    // nothing.
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(Arc::new(ferry_api::ServerTls::load(cert, key)?)),
+        None => None,
+    };
+    let limits = connection_limits(&settings.connections);
     let store_config = settings.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await?
         .with_context(|| format!("open storage under {}", settings.store.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("listen on {}", settings.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %settings.store.data_dir.display(), "ferry listening");
+    let listener = bind(settings.listen).with_context(|| format!("listen on {}", settings.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        data_dir = %settings.store.data_dir.display(),
+        tls = tls.is_some(),
+        "ferry listening"
+    );
+    tokio::spawn(reload_on_sighup(tls.clone()));
 
     let exporters = Exporters::start(store.clone(), table, built).await.context("start the exporters")?;
     settings.api.exporters = Some(exporters.clone());
@@ -57,7 +68,7 @@ pub async fn run(
         // End the open SSE streams so the graceful shutdown can finish.
         let _ = closing_tx.send(true);
     };
-    let served = ferry_api::serve(listener, router, shutdown);
+    let served = ferry_api::serve(listener, router, limits, tls, shutdown);
     served.await.context("serve HTTP")?;
     tracing::info!("shutting down: finishing in-flight exports");
     exporters.shutdown(settings.shutdown_timeout).await;
@@ -109,6 +120,86 @@ fn raise_open_file_limit() {
         Err(e) => {
             let now = ferry_fs::descriptors::limit();
             tracing::warn!(soft = %shown(now.soft), hard = %shown(now.hard), error = %e, "could not raise the open-file limit")
+        }
+    }
+}
+
+/// Binds the listener with a backlog of `LISTEN_BACKLOG`: past
+/// `max_connections`, new clients wait there (costing no descriptor of
+/// ours), so it is deeper than the usual 128.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    const LISTEN_BACKLOG: u32 = 1_024;
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The `[server]` connection limits with `max_connections` settled: as
+/// configured, or sized so connections leave the store its descriptors
+/// (`ferry_fs::descriptors::for_connections`). A configured value above
+/// that is kept, with a warning: running out of descriptors then refuses
+/// connections and delays freezes, but never poisons the store.
+fn connection_limits(configured: &Connections) -> ferry_api::ConnectionLimits {
+    let soft = ferry_fs::descriptors::limit().soft;
+    let reserve = ferry_fs::descriptors::reserved_for_storage(soft);
+    let fits = ferry_fs::descriptors::for_connections(soft, usize::MAX);
+    let max_connections = match configured.max_connections {
+        Some(n) => {
+            if n > fits {
+                tracing::warn!(
+                    max_connections = n,
+                    open_file_limit = ?soft,
+                    "server.max_connections leaves fewer than {reserve} descriptors for the store; \
+                     past {fits} connections, connections and freezes may fail for want of descriptors"
+                );
+            }
+            n
+        }
+        None => ferry_fs::descriptors::for_connections(soft, ferry_core::limits::CONNECTIONS_MAX_DEFAULT),
+    };
+    tracing::info!(
+        max_connections,
+        reserved_descriptors = reserve,
+        header_read_timeout = ?configured.header_read_timeout,
+        idle_timeout = ?configured.idle_timeout,
+        "connection limits (server.max_connections, header_read_timeout, idle_timeout)"
+    );
+    ferry_api::ConnectionLimits {
+        max_connections,
+        header_read_timeout: configured.header_read_timeout,
+        idle_timeout: configured.idle_timeout,
+    }
+}
+
+/// Reads the TLS certificate and key again on each SIGHUP. A failed
+/// reload is logged and the pair in use stays. Without TLS a SIGHUP is
+/// logged and otherwise ignored (its default action would end the
+/// process).
+async fn reload_on_sighup(tls: Option<Arc<ferry_api::ServerTls>>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: the TLS certificate is not reloadable");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let Some(tls) = &tls else {
+            tracing::info!("SIGHUP: nothing to reload (no TLS configured)");
+            continue;
+        };
+        match tokio::task::spawn_blocking({
+            let tls = tls.clone();
+            move || tls.reload()
+        })
+        .await
+        {
+            Ok(Ok(())) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "SIGHUP: the TLS certificate was not reloaded; the previous one stays in use")
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: the TLS reload failed"),
         }
     }
 }

@@ -26,6 +26,11 @@ const LEDGERS: usize = 100;
 fn config(out: &Path) -> String {
     format!(
         r#"
+# Connections may take every descriptor here (by default they leave the
+# store a reserve, edge.rs): this test runs the process out on purpose.
+[server]
+max_connections = 100000
+
 [[exporters]]
 name = "f"
 sink = "file"

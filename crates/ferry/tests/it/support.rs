@@ -36,6 +36,19 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("build the HTTP client")
 }
 
+/// An HTTPS client that trusts only the certificate(s) in `root_pem` and
+/// opens a new connection for every request (so each one handshakes).
+pub fn https_client(root_pem: &[u8], timeout: Duration) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root = reqwest::Certificate::from_pem(root_pem).expect("a PEM certificate");
+    reqwest::Client::builder()
+        .tls_certs_only([root])
+        .pool_max_idle_per_host(0)
+        .timeout(timeout)
+        .build()
+        .expect("build the HTTPS client")
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -258,15 +271,50 @@ impl Server {
 
     /// Spawns `cmd` (a `ferry serve` listening on `port`) and waits until
     /// it is ready.
-    async fn try_start_command(mut cmd: Command, data_dir: &Path, port: u16) -> Result<Server, StartError> {
+    async fn try_start_command(cmd: Command, data_dir: &Path, port: u16) -> Result<Server, StartError> {
+        // `http()` first: it installs the TLS provider the probe needs too.
+        let client = http();
+        let probe = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("probe client");
+        Self::try_start_scheme(cmd, data_dir, port, "http", client, probe).await
+    }
+
+    /// Starts `ferry serve` with `[server] tls_cert`/`tls_key` set in its
+    /// config: the server's base is `https://`, and its client (and the
+    /// readiness probe) trust only `root_pem`.
+    pub async fn start_https(data_dir: &Path, config: &Path, root_pem: &[u8]) -> Server {
+        let port = free_port();
+        let client = https_client(root_pem, Duration::from_secs(30));
+        let probe = https_client(root_pem, Duration::from_secs(2));
+        match Self::try_start_scheme(
+            serve_command(data_dir, Some(config), port),
+            data_dir,
+            port,
+            "https",
+            client,
+            probe,
+        )
+        .await
+        {
+            Ok(server) => server,
+            Err(StartError::Exited(e)) => panic!("ferry serve with TLS exited ({}):\n{}", e.status, e.stderr),
+        }
+    }
+
+    async fn try_start_scheme(
+        mut cmd: Command,
+        data_dir: &Path,
+        port: u16,
+        scheme: &str,
+        http: reqwest::Client,
+        probe: reqwest::Client,
+    ) -> Result<Server, StartError> {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let (stdout_path, stderr_path) = output_files(data_dir);
         cmd.stdout(File::create(&stdout_path).expect("stdout file"));
         cmd.stderr(File::create(&stderr_path).expect("stderr file"));
         let child = cmd.spawn().expect("spawn ferry serve");
         let mut server =
-            Server { child: Some(child), addr, base: format!("http://{addr}"), http: http(), stderr_path, stdout_path };
-        let probe = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("probe client");
+            Server { child: Some(child), addr, base: format!("{scheme}://{addr}"), http, stderr_path, stdout_path };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             let child = server.child.as_mut().expect("child");

@@ -1,0 +1,347 @@
+//! The listener: accepts at most `max_connections` connections at once,
+//! serves each with hyper's HTTP/1.1 (over TLS when configured), and ends
+//! the ones that stall.
+//!
+//! Why not `axum::serve`: it accepts without bound (every idle socket costs
+//! a descriptor the store may need) and has no header-read timeout. Here a
+//! connection slot is taken *before* `accept`, so past the cap new clients
+//! wait in the kernel's backlog, costing no descriptor of ours, until a
+//! connection ends. Two clocks end stalled connections:
+//! - the header-read timeout (hyper's) runs whenever the connection waits
+//!   for a request head, so it also ends a kept-alive connection that
+//!   sends nothing more;
+//! - the idle timeout ends a connection on which no byte has moved either
+//!   way for that long (a stalled upload, a client that stopped reading).
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::tls::ServerTls;
+
+/// The `[server]` limits on connections.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a connection may take to send a whole request head, from
+    /// the moment it is ready for one (also after a previous request: this
+    /// bounds idle kept-alive connections) and for a TLS handshake.
+    pub header_read_timeout: Duration,
+    /// How long a connection may move no byte in either direction.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: ferry_core::limits::CONNECTIONS_MAX_DEFAULT,
+            header_read_timeout: ferry_core::limits::HEADER_READ_TIMEOUT_DEFAULT,
+            idle_timeout: ferry_core::limits::IDLE_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops
+/// accepting, asks every connection to finish its request in flight, and
+/// returns once all have ended.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max));
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let limits = Arc::new(limits);
+    let mut accept_errors = AcceptErrors::default();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the slot semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    if let Some(pause) = accept_errors.record(&e) {
+                        tokio::time::sleep(pause).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        accept_errors.clear();
+        // Answers are small and latency-bound: never hold them back (Nagle).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let (router, limits, tls, closing) = (router.clone(), limits.clone(), tls.clone(), closing.clone());
+        tokio::spawn(async move {
+            connection(tcp, router, &limits, tls.as_deref(), closing).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    // Every connection gives its slot back when it ends: holding all slots
+    // means none is left.
+    let _all = slots.acquire_many(max as u32).await;
+    Ok(())
+}
+
+/// Serves one connection to its end: the client closed it, it stalled past
+/// a timeout, or the server is shutting down and its request in flight is
+/// answered.
+async fn connection(
+    tcp: TcpStream,
+    router: Router,
+    limits: &ConnectionLimits,
+    tls: Option<&ServerTls>,
+    closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let activity = Activity::new();
+    let io = Watched { io: tcp, activity: activity.clone() };
+    match tls {
+        None => http(io, router, limits, &activity, closing).await,
+        Some(tls) => {
+            let handshake = tls.acceptor().accept(io);
+            match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                Ok(Ok(stream)) => http(stream, router, limits, &activity, closing).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn http<I>(
+    io: I,
+    router: Router,
+    limits: &ConnectionLimits,
+    activity: &Activity,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let mut conn = pin!(
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(TokioIo::new(io), service)
+    );
+    let mut asked_to_close = *closing.borrow();
+    if asked_to_close {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            served = conn.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = activity.idle_for(limits.idle_timeout) => {
+                tracing::debug!(idle = ?limits.idle_timeout, "closing a connection that moved no byte");
+                return;
+            }
+            changed = closing.changed(), if !asked_to_close => {
+                asked_to_close = true;
+                if changed.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte, in milliseconds since `start`.
+#[derive(Clone)]
+struct Activity {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { start: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once no byte has moved for `idle`. One timer, re-armed only
+    /// when it fires early.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// An I/O stream that notes in `activity` each time bytes move.
+struct Watched<T> {
+    io: T,
+    activity: Activity,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Failed `accept` calls: counted in `ferry_accept_errors_total`, logged
+/// once when a run of them starts and then at most every `SUMMARY_EVERY`,
+/// and paced so a listener out of descriptors does not spin.
+#[derive(Default)]
+struct AcceptErrors {
+    /// Failures since the last log line, and when that was.
+    unlogged: u64,
+    logged_at: Option<std::time::Instant>,
+    /// Consecutive failures that called for a pause.
+    run: u32,
+}
+
+impl AcceptErrors {
+    const SUMMARY_EVERY: Duration = Duration::from_secs(30);
+
+    /// Notes a failure; returns how long to pause before the next accept.
+    fn record(&mut self, e: &std::io::Error) -> Option<Duration> {
+        metrics::counter!("ferry_accept_errors_total").increment(1);
+        // A peer that reset before we accepted it is its business, not ours.
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::Interrupted
+        ) {
+            return None;
+        }
+        self.unlogged += 1;
+        let due = self.logged_at.is_none_or(|at| at.elapsed() >= Self::SUMMARY_EVERY);
+        if due {
+            let hint = if ferry_fs::descriptors::exhausted(e) {
+                "out of file descriptors: lower server.max_connections or raise the open-file limit"
+            } else {
+                "the listener could not take a connection"
+            };
+            tracing::warn!(error = %e, failures = self.unlogged, "accepting a connection failed: {hint}");
+            self.unlogged = 0;
+            self.logged_at = Some(std::time::Instant::now());
+        }
+        self.run = self.run.saturating_add(1);
+        // 10 ms doubling to 1 s: connections waiting in the backlog are
+        // taken soon after descriptors free up, without a busy loop.
+        Some(Duration::from_millis(10u64 << self.run.min(7)).min(Duration::from_secs(1)))
+    }
+
+    fn clear(&mut self) {
+        self.run = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_for_waits_from_the_last_byte() {
+        let activity = Activity::new();
+        let waiting = activity.idle_for(Duration::from_secs(10));
+        tokio::pin!(waiting);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        activity.touch();
+        assert!(waiting.as_mut().now_or_never().is_none());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(waiting.as_mut().now_or_never().is_none(), "a byte moved 6 s ago");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(waiting.as_mut().now_or_never().is_some());
+    }
+
+    #[test]
+    fn accept_errors_pause_longer_while_they_last_and_are_logged_once_per_period() {
+        let mut errors = AcceptErrors::default();
+        let emfile = std::io::Error::from_raw_os_error(24);
+        let pauses: Vec<_> = (0..10).map(|_| errors.record(&emfile).expect("a pause")).collect();
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+        assert_eq!(*pauses.last().expect("pauses"), Duration::from_secs(1));
+        assert_eq!(errors.unlogged, 9, "only the first of a run is logged at once");
+        errors.clear();
+        assert_eq!(errors.record(&emfile), Some(Duration::from_millis(20)));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        assert_eq!(errors.record(&reset), None, "a peer's abort needs no pause");
+    }
+}
