@@ -501,7 +501,7 @@ fn info(state: &LedgerState) -> LedgerInfo {
         first: index.first,
         head: index.head(),
         entries: (index.head() + 1).saturating_sub(index.first),
-        bytes: index.hot_bytes + index.pack_bytes(),
+        bytes: index.bytes(),
         created_at: state.meta.created_at,
     }
 }
