@@ -69,17 +69,23 @@ impl From<StoreError> for ApiError {
             StoreError::Poisoned(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
             StoreError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
             StoreError::NoSpace(_) => (S::INSUFFICIENT_STORAGE, "insufficient_storage"),
+            StoreError::QuotaExceeded { .. } => (S::INSUFFICIENT_STORAGE, "quota_exceeded"),
             StoreError::Corrupted { .. } | StoreError::CorruptedPack { .. } | StoreError::CatalogCorrupted(_) => {
                 (S::INTERNAL_SERVER_ERROR, "corrupted")
             }
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
-        if status.is_server_error() {
+        // A ledger at its quota is the client's limit, not a server fault
+        // (counted in `ferry_quota_refused_appends_total`, never logged:
+        // one tenant must not flood the log).
+        if status.is_server_error() && code != "quota_exceeded" {
             tracing::error!(error = %e, "request failed");
         }
         let mut err = Self::new(status, code, e.to_string());
-        if let StoreError::BelowFirst { first, .. } = e {
-            err.extra = Some(("first", first.into()));
+        match e {
+            StoreError::BelowFirst { first, .. } => err.extra = Some(("first", first.into())),
+            StoreError::QuotaExceeded { max, .. } => err.extra = Some(("max_ledger_bytes", max.into())),
+            _ => {}
         }
         err
     }

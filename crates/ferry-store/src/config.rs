@@ -27,6 +27,10 @@ pub struct StoreConfig {
     pub chunk_entries: Option<u64>,
     pub max_entry_bytes: usize,
     pub auto_create_ledgers: bool,
+    /// `[storage] max_ledger_bytes`: an append that would take a ledger's
+    /// bytes (`LedgerIndex::bytes`) past this is refused with
+    /// `QuotaExceeded`. `None`: no quota.
+    pub max_ledger_bytes: Option<u64>,
     pub retention: RetentionPolicy,
     /// WAL segment size; smaller values are for tests of segment release.
     pub wal_segment_bytes: u64,
@@ -45,6 +49,7 @@ impl StoreConfig {
             chunk_entries: None,
             max_entry_bytes: ENTRY_BYTES_MAX_DEFAULT as usize,
             auto_create_ledgers: true,
+            max_ledger_bytes: None,
             retention: RetentionPolicy::default(),
             wal_segment_bytes: WAL_SEGMENT_BYTES_MAX,
             holds: Vec::new(),
@@ -59,18 +64,37 @@ pub trait RetentionHold: Send + Sync + std::fmt::Debug {
     fn needs_from(&self, ledger: &LedgerName) -> Option<EntryId>;
 }
 
-/// `[retention]`: how old a frozen chunk may get before it is pruned.
+/// `[retention]`: how old a frozen chunk may get, and how many bytes a
+/// ledger or the whole store may hold, before the oldest frozen chunks are
+/// pruned.
 #[derive(Debug, Clone, Default)]
 pub struct RetentionPolicy {
     /// `None`: keep forever.
     pub max_age: Option<Duration>,
-    /// Per-ledger overrides of `max_age`.
-    pub ledgers: BTreeMap<LedgerName, Duration>,
+    /// The bytes of every ledger together; past it the oldest frozen chunk
+    /// of the whole store goes first. `None`: no limit.
+    pub max_bytes: Option<u64>,
+    /// Per-ledger settings.
+    pub ledgers: BTreeMap<LedgerName, LedgerRetention>,
+}
+
+/// `[retention.ledgers]`: one ledger's own retention.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerRetention {
+    /// Overrides `[retention] max_age`; `None` keeps the global one.
+    pub max_age: Option<Duration>,
+    /// The ledger's own byte limit (beside the store's); `None`: none.
+    pub max_bytes: Option<u64>,
 }
 
 impl RetentionPolicy {
     pub fn max_age(&self, ledger: &LedgerName) -> Option<Duration> {
-        self.ledgers.get(ledger).copied().or(self.max_age)
+        self.ledgers.get(ledger).and_then(|l| l.max_age).or(self.max_age)
+    }
+
+    /// The ledger's own byte limit.
+    pub fn ledger_max_bytes(&self, ledger: &LedgerName) -> Option<u64> {
+        self.ledgers.get(ledger).and_then(|l| l.max_bytes)
     }
 }
 
@@ -94,6 +118,15 @@ pub(crate) fn check(config: &StoreConfig) -> Result<()> {
             "max_entry_bytes {} is outside 1..={ENTRY_BYTES_MAX_LIMIT}",
             config.max_entry_bytes
         )));
+    }
+    // Zero would refuse every append or prune everything: "no limit" is `None`.
+    if config.max_ledger_bytes == Some(0) {
+        return Err(StoreError::InvalidConfig("max_ledger_bytes 0: use None for no quota".into()));
+    }
+    let retention = &config.retention;
+    let ledger_limits = retention.ledgers.values().map(|l| l.max_bytes);
+    if std::iter::once(retention.max_bytes).chain(ledger_limits).any(|m| m == Some(0)) {
+        return Err(StoreError::InvalidConfig("retention max_bytes 0: use None for no limit".into()));
     }
     Ok(())
 }

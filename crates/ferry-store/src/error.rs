@@ -36,6 +36,14 @@ pub enum StoreError {
     /// room.
     #[error("refused, no space left: {0}")]
     NoSpace(String),
+    /// An append that would take its ledger past `max_ledger_bytes`.
+    /// Nothing changed; other ledgers are not affected, and the ledger takes
+    /// appends again once retention (or a smaller append) makes room.
+    #[error(
+        "ledger {ledger} holds {bytes} bytes; appending {adding} more would pass its quota of {max} bytes \
+         (storage.max_ledger_bytes)"
+    )]
+    QuotaExceeded { ledger: LedgerName, bytes: u64, adding: u64, max: u64 },
     #[error("storage root {root} is locked by another ferry process (lock file {lock})")]
     Locked { root: PathBuf, lock: PathBuf },
     #[error(

@@ -170,8 +170,8 @@ impl Flusher {
     /// the plan and the idempotency keys first used in it, to remember once
     /// the group is durable.
     fn plan(&mut self, group: Vec<AppendRequest>, now: u64, buf: &mut Vec<u8>) -> (Vec<Planned>, Vec<FreshKey>) {
-        // (next id, last ts) of each ledger touched by this group.
-        let mut heads: HashMap<LedgerName, (EntryId, u64)> = HashMap::new();
+        // (next id, last ts, bytes) of each ledger touched by this group.
+        let mut heads: HashMap<LedgerName, (EntryId, u64, u64)> = HashMap::new();
         // Idempotency keys first used in this group, with their ids.
         let mut fresh: HashMap<(LedgerName, &str), (EntryId, Arc<LedgerState>)> = HashMap::new();
         let mut planned = Vec::with_capacity(group.len());
@@ -205,10 +205,19 @@ impl Flusher {
                     continue;
                 }
             };
-            let (next, last_ts) = heads.entry(ledger.name.clone()).or_insert_with(|| {
+            let (next, last_ts, bytes) = heads.entry(ledger.name.clone()).or_insert_with(|| {
                 let index = ledger.index.read().expect("index lock");
-                (index.next_id(), index.last_ts)
+                (index.next_id(), index.last_ts, index.bytes())
             });
+            // The quota counts new records only: a repeat is answered.
+            let adding = req.entries.iter().zip(&originals).filter(|(_, o)| o.is_none()).map(|(e, _)| e);
+            match self.shared.admit(&ledger.name, *bytes, adding) {
+                Ok(added) => *bytes += added,
+                Err(e) => {
+                    planned.push((Err(e), Vec::new()));
+                    continue;
+                }
+            }
             let new_count = originals.iter().filter(|o| o.is_none()).count();
             let mut ids = Vec::with_capacity(req.entries.len());
             let mut records = Vec::with_capacity(new_count);

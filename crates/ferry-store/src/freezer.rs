@@ -11,7 +11,9 @@
 //! what a retry or recovery redoes anyway); a retention sweep that failed
 //! so after its `pruning` key was committed is finished a tick later.
 
-use std::collections::VecDeque;
+use std::cell::Cell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -46,6 +48,19 @@ fn refused_for_now(e: &StoreError) -> bool {
     e.is_no_space() || matches!(e, StoreError::Io { source, .. } if ferry_fs::descriptors::exhausted(source))
 }
 
+/// The ledger's oldest frozen chunk if retention may prune it: no hold
+/// needs an id in it (`floor`, the lowest id any hold needs), it holds no
+/// idempotency key younger than the window (so a retried append is still
+/// recognised, whatever retention says), and the ledger is not being
+/// deleted. Chunks go oldest first, so a kept front keeps the ledger's rest.
+fn prunable_front(state: &LedgerState, floor: Option<u64>, now: u64) -> Option<(u64, PackInfo)> {
+    let (chunk, info) =
+        state.index.read().expect("index lock").frozen.first_key_value().map(|(c, i)| (*c, i.clone()))?;
+    let keys_live = info.idempotency_keys > 0 && info.last_ts + IDEMPOTENCY_WINDOW_MS >= now;
+    let held = floor.is_some_and(|f| info.last_id() >= f);
+    (!keys_live && !held && !state.is_deleted()).then_some((chunk, info))
+}
+
 /// Work that failed for want of a descriptor, tried again a tick later.
 #[derive(Default)]
 struct Deferred {
@@ -70,6 +85,9 @@ pub(crate) struct Freezer {
     pub rx: Receiver<FreezerMsg>,
     pub shared: Arc<Shared>,
     pub flusher: mpsc::Sender<FlusherMsg>,
+    /// The last retention pass left the store over `[retention]
+    /// max_bytes` (warned once until it is under again).
+    pub store_over_limit: Cell<bool>,
 }
 
 impl Freezer {
@@ -215,61 +233,127 @@ impl Freezer {
         s.release_dead_segments()
     }
 
-    /// Prunes frozen chunks older than their ledger's `max_age` that no
-    /// hold still needs, oldest first, through the sweep.
+    /// Applies retention through the sweep, oldest chunks first: first
+    /// each ledger's own `max_age` and `max_bytes`, then the store's
+    /// `max_bytes` (the oldest chunk of all goes first, whichever ledger
+    /// holds it). Never a chunk a hold still needs, nor one holding an
+    /// idempotency key younger than its window (`prunable_front`).
     fn apply_retention(&self, deferred: &mut Deferred) -> Result<()> {
         let s = &self.shared;
         let ledgers: Vec<Arc<LedgerState>> = s.ledgers.read().expect("ledgers lock").values().cloned().collect();
         let now = now_ms();
-        for state in ledgers {
-            let Some(max_age) = s.retention.max_age(&state.name) else { continue };
-            let horizon = now.saturating_sub(max_age.as_millis() as u64);
+        for state in &ledgers {
+            let horizon = s.retention.max_age(&state.name).map(|age| now.saturating_sub(age.as_millis() as u64));
+            let max_bytes = s.retention.ledger_max_bytes(&state.name);
+            if horizon.is_none() && max_bytes.is_none() {
+                continue;
+            }
             let floor = s.hold_floor(&state.name);
             while !self.stopping() {
-                let oldest =
-                    state.index.read().expect("index lock").frozen.first_key_value().map(|(c, i)| (*c, i.clone()));
-                let Some((chunk, info)) = oldest else { break };
-                let keys_live = info.idempotency_keys > 0 && info.last_ts + IDEMPOTENCY_WINDOW_MS >= now;
-                if info.last_ts >= horizon
-                    || floor.is_some_and(|f| info.last_id() >= f)
-                    || keys_live
-                    || state.is_deleted()
-                {
+                let Some((chunk, info)) = prunable_front(state, floor, now) else { break };
+                let reason = if horizon.is_some_and(|h| info.last_ts < h) {
+                    "max_age"
+                } else if max_bytes.is_some_and(|max| state.index.read().expect("index lock").bytes() > max) {
+                    "the ledger's max_bytes"
+                } else {
                     break;
+                };
+                if !self.prune(state, chunk, &info, reason, deferred)? {
+                    return Ok(());
                 }
-                let meta = LedgerMeta { first: info.last_id() + 1, ..state.meta.clone() };
-                let ledger_key = CatalogKey::Ledger(state.name.clone());
-                let with = vec![CatalogOp::Put(ledger_key, meta.encode())];
-                match pack_protocols::demote(&*s.catalog, &state.name, chunk, &info, with) {
-                    Ok(()) => {}
-                    // Refused, nothing changed: retention tries again later.
-                    Err(e) if e.is_no_space() => {
-                        tracing::warn!(ledger = %state.name, chunk, error = %e, "retention waits for space");
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e),
-                }
-                // Readers see the new First before the file goes.
-                state.index.write().expect("index lock").prune_front(chunk);
-                s.packs.forget(&state.name, Some(chunk));
-                match pack_protocols::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk) {
-                    Ok(()) => {}
-                    // The `pruning` key and the new First are durable (the
-                    // commit opens nothing); the file's sweep is left.
-                    Err(e) if refused_for_now(&e) => {
-                        tracing::warn!(ledger = %state.name, chunk, error = %e, "sweeping waits for a descriptor or space");
-                        deferred.sweeps.push((state.name.clone(), chunk));
-                        deferred.note();
-                    }
-                    Err(e) => return Err(e),
-                }
-                tracing::info!(ledger = %state.name, chunk, first = meta.first, "chunk pruned by retention");
-                let event = SystemEvent::chunk("chunk.pruned", &state.name, chunk, info.first_id, info.last_id());
-                s.events.publish(&event.key, &event);
-                metrics::counter!("ferry_chunks_pruned_total").increment(1);
             }
         }
+        match s.retention.max_bytes {
+            Some(max) => self.prune_store_to(max, &ledgers, now, deferred),
+            None => Ok(()),
+        }
+    }
+
+    /// Prunes the oldest frozen chunks of all ledgers (by their newest
+    /// entry, then ledger name) until the ledgers' bytes together are at
+    /// most `max`, or nothing prunable is left: one heap entry per ledger,
+    /// its oldest chunk, so a pass costs O(ledgers) when under the limit.
+    fn prune_store_to(&self, max: u64, ledgers: &[Arc<LedgerState>], now: u64, deferred: &mut Deferred) -> Result<()> {
+        let bytes = |l: &LedgerState| l.index.read().expect("index lock").bytes();
+        let mut total: u64 = ledgers.iter().map(|l| bytes(l)).sum();
+        if total <= max {
+            self.store_over_limit.set(false);
+            return Ok(());
+        }
+        let floors: Vec<Option<u64>> = ledgers.iter().map(|l| self.shared.hold_floor(&l.name)).collect();
+        // (newest entry's ts, ledger, chunk) of each ledger's oldest prunable chunk.
+        let front =
+            |i: usize| prunable_front(&ledgers[i], floors[i], now).map(|(c, info)| Reverse((info.last_ts, i, c)));
+        let mut oldest: BinaryHeap<_> = (0..ledgers.len()).filter_map(front).collect();
+        while total > max && !self.stopping() {
+            let Some(Reverse((_, i, chunk))) = oldest.pop() else { break };
+            // Only this thread prunes, so the ledger's front is still `chunk`.
+            let Some((_, info)) = prunable_front(&ledgers[i], floors[i], now).filter(|(c, _)| *c == chunk) else {
+                continue;
+            };
+            if !self.prune(&ledgers[i], chunk, &info, "the store's max_bytes", deferred)? {
+                return Ok(());
+            }
+            total = total.saturating_sub(info.len);
+            oldest.extend(front(i));
+        }
+        let over = total > max;
+        if over && !self.store_over_limit.get() {
+            tracing::warn!(
+                bytes = total,
+                max_bytes = max,
+                "the ledgers hold more than retention max_bytes; what is left is held by exporters, young \
+                 idempotency keys or the hot tier"
+            );
+        }
+        self.store_over_limit.set(over);
         Ok(())
+    }
+
+    /// Prunes one ledger's oldest frozen chunk: the demotion to `pruning`
+    /// with the ledger's new First in one commit, then the sweep. False
+    /// when the commit was refused for lack of space (nothing changed; the
+    /// pass stops and the next one tries again).
+    fn prune(
+        &self,
+        state: &LedgerState,
+        chunk: u64,
+        info: &PackInfo,
+        reason: &str,
+        deferred: &mut Deferred,
+    ) -> Result<bool> {
+        let s = &self.shared;
+        let meta = LedgerMeta { first: info.last_id() + 1, ..state.meta.clone() };
+        let ledger_key = CatalogKey::Ledger(state.name.clone());
+        let with = vec![CatalogOp::Put(ledger_key, meta.encode())];
+        match pack_protocols::demote(&*s.catalog, &state.name, chunk, info, with) {
+            Ok(()) => {}
+            // Refused, nothing changed: retention tries again later.
+            Err(e) if e.is_no_space() => {
+                tracing::warn!(ledger = %state.name, chunk, error = %e, "retention waits for space");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        // Readers see the new First before the file goes.
+        state.index.write().expect("index lock").prune_front(chunk);
+        s.packs.forget(&state.name, Some(chunk));
+        match pack_protocols::sweep_demoted(&s.vfs, &*s.catalog, &s.layout, &state.name, chunk) {
+            Ok(()) => {}
+            // The `pruning` key and the new First are durable (the
+            // commit opens nothing); the file's sweep is left.
+            Err(e) if refused_for_now(&e) => {
+                tracing::warn!(ledger = %state.name, chunk, error = %e, "sweeping waits for a descriptor or space");
+                deferred.sweeps.push((state.name.clone(), chunk));
+                deferred.note();
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::info!(ledger = %state.name, chunk, first = meta.first, by = reason, "chunk pruned by retention");
+        let event = SystemEvent::chunk("chunk.pruned", &state.name, chunk, info.first_id, info.last_id());
+        s.events.publish(&event.key, &event);
+        metrics::counter!("ferry_chunks_pruned_total").increment(1);
+        Ok(true)
     }
 
     /// Deletes the `keys:` values of chunks whose idempotency window has

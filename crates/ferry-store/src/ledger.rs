@@ -67,8 +67,13 @@ impl LedgerState {
 pub(crate) struct LedgerIndex {
     pub first: EntryId,
     pub chunk_entries: u64,
-    /// Retained frozen chunks by chunk number.
+    /// Retained frozen chunks by chunk number; added and removed only
+    /// through `add_frozen`, `freeze_front` and `prune_front`, which keep
+    /// `frozen_bytes`.
     pub frozen: BTreeMap<u64, PackInfo>,
+    /// The pack sizes of `frozen`, kept as it changes: the quota check on
+    /// every append and each retention pass read it without a walk.
+    frozen_bytes: u64,
     /// The first id in the hot tier; `hot_base - 1` is a chunk boundary.
     pub hot_base: EntryId,
     pub positions: Vec<RecordPos>,
@@ -89,6 +94,7 @@ impl LedgerIndex {
             first,
             chunk_entries,
             frozen: BTreeMap::new(),
+            frozen_bytes: 0,
             hot_base: first,
             positions: Vec::new(),
             last_ts: 0,
@@ -142,19 +148,69 @@ impl LedgerIndex {
         let left: Vec<RecordPos> = self.positions.drain(..self.chunk_entries as usize).collect();
         self.hot_bytes -= left.iter().map(|p| u64::from(p.len)).sum::<u64>();
         self.hot_base += self.chunk_entries;
-        self.frozen.insert(chunk, info);
+        self.add_frozen(chunk, info);
         left
+    }
+
+    /// Adds a frozen chunk (at recovery, from its catalog key).
+    pub fn add_frozen(&mut self, chunk: u64, info: PackInfo) {
+        self.frozen_bytes += info.len;
+        if let Some(replaced) = self.frozen.insert(chunk, info) {
+            self.frozen_bytes -= replaced.len;
+        }
     }
 
     /// Drops a pruned chunk; `first` moves past it.
     pub fn prune_front(&mut self, chunk: u64) -> Option<PackInfo> {
         let info = self.frozen.remove(&chunk)?;
+        self.frozen_bytes -= info.len;
         assert!(info.last_id() + 1 > self.first, "first only moves forward");
         self.first = info.last_id() + 1;
         Some(info)
     }
 
-    pub fn pack_bytes(&self) -> u64 {
-        self.frozen.values().map(|p| p.len).sum()
+    /// What the ledger's records take in storage, the unit of `bytes` in
+    /// the API, of retention by size and of the quota: the encoded WAL
+    /// records of its hot entries plus the files of its frozen chunks.
+    pub fn bytes(&self) -> u64 {
+        self.hot_bytes + self.frozen_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(first_id: EntryId, count: u64, len: u64) -> PackInfo {
+        PackInfo {
+            len,
+            sha256: String::new(),
+            format_version: 3,
+            first_id,
+            count,
+            first_ts: 1,
+            last_ts: 1,
+            idempotency_keys: 0,
+        }
+    }
+
+    #[test]
+    fn bytes_follow_appends_freezes_and_prunes_without_a_walk() {
+        let mut index = LedgerIndex::new(1, 2);
+        for id in 1..=5 {
+            index.push(id, 1, RecordPos { segment: 1, offset: 100 * id as u32, len: 40 });
+        }
+        assert_eq!(index.bytes(), 200);
+        index.freeze_front(0, pack(1, 2, 30));
+        index.freeze_front(1, pack(3, 2, 25));
+        assert_eq!(index.bytes(), 40 + 30 + 25, "a frozen chunk counts its pack, its records leave");
+        index.prune_front(0);
+        assert_eq!((index.bytes(), index.first), (40 + 25, 3));
+        // Recovery adds frozen chunks from their keys; the same chunk twice
+        // counts once.
+        let mut recovered = LedgerIndex::new(3, 2);
+        recovered.add_frozen(1, pack(3, 2, 25));
+        recovered.add_frozen(1, pack(3, 2, 25));
+        assert_eq!(recovered.bytes(), 25);
     }
 }

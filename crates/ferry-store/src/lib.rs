@@ -31,7 +31,7 @@ mod wal;
 pub use ferry_fs::{RealFs, durable, vfs};
 
 pub use catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
-pub use config::{RetentionHold, RetentionPolicy, StoreConfig};
+pub use config::{LedgerRetention, RetentionHold, RetentionPolicy, StoreConfig};
 pub use error::{Result, StoreError};
 pub use messages::AppendOutcome;
 pub use roots::{LockedRoots, Roots, lock_roots};

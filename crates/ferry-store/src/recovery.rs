@@ -106,7 +106,7 @@ pub(crate) fn load_frozen(
         }
         index.hot_base = info.last_id() + 1;
         index.last_ts = info.last_ts;
-        index.frozen.insert(chunk, info);
+        index.add_frozen(chunk, info);
     }
     Ok(())
 }

@@ -10,12 +10,13 @@ use std::sync::{Arc, RwLock};
 
 use ferry_core::bus::Bus;
 use ferry_core::events::{Appended, SystemEvent};
-use ferry_core::{EntryId, LedgerName};
+use ferry_core::{EntryId, LedgerName, NewEntry};
+use ferry_format::wal as wal_format;
 
 use crate::catalog::Catalog;
 use crate::config::{RetentionHold, RetentionPolicy};
 use crate::disk::Disk;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::health::Health;
 use crate::ledger::LedgerState;
 use crate::pack_protocols::PackLayout;
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     /// A segment is sealed past this size.
     pub wal_segment_bytes: u64,
     pub retention: RetentionPolicy,
+    /// `[storage] max_ledger_bytes`; `None`: no quota.
+    pub max_ledger_bytes: Option<u64>,
     pub holds: RwLock<Vec<Arc<dyn RetentionHold>>>,
     /// The durable end of the WAL as `segment << 32 | offset`.
     pub durable_end: AtomicU64,
@@ -77,6 +80,26 @@ impl Shared {
         self.holds.read().expect("holds lock").iter().filter_map(|h| h.needs_from(ledger)).min()
     }
 
+    /// Admits an append of `entries` to a ledger holding `held` bytes (its
+    /// `bytes` plus what earlier appends of the same group add), or refuses
+    /// it with `QuotaExceeded` when it would pass `max_ledger_bytes`.
+    /// Returns the bytes it adds. O(entries): nothing is walked.
+    pub fn admit<'a>(
+        &self,
+        ledger: &LedgerName,
+        held: u64,
+        entries: impl Iterator<Item = &'a NewEntry>,
+    ) -> Result<u64> {
+        let adding = entries.map(|e| wal_bytes(ledger, e)).sum();
+        match self.max_ledger_bytes {
+            Some(max) if held + adding > max => {
+                metrics::counter!("ferry_quota_refused_appends_total").increment(1);
+                Err(StoreError::QuotaExceeded { ledger: ledger.clone(), bytes: held, adding, max })
+            }
+            _ => Ok(adding),
+        }
+    }
+
     /// Unlinks every sealed segment with nothing live left, then syncs the
     /// hot directory once. A failure poisons the store (inside `Disk`).
     pub fn release_dead_segments(&self) -> Result<()> {
@@ -89,4 +112,20 @@ impl Shared {
         tracing::debug!(segments = dead.len(), "released WAL segments");
         Ok(())
     }
+}
+
+/// The bytes `entry` takes as a WAL record of `ledger`: what it adds to the
+/// ledger's `bytes` while hot.
+pub(crate) fn wal_bytes(ledger: &LedgerName, entry: &NewEntry) -> u64 {
+    wal_format::encoded_len(&wal_format::WalRecord {
+        ledger: ledger.as_str(),
+        id: 1,
+        ts: 0,
+        key: entry.key.as_deref(),
+        idempotency_key: entry.idempotency_key.as_deref(),
+        batch_continues: false,
+        group_start: false,
+        relocated: false,
+        payload: entry.payload.as_str().as_bytes(),
+    }) as u64
 }

@@ -14,7 +14,6 @@ use ferry_core::limits::{
 };
 use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload, now_ms};
 use ferry_format::keys::CatalogKey;
-use ferry_format::wal as wal_format;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
@@ -32,7 +31,7 @@ use crate::pack_protocols::{self, PackLayout};
 use crate::pack_reader::PackCache;
 use crate::recovery::{self, KeyLoader, WalIndexer};
 use crate::roots::{self, Roots};
-use crate::shared::Shared;
+use crate::shared::{self, Shared};
 use crate::wal::{self, Segments};
 use ferry_fs::RealFs;
 
@@ -261,17 +260,7 @@ impl Store {
             {
                 return Err(StoreError::DuplicateIdempotencyKey(k.clone()));
             }
-            encoded_bytes += wal_format::encoded_len(&wal_format::WalRecord {
-                ledger: ledger.as_str(),
-                id: 1,
-                ts: 0,
-                key: e.key.as_deref(),
-                idempotency_key: e.idempotency_key.as_deref(),
-                batch_continues: false,
-                group_start: false,
-                relocated: false,
-                payload: e.payload.as_str().as_bytes(),
-            });
+            encoded_bytes += shared::wal_bytes(ledger, e) as usize;
         }
         if encoded_bytes > APPEND_BYTES_MAX {
             return Err(StoreError::AppendTooLarge { bytes: encoded_bytes, max: APPEND_BYTES_MAX });
@@ -501,7 +490,7 @@ fn info(state: &LedgerState) -> LedgerInfo {
         first: index.first,
         head: index.head(),
         entries: (index.head() + 1).saturating_sub(index.first),
-        bytes: index.hot_bytes + index.pack_bytes(),
+        bytes: index.bytes(),
         created_at: state.meta.created_at,
     }
 }
@@ -559,6 +548,7 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
         fingerprint_key,
         wal_segment_bytes: config.wal_segment_bytes,
         retention: config.retention.clone(),
+        max_ledger_bytes: config.max_ledger_bytes,
         holds: RwLock::new(config.holds.clone()),
         durable_end: Default::default(),
         stopping: Default::default(),
@@ -602,7 +592,8 @@ fn start_threads(recovered: Recovered) -> Result<Threads> {
     let (tx, rx) = mpsc::channel(APPEND_QUEUE_DEPTH);
     let (freezer_tx, freezer_rx) = std::sync::mpsc::channel();
     let flusher = Flusher { rx, writer, shared: shared.clone(), freezer: freezer_tx.clone(), idempotency };
-    let freezer = Freezer { rx: freezer_rx, shared: shared.clone(), flusher: tx.clone() };
+    let freezer =
+        Freezer { rx: freezer_rx, shared: shared.clone(), flusher: tx.clone(), store_over_limit: Default::default() };
     let spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| {
         let guard = PanicGuard { thread: name, health: shared.health.clone() };
         let body = move || {

@@ -69,14 +69,110 @@ pub struct Storage {
     pub catalog_dir: PathBuf,
     pub hot_dir: PathBuf,
     pub ledgers_dir: PathBuf,
+    /// The quota of every ledger; none by default.
+    pub max_ledger_bytes: ByteLimit,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retention {
+    /// `""` (or absent): keep forever.
+    #[serde(deserialize_with = "no_age_limit_if_empty")]
     pub max_age: Option<Seconds>,
+    /// The bytes of all ledgers together; none by default.
+    pub max_bytes: ByteLimit,
     pub respect_exporters: bool,
-    pub ledgers: std::collections::BTreeMap<String, Seconds>,
+    /// Keyed with their place in the file, so a bad name is refused with
+    /// its line.
+    pub ledgers: std::collections::BTreeMap<toml::Spanned<String>, LedgerRetention>,
+    /// The line of each `ledgers` key (for error messages).
+    #[serde(skip)]
+    pub ledger_lines: std::collections::BTreeMap<String, usize>,
+}
+
+/// A byte limit written as a size (`"10GiB"`), a number of bytes, or `0` /
+/// `""` for no limit; negative numbers are refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteLimit(pub Option<u64>);
+
+impl<'de> Deserialize<'de> for ByteLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteLimit;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a size like \"10GiB\", a number of bytes, or 0 or \"\" for no limit")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteLimit, E> {
+                Ok(ByteLimit((n > 0).then_some(n)))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteLimit, E> {
+                u64::try_from(n).map(|n| ByteLimit((n > 0).then_some(n))).map_err(|_| {
+                    E::custom(format!("{n} is negative; write a size like \"10GiB\", or 0 or \"\" for no limit"))
+                })
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteLimit, E> {
+                if text.is_empty() {
+                    return Ok(ByteLimit(None));
+                }
+                let size = serde::de::value::StrDeserializer::<E>::new(text);
+                Size::deserialize(size).map(|s| ByteLimit((s.0 > 0).then_some(s.0)))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `[retention] max_age`: a duration, or `""` for none.
+fn no_age_limit_if_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Seconds>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Seconds::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&text)).map(Some)
+}
+
+/// One `[retention.ledgers]` value: a duration string (its `max_age`, the
+/// form older configs use) or a table `{ max_age, max_bytes }`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerRetention {
+    pub max_age: Option<Seconds>,
+    pub max_bytes: ByteLimit,
+}
+
+impl<'de> Deserialize<'de> for LedgerRetention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            max_age: Option<Seconds>,
+            #[serde(default)]
+            max_bytes: ByteLimit,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = LedgerRetention;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a max_age like \"7d\", or a table like { max_age = \"7d\", max_bytes = \"10GiB\" }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<LedgerRetention, E> {
+                let age = Seconds::deserialize(serde::de::value::StrDeserializer::<E>::new(text))?;
+                Ok(LedgerRetention { max_age: Some(age), max_bytes: ByteLimit(None) })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<LedgerRetention, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(LedgerRetention { max_age: t.max_age, max_bytes: t.max_bytes })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,13 +247,20 @@ impl Default for Storage {
             catalog_dir: PathBuf::new(),
             hot_dir: PathBuf::new(),
             ledgers_dir: PathBuf::new(),
+            max_ledger_bytes: ByteLimit(None),
         }
     }
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Self { max_age: None, respect_exporters: true, ledgers: Default::default() }
+        Self {
+            max_age: None,
+            max_bytes: ByteLimit(None),
+            respect_exporters: true,
+            ledgers: Default::default(),
+            ledger_lines: Default::default(),
+        }
     }
 }
 
@@ -226,11 +329,10 @@ impl Config {
 
     pub fn parse(text: &str) -> anyhow::Result<Config> {
         let mut config: Config = toml::from_str(text)?;
-        config.exporter_lines = config
-            .exporters
-            .iter()
-            .map(|e| 1 + text.as_bytes()[..e.span().start.min(text.len())].iter().filter(|b| **b == b'\n').count())
-            .collect();
+        let line = |at: usize| 1 + text.as_bytes()[..at.min(text.len())].iter().filter(|b| **b == b'\n').count();
+        config.exporter_lines = config.exporters.iter().map(|e| line(e.span().start)).collect();
+        config.retention.ledger_lines =
+            config.retention.ledgers.keys().map(|k| (k.get_ref().clone(), line(k.span().start))).collect();
         Ok(config)
     }
 
@@ -290,6 +392,7 @@ impl Config {
             chunk_entries: self.storage.chunk_entries,
             max_entry_bytes: entry_max as usize,
             auto_create_ledgers: self.storage.auto_create_ledgers,
+            max_ledger_bytes: self.storage.max_ledger_bytes.0,
             retention,
             wal_segment_bytes: ferry_core::limits::WAL_SEGMENT_BYTES_MAX,
             holds: Vec::new(),
@@ -342,10 +445,22 @@ impl Config {
 impl Retention {
     /// `[retention]` as the store takes it, with each ledger name checked.
     fn policy(&self) -> anyhow::Result<ferry_store::RetentionPolicy> {
-        let mut retention = ferry_store::RetentionPolicy { max_age: self.max_age.map(|s| s.0), ..Default::default() };
-        for (name, age) in &self.ledgers {
-            let ledger = LedgerName::parse(name).with_context(|| format!("retention.ledgers.{name}"))?;
-            retention.ledgers.insert(ledger, age.0);
+        let mut retention = ferry_store::RetentionPolicy {
+            max_age: self.max_age.map(|s| s.0),
+            max_bytes: self.max_bytes.0,
+            ..Default::default()
+        };
+        for (name, settings) in &self.ledgers {
+            let name = name.get_ref();
+            let ledger = LedgerName::parse(name).with_context(|| {
+                let line = self.ledger_lines.get(name).copied().unwrap_or(0);
+                format!("retention.ledgers.{name:?} (line {line})")
+            })?;
+            let settings = ferry_store::LedgerRetention {
+                max_age: settings.max_age.map(|s| s.0),
+                max_bytes: settings.max_bytes.0,
+            };
+            retention.ledgers.insert(ledger, settings);
         }
         Ok(retention)
     }
@@ -513,6 +628,56 @@ format = "json"
             "[[exporters]]\nname = \"x\"\nsink = \"carrier-pigeon\"",
         ] {
             assert!(Config::parse(text).unwrap().validate().is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn size_limits_and_per_ledger_retention_parse_in_the_old_and_the_table_form() {
+        let text = r#"
+[storage]
+max_ledger_bytes = "1GiB"
+[retention]
+max_age = ""
+max_bytes = 1000
+[retention.ledgers]
+"payments.eu" = "7d"
+audit = { max_bytes = "10MiB" }
+logs = { max_age = "1h", max_bytes = "" }
+"#;
+        let s = Config::parse(text).unwrap().validate().unwrap();
+        assert_eq!(s.store.max_ledger_bytes, Some(1 << 30));
+        let r = &s.store.retention;
+        assert_eq!((r.max_age, r.max_bytes), (None, Some(1000)));
+        let ledger = |n: &str| r.ledgers[&LedgerName::parse(n).unwrap()];
+        assert_eq!(ledger("payments.eu").max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(ledger("payments.eu").max_bytes, None);
+        assert_eq!((ledger("audit").max_age, ledger("audit").max_bytes), (None, Some(10 << 20)));
+        assert_eq!((ledger("logs").max_age, ledger("logs").max_bytes), (Some(Duration::from_secs(3600)), None));
+        // 0 and "" are no limit, as is leaving the key out.
+        for text in ["[storage]\nmax_ledger_bytes = 0", "[storage]\nmax_ledger_bytes = \"\"", ""] {
+            assert_eq!(Config::parse(text).unwrap().validate().unwrap().store.max_ledger_bytes, None, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_size_limits_name_the_key_and_line() {
+        let error = |text: &str| match Config::parse(text) {
+            Ok(c) => format!("{:#}", c.validate().err().expect("refused")),
+            Err(e) => format!("{e:#}"),
+        };
+        for (text, needles) in [
+            ("[storage]\nmax_ledger_bytes = -1", &["max_ledger_bytes", "line 2", "negative"][..]),
+            ("[retention]\nmax_bytes = \"many\"", &["max_bytes", "line 2", "invalid size"]),
+            ("[retention]\nmax_bytes = true", &["max_bytes", "line 2"]),
+            ("[retention.ledgers]\na = { max_bytes = 1, max_size = 2 }", &["max_size", "line 2"]),
+            ("[retention.ledgers]\na = { max_bytes = -3 }", &["max_bytes", "line 2", "negative"]),
+            ("[retention.ledgers]\na = []", &["a = []", "line 2", "a max_age like"]),
+            ("\n[retention.ledgers]\n\"A\" = \"1d\"", &["retention.ledgers", "\"A\"", "line 3"]),
+        ] {
+            let msg = error(text);
+            for needle in needles {
+                assert!(msg.contains(needle), "{text:?}: {needle:?} not in {msg}");
+            }
         }
     }
 

@@ -16,6 +16,7 @@ mod export_http;
 mod exporters;
 mod full_disk;
 mod packs;
+mod quota;
 mod secrets;
 mod support;
 mod tls;

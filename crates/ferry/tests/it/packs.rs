@@ -1,17 +1,7 @@
 //! Packs, retention and ledger deletion through a real `ferry serve`.
 //! (The kill -9 loop with constant freezing and pruning is in crash.rs.)
 
-use std::time::{Duration, Instant};
-
 use crate::support::*;
-
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_prunes_old_chunks_and_reads_below_first_answer_410() {

@@ -617,6 +617,15 @@ pub fn parse_line(line: &str) -> EntryLine<'_> {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not an entry line ({e}): {line:?}"))
 }
 
+/// Polls `cond` every 50 ms until it holds; fails the test after 20 s.
+pub async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Milliseconds since the unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
