@@ -15,6 +15,7 @@ mod export_http;
 mod exporters;
 mod full_disk;
 mod packs;
+mod request_bodies;
 mod secrets;
 mod support;
 mod tools;
