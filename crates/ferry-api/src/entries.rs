@@ -1,9 +1,9 @@
 //! `POST` and `GET /v1/ledgers/{ledger}/entries`: append and read.
 
+use crate::body::RequestBody;
 use crate::extract::{ApiQuery, LedgerSegment};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_core::limits::{READ_LIMIT_DEFAULT, READ_LIMIT_MAX};
@@ -114,17 +114,9 @@ fn parse_append(body: &[u8]) -> Result<Vec<NewEntry>, ApiError> {
 pub(crate) async fn append(
     State(state): State<AppState>,
     LedgerSegment(name): LedgerSegment,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
     let name = LedgerName::parse(&name)?;
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body exceeds max_body_bytes ({} bytes)", state.config.max_body_bytes),
-        ),
-        status => ApiError::new(status, "invalid_body", e.body_text()),
-    })?;
     let entries = parse_append(&body)?;
     let outcome = state.store.append(&name, entries).await?;
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
