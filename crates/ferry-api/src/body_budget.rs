@@ -2,7 +2,7 @@
 //! (`server.max_buffered_body_bytes`). A request that carries a body
 //! reserves what it may buffer before its handler reads a byte: its
 //! `Content-Length` (at most `max_body_bytes`), or `max_body_bytes` when
-//! the length is not declared. The reservation is held until the answer is
+//! the length is not declared or the body is compressed. The reservation is held until the answer is
 //! produced. A request that cannot reserve within `WAIT` is answered 503
 //! `busy` and its body is never read.
 //!
@@ -47,6 +47,15 @@ fn units(bytes: u64) -> u32 {
 /// What a request may buffer: 0 without a body.
 fn body_bytes(req: &Request, max_body_bytes: u64) -> u64 {
     let headers = req.headers();
+    // A compressed body may inflate to `max_body_bytes` however short it is
+    // as sent (`body.rs` caps both).
+    let compressed = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity")));
+    if compressed {
+        return max_body_bytes;
+    }
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     match declared {
@@ -103,6 +112,10 @@ mod tests {
         assert_eq!(body_bytes(&request(&[("content-length", "5000")]), 1000), 1000);
         assert_eq!(body_bytes(&request(&[("transfer-encoding", "chunked")]), 1000), 1000);
         assert_eq!(body_bytes(&request(&[]), 1000), 0);
+        let gzip = [("content-length", "10"), ("content-encoding", "gzip")];
+        assert_eq!(body_bytes(&request(&gzip), 1000), 1000, "a compressed body may inflate to the cap");
+        let identity = [("content-length", "10"), ("content-encoding", "identity")];
+        assert_eq!(body_bytes(&request(&identity), 1000), 10);
         assert_eq!(units(1), 1);
         assert_eq!(units(1024), 1);
         assert_eq!(units(1025), 2);

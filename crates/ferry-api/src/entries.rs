@@ -1,17 +1,15 @@
 //! `POST` and `GET /v1/ledgers/{ledger}/entries`: append and read.
 
-use std::collections::HashMap;
-
+use crate::body::RequestBody;
 use crate::extract::{ApiQuery, LedgerSegment};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_core::limits::{READ_LIMIT_DEFAULT, READ_LIMIT_MAX};
-use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload};
+use ferry_core::{Entry, EntryId, InvalidPayload, LedgerName, NewEntry, Payload, check_portable};
 use ferry_store::{ReadBatch, Store};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::{AppState, error::ApiError};
@@ -20,56 +18,105 @@ const NDJSON: &str = "application/x-ndjson";
 /// Entries per storage read while streaming NDJSON.
 const STREAM_PAGE_ENTRIES: usize = 1_000;
 
-/// One entry of an append body.
+/// An append body, one entry or a batch, told apart in a single parse.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = r#"an entry {"payload":…} or a batch {"entries":[…]}"#)]
+struct AppendIn<'a> {
+    #[serde(borrow, default)]
+    payload: Given<'a>,
+    #[serde(borrow)]
+    key: Option<&'a RawValue>,
+    #[serde(borrow)]
+    idempotency_key: Option<&'a RawValue>,
+    #[serde(borrow)]
+    entries: Option<Vec<EntryIn<'a>>>,
+}
+
+/// One entry of an append body. Its fields stay JSON text here, checked
+/// against the rule for what ferry takes in by `into_new_entry`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = r#"an entry {"payload":…, "key"?, "idempotency_key"?}"#)]
 struct EntryIn<'a> {
     #[serde(borrow)]
     payload: &'a RawValue,
-    key: Option<String>,
-    idempotency_key: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchIn<'a> {
     #[serde(borrow)]
-    entries: Vec<EntryIn<'a>>,
+    key: Option<&'a RawValue>,
+    #[serde(borrow)]
+    idempotency_key: Option<&'a RawValue>,
 }
 
-impl From<EntryIn<'_>> for NewEntry {
-    fn from(e: EntryIn<'_>) -> Self {
-        NewEntry { key: e.key, idempotency_key: e.idempotency_key, payload: Payload::from_valid_json(e.payload.get()) }
+/// A field that may be absent, in which `null` is a value (a payload may
+/// be `null`; an `Option` would take it for absent).
+#[derive(Default)]
+enum Given<'a> {
+    #[default]
+    Absent,
+    Value(&'a RawValue),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Given<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'a RawValue>::deserialize(d).map(Given::Value)
     }
+}
+
+impl EntryIn<'_> {
+    /// Payload, key and idempotency key under the same rule: JSON that
+    /// strict parsers read back as sent. `index` names a batch's entry in
+    /// messages (`entries[3].payload.a: …`).
+    fn into_new_entry(self, index: Option<usize>) -> Result<NewEntry, ApiError> {
+        let at = |field: &str| match index {
+            Some(i) => format!("entries[{i}].{field}"),
+            None => field.to_owned(),
+        };
+        let payload = Payload::from_raw_json(self.payload.get()).map_err(|e| match e {
+            InvalidPayload::Unportable(u) => ApiError::unprocessable("invalid_entry", u.at(&at("payload"))),
+            e => e.into(),
+        })?;
+        let key = text_field(self.key, || at("key"))?;
+        let idempotency_key = text_field(self.idempotency_key, || at("idempotency_key"))?;
+        Ok(NewEntry { key, idempotency_key, payload })
+    }
+}
+
+/// A JSON string field (`key`, `idempotency_key`), decoded.
+fn text_field(raw: Option<&RawValue>, at: impl Fn() -> String) -> Result<Option<String>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    check_portable(raw.get()).map_err(|u| ApiError::unprocessable("invalid_entry", u.at(&at())))?;
+    let text = serde_json::from_str(raw.get())
+        .map_err(|e| ApiError::unprocessable("invalid_entry", format!("{}: {e}", at())))?;
+    Ok(Some(text))
 }
 
 /// Parses `{"payload":…}` or `{"entries":[…]}`.
 fn parse_append(body: &[u8]) -> Result<Vec<NewEntry>, ApiError> {
-    let top: HashMap<&str, &RawValue> =
-        serde_json::from_slice(body).map_err(|e| ApiError::from_json(&e, "the request body"))?;
-    if top.contains_key("entries") {
-        let batch: BatchIn = serde_json::from_slice(body).map_err(|e| ApiError::from_json(&e, "the batch"))?;
-        Ok(batch.entries.into_iter().map(NewEntry::from).collect())
-    } else {
-        let one: EntryIn = serde_json::from_slice(body).map_err(|e| ApiError::from_json(&e, "the entry"))?;
-        Ok(vec![one.into()])
+    let append: AppendIn = serde_json::from_slice(body).map_err(|e| ApiError::from_json(&e, "the request body"))?;
+    let single = append.key.is_some() || append.idempotency_key.is_some();
+    match (append.payload, append.entries) {
+        (Given::Absent, Some(entries)) if !single => {
+            entries.into_iter().enumerate().map(|(i, e)| e.into_new_entry(Some(i))).collect()
+        }
+        (Given::Value(payload), None) => {
+            let one = EntryIn { payload, key: append.key, idempotency_key: append.idempotency_key };
+            Ok(vec![one.into_new_entry(None)?])
+        }
+        (_, Some(_)) => Err(ApiError::unprocessable(
+            "invalid_entry",
+            "a batch {\"entries\":[…]} carries payload, key and idempotency_key in each entry, not beside `entries`",
+        )),
+        (Given::Absent, None) => Err(ApiError::unprocessable(
+            "invalid_entry",
+            "the request body has neither `payload` (one entry) nor `entries` (a batch)",
+        )),
     }
 }
 
 pub(crate) async fn append(
     State(state): State<AppState>,
     LedgerSegment(name): LedgerSegment,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
     let name = LedgerName::parse(&name)?;
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body exceeds max_body_bytes ({} bytes)", state.config.max_body_bytes),
-        ),
-        status => ApiError::new(status, "invalid_body", e.body_text()),
-    })?;
     let entries = parse_append(&body)?;
     let outcome = state.store.append(&name, entries).await?;
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -177,9 +224,34 @@ mod tests {
             (br#"{"payload":1,"extra":2}"#, StatusCode::UNPROCESSABLE_ENTITY),
             (br#"{"entries":{}}"#, StatusCode::UNPROCESSABLE_ENTITY),
             (br#"{"payload":1,"key":5}"#, StatusCode::UNPROCESSABLE_ENTITY),
+            (br#"{"payload":1,"payload":2}"#, StatusCode::UNPROCESSABLE_ENTITY),
+            (br#"{"entries":[],"key":"k"}"#, StatusCode::UNPROCESSABLE_ENTITY),
+            (br#"{"key":"k"}"#, StatusCode::UNPROCESSABLE_ENTITY),
         ] {
             let err = parse_append(body).expect_err("must fail");
             assert_eq!(err.status, status, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn a_null_payload_is_a_value_and_a_null_key_is_none() {
+        let one = parse_append(br#"{"payload":null,"key":null}"#).unwrap();
+        assert_eq!((one[0].payload.as_str(), one[0].key.as_deref()), ("null", None));
+    }
+
+    #[test]
+    fn payload_key_and_idempotency_key_are_named_where_strict_parsers_would_fail() {
+        for (body, message) in [
+            (&br#"{"payload":{"a":[1e999]}}"#[..], "payload.a[0]: the number 1e999 "),
+            (br#"{"payload":1,"key":"\ud800"}"#, "key: the string holds the lone surrogate \\ud800"),
+            (br#"{"payload":1,"idempotency_key":"\udc00"}"#, "idempotency_key: "),
+            (br#"{"entries":[{"payload":1},{"payload":{"b":1,"b":2}}]}"#, "entries[1].payload.b: duplicate"),
+            (br#"{"entries":[{"payload":1,"key":"\udfff"}]}"#, "entries[0].key: "),
+            (br#"{"entries":[{"payload":1,"key":5}]}"#, "entries[0].key: invalid type"),
+        ] {
+            let err = parse_append(body).expect_err("must fail");
+            assert_eq!((err.status, err.code), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_entry"));
+            assert!(err.message.starts_with(message), "{}: {}", String::from_utf8_lossy(body), err.message);
         }
     }
 }

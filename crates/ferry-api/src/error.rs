@@ -49,7 +49,11 @@ impl From<InvalidLedgerName> for ApiError {
 
 impl From<InvalidPayload> for ApiError {
     fn from(e: InvalidPayload) -> Self {
-        Self::bad_request("invalid_json", e.to_string())
+        match e {
+            InvalidPayload::Syntax(_) => Self::bad_request("invalid_json", e.to_string()),
+            // Valid JSON that strict parsers cannot read back as sent.
+            _ => Self::unprocessable("invalid_entry", e.to_string()),
+        }
     }
 }
 

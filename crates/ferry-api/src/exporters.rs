@@ -1,6 +1,7 @@
 //! `/v1/exporters`: status, pause, resume, reset (SPEC §4, §5), and the
 //! deletion of an orphaned exporter's cursors.
 
+use crate::body::RequestBody;
 use crate::extract::ExporterSegment;
 use axum::Json;
 use axum::extract::State;
@@ -54,7 +55,7 @@ struct ResetRequest {
 pub async fn reset(
     State(state): State<AppState>,
     ExporterSegment(name): ExporterSegment,
-    body: axum::body::Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<Json<ExporterStatus>, ApiError> {
     let request: ResetRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ResetRequest::default()

@@ -2,6 +2,7 @@
 //! mapping from errors to statuses and codes (`error.rs`).
 
 mod auth;
+mod body;
 mod body_budget;
 mod entries;
 mod error;
@@ -104,6 +105,8 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // A backstop for axum's own body extractors; the routes that take a
+        // body use `body::RequestBody`, which caps it as sent and inflated.
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
 }

@@ -12,7 +12,7 @@ pub mod units;
 
 pub use entry::{Entry, EntryId, NewEntry};
 pub use ledger_name::{InvalidLedgerName, LedgerName};
-pub use payload::{InvalidPayload, Payload};
+pub use payload::{InvalidPayload, Payload, Problem, Unportable, check_portable};
 
 /// Milliseconds since the unix epoch, as stored in entry timestamps.
 pub fn now_ms() -> u64 {

@@ -1,6 +1,10 @@
 //! `Payload`: an entry's JSON value, validated and stored as compact text.
 
+mod portable;
+
 use std::fmt;
+
+pub use portable::{Problem, Unportable, check_portable};
 
 /// A JSON value held as its compact text: valid JSON with no whitespace
 /// outside strings. Stored and served byte for byte as given (numbers, key
@@ -9,27 +13,39 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Payload(Box<str>);
 
+/// Why text is not a payload ferry takes in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("payload is not valid JSON: {0}")]
-pub struct InvalidPayload(pub String);
+#[non_exhaustive]
+pub enum InvalidPayload {
+    /// Not one JSON value.
+    #[error("payload is not valid JSON: {0}")]
+    Syntax(String),
+    /// Valid JSON that strict parsers cannot read back as sent (see
+    /// `portable.rs`).
+    #[error("{}", .0.at("payload"))]
+    Unportable(Unportable),
+}
 
 impl Payload {
-    /// Validates `text` as one JSON value and compacts it.
+    /// Validates `text` as one JSON value that strict parsers read back as
+    /// sent, and compacts it.
     pub fn from_json(text: &str) -> Result<Self, InvalidPayload> {
-        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| InvalidPayload(e.to_string()))?;
-        Ok(Self::from_valid_json(text))
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| InvalidPayload::Syntax(e.to_string()))?;
+        Self::from_raw_json(text)
     }
 
-    /// Compacts text already known to be one valid JSON value (for example a
-    /// `serde_json::value::RawValue`).
-    pub fn from_valid_json(text: &str) -> Self {
-        Self(compact(text).into_boxed_str())
+    /// Takes text whose JSON syntax is already checked (the text of a
+    /// `serde_json::value::RawValue`): checks that strict parsers read it
+    /// back as sent, and compacts it, in one pass.
+    pub fn from_raw_json(text: &str) -> Result<Self, InvalidPayload> {
+        let compact = portable::compact_portable(text).map_err(InvalidPayload::Unportable)?;
+        Ok(Self(compact.into_boxed_str()))
     }
 
     /// Wraps bytes read back from ferry's own storage, which were compact
     /// JSON when written and are protected by a checksum.
     pub fn from_stored(bytes: &[u8]) -> Result<Self, InvalidPayload> {
-        let text = std::str::from_utf8(bytes).map_err(|e| InvalidPayload(e.to_string()))?;
+        let text = std::str::from_utf8(bytes).map_err(|e| InvalidPayload::Syntax(e.to_string()))?;
         Ok(Self(text.into()))
     }
 
@@ -50,28 +66,6 @@ impl Payload {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-}
-
-/// Drops JSON whitespace outside strings. `text` must be valid JSON.
-fn compact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            in_string = c == '"';
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl fmt::Debug for Payload {
@@ -103,5 +97,13 @@ mod tests {
         for bad in ["", "{", "{\"a\":}", "1 2", "nul"] {
             assert!(Payload::from_json(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn refuses_what_strict_parsers_cannot_read_back_naming_where() {
+        let e = Payload::from_json(r#"{"a": [1, {"b": 1e999}]}"#).unwrap_err();
+        assert!(matches!(e, InvalidPayload::Unportable(_)), "{e:?}");
+        assert!(e.to_string().starts_with("payload.a[1].b: the number 1e999 "), "{e}");
+        assert!(matches!(Payload::from_json("{"), Err(InvalidPayload::Syntax(_))));
     }
 }

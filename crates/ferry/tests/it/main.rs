@@ -17,6 +17,7 @@ mod exporters;
 mod full_disk;
 mod packs;
 mod quota;
+mod request_bodies;
 mod secrets;
 mod support;
 mod tls;
