@@ -20,6 +20,7 @@ mod open;
 mod packs;
 mod poison;
 mod protocol_sim;
+mod scrub;
 mod support;
 mod torn_tail;
 mod validation;

@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod cli;
 mod crash;
+mod deleted_data;
 mod descriptors;
 mod export_crash;
 mod export_http;
