@@ -11,7 +11,8 @@
 use ferry_format::keys::CatalogKey;
 use ferry_format::pack::decode_pack;
 use ferry_format::wal::{
-    SEGMENT_HEADER_BYTES, decode_record, decode_segment_header, encode_record, encode_segment_header,
+    SEGMENT_HEADER_BYTES, decode_record, decode_segment_header, encode_record, encode_segment_header, is_scrubbed,
+    record_shape, scrub_record,
 };
 
 /// `wal::decode_segment_header` and `wal::decode_record` on arbitrary bytes:
@@ -45,13 +46,22 @@ fn wal_bytes(data: &[u8]) {
 }
 
 /// Decodes one record at the start of `data`; if it decodes, checks that
-/// encoding it gives exactly the bytes it came from. Returns its length.
+/// encoding it gives exactly the bytes it came from, and that scrubbing it
+/// keeps its shape and place. Returns its length.
 fn record_round_trips(data: &[u8]) -> Option<usize> {
+    let shape = record_shape(data).ok();
     let (record, used) = decode_record(data).ok()?;
     assert!(used <= data.len(), "decoded {used} bytes of {}", data.len());
     let mut again = Vec::with_capacity(used);
     encode_record(&record, &mut again);
     assert_eq!(again, &data[..used], "record round trip of {record:?}");
+    let shape = shape.expect("a record that decodes has a shape");
+    assert_eq!((shape.ledger, shape.len), (record.ledger.as_bytes(), used), "shape of {record:?}");
+    let mut scrubbed = data[..used].to_vec();
+    scrub_record(&mut scrubbed).expect("a record that decodes can be scrubbed");
+    let (after, len) = decode_record(&scrubbed).expect("a scrubbed record decodes");
+    assert_eq!((after.ledger, after.id, after.ts, len), (record.ledger, record.id, record.ts, used));
+    assert!(is_scrubbed(&after) || record.payload.is_empty(), "scrubbed {record:?}");
     Some(used)
 }
 

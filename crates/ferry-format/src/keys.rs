@@ -63,6 +63,9 @@ pub enum CatalogKey {
     /// idempotency keys (format 3; `fingerprints.rs`), while inside their
     /// window.
     Keys(LedgerName, u64),
+    /// `scrub:{ledger}`: a deletion of the ledger whose records are still
+    /// being erased from the WAL segments (`docs/durability.md`).
+    Scrub(LedgerName),
     /// `cursor:{exporter}:{ledger}`: the last id the exporter's sink acked.
     /// Exporter names follow the ledger-name rules.
     Cursor(LedgerName, LedgerName),
@@ -89,6 +92,7 @@ impl CatalogKey {
     pub const CURSOR_PREFIX: &'static str = "cursor:";
     pub const COUNTER_PREFIX: &'static str = "counter:";
     pub const KEYS_PREFIX: &'static str = "keys:";
+    pub const SCRUB_PREFIX: &'static str = "scrub:";
 
     /// The prefix of every `chunk:` key of one ledger.
     pub fn chunk_prefix(ledger: &LedgerName) -> String {
@@ -114,6 +118,7 @@ impl CatalogKey {
                 let chunk = fixed_number(c, CHUNK_DIGITS).ok_or_else(|| fail("bad chunk number"))?;
                 Ok(Self::Keys(name(l)?, chunk))
             }
+            ("scrub", [l]) => Ok(Self::Scrub(name(l)?)),
             ("cursor", [e, l]) => Ok(Self::Cursor(name(e)?, name(l)?)),
             ("pin", [p]) => Ok(Self::Pin(fixed_number(p, PIN_DIGITS).ok_or_else(|| fail("bad pin id"))?)),
             ("config", [c]) => ConfigName::ALL
@@ -148,6 +153,7 @@ impl fmt::Display for CatalogKey {
                 assert!(*c <= CHUNK_MAX, "chunk number {c} exceeds the key width");
                 write!(f, "keys:{l}:{c:08}")
             }
+            Self::Scrub(l) => write!(f, "scrub:{l}"),
             Self::Cursor(e, l) => write!(f, "cursor:{e}:{l}"),
             Self::Pin(p) => write!(f, "pin:{p:020}"),
             Self::Config(c) => write!(f, "config:{}", c.as_str()),
@@ -170,6 +176,7 @@ mod tests {
         assert_eq!(CatalogKey::Ledger(ln("audit")).encode(), "ledger:audit");
         assert_eq!(CatalogKey::Chunk(ln("audit"), 3).encode(), "chunk:audit:00000003");
         assert_eq!(CatalogKey::Keys(ln("audit"), 3).encode(), "keys:audit:00000003");
+        assert_eq!(CatalogKey::Scrub(ln("audit")).encode(), "scrub:audit");
         assert_eq!(CatalogKey::Cursor(ln("ch"), ln("audit")).encode(), "cursor:ch:audit");
         assert_eq!(CatalogKey::Pin(9).encode(), "pin:00000000000000000009");
         assert_eq!(CatalogKey::Config(ConfigName::ChunkEntries).encode(), "config:chunk_entries");
@@ -189,6 +196,8 @@ mod tests {
             "chunk:a:0000000x",
             "chunk:a:000000001",
             "keys:a:1",
+            "scrub:",
+            "scrub:a:b",
             "pin:1",
             "config:nope",
             "counter:nope",
@@ -210,6 +219,7 @@ mod tests {
             any_name().prop_map(CatalogKey::Ledger),
             (any_name(), 0..=CHUNK_MAX).prop_map(|(l, c)| CatalogKey::Chunk(l, c)),
             (any_name(), 0..=CHUNK_MAX).prop_map(|(l, c)| CatalogKey::Keys(l, c)),
+            any_name().prop_map(CatalogKey::Scrub),
             (any_name(), any_name()).prop_map(|(e, l)| CatalogKey::Cursor(e, l)),
             any::<u64>().prop_map(CatalogKey::Pin),
             proptest::sample::select(ConfigName::ALL.to_vec()).prop_map(CatalogKey::Config),

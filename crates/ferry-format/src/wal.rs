@@ -206,6 +206,96 @@ fn decode_body(body: &[u8]) -> Result<WalRecord<'_>, DecodeError> {
     Ok(WalRecord { ledger, id, ts, key, idempotency_key, batch_continues, group_start, relocated, payload: r.0 })
 }
 
+/// Where a record's fields lie, read from its framing alone: the checksum
+/// is not checked. What erasing a deleted ledger's record needs, also after
+/// a crash tore that erasure: it never changes the bytes read here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordShape<'a> {
+    /// The ledger name's bytes.
+    pub ledger: &'a [u8],
+    /// Encoded size, prefix included.
+    pub len: usize,
+    /// The key's text, the idempotency key's text and the payload, as byte
+    /// ranges from the record's start (empty for an absent key).
+    pub content: [std::ops::Range<usize>; 3],
+}
+
+/// The shape of the record at the start of `buf`, by the same framing rules
+/// as `decode_record`, without the checksum and without looking at the
+/// key, idempotency key and payload bytes.
+pub fn record_shape(buf: &[u8]) -> Result<RecordShape<'_>, DecodeError> {
+    if buf.len() < RECORD_PREFIX_BYTES {
+        return Err(DecodeError::Truncated { needed: RECORD_PREFIX_BYTES, available: buf.len() });
+    }
+    let body_len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    if !(BODY_FIXED_BYTES + 1..=RECORD_BODY_BYTES_MAX).contains(&body_len) {
+        return Err(DecodeError::Malformed("body length out of range"));
+    }
+    let len = RECORD_PREFIX_BYTES + body_len;
+    if buf.len() < len {
+        return Err(DecodeError::Truncated { needed: len, available: buf.len() });
+    }
+    let body = &buf[RECORD_PREFIX_BYTES..len];
+    let mut r = Reader(body);
+    let flags = r.u8()?;
+    if flags & !FLAGS_KNOWN != 0 {
+        return Err(DecodeError::Malformed("unknown flags"));
+    }
+    let ledger_len = r.u8()? as usize;
+    let ledger = r.take(ledger_len)?;
+    if ledger.is_empty() || ledger.len() > LEDGER_NAME_BYTES_MAX {
+        return Err(DecodeError::Malformed("ledger name length out of range"));
+    }
+    r.take(16)?; // id, ts
+    let at = |r: &Reader<'_>| len - r.0.len();
+    let mut text = |present: bool, max: usize| -> Result<std::ops::Range<usize>, DecodeError> {
+        if !present {
+            return Ok(0..0);
+        }
+        let n = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")) as usize;
+        if n > max {
+            return Err(DecodeError::Malformed("a field is over its limit"));
+        }
+        let start = at(&r);
+        r.take(n)?;
+        Ok(start..start + n)
+    };
+    let key = text(flags & FLAG_KEY != 0, ENTRY_KEY_BYTES_MAX)?;
+    let idempotency_key = text(flags & FLAG_IDEMPOTENCY_KEY != 0, IDEMPOTENCY_KEY_BYTES_MAX)?;
+    let payload = at(&r)..len;
+    Ok(RecordShape { ledger, len, content: [key, idempotency_key, payload] })
+}
+
+/// Scrubs one record in place (`record` is exactly one record): the bytes
+/// of its key, idempotency key and payload become zero and its checksum is
+/// computed again; its length, flags, ledger, id and timestamp stay, so it
+/// still decodes as the same ledger's record at the same place. Scrubbing
+/// twice, or scrubbing a record torn while it was being scrubbed (each byte
+/// either old or new), gives the same bytes.
+pub fn scrub_record(record: &mut [u8]) -> Result<(), DecodeError> {
+    let shape = record_shape(record)?;
+    if shape.len != record.len() {
+        return Err(DecodeError::Malformed("not exactly one record"));
+    }
+    for range in shape.content {
+        record[range].fill(0);
+    }
+    let crc = crc32c::crc32c(&record[RECORD_PREFIX_BYTES..]);
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// True for a record `scrub_record` wrote: its payload and keys are all
+/// zero bytes. A stored payload is JSON text, never empty and never holding
+/// a NUL byte, so no record as appended looks scrubbed.
+pub fn is_scrubbed(record: &WalRecord<'_>) -> bool {
+    let zero = |text: &[u8]| text.iter().all(|b| *b == 0);
+    !record.payload.is_empty()
+        && zero(record.payload)
+        && record.key.is_none_or(|k| zero(k.as_bytes()))
+        && record.idempotency_key.is_none_or(|k| zero(k.as_bytes()))
+}
+
 /// A cursor over a checked body; every read is bounds-checked.
 struct Reader<'a>(&'a [u8]);
 
@@ -285,6 +375,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_scrubbed_record_keeps_its_place_and_loses_its_data() {
+        let mut buf = Vec::new();
+        encode_record(&WalRecord { idempotency_key: Some("idem-7"), ..sample() }, &mut buf);
+        let original = buf.clone();
+        scrub_record(&mut buf).unwrap();
+        let (r, used) = decode_record(&buf).unwrap();
+        assert_eq!(used, original.len());
+        assert_eq!((r.ledger, r.id, r.ts, r.batch_continues), ("audit", 7, 1_763_769_600_123, true));
+        assert_eq!((r.key, r.idempotency_key, r.payload), (Some("\0\0\0\0\0\0"), Some("\0\0\0\0\0\0"), &[0u8; 7][..]));
+        assert!(is_scrubbed(&r));
+        assert!(!is_scrubbed(&decode_record(&original).unwrap().0));
+        for text in [&b"user-7"[..], b"idem-7", br#"{"a":1}"#] {
+            assert!(!buf.windows(text.len()).any(|w| w == text), "{text:?} is still there");
+        }
+        let mut again = buf.clone();
+        scrub_record(&mut again).unwrap();
+        assert_eq!(again, buf, "scrubbing is idempotent");
+        assert!(scrub_record(&mut buf[..original.len() - 1]).is_err(), "exactly one record");
+    }
+
     proptest! {
         #[test]
         fn records_round_trip(
@@ -311,8 +422,32 @@ mod tests {
         }
 
         #[test]
+        fn a_scrub_torn_anywhere_is_finished_by_scrubbing_again(
+            key in proptest::option::of(".{0,64}"),
+            idem in proptest::option::of(".{0,64}"),
+            payload in proptest::collection::vec(1u8.., 1..512),
+            torn in proptest::collection::vec(any::<bool>(), 1..1024),
+        ) {
+            let rec = WalRecord { key: key.as_deref(), idempotency_key: idem.as_deref(), payload: &payload, ..sample() };
+            let mut original = Vec::new();
+            encode_record(&rec, &mut original);
+            let mut scrubbed = original.clone();
+            scrub_record(&mut scrubbed).unwrap();
+            // A crash while the scrub was written: each byte old or new.
+            let mut mixed: Vec<u8> = original.iter().zip(&scrubbed).enumerate()
+                .map(|(i, (o, s))| if torn[i % torn.len()] { *s } else { *o })
+                .collect();
+            let shape = record_shape(&mixed).unwrap();
+            prop_assert_eq!((shape.ledger, shape.len), (&b"audit"[..], original.len()));
+            scrub_record(&mut mixed).unwrap();
+            prop_assert_eq!(&mixed, &scrubbed);
+            prop_assert!(is_scrubbed(&decode_record(&mixed).unwrap().0));
+        }
+
+        #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_record(&bytes);
+            let _ = record_shape(&bytes);
             let _ = decode_segment_header(&bytes);
         }
     }

@@ -9,6 +9,8 @@
 //! - a failed **write** is cut back to the last synced length, and that cut
 //!   synced: the write is refused and the store goes on (a full disk is
 //!   not a lost disk); only if the cut fails does the store poison;
+//! - a failed **overwrite** (scrubbing a deleted ledger's records) is an
+//!   ordinary error: its `scrub:` key has it redone;
 //! - a failed **open, create or listing** (EMFILE, ENOENT, ENOSPC on
 //!   create) is an ordinary error: nothing was written;
 //! - after a poison, every **write and create** is refused before it
@@ -109,6 +111,18 @@ impl Disk {
                 Err(StoreError::io(context, e))
             }
         }
+    }
+
+    /// Writes `buf` over bytes already in a segment: a deleted ledger's
+    /// records being scrubbed (`wal::scrub`). Nothing is cut back on
+    /// failure, and nothing poisons: the bytes written over belong to a
+    /// ledger whose deletion is durable, and its `scrub:` key has the write
+    /// redone (a retry, or recovery before the scan) before anything reads
+    /// them. A poisoned store writes nothing.
+    pub fn overwrite(&self, file: &dyn VfsSegment, path: &Path, buf: &[u8], offset: u64) -> Result<()> {
+        self.health.check()?;
+        file.write_at(buf, offset)
+            .map_err(|e| StoreError::io(format!("scrub {} bytes at {offset} of {}", buf.len(), path.display()), e))
     }
 
     /// Creates a segment with `header`, durably: after this returns, the file

@@ -303,6 +303,10 @@ impl Flusher {
         // (and count dead) a record the moment the index holds it.
         let written = planned.iter().flat_map(|p| p.records.iter().map(|&(_, _, offset, len)| pos(offset, len)));
         self.shared.segments.account(written, true);
+        // Before any becomes visible too: a deletion scrubs the segments
+        // noted here, once it has passed the flusher.
+        let writers = planned.iter().filter(|p| !p.records.is_empty()).map(|p| p.ledger.incarnation);
+        self.shared.segments.note_holders(segment, writers);
         for p in planned {
             if !p.records.is_empty() {
                 let full = {
@@ -364,6 +368,7 @@ impl Flusher {
         };
         // Copies count as live before the index points at them (see publish).
         s.segments.account(moved.iter().map(|&(_, _, _, at, len)| new_pos(at, len)), true);
+        s.segments.note_holders(new_segment, moved.iter().map(|(state, ..)| state.incarnation));
         let mut dead = Vec::new();
         for (state, id, old, at, len) in moved {
             let new = new_pos(at, len);

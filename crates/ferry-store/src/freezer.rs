@@ -30,6 +30,7 @@ use crate::ledger::LedgerState;
 use crate::messages::{FlusherMsg, FreezerMsg};
 use crate::pack_protocols::{self, ChunkState, PackInfo};
 use crate::shared::Shared;
+use crate::wal;
 
 /// How often the freezer looks at retention and sparse segments.
 const TICK: Duration = Duration::from_millis(500);
@@ -68,6 +69,8 @@ struct Deferred {
     freezes: Vec<Arc<LedgerState>>,
     /// Chunks demoted to `pruning` whose file is not yet swept.
     sweeps: Vec<(LedgerName, u64)>,
+    /// Deleted ledgers whose records a refused write left in the WAL.
+    scrubs: Vec<LedgerName>,
     since: Option<Instant>,
 }
 
@@ -104,6 +107,9 @@ impl Freezer {
                 backlog.extend(deferred.freezes.drain(..));
                 let sweeps = std::mem::take(&mut deferred.sweeps);
                 self.contain(self.finish_sweeps(sweeps, &mut deferred));
+                for ledger in std::mem::take(&mut deferred.scrubs) {
+                    self.contain(self.scrub(&ledger, &mut deferred));
+                }
             }
             let wait = if backlog.is_empty() { TICK } else { Duration::ZERO };
             match self.rx.recv_timeout(wait) {
@@ -451,7 +457,8 @@ impl Freezer {
 
         let name = &state.name;
         let frozen: Vec<_> = state.index.read().expect("index lock").frozen.clone().into_iter().collect();
-        if let Err(e) = self.commit_deletion(name, &frozen) {
+        let scrub = wal::scrub::intent_op(s, state)?;
+        if let Err(e) = self.commit_deletion(name, &frozen, scrub) {
             if refused_for_now(&e) {
                 state.unmark_deleted();
             }
@@ -506,14 +513,37 @@ impl Freezer {
         tracing::info!(ledger = %name, "ledger deleted");
         let event = SystemEvent::ledger_deleted(name);
         s.events.publish(&event.key, &event);
-        s.release_dead_segments()
+        s.release_dead_segments()?;
+        self.scrub(name, deferred)
+    }
+
+    /// Erases a deleted ledger's records from the WAL segments that remain
+    /// (`wal::scrub`). A refused write, or damage met on the way, leaves its
+    /// `scrub:` key: a refused write is tried again a tick later, and the
+    /// next start finishes either (or reports the damage, as its scan would).
+    fn scrub(&self, name: &LedgerName, deferred: &mut Deferred) -> Result<()> {
+        match wal::scrub::finish(&self.shared, name) {
+            Ok(()) => Ok(()),
+            Err(e @ StoreError::Corrupted { .. }) => {
+                tracing::error!(ledger = %name, error = %e, "the deleted ledger's records stay in the WAL until the damage is repaired");
+                Ok(())
+            }
+            Err(e) if refused_for_now(&e) || matches!(e, StoreError::Io { .. }) => {
+                tracing::warn!(ledger = %name, error = %e, "scrubbing the deleted ledger's records waits");
+                deferred.scrubs.push(name.clone());
+                deferred.note();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The deletion's one commit: the ledger's key and cursors go, its
-    /// chunks become `pruning`.
-    fn commit_deletion(&self, name: &LedgerName, frozen: &[(u64, PackInfo)]) -> Result<()> {
+    /// chunks become `pruning`, and its `scrub:` key (if any) comes.
+    fn commit_deletion(&self, name: &LedgerName, frozen: &[(u64, PackInfo)], scrub: Option<CatalogOp>) -> Result<()> {
         let s = &self.shared;
         let mut ops = vec![CatalogOp::Delete(CatalogKey::Ledger(name.clone()))];
+        ops.extend(scrub);
         for (chunk, info) in frozen {
             ops.push(CatalogOp::Put(
                 CatalogKey::Chunk(name.clone(), *chunk),

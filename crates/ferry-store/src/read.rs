@@ -5,7 +5,7 @@
 
 use ferry_core::limits::READ_BYTES_MAX;
 use ferry_core::{EntryId, LedgerName};
-use ferry_format::wal::decode_record;
+use ferry_format::wal::{decode_record, is_scrubbed};
 
 use crate::error::{Result, StoreError};
 use crate::idempotency::StoredKey;
@@ -64,6 +64,11 @@ impl Shared {
                 "index expected {ledger}/{id}, the record is {}/{}",
                 record.ledger, record.id
             )));
+        }
+        // A read that looked its positions up before the ledger's deletion
+        // and reads after its scrub: the entry is gone, not damaged.
+        if is_scrubbed(&record) {
+            return Err(StoreError::LedgerNotFound(ledger.clone()));
         }
         owned(&record).map_err(corrupted)
     }
@@ -131,6 +136,10 @@ impl Shared {
                 Err(None) if released_retries < 8 => released_retries += 1,
                 Err(None) => {
                     return Err(StoreError::io("read the hot tier", std::io::Error::other("segments keep moving")));
+                }
+                // Read while the deletion scrubbed it (a write half seen).
+                Err(Some(StoreError::Corrupted { .. })) if state.is_deleted() => {
+                    return Err(StoreError::LedgerNotFound(state.name.clone()));
                 }
                 Err(Some(e)) => return Err(e),
             }

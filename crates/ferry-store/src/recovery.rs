@@ -14,6 +14,7 @@ use ferry_core::limits::IDEMPOTENCY_WINDOW_MS;
 use ferry_core::{EntryId, LedgerName};
 use ferry_format::fingerprints;
 use ferry_format::keys::CatalogKey;
+use nohash_hasher::IntSet;
 
 use crate::error::{Result, StoreError};
 use crate::idempotency::IdempotencyIndex;
@@ -195,7 +196,7 @@ impl<P: Copy> HotRecords<P> {
     /// ledger's `wal_from` (an earlier ledger of the name) or a pack holds
     /// its id.
     pub fn is_dead(wal_from: (u32, u64), at: (u64, u64), id: EntryId, hot_base: EntryId) -> bool {
-        at < (u64::from(wal_from.0), wal_from.1) || id < hot_base
+        before_wal_from(wal_from, at) || id < hot_base
     }
 
     /// Takes a live record. Originals are written in id order, so an
@@ -236,12 +237,21 @@ impl<P: Copy> HotRecords<P> {
     }
 }
 
+/// A record at `at` lies before the ledger's `wal_from`: it belongs to an
+/// earlier, deleted ledger of the name.
+fn before_wal_from(wal_from: (u32, u64), at: (u64, u64)) -> bool {
+    at < (u64::from(wal_from.0), wal_from.1)
+}
+
 /// Collects the WAL's live records, then installs them in the indexes.
 pub(crate) struct WalIndexer<'a> {
     ledgers: &'a BTreeMap<LedgerName, Arc<LedgerState>>,
     found: HashMap<LedgerName, HotRecords<RecordPos>>,
     keys: &'a mut KeyLoader,
     hot_dir: &'a Path,
+    /// Per segment, the incarnations of the listed ledgers with a record in
+    /// it, live or frozen: what a later deletion scrubs.
+    holders: HashMap<u32, IntSet<u64>>,
 }
 
 impl<'a> WalIndexer<'a> {
@@ -250,7 +260,12 @@ impl<'a> WalIndexer<'a> {
         keys: &'a mut KeyLoader,
         hot_dir: &'a Path,
     ) -> Self {
-        Self { ledgers, found: HashMap::new(), keys, hot_dir }
+        Self { ledgers, found: HashMap::new(), keys, hot_dir, holders: HashMap::new() }
+    }
+
+    /// The holders of each segment found so far (`Segments::note_holders`).
+    pub fn take_holders(&mut self) -> HashMap<u32, IntSet<u64>> {
+        std::mem::take(&mut self.holders)
     }
 
     pub fn visit(&mut self, path: &Path, scanned: ScannedRecord<'_>) -> Result<()> {
@@ -260,6 +275,9 @@ impl<'a> WalIndexer<'a> {
         };
         let hot_base = state.index.read().expect("index lock").hot_base;
         let at = (u64::from(pos.segment), u64::from(pos.offset));
+        if !before_wal_from(state.meta.wal_from, at) {
+            self.holders.entry(pos.segment).or_default().insert(state.incarnation);
+        }
         if HotRecords::<RecordPos>::is_dead(state.meta.wal_from, at, record.id, hot_base) {
             return Ok(()); // an earlier ledger of the name, or frozen
         }

@@ -560,15 +560,21 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
     let now = now_ms();
     let mut keys = KeyLoader::new(now, fingerprint_key);
     recovery::load_frozen(&shared, recovered_packs.frozen, &mut keys)?;
-    let (replayed, live) = {
+    // Before the scan: a scrub a crash interrupted may have torn records.
+    wal::scrub::finish_interrupted(&shared.disk, &*shared.catalog, &roots.hot)?;
+    let (replayed, live, holders) = {
         let ledgers = shared.ledgers.read().expect("ledgers lock");
         let mut indexer = WalIndexer::new(&ledgers, &mut keys, &roots.hot);
         let replayed =
             wal::replay(&shared.disk, &roots.hot, FORMAT_VERSION, |path, scanned| indexer.visit(path, scanned))?;
-        (replayed, indexer.install()?)
+        let holders = indexer.take_holders();
+        (replayed, indexer.install()?, holders)
     };
     for (seq, file) in replayed.segments {
         shared.segments.insert(seq, file);
+    }
+    for (seq, incarnations) in holders {
+        shared.segments.note_holders(seq, incarnations);
     }
     shared.segments.set_current(replayed.writer.seq);
     shared.segments.account(live, true);

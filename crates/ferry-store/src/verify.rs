@@ -16,7 +16,9 @@
 //!   and stray `.pack.tmp` files are faults);
 //! - every WAL segment decodes (a torn tail of the last segment is a
 //!   warning: the next start cuts it; anything else is a fault naming the
-//!   segment and offset);
+//!   segment and offset); a `scrub:` key is an interrupted erasure of a
+//!   deleted ledger's records (a warning), and the segments it names are
+//!   checked as the next start leaves them once it has finished it;
 //! - each ledger's ids are dense from its `first` up, across its packs and
 //!   then its live WAL records (as recovery sees them: relocated copies
 //!   replace originals; records of unlisted ledgers, of a name's earlier
@@ -56,6 +58,7 @@ use crate::error::{IoContext as _, Result, StoreError};
 use crate::pack_protocols::{self, ChunkState, PackInfo, PackLayout};
 use crate::recovery::{HotFault, HotRecords};
 use crate::roots::{Roots, lock_roots};
+use crate::wal::scrub::{self, ScrubIntent};
 use crate::wal::segment_name;
 use ferry_fs::{RealFs, durable};
 
@@ -249,7 +252,7 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
     check_key_lists(&mut report, &catalog_file, &keys);
     check_ledger_files(&mut report, roots, &layout, &keys.chunks)?;
     check_frozen_ids(&mut report, &layout, &mut keys.ledgers);
-    check_wal(&mut report, &roots.hot, pinned.format_version, &mut keys.ledgers)?;
+    check_wal(&mut report, &roots.hot, pinned.format_version, &keys.scrubs, &mut keys.ledgers)?;
     check_hot_ids(&mut report, &roots.hot, &mut keys.ledgers);
     check_cursors(&mut report, &catalog_file, &keys);
     Ok(report)
@@ -285,6 +288,8 @@ struct Keys {
     last_incarnation: Option<u64>,
     /// `keys:` values: (ledger, chunk) → the raw fingerprint list.
     key_lists: BTreeMap<(LedgerName, u64), Vec<u8>>,
+    /// `scrub:` values: deletions whose records a crash left half erased.
+    scrubs: BTreeMap<LedgerName, ScrubIntent>,
 }
 
 /// Parses every key and decodes every value; what does not parse or decode
@@ -330,6 +335,17 @@ fn read_keys(report: &mut Report, catalog_file: &Path, dump: &CatalogDump) -> Ke
             CatalogKey::Cursor(exporter, ledger) => match serde_json::from_slice::<CursorValue>(value) {
                 Ok(cursor) => keys.cursors.push((exporter.clone(), ledger.clone(), cursor)),
                 Err(e) => report.fault(catalog_file, None, format!("{key}: bad cursor value: {e}")),
+            },
+            CatalogKey::Scrub(ledger) => match ScrubIntent::decode(&key, value) {
+                Ok(intent) => {
+                    let msg = format!(
+                        "{key}: the deletion of ledger {ledger} stopped while its records were being scrubbed from \
+                         the WAL; the next start finishes it"
+                    );
+                    report.warn(catalog_file, None, msg);
+                    keys.scrubs.insert(ledger.clone(), intent);
+                }
+                Err(e) => report.fault(catalog_file, None, e.to_string()),
             },
             CatalogKey::Pin(_) => {}
         }
@@ -658,24 +674,35 @@ fn check_ledger_files(
 }
 
 /// Decodes every segment, and collects each ledger's live hot records the
-/// way `recovery::WalIndexer::visit` does.
+/// way `recovery::WalIndexer::visit` does. A segment an interrupted scrub
+/// names is checked as the next start leaves it, once it has finished the
+/// scrub (in memory: nothing is written).
 fn check_wal(
     report: &mut Report,
     hot: &Path,
     format_version: u32,
+    scrubs: &BTreeMap<LedgerName, ScrubIntent>,
     ledgers: &mut BTreeMap<LedgerName, LedgerCheck>,
 ) -> Result<()> {
     let segments = list_segments(report, hot)?;
     let last = segments.last().map(|(seq, _)| *seq);
     for (seq, path) in segments {
         let is_last = Some(seq) == last;
-        let bytes = match std::fs::read(&path) {
+        let mut bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => {
                 report.fault(&path, None, format!("cannot read the segment: {e}"));
                 continue;
             }
         };
+        for (ledger, intent) in scrubs {
+            let Some(seq) = u32::try_from(seq).ok().filter(|s| intent.segments.contains(s)) else { continue };
+            let end = intent.end_in(seq).unwrap_or(bytes.len() as u64);
+            if let Err(damage) = scrub::scrub_bytes(&mut bytes, ledger.as_str(), end) {
+                let msg = format!("the next start cannot finish scrubbing ledger {ledger}: {}", damage.reason);
+                report.fault(&path, Some(damage.offset), msg);
+            }
+        }
         report.segments += 1;
         let mut records = match SegmentRecords::new(&bytes) {
             Err(_) if is_last && segment::is_torn_header(&bytes, format_version) => {

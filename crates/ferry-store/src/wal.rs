@@ -7,7 +7,9 @@
 //! the flusher. **Architecture Invariant:** only the last segment can end in
 //! a torn write (each group commit is one write followed by one fdatasync,
 //! and a failed one poisons the store), so a bad record in any older segment,
-//! or one followed by valid records, is corruption and stops recovery.
+//! or one followed by valid records, is corruption and stops recovery. The
+//! one write over synced bytes is a deleted ledger's scrub (`scrub`), which
+//! recovery finishes before it scans.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, encode_segment_header};
 
 use ferry_fs::durable;
 use ferry_fs::vfs::VfsSegment;
+use nohash_hasher::IntSet;
 
 use crate::disk::Disk;
 use crate::error::{IoContext as _, Result, StoreError};
@@ -54,6 +57,9 @@ struct Segment {
     live_bytes: u64,
     /// A relocation of its live records was asked for and not yet done.
     relocating: bool,
+    /// The incarnations of the ledgers with a record in it, live or not:
+    /// the segments a deletion must scrub (`scrub`).
+    holders: IntSet<u64>,
 }
 
 /// A segment read that found the segment already released: the records
@@ -74,7 +80,7 @@ impl Segments {
     }
 
     pub fn insert(&self, segment: u32, file: Arc<dyn VfsSegment>) {
-        let seg = Segment { file, live_records: 0, live_bytes: 0, relocating: false };
+        let seg = Segment { file, live_records: 0, live_bytes: 0, relocating: false, holders: IntSet::default() };
         self.files.write().expect("segments lock").insert(segment, seg);
     }
 
@@ -116,6 +122,20 @@ impl Segments {
                 }
             }
         }
+    }
+
+    /// Notes that ledgers (by incarnation) wrote records into `segment`.
+    pub fn note_holders(&self, segment: u32, incarnations: impl IntoIterator<Item = u64>) {
+        if let Some(s) = self.files.write().expect("segments lock").get_mut(&segment) {
+            s.holders.extend(incarnations);
+        }
+    }
+
+    /// The segments still there that hold a record of the ledger
+    /// `incarnation`, live or not.
+    pub fn holding(&self, incarnation: u64) -> Vec<u32> {
+        let files = self.files.read().expect("segments lock");
+        files.iter().filter(|(_, s)| s.holders.contains(&incarnation)).map(|(n, _)| *n).collect()
     }
 
     /// Takes every sealed segment with nothing live out of the set; the
@@ -362,5 +382,6 @@ fn scan_segment(
     }
 }
 
+pub(crate) mod scrub;
 #[cfg(test)]
 mod sim_tests;

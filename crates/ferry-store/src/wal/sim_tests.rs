@@ -19,17 +19,17 @@ const FORMAT: u32 = ferry_core::limits::FORMAT_VERSION;
 /// Small segments, so the workload rolls several times.
 const SEGMENT_BYTES: u64 = 400;
 
-fn hot() -> &'static Path {
+pub(in crate::wal) fn hot() -> &'static Path {
     Path::new("/data/hot")
 }
 
-fn disk_on(fs: &SimFs) -> Disk {
+pub(in crate::wal) fn disk_on(fs: &SimFs) -> Disk {
     Disk::new(Arc::new(fs.clone()), Arc::new(Health::default()))
 }
 
 /// What a `Faulty` segment gets wrong, once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
+pub(in crate::wal) enum Fault {
     /// The next write lands half and fails with ENOSPC.
     ShortWrite,
     /// The next sync fails with EIO; later ones work.
@@ -38,14 +38,14 @@ enum Fault {
 
 /// A segment file that fails once in the chosen way, then behaves.
 #[derive(Debug)]
-struct Faulty {
+pub(in crate::wal) struct Faulty {
     inner: Arc<dyn VfsSegment>,
     fault: Fault,
     armed: std::sync::atomic::AtomicBool,
 }
 
 impl Faulty {
-    fn wrap(inner: Arc<dyn VfsSegment>, fault: Fault) -> Arc<dyn VfsSegment> {
+    pub(in crate::wal) fn wrap(inner: Arc<dyn VfsSegment>, fault: Fault) -> Arc<dyn VfsSegment> {
         Arc::new(Self { inner, fault, armed: true.into() })
     }
 

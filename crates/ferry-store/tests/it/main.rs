@@ -21,6 +21,7 @@ mod packs;
 mod poison;
 mod protocol_sim;
 mod quota;
+mod scrub;
 mod support;
 mod torn_tail;
 mod validation;

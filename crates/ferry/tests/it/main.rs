@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod cli;
 mod crash;
+mod deleted_data;
 mod descriptors;
 mod edge;
 mod export_crash;
