@@ -373,3 +373,110 @@ fn unload_idle(slots: &HashMap<u64, Arc<Slot>>, now: u64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_store::StoreConfig;
+
+    async fn open(dir: &std::path::Path) -> (Store, Sessions, tokio::sync::watch::Sender<bool>) {
+        let store = tokio::task::spawn_blocking({
+            let dir = dir.to_owned();
+            move || Store::open(StoreConfig::new(dir)).unwrap()
+        })
+        .await
+        .unwrap();
+        let (closing_tx, closing) = tokio::sync::watch::channel(false);
+        let sessions = Sessions::load(store.clone(), closing).await.unwrap();
+        (store, sessions, closing_tx)
+    }
+
+    fn ln(s: &str) -> LedgerName {
+        LedgerName::parse(s).unwrap()
+    }
+
+    /// Sends `n` entries of `ledger` from the session and ends its stream
+    /// `idle_ms` ago.
+    fn send_and_leave(slot: &Slot, owner: u64, ledger: &LedgerName, n: u64, idle_ms: u64) -> Token {
+        slot.release(owner);
+        let SlotState::Loaded(s) = &mut *slot.lock() else { panic!("loaded") };
+        let mut token = s.token();
+        for id in 1..=n {
+            token = s.send_entry(ledger, 1, id);
+        }
+        s.active_at = now_ms() - idle_ms;
+        token
+    }
+
+    async fn session_keys(store: &Store) -> (usize, usize) {
+        let headers = store.watch_sessions().await.unwrap();
+        let mut positions = 0;
+        for (id, _) in &headers {
+            positions += store.watch_positions(*id).await.unwrap().len();
+        }
+        (headers.len(), positions)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_session_idle_for_a_day_is_forgotten_with_its_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, sessions, _closing) = open(dir.path()).await;
+        let (slot, owner) = sessions.create("w.".into(), None).await.unwrap();
+        let (kept, kept_owner) = sessions.create("w.".into(), None).await.unwrap();
+        send_and_leave(&slot, owner, &ln("w.a"), 3, 0);
+        flush(&sessions.inner, false).await;
+        assert_eq!(session_keys(&store).await, (2, 1));
+        send_and_leave(&slot, owner, &ln("w.b"), 0, WATCH_SESSION_IDLE_MS + 1);
+        flush(&sessions.inner, false).await;
+        assert_eq!(session_keys(&store).await, (1, 0), "the idle one is gone, positions and all");
+        assert!(!sessions.inner.slots().contains_key(&slot.id));
+        let token = Token { session: slot.id, epoch: 0, seq: 3 };
+        let Err(e) = sessions.resume(token, "w.").await else { panic!("resumed a forgotten session") };
+        assert_eq!((e.status, e.code), (StatusCode::GONE, "token_expired"));
+        kept.release(kept_owner);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_session_idle_for_a_minute_leaves_memory_and_resumes_from_the_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, sessions, _closing) = open(dir.path()).await;
+        let (slot, owner) = sessions.create("w.".into(), None).await.unwrap();
+        let token = send_and_leave(&slot, owner, &ln("w.a"), 5, WATCH_IDLE_IN_MEMORY_MS + 1);
+        flush(&sessions.inner, false).await; // writes it complete
+        flush(&sessions.inner, false).await; // then it leaves memory
+        assert!(matches!(&*slot.lock(), SlotState::Stored(h) if h.at == 5 && h.complete));
+        let past = Token { seq: 6, ..token };
+        let Err(e) = sessions.resume(past, "w.").await else { panic!("resumed past the last event") };
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_resume_token"));
+        let (again, _) = sessions.resume(token, "w.").await.unwrap();
+        let SlotState::Loaded(s) = &*again.lock() else { panic!("loaded again") };
+        assert_eq!(s.position(&ln("w.a")), Some(ferry_store::WatchPosition { incarnation: 1, next: 6 }));
+        assert_eq!(s.token(), Token { session: slot.id, epoch: 1, seq: 5 });
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_new_session_evicts_the_one_idle_longest_once_the_cap_is_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, sessions, _closing) = open(dir.path()).await;
+        let (first, owner) = sessions.create("w.".into(), None).await.unwrap();
+        send_and_leave(&first, owner, &ln("w.a"), 1, 0);
+        let header = match &*first.lock() {
+            SlotState::Loaded(s) => s.written_record(),
+            SlotState::Stored(_) => unreachable!(),
+        };
+        {
+            // Stand-ins for sessions kept from before, idle for an hour.
+            let mut slots = sessions.inner.slots();
+            for id in 1..WATCH_SESSIONS_MAX as u64 {
+                let record = WatchSessionRecord { active_at: now_ms() - 3_600_000 + id, ..header.clone() };
+                slots.insert(id, Slot::new(id, SlotState::Stored(record)));
+            }
+            assert_eq!(slots.len(), WATCH_SESSIONS_MAX);
+        }
+        let (new, _) = sessions.create("w.".into(), None).await.unwrap();
+        let slots = sessions.inner.slots();
+        assert_eq!(slots.len(), WATCH_SESSIONS_MAX);
+        assert!(!slots.contains_key(&1), "the one idle longest made room");
+        assert!(slots.contains_key(&new.id) && slots.contains_key(&first.id));
+    }
+}
