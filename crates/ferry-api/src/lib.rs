@@ -20,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use ferry_core::limits::{BODY_BYTES_MAX_DEFAULT, BUFFERED_BODY_BYTES_MAX_DEFAULT, WATCHERS_MAX_DEFAULT};
-use ferry_store::Store;
+use ferry_store::{Store, StoreError};
 
 pub use error::ApiError;
 pub use server::{ConnectionLimits, serve};
@@ -67,13 +67,47 @@ pub(crate) struct AppState {
     pub store: Store,
     pub config: Arc<ApiConfig>,
     pub watchers: watch::Watchers,
+    pub sessions: watch::Sessions,
     pub body_budget: body_budget::BodyBudget,
 }
 
+/// ferry's API over a store: its routes, and the watch sessions they keep.
+pub struct Api {
+    router: Router,
+    sessions: watch::Sessions,
+}
+
+impl Api {
+    /// Loads the watch sessions kept in the catalog (see `watch/`) and
+    /// builds the routes. Call it before the server takes appends: it keeps
+    /// new timestamps above the kept sessions' starts.
+    pub async fn open(store: Store, config: ApiConfig) -> Result<Self, StoreError> {
+        let sessions = watch::Sessions::load(store.clone(), config.closing.clone()).await?;
+        let body_budget = body_budget::BodyBudget::new(config.max_buffered_body_bytes);
+        let state = AppState {
+            store,
+            config: Arc::new(config),
+            watchers: watch::Watchers::default(),
+            sessions: sessions.clone(),
+            body_budget,
+        };
+        Ok(Self { router: router(state), sessions })
+    }
+
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Writes every watch session's last position, so that every token
+    /// sent resumes after a restart: call it once `serve` returned (the
+    /// streams have ended) and before the store shuts down.
+    pub async fn close(&self) {
+        self.sessions.close().await;
+    }
+}
+
 /// The whole API as one router.
-pub fn router(store: Store, config: ApiConfig) -> Router {
-    let body_budget = body_budget::BodyBudget::new(config.max_buffered_body_bytes);
-    let state = AppState { store, config: Arc::new(config), watchers: watch::Watchers::default(), body_budget };
+fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/ledgers", get(ledgers::list))
         .route("/ledgers/{ledger}", get(ledgers::get_one).put(ledgers::create).delete(ledgers::delete))

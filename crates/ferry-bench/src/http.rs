@@ -172,7 +172,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind 127.0.0.1:0")?;
         let base = Url::parse(&format!("http://{}/", listener.local_addr()?))?;
         let config = ApiConfig { metrics: ferry_api::metrics::install(), ..ApiConfig::default() };
-        let router = ferry_api::router(store.clone(), config);
+        let router = ferry_api::Api::open(store.clone(), config).await?.router();
         let (stop, stopped) = oneshot::channel::<()>();
         let task =
             tokio::spawn(ferry_api::serve(listener, router, ferry_api::ConnectionLimits::default(), None, async {

@@ -41,8 +41,9 @@ pub const CHUNK_ENTRIES_MAX: u64 = 1 << 24;
 /// see `docs/format.md`, "Format versions"). 2: `ledger:` values carry a
 /// durable `incarnation`, handed out by `counter:incarnation`. 3: frozen
 /// chunks' idempotency-key fingerprints in `keys:` under
-/// `config:fingerprint_key`.
-pub const FORMAT_VERSION: u32 = 3;
+/// `config:fingerprint_key`. 4: durable watch sessions (`watch:` and
+/// `watchpos:` keys), so a bounded resume token survives a restart.
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format version this build opens (migrating it at start).
 pub const FORMAT_VERSION_OLDEST: u32 = 1;
 const _: () = assert!(FORMAT_VERSION_OLDEST >= 1 && FORMAT_VERSION_OLDEST <= FORMAT_VERSION);
@@ -56,6 +57,38 @@ pub const GROUP_WRITE_BYTES_MAX: usize = GROUP_COMMIT_BYTES_MAX + APPEND_BYTES_M
 pub const APPEND_QUEUE_DEPTH: usize = 8_192;
 /// Default for `[server] max_watchers`.
 pub const WATCHERS_MAX_DEFAULT: usize = 1_024;
+/// Watch sessions kept (streaming or idle, in memory and in the catalog):
+/// past this, a new watch evicts the session idle the longest. Each costs a
+/// catalog header plus one position per ledger it delivered entries of.
+pub const WATCH_SESSIONS_MAX: usize = 4_096;
+/// An idle watch session (no stream) is forgotten this long after its
+/// last stream ended; its token then answers 410 `token_expired`.
+pub const WATCH_SESSION_IDLE_MS: u64 = 24 * 60 * 60 * 1000;
+/// Watch positions are written to the catalog at most this often, in one
+/// commit for every session that moved.
+pub const WATCH_FLUSH_INTERVAL_MS: u64 = 1_000;
+/// Runs of consecutive events of one ledger a session remembers, so that
+/// a reconnect with any of the tokens sent within them resumes exactly;
+/// about 80 bytes each.
+pub const WATCH_JOURNAL_RUNS_MAX: usize = 4_096;
+/// Resume points (reconnects) a session remembers, so that a token from an
+/// abandoned branch is told from a current one.
+pub const WATCH_BRANCHES_MAX: usize = 16;
+/// Idle sessions kept in memory, where their journal lets a reconnect
+/// resume exactly from any recent token; beyond this many, or after
+/// `WATCH_IDLE_IN_MEMORY_MS`, an idle session lives on in the catalog only
+/// (resumable from the last event it sent).
+pub const WATCH_IDLE_SESSIONS_IN_MEMORY: usize = 256;
+/// How long an idle session stays in memory at most.
+pub const WATCH_IDLE_IN_MEMORY_MS: u64 = 60_000;
+/// Expired sessions one flush forgets at most (each takes its positions,
+/// up to one per ledger, with it).
+pub const WATCH_FORGETS_PER_FLUSH: usize = 8;
+/// Positions the periodic flush writes in one catalog commit at most (a
+/// session is always written whole; others wait for the next flush).
+pub const WATCH_FLUSH_POSITIONS_MAX: usize = 100_000;
+/// A resume token (`{session:016x}.{epoch}.{seq}`) is at most this long.
+pub const WATCH_TOKEN_BYTES_MAX: usize = 16 + 1 + 20 + 1 + 20;
 /// Default for `[server] max_pins`.
 pub const PINS_MAX_DEFAULT: usize = 4;
 
@@ -112,6 +145,9 @@ const _: () = assert!(ENTRY_BYTES_MAX_LIMIT <= BODY_BYTES_MAX_LIMIT);
 const _: () = assert!(BODY_BYTES_MAX_LIMIT as usize <= APPEND_BYTES_MAX);
 const _: () = assert!(CHUNK_ENTRIES_MIN <= CHUNK_ENTRIES_DEFAULT && CHUNK_ENTRIES_DEFAULT <= CHUNK_ENTRIES_MAX);
 const _: () = assert!(READ_LIMIT_DEFAULT <= READ_LIMIT_MAX);
+// SPEC §4: a watch event's `id:` is bounded whatever the number of ledgers.
+const _: () = assert!(WATCH_TOKEN_BYTES_MAX <= 512);
+const _: () = assert!(WATCH_IDLE_SESSIONS_IN_MEMORY <= WATCH_SESSIONS_MAX);
 // A WAL record's ledger length is a u8 and its key lengths are u16.
 const _: () = assert!(LEDGER_NAME_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(ENTRY_KEY_BYTES_MAX <= u16::MAX as usize);

@@ -13,6 +13,8 @@ pub const CHUNK_DIGITS: usize = 8;
 /// The largest chunk number a key (and a pack file name) can carry.
 pub const CHUNK_MAX: u64 = 99_999_999;
 const PIN_DIGITS: usize = 20;
+/// Watch session ids are written as this many lower-case hex digits.
+pub const WATCH_SESSION_DIGITS: usize = 16;
 
 /// A pinned layout value, written once at first start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +77,11 @@ pub enum CatalogKey {
     Config(ConfigName),
     /// `counter:{name}`: the last value a durable counter handed out.
     Counter(CounterName),
+    /// `watch:{session:016x}`: a watch session's header (format 4).
+    WatchSession(u64),
+    /// `watchpos:{session:016x}:{ledger}`: where a watch session stands in
+    /// one ledger (format 4).
+    WatchPosition(u64, LedgerName),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,10 +100,17 @@ impl CatalogKey {
     pub const COUNTER_PREFIX: &'static str = "counter:";
     pub const KEYS_PREFIX: &'static str = "keys:";
     pub const SCRUB_PREFIX: &'static str = "scrub:";
+    pub const WATCH_SESSION_PREFIX: &'static str = "watch:";
+    pub const WATCH_POSITION_PREFIX: &'static str = "watchpos:";
 
     /// The prefix of every `chunk:` key of one ledger.
     pub fn chunk_prefix(ledger: &LedgerName) -> String {
         format!("chunk:{ledger}:")
+    }
+
+    /// The prefix of every `watchpos:` key of one session.
+    pub fn watch_position_prefix(session: u64) -> String {
+        format!("watchpos:{session:016x}:")
     }
 
     pub fn encode(&self) -> String {
@@ -120,6 +134,11 @@ impl CatalogKey {
             }
             ("scrub", [l]) => Ok(Self::Scrub(name(l)?)),
             ("cursor", [e, l]) => Ok(Self::Cursor(name(e)?, name(l)?)),
+            ("watch", [id]) => Ok(Self::WatchSession(fixed_hex(id).ok_or_else(|| fail("bad session id"))?)),
+            ("watchpos", [id, l]) => {
+                let session = fixed_hex(id).ok_or_else(|| fail("bad session id"))?;
+                Ok(Self::WatchPosition(session, name(l)?))
+            }
             ("pin", [p]) => Ok(Self::Pin(fixed_number(p, PIN_DIGITS).ok_or_else(|| fail("bad pin id"))?)),
             ("config", [c]) => ConfigName::ALL
                 .into_iter()
@@ -134,6 +153,12 @@ impl CatalogKey {
             _ => Err(fail("unknown kind or wrong number of parts")),
         }
     }
+}
+
+/// Parses exactly `WATCH_SESSION_DIGITS` lower-case hex digits.
+fn fixed_hex(s: &str) -> Option<u64> {
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    (s.len() == WATCH_SESSION_DIGITS && s.bytes().all(lower_hex)).then(|| u64::from_str_radix(s, 16).ok())?
 }
 
 /// Parses exactly `digits` ASCII digits.
@@ -158,6 +183,8 @@ impl fmt::Display for CatalogKey {
             Self::Pin(p) => write!(f, "pin:{p:020}"),
             Self::Config(c) => write!(f, "config:{}", c.as_str()),
             Self::Counter(c) => write!(f, "counter:{}", c.as_str()),
+            Self::WatchSession(id) => write!(f, "watch:{id:016x}"),
+            Self::WatchPosition(id, l) => write!(f, "watchpos:{id:016x}:{l}"),
         }
     }
 }
@@ -181,7 +208,12 @@ mod tests {
         assert_eq!(CatalogKey::Pin(9).encode(), "pin:00000000000000000009");
         assert_eq!(CatalogKey::Config(ConfigName::ChunkEntries).encode(), "config:chunk_entries");
         assert_eq!(CatalogKey::Counter(CounterName::Incarnation).encode(), "counter:incarnation");
+        assert_eq!(CatalogKey::WatchSession(0xab).encode(), "watch:00000000000000ab");
+        assert_eq!(CatalogKey::WatchPosition(0xab, ln("audit")).encode(), "watchpos:00000000000000ab:audit");
         assert!(CatalogKey::Chunk(ln("a"), 1).encode().starts_with(&CatalogKey::chunk_prefix(&ln("a"))));
+        let position = CatalogKey::WatchPosition(7, ln("a")).encode();
+        assert!(position.starts_with(&CatalogKey::watch_position_prefix(7)));
+        assert!(!position.starts_with(CatalogKey::WATCH_SESSION_PREFIX), "headers scan without positions");
     }
 
     #[test]
@@ -205,6 +237,11 @@ mod tests {
             "nope:a",
             "cursor:a",
             "ledger:..",
+            "watch:ab",
+            "watch:00000000000000AB",
+            "watch:00000000000000ab:audit",
+            "watchpos:00000000000000ab",
+            "watchpos:0000000000000xab:audit",
         ] {
             assert!(CatalogKey::parse(bad).is_err(), "{bad:?}");
         }
@@ -224,6 +261,8 @@ mod tests {
             any::<u64>().prop_map(CatalogKey::Pin),
             proptest::sample::select(ConfigName::ALL.to_vec()).prop_map(CatalogKey::Config),
             proptest::sample::select(CounterName::ALL.to_vec()).prop_map(CatalogKey::Counter),
+            any::<u64>().prop_map(CatalogKey::WatchSession),
+            (any::<u64>(), any_name()).prop_map(|(s, l)| CatalogKey::WatchPosition(s, l)),
         ]
     }
 

@@ -139,7 +139,8 @@ impl Flusher {
             return;
         }
         buf.clear();
-        let now = now_ms();
+        // Never below a watch's cut: see `Shared::ts_floor`.
+        let now = now_ms().max(self.shared.ts_floor.load(std::sync::atomic::Ordering::SeqCst));
         self.sweep_keys(now);
         let (planned, fresh_keys) = self.plan(group, now, buf);
         let started = std::time::Instant::now();

@@ -27,12 +27,15 @@ pub mod sim;
 mod store;
 pub mod verify;
 mod wal;
+mod watch_sessions;
 
 pub use ferry_fs::{RealFs, durable, vfs};
 
 pub use catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
 pub use config::{LedgerRetention, RetentionHold, RetentionPolicy, StoreConfig};
 pub use error::{Result, StoreError};
+pub use ferry_format::keys::WATCH_SESSION_DIGITS;
 pub use messages::AppendOutcome;
 pub use roots::{LockedRoots, Roots, lock_roots};
 pub use store::{CursorUpdate, ExportCursor, LedgerHead, LedgerInfo, ReadBatch, Store};
+pub use watch_sessions::{WatchCut, WatchFrom, WatchPosition, WatchPositionRecord, WatchSessionRecord, WatchWrite};

@@ -46,6 +46,10 @@ pub(crate) struct Shared {
     pub holds: RwLock<Vec<Arc<dyn RetentionHold>>>,
     /// The durable end of the WAL as `segment << 32 | offset`.
     pub durable_end: AtomicU64,
+    /// No new entry is stamped below this (unix ms): raised by the cut at
+    /// the start of a watch (`watch_sessions.rs`), so that entries after
+    /// the cut stay after it even if the clock steps back.
+    pub ts_floor: AtomicU64,
     /// Set by shutdown: background work stops between steps (a freeze in
     /// progress finishes; the rest waits for the next start).
     pub stopping: std::sync::atomic::AtomicBool,

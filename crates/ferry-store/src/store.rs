@@ -62,6 +62,8 @@ pub struct LedgerHead {
     pub first: EntryId,
     /// `first - 1` for a ledger with no entries.
     pub head: EntryId,
+    /// The head entry's timestamp (0 when the ledger has no entries).
+    pub last_ts: u64,
 }
 
 /// An exporter's cursor as the catalog holds it.
@@ -444,9 +446,25 @@ impl Store {
         Ok(())
     }
 
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    pub(crate) fn flusher(&self) -> &mpsc::Sender<FlusherMsg> {
+        &self.inner.tx
+    }
+
+    /// The last incarnation handed out (0 before the first ledger).
+    pub(crate) fn last_incarnation(&self) -> u64 {
+        *self.inner.last_incarnation.lock().expect("create lock")
+    }
+
     /// Runs blocking store work on tokio's blocking pool: the one place the
     /// async API leaves the runtime's threads.
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(Store) -> Result<T> + Send + 'static) -> Result<T> {
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || f(store)).await.map_err(|_| StoreError::ShuttingDown)?
     }
@@ -479,6 +497,7 @@ fn head_of(state: &LedgerState) -> LedgerHead {
         created_at: state.meta.created_at,
         first: index.first,
         head: index.head(),
+        last_ts: index.last_ts,
     }
 }
 
@@ -551,6 +570,7 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
         max_ledger_bytes: config.max_ledger_bytes,
         holds: RwLock::new(config.holds.clone()),
         durable_end: Default::default(),
+        ts_floor: Default::default(),
         stopping: Default::default(),
         appends: Bus::default(),
         events: Bus::default(),

@@ -26,7 +26,8 @@
 //!   timestamps never decreasing;
 //! - every `cursor:` value decodes, names a listed ledger, is at most its
 //!   head, and a `sent_to` in it (format 3) is after the cursor and at most
-//!   the head.
+//!   the head;
+//! - every `watch:` and `watchpos:` value decodes (format 4).
 //!
 //! **Architecture Invariant:** nothing here writes to the data directory.
 //! The catalog is opened read-only; a catalog that needs redb's crash
@@ -60,6 +61,7 @@ use crate::recovery::{HotFault, HotRecords};
 use crate::roots::{Roots, lock_roots};
 use crate::wal::scrub::{self, ScrubIntent};
 use crate::wal::segment_name;
+use crate::watch_sessions::{WatchPositionRecord, WatchSessionRecord};
 use ferry_fs::{RealFs, durable};
 
 /// How bad a finding is.
@@ -348,6 +350,16 @@ fn read_keys(report: &mut Report, catalog_file: &Path, dump: &CatalogDump) -> Ke
                 Err(e) => report.fault(catalog_file, None, e.to_string()),
             },
             CatalogKey::Pin(_) => {}
+            CatalogKey::WatchSession(_) => {
+                if let Err(e) = WatchSessionRecord::decode(&key, value) {
+                    report.fault(catalog_file, None, format!("bad watch session: {e}"));
+                }
+            }
+            CatalogKey::WatchPosition(..) => {
+                if let Err(e) = WatchPositionRecord::decode(&key, value) {
+                    report.fault(catalog_file, None, format!("bad watch position: {e}"));
+                }
+            }
         }
     }
     report.ledgers = keys.ledgers.len() as u64;

@@ -62,14 +62,16 @@ pub async fn run(
 
     let exporters = Exporters::start(store.clone(), table, built).await.context("start the exporters")?;
     settings.api.exporters = Some(exporters.clone());
-    let router = ferry_api::router(store.clone(), settings.api);
+    let api = ferry_api::Api::open(store.clone(), settings.api).await.context("load the watch sessions")?;
     let shutdown = async move {
         shutdown_signal().await;
         // End the open SSE streams so the graceful shutdown can finish.
         let _ = closing_tx.send(true);
     };
-    let served = ferry_api::serve(listener, router, limits, tls, shutdown);
+    let served = ferry_api::serve(listener, api.router(), limits, tls, shutdown);
     served.await.context("serve HTTP")?;
+    tracing::info!("shutting down: writing watch positions");
+    api.close().await;
     tracing::info!("shutting down: finishing in-flight exports");
     exporters.shutdown(settings.shutdown_timeout).await;
     tracing::info!("shutting down: draining appends");

@@ -2,7 +2,14 @@
 //! entries as JSON lines. It keeps the last resume token and reconnects
 //! with `Last-Event-ID` after a dropped connection, a `lagged` close or a
 //! server restart, so the output has no gap and no duplicate.
+//!
+//! A token the server lost in a crash answers 410 `token_expired` naming an
+//! earlier position (`resume_from`); tail resumes there and skips what it
+//! already printed: per ledger, every id up to the last one printed, until
+//! the ledger's deletion is announced (the name's next incarnation starts
+//! at id 1).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,10 +31,11 @@ pub async fn tail(client: &Client, prefix: &str, from: Option<&str>) -> anyhow::
         return Err(UsageError(format!("--from {f:?} must be LEDGER:ID")).into());
     }
     let mut token: Option<String> = None;
+    let mut printed = Printed::default();
     let mut wait = RETRY_MIN;
     let mut out = std::io::stdout().lock();
     loop {
-        match follow(client, prefix, from, &mut token, &mut out).await {
+        match follow(client, prefix, from, &mut token, &mut printed, &mut out).await {
             Ok(delivered) if delivered => wait = RETRY_MIN,
             Ok(_) => {}
             Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
@@ -50,6 +58,59 @@ impl std::fmt::Display for Fatal {
 
 impl std::error::Error for Fatal {}
 
+/// What tail printed, per ledger: a resume from an earlier position sends
+/// some of it again.
+#[derive(Default)]
+struct Printed {
+    ledgers: HashMap<String, Progress>,
+}
+
+#[derive(Default)]
+struct Progress {
+    /// The last id printed of the ledger's current incarnation.
+    last_id: u64,
+    /// The newest incarnation whose deletion was announced.
+    deleted: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct EntryPosition {
+    ledger: String,
+    id: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Deleted {
+    ledger: String,
+    incarnation: u64,
+}
+
+impl Printed {
+    /// True when the entry is new to the output (and notes it).
+    fn is_new(&mut self, e: &EntryPosition) -> bool {
+        let p = self.ledgers.entry(e.ledger.clone()).or_default();
+        let new = e.id > p.last_id;
+        p.last_id = p.last_id.max(e.id);
+        new
+    }
+
+    /// True when the deletion is new (the next incarnation starts over).
+    fn deleted(&mut self, d: &Deleted) -> bool {
+        let p = self.ledgers.entry(d.ledger.clone()).or_default();
+        let new = d.incarnation > p.deleted;
+        if new {
+            *p = Progress { last_id: 0, deleted: d.incarnation };
+        }
+        new
+    }
+}
+
+/// The earlier token a 410 `token_expired` answer offers, if any.
+fn resume_from(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    (v["error"]["code"] == "token_expired").then(|| v["error"]["resume_from"].as_str().map(str::to_owned))?
+}
+
 /// One connection: prints entries until the stream ends. Returns whether
 /// any entry was delivered.
 async fn follow(
@@ -57,6 +118,7 @@ async fn follow(
     prefix: &str,
     from: Option<&str>,
     token: &mut Option<String>,
+    printed: &mut Printed,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<bool> {
     let mut query = vec![("prefix", prefix.to_owned())];
@@ -71,6 +133,15 @@ async fn follow(
     let status = resp.status();
     if !status.is_success() {
         let body = resp.text().await.unwrap_or_default();
+        if status.as_u16() == 410
+            && let Some(earlier) = resume_from(&body)
+        {
+            eprintln!(
+                "ferry tail: the server lost the last position; resuming from an earlier one, skipping what was printed"
+            );
+            *token = Some(earlier);
+            return Ok(false);
+        }
         let msg = format!("{status}: {body}");
         return Err(if status.is_client_error() && status.as_u16() != 429 {
             Fatal(msg).into()
@@ -84,10 +155,23 @@ async fn follow(
         let event = event.context("read the event stream")?;
         match event.event.as_str() {
             "entry" => {
-                writeln!(out, "{}", event.data)?;
-                out.flush()?;
+                let entry: EntryPosition = serde_json::from_str(&event.data).context("an entry event's data")?;
+                if printed.is_new(&entry) {
+                    writeln!(out, "{}", event.data)?;
+                    out.flush()?;
+                }
                 *token = Some(event.id);
                 delivered = true;
+            }
+            "ledger.deleted" => {
+                let deleted: Deleted = serde_json::from_str(&event.data).context("a deletion event's data")?;
+                if printed.deleted(&deleted) {
+                    eprintln!(
+                        "ferry tail: ledger {} (incarnation {}) was deleted",
+                        deleted.ledger, deleted.incarnation
+                    );
+                }
+                *token = Some(event.id);
             }
             "lagged" => {
                 *token = Some(event.id);

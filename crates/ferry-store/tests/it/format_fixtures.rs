@@ -18,7 +18,9 @@ use ferry_core::{Entry, NewEntry, now_ms};
 use ferry_format::pack::decode_pack;
 use ferry_format::wal::{SEGMENT_HEADER_BYTES, decode_record, decode_segment_header};
 use ferry_store::verify::verify;
-use ferry_store::{CursorUpdate, Store, StoreConfig};
+use ferry_store::{
+    CursorUpdate, Store, StoreConfig, WatchPosition, WatchPositionRecord, WatchSessionRecord, WatchWrite,
+};
 
 use crate::support::*;
 
@@ -26,6 +28,34 @@ const CHUNK_ENTRIES: u64 = 4;
 /// The cursor of `audit` the generator commits from format 3 on:
 /// (exporter, id, sent_to).
 const FIXTURE_CURSOR: (&str, u64, u64) = ("ship", 2, 4);
+/// The watch session the generator commits from format 4 on: its id, and
+/// its position in `audit` (at flush 2, moved from id 5 to 7).
+const FIXTURE_WATCH_SESSION: u64 = 0x7f3a_9c2e_41d0_b8e5;
+
+fn fixture_watch_session() -> WatchSessionRecord {
+    WatchSessionRecord {
+        prefix: "a".into(),
+        cut_ts: 1_796_400_000_000,
+        start_incarnation: 0,
+        from: None,
+        created_at: 1_796_400_000_000,
+        active_at: 1_796_400_000_500,
+        epoch: 1,
+        branches: vec![(1, 2)],
+        flush: 2,
+        at: 6,
+        before: Some(4),
+        complete: true,
+    }
+}
+
+fn fixture_watch_position() -> WatchPositionRecord {
+    WatchPositionRecord {
+        at: Some(WatchPosition { incarnation: 1, next: 7 }),
+        flush: 2,
+        before: Some(WatchPosition { incarnation: 1, next: 5 }),
+    }
+}
 
 /// One committed fixture: the format version that wrote it and its entries.
 struct Fixture {
@@ -34,14 +64,16 @@ struct Fixture {
 }
 
 /// Every fixture, oldest first: format 1 (commit 903d965), format 2
-/// (durable incarnations) and format 3 (idempotency-key fingerprints in
-/// `keys:`, a cursor naming a batch in flight). Each was written by the
-/// same requests (`REQUESTS`) and differs only in what its version put on
-/// disk (format 3 also commits `FIXTURE_CURSOR`).
-const FIXTURES: [Fixture; 3] = [
+/// (durable incarnations), format 3 (idempotency-key fingerprints in
+/// `keys:`, a cursor naming a batch in flight) and format 4 (a watch
+/// session). Each was written by the same requests (`REQUESTS`) and differs
+/// only in what its version put on disk (format 3 on also commits
+/// `FIXTURE_CURSOR`, format 4 on a watch session).
+const FIXTURES: [Fixture; 4] = [
     Fixture { version: 1, rows: V1_ROWS },
     Fixture { version: 2, rows: V2_ROWS },
     Fixture { version: 3, rows: V3_ROWS },
+    Fixture { version: 4, rows: V4_ROWS },
 ];
 
 impl Fixture {
@@ -254,6 +286,68 @@ const V3_ROWS: &[Row] = &[
     Row { ledger: "audit", id: 6, ts: 1796395680833, key: None, idempotency_key: None, payload: r#"true"# },
 ];
 
+/// Every entry of the format-v4 fixture (the same requests, the same
+/// layout of pack and segment), written when format 4 was introduced.
+const V4_ROWS: &[Row] = &[
+    Row {
+        ledger: "audit",
+        id: 1,
+        ts: 1796403234360,
+        key: Some("user-7"),
+        idempotency_key: Some("req-1"),
+        payload: r#"{"user":"u-7","action":"login"}"#,
+    },
+    Row {
+        ledger: "payments.eu",
+        id: 1,
+        ts: 1796403234363,
+        key: Some("order-1"),
+        idempotency_key: Some("pay-1"),
+        payload: r#"{"amount":"12.30","currency":"EUR"}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 2,
+        ts: 1796403234364,
+        key: None,
+        idempotency_key: None,
+        payload: r#"{"n":1.50,"big":1e3}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 3,
+        ts: 1796403234364,
+        key: Some("k-3"),
+        idempotency_key: None,
+        payload: r#""quotes \" and ünïcode ✓""#,
+    },
+    Row {
+        ledger: "audit",
+        id: 4,
+        ts: 1796403234364,
+        key: None,
+        idempotency_key: Some("req-4"),
+        payload: r#"[1,2,{"deep":null}]"#,
+    },
+    Row {
+        ledger: "payments.eu",
+        id: 2,
+        ts: 1796403234367,
+        key: None,
+        idempotency_key: None,
+        payload: r#"{"refund":true}"#,
+    },
+    Row {
+        ledger: "audit",
+        id: 5,
+        ts: 1796403234371,
+        key: Some("user-8"),
+        idempotency_key: Some("req-5"),
+        payload: r#"{"action":"logout"}"#,
+    },
+    Row { ledger: "audit", id: 6, ts: 1796403234375, key: None, idempotency_key: None, payload: r#"true"# },
+];
+
 /// The appends the generator makes, in order: (ledger, entries of one
 /// request as (key, idempotency key, payload)). Chunk 0 of `audit` (ids
 /// 1..=4) fills during the fourth request; the rest stays hot.
@@ -314,6 +408,11 @@ async fn write_format_fixture() {
     let update =
         CursorUpdate::Set { exporter: ledger(exporter), ledger: audit, incarnation, id, sent_to: Some(sent_to) };
     store.commit_cursors(vec![update]).await.unwrap();
+    // Format 4: a watch session, its header and one position.
+    let id = FIXTURE_WATCH_SESSION;
+    let session = WatchWrite::Session(id, fixture_watch_session());
+    let position = WatchWrite::Position(id, ledger("audit"), fixture_watch_position());
+    store.commit_watch_sessions(vec![session, position]).await.unwrap();
     let rows: Vec<String> = written
         .into_iter()
         .map(|(ledger_name, id, (key, idempotency_key, payload))| {
@@ -599,5 +698,19 @@ async fn the_format_3_fixture_keeps_its_key_fingerprints_and_its_cursor_in_fligh
     let (exporter, id, sent_to) = FIXTURE_CURSOR;
     let found: Vec<_> = cursors.iter().map(|c| (c.exporter.as_str(), c.ledger.as_str(), c.id, c.sent_to)).collect();
     assert_eq!(found, [(exporter, "audit", id, Some(sent_to))]);
+    close(store).await;
+}
+
+/// What format 4 added, as the v4 fixture holds it: a watch session's
+/// header and its position in `audit`, read back by today's store.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_format_4_fixture_keeps_its_watch_session() {
+    let fixture = FIXTURES.iter().find(|f| f.version == 4).expect("a v4 fixture");
+    let dir = copy_of(&fixture.dir());
+    let store = open(dir.path());
+    let sessions = store.watch_sessions().await.unwrap();
+    assert_eq!(sessions, [(FIXTURE_WATCH_SESSION, fixture_watch_session())]);
+    let positions = store.watch_positions(FIXTURE_WATCH_SESSION).await.unwrap();
+    assert_eq!(positions, [(ledger("audit"), fixture_watch_position())]);
     close(store).await;
 }

@@ -281,3 +281,373 @@ async fn ferry_tail_resumes_across_a_dropped_connection_and_a_server_restart() {
     assert_eq!(by["t.c"], (1..=30).collect::<Vec<_>>());
     server.stop();
 }
+
+// ---- Issue #13 items 6 and 7: bounded resume tokens, incarnations. ----
+
+/// Every event (entries, deletion notices, `lagged`) until `entries` entry
+/// events arrived, or until nothing came for `quiet`.
+async fn events_until(stream: &mut (impl Stream<Item = Event> + Unpin), entries: usize, quiet: Duration) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut seen = 0;
+    while seen < entries {
+        match tokio::time::timeout(quiet, stream.next()).await {
+            Ok(Some(e)) => {
+                seen += usize::from(e.event == "entry");
+                out.push(e);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Events as comparable lines: `entry LEDGER ID` or `EVENT DATA`.
+fn summary(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e.event.as_str() {
+            "entry" => {
+                let v: serde_json::Value = serde_json::from_str(&e.data).expect("entry JSON");
+                format!("entry {} {}", v["ledger"].as_str().unwrap(), v["id"])
+            }
+            other => format!("{other} {}", e.data),
+        })
+        .collect()
+}
+
+fn entries_summary(ledger: &str, ids: std::ops::RangeInclusive<u64>) -> Vec<String> {
+    ids.map(|id| format!("entry {ledger} {id}")).collect()
+}
+
+/// The documented parts of a resume token: `{session}.{epoch}.{seq}`.
+fn token_parts(token: &str) -> (String, u64, u64) {
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a resume token is SESSION.EPOCH.SEQ: {token:?}");
+    (parts[0].to_owned(), parts[1].parse().expect("epoch"), parts[2].parse().expect("seq"))
+}
+
+/// Asks for a watch that must be refused; panics if a stream opens.
+async fn watch_refused(server: &Server, query: &str, token: &str) -> Resp {
+    let req = server.http.get(server.url(&format!("/v1/watch?{query}"))).header("last-event-id", token);
+    let resp = req.send().await.expect("send the watch request");
+    assert_ne!(resp.status(), 200, "a watch opened for the token {token:?}");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("read the error body");
+    Resp { status, content_type: String::new(), text, server_log: String::new() }
+}
+
+async fn delete_ledger(server: &Server, ledger: &str) {
+    let r = server.send(server.http.delete(server.url(&format!("/v1/ledgers/{ledger}")))).await;
+    assert_eq!(r.status, 204, "DELETE {ledger}: {}", r.text);
+}
+
+async fn incarnation(server: &Server, ledger: &str) -> u64 {
+    let r = server.get(&format!("/v1/ledgers/{ledger}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["incarnation"].as_u64().expect("incarnation")
+}
+
+/// Issue #13 item 6: with one append to each of N ledgers named with 61
+/// characters, the old token (every ledger's position in every event's
+/// `id:`) made the stream O(N²): 128 MB at N = 2,000. Each event's size
+/// must depend on its own entry only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_event_id_is_bounded_and_the_stream_grows_linearly_with_the_ledgers() {
+    const N: usize = 2_000;
+    let env = Env::new();
+    let server = env.serve().await;
+    let names: Vec<String> = (0..N).map(|i| format!("traffic-{i:05}-{}", "x".repeat(61 - 14))).collect();
+    assert!(names.iter().all(|n| n.len() == 61));
+    let resp = server.http.get(server.url("/v1/watch?prefix=traffic-")).send().await.expect("open the watch");
+    assert_eq!(resp.status(), 200);
+    let wire_bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = wire_bytes.clone();
+    let counted = resp.bytes_stream().inspect(move |chunk| {
+        if let Ok(c) = chunk {
+            counter.fetch_add(c.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let mut w = Box::pin(counted.eventsource().map(|e| e.expect("a well-formed event")));
+
+    let mut handles = Vec::new();
+    for t in 0..16 {
+        let (http, base) = (server.http.clone(), server.base.clone());
+        let mine: Vec<String> = names.iter().skip(t).step_by(16).cloned().collect();
+        handles.push(tokio::spawn(async move {
+            for l in mine {
+                let r = http.post(format!("{base}/v1/ledgers/{l}/entries")).body(r#"{"payload":1}"#).send().await;
+                assert_eq!(r.expect("append").status(), 201);
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("append task");
+    }
+    let (mut ids, mut data_bytes, mut longest) = (0, 0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ids < N {
+        let e = tokio::time::timeout_at(deadline, w.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {ids} of {N} entries arrived"))
+            .expect("stream ended early");
+        let total = wire_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(e.event, "entry", "after {ids} entries ({total} SSE bytes so far, longest id {longest} bytes)");
+        longest = longest.max(e.id.len());
+        data_bytes += e.data.len();
+        ids += 1;
+    }
+    let total = wire_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{N} entries: {total} SSE bytes ({data_bytes} of entry data), longest id {longest} bytes");
+    assert!(longest <= 512, "an event's id: is {longest} bytes with {N} ledgers");
+    // `event: entry\nid: {id}\ndata: {entry}\n\n` per entry, and nothing else.
+    let per_event_frame = "event: entry\nid: \ndata: \n\n".len() + 512;
+    assert!(total <= data_bytes + N * per_event_frame, "{total} SSE bytes for {N} entries of {data_bytes} bytes");
+    server.stop();
+}
+
+/// Issue #13 item 7: a watcher that saw ids 1–5 of `ta` got, after
+/// `DELETE ta` and 8 new appends, the new ids 6–8 only, with no notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_sees_a_deletion_and_then_the_new_incarnation_from_id_1() {
+    let env = Env::new();
+    let server = env.serve().await;
+    let mut w = watch(&server, "prefix=ta", None).await;
+    append_many(&server, &["ta"], 5, 1).await;
+    let first = take_entries(&mut w, 5).await;
+    assert_eq!(ids_by_ledger(&first)["ta"], (1..=5).collect::<Vec<_>>());
+    let old = incarnation(&server, "ta").await;
+    delete_ledger(&server, "ta").await;
+    append_many(&server, &["ta"], 8, 1).await;
+    assert!(incarnation(&server, "ta").await > old, "a re-created ledger is a new incarnation");
+
+    let got = summary(&events_until(&mut w, 8, Duration::from_secs(5)).await);
+    let mut want = vec![format!(r#"ledger.deleted {{"ledger":"ta","incarnation":{old}}}"#)];
+    want.extend(entries_summary("ta", 1..=8));
+    assert_eq!(got, want, "the deletion, then the new incarnation from id 1");
+    server.stop();
+}
+
+/// Issue #13 item 7, resumed: a token naming `ta` at 6 resumed into the
+/// re-created ledger's id 6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resumed_watch_sees_a_deletion_that_happened_while_it_was_away() {
+    let env = Env::new();
+    let server = env.serve().await;
+    let mut w = watch(&server, "prefix=tb", None).await;
+    append_many(&server, &["tb"], 5, 1).await;
+    let first = take_entries(&mut w, 5).await;
+    drop(w);
+    let old = incarnation(&server, "tb").await;
+    delete_ledger(&server, "tb").await;
+    append_many(&server, &["tb"], 8, 1).await;
+
+    let token = first.last().unwrap().0.clone();
+    let mut again = watch(&server, "prefix=tb", Some(&token)).await;
+    let got = events_until(&mut again, 8, Duration::from_secs(5)).await;
+    let mut want = vec![format!(r#"ledger.deleted {{"ledger":"tb","incarnation":{old}}}"#)];
+    want.extend(entries_summary("tb", 1..=8));
+    assert_eq!(summary(&got), want);
+    // Resuming right after the notice goes on with the new incarnation.
+    drop(again);
+    let after_notice = got[0].id.clone();
+    let mut third = watch(&server, "prefix=tb", Some(&after_notice)).await;
+    assert_eq!(summary(&events_until(&mut third, 8, Duration::from_secs(5)).await), entries_summary("tb", 1..=8));
+    server.stop();
+}
+
+/// A token whose position was flushed survives `kill -9` and a graceful
+/// restart alike: no gap, no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_resumes_exactly_across_kill_9_and_a_graceful_restart() {
+    let env = Env::new();
+    let server = env.serve().await;
+    let mut w = watch(&server, "prefix=k.", None).await;
+    append_many(&server, &["k.a", "k.b"], 20, 4).await;
+    let mut seen = take_entries(&mut w, 40).await;
+    drop(w);
+    // Positions are flushed at most once a second: wait for it, then crash.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    server.kill();
+    let server = env.serve().await;
+    append_many(&server, &["k.a", "k.b", "k.c"], 10, 4).await;
+    let token = seen.last().unwrap().0.clone();
+    let mut w = watch(&server, "prefix=k.", Some(&token)).await;
+    seen.extend(take_entries(&mut w, 30).await);
+    assert!(tokio::time::timeout(Duration::from_millis(300), w.next()).await.is_err(), "no extra event");
+    drop(w);
+    // A graceful stop flushes every position: the newest token resumes.
+    server.stop();
+    let server = env.serve().await;
+    append_many(&server, &["k.a", "k.c"], 5, 1).await;
+    let token = seen.last().unwrap().0.clone();
+    let mut w = watch(&server, "prefix=k.", Some(&token)).await;
+    seen.extend(take_entries(&mut w, 10).await);
+    let by = ids_by_ledger(&seen);
+    assert_eq!(by["k.a"], (1..=35).collect::<Vec<_>>(), "no gap, no duplicate");
+    assert_eq!(by["k.b"], (1..=30).collect::<Vec<_>>());
+    assert_eq!(by["k.c"], (1..=15).collect::<Vec<_>>());
+    assert!(tokio::time::timeout(Duration::from_millis(300), w.next()).await.is_err(), "no extra event");
+    server.stop();
+}
+
+/// A token must name a position the server delivered: an unknown session
+/// (made up, or from another data directory) is 410 `token_expired`; a
+/// sequence or epoch never reached, or another prefix, is 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resume_token_that_names_no_delivered_position_is_refused() {
+    let env = Env::new();
+    let server = env.serve().await;
+    let mut w = watch(&server, "prefix=p.", None).await;
+    append_many(&server, &["p.a"], 3, 1).await;
+    let token = take_entries(&mut w, 3).await.last().unwrap().0.clone();
+    drop(w);
+    let (session, epoch, seq) = token_parts(&token);
+    watch_refused(&server, "prefix=p.", "0123456789abcdef.0.1").await.assert_error(410, "token_expired");
+    let other = Env::new();
+    let elsewhere = other.serve().await;
+    watch_refused(&elsewhere, "prefix=p.", &token).await.assert_error(410, "token_expired");
+    elsewhere.stop();
+    let past = format!("{session}.{epoch}.{}", seq + 1000);
+    watch_refused(&server, "prefix=p.", &past).await.assert_error(400, "invalid_resume_token");
+    let future_epoch = format!("{session}.{}.{seq}", epoch + 5);
+    watch_refused(&server, "prefix=p.", &future_epoch).await.assert_error(400, "invalid_resume_token");
+    watch_refused(&server, "prefix=q.", &token).await.assert_error(400, "invalid_resume_token");
+    for junk in ["", "x", "1/p.a:2", "0123456789abcdef.1", "0123456789ABCDEF.0.1", "0123456789abcdef.0.1.2"] {
+        watch_refused(&server, "prefix=p.", junk).await.assert_error(400, "invalid_resume_token");
+    }
+    // The real token still resumes.
+    append_many(&server, &["p.a"], 1, 1).await;
+    let mut w = watch(&server, "prefix=p.", Some(&token)).await;
+    assert_eq!(ids_by_ledger(&take_entries(&mut w, 1).await)["p.a"], [4]);
+    server.stop();
+}
+
+/// A slow consumer of many ledgers is cut off with `event: lagged` whose
+/// token is as small as any other, and resumes from it exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagged_consumer_of_many_ledgers_gets_a_bounded_token_and_resumes_exactly() {
+    const LEDGERS: usize = 400;
+    const PER_LEDGER: usize = 4;
+    let env = Env::new();
+    let server = env.serve().await;
+    let names: Vec<String> = (0..LEDGERS).map(|i| format!("slow-{i:04}-{}", "y".repeat(61 - 10))).collect();
+    let slow_resp = server.http.get(server.url("/v1/watch?prefix=slow-")).send().await.expect("open slow watch");
+    let pad = "z".repeat(8 * 1024);
+    let mut handles = Vec::new();
+    for t in 0..16 {
+        let (http, base, pad) = (server.http.clone(), server.base.clone(), pad.clone());
+        let mine: Vec<String> = names.iter().skip(t).step_by(16).cloned().collect();
+        handles.push(tokio::spawn(async move {
+            for i in 0..PER_LEDGER {
+                for l in &mine {
+                    let body = format!(r#"{{"payload":{{"i":{i},"pad":"{pad}"}}}}"#);
+                    let r = http.post(format!("{base}/v1/ledgers/{l}/entries")).body(body).send().await;
+                    assert_eq!(r.expect("append").status(), 201);
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("append task");
+    }
+    let mut slow = Box::pin(slow_resp.bytes_stream().eventsource());
+    let (mut delivered, mut lagged) = (Vec::new(), None);
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(30), slow.next()).await.expect("slow stream stalled") {
+        let e = e.expect("event");
+        match e.event.as_str() {
+            "entry" => delivered.push((e.id, serde_json::from_str(&e.data).unwrap())),
+            "lagged" => lagged = Some(e),
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    let lagged = lagged.expect("the slow consumer got `event: lagged` and the stream closed");
+    assert!(lagged.id.len() <= 512, "the lagged token is {} bytes", lagged.id.len());
+    let data: serde_json::Value = serde_json::from_str(&lagged.data).unwrap();
+    assert_eq!(data["token"], lagged.id.as_str(), "the data names the same token");
+    let total = LEDGERS * PER_LEDGER;
+    assert!(delivered.len() < total, "it was cut off before the end");
+    let mut resumed = watch(&server, "prefix=slow-", Some(&lagged.id)).await;
+    delivered.extend(take_entries(&mut resumed, total - delivered.len()).await);
+    let by = ids_by_ledger(&delivered);
+    assert_eq!(by.len(), LEDGERS);
+    assert!(by.values().all(|ids| *ids == [1, 2, 3, 4]), "no gap, no duplicate");
+    assert!(tokio::time::timeout(Duration::from_millis(300), resumed.next()).await.is_err(), "no extra event");
+    server.stop();
+}
+
+/// A token minted after its session's last flush is lost by `kill -9` (the
+/// fail point stops the periodic flushes, so every token here is): the
+/// server says so with 410 `token_expired` and names, in `resume_from`, the
+/// newest position it kept, from which a client that drops what it already
+/// has goes on with no gap.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_lost_in_a_crash_is_410_token_expired_naming_where_to_resume() {
+    let env = Env::new();
+    let server = Server::start_env(&env.data_dir(), None, &[("FAILPOINTS", "watch::flush=return")]).await;
+    let mut w = watch(&server, "prefix=l.", None).await;
+    append_many(&server, &["l.a"], 10, 1).await;
+    let seen = take_entries(&mut w, 10).await;
+    drop(w);
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // a flush would have run by now
+    server.kill();
+    let server = env.serve().await;
+    append_many(&server, &["l.a", "l.b"], 5, 1).await;
+    let r = watch_refused(&server, "prefix=l.", &seen.last().unwrap().0).await;
+    r.assert_error(410, "token_expired");
+    let from = r.json()["error"]["resume_from"].as_str().expect("410 names resume_from").to_owned();
+    assert!(from.len() <= 512);
+    let mut w = watch(&server, "prefix=l.", Some(&from)).await;
+    let again = take_entries(&mut w, 20).await;
+    let by = ids_by_ledger(&again);
+    assert_eq!(by["l.a"], (1..=15).collect::<Vec<_>>(), "everything after the kept position, in order");
+    assert_eq!(by["l.b"], (1..=5).collect::<Vec<_>>());
+    assert!(tokio::time::timeout(Duration::from_millis(300), w.next()).await.is_err(), "no extra event");
+    server.stop();
+}
+
+/// Lines of `ferry tail`'s output once there are `n` (or after 30 s).
+async fn tail_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `ferry tail` whose last token the crash lost resumes from the position
+/// the server kept and prints nothing twice.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ferry_tail_has_no_gap_and_no_duplicate_when_a_crash_lost_its_position() {
+    let env = Env::new();
+    let server = Server::start_env(&env.data_dir(), None, &[("FAILPOINTS", "watch::flush=return")]).await;
+    let port = server.addr.port();
+    let out_path = env.dir.path().join("tail.out");
+    let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["tail", "t.", "--server", &server.base])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ferry tail");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    append_many(&server, &["t.a"], 30, 2).await;
+    assert_eq!(tail_lines(&out_path, 30).await.len(), 30);
+    server.kill();
+    let server = Server::start_on(&env.data_dir(), None, port).await;
+    append_many(&server, &["t.a", "t.b"], 10, 2).await;
+    tail_lines(&out_path, 50).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // anything printed twice would show by now
+    let lines = tail_lines(&out_path, 0).await;
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let events: Vec<(String, serde_json::Value)> = lines.into_iter().map(|v| (String::new(), v)).collect();
+    let by = ids_by_ledger(&events);
+    assert_eq!(by["t.a"], (1..=40).collect::<Vec<_>>(), "no gap, no duplicate across the crash");
+    assert_eq!(by["t.b"], (1..=10).collect::<Vec<_>>());
+    server.stop();
+}
