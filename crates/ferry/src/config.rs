@@ -328,8 +328,25 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let mut config: Config = toml::from_str(text)?;
         let line = |at: usize| 1 + text.as_bytes()[..at.min(text.len())].iter().filter(|b| **b == b'\n').count();
+        // The parser's own rendering quotes the offending line, which may
+        // hold a secret (a URL with a password, a token): name the place
+        // and the problem only.
+        let mut config: Config = toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => {
+                let start = span.start.min(text.len());
+                let before: String = text[..start].chars().rev().take_while(|c| *c != '\n').collect();
+                let before: String = before.chars().rev().collect();
+                let key = key_before(&before).map(|k| format!(" (key {k})")).unwrap_or_default();
+                let column = 1 + before.chars().count();
+                anyhow::anyhow!(
+                    "TOML parse error at line {}, column {column}{key}: {}",
+                    line(start),
+                    e.message().trim_end()
+                )
+            }
+            None => anyhow::anyhow!("TOML parse error: {}", e.message().trim_end()),
+        })?;
         config.exporter_lines = config.exporters.iter().map(|e| line(e.span().start)).collect();
         config.retention.ledger_lines =
             config.retention.ledgers.keys().map(|k| (k.get_ref().clone(), line(k.span().start))).collect();
@@ -527,6 +544,26 @@ impl Server {
     }
 }
 
+/// The key whose value starts where `line_start` (a line's text up to an
+/// error) ends: the name before its last `=` outside quotes, after any `{`
+/// or `,` of an inline table. Keys are named in errors, values never, so
+/// anything that is not plainly a key gives `None`.
+fn key_before(line_start: &str) -> Option<&str> {
+    let (mut quote, mut key_from, mut key) = (None, 0, None);
+    for (i, c) in line_start.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '{' | ',' | '[') => key_from = i + 1,
+            (None, '=') => key = Some(line_start[key_from..i].trim()),
+            (None, _) => {}
+        }
+    }
+    let plain = |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-. \"'".contains(c));
+    key.filter(|k| plain(k))
+}
+
 /// Why a line of `token_file` was refused (`line` counts from 1). The
 /// problem never quotes the line: it may hold a secret.
 #[derive(Debug, PartialEq, Eq)]
@@ -671,7 +708,7 @@ logs = { max_age = "1h", max_bytes = "" }
             ("[retention]\nmax_bytes = true", &["max_bytes", "line 2"]),
             ("[retention.ledgers]\na = { max_bytes = 1, max_size = 2 }", &["max_size", "line 2"]),
             ("[retention.ledgers]\na = { max_bytes = -3 }", &["max_bytes", "line 2", "negative"]),
-            ("[retention.ledgers]\na = []", &["a = []", "line 2", "a max_age like"]),
+            ("[retention.ledgers]\na = []", &["key a", "line 2", "a max_age like"]),
             ("\n[retention.ledgers]\n\"A\" = \"1d\"", &["retention.ledgers", "\"A\"", "line 3"]),
         ] {
             let msg = error(text);
@@ -679,6 +716,19 @@ logs = { max_age = "1h", max_bytes = "" }
                 assert!(msg.contains(needle), "{text:?}: {needle:?} not in {msg}");
             }
         }
+    }
+
+    #[test]
+    fn a_parse_error_names_the_key_never_the_value() {
+        assert_eq!(key_before("max_ledger_bytes = "), Some("max_ledger_bytes"));
+        assert_eq!(key_before("a = { max_bytes = "), Some("max_bytes"));
+        assert_eq!(key_before("a = { max_age = \"1d\", max_bytes = "), Some("max_bytes"));
+        assert_eq!(key_before("lisen"), None);
+        assert_eq!(key_before("url = \"http://u:pw@h/?token=x"), Some("url"), "an = inside a string is no key");
+        assert_eq!(key_before("\"a.b\" = "), Some("\"a.b\""));
+        let msg = format!("{:#}", Config::parse("[server]\ntokens = [\"s3cret-token\", 7]\n").unwrap_err());
+        assert!(msg.contains("line 2") && msg.contains("key tokens"), "{msg}");
+        assert!(!msg.contains("s3cret-token"), "{msg}");
     }
 
     #[test]

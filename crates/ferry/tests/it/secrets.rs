@@ -146,3 +146,28 @@ url = "http://alice:hunter2-pw@[::1/in?token=qs-secret-1"
     assert!(e.stderr.contains("config.url"), "{}", e.stderr);
     assert_no_secret("the startup error", &e.stderr);
 }
+
+/// A TOML syntax error names the line and column but never quotes the
+/// line: the broken line may be the one that holds a secret.
+#[tokio::test]
+async fn a_config_syntax_error_names_the_line_without_quoting_it() {
+    let env = Env::new();
+    let config = env.config(
+        "ferry.toml",
+        r#"
+[[exporters]]
+name = "bad"
+sink = "http"
+[exporters.config]
+url = "http://alice:hunter2-pw@example.com/in?token=qs-secret-1
+secret = 'hmac-secret-1'
+"#,
+    );
+    let Err(StartError::Exited(e)) = Server::try_start(&env.data_dir(), Some(&config)).await else {
+        panic!("a config with a syntax error started the server");
+    };
+    assert_eq!(e.status.code(), Some(1), "{}", e.stderr);
+    assert!(e.stderr.contains("line 6"), "the error names the line:\n{}", e.stderr);
+    assert_no_secret("a TOML syntax error", &e.stderr);
+    assert!(!e.stderr.contains("hmac-secret-1"), "{}", e.stderr);
+}
