@@ -12,6 +12,7 @@ use ferry_store::{ReadBatch, Store};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::auth::{Caller, Scope};
 use crate::{AppState, error::ApiError};
 
 const NDJSON: &str = "application/x-ndjson";
@@ -113,10 +114,12 @@ fn parse_append(body: &[u8]) -> Result<Vec<NewEntry>, ApiError> {
 
 pub(crate) async fn append(
     State(state): State<AppState>,
+    caller: Caller,
     LedgerSegment(name): LedgerSegment,
     RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
     let name = LedgerName::parse(&name)?;
+    caller.require(Scope::Append, Some(&name))?;
     let entries = parse_append(&body)?;
     let outcome = state.store.append(&name, entries).await?;
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -132,11 +135,13 @@ pub(crate) struct ReadParams {
 
 pub(crate) async fn read(
     State(state): State<AppState>,
+    caller: Caller,
     LedgerSegment(name): LedgerSegment,
     ApiQuery(params): ApiQuery<ReadParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = LedgerName::parse(&name)?;
+    caller.require(Scope::Read, Some(&name))?;
     let limit = params.limit.unwrap_or(READ_LIMIT_DEFAULT);
     if limit == 0 || limit > READ_LIMIT_MAX {
         return Err(ApiError::bad_request("invalid_limit", format!("limit must be 1..={READ_LIMIT_MAX}, got {limit}")));

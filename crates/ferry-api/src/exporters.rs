@@ -10,37 +10,47 @@ use ferry_core::{EntryId, LedgerName};
 use ferry_export::{ExportError, ExporterStatus, Exporters};
 use serde::Deserialize;
 
+use crate::auth::{Caller, Scope};
 use crate::{ApiError, AppState};
 
 fn exporters(state: &AppState) -> Result<&Exporters, ApiError> {
     state.config.exporters.as_ref().ok_or_else(|| ApiError::from(ExportError::NotFound("(none configured)".into())))
 }
 
-pub async fn list(State(state): State<AppState>) -> Json<Vec<ExporterStatus>> {
-    match &state.config.exporters {
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<ExporterStatus>>, ApiError> {
+    caller.require(Scope::Admin, None)?;
+    Ok(match &state.config.exporters {
         Some(e) => Json(e.list().await),
         None => Json(Vec::new()),
-    }
+    })
 }
 
 pub async fn get_one(
     State(state): State<AppState>,
+    caller: Caller,
     ExporterSegment(name): ExporterSegment,
 ) -> Result<Json<ExporterStatus>, ApiError> {
+    caller.require(Scope::Admin, None)?;
     Ok(Json(exporters(&state)?.status(&name).await?))
 }
 
 pub async fn pause(
     State(state): State<AppState>,
+    caller: Caller,
     ExporterSegment(name): ExporterSegment,
 ) -> Result<Json<ExporterStatus>, ApiError> {
+    caller.require(Scope::Admin, None)?;
+    tracing::info!(exporter = %name, actor = caller.name(), "exporter paused");
     Ok(Json(exporters(&state)?.pause(&name).await?))
 }
 
 pub async fn resume(
     State(state): State<AppState>,
+    caller: Caller,
     ExporterSegment(name): ExporterSegment,
 ) -> Result<Json<ExporterStatus>, ApiError> {
+    caller.require(Scope::Admin, None)?;
+    tracing::info!(exporter = %name, actor = caller.name(), "exporter resumed");
     Ok(Json(exporters(&state)?.resume(&name).await?))
 }
 
@@ -54,23 +64,28 @@ struct ResetRequest {
 /// `{"ledger"?: L, "from_id"?: N}`; an empty body resets every ledger to 1.
 pub async fn reset(
     State(state): State<AppState>,
+    caller: Caller,
     ExporterSegment(name): ExporterSegment,
     RequestBody(body): RequestBody,
 ) -> Result<Json<ExporterStatus>, ApiError> {
+    caller.require(Scope::Admin, None)?;
     let request: ResetRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ResetRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::from_json(&e, "the reset request"))?
     };
     let ledger = request.ledger.as_deref().map(LedgerName::parse).transpose()?;
-    Ok(Json(exporters(&state)?.reset(&name, ledger, request.from_id).await?))
+    Ok(Json(exporters(&state)?.reset(&name, ledger, request.from_id, caller.name()).await?))
 }
 
 /// Deletes an orphaned exporter's cursors (a configured one: 409).
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     ExporterSegment(name): ExporterSegment,
 ) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin, None)?;
     exporters(&state)?.delete_orphan(&name).await?;
+    tracing::info!(exporter = %name, actor = caller.name(), "orphaned exporter's cursors deleted");
     Ok(StatusCode::NO_CONTENT)
 }

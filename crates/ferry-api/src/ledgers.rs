@@ -7,17 +7,22 @@ use axum::http::StatusCode;
 use ferry_core::LedgerName;
 use ferry_store::{LedgerInfo, StoreError};
 
+use crate::auth::{Caller, Scope};
 use crate::{AppState, error::ApiError};
 
-pub(crate) async fn list(State(state): State<AppState>) -> Json<Vec<LedgerInfo>> {
-    Json(state.store.list_ledgers())
+/// The ledgers the caller may read (403 without the `read` scope).
+pub(crate) async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<LedgerInfo>>, ApiError> {
+    caller.require(Scope::Read, None)?;
+    Ok(Json(state.store.list_ledgers().into_iter().filter(|l| caller.may(Scope::Read, l.name.as_str())).collect()))
 }
 
 pub(crate) async fn get_one(
     State(state): State<AppState>,
+    caller: Caller,
     LedgerSegment(name): LedgerSegment,
 ) -> Result<Json<LedgerInfo>, ApiError> {
     let name = LedgerName::parse(&name)?;
+    caller.require(Scope::Read, Some(&name))?;
     let info = state.store.ledger_info(&name).ok_or(StoreError::LedgerNotFound(name))?;
     Ok(Json(info))
 }
@@ -25,19 +30,25 @@ pub(crate) async fn get_one(
 /// Deletes a ledger with its packs, cursors and metadata: 204.
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     LedgerSegment(name): LedgerSegment,
 ) -> Result<StatusCode, ApiError> {
     let name = LedgerName::parse(&name)?;
-    state.store.delete_ledger(&name).await?;
+    caller.require(Scope::Admin, Some(&name))?;
+    state.store.delete_ledger_by(&name, caller.name()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Creates a ledger: 201 when new, 200 when it already existed.
+/// Creating a ledger takes the `append` scope on it, as an append that
+/// creates it would.
 pub(crate) async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     LedgerSegment(name): LedgerSegment,
 ) -> Result<(StatusCode, Json<LedgerInfo>), ApiError> {
     let name = LedgerName::parse(&name)?;
+    caller.require(Scope::Append, Some(&name))?;
     let created = state.store.create_ledger(&name).await?;
     let info = state.store.ledger_info(&name).ok_or(StoreError::LedgerNotFound(name))?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };

@@ -22,6 +22,7 @@ use axum::{Json, Router, middleware};
 use ferry_core::limits::{BODY_BYTES_MAX_DEFAULT, BUFFERED_BODY_BYTES_MAX_DEFAULT, WATCHERS_MAX_DEFAULT};
 use ferry_store::{Store, StoreError};
 
+pub use auth::{AccessToken, Scope, Secret, Tokens, parse_digest, secret_digest};
 pub use error::ApiError;
 pub use server::{ConnectionLimits, serve};
 pub use tls::{ServerTls, TlsError};
@@ -29,8 +30,9 @@ pub use tls::{ServerTls, TlsError};
 /// Settings of the API layer (the `[server]` section, validated).
 #[derive(Clone)]
 pub struct ApiConfig {
-    /// Bearer tokens; empty means no auth.
-    pub tokens: Vec<String>,
+    /// Bearer tokens and their scopes; none means no auth. Shared with
+    /// `ferry serve`, which swaps the set on SIGHUP.
+    pub tokens: Arc<Tokens>,
     pub metrics_auth: bool,
     pub max_body_bytes: usize,
     /// Bytes of request bodies buffered at once, over all requests
@@ -50,7 +52,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
-            tokens: Vec::new(),
+            tokens: Arc::new(Tokens::default()),
             metrics_auth: false,
             max_body_bytes: BODY_BYTES_MAX_DEFAULT as usize,
             max_buffered_body_bytes: BUFFERED_BODY_BYTES_MAX_DEFAULT,
@@ -130,7 +132,7 @@ fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let mut metrics = Router::new().route("/metrics", get(metrics::render));
     if state.config.metrics_auth {
-        metrics = metrics.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        metrics = metrics.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_metrics));
     }
     Router::new()
         .nest("/v1", v1)

@@ -27,11 +27,21 @@ pub struct SystemEvent {
     /// Unix milliseconds.
     pub at: u64,
     pub data: serde_json::Value,
+    /// The name of the token that caused it, for actions taken through
+    /// the API with auth on (a deletion, an exporter reset); never a
+    /// secret.
+    pub actor: Option<String>,
 }
 
 impl SystemEvent {
     pub fn new(kind: &'static str, key_rest: &str, data: serde_json::Value) -> Self {
-        Self { kind, key: format!("{kind}/{key_rest}"), at: crate::now_ms(), data }
+        Self { kind, key: format!("{kind}/{key_rest}"), at: crate::now_ms(), data, actor: None }
+    }
+
+    /// The same event, naming who caused it.
+    pub fn by(mut self, actor: Option<&str>) -> Self {
+        self.actor = actor.map(str::to_owned);
+        self
     }
 
     pub fn ledger_created(ledger: &LedgerName) -> Self {
@@ -64,6 +74,10 @@ impl SystemEvent {
 
     /// The JSON body of the SSE event.
     pub fn to_json(&self) -> String {
-        serde_json::json!({ "kind": self.kind, "key": self.key, "at": self.at, "data": self.data }).to_string()
+        let mut json = serde_json::json!({ "kind": self.kind, "key": self.key, "at": self.at, "data": self.data });
+        if let Some(actor) = &self.actor {
+            json["actor"] = actor.as_str().into();
+        }
+        json.to_string()
     }
 }

@@ -58,6 +58,7 @@ enum Control {
     Reset {
         ledger: Option<LedgerName>,
         from_id: Option<EntryId>,
+        actor: Option<String>,
         reply: oneshot::Sender<Result<ExporterStatus, ExportError>>,
     },
     Shutdown {
@@ -185,10 +186,14 @@ impl Exporters {
         name: &str,
         ledger: Option<LedgerName>,
         from_id: Option<EntryId>,
+        actor: Option<&str>,
     ) -> Result<ExporterStatus, ExportError> {
         let (name, tx) = self.handle(name)?;
         let (reply, answer) = oneshot::channel();
-        tx.send(Control::Reset { ledger, from_id, reply }).await.map_err(|_| ExportError::Stopping(name.clone()))?;
+        let actor = actor.map(str::to_owned);
+        tx.send(Control::Reset { ledger, from_id, actor, reply })
+            .await
+            .map_err(|_| ExportError::Stopping(name.clone()))?;
         answer.await.map_err(|_| ExportError::Stopping(name))?
     }
 
@@ -700,8 +705,8 @@ impl<S: Sink> Supervisor<S> {
                 tracing::info!(exporter = %self.settings.name, "exporter resumed");
                 let _ = reply.send(self.status());
             }
-            Control::Reset { ledger, from_id, reply } => {
-                let _ = reply.send(self.reset(ledger, from_id).await);
+            Control::Reset { ledger, from_id, actor, reply } => {
+                let _ = reply.send(self.reset(ledger, from_id, actor.as_deref()).await);
             }
             Control::Shutdown { reply, .. } => {
                 let _ = reply.send(());
@@ -722,6 +727,7 @@ impl<S: Sink> Supervisor<S> {
         &mut self,
         ledger: Option<LedgerName>,
         from_id: Option<EntryId>,
+        actor: Option<&str>,
     ) -> Result<ExporterStatus, ExportError> {
         let from_id = from_id.unwrap_or(1);
         if from_id == 0 {
@@ -740,7 +746,7 @@ impl<S: Sink> Supervisor<S> {
             self.ledgers.values_mut().for_each(|t| t.machine.unpause());
         }
         self.evaluate_all();
-        self.publish_reset(&targets, from_id);
+        self.publish_reset(&targets, from_id, actor);
         Ok(self.status())
     }
 
@@ -819,12 +825,12 @@ impl<S: Sink> Supervisor<S> {
         }
     }
 
-    fn publish_reset(&self, targets: &[LedgerName], from_id: EntryId) {
+    fn publish_reset(&self, targets: &[LedgerName], from_id: EntryId, actor: Option<&str>) {
         let name = &self.settings.name;
-        tracing::info!(exporter = %name, ledgers = targets.len(), from_id, "exporter reset");
+        tracing::info!(exporter = %name, ledgers = targets.len(), from_id, actor, "exporter reset");
         let ledger_field = (targets.len() == 1).then(|| targets[0].clone());
         let data = serde_json::json!({ "from_id": from_id, "ledgers": targets.len() });
-        let event = SystemEvent::exporter("exporter.reset", name.as_str(), ledger_field.as_ref(), data);
+        let event = SystemEvent::exporter("exporter.reset", name.as_str(), ledger_field.as_ref(), data).by(actor);
         self.store.events().publish(&event.key, &event);
     }
 

@@ -114,8 +114,8 @@ impl Freezer {
             let wait = if backlog.is_empty() { TICK } else { Duration::ZERO };
             match self.rx.recv_timeout(wait) {
                 Ok(FreezerMsg::Check(state)) => backlog.push_back(state),
-                Ok(FreezerMsg::Delete(state, reply)) => {
-                    let result = self.delete(&state, &mut deferred);
+                Ok(FreezerMsg::Delete(state, actor, reply)) => {
+                    let result = self.delete(&state, actor.as_deref(), &mut deferred);
                     // A storage fault while deleting poisons like any other.
                     if let Err(e) = &result
                         && !refused_for_now(e)
@@ -439,7 +439,7 @@ impl Freezer {
     /// left are finished a tick later, like retention's (a chunk frozen by a
     /// ledger created again under the name meanwhile replaces the `pruning`
     /// key first, and the file, so the late sweep finds nothing of its own).
-    fn delete(&self, state: &Arc<LedgerState>, deferred: &mut Deferred) -> Result<()> {
+    fn delete(&self, state: &Arc<LedgerState>, actor: Option<&str>, deferred: &mut Deferred) -> Result<()> {
         fail::fail_point!("freezer::delete");
         let s = &self.shared;
         s.health.check()?;
@@ -510,8 +510,8 @@ impl Freezer {
             std::mem::take(&mut state.index.write().expect("index lock").positions)
         };
         s.segments.account(hot, false);
-        tracing::info!(ledger = %name, "ledger deleted");
-        let event = SystemEvent::ledger_deleted(name);
+        tracing::info!(ledger = %name, actor, "ledger deleted");
+        let event = SystemEvent::ledger_deleted(name).by(actor);
         s.events.publish(&event.key, &event);
         s.release_dead_segments()?;
         self.scrub(name, deferred)

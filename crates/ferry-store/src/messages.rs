@@ -45,6 +45,8 @@ pub(crate) enum FreezerMsg {
     /// The ledger has a full chunk in the hot tier.
     Check(Arc<LedgerState>),
     /// Delete the ledger; answer when it is gone.
-    Delete(Arc<LedgerState>, oneshot::Sender<Result<()>>),
+    /// The `Option<String>` names who asked (a token's name), for the
+    /// `ledger.deleted` event.
+    Delete(Arc<LedgerState>, Option<String>, oneshot::Sender<Result<()>>),
     Shutdown,
 }

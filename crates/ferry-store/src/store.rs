@@ -316,10 +316,19 @@ impl Store {
     /// its cursors and its metadata. Appends to it fail from the start of
     /// the deletion; afterwards the name can be created again.
     pub async fn delete_ledger(&self, name: &LedgerName) -> Result<()> {
+        self.delete_ledger_by(name, None).await
+    }
+
+    /// `delete_ledger`, naming who asked (a token's name) in the
+    /// `ledger.deleted` event's `actor`.
+    pub async fn delete_ledger_by(&self, name: &LedgerName, actor: Option<&str>) -> Result<()> {
         self.ready()?;
         let state = self.inner.shared.ledger(name).ok_or_else(|| StoreError::LedgerNotFound(name.clone()))?;
         let (reply, answer) = oneshot::channel();
-        self.inner.freezer_tx.send(FreezerMsg::Delete(state, reply)).map_err(|_| StoreError::ShuttingDown)?;
+        self.inner
+            .freezer_tx
+            .send(FreezerMsg::Delete(state, actor.map(str::to_owned), reply))
+            .map_err(|_| StoreError::ShuttingDown)?;
         answer.await.map_err(|_| StoreError::ShuttingDown)?
     }
 

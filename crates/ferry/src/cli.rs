@@ -76,6 +76,11 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Tokens: `ferry token hash` prints the digest form of a secret.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Check a stopped node's data directory offline (takes its locks,
     /// changes nothing); exits 1 on any fault.
     Verify(StorageArgs),
@@ -88,6 +93,14 @@ pub enum Command {
         #[command(flatten)]
         storage: StorageArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print the SHA-256 of a secret in hex, for `secret_sha256` or a
+    /// `sha256:` line of `token_file`. Reads the secret from stdin (one
+    /// line) unless given, so it stays out of shell history.
+    Hash { secret: Option<String> },
 }
 
 #[derive(Debug, Subcommand)]

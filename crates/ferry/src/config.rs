@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use ferry_api::ApiConfig;
+use std::sync::Arc;
+
+use ferry_api::{AccessToken, ApiConfig, Scope, Secret, Tokens, parse_digest};
 use ferry_core::LedgerName;
 use ferry_core::limits::EXPORTERS_MAX;
 use ferry_core::limits::{
@@ -44,6 +46,7 @@ pub struct Config {
 pub struct Server {
     pub listen: String,
     pub tokens: Vec<String>,
+    pub scoped_tokens: Vec<ScopedToken>,
     pub token_file: PathBuf,
     pub metrics_auth: bool,
     pub max_body_bytes: Size,
@@ -222,6 +225,7 @@ impl Default for Server {
         Self {
             listen: "127.0.0.1:7070".into(),
             tokens: Vec::new(),
+            scoped_tokens: Vec::new(),
             token_file: PathBuf::new(),
             metrics_auth: false,
             max_body_bytes: Size(BODY_BYTES_MAX_DEFAULT),
@@ -398,7 +402,7 @@ impl Config {
         if !self.sources.is_empty() {
             bail!("[[sources]] is not implemented yet in this version of ferry");
         }
-        let tokens = self.server.all_tokens()?;
+        let tokens = Arc::new(Tokens::new(self.server.access_tokens()?));
         let (connections, tls) = self.server.connections(body_max)?;
         let dir = |p: PathBuf| (!p.as_os_str().is_empty()).then_some(p);
         let store = StoreConfig {
@@ -516,14 +520,22 @@ impl Server {
         Ok((connections, tls))
     }
 
-    /// `tokens` and the tokens of `token_file`, each non-empty and without
-    /// whitespace. A `token_file` that names no token is an error: an empty
+    /// Every token: `tokens` (all scopes), `[[server.scoped_tokens]]`
+    /// and the lines of `token_file`, each checked, names and secrets
+    /// unique. A `token_file` that names no token is an error: an empty
     /// file must never mean "no auth".
-    fn all_tokens(&self) -> anyhow::Result<Vec<String>> {
-        if let Some(i) = self.tokens.iter().position(|t| t.is_empty() || t.chars().any(char::is_whitespace)) {
-            bail!("server.tokens: entry {}: a token must be non-empty and contain no whitespace", i + 1);
+    pub fn access_tokens(&self) -> anyhow::Result<Vec<AccessToken>> {
+        let mut out: Vec<(AccessToken, String)> = Vec::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            let token = AccessToken::everything(format!("tokens[{}]", i + 1), Secret::Plain(t.clone()))
+                .map_err(|e| anyhow::anyhow!("server.tokens: entry {}: {e}", i + 1))?;
+            out.push((token, format!("server.tokens entry {}", i + 1)));
         }
-        let mut tokens = self.tokens.clone();
+        for (i, t) in self.scoped_tokens.iter().enumerate() {
+            let what = format!("server.scoped_tokens[{}] {:?}", i + 1, t.name);
+            let token = t.access_token().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            out.push((token, what));
+        }
         if !self.token_file.as_os_str().is_empty() {
             let path = &self.token_file;
             let text =
@@ -538,10 +550,66 @@ impl Server {
                     path.display()
                 );
             }
-            tokens.extend(from_file);
+            for (line, token) in from_file {
+                out.push((token, format!("server.token_file {} line {line}", path.display())));
+            }
         }
-        Ok(tokens)
+        for (i, (a, what)) in out.iter().enumerate() {
+            if let Some((_, first)) = out[..i].iter().find(|(b, _)| b.name == a.name) {
+                bail!("{what}: the token name {:?} is already used by {first}", a.name);
+            }
+            if let Some((_, first)) = out[..i].iter().find(|(b, _)| b.same_secret(a)) {
+                bail!("{what}: the same secret as {first}; each token needs its own");
+            }
+        }
+        Ok(out.into_iter().map(|(t, _)| t).collect())
     }
+}
+
+/// `[[server.scoped_tokens]]`: a token limited to some ledgers and scopes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedToken {
+    pub name: String,
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The SHA-256 of the secret in hex (`ferry token hash`), so the
+    /// config file need not hold the secret.
+    #[serde(default)]
+    pub secret_sha256: Option<String>,
+    pub ledgers: Vec<String>,
+    pub can: Vec<String>,
+}
+
+impl ScopedToken {
+    fn access_token(&self) -> Result<AccessToken, String> {
+        check_token_name(&self.name)?;
+        let secret = match (&self.secret, &self.secret_sha256) {
+            (Some(s), None) => Secret::Plain(s.clone()),
+            (None, Some(d)) => Secret::Sha256(
+                parse_digest(d).ok_or("secret_sha256 must be 64 hex digits (the output of `ferry token hash`)")?,
+            ),
+            (Some(_), Some(_)) => return Err("set secret or secret_sha256, not both".into()),
+            (None, None) => return Err("set secret or secret_sha256".into()),
+        };
+        let can = self
+            .can
+            .iter()
+            .map(|c| {
+                Scope::parse(c).ok_or_else(|| format!("can: {c:?} is not one of read, append, watch, metrics, admin"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AccessToken::new(self.name.clone(), secret, &self.ledgers, &can)
+    }
+}
+
+/// A token's name is shown in logs and events: plain, short, no secret.
+fn check_token_name(name: &str) -> Result<(), String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if name.is_empty() || name.len() > 64 || !name.chars().all(plain) {
+        return Err("name must be 1 to 64 characters of a-z, A-Z, 0-9, '.', '_', '-'".into());
+    }
+    Ok(())
 }
 
 /// The key whose value starts where `line_start` (a line's text up to an
@@ -569,23 +637,75 @@ fn key_before(line_start: &str) -> Option<&str> {
 #[derive(Debug, PartialEq, Eq)]
 struct TokenLineError {
     line: usize,
-    problem: &'static str,
+    problem: String,
 }
 
-/// The tokens of a `token_file`: one per line, surrounding whitespace
-/// trimmed; blank lines and lines starting with `#` are skipped. The one
-/// place the line format is read.
-fn token_file_tokens(text: &str) -> Result<Vec<String>, TokenLineError> {
+/// The tokens of a `token_file`, with their line numbers. One token per
+/// line: `[sha256:]SECRET [name=N] [ledgers=a*,b] [can=read,append]`,
+/// fields separated by whitespace; blank lines and lines starting with `#`
+/// are skipped. A bare secret has every scope on every ledger; a line that
+/// names `ledgers` or `can` must name both. The one place the line format
+/// is read.
+fn token_file_tokens(text: &str) -> Result<Vec<(usize, AccessToken)>, TokenLineError> {
     let mut tokens = Vec::new();
     for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let fail = |problem: String| TokenLineError { line: n, problem };
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if line.chars().any(char::is_whitespace) {
-            return Err(TokenLineError { line: i + 1, problem: "a token must contain no whitespace" });
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        let secret = match first.strip_prefix("sha256:") {
+            Some(d) => {
+                Secret::Sha256(parse_digest(d).ok_or_else(|| fail("sha256: must be followed by 64 hex digits".into()))?)
+            }
+            None => Secret::Plain(first.to_owned()),
+        };
+        let (mut name, mut ledgers, mut can) = (None, None, None);
+        for field in fields {
+            let (key, value) = field.split_once('=').ok_or_else(|| {
+                fail(
+                    "after the secret only name=, ledgers= and can= fields may follow (a token contains no whitespace)"
+                        .into(),
+                )
+            })?;
+            let slot = match key {
+                "name" => &mut name,
+                "ledgers" => &mut ledgers,
+                "can" => &mut can,
+                _ => return Err(fail(format!("unknown field {key:?}; expected name=, ledgers= or can="))),
+            };
+            if slot.replace(value.to_owned()).is_some() {
+                return Err(fail(format!("{key}= given twice")));
+            }
         }
-        tokens.push(line.to_owned());
+        let name = match name {
+            Some(name) => {
+                check_token_name(&name).map_err(fail)?;
+                name
+            }
+            None => format!("token_file:{n}"),
+        };
+        let token = match (ledgers, can) {
+            (None, None) => AccessToken::everything(name, secret),
+            (Some(ledgers), Some(can)) => {
+                let ledgers: Vec<String> = ledgers.split(',').map(str::to_owned).collect();
+                let can = can
+                    .split(',')
+                    .map(|c| {
+                        Scope::parse(c)
+                            .ok_or_else(|| format!("can: {c:?} is not one of read, append, watch, metrics, admin"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(fail)?;
+                AccessToken::new(name, secret, &ledgers, &can)
+            }
+            _ => return Err(fail("a line that names ledgers= or can= must name both".into())),
+        }
+        .map_err(fail)?;
+        tokens.push((n, token));
     }
     Ok(tokens)
 }
@@ -733,11 +853,67 @@ logs = { max_age = "1h", max_bytes = "" }
 
     #[test]
     fn token_file_lines_skip_blanks_and_comments_and_name_a_bad_line() {
-        assert_eq!(token_file_tokens(""), Ok(vec![]));
-        assert_eq!(token_file_tokens("\n \t\n# a comment\n  # another\n"), Ok(vec![]));
-        assert_eq!(token_file_tokens("# ops\n one \r\n\ntwo\n"), Ok(vec!["one".to_owned(), "two".to_owned()]));
-        let err = token_file_tokens("ok\n\nnot ok\n").unwrap_err();
-        assert_eq!(err.line, 3);
+        let names =
+            |text: &str| token_file_tokens(text).map(|ts| ts.into_iter().map(|(n, t)| (n, t.name)).collect::<Vec<_>>());
+        assert_eq!(names(""), Ok(vec![]));
+        assert_eq!(names("\n \t\n# a comment\n  # another\n"), Ok(vec![]));
+        assert_eq!(names("# ops\n one \r\n\ntwo name=ops\n"), Ok(vec![(2, "token_file:2".into()), (4, "ops".into())]));
+        let digest = ferry_api::secret_digest("s");
+        let scoped = format!("sha256:{digest} name=tenant ledgers=tenant-42.*,audit can=read,append");
+        assert_eq!(names(&scoped), Ok(vec![(1, "tenant".into())]));
+        for (text, line, problem) in [
+            ("ok\n\nnot ok\n", 3, "only name=, ledgers= and can="),
+            ("s colour=red", 1, "unknown field"),
+            ("s ledgers=a*", 1, "must name both"),
+            ("s ledgers=a* can=read,fly", 1, "\"fly\" is not one of"),
+            ("s ledgers=a* can=admin", 1, "admin is allowed only"),
+            ("sha256:abc", 1, "64 hex digits"),
+            ("s name=a name=b", 1, "given twice"),
+            ("s name=has/slash", 1, "name must be"),
+        ] {
+            let err = token_file_tokens(text).map(|_| ()).unwrap_err();
+            assert_eq!(err.line, line, "{text:?}");
+            assert!(err.problem.contains(problem), "{text:?}: {}", err.problem);
+        }
+    }
+
+    #[test]
+    fn scoped_tokens_parse_and_bad_ones_name_the_entry() {
+        let ok = r#"
+[server]
+tokens = ["root-secret"]
+[[server.scoped_tokens]]
+name = "tenant-42"
+secret = "t42-secret"
+ledgers = ["tenant-42.*"]
+can = ["read", "append", "watch"]
+[[server.scoped_tokens]]
+name = "auditor"
+secret_sha256 = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+ledgers = ["*"]
+can = ["read"]
+"#;
+        let tokens = Config::parse(ok).unwrap().server.access_tokens().unwrap();
+        let names: Vec<_> = tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["tokens[1]", "tenant-42", "auditor"]);
+        for (entry, expected) in [
+            ("name = \"a\"\nsecret = \"s\"\nledgers = [\"x*\"]\ncan = [\"admin\"]", "admin is allowed only"),
+            ("name = \"a\"\nledgers = [\"*\"]\ncan = [\"read\"]", "set secret or secret_sha256"),
+            ("name = \"a\"\nsecret = \"s\"\nsecret_sha256 = \"00\"\nledgers = [\"*\"]\ncan = [\"read\"]", "not both"),
+            ("name = \"a\"\nsecret_sha256 = \"00\"\nledgers = [\"*\"]\ncan = [\"read\"]", "64 hex digits"),
+            ("name = \"a\"\nsecret = \"s\"\nledgers = [\"*\"]\ncan = [\"write\"]", "\"write\" is not one of"),
+            ("name = \"a\"\nsecret = \"s\"\nledgers = []\ncan = [\"read\"]", "ledgers is empty"),
+            ("name = \"tokens[1]\"\nsecret = \"s\"\nledgers = [\"*\"]\ncan = [\"read\"]", "name must be"),
+            ("name = \"b\"\nsecret = \"root-secret\"\nledgers = [\"*\"]\ncan = [\"read\"]", "the same secret"),
+        ] {
+            let text = format!("[server]\ntokens = [\"root-secret\"]\n[[server.scoped_tokens]]\n{entry}\n");
+            let err = format!("{:#}", Config::parse(&text).unwrap().server.access_tokens().unwrap_err());
+            assert!(err.contains(expected), "{entry}: {err}");
+            assert!(err.contains("scoped_tokens[1]"), "{entry}: {err}");
+            assert!(!err.contains("root-secret") && !err.contains("\"s\""), "no secret in {err}");
+        }
+        let unknown = Config::parse("[[server.scoped_tokens]]\nname = \"a\"\nscret = \"s\"\n").unwrap_err();
+        assert!(format!("{unknown:#}").contains("scret"), "{unknown:#}");
     }
 }
 

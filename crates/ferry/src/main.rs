@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command, ExportersCommand, StorageArgs};
+use crate::cli::{Cli, Command, ExportersCommand, StorageArgs, TokenCommand};
 use crate::client::{Client, ExporterControl};
 use crate::tools::Storage;
 
@@ -69,11 +69,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tail::tail(&Client::new(&server.server, server.token)?, &prefix, from.as_deref()).await
         }
         Command::Exporters { command, server } => exporters(&Client::new(&server.server, server.token)?, command).await,
+        Command::Token { command: TokenCommand::Hash { secret } } => token_hash(secret),
         Command::Verify(storage) => tokio::task::spawn_blocking(move || tools::verify(storage_of(&storage))).await?,
         Command::Inspect { file, storage } => {
             tokio::task::spawn_blocking(move || tools::inspect(file.as_deref(), storage_of(&storage))).await?
         }
     }
+}
+
+/// `ferry token hash [SECRET]`: the digest of the secret (from stdin
+/// without an argument), as `secret_sha256` takes it.
+fn token_hash(secret: Option<String>) -> anyhow::Result<()> {
+    let secret = match secret {
+        Some(s) => s,
+        None => {
+            let mut line = String::new();
+            anyhow::Context::context(std::io::stdin().read_line(&mut line), "read the secret from stdin")?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if secret.is_empty() || secret.chars().any(char::is_whitespace) {
+        return Err(UsageError("a secret must be non-empty and contain no whitespace".into()).into());
+    }
+    println!("{}", ferry_api::secret_digest(&secret));
+    Ok(())
 }
 
 /// `ferry exporters …`: prints the server's JSON answer.

@@ -58,7 +58,11 @@ pub async fn run(
         tls = tls.is_some(),
         "ferry listening"
     );
-    tokio::spawn(reload_on_sighup(tls.clone()));
+    tokio::spawn(reload_on_sighup(Reloadable {
+        config_file: config_file.map(Path::to_path_buf),
+        tokens: settings.api.tokens.clone(),
+        tls: tls.clone(),
+    }));
 
     let exporters = Exporters::start(store.clone(), table, built).await.context("start the exporters")?;
     settings.api.exporters = Some(exporters.clone());
@@ -174,36 +178,73 @@ fn connection_limits(configured: &Connections) -> ferry_api::ConnectionLimits {
     }
 }
 
-/// Reads the TLS certificate and key again on each SIGHUP. A failed
-/// reload is logged and the pair in use stays. Without TLS a SIGHUP is
-/// logged and otherwise ignored (its default action would end the
-/// process).
-async fn reload_on_sighup(tls: Option<Arc<ferry_api::ServerTls>>) {
+/// What SIGHUP reloads: the tokens of the config file (`tokens`,
+/// `scoped_tokens`, `token_file`) and the TLS pair. Each reload is all or
+/// nothing: a file that does not load is logged and what is in use stays.
+/// Without a config file and TLS a SIGHUP is logged and otherwise ignored
+/// (its default action would end the process).
+struct Reloadable {
+    config_file: Option<PathBuf>,
+    tokens: Arc<ferry_api::Tokens>,
+    tls: Option<Arc<ferry_api::ServerTls>>,
+}
+
+async fn reload_on_sighup(what: Reloadable) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP: the TLS certificate is not reloadable");
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: tokens and the TLS certificate are not reloadable");
             return;
         }
     };
     while hangups.recv().await.is_some() {
-        let Some(tls) = &tls else {
-            tracing::info!("SIGHUP: nothing to reload (no TLS configured)");
+        if what.config_file.is_none() && what.tls.is_none() {
+            tracing::info!("SIGHUP: nothing to reload (no config file, no TLS)");
             continue;
-        };
-        match tokio::task::spawn_blocking({
-            let tls = tls.clone();
-            move || tls.reload()
-        })
-        .await
-        {
-            Ok(Ok(())) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "SIGHUP: the TLS certificate was not reloaded; the previous one stays in use")
+        }
+        if let Some(path) = &what.config_file {
+            let (path, tokens) = (path.clone(), what.tokens.clone());
+            match tokio::task::spawn_blocking(move || reload_tokens(&path, &tokens)).await {
+                Ok(Ok(Some((count, revoked)))) => {
+                    tracing::info!(tokens = count, revoked, "SIGHUP: reloaded the tokens")
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "SIGHUP: the tokens were not reloaded; the previous set stays in use"
+                    )
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the token reload failed"),
             }
-            Err(e) => tracing::error!(error = %e, "SIGHUP: the TLS reload failed"),
+        }
+        if let Some(tls) = &what.tls {
+            let tls = tls.clone();
+            match tokio::task::spawn_blocking(move || tls.reload()).await {
+                Ok(Ok(())) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "SIGHUP: the TLS certificate was not reloaded; the previous one stays in use")
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the TLS reload failed"),
+            }
         }
     }
+}
+
+/// Reads the config file's tokens again and swaps them in: `Some((tokens,
+/// revoked))`, or `None` when there were none and are none. A file that
+/// names no token while tokens are in use is refused: a reload never
+/// turns authentication off (a restart does, deliberately).
+fn reload_tokens(path: &Path, tokens: &ferry_api::Tokens) -> anyhow::Result<Option<(usize, usize)>> {
+    let fresh = Config::load(path)?.server.access_tokens()?;
+    if fresh.is_empty() {
+        if tokens.enabled() {
+            anyhow::bail!("{} now names no token; a reload never turns authentication off", path.display());
+        }
+        return Ok(None);
+    }
+    let count = fresh.len();
+    Ok(Some((count, tokens.replace(fresh))))
 }
 
 fn init_logging(log: &Log) {

@@ -38,6 +38,7 @@ use sessions::SlotState;
 use stream::{Stream, Subscriptions};
 use token::Token;
 
+use crate::auth::{Caller, Scope};
 use crate::{AppState, error::ApiError};
 
 /// Append notifications (and deletions) a watcher may have waiting before
@@ -92,9 +93,11 @@ fn bad_token(e: String) -> ApiError {
 
 pub(crate) async fn watch(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(params): ApiQuery<WatchParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::Watch, None)?;
     let from = match params.from.as_deref() {
         None => None,
         Some(f) => {
@@ -105,6 +108,9 @@ pub(crate) async fn watch(
             Some((LedgerName::parse(l)?, id))
         }
     };
+    if let Some((l, _)) = &from {
+        caller.require(Scope::Watch, Some(l))?;
+    }
     // Say what cannot be delivered instead of starting later in silence.
     if let Some((l, id)) = &from
         && let Some(info) = state.store.ledger_info(l)
@@ -150,14 +156,16 @@ pub(crate) async fn watch(
             (slot, owner, dirty)
         }
     };
-    let watcher = Stream::new(state.store.clone(), slot, owner, subs, dirty, guard);
+    let watcher = Stream::new(state.store.clone(), slot, owner, subs, dirty, guard, caller.clone());
     let closing = state.config.closing.clone();
-    let stream = futures_util::stream::unfold((watcher, closing), |(mut w, mut closing)| async move {
+    let stream = futures_util::stream::unfold((watcher, closing, caller), |(mut w, mut closing, caller)| async move {
         let event = tokio::select! {
             event = w.next_event() => event?,
             _ = closing.wait_for(|c| *c) => return None,
+            // A token revoked by a reload ends its streams.
+            () = caller.revoked() => return None,
         };
-        Some((Ok::<_, Infallible>(event), (w, closing)))
+        Some((Ok::<_, Infallible>(event), (w, closing, caller)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
 }
@@ -171,33 +179,56 @@ pub(crate) struct EventsParams {
 
 pub(crate) async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(params): ApiQuery<EventsParams>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::Watch, None)?;
     let guard = state.watchers.enter(state.config.max_watchers).ok_or_else(|| {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_watchers", "max_watchers streams are open")
     })?;
     let sub = state.store.events().subscribe(&params.prefix, EVENTS_BUFFER);
     let closing = state.config.closing.clone();
-    let stream =
-        futures_util::stream::unfold((sub, guard, closing, false), |(mut sub, guard, mut closing, done)| async move {
+    let stream = futures_util::stream::unfold(
+        (sub, guard, closing, caller, false),
+        |(mut sub, guard, mut closing, caller, done)| async move {
             if done {
                 return None;
             }
-            let received = tokio::select! {
-                r = sub.recv() => r?,
-                _ = closing.wait_for(|c| *c) => return None,
+            let received = loop {
+                let received = tokio::select! {
+                    r = sub.recv() => r?,
+                    _ = closing.wait_for(|c| *c) => return None,
+                    () = caller.revoked() => return None,
+                };
+                match &received {
+                    Received::Message(e) if !may_see(&caller, e) => continue,
+                    _ => break received,
+                }
             };
             let event = match received {
                 Received::Message(e) => system_event(&e),
                 Received::Lagged => {
                     metrics::counter!("ferry_watchers_lagged_total").increment(1);
                     let lagged = Event::default().event("lagged").data("{}");
-                    return Some((Ok::<_, Infallible>(lagged), (sub, guard, closing, true)));
+                    return Some((Ok::<_, Infallible>(lagged), (sub, guard, closing, caller, true)));
                 }
             };
-            Some((Ok(event), (sub, guard, closing, false)))
-        });
+            Some((Ok(event), (sub, guard, closing, caller, false)))
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
+}
+
+/// Whether `caller` may see `e`: an event about a ledger (`{kind}/{ledger}
+/// /…`) when its scope covers that ledger; exporter, pin and source events
+/// only with `admin`.
+fn may_see(caller: &Caller, e: &SystemEvent) -> bool {
+    if caller.can(Scope::Admin) {
+        return true;
+    }
+    let ledger_event = e.kind.starts_with("ledger.") || e.kind.starts_with("chunk.");
+    let ledger = e.key.split('/').nth(1).unwrap_or_default();
+    ledger_event && caller.may(Scope::Watch, ledger)
 }
 
 fn system_event(e: &SystemEvent) -> Event {

@@ -17,6 +17,8 @@ use ferry_core::events::{Appended, SystemEvent};
 use ferry_core::{Entry, EntryId, LedgerName};
 use ferry_store::{LedgerHead, Store, StoreError, WatchPosition};
 
+use crate::auth::{Caller, Scope};
+
 use super::WatcherGuard;
 use super::session::{Session, Start};
 use super::sessions::{Slot, SlotState};
@@ -61,6 +63,9 @@ pub(crate) struct Stream {
     pending: VecDeque<Pending>,
     done: bool,
     _guard: WatcherGuard,
+    /// Whose stream it is: ledgers outside its scope are never looked at,
+    /// so a prefix wider than the scope sends only what the scope covers.
+    caller: Caller,
 }
 
 impl Drop for Stream {
@@ -79,12 +84,13 @@ impl Stream {
         subs: Subscriptions,
         dirty: BTreeSet<LedgerName>,
         guard: WatcherGuard,
+        caller: Caller,
     ) -> Self {
         let prefix = match &*slot.lock() {
             SlotState::Loaded(s) => s.prefix.clone(),
             SlotState::Stored(h) => h.prefix.clone(),
         };
-        Self { store, slot, owner, prefix, subs, dirty, pending: VecDeque::new(), done: false, _guard: guard }
+        Self { store, slot, owner, prefix, subs, dirty, pending: VecDeque::new(), done: false, _guard: guard, caller }
     }
 
     /// Runs `f` on the session while this stream owns it.
@@ -107,6 +113,9 @@ impl Stream {
                 return None;
             }
             if let Some(ledger) = self.dirty.pop_first() {
+                if !self.caller.may(Scope::Watch, ledger.as_str()) {
+                    continue;
+                }
                 if let Err(e) = self.fill(&ledger).await {
                     tracing::warn!(%ledger, error = %e, "watch: skipping a ledger it cannot read");
                 }

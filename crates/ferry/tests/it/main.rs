@@ -19,6 +19,7 @@ mod full_disk;
 mod packs;
 mod quota;
 mod request_bodies;
+mod scopes;
 mod secrets;
 mod support;
 mod tls;

@@ -234,7 +234,7 @@ fn bad_size_limits_stop_serve_naming_the_key_and_line() {
         ("[retention.ledgers]\na = { max_age = \"7d\", max_size = \"1GiB\" }\n", &["max_size", "line 2", "unknown"]),
         ("[retention.ledgers]\na = \"7d\"\nb = { max_bytes = -1 }\n", &["max_bytes", "line 3", "negative"]),
         ("[retention.ledgers]\na = { max_age = \"soon\" }\n", &["max_age", "line 2", "invalid duration"]),
-        ("[retention.ledgers]\na = 7\n", &["a = 7", "line 2", "a max_age like"]),
+        ("[retention.ledgers]\na = 7\n", &["key a", "line 2", "a max_age like"]),
         ("[retention.ledgers]\n\"Not A Name\" = { max_bytes = \"1MiB\" }\n", &["retention.ledgers", "Not A Name"]),
     ];
     for (text, needles) in cases {
