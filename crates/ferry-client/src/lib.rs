@@ -55,7 +55,8 @@
 //! ```
 //!
 //! or builds its own `reqwest::Client` (its roots, timeouts, proxy) and
-//! hands it to [`Client::with_http`].
+//! hands it to [`Client::with_http`]. reqwest needs the provider to build
+//! any client, even for `http://`: without one, [`Client::new`] panics.
 //!
 //! # Errors and retries
 //!
@@ -87,8 +88,8 @@ pub use watch::{SystemEvents, SystemNotice, Watch, WatchEvent, WatchOptions};
 use append::{decode, segment};
 
 /// A client of one ferry server. Cheap to clone (the connection pool is
-/// shared).
-#[derive(Debug, Clone)]
+/// shared). Its `Debug` form never shows the token.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: Arc<str>,
@@ -96,9 +97,25 @@ pub struct Client {
     retry: RetryPolicy,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// A client of the server at `base_url` (`http://host:port` or
     /// `https://…`, without `/v1`), with a default `reqwest::Client`.
+    ///
+    /// # Panics
+    ///
+    /// When no rustls crypto provider is installed in the process (see
+    /// "TLS" in the crate docs): reqwest refuses to build a client without
+    /// one, even for `http://`.
     pub fn new(base_url: &str) -> Result<Self, Error> {
         let http = reqwest::Client::builder().build().map_err(Error::Transport)?;
         Self::with_http(http, base_url)
@@ -233,5 +250,62 @@ impl Client {
     /// once the store is poisoned.
     pub async fn ready(&self) -> Result<(), Error> {
         self.send(self.request(reqwest::Method::GET, "/readyz")).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http() -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let c = Client::with_http(http(), "http://127.0.0.1:7070").unwrap().with_token("s3cret-token");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn one_entry_is_sent_in_the_single_form_and_a_batch_as_entries() {
+        let one = Append::one(NewEntry::from_json(r#"{"b":1, "a":2.50}"#).unwrap().key("k")).expected_head(3);
+        assert_eq!(
+            String::from_utf8(one.body().unwrap()).unwrap(),
+            r#"{"payload":{"b":1, "a":2.50},"key":"k","expected_head":3}"#
+        );
+        let batch = Append::batch(vec![NewEntry::new(&1).unwrap(), NewEntry::new(&2).unwrap().idempotency_key("i")]);
+        assert_eq!(
+            String::from_utf8(batch.body().unwrap()).unwrap(),
+            r#"{"entries":[{"payload":1},{"payload":2,"idempotency_key":"i"}]}"#
+        );
+    }
+
+    #[test]
+    fn generated_idempotency_keys_fill_only_the_missing_ones_and_differ_per_request() {
+        let a = Append::batch(vec![NewEntry::new(&1).unwrap(), NewEntry::new(&2).unwrap().idempotency_key("mine")])
+            .with_idempotency_keys();
+        let keys: Vec<_> = a.entries().iter().map(|e| e.get_idempotency_key().unwrap().to_owned()).collect();
+        assert_eq!(keys[1], "mine");
+        assert!(keys[0].ends_with("-0") && keys[0].len() <= 256, "{keys:?}");
+        let b = Append::one(NewEntry::new(&1).unwrap()).with_idempotency_keys();
+        assert_ne!(b.entries()[0].get_idempotency_key(), Some(keys[0].as_str()), "a new request, a new key");
+    }
+
+    #[test]
+    fn path_segments_cannot_leave_their_place() {
+        assert_eq!(append::segment("audit.v1_x-y"), "audit.v1_x-y");
+        assert_eq!(append::segment(".."), "%2E.");
+        assert_eq!(append::segment("a/b?c"), "a%2Fb%3Fc");
+    }
+
+    #[test]
+    fn a_wait_is_sent_in_milliseconds() {
+        let q = ReadQuery { from: Some(3), wait: Some(std::time::Duration::from_secs(2)), ..Default::default() };
+        let req = http().get("http://h/x").query(&q).build().unwrap();
+        assert_eq!(req.url().query(), Some("from=3&wait=2000ms"));
     }
 }
