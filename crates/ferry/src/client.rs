@@ -1,8 +1,11 @@
-//! Client commands: `append`, `read`, `ledgers` over the HTTP API.
+//! Client commands: `append`, `read`, `ledgers`, `exporters` over the HTTP
+//! API, through `ferry-client`. This file turns command-line values into
+//! its requests and its answers into the commands' output.
 
 use std::io::{BufRead as _, Write as _};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+use ferry_client::{Append, NewEntry, ReadQuery};
 use ferry_core::limits::READ_LIMIT_MAX;
 use ferry_core::{LedgerName, Payload};
 
@@ -14,9 +17,7 @@ const STDIN_BATCH_ENTRIES: usize = 1_000;
 const STDIN_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+    api: ferry_client::Client,
 }
 
 impl Client {
@@ -24,39 +25,33 @@ impl Client {
     /// (`--token`) as bearer token.
     pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().build().context("build the HTTP client")?;
-        let base = server.trim_end_matches('/').to_owned();
+        let base = server.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(UsageError(format!("--server {base:?} must start with http:// or https://")).into());
         }
-        Ok(Self { http, base, token })
+        let api = ferry_client::Client::with_http(http, base)?;
+        Ok(Self {
+            api: match token {
+                Some(t) => api.with_token(t),
+                None => api,
+            },
+        })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let req = self.http.request(method, format!("{}{path}", self.base));
-        match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
+    /// The API client, for commands that drive it themselves (`tail`).
+    pub fn api(&self) -> &ferry_client::Client {
+        &self.api
     }
 
-    /// A GET of `path` with the token, for callers that stream the answer.
-    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.request(reqwest::Method::GET, path)
-    }
-
-    /// Sends a request; returns the body of a 2xx answer, else the
-    /// server's error as a failure.
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
-        let resp = req.send().await.with_context(|| format!("reach the ferry server at {}", self.base))?;
-        let status = resp.status();
-        let body = resp.bytes().await.context("read the server's answer")?;
-        if status.is_success() {
-            return Ok(body.to_vec());
-        }
-        let err: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        match (err["error"]["code"].as_str(), err["error"]["message"].as_str()) {
-            (Some(code), Some(msg)) => bail!("{status}: {code}: {msg}"),
-            _ => bail!("{status}: {}", String::from_utf8_lossy(&body)),
+    /// The command's failure for a client error: the server's answer as
+    /// `{status}: {code}: {message}`, or where the server could not be
+    /// reached.
+    pub fn failure(&self, e: ferry_client::Error) -> anyhow::Error {
+        match e {
+            ferry_client::Error::Transport(source) => {
+                anyhow::Error::new(source).context(format!("reach the ferry server at {}", self.api.base_url()))
+            }
+            other => other.into(),
         }
     }
 
@@ -68,12 +63,10 @@ impl Client {
         idempotency_key: Option<String>,
     ) -> anyhow::Result<()> {
         let ledger = LedgerName::parse(ledger).map_err(|e| UsageError(e.to_string()))?;
-        let path = format!("/v1/ledgers/{ledger}/entries");
         if let Some(text) = payload {
             let payload = Payload::from_json(text).map_err(|e| UsageError(e.to_string()))?;
-            let body = entry_json(&payload, key.as_deref(), idempotency_key.as_deref());
-            let answer = self.send(self.post_json(&path, body)).await?;
-            println!("{}", String::from_utf8_lossy(&answer));
+            let entry = new_entry(&payload, key.as_deref(), idempotency_key)?;
+            self.append_and_print(&ledger, Append::one(entry)).await?;
             return Ok(());
         }
         let mut batch = Vec::new();
@@ -88,29 +81,26 @@ impl Client {
             let payload = Payload::from_json(&line).map_err(|e| UsageError(format!("stdin line {line_no}: {e}")))?;
             let idem = idempotency_key.as_ref().map(|k| format!("{k}:{line_no}"));
             bytes += payload.len();
-            batch.push(entry_json(&payload, key.as_deref(), idem.as_deref()));
+            batch.push(new_entry(&payload, key.as_deref(), idem)?);
             if batch.len() >= STDIN_BATCH_ENTRIES || bytes >= STDIN_BATCH_BYTES {
-                total += self.append_batch(&path, std::mem::take(&mut batch)).await?;
+                total += self.append_and_print(&ledger, Append::batch(std::mem::take(&mut batch))).await?;
                 bytes = 0;
             }
         }
         if !batch.is_empty() {
-            total += self.append_batch(&path, batch).await?;
+            total += self.append_and_print(&ledger, Append::batch(batch)).await?;
         }
         eprintln!("appended {total} entries to {ledger}");
         Ok(())
     }
 
-    async fn append_batch(&self, path: &str, entries: Vec<String>) -> anyhow::Result<u64> {
-        let n = entries.len() as u64;
-        let body = format!("{{\"entries\":[{}]}}", entries.join(","));
-        let answer = self.send(self.post_json(path, body)).await?;
-        println!("{}", String::from_utf8_lossy(&answer));
+    /// Sends one append request and prints its answer `{"ids":[…]}`;
+    /// returns how many entries it carried.
+    async fn append_and_print(&self, ledger: &LedgerName, append: Append) -> anyhow::Result<u64> {
+        let n = append.entries().len() as u64;
+        let appended = self.api.append(ledger.as_str(), &append).await.map_err(|e| self.failure(e))?;
+        println!("{}", serde_json::json!({ "ids": appended.ids }));
         Ok(n)
-    }
-
-    fn post_json(&self, path: &str, body: String) -> reqwest::RequestBuilder {
-        self.request(reqwest::Method::POST, path).header("content-type", "application/json").body(body)
     }
 
     /// Pages through the ledger with NDJSON reads, copying lines through
@@ -124,22 +114,18 @@ impl Client {
         let mut left = limit.unwrap_or(u64::MAX);
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         while left > 0 {
-            let page = left.min(READ_LIMIT_MAX as u64);
-            let mut path = format!("/v1/ledgers/{ledger}/entries?limit={page}");
-            if let Some(f) = from {
-                path.push_str(&format!("&from={f}"));
-            }
-            let req = self.request(reqwest::Method::GET, &path).header("accept", "application/x-ndjson");
-            let body = self.send(req).await?;
+            let page = left.min(READ_LIMIT_MAX as u64) as u32;
+            let query = ReadQuery { from, limit: Some(page), ..ReadQuery::default() };
+            let mut lines = self.api.read_lines(ledger.as_str(), &query).await.map_err(|e| self.failure(e))?;
             let mut last_id = None;
-            for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            while let Some(line) = lines.next_line().await.map_err(|e| self.failure(e))? {
                 #[derive(serde::Deserialize)]
                 struct Id {
                     id: u64,
                 }
-                let Id { id } = serde_json::from_slice(line).context("the server sent a line that is not an entry")?;
+                let Id { id } = serde_json::from_slice(&line).context("the server sent a line that is not an entry")?;
                 last_id = Some(id);
-                out.write_all(line)?;
+                out.write_all(&line)?;
                 out.write_all(b"\n")?;
                 left -= 1;
             }
@@ -154,11 +140,10 @@ impl Client {
 
     /// `ferry exporters status [NAME]`.
     pub async fn exporter_status(&self, name: Option<&str>) -> anyhow::Result<()> {
-        let path = match name {
-            None => "/v1/exporters".to_owned(),
-            Some(n) => format!("/v1/exporters/{}", exporter_name(n)?),
-        };
-        self.print_answer(self.request(reqwest::Method::GET, &path)).await
+        match name {
+            None => print_json(self.api.exporters().await.map_err(|e| self.failure(e))?),
+            Some(n) => print_json(self.api.exporter(exporter_name(n)?.as_str()).await.map_err(|e| self.failure(e))?),
+        }
     }
 
     /// `ferry exporters reset NAME [--ledger L] [--from-id N]`.
@@ -166,40 +151,38 @@ impl Client {
         if let Some(l) = ledger {
             LedgerName::parse(l).map_err(|e| UsageError(format!("--ledger: {e}")))?;
         }
-        let body = serde_json::json!({ "ledger": ledger, "from_id": from_id }).to_string();
-        self.print_answer(self.post_json(&format!("/v1/exporters/{}/reset", exporter_name(name)?), body)).await
+        let name = exporter_name(name)?;
+        print_json(self.api.reset_exporter(name.as_str(), ledger, from_id).await.map_err(|e| self.failure(e))?)
     }
 
-    /// `ferry exporters pause|resume NAME`: `action` is the path's last step.
+    /// `ferry exporters pause|resume NAME`.
     pub async fn exporter_control(&self, name: &str, action: ExporterControl) -> anyhow::Result<()> {
-        let path = format!("/v1/exporters/{}/{}", exporter_name(name)?, action.as_str());
-        self.print_answer(self.request(reqwest::Method::POST, &path)).await
+        let name = exporter_name(name)?;
+        let status = match action {
+            ExporterControl::Pause => self.api.pause_exporter(name.as_str()).await,
+            ExporterControl::Resume => self.api.resume_exporter(name.as_str()).await,
+        };
+        print_json(status.map_err(|e| self.failure(e))?)
     }
 
     /// `ferry exporters delete NAME`.
     pub async fn exporter_delete(&self, name: &str) -> anyhow::Result<()> {
-        let path = format!("/v1/exporters/{}", exporter_name(name)?);
-        self.print_answer(self.request(reqwest::Method::DELETE, &path)).await
-    }
-
-    /// Sends `request` and prints the server's JSON answer, if any.
-    async fn print_answer(&self, request: reqwest::RequestBuilder) -> anyhow::Result<()> {
-        let body = self.send(request).await?;
-        if !body.is_empty() {
-            let value: serde_json::Value = serde_json::from_slice(&body).context("parse the server's answer")?;
-            println!("{}", serde_json::to_string_pretty(&value)?);
-        }
-        Ok(())
+        self.api.delete_exporter(exporter_name(name)?.as_str()).await.map_err(|e| self.failure(e))
     }
 
     pub async fn ledgers(&self) -> anyhow::Result<()> {
-        let body = self.send(self.request(reqwest::Method::GET, "/v1/ledgers")).await?;
-        let list: Vec<serde_json::Value> = serde_json::from_slice(&body).context("parse the ledger list")?;
-        for l in list {
-            println!("{l}");
+        for l in self.api.ledgers().await.map_err(|e| self.failure(e))? {
+            println!("{}", serde_json::to_value(l)?);
         }
         Ok(())
     }
+}
+
+/// Prints an answer as indented JSON (through `serde_json::Value`, as the
+/// commands always printed the server's answer).
+fn print_json(answer: impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(&serde_json::to_value(answer)?)?);
+    Ok(())
 }
 
 /// What `ferry exporters pause|resume` asks of an exporter.
@@ -209,28 +192,19 @@ pub enum ExporterControl {
     Resume,
 }
 
-impl ExporterControl {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pause => "pause",
-            Self::Resume => "resume",
-        }
-    }
-}
-
 fn exporter_name(name: &str) -> Result<LedgerName, UsageError> {
     LedgerName::parse(name).map_err(|e| UsageError(format!("exporter name: {e}")))
 }
 
-/// One entry of an append body, with the payload's text kept byte for byte
+/// One entry of an append, with the payload's text kept byte for byte
 /// (a `serde_json::Value` would reorder keys and round numbers).
-fn entry_json(payload: &Payload, key: Option<&str>, idempotency_key: Option<&str>) -> String {
-    let mut e = format!("{{\"payload\":{}", payload.as_str());
-    for (name, value) in [("key", key), ("idempotency_key", idempotency_key)] {
-        if let Some(v) = value {
-            e.push_str(&format!(",\"{name}\":{}", serde_json::Value::from(v)));
-        }
+fn new_entry(payload: &Payload, key: Option<&str>, idempotency_key: Option<String>) -> anyhow::Result<NewEntry> {
+    let mut entry = NewEntry::from_json(payload.as_str())?;
+    if let Some(k) = key {
+        entry = entry.key(k);
     }
-    e.push('}');
-    e
+    if let Some(k) = idempotency_key {
+        entry = entry.idempotency_key(k);
+    }
+    Ok(entry)
 }

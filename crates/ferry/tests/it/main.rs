@@ -8,6 +8,7 @@
 mod api;
 mod auth;
 mod cli;
+mod client;
 mod crash;
 mod deleted_data;
 mod descriptors;

@@ -345,6 +345,11 @@ impl Server {
         self.child.as_ref().expect("server is running").id()
     }
 
+    /// A `ferry-client` of this server, on the tests' HTTP client.
+    pub fn client(&self) -> ferry_client::Client {
+        ferry_client::Client::with_http(self.http.clone(), &self.base).expect("the server's base URL")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -1,0 +1,104 @@
+//! What the server answers with: entries, ledgers, exporter status and
+//! system events, in the JSON forms README's HTTP API table documents.
+//! Fields the server adds later land in each type's `extra`, so a client
+//! older than its server loses nothing it passes on.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// A stored entry:
+/// `{"ledger":"audit","id":42,"ts":1763769600123,"key":"user-7","payload":{…}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// The ledger's name.
+    pub ledger: String,
+    /// 1, 2, 3, … within the ledger, with no gaps.
+    pub id: u64,
+    /// Unix milliseconds ferry stamped it with; never decreasing within a
+    /// ledger.
+    pub ts: u64,
+    /// The routing key it was appended with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The payload's JSON text byte for byte as stored (key order and number
+    /// spelling kept); `serde_json::from_str(entry.payload.get())` reads it.
+    pub payload: Box<RawValue>,
+}
+
+/// A ledger as `GET /v1/ledgers` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// The ledger's name.
+    pub name: String,
+    /// Never reused for the name: a deleted and re-created ledger has a new
+    /// one.
+    pub incarnation: u64,
+    /// The oldest id kept (retention raises it).
+    pub first: u64,
+    /// The newest id; `first - 1` when the ledger is empty.
+    pub head: u64,
+    /// How many entries are kept.
+    pub entries: u64,
+    /// Bytes of the stored records.
+    pub bytes: u64,
+    /// Unix milliseconds of its creation.
+    pub created_at: u64,
+    /// Fields this client does not know yet.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// An exporter's status (`GET /v1/exporters/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExporterStatus {
+    /// The exporter's name.
+    pub name: String,
+    /// The sink kind; `None` for an orphaned exporter.
+    pub sink: Option<String>,
+    /// `running`, `stopped`, `paused` or `orphaned`.
+    pub state: String,
+    /// Where it stands per ledger.
+    pub ledgers: Vec<ExporterLedger>,
+    /// Fields this client does not know yet.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One ledger of an exporter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExporterLedger {
+    /// The ledger's name.
+    pub ledger: String,
+    /// The last id the sink acknowledged.
+    pub cursor: u64,
+    /// The ledger's head.
+    pub head: u64,
+    /// Entries not yet exported.
+    pub lag: u64,
+    /// `running`, `backing_off`, `paused`, `failed` or `dead_lettered`.
+    pub state: String,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// Attempts of the current batch.
+    pub attempts: u32,
+    /// Unix milliseconds of the last acknowledged delivery.
+    pub last_success_at: Option<u64>,
+    /// Fields this client does not know yet.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A system event of `/v1/events`: `{"kind","key","at","data"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemEvent {
+    /// `ledger.created`, `chunk.frozen`, `exporter.failed`, …
+    pub kind: String,
+    /// The key prefixes are matched on, e.g. `chunk.frozen/audit/00000003`.
+    pub key: String,
+    /// Unix milliseconds.
+    pub at: u64,
+    /// The kind's details.
+    #[serde(default)]
+    pub data: Value,
+}
