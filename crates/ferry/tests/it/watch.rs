@@ -561,7 +561,10 @@ async fn a_lagged_consumer_of_many_ledgers_gets_a_bounded_token_and_resumes_exac
     let server = env.serve().await;
     let names: Vec<String> = (0..LEDGERS).map(|i| format!("slow-{i:04}-{}", "y".repeat(61 - 10))).collect();
     let slow_resp = server.http.get(server.url("/v1/watch?prefix=slow-")).send().await.expect("open slow watch");
-    let pad = "z".repeat(8 * 1024);
+    // 1,600 entries of 32 KiB: far more than loopback socket buffers hold
+    // (about 10 MB), so the unread stream must fall behind and lag; with
+    // 8 KiB the buffers sometimes took it all and nothing lagged.
+    let pad = "z".repeat(32 * 1024);
     let mut handles = Vec::new();
     for t in 0..16 {
         let (http, base, pad) = (server.http.clone(), server.base.clone(), pad.clone());
