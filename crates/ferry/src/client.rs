@@ -66,12 +66,17 @@ impl Client {
         payload: Option<&str>,
         key: Option<String>,
         idempotency_key: Option<String>,
+        mut expected_head: Option<u64>,
     ) -> anyhow::Result<()> {
         let ledger = LedgerName::parse(ledger).map_err(|e| UsageError(e.to_string()))?;
         let path = format!("/v1/ledgers/{ledger}/entries");
         if let Some(text) = payload {
             let payload = Payload::from_json(text).map_err(|e| UsageError(e.to_string()))?;
-            let body = entry_json(&payload, key.as_deref(), idempotency_key.as_deref());
+            let mut body = entry_json(&payload, key.as_deref(), idempotency_key.as_deref());
+            if let Some(head) = expected_head {
+                body.pop();
+                body.push_str(&format!(",\"expected_head\":{head}}}"));
+            }
             let answer = self.send(self.post_json(&path, body)).await?;
             println!("{}", String::from_utf8_lossy(&answer));
             return Ok(());
@@ -90,22 +95,39 @@ impl Client {
             bytes += payload.len();
             batch.push(entry_json(&payload, key.as_deref(), idem.as_deref()));
             if batch.len() >= STDIN_BATCH_ENTRIES || bytes >= STDIN_BATCH_BYTES {
-                total += self.append_batch(&path, std::mem::take(&mut batch)).await?;
+                total += self.append_batch(&path, std::mem::take(&mut batch), &mut expected_head).await?;
                 bytes = 0;
             }
         }
         if !batch.is_empty() {
-            total += self.append_batch(&path, batch).await?;
+            total += self.append_batch(&path, batch, &mut expected_head).await?;
         }
         eprintln!("appended {total} entries to {ledger}");
         Ok(())
     }
 
-    async fn append_batch(&self, path: &str, entries: Vec<String>) -> anyhow::Result<u64> {
+    /// Sends one batch, conditional on `expected_head` when given, which
+    /// it then moves to the head the batch left: its highest new id (a
+    /// repeat's original id is below the head it was checked against).
+    async fn append_batch(
+        &self,
+        path: &str,
+        entries: Vec<String>,
+        expected_head: &mut Option<u64>,
+    ) -> anyhow::Result<u64> {
         let n = entries.len() as u64;
-        let body = format!("{{\"entries\":[{}]}}", entries.join(","));
+        let condition = expected_head.map(|h| format!(",\"expected_head\":{h}")).unwrap_or_default();
+        let body = format!("{{\"entries\":[{}]{condition}}}", entries.join(","));
         let answer = self.send(self.post_json(path, body)).await?;
         println!("{}", String::from_utf8_lossy(&answer));
+        if let Some(head) = expected_head {
+            #[derive(serde::Deserialize)]
+            struct Ids {
+                ids: Vec<u64>,
+            }
+            let Ids { ids } = serde_json::from_slice(&answer).context("the server's answer holds no ids")?;
+            *head = ids.into_iter().fold(*head, u64::max);
+        }
         Ok(n)
     }
 
@@ -115,12 +137,15 @@ impl Client {
 
     /// Pages through the ledger with NDJSON reads, copying lines through
     /// unchanged (payload bytes exactly as stored).
-    pub async fn read(&self, ledger: &str, from: Option<u64>, limit: Option<u64>) -> anyhow::Result<()> {
+    pub async fn read(&self, ledger: &str, start: ReadStart, limit: Option<u64>) -> anyhow::Result<()> {
         let ledger = LedgerName::parse(ledger).map_err(|e| UsageError(e.to_string()))?;
         if limit == Some(0) {
             return Ok(());
         }
-        let mut from = from;
+        let (mut from, mut since) = match start {
+            ReadStart::From(from) => (from, None),
+            ReadStart::Since(ms) => (None, Some(ms)),
+        };
         let mut left = limit.unwrap_or(u64::MAX);
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         while left > 0 {
@@ -128,6 +153,10 @@ impl Client {
             let mut path = format!("/v1/ledgers/{ledger}/entries?limit={page}");
             if let Some(f) = from {
                 path.push_str(&format!("&from={f}"));
+            }
+            // Only the first page starts by time; the next ones by id.
+            if let Some(ms) = since.take() {
+                path.push_str(&format!("&from_ts={ms}"));
             }
             let req = self.request(reqwest::Method::GET, &path).header("accept", "application/x-ndjson");
             let body = self.send(req).await?;
@@ -200,6 +229,20 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// Where `ferry read` starts.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadStart {
+    /// `--from ID` (default: First).
+    From(Option<u64>),
+    /// `--since TIME`, as unix milliseconds.
+    Since(u64),
+}
+
+/// A time as unix milliseconds (0 for a time before 1970).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What `ferry exporters pause|resume` asks of an exporter.

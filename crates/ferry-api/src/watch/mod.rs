@@ -54,7 +54,9 @@ pub(crate) struct Watchers(Arc<AtomicUsize>);
 pub(crate) struct WatcherGuard(Arc<AtomicUsize>);
 
 impl Watchers {
-    fn enter(&self, max: usize) -> Option<WatcherGuard> {
+    /// A slot among `max`, or `None` when every one is taken. Long-poll
+    /// reads (`entries.rs`) take one too while they wait.
+    pub(crate) fn enter(&self, max: usize) -> Option<WatcherGuard> {
         let mut n = self.0.load(Ordering::SeqCst);
         loop {
             if n >= max {
