@@ -86,6 +86,9 @@ pub(crate) struct WatchParams {
     #[serde(default)]
     prefix: String,
     from: Option<String>,
+    /// Unix ms: every ledger starts at its first entry stamped at or after
+    /// it (a ledger `from` names starts there instead).
+    from_ts: Option<u64>,
 }
 
 fn bad_token(e: String) -> ApiError {
@@ -130,8 +133,12 @@ pub(crate) async fn watch(
     let subs = Subscriptions::new(&state.store, &params.prefix, WATCH_BUFFER);
     let (slot, owner, dirty) = match token {
         None => {
-            let dirty: BTreeSet<LedgerName> = from.iter().map(|(l, _)| l.clone()).collect();
-            let (slot, owner) = state.sessions.create(params.prefix.clone(), from).await?;
+            let mut dirty: BTreeSet<LedgerName> = from.iter().map(|(l, _)| l.clone()).collect();
+            // Started in the past, every matching ledger may have entries to send.
+            if params.from_ts.is_some() {
+                dirty.extend(matching_ledgers(&state.store, &params.prefix));
+            }
+            let (slot, owner) = state.sessions.create(params.prefix.clone(), from, params.from_ts).await?;
             (slot, owner, dirty)
         }
         Some(token) => {
@@ -139,13 +146,7 @@ pub(crate) async fn watch(
             let (slot, owner) = state.sessions.resume(token, &params.prefix).await?;
             // Every matching ledger may have news, and every ledger the
             // session follows may have been deleted meanwhile.
-            let mut dirty: BTreeSet<LedgerName> = state
-                .store
-                .list_ledgers()
-                .into_iter()
-                .map(|i| i.name)
-                .filter(|l| l.as_str().starts_with(&params.prefix))
-                .collect();
+            let mut dirty: BTreeSet<LedgerName> = matching_ledgers(&state.store, &params.prefix).collect();
             if let SlotState::Loaded(session) = &*slot.lock() {
                 dirty.extend(session.ledgers().cloned());
             }
@@ -162,6 +163,12 @@ pub(crate) async fn watch(
         Some((Ok::<_, Infallible>(event), (w, closing)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
+}
+
+/// The names of the ledgers a watch of `prefix` follows, as they are now.
+fn matching_ledgers(store: &ferry_store::Store, prefix: &str) -> impl Iterator<Item = LedgerName> {
+    let prefix = prefix.to_owned();
+    store.list_ledgers().into_iter().map(|i| i.name).filter(move |l| l.as_str().starts_with(&prefix))
 }
 
 #[derive(Deserialize)]

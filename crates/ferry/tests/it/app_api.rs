@@ -185,27 +185,34 @@ async fn a_long_poll_read_answers_as_soon_as_an_entry_is_appended_and_with_an_em
     let started = Instant::now();
     assert_eq!(page(&server, "q", "from=2&wait=1s").await, (vec![], 2));
     assert!(started.elapsed() >= Duration::from_millis(900), "it waited: {:?}", started.elapsed());
-    // An append wakes a waiting read.
-    let mut latencies = Vec::new();
+    // An append wakes a waiting read: measured from sending the append to
+    // the waiting read's answer, beside the append's own round trip.
+    let (mut woken, mut appended) = (Vec::new(), Vec::new());
     for round in 0..5u64 {
         let from = 2 + round;
         let path = format!("/v1/ledgers/q/entries?from={from}&wait=30s");
-        let waiting = server.get(&path);
+        let waiting = async { (server.get(&path).await, Instant::now()) };
         let append = async {
             tokio::time::sleep(Duration::from_millis(300)).await;
+            let sent = Instant::now();
             let r = server.append("q", format!(r#"{{"payload":{from}}}"#)).await;
             assert_eq!(r.status, 201);
-            Instant::now()
+            (sent, sent.elapsed())
         };
-        let (r, appended) = tokio::join!(waiting, append);
-        let woke = Instant::now();
+        let ((r, answered), (sent, round_trip)) = tokio::join!(waiting, append);
         assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(r.json()["entries"][0]["id"], from, "{}", r.text);
-        latencies.push(woke.duration_since(appended));
+        woken.push(answered.duration_since(sent));
+        appended.push(round_trip);
     }
-    latencies.sort();
-    println!("long-poll wake-up after the append's answer: median {:?}, max {:?}", latencies[2], latencies[4]);
-    assert!(latencies[4] < Duration::from_secs(1), "a sanity bound only: {latencies:?}");
+    woken.sort();
+    appended.sort();
+    println!(
+        "long-poll wake-up, from sending the append to the waiting read's answer: median {:?}, max {:?} \
+         (the append's own round trip: median {:?})",
+        woken[2], woken[4], appended[2]
+    );
+    assert!(woken[4] < Duration::from_secs(1), "a sanity bound only: {woken:?}");
     // from_ts with wait: waits for the first entry stamped at or after it.
     let future = now_ms() + 200;
     let path = format!("/v1/ledgers/q/entries?from_ts={future}&wait=10s");
