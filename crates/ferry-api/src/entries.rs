@@ -100,6 +100,7 @@ fn text_field(raw: Option<&RawValue>, at: impl Fn() -> String) -> Result<Option<
 }
 
 /// An append body, parsed.
+#[derive(Debug)]
 struct Append {
     entries: Vec<NewEntry>,
     expected_head: Option<EntryId>,
@@ -368,6 +369,27 @@ mod tests {
         ] {
             let err = parse_append(body).expect_err("must fail");
             assert_eq!(err.status, status, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn expected_head_rides_beside_one_entry_or_a_batch() {
+        let one = parse_append(br#"{"payload":1,"expected_head":0}"#).unwrap();
+        assert_eq!((one.entries.len(), one.expected_head), (1, Some(0)));
+        let batch = parse_append(br#"{"entries":[{"payload":1},{"payload":2}],"expected_head":7}"#).unwrap();
+        assert_eq!((batch.entries.len(), batch.expected_head), (2, Some(7)));
+        assert_eq!(parse_append(br#"{"payload":1}"#).unwrap().expected_head, None);
+        let err = parse_append(br#"{"entries":[{"payload":1,"expected_head":1}]}"#).expect_err("per entry");
+        assert_eq!(err.code, "invalid_entry");
+    }
+
+    #[test]
+    fn wait_is_a_duration_of_at_most_a_minute() {
+        assert_eq!(parse_wait(Some("30s")).unwrap(), Some(Duration::from_secs(30)));
+        assert_eq!(parse_wait(Some("60s")).unwrap(), Some(LONG_POLL_WAIT_MAX));
+        assert_eq!(parse_wait(None).unwrap(), None);
+        for bad in ["61s", "30", "soon", "-1s"] {
+            assert_eq!(parse_wait(Some(bad)).expect_err(bad).code, "invalid_wait");
         }
     }
 
