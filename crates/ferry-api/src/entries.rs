@@ -6,9 +6,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ferry_core::limits::{READ_LIMIT_DEFAULT, READ_LIMIT_MAX};
+use std::time::Duration;
+
+use ferry_core::bus::Received;
+use ferry_core::limits::{LONG_POLL_WAIT_MAX, READ_LIMIT_DEFAULT, READ_LIMIT_MAX};
 use ferry_core::{Entry, EntryId, InvalidPayload, LedgerName, NewEntry, Payload, check_portable};
-use ferry_store::{ReadBatch, Store};
+use ferry_store::{ReadBatch, Store, StoreError};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
@@ -18,10 +21,16 @@ use crate::{AppState, error::ApiError};
 const NDJSON: &str = "application/x-ndjson";
 /// Entries per storage read while streaming NDJSON.
 const STREAM_PAGE_ENTRIES: usize = 1_000;
+/// Append notifications a long-poll read may have waiting (past it, it
+/// looks at the head again: nothing is lost but a wake-up).
+const LONG_POLL_BUFFER: usize = 64;
 
 /// An append body, one entry or a batch, told apart in a single parse.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = r#"an entry {"payload":…} or a batch {"entries":[…]}"#)]
+#[serde(
+    deny_unknown_fields,
+    expecting = r#"an entry {"payload":…} or a batch {"entries":[…]}, either with "expected_head"?"#
+)]
 struct AppendIn<'a> {
     #[serde(borrow, default)]
     payload: Given<'a>,
@@ -31,6 +40,8 @@ struct AppendIn<'a> {
     idempotency_key: Option<&'a RawValue>,
     #[serde(borrow)]
     entries: Option<Vec<EntryIn<'a>>>,
+    /// Apply only at this head (`Store::append_expecting`).
+    expected_head: Option<EntryId>,
 }
 
 /// One entry of an append body. Its fields stay JSON text here, checked
@@ -89,9 +100,23 @@ fn text_field(raw: Option<&RawValue>, at: impl Fn() -> String) -> Result<Option<
     Ok(Some(text))
 }
 
-/// Parses `{"payload":…}` or `{"entries":[…]}`.
-fn parse_append(body: &[u8]) -> Result<Vec<NewEntry>, ApiError> {
+/// An append body, parsed.
+#[derive(Debug)]
+struct Append {
+    entries: Vec<NewEntry>,
+    expected_head: Option<EntryId>,
+}
+
+/// Parses `{"payload":…}` or `{"entries":[…]}`, either with `expected_head`.
+fn parse_append(body: &[u8]) -> Result<Append, ApiError> {
     let append: AppendIn = serde_json::from_slice(body).map_err(|e| ApiError::from_json(&e, "the request body"))?;
+    let expected_head = append.expected_head;
+    let entries = parse_entries(append)?;
+    Ok(Append { entries, expected_head })
+}
+
+/// The entries of an append body: its one entry or its batch.
+fn parse_entries(append: AppendIn<'_>) -> Result<Vec<NewEntry>, ApiError> {
     let single = append.key.is_some() || append.idempotency_key.is_some();
     match (append.payload, append.entries) {
         (Given::Absent, Some(entries)) if !single => {
@@ -120,8 +145,11 @@ pub(crate) async fn append(
 ) -> Result<Response, ApiError> {
     let name = LedgerName::parse(&name)?;
     caller.require(Scope::Append, Some(&name))?;
-    let entries = parse_append(&body)?;
-    let outcome = state.store.append(&name, entries).await?;
+    let Append { entries, expected_head } = parse_append(&body)?;
+    let outcome = match expected_head {
+        None => state.store.append(&name, entries).await?,
+        Some(head) => state.store.append_expecting(&name, entries, head).await?,
+    };
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(serde_json::json!({ "ids": outcome.ids }))).into_response())
 }
@@ -130,7 +158,57 @@ pub(crate) async fn append(
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReadParams {
     from: Option<EntryId>,
+    /// Unix ms: start at the first entry stamped at or after it.
+    from_ts: Option<u64>,
     limit: Option<usize>,
+    /// A long poll: `30s`, `500ms`, at most `LONG_POLL_WAIT_MAX`.
+    wait: Option<String>,
+}
+
+/// Where a read starts.
+#[derive(Clone, Copy)]
+enum Start {
+    /// First, or `from`.
+    Id(Option<EntryId>),
+    /// The first entry stamped at or after this (unix ms).
+    Ts(u64),
+}
+
+impl Start {
+    fn of(params: &ReadParams) -> Result<Self, ApiError> {
+        match (params.from, params.from_ts) {
+            (Some(_), Some(_)) => {
+                Err(ApiError::bad_request("invalid_query", "from and from_ts cannot be given together: choose one"))
+            }
+            (from, None) => Ok(Start::Id(from)),
+            (None, Some(ts)) => Ok(Start::Ts(ts)),
+        }
+    }
+
+    /// The id this start names now (for `Ts`, a search: `Store::first_at_or_after`).
+    async fn resolve(self, store: &Store, name: &LedgerName) -> Result<Option<EntryId>, ApiError> {
+        match self {
+            Start::Id(from) => Ok(from),
+            Start::Ts(ts) => Ok(Some(store.first_at_or_after(name, ts).await?)),
+        }
+    }
+}
+
+/// `wait=DURATION`, checked against `LONG_POLL_WAIT_MAX`.
+fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(text) = wait else { return Ok(None) };
+    let max = LONG_POLL_WAIT_MAX;
+    let invalid = |why: String| {
+        ApiError::bad_request(
+            "invalid_wait",
+            format!("wait={text:?}: {why}; give a duration such as 30s, at most {}s", max.as_secs()),
+        )
+    };
+    let wait = humantime::parse_duration(text).map_err(|e| invalid(e.to_string()))?;
+    if wait > max {
+        return Err(invalid("longer than a long poll may wait".into()));
+    }
+    Ok(Some(wait))
 }
 
 pub(crate) async fn read(
@@ -146,15 +224,19 @@ pub(crate) async fn read(
     if limit == 0 || limit > READ_LIMIT_MAX {
         return Err(ApiError::bad_request("invalid_limit", format!("limit must be 1..={READ_LIMIT_MAX}, got {limit}")));
     }
+    let start = Start::of(&params)?;
+    if let Some(wait) = parse_wait(params.wait.as_deref())? {
+        long_poll(&state, &name, start, wait).await?;
+    }
     let wants_ndjson = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains(NDJSON));
     if wants_ndjson {
         // The first page is read before answering, so errors (unknown
         // ledger, below First) get their status instead of a cut stream.
         let page = limit.min(STREAM_PAGE_ENTRIES);
-        let first_page = read_page(state.store.clone(), name.clone(), params.from, page).await?;
+        let first_page = read_start(&state.store, &name, start, page).await?;
         return Ok(ndjson_response(state.store, name, first_page, limit));
     }
-    let batch = read_page(state.store, name, params.from, limit).await?;
+    let batch = read_start(&state.store, &name, start, limit).await?;
     let mut out = Vec::with_capacity(batch.entries.iter().map(|e| e.payload.len() + 96).sum::<usize>() + 32);
     out.extend_from_slice(b"{\"entries\":[");
     for (i, e) in batch.entries.iter().enumerate() {
@@ -165,6 +247,62 @@ pub(crate) async fn read(
     }
     out.extend_from_slice(format!("],\"next\":{}}}", batch.next).as_bytes());
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+/// The first page of a read. A start by time is searched again when
+/// retention pruned its entry in between (it then starts at First).
+async fn read_start(store: &Store, name: &LedgerName, start: Start, limit: usize) -> Result<ReadBatch, ApiError> {
+    let mut pruned = 0;
+    loop {
+        let from = start.resolve(store, name).await?;
+        match store.read(name, from, limit).await {
+            Err(StoreError::BelowFirst { .. }) if matches!(start, Start::Ts(_)) && pruned < 8 => pruned += 1,
+            read => return Ok(read?),
+        }
+    }
+}
+
+/// Waits, as a watcher (`max_watchers`), until the ledger holds an entry
+/// where the read starts, the wait is over, or the server is closing;
+/// woken by the store's append notifications, never by polling. The wait
+/// is cut to a second below the server's idle timeout, so the connection
+/// is not closed under it. An absent ledger is not waited for: the read
+/// answers 404.
+async fn long_poll(state: &AppState, name: &LedgerName, start: Start, wait: Duration) -> Result<(), ApiError> {
+    let wait = wait.min(state.config.idle_timeout.saturating_sub(Duration::from_secs(1)));
+    let deadline = tokio::time::Instant::now() + wait;
+    let _watcher = state.watchers.enter(state.config.max_watchers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_watchers",
+            format!("{} watchers and waiting reads are open (max_watchers)", state.config.max_watchers),
+        )
+    })?;
+    // Subscribe before looking: an append after the look wakes us.
+    let mut appends = state.store.appends().subscribe(name.as_str(), LONG_POLL_BUFFER);
+    let mut closing = state.config.closing.clone();
+    loop {
+        let Some(head) = state.store.ledger_head(name) else { return Ok(()) };
+        let from = start.resolve(&state.store, name).await?.unwrap_or(head.first);
+        if from <= head.head {
+            return Ok(());
+        }
+        // Another ledger whose name starts with this one wakes nothing; a
+        // lag only makes us look again. False: the store is gone.
+        let woken = async {
+            loop {
+                match appends.recv().await {
+                    Some(Received::Message(a)) if a.ledger != *name || a.last_id < from => continue,
+                    received => return received.is_some(),
+                }
+            }
+        };
+        tokio::select! {
+            subscribed = woken => if !subscribed { return Ok(()) },
+            () = tokio::time::sleep_until(deadline) => return Ok(()),
+            _ = closing.wait_for(|c| *c) => return Ok(()),
+        }
+    }
 }
 
 async fn read_page(store: Store, name: LedgerName, from: Option<EntryId>, limit: usize) -> Result<ReadBatch, ApiError> {
@@ -210,11 +348,12 @@ mod tests {
 
     #[test]
     fn single_and_batch_bodies_parse() {
-        let one = parse_append(br#"{"payload": {"a": 1}, "key": "k"}"#).unwrap();
+        let one = parse_append(br#"{"payload": {"a": 1}, "key": "k"}"#).unwrap().entries;
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].payload.as_str(), r#"{"a":1}"#);
         assert_eq!(one[0].key.as_deref(), Some("k"));
-        let batch = parse_append(br#"{"entries":[{"payload":1},{"payload":null,"idempotency_key":"x"}]}"#).unwrap();
+        let batch =
+            parse_append(br#"{"entries":[{"payload":1},{"payload":null,"idempotency_key":"x"}]}"#).unwrap().entries;
         assert_eq!(batch.len(), 2);
         assert_eq!(batch[1].payload.as_str(), "null");
     }
@@ -239,8 +378,29 @@ mod tests {
     }
 
     #[test]
+    fn expected_head_rides_beside_one_entry_or_a_batch() {
+        let one = parse_append(br#"{"payload":1,"expected_head":0}"#).unwrap();
+        assert_eq!((one.entries.len(), one.expected_head), (1, Some(0)));
+        let batch = parse_append(br#"{"entries":[{"payload":1},{"payload":2}],"expected_head":7}"#).unwrap();
+        assert_eq!((batch.entries.len(), batch.expected_head), (2, Some(7)));
+        assert_eq!(parse_append(br#"{"payload":1}"#).unwrap().expected_head, None);
+        let err = parse_append(br#"{"entries":[{"payload":1,"expected_head":1}]}"#).expect_err("per entry");
+        assert_eq!(err.code, "invalid_entry");
+    }
+
+    #[test]
+    fn wait_is_a_duration_of_at_most_a_minute() {
+        assert_eq!(parse_wait(Some("30s")).unwrap(), Some(Duration::from_secs(30)));
+        assert_eq!(parse_wait(Some("60s")).unwrap(), Some(LONG_POLL_WAIT_MAX));
+        assert_eq!(parse_wait(None).unwrap(), None);
+        for bad in ["61s", "30", "soon", "-1s"] {
+            assert_eq!(parse_wait(Some(bad)).expect_err(bad).code, "invalid_wait");
+        }
+    }
+
+    #[test]
     fn a_null_payload_is_a_value_and_a_null_key_is_none() {
-        let one = parse_append(br#"{"payload":null,"key":null}"#).unwrap();
+        let one = parse_append(br#"{"payload":null,"key":null}"#).unwrap().entries;
         assert_eq!((one[0].payload.as_str(), one[0].key.as_deref()), ("null", None));
     }
 

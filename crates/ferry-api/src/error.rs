@@ -70,6 +70,7 @@ impl From<StoreError> for ApiError {
             StoreError::EmptyBatch => (S::UNPROCESSABLE_ENTITY, "empty_batch"),
             StoreError::DuplicateIdempotencyKey(_) => (S::UNPROCESSABLE_ENTITY, "duplicate_idempotency_key"),
             StoreError::BelowFirst { .. } => (S::GONE, "below_first"),
+            StoreError::HeadMismatch { .. } => (S::PRECONDITION_FAILED, "head_mismatch"),
             StoreError::Poisoned(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
             StoreError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
             StoreError::NoSpace(_) => (S::INSUFFICIENT_STORAGE, "insufficient_storage"),
@@ -89,6 +90,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::BelowFirst { first, .. } => err.extra = Some(("first", first.into())),
             StoreError::QuotaExceeded { max, .. } => err.extra = Some(("max_ledger_bytes", max.into())),
+            StoreError::HeadMismatch { head, .. } => err.extra = Some(("head", head.into())),
             _ => {}
         }
         err

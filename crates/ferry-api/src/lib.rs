@@ -40,6 +40,9 @@ pub struct ApiConfig {
     pub max_buffered_body_bytes: u64,
     /// Open `/v1/watch` and `/v1/events` streams at most.
     pub max_watchers: usize,
+    /// The server's idle timeout (`[server] idle_timeout`): a long-poll
+    /// read answers before it, so its connection is never cut while it waits.
+    pub idle_timeout: std::time::Duration,
     /// Turns true when the server shuts down: open SSE streams end, so a
     /// graceful shutdown does not wait on them forever.
     pub closing: tokio::sync::watch::Receiver<bool>,
@@ -57,6 +60,7 @@ impl Default for ApiConfig {
             max_body_bytes: BODY_BYTES_MAX_DEFAULT as usize,
             max_buffered_body_bytes: BUFFERED_BODY_BYTES_MAX_DEFAULT,
             max_watchers: WATCHERS_MAX_DEFAULT,
+            idle_timeout: ferry_core::limits::IDLE_TIMEOUT_DEFAULT,
             closing: tokio::sync::watch::channel(false).1,
             metrics: None,
             exporters: None,

@@ -103,6 +103,10 @@ pub const HEADER_READ_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration
 /// Time a connection may move no byte either way (`server.idle_timeout`).
 /// Above the watch's 15 s keep-alive, so an idle watch stays open.
 pub const IDLE_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The longest `wait` of a long-poll read (`GET …/entries?wait=`). A
+/// wait is also cut to a second below `server.idle_timeout`, so the answer
+/// comes before the connection would be closed for moving no byte.
+pub const LONG_POLL_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// Bytes of request bodies buffered at once (`server.max_buffered_body_bytes`):
 /// eight bodies of the default `max_body_bytes`, or thousands of small ones.
 pub const BUFFERED_BODY_BYTES_MAX_DEFAULT: u64 = 128 * 1024 * 1024;

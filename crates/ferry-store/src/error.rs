@@ -44,6 +44,10 @@ pub enum StoreError {
          (storage.max_ledger_bytes)"
     )]
     QuotaExceeded { ledger: LedgerName, bytes: u64, adding: u64, max: u64 },
+    /// A conditional append (`expected_head`) found another head. Nothing
+    /// changed.
+    #[error("ledger {ledger} has head {head}; the append expected head {expected}")]
+    HeadMismatch { ledger: LedgerName, expected: u64, head: u64 },
     #[error("storage root {root} is locked by another ferry process (lock file {lock})")]
     Locked { root: PathBuf, lock: PathBuf },
     #[error(

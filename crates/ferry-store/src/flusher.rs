@@ -48,6 +48,21 @@ fn encode_new(
     (offset, buf.len() - offset)
 }
 
+/// Refuses a conditional append whose ledger has another head than it
+/// expects. `head` counts the earlier appends of the same group, and the
+/// check runs here, where ids are assigned, so no append can come between
+/// it and the commit. A request whose entries are all repeats of earlier
+/// appends adds nothing and is answered with the original ids whatever the
+/// head; one with some new entries is checked against the head before them.
+fn check_expected_head(req: &AppendRequest, originals: &[Option<EntryId>], head: EntryId) -> Result<()> {
+    match req.expected_head {
+        Some(expected) if expected != head && originals.iter().any(Option::is_none) => {
+            Err(StoreError::HeadMismatch { ledger: req.ledger.name.clone(), expected, head })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// An idempotency key first used in a group: (ledger, key, id).
 type FreshKey = (Arc<LedgerState>, String, EntryId);
 
@@ -210,6 +225,10 @@ impl Flusher {
                 let index = ledger.index.read().expect("index lock");
                 (index.next_id(), index.last_ts, index.bytes())
             });
+            if let Err(e) = check_expected_head(req, &originals, *next - 1) {
+                planned.push((Err(e), Vec::new()));
+                continue;
+            }
             // The quota counts new records only: a repeat is answered.
             let adding = req.entries.iter().zip(&originals).filter(|(_, o)| o.is_none()).map(|(e, _)| e);
             match self.shared.admit(&ledger.name, *bytes, adding) {

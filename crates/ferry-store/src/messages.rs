@@ -24,6 +24,9 @@ pub(crate) struct AppendRequest {
     pub entries: Vec<NewEntry>,
     /// The WAL bytes the new entries encode to (at most `APPEND_BYTES_MAX`).
     pub encoded_bytes: usize,
+    /// Apply only if the ledger's head is this when the group plans it
+    /// (counting earlier appends of the group); see `Store::append_expecting`.
+    pub expected_head: Option<EntryId>,
     pub reply: oneshot::Sender<Result<AppendOutcome>>,
 }
 

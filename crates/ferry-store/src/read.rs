@@ -84,6 +84,44 @@ impl Shared {
         }
     }
 
+    /// The id of the first entry stamped at or after `ts`, or `head + 1`
+    /// when there is none yet. Timestamps never decrease within a ledger, so
+    /// this is a search, not a scan: the frozen chunks' `first_ts`/`last_ts`
+    /// (their catalog values, in memory) pick the one chunk, or the hot
+    /// tier, that holds the answer, then a bisection reads single entries
+    /// there: at most ⌈log2(chunk_entries)⌉ reads of one pack block or one
+    /// WAL record each. `BelowFirst` when retention pruned under the search:
+    /// the caller searches again.
+    pub fn first_stamped_at_or_after(&self, state: &LedgerState, ts: u64) -> Result<EntryId> {
+        let (mut lo, mut hi) = {
+            let index = state.index.read().expect("index lock");
+            let head = index.head();
+            if head < index.first || index.last_ts < ts {
+                return Ok(head + 1);
+            }
+            match index.frozen.values().find(|info| info.last_ts >= ts) {
+                Some(info) if info.first_ts >= ts => return Ok(info.first_id),
+                Some(info) => (info.first_id, info.last_id()),
+                None => (index.hot_base, head),
+            }
+        };
+        // Entry `hi` is stamped at or after `ts`; every entry before `lo` is not.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let record = self
+                .read_records(state, mid, 1)?
+                .pop()
+                .filter(|r| r.id == mid)
+                .ok_or_else(|| StoreError::MissingEntries { ledger: state.name.clone(), from: mid, to: mid })?;
+            if record.ts >= ts {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
+    }
+
     /// Reads up to `limit` records from `from` (≥ First) across packs and
     /// the hot tier, stopping after `READ_BYTES_MAX` (at least one record).
     pub fn read_records(&self, state: &LedgerState, from: EntryId, limit: usize) -> Result<Vec<OwnedRecord>> {

@@ -221,9 +221,45 @@ impl Store {
     /// Appends entries durably, all or nothing, with contiguous new ids.
     /// Resolves only after the records are fsync'd.
     pub async fn append(&self, ledger: &LedgerName, entries: Vec<NewEntry>) -> Result<AppendOutcome> {
+        self.append_if(ledger, entries, None).await
+    }
+
+    /// `append`, applied only if the ledger's head is `expected_head` when
+    /// its group commits (0: the ledger is empty or absent), else
+    /// `HeadMismatch` with the head, and nothing changes. The check is made
+    /// by the flusher as it assigns ids, so of appends racing with the same
+    /// expected head exactly one is applied. Idempotency keys are resolved
+    /// first: a request whose entries are all repeats answers the original
+    /// ids whatever the head; one with new entries is checked against the
+    /// head before them. An absent ledger is created (`auto_create_ledgers`)
+    /// only for `expected_head` 0; any other answers `HeadMismatch` with
+    /// head 0 and creates nothing.
+    pub async fn append_expecting(
+        &self,
+        ledger: &LedgerName,
+        entries: Vec<NewEntry>,
+        expected_head: EntryId,
+    ) -> Result<AppendOutcome> {
+        self.append_if(ledger, entries, Some(expected_head)).await
+    }
+
+    async fn append_if(
+        &self,
+        ledger: &LedgerName,
+        entries: Vec<NewEntry>,
+        expected_head: Option<EntryId>,
+    ) -> Result<AppendOutcome> {
         let encoded_bytes = self.validate(ledger, &entries)?;
         self.ready()?;
-        let state = match self.inner.shared.ledger(ledger) {
+        let existing = self.inner.shared.ledger(ledger);
+        // An absent ledger's head is 0: refused before anything is created.
+        if existing.is_none()
+            && self.inner.auto_create_ledgers
+            && let Some(expected) = expected_head.filter(|&h| h > 0)
+        {
+            return Err(StoreError::HeadMismatch { ledger: ledger.clone(), expected, head: 0 });
+        }
+        let state = match existing {
             Some(state) => state,
             None if self.inner.auto_create_ledgers => {
                 self.create_ledger(ledger).await?;
@@ -233,7 +269,7 @@ impl Store {
         };
         let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
-        let request = AppendRequest { ledger: state, entries, encoded_bytes, reply };
+        let request = AppendRequest { ledger: state, entries, encoded_bytes, expected_head, reply };
         self.inner.tx.send(FlusherMsg::Append(request)).await.map_err(|_| StoreError::ShuttingDown)?;
         let outcome = answer.await.map_err(|_| StoreError::ShuttingDown)?;
         metrics::histogram!("ferry_append_seconds").record(started.elapsed().as_secs_f64());
@@ -379,6 +415,31 @@ impl Store {
             .collect();
         let next = from + entries.len() as u64;
         Ok(ReadBatch { incarnation: state.incarnation, entries, next })
+    }
+
+    /// The id of `ledger`'s first entry stamped at or after `ts` (unix ms),
+    /// or `head + 1` when there is none yet; a `ts` before the first
+    /// retained entry gives First. A search over the chunks' timestamps and
+    /// a bisection in one chunk or the hot tier (`Shared::
+    /// first_stamped_at_or_after`), never a scan.
+    pub async fn first_at_or_after(&self, ledger: &LedgerName, ts: u64) -> Result<EntryId> {
+        let ledger = ledger.clone();
+        self.blocking(move |store| store.first_at_or_after_blocking(&ledger, ts)).await
+    }
+
+    /// `first_at_or_after` for threads and tools: blocks on the file reads.
+    pub fn first_at_or_after_blocking(&self, ledger: &LedgerName, ts: u64) -> Result<EntryId> {
+        let shared = &self.inner.shared;
+        let state = shared.ledger(ledger).ok_or_else(|| StoreError::LedgerNotFound(ledger.clone()))?;
+        // Retention may prune the chunk being searched: search again, from
+        // the new First.
+        let mut pruned = 0;
+        loop {
+            match shared.first_stamped_at_or_after(&state, ts) {
+                Err(StoreError::BelowFirst { .. }) if pruned < 8 => pruned += 1,
+                found => return found,
+            }
+        }
     }
 
     /// `Store::read` calls so far.

@@ -39,6 +39,11 @@ pub enum Command {
         /// Idempotency key; with stdin, line N gets "{KEY}:{N}".
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Append only if the ledger's head is N (0: empty or absent); else
+        /// fail with head_mismatch and append nothing. With stdin, each
+        /// later request expects the head the one before left.
+        #[arg(long, value_name = "N")]
+        expected_head: Option<u64>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -48,6 +53,11 @@ pub enum Command {
         /// First id to print (default: the ledger's first).
         #[arg(long)]
         from: Option<u64>,
+        /// Start at the first entry stamped at or after this UTC time, in
+        /// RFC 3339 (2026-12-01T00:00:00Z); a time before the first retained
+        /// entry starts at it.
+        #[arg(long, value_name = "TIME", conflicts_with = "from", value_parser = humantime::parse_rfc3339)]
+        since: Option<std::time::SystemTime>,
         /// Most entries to print (default: all up to the head).
         #[arg(long)]
         limit: Option<u64>,

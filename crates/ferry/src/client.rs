@@ -61,12 +61,13 @@ impl Client {
         payload: Option<&str>,
         key: Option<String>,
         idempotency_key: Option<String>,
+        mut expected_head: Option<u64>,
     ) -> anyhow::Result<()> {
         let ledger = LedgerName::parse(ledger).map_err(|e| UsageError(e.to_string()))?;
         if let Some(text) = payload {
             let payload = Payload::from_json(text).map_err(|e| UsageError(e.to_string()))?;
             let entry = new_entry(&payload, key.as_deref(), idempotency_key)?;
-            self.append_and_print(&ledger, Append::one(entry)).await?;
+            self.append_and_print(&ledger, Append::one(entry), &mut expected_head).await?;
             return Ok(());
         }
         let mut batch = Vec::new();
@@ -83,39 +84,59 @@ impl Client {
             bytes += payload.len();
             batch.push(new_entry(&payload, key.as_deref(), idem)?);
             if batch.len() >= STDIN_BATCH_ENTRIES || bytes >= STDIN_BATCH_BYTES {
-                total += self.append_and_print(&ledger, Append::batch(std::mem::take(&mut batch))).await?;
+                total += self
+                    .append_and_print(&ledger, Append::batch(std::mem::take(&mut batch)), &mut expected_head)
+                    .await?;
                 bytes = 0;
             }
         }
         if !batch.is_empty() {
-            total += self.append_and_print(&ledger, Append::batch(batch)).await?;
+            total += self.append_and_print(&ledger, Append::batch(batch), &mut expected_head).await?;
         }
         eprintln!("appended {total} entries to {ledger}");
         Ok(())
     }
 
-    /// Sends one append request and prints its answer `{"ids":[…]}`;
-    /// returns how many entries it carried.
-    async fn append_and_print(&self, ledger: &LedgerName, append: Append) -> anyhow::Result<u64> {
+    /// Sends one append request, conditional on `expected_head` when
+    /// given, and prints its answer `{"ids":[…]}`; returns how many entries
+    /// it carried. It then moves `expected_head` to the head the batch
+    /// left: its highest new id (a repeat's original id is below the head
+    /// it was checked against).
+    async fn append_and_print(
+        &self,
+        ledger: &LedgerName,
+        mut append: Append,
+        expected_head: &mut Option<u64>,
+    ) -> anyhow::Result<u64> {
         let n = append.entries().len() as u64;
+        if let Some(head) = *expected_head {
+            append = append.expected_head(head);
+        }
         let appended = self.api.append(ledger.as_str(), &append).await.map_err(|e| self.failure(e))?;
         println!("{}", serde_json::json!({ "ids": appended.ids }));
+        if let Some(head) = expected_head {
+            *head = appended.ids.iter().copied().fold(*head, u64::max);
+        }
         Ok(n)
     }
 
     /// Pages through the ledger with NDJSON reads, copying lines through
     /// unchanged (payload bytes exactly as stored).
-    pub async fn read(&self, ledger: &str, from: Option<u64>, limit: Option<u64>) -> anyhow::Result<()> {
+    pub async fn read(&self, ledger: &str, start: ReadStart, limit: Option<u64>) -> anyhow::Result<()> {
         let ledger = LedgerName::parse(ledger).map_err(|e| UsageError(e.to_string()))?;
         if limit == Some(0) {
             return Ok(());
         }
-        let mut from = from;
+        let (mut from, mut since) = match start {
+            ReadStart::From(from) => (from, None),
+            ReadStart::Since(ms) => (None, Some(ms)),
+        };
         let mut left = limit.unwrap_or(u64::MAX);
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         while left > 0 {
             let page = left.min(READ_LIMIT_MAX as u64) as u32;
-            let query = ReadQuery { from, limit: Some(page), ..ReadQuery::default() };
+            // Only the first page starts by time; the next ones by id.
+            let query = ReadQuery { from, from_ts: since.take(), limit: Some(page), ..ReadQuery::default() };
             let mut lines = self.api.read_lines(ledger.as_str(), &query).await.map_err(|e| self.failure(e))?;
             let mut last_id = None;
             while let Some(line) = lines.next_line().await.map_err(|e| self.failure(e))? {
@@ -183,6 +204,20 @@ impl Client {
 fn print_json(answer: impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(&serde_json::to_value(answer)?)?);
     Ok(())
+}
+
+/// Where `ferry read` starts.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadStart {
+    /// `--from ID` (default: First).
+    From(Option<u64>),
+    /// `--since TIME`, as unix milliseconds.
+    Since(u64),
+}
+
+/// A time as unix milliseconds (0 for a time before 1970).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What `ferry exporters pause|resume` asks of an exporter.

@@ -424,6 +424,7 @@ impl Config {
             max_body_bytes: body_max as usize,
             max_buffered_body_bytes: self.server.max_buffered_body_bytes.0,
             max_watchers: self.server.max_watchers,
+            idle_timeout: self.server.idle_timeout.0,
             closing: tokio::sync::watch::channel(false).1,
             metrics: None,
             exporters: None,

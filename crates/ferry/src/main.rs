@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::cli::{Cli, Command, ExportersCommand, StorageArgs, TokenCommand};
-use crate::client::{Client, ExporterControl};
+use crate::client::{Client, ExporterControl, ReadStart};
 use crate::tools::Storage;
 
 /// An error in how ferry was invoked (exit code 2), as opposed to a failure
@@ -58,11 +58,16 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve::run(args.config.as_deref(), args.data_dir, args.listen, args.exporter).await,
-        Command::Append { ledger, payload, key, idempotency_key, server } => {
-            Client::new(&server.server, server.token)?.append(&ledger, payload.as_deref(), key, idempotency_key).await
+        Command::Append { ledger, payload, key, idempotency_key, expected_head, server } => {
+            let client = Client::new(&server.server, server.token)?;
+            client.append(&ledger, payload.as_deref(), key, idempotency_key, expected_head).await
         }
-        Command::Read { ledger, from, limit, server } => {
-            Client::new(&server.server, server.token)?.read(&ledger, from, limit).await
+        Command::Read { ledger, from, since, limit, server } => {
+            let start = match since {
+                Some(t) => ReadStart::Since(client::unix_ms(t)),
+                None => ReadStart::From(from),
+            };
+            Client::new(&server.server, server.token)?.read(&ledger, start, limit).await
         }
         Command::Ledgers { server } => Client::new(&server.server, server.token)?.ledgers().await,
         Command::Tail { prefix, from, server } => {

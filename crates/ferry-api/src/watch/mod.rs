@@ -55,7 +55,9 @@ pub(crate) struct Watchers(Arc<AtomicUsize>);
 pub(crate) struct WatcherGuard(Arc<AtomicUsize>);
 
 impl Watchers {
-    fn enter(&self, max: usize) -> Option<WatcherGuard> {
+    /// A slot among `max`, or `None` when every one is taken. Long-poll
+    /// reads (`entries.rs`) take one too while they wait.
+    pub(crate) fn enter(&self, max: usize) -> Option<WatcherGuard> {
         let mut n = self.0.load(Ordering::SeqCst);
         loop {
             if n >= max {
@@ -85,6 +87,9 @@ pub(crate) struct WatchParams {
     #[serde(default)]
     prefix: String,
     from: Option<String>,
+    /// Unix ms: every ledger starts at its first entry stamped at or after
+    /// it (a ledger `from` names starts there instead).
+    from_ts: Option<u64>,
 }
 
 fn bad_token(e: String) -> ApiError {
@@ -134,8 +139,12 @@ pub(crate) async fn watch(
     let subs = Subscriptions::new(&state.store, &params.prefix, WATCH_BUFFER);
     let (slot, owner, dirty) = match token {
         None => {
-            let dirty: BTreeSet<LedgerName> = from.iter().map(|(l, _)| l.clone()).collect();
-            let (slot, owner) = state.sessions.create(params.prefix.clone(), from).await?;
+            let mut dirty: BTreeSet<LedgerName> = from.iter().map(|(l, _)| l.clone()).collect();
+            // Started in the past, every matching ledger may have entries to send.
+            if params.from_ts.is_some() {
+                dirty.extend(matching_ledgers(&state.store, &params.prefix));
+            }
+            let (slot, owner) = state.sessions.create(params.prefix.clone(), from, params.from_ts).await?;
             (slot, owner, dirty)
         }
         Some(token) => {
@@ -143,13 +152,7 @@ pub(crate) async fn watch(
             let (slot, owner) = state.sessions.resume(token, &params.prefix).await?;
             // Every matching ledger may have news, and every ledger the
             // session follows may have been deleted meanwhile.
-            let mut dirty: BTreeSet<LedgerName> = state
-                .store
-                .list_ledgers()
-                .into_iter()
-                .map(|i| i.name)
-                .filter(|l| l.as_str().starts_with(&params.prefix))
-                .collect();
+            let mut dirty: BTreeSet<LedgerName> = matching_ledgers(&state.store, &params.prefix).collect();
             if let SlotState::Loaded(session) = &*slot.lock() {
                 dirty.extend(session.ledgers().cloned());
             }
@@ -168,6 +171,12 @@ pub(crate) async fn watch(
         Some((Ok::<_, Infallible>(event), (w, closing, caller)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
+}
+
+/// The names of the ledgers a watch of `prefix` follows, as they are now.
+fn matching_ledgers(store: &ferry_store::Store, prefix: &str) -> impl Iterator<Item = LedgerName> {
+    let prefix = prefix.to_owned();
+    store.list_ledgers().into_iter().map(|i| i.name).filter(move |l| l.as_str().starts_with(&prefix))
 }
 
 #[derive(Deserialize)]

@@ -160,14 +160,28 @@ impl Sessions {
     }
 
     /// A new session starting now (after the caller subscribed to the
-    /// appends), its header written before it is returned.
+    /// appends), or at `from_ts`, its header written before it is returned.
     pub async fn create(
         &self,
         prefix: String,
         from: Option<(LedgerName, EntryId)>,
+        from_ts: Option<u64>,
     ) -> Result<(Arc<Slot>, u64), ApiError> {
         let store = &self.inner.store;
-        let cut = store.watch_cut().await?;
+        let mut cut = store.watch_cut().await?;
+        // An earlier cut is a later start of nothing but the ledgers
+        // existing at the cut: they start at their first entry stamped at
+        // or after it (`Stream::start_of`). A later one would raise the
+        // timestamp floor into the future after a restart: refused.
+        if let Some(ts) = from_ts {
+            if ts > cut.ts {
+                return Err(ApiError::bad_request(
+                    "invalid_from_ts",
+                    format!("from_ts {ts} is after now ({}): a watch starts at the latest now", cut.ts),
+                ));
+            }
+            cut.ts = ts;
+        }
         let from = from.map(|(ledger, id)| {
             let incarnation = store.ledger_head(&ledger).map(|h| h.incarnation);
             WatchFrom { ledger, id, incarnation }
@@ -421,8 +435,8 @@ mod tests {
     async fn a_session_idle_for_a_day_is_forgotten_with_its_positions() {
         let dir = tempfile::tempdir().unwrap();
         let (store, sessions, _closing) = open(dir.path()).await;
-        let (slot, owner) = sessions.create("w.".into(), None).await.unwrap();
-        let (kept, kept_owner) = sessions.create("w.".into(), None).await.unwrap();
+        let (slot, owner) = sessions.create("w.".into(), None, None).await.unwrap();
+        let (kept, kept_owner) = sessions.create("w.".into(), None, None).await.unwrap();
         send_and_leave(&slot, owner, &ln("w.a"), 3, 0);
         flush(&sessions.inner, false).await;
         assert_eq!(session_keys(&store).await, (2, 1));
@@ -440,7 +454,7 @@ mod tests {
     async fn a_session_idle_for_a_minute_leaves_memory_and_resumes_from_the_catalog() {
         let dir = tempfile::tempdir().unwrap();
         let (_store, sessions, _closing) = open(dir.path()).await;
-        let (slot, owner) = sessions.create("w.".into(), None).await.unwrap();
+        let (slot, owner) = sessions.create("w.".into(), None, None).await.unwrap();
         let token = send_and_leave(&slot, owner, &ln("w.a"), 5, WATCH_IDLE_IN_MEMORY_MS + 1);
         flush(&sessions.inner, false).await; // writes it complete
         flush(&sessions.inner, false).await; // then it leaves memory
@@ -458,7 +472,7 @@ mod tests {
     async fn a_new_session_evicts_the_one_idle_longest_once_the_cap_is_reached() {
         let dir = tempfile::tempdir().unwrap();
         let (_store, sessions, _closing) = open(dir.path()).await;
-        let (first, owner) = sessions.create("w.".into(), None).await.unwrap();
+        let (first, owner) = sessions.create("w.".into(), None, None).await.unwrap();
         send_and_leave(&first, owner, &ln("w.a"), 1, 0);
         let header = match &*first.lock() {
             SlotState::Loaded(s) => s.written_record(),
@@ -473,7 +487,7 @@ mod tests {
             }
             assert_eq!(slots.len(), WATCH_SESSIONS_MAX);
         }
-        let (new, _) = sessions.create("w.".into(), None).await.unwrap();
+        let (new, _) = sessions.create("w.".into(), None, None).await.unwrap();
         let slots = sessions.inner.slots();
         assert_eq!(slots.len(), WATCH_SESSIONS_MAX);
         assert!(!slots.contains_key(&1), "the one idle longest made room");

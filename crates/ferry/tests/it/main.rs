@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod api;
+mod app_api;
 mod auth;
 mod cli;
 mod client;

@@ -156,6 +156,29 @@ async fn from_starts_one_ledger_at_an_id() {
     server.stop();
 }
 
+#[tokio::test]
+async fn from_ts_starts_every_ledger_of_the_watch_at_its_first_entry_stamped_at_or_after_it() {
+    let env = Env::new();
+    let server = env.serve().await;
+    let mut stamps = Vec::new();
+    for (ledger, i) in [("t.a", 1), ("t.a", 2), ("t.b", 1), ("t.a", 3), ("t.b", 2)] {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(server.append(ledger, format!(r#"{{"payload":{i}}}"#)).await.status, 201);
+        let last = server.read_all(ledger).await.last().map(|l| parse_line(l).ts).expect("an entry");
+        stamps.push((ledger, i, last));
+    }
+    let (_, _, since) = stamps[1];
+    let mut w = watch(&server, &format!("prefix=t.&from_ts={since}"), None).await;
+    let mut got = take_entries(&mut w, 4).await;
+    assert_eq!(server.append("t.a", r#"{"payload":4}"#).await.status, 201);
+    got.extend(take_entries(&mut w, 1).await);
+    let ids = ids_by_ledger(&got);
+    assert_eq!((ids["t.a"].clone(), ids["t.b"].clone()), (vec![2, 3, 4], vec![1, 2]), "{stamps:?}");
+    let later = now_ms() + 60_000;
+    server.get(&format!("/v1/watch?prefix=t.&from_ts={later}")).await.assert_error(400, "invalid_from_ts");
+    server.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_consumer_is_told_it_lagged_while_others_and_appends_go_on() {
     let env = Env::new();
