@@ -279,3 +279,22 @@ async fn a_lagged_watch_resumes_from_storage_and_misses_nothing() {
     assert_no_more_entries(&mut watch).await;
     server.stop();
 }
+
+/// `expected_head`: a conditional append that finds another head is 412
+/// `head_mismatch`, typed with the head it found, and appends nothing;
+/// with the right head it goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_append_on_a_moved_head_is_a_typed_412_with_the_head() {
+    let env = Env::new();
+    let server = env.serve().await;
+    let client = server.client();
+    client.append("c.a", &Append::batch((1..=2).map(payload).collect())).await.unwrap();
+    let err = client.append("c.a", &Append::one(payload(3)).expected_head(1)).await.unwrap_err();
+    let api = err.api().unwrap_or_else(|| panic!("an API error: {err:?}"));
+    assert_eq!((api.status.as_u16(), api.code.as_str(), api.head()), (412, "head_mismatch", Some(2)));
+    assert!(!err.is_retryable(), "a lost race is not retried blindly");
+    assert_eq!(server.head("c.a").await, Some(2), "nothing appended");
+    let ok = client.append("c.a", &Append::one(payload(3)).expected_head(2)).await.unwrap();
+    assert_eq!(ok.ids, vec![3]);
+    server.stop();
+}
