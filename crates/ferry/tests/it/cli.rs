@@ -293,3 +293,15 @@ async fn read_and_stdin_append_page_through_more_than_one_request() {
     assert_exit(&out, 0, "read past the head");
     assert_eq!(out.stdout, "");
 }
+
+/// An error's cause is printed once: a data dir under a plain file says
+/// "Not a directory" one time, not once per layer that carried it.
+#[test]
+fn an_error_names_its_os_cause_once() {
+    let env = Env::new();
+    let file = env.dir.path().join("plain-file");
+    std::fs::write(&file, b"").expect("write a file");
+    let out = refused_serve(&file.join("data"), None);
+    assert_exit(&out, 1, "serve under a file");
+    assert_eq!(out.stderr.matches("Not a directory").count(), 1, "{}", out.stderr);
+}
