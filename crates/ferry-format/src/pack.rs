@@ -522,6 +522,7 @@ mod tests {
                 batch_continues: true,
                 group_start: true,
                 relocated: true,
+                hash: None,
                 payload: payload.as_bytes(),
             };
             w.push(&r).unwrap();
@@ -575,6 +576,7 @@ mod tests {
                 batch_continues: false,
                 group_start: false,
                 relocated: false,
+                hash: None,
                 payload: payload.as_bytes(),
             };
             w.push(&r).unwrap();
@@ -631,6 +633,7 @@ mod tests {
             batch_continues: false,
             group_start: false,
             relocated: false,
+            hash: None,
             payload: b"1",
         };
         let mut w = PackWriter::new(Vec::new(), header.clone()).unwrap();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use ferry_core::limits::ENTRY_KEY_BYTES_MAX;
 use ferry_core::{EntryId, LedgerName, NewEntry};
+use ferry_format::chain;
 use ferry_store::StoreError;
 
 use crate::support::*;
@@ -149,11 +150,23 @@ async fn entry_json_form_is_the_spec_form_with_the_stored_payload() {
     store.append(&l, vec![keyed("user-7", r#"{ "a" : [1, 2.0] }"#), entry("null")]).await.unwrap();
     let entries = read_all(&store, &l);
     let (a, b) = (&entries[0], &entries[1]);
+    // Every ledger has a hash chain by default (issue #21): `hash` comes
+    // before the payload, the payload stays last.
+    let h1 = chain::link(&chain::genesis("audit", 1), 1, a.ts, Some("user-7"), br#"{"a":[1,2.0]}"#);
+    let h2 = chain::link(&h1, 2, b.ts, None, b"null");
+    assert_eq!((a.hash, b.hash), (Some(h1), Some(h2)));
     assert_eq!(
         a.to_json(),
-        format!(r#"{{"ledger":"audit","id":1,"ts":{},"key":"user-7","payload":{{"a":[1,2.0]}}}}"#, a.ts)
+        format!(
+            r#"{{"ledger":"audit","id":1,"ts":{},"key":"user-7","hash":"{}","payload":{{"a":[1,2.0]}}}}"#,
+            a.ts,
+            chain::to_hex(&h1)
+        )
     );
-    assert_eq!(b.to_json(), format!(r#"{{"ledger":"audit","id":2,"ts":{},"payload":null}}"#, b.ts));
+    assert_eq!(
+        b.to_json(),
+        format!(r#"{{"ledger":"audit","id":2,"ts":{},"hash":"{}","payload":null}}"#, b.ts, chain::to_hex(&h2))
+    );
     close(store).await;
 }
 
