@@ -32,7 +32,7 @@ mod watch_sessions;
 pub use ferry_fs::{RealFs, durable, vfs};
 
 pub use catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
-pub use config::{CHECKPOINT_EVERY_DEFAULT, HASH_CHAIN_DEFAULT};
+pub use config::CHECKPOINT_EVERY_DEFAULT;
 pub use config::{LedgerRetention, RetentionHold, RetentionPolicy, StoreConfig};
 pub use error::{Result, StoreError};
 pub use ferry_format::keys::WATCH_SESSION_DIGITS;

@@ -74,8 +74,8 @@ pub struct Storage {
     pub ledgers_dir: PathBuf,
     /// The quota of every ledger; none by default.
     pub max_ledger_bytes: ByteLimit,
-    /// Globs of the ledgers created with a hash chain; every ledger by
-    /// default (`[]`: none).
+    /// Globs of the ledgers created with a hash chain; none by default
+    /// (`["*"]`: every ledger); see `ferry_store::StoreConfig::hash_chain`.
     pub hash_chain: Vec<String>,
     /// A chained ledger publishes `ledger.checkpoint` at every multiple of
     /// this id; 0: never.
@@ -258,7 +258,7 @@ impl Default for Storage {
             hot_dir: PathBuf::new(),
             ledgers_dir: PathBuf::new(),
             max_ledger_bytes: ByteLimit(None),
-            hash_chain: vec![ferry_store::HASH_CHAIN_DEFAULT.to_owned()],
+            hash_chain: Vec::new(),
             checkpoint_every: ferry_store::CHECKPOINT_EVERY_DEFAULT,
         }
     }

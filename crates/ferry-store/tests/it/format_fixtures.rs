@@ -391,6 +391,8 @@ fn new_entry((key, idempotency_key, payload): (Option<&str>, Option<&str>, &str)
 fn fixture_config(dir: &Path) -> StoreConfig {
     let mut c = config(dir);
     c.chunk_entries = Some(CHUNK_ENTRIES);
+    // From format 5 the fixture's ledgers have the hash chain.
+    c.hash_chain = vec!["*".into()];
     c
 }
 

@@ -13,8 +13,9 @@ use sha2::{Digest as _, Sha256};
 use crate::support::*;
 use crate::tools::{pack, verify};
 
-/// Small chunks, so a dozen entries span packs and the WAL.
-const CONFIG: &str = "[storage]\nchunk_entries = 4\ncheckpoint_every = 5\n";
+/// Every ledger chained; small chunks, so a dozen entries span packs and
+/// the WAL.
+const CONFIG: &str = "[storage]\nhash_chain = [\"*\"]\nchunk_entries = 4\ncheckpoint_every = 5\n";
 
 /// `h_0 = SHA-256("ferry-chain:" ‖ ledger ‖ ":" ‖ u64_be(incarnation))`.
 fn genesis(ledger: &str, incarnation: u64) -> [u8; 32] {
