@@ -232,9 +232,11 @@ pub struct RecordShape<'a> {
     pub ledger: &'a [u8],
     /// Encoded size, prefix included.
     pub len: usize,
-    /// The key's text, the idempotency key's text and the payload, as byte
-    /// ranges from the record's start (empty for an absent key).
-    pub content: [std::ops::Range<usize>; 3],
+    /// The chain hash, the key's text, the idempotency key's text and the
+    /// payload, as byte ranges from the record's start (empty when absent):
+    /// what a scrub erases. The hash goes too: with the hash before it, it
+    /// would confirm a guess of a short payload.
+    pub content: [std::ops::Range<usize>; 4],
 }
 
 /// The shape of the record at the start of `buf`, by the same framing rules
@@ -264,10 +266,14 @@ pub fn record_shape(buf: &[u8]) -> Result<RecordShape<'_>, DecodeError> {
         return Err(DecodeError::Malformed("ledger name length out of range"));
     }
     r.take(16)?; // id, ts
-    if flags & FLAG_HASH != 0 {
-        r.take(HASH_BYTES)?;
-    }
     let at = |r: &Reader<'_>| len - r.0.len();
+    let hash = if flags & FLAG_HASH != 0 {
+        let start = at(&r);
+        r.take(HASH_BYTES)?;
+        start..start + HASH_BYTES
+    } else {
+        0..0
+    };
     let mut text = |present: bool, max: usize| -> Result<std::ops::Range<usize>, DecodeError> {
         if !present {
             return Ok(0..0);
@@ -283,11 +289,11 @@ pub fn record_shape(buf: &[u8]) -> Result<RecordShape<'_>, DecodeError> {
     let key = text(flags & FLAG_KEY != 0, ENTRY_KEY_BYTES_MAX)?;
     let idempotency_key = text(flags & FLAG_IDEMPOTENCY_KEY != 0, IDEMPOTENCY_KEY_BYTES_MAX)?;
     let payload = at(&r)..len;
-    Ok(RecordShape { ledger, len, content: [key, idempotency_key, payload] })
+    Ok(RecordShape { ledger, len, content: [hash, key, idempotency_key, payload] })
 }
 
 /// Scrubs one record in place (`record` is exactly one record): the bytes
-/// of its key, idempotency key and payload become zero and its checksum is
+/// of its chain hash, key, idempotency key and payload become zero and its checksum is
 /// computed again; its length, flags, ledger, id and timestamp stay, so it
 /// still decodes as the same ledger's record at the same place. Scrubbing
 /// twice, or scrubbing a record torn while it was being scrubbed (each byte
@@ -407,6 +413,8 @@ mod tests {
         assert_eq!((r.ledger, r.id, r.ts, r.batch_continues), ("audit", 7, 1_763_769_600_123, true));
         assert_eq!((r.key, r.idempotency_key, r.payload), (Some("\0\0\0\0\0\0"), Some("\0\0\0\0\0\0"), &[0u8; 7][..]));
         assert!(is_scrubbed(&r));
+        assert_eq!(r.hash, Some([0; 32]), "the chain hash is erased too");
+        assert!(!buf.windows(32).any(|w| w == [0x5a; 32]), "the hash is still there");
         assert!(!is_scrubbed(&decode_record(&original).unwrap().0));
         for text in [&b"user-7"[..], b"idem-7", br#"{"a":1}"#] {
             assert!(!buf.windows(text.len()).any(|w| w == text), "{text:?} is still there");
