@@ -1,11 +1,12 @@
-//! `GET /v1/ledgers`, `GET /v1/ledgers/{ledger}`, `PUT /v1/ledgers/{ledger}`.
+//! `GET /v1/ledgers`, `GET /v1/ledgers/{ledger}`, `PUT /v1/ledgers/{ledger}`,
+//! `GET /v1/ledgers/{ledger}/head`.
 
 use crate::extract::LedgerSegment;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use ferry_core::LedgerName;
-use ferry_store::{LedgerInfo, StoreError};
+use ferry_store::{ChainHead, LedgerInfo, StoreError};
 
 use crate::auth::{Caller, Scope};
 use crate::{AppState, error::ApiError};
@@ -25,6 +26,20 @@ pub(crate) async fn get_one(
     caller.require(Scope::Read, Some(&name))?;
     let info = state.store.ledger_info(&name).ok_or(StoreError::LedgerNotFound(name))?;
     Ok(Json(info))
+}
+
+/// The head id and its chain hash, read together, for anchoring a ledger
+/// outside ferry: `{"id": 42, "hash": "…"}` (`hash` null for a ledger
+/// created without a chain). Takes the `read` scope on the ledger.
+pub(crate) async fn head(
+    State(state): State<AppState>,
+    caller: Caller,
+    LedgerSegment(name): LedgerSegment,
+) -> Result<Json<ChainHead>, ApiError> {
+    let name = LedgerName::parse(&name)?;
+    caller.require(Scope::Read, Some(&name))?;
+    let head = state.store.chain_head(&name).ok_or(StoreError::LedgerNotFound(name))?;
+    Ok(Json(head))
 }
 
 /// Deletes a ledger with its packs, cursors and metadata: 204.

@@ -118,6 +118,7 @@ fn router(state: AppState) -> Router {
         .route("/ledgers", get(ledgers::list))
         .route("/ledgers/{ledger}", get(ledgers::get_one).put(ledgers::create).delete(ledgers::delete))
         .route("/ledgers/{ledger}/entries", get(entries::read).post(entries::append))
+        .route("/ledgers/{ledger}/head", get(ledgers::head))
         .route("/watch", get(watch::watch))
         .route("/events", get(watch::events))
         .route("/exporters", get(exporters::list))

@@ -40,6 +40,9 @@ enum Target {
     Raw,
     /// ferry's Store in-process.
     Store,
+    /// ferry's Store in-process with no hash chain (`hash_chain = []`):
+    /// what the chain costs, next to `store` in the same run (issue #21).
+    StoreUnchained,
     /// ferry's HTTP API.
     Http,
     /// NATS JetStream, file storage, `sync_interval: always`.
@@ -64,6 +67,7 @@ impl Target {
         match self {
             Target::Raw => "raw",
             Target::Store => "store",
+            Target::StoreUnchained => "store-unchained",
             Target::Http => "http",
             Target::Nats => "nats",
             Target::NatsNosync => "nats-nosync",
@@ -400,7 +404,8 @@ async fn measure(
     let peer = || peers.context("peer targets need --peers");
     let measured = match target {
         Target::Raw => raw::run(cell, timing, parent).await,
-        Target::Store => store::run(cell, timing, parent).await,
+        Target::Store => store::run(cell, timing, parent, true).await,
+        Target::StoreUnchained => store::run(cell, timing, parent, false).await,
         Target::Http => http::run(cell, timing, parent, http).await,
         Target::Nats => nats::run(cell, timing, parent, &peer()?.nats_server, nats::SyncPolicy::Always).await,
         Target::NatsNosync => nats::run(cell, timing, parent, &peer()?.nats_server, nats::SyncPolicy::Default).await,

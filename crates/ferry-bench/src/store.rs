@@ -11,9 +11,14 @@ use ferry_store::{Store, StoreConfig};
 use crate::driver::{Measurement, Timing, drive};
 use crate::workload::{Cell, ledger_names, payload_json};
 
-pub async fn run(cell: &Cell, timing: Timing, parent: &Path) -> anyhow::Result<Measurement> {
+/// `chained`: the ledgers get the hash chain (the default) or not.
+pub async fn run(cell: &Cell, timing: Timing, parent: &Path, chained: bool) -> anyhow::Result<Measurement> {
     let dir = tempfile::Builder::new().prefix("store-").tempdir_in(parent).context("create a temp dir")?;
-    let store = open(dir.path()).await?;
+    let mut config = StoreConfig::new(dir.path());
+    if !chained {
+        config.hash_chain = Vec::new();
+    }
+    let store = open_with(config).await?;
     let ledgers = Arc::new(ledger_names());
     create_ledgers(&store, &ledgers).await?;
     let entries = entries(cell)?;
@@ -32,7 +37,11 @@ pub async fn run(cell: &Cell, timing: Timing, parent: &Path) -> anyhow::Result<M
 
 /// Opens a fresh store under `dir` with the default settings.
 pub async fn open(dir: &Path) -> anyhow::Result<Store> {
-    let config = StoreConfig::new(dir);
+    open_with(StoreConfig::new(dir)).await
+}
+
+async fn open_with(config: StoreConfig) -> anyhow::Result<Store> {
+    let dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(config)).await?;
     store.with_context(|| format!("open a store under {}", dir.display()))
 }
@@ -64,7 +73,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cell = Cell { clients: 4, payload_bytes: 64, batch: 3 };
         let timing = Timing { warmup: Duration::ZERO, window: Duration::from_millis(200) };
-        let m = run(&cell, timing, dir.path()).await.unwrap();
+        let m = run(&cell, timing, dir.path(), true).await.unwrap();
         assert!(m.calls > 0);
         assert_eq!(m.entries, m.calls * 3);
     }

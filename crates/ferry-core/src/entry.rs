@@ -22,6 +22,9 @@ pub struct Entry {
     /// Unix milliseconds assigned by ferry; never decreasing within a ledger.
     pub ts: u64,
     pub key: Option<String>,
+    /// The entry's link in its ledger's hash chain (`docs/format.md`,
+    /// "Hash chain"); `None` for a ledger without one.
+    pub hash: Option<[u8; 32]>,
     pub payload: Payload,
 }
 
@@ -30,13 +33,13 @@ impl Entry {
     pub fn json_len_max(&self) -> usize {
         // 45 bytes of fixed text (the key's included), two u64s of up to 20
         // digits, the ledger name, and the key escaped at worst six bytes
-        // per byte (`\u00XX`).
-        96 + self.ledger.as_str().len() + self.key.as_ref().map_or(0, |k| 6 * k.len()) + self.payload.len()
+        // per byte (`\u00XX`), and the hash: 10 bytes of text, 64 digits.
+        96 + 74 + self.ledger.as_str().len() + self.key.as_ref().map_or(0, |k| 6 * k.len()) + self.payload.len()
     }
 
     /// Appends the entry's JSON form to `out`:
-    /// `{"ledger":"audit","id":42,"ts":1763769600123,"key":"user-7","payload":{…}}`,
-    /// `key` omitted when absent. Written by hand because it is the hot path
+    /// `{"ledger":"audit","id":42,"ts":1763769600123,"key":"user-7","hash":"…","payload":{…}}`,
+    /// `key` and `hash` (lower-case hex) omitted when absent. Written by hand because it is the hot path
     /// of every read, and the payload is already compact JSON text.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let mut numbers = itoa::Buffer::new();
@@ -51,6 +54,13 @@ impl Entry {
             out.extend_from_slice(br#","key":"#);
             // Writing a str into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut *out, key);
+        }
+        if let Some(hash) = &self.hash {
+            out.extend_from_slice(br#","hash":""#);
+            let at = out.len();
+            out.resize(at + 64, 0);
+            hex::encode_to_slice(hash, &mut out[at..]).expect("64 hex digits for 32 bytes");
+            out.push(b'"');
         }
         out.extend_from_slice(br#","payload":"#);
         out.extend_from_slice(self.payload.as_str().as_bytes());
@@ -82,6 +92,7 @@ mod tests {
             id: 42,
             ts: 1763769600123,
             key: Some("user-\"7\"".into()),
+            hash: None,
             payload: Payload::from_json(r#"{"a": 1}"#).unwrap(),
         };
         assert_eq!(
@@ -92,5 +103,15 @@ mod tests {
         assert_eq!(v["key"], "user-\"7\"");
         e.key = None;
         assert_eq!(e.to_json(), r#"{"ledger":"audit","id":42,"ts":1763769600123,"payload":{"a":1}}"#);
+        e.hash = Some([0xab; 32]);
+        let json = e.to_json();
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"ledger":"audit","id":42,"ts":1763769600123,"hash":"{}","payload":{{"a":1}}}}"#,
+                "ab".repeat(32)
+            )
+        );
+        assert!(json.len() <= e.json_len_max());
     }
 }

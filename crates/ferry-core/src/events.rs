@@ -17,7 +17,7 @@ pub struct Appended {
 /// A state change of the system, published under its `key`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SystemEvent {
-    /// `ledger.created`, `ledger.deleted`, `chunk.frozen`, `chunk.pruned`,
+    /// `ledger.created`, `ledger.deleted`, `ledger.checkpoint`, `chunk.frozen`, `chunk.pruned`,
     /// `chunk.keys_lost`,
     /// `exporter.failed`, `exporter.recovered`, `exporter.reset`, and the pin
     /// events as those land.
@@ -50,6 +50,13 @@ impl SystemEvent {
 
     pub fn ledger_deleted(ledger: &LedgerName) -> Self {
         Self::new("ledger.deleted", ledger.as_str(), serde_json::json!({ "ledger": ledger }))
+    }
+
+    /// `ledger.checkpoint`: a chained ledger's hash at `id`, to anchor
+    /// outside ferry (`[storage] checkpoint_every`).
+    pub fn ledger_checkpoint(ledger: &LedgerName, id: EntryId, hash: &str) -> Self {
+        let data = serde_json::json!({ "ledger": ledger, "id": id, "hash": hash });
+        Self::new("ledger.checkpoint", &format!("{ledger}/{id:020}"), data)
     }
 
     pub fn chunk(kind: &'static str, ledger: &LedgerName, chunk: u64, first_id: EntryId, last_id: EntryId) -> Self {

@@ -443,6 +443,7 @@ mod tests {
             id,
             ts: 1,
             key: None,
+            hash: None,
             payload: Payload::from_json(&format!("\"{}\"", "x".repeat(payload_bytes))).unwrap(),
         }
     }

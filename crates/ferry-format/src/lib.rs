@@ -3,6 +3,7 @@
 //! segment (`segment`), which recovery and `ferry verify` share. No I/O; every decoder is total (any input
 //! gives a value or an error, never a panic) so it can be fuzzed.
 
+pub mod chain;
 pub mod fingerprints;
 pub mod keys;
 pub mod pack;

@@ -4,7 +4,7 @@
 //! header:  magic "FERRYPCK" (8) | format_version u32 | ledger_len u8 | ledger
 //!          | chunk u64 | first_id u64 | count u64 | header_crc32c u32
 //! blocks:  zstd frames (content checksum on), each ~64 KiB of WAL-encoded
-//!          records (`wal::encode_record`, flags 0–1 only), back to back
+//!          records (`wal::encode_record`, flags 0, 1 and 5 only), back to back
 //! index:   per block: first_id u64 | offset u64 | compressed_len u32
 //!          | raw_len u32 | records u32 | reserved u32 (0)    (32 bytes)
 //! trailer: index_offset u64 | block_count u32 | crc32c u32 | magic "FERRYEND"
@@ -522,6 +522,7 @@ mod tests {
                 batch_continues: true,
                 group_start: true,
                 relocated: true,
+                hash: None,
                 payload: payload.as_bytes(),
             };
             w.push(&r).unwrap();
@@ -575,6 +576,7 @@ mod tests {
                 batch_continues: false,
                 group_start: false,
                 relocated: false,
+                hash: None,
                 payload: payload.as_bytes(),
             };
             w.push(&r).unwrap();
@@ -631,6 +633,7 @@ mod tests {
             batch_continues: false,
             group_start: false,
             relocated: false,
+            hash: None,
             payload: b"1",
         };
         let mut w = PackWriter::new(Vec::new(), header.clone()).unwrap();

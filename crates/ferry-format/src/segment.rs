@@ -209,6 +209,7 @@ mod tests {
             batch_continues,
             group_start,
             relocated: false,
+            hash: None,
             payload: b"1",
         }
     }

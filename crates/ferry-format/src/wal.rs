@@ -4,13 +4,15 @@
 //! header:  magic "FERRYWAL" (8) | format_version u32 LE | reserved u32 (0)
 //! record:  body_len u32 LE | crc32c(body) u32 LE | body
 //! body:    flags u8 | ledger_len u8 | ledger | id u64 LE | ts u64 LE
+//!          | [hash (32)]                     if flags & HASH (format 5)
 //!          | [key_len u16 LE | key]          if flags & KEY
 //!          | [idem_len u16 LE | idem_key]    if flags & IDEMPOTENCY_KEY
 //!          | payload (the rest of the body: compact JSON text)
 //! flags:   1 = key present, 2 = idempotency key present,
 //!          4 = more records of the same append request follow,
 //!          8 = first record of a group-commit write,
-//!          16 = a copy relocated from an older segment
+//!          16 = a copy relocated from an older segment,
+//!          32 = the entry's chain hash follows `ts` (format 5, `chain.rs`)
 //! ```
 //! The ledger and id are inside the checksum, so a record can never be
 //! attributed to the wrong ledger or position. Layout detail: `docs/format.md`.
@@ -38,10 +40,16 @@ const FLAG_GROUP_START: u8 = 8;
 /// A copy of a record from an older segment, moved forward so that segment
 /// can be released; it replaces the original wherever both exist.
 const FLAG_RELOCATED: u8 = 16;
-const FLAGS_KNOWN: u8 = FLAG_KEY | FLAG_IDEMPOTENCY_KEY | FLAG_BATCH_CONTINUES | FLAG_GROUP_START | FLAG_RELOCATED;
+/// The record carries its entry's chain hash (`chain::link`), 32 bytes
+/// after `ts`: set on every record of a chained ledger (format 5).
+const FLAG_HASH: u8 = 32;
+const FLAGS_KNOWN: u8 =
+    FLAG_KEY | FLAG_IDEMPOTENCY_KEY | FLAG_BATCH_CONTINUES | FLAG_GROUP_START | FLAG_RELOCATED | FLAG_HASH;
+/// Bytes of a chain hash.
+pub const HASH_BYTES: usize = 32;
 // The largest configurable payload plus every other field fits a record.
 const _: () = assert!(
-    ferry_core::limits::ENTRY_BYTES_MAX_LIMIT as usize + BODY_FIXED_BYTES + 255 + 2 * (2 + 256)
+    ferry_core::limits::ENTRY_BYTES_MAX_LIMIT as usize + BODY_FIXED_BYTES + HASH_BYTES + 255 + 2 * (2 + 256)
         <= RECORD_BODY_BYTES_MAX
 );
 /// flags + ledger_len + id + ts.
@@ -61,6 +69,9 @@ pub struct WalRecord<'a> {
     pub group_start: bool,
     /// True on a copy moved forward from an older segment.
     pub relocated: bool,
+    /// The entry's chain hash: present on every record of a chained
+    /// ledger, absent on the others (and on every record before format 5).
+    pub hash: Option<[u8; HASH_BYTES]>,
     pub payload: &'a [u8],
 }
 
@@ -104,6 +115,7 @@ pub fn encoded_len(record: &WalRecord<'_>) -> usize {
     RECORD_PREFIX_BYTES
         + BODY_FIXED_BYTES
         + record.ledger.len()
+        + record.hash.map_or(0, |_| HASH_BYTES)
         + record.key.map_or(0, |k| 2 + k.len())
         + record.idempotency_key.map_or(0, |k| 2 + k.len())
         + record.payload.len()
@@ -124,12 +136,16 @@ pub fn encode_record(record: &WalRecord<'_>, out: &mut Vec<u8>) {
         | if record.idempotency_key.is_some() { FLAG_IDEMPOTENCY_KEY } else { 0 }
         | if record.batch_continues { FLAG_BATCH_CONTINUES } else { 0 }
         | if record.group_start { FLAG_GROUP_START } else { 0 }
-        | if record.relocated { FLAG_RELOCATED } else { 0 };
+        | if record.relocated { FLAG_RELOCATED } else { 0 }
+        | if record.hash.is_some() { FLAG_HASH } else { 0 };
     out.push(flags);
     out.push(record.ledger.len() as u8);
     out.extend_from_slice(record.ledger.as_bytes());
     out.extend_from_slice(&record.id.to_le_bytes());
     out.extend_from_slice(&record.ts.to_le_bytes());
+    if let Some(hash) = &record.hash {
+        out.extend_from_slice(hash);
+    }
     for k in [record.key, record.idempotency_key].into_iter().flatten() {
         out.extend_from_slice(&(k.len() as u16).to_le_bytes());
         out.extend_from_slice(k.as_bytes());
@@ -188,6 +204,7 @@ fn decode_body(body: &[u8]) -> Result<WalRecord<'_>, DecodeError> {
     let ledger = r.str(ledger_len)?;
     let id = r.u64()?;
     let ts = r.u64()?;
+    let hash = if flags & FLAG_HASH != 0 { Some(r.take(HASH_BYTES)?.try_into().expect("32 bytes")) } else { None };
     let key = if flags & FLAG_KEY != 0 { Some(r.prefixed_str()?) } else { None };
     let idempotency_key = if flags & FLAG_IDEMPOTENCY_KEY != 0 { Some(r.prefixed_str()?) } else { None };
     if ledger.is_empty() || id == 0 {
@@ -203,7 +220,7 @@ fn decode_body(body: &[u8]) -> Result<WalRecord<'_>, DecodeError> {
     let batch_continues = flags & FLAG_BATCH_CONTINUES != 0;
     let group_start = flags & FLAG_GROUP_START != 0;
     let relocated = flags & FLAG_RELOCATED != 0;
-    Ok(WalRecord { ledger, id, ts, key, idempotency_key, batch_continues, group_start, relocated, payload: r.0 })
+    Ok(WalRecord { ledger, id, ts, key, idempotency_key, batch_continues, group_start, relocated, hash, payload: r.0 })
 }
 
 /// Where a record's fields lie, read from its framing alone: the checksum
@@ -215,9 +232,11 @@ pub struct RecordShape<'a> {
     pub ledger: &'a [u8],
     /// Encoded size, prefix included.
     pub len: usize,
-    /// The key's text, the idempotency key's text and the payload, as byte
-    /// ranges from the record's start (empty for an absent key).
-    pub content: [std::ops::Range<usize>; 3],
+    /// The chain hash, the key's text, the idempotency key's text and the
+    /// payload, as byte ranges from the record's start (empty when absent):
+    /// what a scrub erases. The hash goes too: with the hash before it, it
+    /// would confirm a guess of a short payload.
+    pub content: [std::ops::Range<usize>; 4],
 }
 
 /// The shape of the record at the start of `buf`, by the same framing rules
@@ -248,6 +267,13 @@ pub fn record_shape(buf: &[u8]) -> Result<RecordShape<'_>, DecodeError> {
     }
     r.take(16)?; // id, ts
     let at = |r: &Reader<'_>| len - r.0.len();
+    let hash = if flags & FLAG_HASH != 0 {
+        let start = at(&r);
+        r.take(HASH_BYTES)?;
+        start..start + HASH_BYTES
+    } else {
+        0..0
+    };
     let mut text = |present: bool, max: usize| -> Result<std::ops::Range<usize>, DecodeError> {
         if !present {
             return Ok(0..0);
@@ -263,11 +289,11 @@ pub fn record_shape(buf: &[u8]) -> Result<RecordShape<'_>, DecodeError> {
     let key = text(flags & FLAG_KEY != 0, ENTRY_KEY_BYTES_MAX)?;
     let idempotency_key = text(flags & FLAG_IDEMPOTENCY_KEY != 0, IDEMPOTENCY_KEY_BYTES_MAX)?;
     let payload = at(&r)..len;
-    Ok(RecordShape { ledger, len, content: [key, idempotency_key, payload] })
+    Ok(RecordShape { ledger, len, content: [hash, key, idempotency_key, payload] })
 }
 
 /// Scrubs one record in place (`record` is exactly one record): the bytes
-/// of its key, idempotency key and payload become zero and its checksum is
+/// of its chain hash, key, idempotency key and payload become zero and its checksum is
 /// computed again; its length, flags, ledger, id and timestamp stay, so it
 /// still decodes as the same ledger's record at the same place. Scrubbing
 /// twice, or scrubbing a record torn while it was being scrubbed (each byte
@@ -338,6 +364,7 @@ mod tests {
             batch_continues: true,
             group_start: false,
             relocated: false,
+            hash: Some([0x5a; 32]),
             payload: br#"{"a":1}"#,
         }
     }
@@ -386,6 +413,8 @@ mod tests {
         assert_eq!((r.ledger, r.id, r.ts, r.batch_continues), ("audit", 7, 1_763_769_600_123, true));
         assert_eq!((r.key, r.idempotency_key, r.payload), (Some("\0\0\0\0\0\0"), Some("\0\0\0\0\0\0"), &[0u8; 7][..]));
         assert!(is_scrubbed(&r));
+        assert_eq!(r.hash, Some([0; 32]), "the chain hash is erased too");
+        assert!(!buf.windows(32).any(|w| w == [0x5a; 32]), "the hash is still there");
         assert!(!is_scrubbed(&decode_record(&original).unwrap().0));
         for text in [&b"user-7"[..], b"idem-7", br#"{"a":1}"#] {
             assert!(!buf.windows(text.len()).any(|w| w == text), "{text:?} is still there");
@@ -407,11 +436,12 @@ mod tests {
             batch_continues in any::<bool>(),
             group_start in any::<bool>(),
             relocated in any::<bool>(),
+            hash in proptest::option::of(any::<[u8; 32]>()),
             payload in proptest::collection::vec(any::<u8>(), 0..512),
         ) {
             let rec = WalRecord {
                 ledger: &ledger, id, ts, key: key.as_deref(),
-                idempotency_key: idem.as_deref(), batch_continues, group_start, relocated, payload: &payload,
+                idempotency_key: idem.as_deref(), batch_continues, group_start, relocated, hash, payload: &payload,
             };
             let mut buf = vec![0xAA];
             encode_record(&rec, &mut buf);

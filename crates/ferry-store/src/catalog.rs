@@ -44,6 +44,16 @@ pub struct LedgerMeta {
     /// The WAL position (segment, offset) the ledger was created at: records
     /// of this name before it belong to an earlier, deleted ledger.
     pub wal_from: (u32, u64),
+    /// The ledger incarnation has a hash chain (format 5: decided at its
+    /// creation by `[storage] hash_chain`, never changed after; a ledger
+    /// created before format 5 has none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chain: bool,
+    /// The chain hash of the entry before `first`, once retention pruned
+    /// the front (lower-case hex); absent while `first` is 1, where it is
+    /// the chain's `h_0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_prev_hash: Option<String>,
 }
 
 impl LedgerMeta {

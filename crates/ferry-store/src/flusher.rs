@@ -9,9 +9,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferry_core::events::Appended;
+use ferry_core::events::{Appended, SystemEvent};
 use ferry_core::limits::GROUP_COMMIT_BYTES_MAX;
 use ferry_core::{EntryId, LedgerName, NewEntry, now_ms};
+use ferry_format::chain::{self, ChainHash};
 use ferry_format::wal::{SEGMENT_HEADER_BYTES, WalRecord, decode_record, encode_record};
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,13 +23,13 @@ use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg};
 use crate::shared::Shared;
 use crate::wal::{RecordPos, SegmentWriter};
 
-/// Encodes a new entry as the group's next record; returns where it lies
-/// in the buffer (offset, encoded size).
+/// Encodes a new entry as the group's next record, with its chain hash
+/// when the ledger has a chain; returns where it lies in the buffer
+/// (offset, encoded size).
 fn encode_new(
     buf: &mut Vec<u8>,
     ledger: &LedgerName,
-    id: EntryId,
-    ts: u64,
+    (id, ts, hash): (EntryId, u64, Option<ChainHash>),
     e: &NewEntry,
     more: bool,
 ) -> (usize, usize) {
@@ -41,6 +42,7 @@ fn encode_new(
         batch_continues: more,
         group_start: buf.is_empty(),
         relocated: false,
+        hash,
         payload: e.payload.as_str().as_bytes(),
     };
     let offset = buf.len();
@@ -91,6 +93,10 @@ struct Planned {
     ids: Result<Vec<EntryId>>,
     /// (id, ts, offset within the group buffer, encoded size) of new records.
     records: Vec<(EntryId, u64, usize, usize)>,
+    /// The chain hash of the request's last new record (chained ledgers).
+    last_hash: Option<ChainHash>,
+    /// (id, hash) of its records at which a `ledger.checkpoint` is due.
+    checkpoints: Vec<(EntryId, ChainHash)>,
 }
 
 impl Flusher {
@@ -186,15 +192,16 @@ impl Flusher {
     /// the plan and the idempotency keys first used in it, to remember once
     /// the group is durable.
     fn plan(&mut self, group: Vec<AppendRequest>, now: u64, buf: &mut Vec<u8>) -> (Vec<Planned>, Vec<FreshKey>) {
-        // (next id, last ts, bytes) of each ledger touched by this group.
-        let mut heads: HashMap<LedgerName, (EntryId, u64, u64)> = HashMap::new();
+        // (next id, last ts, bytes, last chain hash) of each ledger touched
+        // by this group.
+        let mut heads: HashMap<LedgerName, (EntryId, u64, u64, Option<ChainHash>)> = HashMap::new();
         // Idempotency keys first used in this group, with their ids.
         let mut fresh: HashMap<(LedgerName, &str), (EntryId, Arc<LedgerState>)> = HashMap::new();
         let mut planned = Vec::with_capacity(group.len());
         for req in &group {
             let ledger = &req.ledger;
             if ledger.is_deleted() {
-                planned.push((Err(StoreError::LedgerNotFound(ledger.name.clone())), Vec::new()));
+                planned.push((Err(StoreError::LedgerNotFound(ledger.name.clone())), Vec::new(), None, Vec::new()));
                 continue;
             }
             // Each entry's original id, if its key was used before; a
@@ -217,30 +224,31 @@ impl Flusher {
             let originals = match originals {
                 Ok(o) => o,
                 Err(e) => {
-                    planned.push((Err(e), Vec::new()));
+                    planned.push((Err(e), Vec::new(), None, Vec::new()));
                     continue;
                 }
             };
-            let (next, last_ts, bytes) = heads.entry(ledger.name.clone()).or_insert_with(|| {
+            let (next, last_ts, bytes, last_hash) = heads.entry(ledger.name.clone()).or_insert_with(|| {
                 let index = ledger.index.read().expect("index lock");
-                (index.next_id(), index.last_ts, index.bytes())
+                (index.next_id(), index.last_ts, index.bytes(), index.last_hash)
             });
             if let Err(e) = check_expected_head(req, &originals, *next - 1) {
-                planned.push((Err(e), Vec::new()));
+                planned.push((Err(e), Vec::new(), None, Vec::new()));
                 continue;
             }
             // The quota counts new records only: a repeat is answered.
             let adding = req.entries.iter().zip(&originals).filter(|(_, o)| o.is_none()).map(|(e, _)| e);
-            match self.shared.admit(&ledger.name, *bytes, adding) {
+            match self.shared.admit(&ledger.name, last_hash.is_some(), *bytes, adding) {
                 Ok(added) => *bytes += added,
                 Err(e) => {
-                    planned.push((Err(e), Vec::new()));
+                    planned.push((Err(e), Vec::new(), None, Vec::new()));
                     continue;
                 }
             }
             let new_count = originals.iter().filter(|o| o.is_none()).count();
             let mut ids = Vec::with_capacity(req.entries.len());
             let mut records = Vec::with_capacity(new_count);
+            let mut checkpoints = Vec::new();
             for (e, original) in req.entries.iter().zip(originals) {
                 if let Some(id) = original {
                     ids.push(id);
@@ -249,21 +257,40 @@ impl Flusher {
                 let id = *next;
                 let ts = now.max(*last_ts);
                 (*next, *last_ts) = (id + 1, ts);
-                let (offset, len) = encode_new(buf, &ledger.name, id, ts, e, records.len() + 1 < new_count);
+                // The chain goes on from the previous entry's hash, which
+                // this group or the index holds: ids are assigned here, so
+                // nothing can come between.
+                let hash = last_hash
+                    .as_ref()
+                    .map(|prev| chain::link(prev, id, ts, e.key.as_deref(), e.payload.as_str().as_bytes()));
+                if let Some(h) = hash {
+                    *last_hash = Some(h);
+                    if self.shared.checkpoint_every > 0 && id.is_multiple_of(self.shared.checkpoint_every) {
+                        checkpoints.push((id, h));
+                    }
+                }
+                let (offset, len) = encode_new(buf, &ledger.name, (id, ts, hash), e, records.len() + 1 < new_count);
                 records.push((id, ts, offset, len));
                 if let Some(k) = e.idempotency_key.as_deref() {
                     fresh.insert((ledger.name.clone(), k), (id, ledger.clone()));
                 }
                 ids.push(id);
             }
-            planned.push((Ok(ids), records));
+            planned.push((Ok(ids), records, *last_hash, checkpoints));
         }
         let fresh: Vec<FreshKey> =
             fresh.into_iter().map(|((_, key), (id, state))| (state, key.to_owned(), id)).collect();
         let planned = group
             .into_iter()
             .zip(planned)
-            .map(|(req, (ids, records))| Planned { reply: req.reply, ledger: req.ledger, ids, records })
+            .map(|(req, (ids, records, last_hash, checkpoints))| Planned {
+                reply: req.reply,
+                ledger: req.ledger,
+                ids,
+                records,
+                last_hash,
+                checkpoints,
+            })
             .collect();
         (planned, fresh)
     }
@@ -334,6 +361,9 @@ impl Flusher {
                     for &(id, ts, offset, len) in &p.records {
                         index.push(id, ts, pos(offset, len));
                     }
+                    if index.chained {
+                        index.last_hash = p.last_hash;
+                    }
                     index.next_chunk_to_freeze().is_some()
                 };
                 if full && !p.ledger.freeze_queued.swap(true, std::sync::atomic::Ordering::SeqCst) {
@@ -344,6 +374,10 @@ impl Flusher {
             if let Some(&(last_id, ..)) = p.records.last() {
                 let event = Appended { ledger: p.ledger.name.clone(), incarnation: p.ledger.incarnation, last_id };
                 self.shared.appends.publish(p.ledger.name.as_str(), &event);
+            }
+            for (id, hash) in &p.checkpoints {
+                let event = SystemEvent::ledger_checkpoint(&p.ledger.name, *id, &chain::to_hex(hash));
+                self.shared.events.publish(&event.key, &event);
             }
             let _ = p.reply.send(p.ids.map(|ids| AppendOutcome { ids, created }));
         }

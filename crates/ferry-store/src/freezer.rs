@@ -329,7 +329,10 @@ impl Freezer {
         deferred: &mut Deferred,
     ) -> Result<bool> {
         let s = &self.shared;
-        let meta = LedgerMeta { first: info.last_id() + 1, ..state.meta.clone() };
+        // A chained ledger keeps the hash of the entry before its new First
+        // (the pruned chunk's last), so what is left verifies from First.
+        let first_prev_hash = if state.meta.chain { info.last_hash.clone() } else { None };
+        let meta = LedgerMeta { first: info.last_id() + 1, first_prev_hash, ..state.meta.clone() };
         let ledger_key = CatalogKey::Ledger(state.name.clone());
         let with = vec![CatalogOp::Put(ledger_key, meta.encode())];
         match pack_protocols::demote(&*s.catalog, &state.name, chunk, info, with) {

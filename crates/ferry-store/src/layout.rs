@@ -56,6 +56,9 @@ fn migrate(catalog: &dyn Catalog, from: u32) -> Result<()> {
             2 => fingerprint_key_op(catalog)?.into_iter().collect(),
             // 3 → 4 adds the watch session keys; nothing older changes.
             3 => Vec::new(),
+            // 4 → 5 adds the hash chain to ledgers created from now on;
+            // ledgers created before stay without one (no `chain` key).
+            4 => Vec::new(),
             _ => unreachable!("FORMAT_VERSION_OLDEST..FORMAT_VERSION has a step for each version"),
         };
         let changed = ops.len();

@@ -13,6 +13,7 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_core::{EntryId, LedgerName};
+use ferry_format::chain::{self, ChainHash};
 
 use crate::catalog::LedgerMeta;
 use crate::pack_protocols::PackInfo;
@@ -35,7 +36,20 @@ pub(crate) struct LedgerState {
 
 impl LedgerState {
     pub fn new(name: LedgerName, meta: LedgerMeta, chunk_entries: u64) -> Self {
-        let index = LedgerIndex::new(meta.first, chunk_entries);
+        let mut index = LedgerIndex::new(meta.first, chunk_entries);
+        if meta.chain {
+            // Before the first retained entry: `h_0` until retention pruned
+            // the front, then what the prune recorded. Recovery moves
+            // `last_hash` to the head's stored hash.
+            let before_first = match &meta.first_prev_hash {
+                Some(hex) => chain::from_hex(hex),
+                None if meta.first == 1 => Some(chain::genesis(name.as_str(), meta.incarnation)),
+                None => None,
+            };
+            index.first_prev_hash = before_first;
+            index.last_hash = before_first;
+            index.chained = true;
+        }
         Self {
             name,
             incarnation: meta.incarnation,
@@ -84,6 +98,16 @@ pub(crate) struct LedgerIndex {
     /// The first chunk whose `keys:` value may still be in the catalog:
     /// those before it passed their window and were deleted.
     pub keys_kept_from: u64,
+    /// The ledger has a hash chain (`LedgerMeta::chain`).
+    pub chained: bool,
+    /// The chain hash of the head entry (of the entry before First for a
+    /// ledger without entries): what the next append chains from. Set by
+    /// the flusher with each durable group and by recovery from the head's
+    /// stored record, never recomputed from anything mutable. `None` for a
+    /// ledger without a chain.
+    pub last_hash: Option<ChainHash>,
+    /// The chain hash of the entry before First (`h_0` while First is 1).
+    pub first_prev_hash: Option<ChainHash>,
 }
 
 impl LedgerIndex {
@@ -100,6 +124,9 @@ impl LedgerIndex {
             last_ts: 0,
             hot_bytes: 0,
             keys_kept_from: 0,
+            chained: false,
+            last_hash: None,
+            first_prev_hash: None,
         }
     }
 
@@ -166,6 +193,9 @@ impl LedgerIndex {
         self.frozen_bytes -= info.len;
         assert!(info.last_id() + 1 > self.first, "first only moves forward");
         self.first = info.last_id() + 1;
+        if self.chained {
+            self.first_prev_hash = info.last_hash.as_deref().and_then(chain::from_hex);
+        }
         Some(info)
     }
 
@@ -191,6 +221,7 @@ mod tests {
             first_ts: 1,
             last_ts: 1,
             idempotency_keys: 0,
+            last_hash: None,
         }
     }
 

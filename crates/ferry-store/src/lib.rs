@@ -32,10 +32,11 @@ mod watch_sessions;
 pub use ferry_fs::{RealFs, durable, vfs};
 
 pub use catalog::{Catalog, CatalogOp, CursorValue, LedgerMeta, RedbCatalog};
+pub use config::CHECKPOINT_EVERY_DEFAULT;
 pub use config::{LedgerRetention, RetentionHold, RetentionPolicy, StoreConfig};
 pub use error::{Result, StoreError};
 pub use ferry_format::keys::WATCH_SESSION_DIGITS;
 pub use messages::AppendOutcome;
 pub use roots::{LockedRoots, Roots, lock_roots};
-pub use store::{CursorUpdate, ExportCursor, LedgerHead, LedgerInfo, ReadBatch, Store};
+pub use store::{ChainHead, CursorUpdate, ExportCursor, LedgerHead, LedgerInfo, ReadBatch, Store};
 pub use watch_sessions::{WatchCut, WatchFrom, WatchPosition, WatchPositionRecord, WatchSessionRecord, WatchWrite};

@@ -16,6 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use ferry_core::{EntryId, LedgerName};
+use ferry_format::chain::{self, ChainHash};
 use ferry_format::fingerprints::{self, fingerprint};
 use ferry_format::keys::CatalogKey;
 use ferry_format::pack::{PackError, PackHeader, PackSource, PackWriter, decode_pack_from, stream_pieces};
@@ -50,6 +51,11 @@ pub struct PackInfo {
     /// keys' 24 h window has passed, whatever the retention says.
     #[serde(default)]
     pub idempotency_keys: u64,
+    /// The chain hash of the chunk's last entry (format 5, a chained
+    /// ledger): what the ledger's `first_prev_hash` becomes when retention
+    /// prunes the chunk, so what is left still verifies from First.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_hash: Option<String>,
 }
 
 impl PackInfo {
@@ -113,6 +119,8 @@ pub struct OwnedRecord {
     pub ts: u64,
     pub key: Option<String>,
     pub idempotency_key: Option<String>,
+    /// The entry's chain hash, when its ledger has a chain.
+    pub hash: Option<ChainHash>,
     pub payload: String,
 }
 
@@ -128,6 +136,7 @@ impl OwnedRecord {
             batch_continues: false,
             group_start: false,
             relocated: false,
+            hash: self.hash,
             payload: self.payload.as_bytes(),
         }
     }
@@ -280,18 +289,21 @@ fn write_pack(
     let ledger = header.ledger.clone();
     let mut writer =
         PackWriter::new(Hashing { file, sha: sha2::Sha256::new() }, header).map_err(PackWriteError::Pack)?;
-    let (mut first_ts, mut last_ts, mut idempotency_keys) = (None, 0, 0);
+    let (mut first_ts, mut last_ts, mut idempotency_keys, mut last_hash) = (None, 0, 0, None);
     for r in records {
         let r = r.map_err(PackWriteError::Store)?;
         first_ts.get_or_insert(r.ts);
         last_ts = r.ts;
         idempotency_keys += u64::from(r.idempotency_key.is_some());
+        last_hash = r.hash;
         writer.push(&r.as_record(&ledger)).map_err(PackWriteError::Pack)?;
     }
     let (hashing, len, _crc) = writer.finish().map_err(PackWriteError::Pack)?;
     let sha256 = hex(&hashing.sha.finalize());
     let first_ts = first_ts.unwrap_or(0);
-    let info = PackInfo { len, sha256, format_version, first_id, count, first_ts, last_ts, idempotency_keys };
+    let last_hash = last_hash.as_ref().map(chain::to_hex);
+    let info =
+        PackInfo { len, sha256, format_version, first_id, count, first_ts, last_ts, idempotency_keys, last_hash };
     Ok((hashing.file, info))
 }
 

@@ -127,6 +127,7 @@ pub(crate) fn owned(r: &WalRecord<'_>) -> std::result::Result<OwnedRecord, Strin
         ts: r.ts,
         key: r.key.map(str::to_owned),
         idempotency_key: r.idempotency_key.map(str::to_owned),
+        hash: r.hash,
         payload: payload.to_owned(),
     })
 }

@@ -165,6 +165,40 @@ fn report_lost_keys(shared: &Shared, ledger: &LedgerName, chunk: u64, info: &Pac
     shared.events.publish(&event.key, &event);
 }
 
+/// Sets each chained ledger's `last_hash` from the hash stored with its head
+/// entry, once the indexes are installed: its WAL record, or for a frozen
+/// head the `last_hash` its chunk's catalog value took from the pack's
+/// records (no pack is opened). The chain goes on from what is stored,
+/// never from a recomputation. A ledger without entries keeps the hash
+/// before First (`LedgerState::new`).
+pub(crate) fn restore_chain_heads(shared: &Shared) -> Result<()> {
+    let ledgers: Vec<Arc<LedgerState>> = shared.ledgers.read().expect("ledgers lock").values().cloned().collect();
+    for state in ledgers {
+        let (chained, first, head, frozen_head) = {
+            let index = state.index.read().expect("index lock");
+            let frozen_head = (index.head() < index.hot_base)
+                .then(|| index.frozen.values().next_back().map(|info| info.last_hash.clone()))
+                .flatten();
+            (index.chained, index.first, index.head(), frozen_head)
+        };
+        if !chained || head < first {
+            continue;
+        }
+        let hash = match frozen_head {
+            Some(text) => text.as_deref().and_then(ferry_format::chain::from_hex),
+            None => shared.read_records(&state, head, 1)?.pop().filter(|r| r.id == head).and_then(|r| r.hash),
+        };
+        let Some(hash) = hash else {
+            return Err(StoreError::CatalogCorrupted(format!(
+                "ledger {}: it has a hash chain but its head entry {head} carries no hash",
+                state.name
+            )));
+        };
+        state.index.write().expect("index lock").last_hash = Some(hash);
+    }
+    Ok(())
+}
+
 /// The live hot records of one ledger as a WAL replay finds them, keyed by
 /// id: the rules recovery applies and `ferry verify` checks by (one home).
 /// `P` is where a record lies (recovery: `RecordPos`; verify: segment and

@@ -44,6 +44,11 @@ pub(crate) struct Shared {
     /// `[storage] max_ledger_bytes`; `None`: no quota.
     pub max_ledger_bytes: Option<u64>,
     pub holds: RwLock<Vec<Arc<dyn RetentionHold>>>,
+    /// `[storage] hash_chain`: a ledger created with a matching name gets
+    /// a hash chain.
+    pub hash_chain: Vec<glob::Pattern>,
+    /// `[storage] checkpoint_every` (0: no checkpoint events).
+    pub checkpoint_every: u64,
     /// The durable end of the WAL as `segment << 32 | offset`.
     pub durable_end: AtomicU64,
     /// No new entry is stamped below this (unix ms): raised by the cut at
@@ -91,10 +96,11 @@ impl Shared {
     pub fn admit<'a>(
         &self,
         ledger: &LedgerName,
+        chained: bool,
         held: u64,
         entries: impl Iterator<Item = &'a NewEntry>,
     ) -> Result<u64> {
-        let adding = entries.map(|e| wal_bytes(ledger, e)).sum();
+        let adding = entries.map(|e| wal_bytes(ledger, e, chained)).sum();
         match self.max_ledger_bytes {
             Some(max) if held + adding > max => {
                 metrics::counter!("ferry_quota_refused_appends_total").increment(1);
@@ -118,9 +124,9 @@ impl Shared {
     }
 }
 
-/// The bytes `entry` takes as a WAL record of `ledger`: what it adds to the
-/// ledger's `bytes` while hot.
-pub(crate) fn wal_bytes(ledger: &LedgerName, entry: &NewEntry) -> u64 {
+/// The bytes `entry` takes as a WAL record of `ledger` (with its chain hash
+/// if `chained`): what it adds to the ledger's `bytes` while hot.
+pub(crate) fn wal_bytes(ledger: &LedgerName, entry: &NewEntry, chained: bool) -> u64 {
     wal_format::encoded_len(&wal_format::WalRecord {
         ledger: ledger.as_str(),
         id: 1,
@@ -130,6 +136,7 @@ pub(crate) fn wal_bytes(ledger: &LedgerName, entry: &NewEntry) -> u64 {
         batch_continues: false,
         group_start: false,
         relocated: false,
+        hash: chained.then_some([0; wal_format::HASH_BYTES]),
         payload: entry.payload.as_str().as_bytes(),
     }) as u64
 }

@@ -13,6 +13,7 @@ use ferry_core::limits::{
     IDEMPOTENCY_KEY_BYTES_MAX,
 };
 use ferry_core::{Entry, EntryId, LedgerName, NewEntry, Payload, now_ms};
+use ferry_format::chain;
 use ferry_format::keys::CatalogKey;
 use tokio::sync::{mpsc, oneshot};
 
@@ -48,6 +49,22 @@ pub struct LedgerInfo {
     /// Bytes the ledger's records take in storage.
     pub bytes: u64,
     pub created_at: u64,
+    /// For a ledger with a hash chain: the chain hash of the entry before
+    /// `first` (lower-case hex; the chain's `h_0` while `first` is 1), so
+    /// what retention left still verifies from First. Absent without a chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_prev_hash: Option<String>,
+}
+
+/// A chained ledger's head, to anchor outside ferry (`GET
+/// /v1/ledgers/{ledger}/head`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainHead {
+    /// The head id (`first - 1` for a ledger with no entries).
+    pub id: EntryId,
+    /// The head entry's chain hash (lower-case hex; for a ledger with no
+    /// entries, the hash it chains from); `None` for a ledger without a chain.
+    pub hash: Option<String>,
 }
 
 /// Where a ledger stands, from memory: what exporters follow.
@@ -298,7 +315,8 @@ impl Store {
             {
                 return Err(StoreError::DuplicateIdempotencyKey(k.clone()));
             }
-            encoded_bytes += shared::wal_bytes(ledger, e) as usize;
+            // Counted with a chain hash: the ledger may not exist yet.
+            encoded_bytes += shared::wal_bytes(ledger, e, true) as usize;
         }
         if encoded_bytes > APPEND_BYTES_MAX {
             return Err(StoreError::AppendTooLarge { bytes: encoded_bytes, max: APPEND_BYTES_MAX });
@@ -323,7 +341,15 @@ impl Store {
         let incarnation = *last_incarnation + 1;
         // Every record of an earlier ledger of this name was durable before
         // its deletion, so it lies before this position.
-        let meta = LedgerMeta { incarnation, created_at: now_ms(), first: 1, wal_from: shared.durable_end() };
+        let chain = shared.hash_chain.iter().any(|p| p.matches(name.as_str()));
+        let meta = LedgerMeta {
+            incarnation,
+            created_at: now_ms(),
+            first: 1,
+            wal_from: shared.durable_end(),
+            chain,
+            first_prev_hash: None,
+        };
         let ops = [
             CatalogOp::Put(CatalogKey::Ledger(name.clone()), meta.encode()),
             layout::set_last_incarnation(incarnation),
@@ -372,6 +398,13 @@ impl Store {
         self.inner.shared.ledger(name).map(|s| info(&s))
     }
 
+    /// A ledger's head id and chain hash, read together (one lock), from memory.
+    pub fn chain_head(&self, name: &LedgerName) -> Option<ChainHead> {
+        let state = self.inner.shared.ledger(name)?;
+        let index = state.index.read().expect("index lock");
+        Some(ChainHead { id: index.head(), hash: index.last_hash.as_ref().map(chain::to_hex) })
+    }
+
     /// One ledger's position, from memory.
     pub fn ledger_head(&self, name: &LedgerName) -> Option<LedgerHead> {
         self.inner.shared.ledger(name).map(|s| head_of(&s))
@@ -410,6 +443,7 @@ impl Store {
                 id: r.id,
                 ts: r.ts,
                 key: r.key,
+                hash: r.hash,
                 payload: Payload::from_stored_text(r.payload),
             })
             .collect();
@@ -581,6 +615,7 @@ fn info(state: &LedgerState) -> LedgerInfo {
         entries: (index.head() + 1).saturating_sub(index.first),
         bytes: index.bytes(),
         created_at: state.meta.created_at,
+        first_prev_hash: index.first_prev_hash.as_ref().map(chain::to_hex),
     }
 }
 
@@ -639,6 +674,8 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
         retention: config.retention.clone(),
         max_ledger_bytes: config.max_ledger_bytes,
         holds: RwLock::new(config.holds.clone()),
+        hash_chain: config::hash_chain_patterns(config)?,
+        checkpoint_every: config.checkpoint_every,
         durable_end: Default::default(),
         ts_floor: Default::default(),
         stopping: Default::default(),
@@ -669,6 +706,8 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
     shared.segments.set_current(replayed.writer.seq);
     shared.segments.account(live, true);
     shared.set_durable_end(replayed.writer.seq, replayed.writer.len);
+    // Reads the head entries: after the segments are installed.
+    recovery::restore_chain_heads(&shared)?;
     let idempotency = keys.finish(&shared)?;
     Ok(Recovered { shared, writer: replayed.writer, idempotency, last_incarnation })
 }

@@ -27,7 +27,11 @@
 //! - every `cursor:` value decodes, names a listed ledger, is at most its
 //!   head, and a `sent_to` in it (format 3) is after the cursor and at most
 //!   the head;
-//! - every `watch:` and `watchpos:` value decodes (format 4).
+//! - every `watch:` and `watchpos:` value decodes (format 4);
+//! - each chained ledger's hash chain (format 5) holds from the hash before
+//!   First through its packs and live WAL records: the first entry whose
+//!   stored hash is not the one recomputed from the entry before is a
+//!   fault naming the ledger and id (an edit the checksums cannot see).
 //!
 //! **Architecture Invariant:** nothing here writes to the data directory.
 //! The catalog is opened read-only; a catalog that needs redb's crash
@@ -40,6 +44,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_core::LedgerName;
 use ferry_core::limits::{FORMAT_VERSION, FORMAT_VERSION_OLDEST};
+use ferry_format::chain;
 use ferry_format::keys::{CatalogKey, ConfigName};
 use ferry_format::segment::{self, SegmentEnd, SegmentRecords};
 use redb::ReadableTable as _;
@@ -256,6 +261,7 @@ pub fn verify(config: &StoreConfig) -> Result<Report> {
     check_frozen_ids(&mut report, &layout, &mut keys.ledgers);
     check_wal(&mut report, &roots.hot, pinned.format_version, &keys.scrubs, &mut keys.ledgers)?;
     check_hot_ids(&mut report, &roots.hot, &mut keys.ledgers);
+    check_chains(&mut report, &layout, &roots.hot, &keys.ledgers);
     check_cursors(&mut report, &catalog_file, &keys);
     Ok(report)
 }
@@ -512,6 +518,114 @@ fn check_hot_ids(report: &mut Report, hot: &Path, ledgers: &mut BTreeMap<LedgerN
             }
         }
         report.entries += l.frozen_entries + l.hot.len() as u64;
+    }
+}
+
+/// Walks every chained ledger's hash chain in id order, packs then live WAL
+/// records (as recovery sees them), recomputing each link from the stored
+/// entry; reports the first id where it breaks. Damage the other checks
+/// found (a pack that does not decode, a gap) ends the walk of that ledger
+/// quietly: it is reported already.
+fn check_chains(report: &mut Report, layout: &PackLayout, hot: &Path, ledgers: &BTreeMap<LedgerName, LedgerCheck>) {
+    let mut segments: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for (name, l) in ledgers.iter().filter(|(_, l)| l.meta.chain) {
+        let catalog_path = layout.ledger_dir(name);
+        let start = match &l.meta.first_prev_hash {
+            Some(text) => chain::from_hex(text),
+            None if l.meta.first == 1 => Some(chain::genesis(name.as_str(), l.meta.incarnation)),
+            None => None,
+        };
+        let Some(start) = start else {
+            let msg =
+                format!("ledger {name}: it has a hash chain but no valid first_prev_hash for First {}", l.meta.first);
+            report.fault(&catalog_path, None, msg);
+            continue;
+        };
+        let mut walk = ChainWalk { ledger: name, prev: start, next: l.meta.first, broken: false };
+        for (chunk, info) in &l.frozen {
+            if walk.broken || info.first_id.saturating_add(info.count) <= l.meta.first {
+                continue;
+            }
+            let path = layout.pack_path(name, *chunk);
+            let Ok(bytes) = std::fs::read(&path) else {
+                walk.broken = true; // reported by `check_pack`
+                break;
+            };
+            let mut records = Vec::new();
+            let decoded = ferry_format::pack::decode_pack(&bytes, |r| {
+                records.push((r.id, r.ts, r.key.map(str::to_owned), r.hash, r.payload.to_vec()));
+            });
+            if decoded.is_err() {
+                walk.broken = true; // reported by `check_pack`
+                break;
+            }
+            for (id, ts, key, hash, payload) in records.into_iter().filter(|r| r.0 >= l.meta.first) {
+                let record = ChainRecord { id, ts, key: key.as_deref(), hash, payload: &payload };
+                if let Err(msg) = walk.step(&record) {
+                    report.fault(&path, None, msg);
+                    break;
+                }
+            }
+        }
+        for (id, (seq, offset), _, fault) in l.hot.in_order(l.hot_base, l.last_ts) {
+            if walk.broken || fault.is_some() {
+                break;
+            }
+            let path = hot.join(segment_name(seq));
+            if let std::collections::btree_map::Entry::Vacant(v) = segments.entry(seq) {
+                v.insert(std::fs::read(&path).unwrap_or_default());
+            }
+            let bytes = &segments[&seq];
+            let Some(Ok((r, _))) = bytes.get(offset as usize..).map(ferry_format::wal::decode_record) else {
+                break; // reported by `check_wal`
+            };
+            let record = ChainRecord { id, ts: r.ts, key: r.key, hash: r.hash, payload: r.payload };
+            if let Err(msg) = walk.step(&record) {
+                report.fault(&path, Some(offset), msg);
+            }
+        }
+    }
+}
+
+/// What of a stored entry its chain hash covers, and the hash it carries.
+struct ChainRecord<'a> {
+    id: u64,
+    ts: u64,
+    key: Option<&'a str>,
+    hash: Option<chain::ChainHash>,
+    payload: &'a [u8],
+}
+
+/// One ledger's chain, followed entry by entry.
+struct ChainWalk<'a> {
+    ledger: &'a LedgerName,
+    prev: chain::ChainHash,
+    next: u64,
+    broken: bool,
+}
+
+impl ChainWalk<'_> {
+    /// Checks the next entry's stored hash against the one recomputed from
+    /// the previous hash and the entry; the first mismatch ends the walk.
+    fn step(&mut self, r: &ChainRecord<'_>) -> std::result::Result<(), String> {
+        let ledger = self.ledger;
+        let expected = chain::link(&self.prev, r.id, r.ts, r.key, r.payload);
+        let problem = match r.hash {
+            _ if r.id != self.next => Some(format!("id {} where id {} was expected", r.id, self.next)),
+            None => Some("it carries no hash".to_owned()),
+            Some(stored) if stored != expected => Some(format!(
+                "stored {}, recomputed {} (the entry or one before it was altered)",
+                chain::to_hex(&stored),
+                chain::to_hex(&expected)
+            )),
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
+            self.broken = true;
+            return Err(format!("ledger {ledger}: the hash chain breaks at id {}: {problem}", r.id));
+        }
+        (self.prev, self.next) = (expected, r.id + 1);
+        Ok(())
     }
 }
 

@@ -74,6 +74,12 @@ pub struct Storage {
     pub ledgers_dir: PathBuf,
     /// The quota of every ledger; none by default.
     pub max_ledger_bytes: ByteLimit,
+    /// Globs of the ledgers created with a hash chain; none by default
+    /// (`["*"]`: every ledger); see `ferry_store::StoreConfig::hash_chain`.
+    pub hash_chain: Vec<String>,
+    /// A chained ledger publishes `ledger.checkpoint` at every multiple of
+    /// this id; 0: never.
+    pub checkpoint_every: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +258,8 @@ impl Default for Storage {
             hot_dir: PathBuf::new(),
             ledgers_dir: PathBuf::new(),
             max_ledger_bytes: ByteLimit(None),
+            hash_chain: Vec::new(),
+            checkpoint_every: ferry_store::CHECKPOINT_EVERY_DEFAULT,
         }
     }
 }
@@ -417,6 +425,8 @@ impl Config {
             retention,
             wal_segment_bytes: ferry_core::limits::WAL_SEGMENT_BYTES_MAX,
             holds: Vec::new(),
+            hash_chain: self.storage.hash_chain,
+            checkpoint_every: self.storage.checkpoint_every,
         };
         let api = ApiConfig {
             tokens,

@@ -210,7 +210,7 @@ fn entry_json(r: &WalRecord<'_>) -> String {
     if let (Ok(ledger), true) = (LedgerName::parse(r.ledger), valid_payload)
         && let Ok(payload) = Payload::from_stored(r.payload)
     {
-        return Entry { ledger, id: r.id, ts: r.ts, key: r.key.map(str::to_owned), payload }.to_json();
+        return Entry { ledger, id: r.id, ts: r.ts, key: r.key.map(str::to_owned), hash: r.hash, payload }.to_json();
     }
     serde_json::json!({
         "ledger": r.ledger,

@@ -146,8 +146,14 @@ mod tests {
     }
 
     fn batch(ledger: &LedgerName, ids: std::ops::RangeInclusive<EntryId>) -> Batch {
-        let entry =
-            |id| Entry { ledger: ledger.clone(), id, ts: 1, key: None, payload: Payload::from_json("{}").unwrap() };
+        let entry = |id| Entry {
+            ledger: ledger.clone(),
+            id,
+            ts: 1,
+            key: None,
+            hash: None,
+            payload: Payload::from_json("{}").unwrap(),
+        };
         let (exporter, ledger) = (LedgerName::parse("x").unwrap(), ledger.clone());
         Batch { exporter, ledger, incarnation: 1, entries: ids.map(entry).collect() }
     }

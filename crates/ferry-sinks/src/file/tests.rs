@@ -14,6 +14,7 @@ fn batch(ledger: &str, ids: std::ops::RangeInclusive<EntryId>) -> Batch {
             id,
             ts: 1_700_000_000_000 + id,
             key: None,
+            hash: None,
             payload: Payload::from_json(&format!(r#"{{"n":{id},"pad":"{}"}}"#, "x".repeat(100))).unwrap(),
         })
         .collect();

@@ -10,7 +10,14 @@ use super::*;
 fn batch(ids: std::ops::RangeInclusive<EntryId>) -> Batch {
     let ledger = LedgerName::parse("audit").unwrap();
     let entries = ids
-        .map(|id| Entry { ledger: ledger.clone(), id, ts: 7, key: None, payload: Payload::from_json("{}").unwrap() })
+        .map(|id| Entry {
+            ledger: ledger.clone(),
+            id,
+            ts: 7,
+            key: None,
+            hash: None,
+            payload: Payload::from_json("{}").unwrap(),
+        })
         .collect();
     Batch { exporter: LedgerName::parse("hook").unwrap(), ledger, incarnation: 7, entries }
 }

@@ -281,6 +281,7 @@ mod tests {
             batch_continues: false,
             group_start: true,
             relocated: false,
+            hash: None,
             payload: payload.as_bytes(),
         };
         encode_record(&r, out);

@@ -100,6 +100,7 @@ fn group(first: u64, count: u64) -> Vec<u8> {
             batch_continues: id + 1 < first + count,
             group_start: id == first,
             relocated: false,
+            hash: None,
             payload: payload.as_bytes(),
         };
         encode_record(&record, &mut buf);

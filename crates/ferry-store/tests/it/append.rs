@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use ferry_core::limits::ENTRY_KEY_BYTES_MAX;
 use ferry_core::{EntryId, LedgerName, NewEntry};
-use ferry_store::StoreError;
+use ferry_format::chain;
+use ferry_store::{StoreConfig, StoreError};
 
 use crate::support::*;
 
@@ -144,16 +145,31 @@ async fn reads_start_at_from_honour_limit_and_report_next() {
 #[tokio::test(flavor = "multi_thread")]
 async fn entry_json_form_is_the_spec_form_with_the_stored_payload() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open_with(StoreConfig { hash_chain: vec!["audit".into()], ..config(dir.path()) });
     let l = ledger("audit");
     store.append(&l, vec![keyed("user-7", r#"{ "a" : [1, 2.0] }"#), entry("null")]).await.unwrap();
+    store.append(&ledger("plain"), vec![entry("1")]).await.unwrap();
+    let plain = read_all(&store, &ledger("plain"));
+    assert_eq!(plain[0].to_json(), format!(r#"{{"ledger":"plain","id":1,"ts":{},"payload":1}}"#, plain[0].ts));
     let entries = read_all(&store, &l);
     let (a, b) = (&entries[0], &entries[1]);
+    // A chained ledger's entries carry `hash` (issue #21), before the
+    // payload, which stays last.
+    let h1 = chain::link(&chain::genesis("audit", 1), 1, a.ts, Some("user-7"), br#"{"a":[1,2.0]}"#);
+    let h2 = chain::link(&h1, 2, b.ts, None, b"null");
+    assert_eq!((a.hash, b.hash), (Some(h1), Some(h2)));
     assert_eq!(
         a.to_json(),
-        format!(r#"{{"ledger":"audit","id":1,"ts":{},"key":"user-7","payload":{{"a":[1,2.0]}}}}"#, a.ts)
+        format!(
+            r#"{{"ledger":"audit","id":1,"ts":{},"key":"user-7","hash":"{}","payload":{{"a":[1,2.0]}}}}"#,
+            a.ts,
+            chain::to_hex(&h1)
+        )
     );
-    assert_eq!(b.to_json(), format!(r#"{{"ledger":"audit","id":2,"ts":{},"payload":null}}"#, b.ts));
+    assert_eq!(
+        b.to_json(),
+        format!(r#"{{"ledger":"audit","id":2,"ts":{},"hash":"{}","payload":null}}"#, b.ts, chain::to_hex(&h2))
+    );
     close(store).await;
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use ferry_core::bus::Received;
 use ferry_core::limits::{FORMAT_VERSION, IDEMPOTENCY_WINDOW_MS};
 use ferry_core::{Entry, NewEntry, now_ms};
+use ferry_format::chain;
 use ferry_format::pack::decode_pack;
 use ferry_format::wal::{SEGMENT_HEADER_BYTES, decode_record, decode_segment_header};
 use ferry_store::verify::verify;
@@ -65,15 +66,17 @@ struct Fixture {
 
 /// Every fixture, oldest first: format 1 (commit 903d965), format 2
 /// (durable incarnations), format 3 (idempotency-key fingerprints in
-/// `keys:`, a cursor naming a batch in flight) and format 4 (a watch
-/// session). Each was written by the same requests (`REQUESTS`) and differs
-/// only in what its version put on disk (format 3 on also commits
+/// `keys:`, a cursor naming a batch in flight), format 4 (a watch
+/// session) and format 5 (the hash chain: every record carries its hash).
+/// Each was written by the same requests (`REQUESTS`) and differs only in
+/// what its version put on disk (format 3 on also commits
 /// `FIXTURE_CURSOR`, format 4 on a watch session).
-const FIXTURES: [Fixture; 4] = [
+const FIXTURES: [Fixture; 5] = [
     Fixture { version: 1, rows: V1_ROWS },
     Fixture { version: 2, rows: V2_ROWS },
     Fixture { version: 3, rows: V3_ROWS },
     Fixture { version: 4, rows: V4_ROWS },
+    Fixture { version: 5, rows: V5_ROWS },
 ];
 
 impl Fixture {
@@ -348,6 +351,21 @@ const V4_ROWS: &[Row] = &[
     Row { ledger: "audit", id: 6, ts: 1796403234375, key: None, idempotency_key: None, payload: r#"true"# },
 ];
 
+/// Every entry of the format-v5 fixture (the same requests, the same
+/// layout of pack and segment), written when format 5 (the hash chain)
+/// was introduced: every record carries its chain hash.
+#[rustfmt::skip]
+const V5_ROWS: &[Row] = &[
+    Row { ledger: "audit", id: 1, ts: 1796407867430, key: Some("user-7"), idempotency_key: Some("req-1"), payload: r#"{"user":"u-7","action":"login"}"# },
+    Row { ledger: "payments.eu", id: 1, ts: 1796407867432, key: Some("order-1"), idempotency_key: Some("pay-1"), payload: r#"{"amount":"12.30","currency":"EUR"}"# },
+    Row { ledger: "audit", id: 2, ts: 1796407867432, key: None, idempotency_key: None, payload: r#"{"n":1.50,"big":1e3}"# },
+    Row { ledger: "audit", id: 3, ts: 1796407867432, key: Some("k-3"), idempotency_key: None, payload: r#""quotes \" and ünïcode ✓""# },
+    Row { ledger: "audit", id: 4, ts: 1796407867433, key: None, idempotency_key: Some("req-4"), payload: r#"[1,2,{"deep":null}]"# },
+    Row { ledger: "payments.eu", id: 2, ts: 1796407867433, key: None, idempotency_key: None, payload: r#"{"refund":true}"# },
+    Row { ledger: "audit", id: 5, ts: 1796407867433, key: Some("user-8"), idempotency_key: Some("req-5"), payload: r#"{"action":"logout"}"# },
+    Row { ledger: "audit", id: 6, ts: 1796407867434, key: None, idempotency_key: None, payload: r#"true"# },
+];
+
 /// The appends the generator makes, in order: (ledger, entries of one
 /// request as (key, idempotency key, payload)). Chunk 0 of `audit` (ids
 /// 1..=4) fills during the fourth request; the rest stays hot.
@@ -373,6 +391,8 @@ fn new_entry((key, idempotency_key, payload): (Option<&str>, Option<&str>, &str)
 fn fixture_config(dir: &Path) -> StoreConfig {
     let mut c = config(dir);
     c.chunk_entries = Some(CHUNK_ENTRIES);
+    // From format 5 the fixture's ledgers have the hash chain.
+    c.hash_chain = vec!["*".into()];
     c
 }
 
@@ -699,6 +719,37 @@ async fn the_format_3_fixture_keeps_its_key_fingerprints_and_its_cursor_in_fligh
     let found: Vec<_> = cursors.iter().map(|c| (c.exporter.as_str(), c.ledger.as_str(), c.id, c.sent_to)).collect();
     assert_eq!(found, [(exporter, "audit", id, Some(sent_to))]);
     close(store).await;
+}
+
+/// What format 5 added, as the v5 fixture holds it: every entry's chain
+/// hash, recomputed here from the stored entries, `first_prev_hash` (`h_0`)
+/// and the head hash; the ledgers of the older fixtures have no chain, and
+/// keep none after their migration to format 5.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_format_5_fixture_keeps_its_hash_chains_and_older_ledgers_stay_chainless() {
+    for fixture in &FIXTURES {
+        let dir = copy_of(&fixture.dir());
+        let store = open(dir.path());
+        for name in ["audit", "payments.eu"] {
+            let l = ledger(name);
+            let info = store.ledger_info(&l).unwrap();
+            let entries = read_all(&store, &l);
+            let head = store.chain_head(&l).unwrap();
+            if fixture.version < 5 {
+                assert!(entries.iter().all(|e| e.hash.is_none()), "v{}: {name} has no chain", fixture.version);
+                assert_eq!((info.first_prev_hash, head.hash), (None, None));
+                continue;
+            }
+            let mut prev = chain::genesis(name, info.incarnation);
+            assert_eq!(info.first_prev_hash, Some(chain::to_hex(&prev)));
+            for e in &entries {
+                prev = chain::link(&prev, e.id, e.ts, e.key.as_deref(), e.payload.as_str().as_bytes());
+                assert_eq!(e.hash, Some(prev), "v5: {name} id {}", e.id);
+            }
+            assert_eq!(head.hash, Some(chain::to_hex(&prev)));
+        }
+        close(store).await;
+    }
 }
 
 /// What format 4 added, as the v4 fixture holds it: a watch session's

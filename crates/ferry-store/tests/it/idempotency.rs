@@ -4,7 +4,7 @@
 use ferry_core::limits::IDEMPOTENCY_WINDOW_MS;
 use ferry_core::now_ms;
 use ferry_format::wal::WalRecord;
-use ferry_store::StoreError;
+use ferry_store::{StoreConfig, StoreError};
 
 use crate::support::*;
 
@@ -131,7 +131,9 @@ async fn concurrent_appends_with_one_idempotency_key_create_exactly_one_entry() 
 async fn idempotency_key_reused_after_its_window_is_remembered_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let l = ledger("audit");
-    let store = open(dir.path());
+    // The records written by hand below carry no chain hash.
+    let unchained = StoreConfig { hash_chain: Vec::new(), ..config(dir.path()) };
+    let store = open_with(unchained.clone());
     assert!(store.create_ledger_blocking(&l).unwrap());
     close(store).await;
 
@@ -147,6 +149,7 @@ async fn idempotency_key_reused_after_its_window_is_remembered_after_reopen() {
         batch_continues: false,
         group_start: true,
         relocated: false,
+        hash: None,
         payload,
     };
     let segment = last_segment(dir.path());
@@ -154,7 +157,7 @@ async fn idempotency_key_reused_after_its_window_is_remembered_after_reopen() {
     bytes.extend(encode(&[record(1, t1, b"1"), record(2, t2, b"2")]));
     std::fs::write(&segment, bytes).unwrap();
 
-    let store = open(dir.path());
+    let store = open_with(unchained);
     assert_eq!(head(&store, &l), 2);
     let retry = store.append(&l, vec![with_idempotency_key("k", "2")]).await.unwrap();
     assert_eq!((retry.ids, retry.created), (vec![2], false), "the use at T2 is within the window");
@@ -195,6 +198,7 @@ async fn retries_are_recognised_when_their_originals_are_frozen_in_packs() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.chunk_entries = Some(4);
+    c.hash_chain = Vec::new(); // the records written by hand below carry no chain hash
     let l = ledger("audit");
     let mut store = open_with(c.clone());
     for i in 1..=10 {
@@ -229,6 +233,7 @@ async fn a_restart_reloads_frozen_keys_without_reading_their_pack() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.chunk_entries = Some(4);
+    c.hash_chain = Vec::new(); // the records written by hand below carry no chain hash
     let l = ledger("audit");
     let store = open_with(c.clone());
     for i in 1..=5 {
@@ -266,6 +271,7 @@ async fn a_frozen_chunks_key_list_is_deleted_once_its_window_has_passed() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.chunk_entries = Some(4);
+    c.hash_chain = Vec::new(); // the records written by hand below carry no chain hash
     let l = ledger("audit");
     let store = open_with(c.clone());
     assert!(store.create_ledger_blocking(&l).unwrap());
@@ -283,6 +289,7 @@ async fn a_frozen_chunks_key_list_is_deleted_once_its_window_has_passed() {
             batch_continues: false,
             group_start: true,
             relocated: false,
+            hash: None,
             payload: b"1",
         })
         .collect();

@@ -55,6 +55,8 @@ fn downgrade_to_format_1(dir: &std::path::Path) {
     for (key, value) in catalog.scan(CatalogKey::LEDGER_PREFIX).unwrap() {
         let mut json: serde_json::Value = serde_json::from_slice(&value).unwrap();
         json.as_object_mut().unwrap().remove("incarnation");
+        // Format 1 had no hash chain either (format 5).
+        json.as_object_mut().unwrap().remove("chain");
         ops.push(CatalogOp::Put(key, serde_json::to_vec(&json).unwrap()));
     }
     catalog.commit(&ops).unwrap();

@@ -58,6 +58,7 @@ fn chunk_records(ledger: &LedgerName, chunk: u64) -> Vec<OwnedRecord> {
             ts: 1_700_000_000_000 + id,
             key: (id % 2 == 1).then(|| format!("key-{id}")),
             idempotency_key: (id % 3 == 0).then(|| format!("idem-{id}")),
+            hash: None,
             payload: format!(r#"{{"ledger":"{ledger}","id":{id},"pad":"{}"}}"#, "x".repeat((id % 7) as usize * 10)),
         })
         .collect()
@@ -96,7 +97,8 @@ impl Env {
 // The protocol steps the scenarios are made of, as the store runs them.
 
 fn create_ledger(w: &World<'_>, ledger: &str) -> StoreResult<()> {
-    let meta = LedgerMeta { incarnation: 1, created_at: 1, first: 1, wal_from: (0, 0) };
+    let meta =
+        LedgerMeta { incarnation: 1, created_at: 1, first: 1, wal_from: (0, 0), chain: false, first_prev_hash: None };
     let value = serde_json::to_vec(&meta).expect("metadata serialises");
     w.cat.commit(&[CatalogOp::Put(CatalogKey::Ledger(name(ledger)), value)])
 }
@@ -125,7 +127,14 @@ fn frozen_info(w: &World<'_>, ledger: &str, chunk: u64) -> StoreResult<Option<Pa
 /// the demotion commit.
 fn prune(w: &World<'_>, ledger: &str, chunk: u64) -> StoreResult<()> {
     let info = frozen_info(w, ledger, chunk)?.expect("pruning a frozen chunk");
-    let meta = LedgerMeta { incarnation: 1, created_at: 1, first: info.last_id() + 1, wal_from: (0, 0) };
+    let meta = LedgerMeta {
+        incarnation: 1,
+        created_at: 1,
+        first: info.last_id() + 1,
+        wal_from: (0, 0),
+        chain: false,
+        first_prev_hash: None,
+    };
     let with =
         vec![CatalogOp::Put(CatalogKey::Ledger(name(ledger)), serde_json::to_vec(&meta).expect("metadata serialises"))];
     pack_protocols::sweep(w.vfs, w.cat, w.layout, &name(ledger), chunk, &info, with)
@@ -492,6 +501,7 @@ fn broken_freeze(w: &World<'_>, ledger: &str, chunk: u64, broken: Broken) -> Sto
                 batch_continues: false,
                 group_start: false,
                 relocated: false,
+                hash: None,
                 payload: r.payload.as_bytes(),
             })
             .expect("push record");
@@ -506,6 +516,7 @@ fn broken_freeze(w: &World<'_>, ledger: &str, chunk: u64, broken: Broken) -> Sto
         first_ts: records[0].ts,
         last_ts: records[records.len() - 1].ts,
         idempotency_keys: records.iter().filter(|r| r.idempotency_key.is_some()).count() as u64,
+        last_hash: None,
     };
     let (tmp, path) = (w.layout.tmp_path(&l, chunk), w.layout.pack_path(&l, chunk));
     let mut file = w.vfs.create_new(&tmp).map_err(io("create"))?;

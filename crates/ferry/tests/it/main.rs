@@ -8,6 +8,7 @@
 mod api;
 mod app_api;
 mod auth;
+mod chain;
 mod cli;
 mod client;
 mod crash;

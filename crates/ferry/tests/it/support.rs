@@ -614,6 +614,9 @@ pub struct EntryLine<'a> {
     pub ts: u64,
     #[serde(default)]
     pub key: Option<String>,
+    /// The entry's chain hash (issue #21), on ledgers with a chain.
+    #[serde(default)]
+    pub hash: Option<String>,
     #[serde(borrow)]
     pub payload: &'a serde_json::value::RawValue,
 }

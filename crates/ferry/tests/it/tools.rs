@@ -21,7 +21,7 @@ fn run(args: &[&str], dir: Option<&Path>) -> Exited {
     run_to_exit(cmd, None)
 }
 
-fn verify(dir: &Path) -> Exited {
+pub(crate) fn verify(dir: &Path) -> Exited {
     run(&["verify"], Some(dir))
 }
 
@@ -64,7 +64,7 @@ fn flip_bit(path: &Path, offset: u64) {
 }
 
 /// Pack path of a chunk (bucket = chunk / 1000).
-fn pack(dir: &Path, ledger: &str, chunk: u64) -> PathBuf {
+pub(crate) fn pack(dir: &Path, ledger: &str, chunk: u64) -> PathBuf {
     dir.join(format!("ledgers/{ledger}/{:05}/{chunk:08}.pack", chunk / 1000))
 }
 

@@ -50,6 +50,7 @@ fn record(ledger: &str, id: u64, group_start: bool, out: &mut Vec<u8>) {
         batch_continues: false,
         group_start,
         relocated: false,
+        hash: None,
         payload: payload.as_bytes(),
     };
     encode_record(&r, out);
