@@ -64,6 +64,7 @@ fn routes() -> Vec<Route> {
         r(Method::GET, "/v1/ledgers", None, "read", false, 200),
         r(Method::GET, "/v1/ledgers/{l}", None, "read", true, 200),
         r(Method::GET, "/v1/ledgers/{l}/entries", None, "read", true, 200),
+        r(Method::GET, "/v1/ledgers/{l}/head", None, "read", true, 200),
         r(Method::POST, "/v1/ledgers/{l}/entries", Some(r#"{"payload":{"n":1}}"#), "append", true, 201),
         r(Method::PUT, "/v1/ledgers/{l}", None, "append", true, 200),
         // A watch's prefix may be wider than the scope, or outside it: it
