@@ -292,8 +292,18 @@ impl Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
-        Ok(parts.extensions.get::<Caller>().cloned().unwrap_or(Caller(None)))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Caller>() {
+            Some(caller) => Ok(caller.clone()),
+            // Fail closed: a route that somehow escaped the token layer
+            // must not run as "anyone" on a server with tokens.
+            None if state.config.tokens.enabled() => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this server requires 'Authorization: Bearer <token>'",
+            )),
+            None => Ok(Caller(None)),
+        }
     }
 }
 
