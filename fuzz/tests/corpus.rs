@@ -95,6 +95,8 @@ fn record<'a>(
         batch_continues: id % 3 == 1,
         group_start: id.is_multiple_of(2),
         relocated: id.is_multiple_of(5),
+        // Some seeds carry a chain hash (format 5), some none.
+        hash: id.is_multiple_of(3).then_some([id as u8; 32]),
         payload,
     }
 }
