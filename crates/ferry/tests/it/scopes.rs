@@ -272,10 +272,6 @@ async fn sighup_swaps_the_tokens_keeps_them_on_a_bad_file_and_ends_a_revoked_tok
     let watch = server.http.get(server.url("/v1/watch?prefix=")).bearer_auth("kept-secret").send().await;
     let mut kept_watch = watch.expect("watch").bytes_stream();
 
-    let hup = |server: &Server| {
-        let ok = std::process::Command::new("kill").arg("-HUP").arg(server.pid().to_string()).status();
-        assert!(ok.expect("kill").success());
-    };
     let wait_log = |server: &Server, needle: &str, count: usize| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while server.stderr().matches(needle).count() < count {
@@ -286,7 +282,7 @@ async fn sighup_swaps_the_tokens_keeps_them_on_a_bad_file_and_ends_a_revoked_tok
 
     // A bad file: the old set stays, and the log says why without the line.
     std::fs::write(&file, "beta-secret name=beta\nalpha-secret colour=red\n").expect("write");
-    hup(&server);
+    server.sighup();
     wait_log(&server, "the tokens were not reloaded", 1);
     assert!(server.stderr().contains("line 2"), "{}", server.stderr());
     assert!(!server.stderr().contains("beta-secret"), "a secret in the log:\n{}", server.stderr());
@@ -295,14 +291,14 @@ async fn sighup_swaps_the_tokens_keeps_them_on_a_bad_file_and_ends_a_revoked_tok
 
     // An empty file never turns auth off.
     std::fs::write(&file, "# nobody\n").expect("write");
-    hup(&server);
+    server.sighup();
     wait_log(&server, "the tokens were not reloaded", 2);
     assert_eq!(status("alpha-secret").await, 200);
     assert_eq!(status("not-a-token").await, 401);
 
     // A good file: alpha is revoked (its stream ends), kept keeps its stream.
     std::fs::write(&file, "beta-secret name=beta\nkept-secret name=kept ledgers=* can=read,watch\n").expect("write");
-    hup(&server);
+    server.sighup();
     wait_log(&server, "reloaded the tokens", 1);
     assert_eq!(status("alpha-secret").await, 401);
     assert_eq!(status("beta-secret").await, 200);

@@ -14,7 +14,7 @@ use axum::routing::post;
 use eventsource_stream::Eventsource as _;
 use futures_util::StreamExt as _;
 
-use crate::support::{Env, Server, StartError, free_port};
+use crate::support::{Env, Exited, Server, StartError, free_port};
 
 /// Every secret configured below; none may appear anywhere ferry reports.
 const SECRETS: [&str; 7] =
@@ -126,6 +126,16 @@ authorization = "Bearer hdr-secret-2"
     assert_no_secret("the server's stdout", &s.stdout());
 }
 
+/// Starts `ferry serve` with `config`, which must stop it with exit code 1;
+/// returns what it printed.
+async fn refused_start(env: &Env, config: &std::path::Path, what: &str) -> Exited {
+    let Err(StartError::Exited(e)) = Server::try_start(&env.data_dir(), Some(config)).await else {
+        panic!("{what} started the server");
+    };
+    assert_eq!(e.status.code(), Some(1), "{}", e.stderr);
+    e
+}
+
 #[tokio::test]
 async fn a_bad_sink_url_is_refused_without_echoing_its_credentials() {
     let env = Env::new();
@@ -139,10 +149,7 @@ sink = "http"
 url = "http://alice:hunter2-pw@[::1/in?token=qs-secret-1"
 "#,
     );
-    let Err(StartError::Exited(e)) = Server::try_start(&env.data_dir(), Some(&config)).await else {
-        panic!("a malformed url started the server");
-    };
-    assert_eq!(e.status.code(), Some(1), "{}", e.stderr);
+    let e = refused_start(&env, &config, "a malformed url").await;
     assert!(e.stderr.contains("config.url"), "{}", e.stderr);
     assert_no_secret("the startup error", &e.stderr);
 }
@@ -163,10 +170,7 @@ url = "http://alice:hunter2-pw@example.com/in?token=qs-secret-1
 secret = 'hmac-secret-1'
 "#,
     );
-    let Err(StartError::Exited(e)) = Server::try_start(&env.data_dir(), Some(&config)).await else {
-        panic!("a config with a syntax error started the server");
-    };
-    assert_eq!(e.status.code(), Some(1), "{}", e.stderr);
+    let e = refused_start(&env, &config, "a config with a syntax error").await;
     assert!(e.stderr.contains("line 6"), "the error names the line:\n{}", e.stderr);
     assert_no_secret("a TOML syntax error", &e.stderr);
     assert!(!e.stderr.contains("hmac-secret-1"), "{}", e.stderr);

@@ -340,6 +340,12 @@ impl Server {
         }
     }
 
+    /// Sends the server SIGHUP (a reload).
+    pub fn sighup(&self) {
+        let status = Command::new("kill").arg("-HUP").arg(self.pid().to_string()).status().expect("run kill -HUP");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// The server process's id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server is running").id()

@@ -28,12 +28,6 @@ fn tls_config(cert: &Path, key: &Path) -> String {
     format!("[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display())
 }
 
-fn sighup(server: &Server) {
-    let status =
-        std::process::Command::new("kill").arg("-HUP").arg(server.pid().to_string()).status().expect("run kill -HUP");
-    assert!(status.success(), "kill -HUP failed");
-}
-
 async fn healthz(client: &reqwest::Client, server: &Server) -> Result<u16, String> {
     client.get(server.url("/healthz")).send().await.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}"))
 }
@@ -59,7 +53,7 @@ async fn https_with_the_configured_certificate_which_sighup_reloads() {
     let trusts_first = https_client(first.0.as_bytes(), Duration::from_secs(5));
     let trusts_second = https_client(second.0.as_bytes(), Duration::from_secs(5));
     assert!(healthz(&trusts_second, &server).await.is_err(), "the new certificate is not served before SIGHUP");
-    sighup(&server);
+    server.sighup();
     let deadline = Instant::now() + Duration::from_secs(10);
     while healthz(&trusts_second, &server).await != Ok(200) {
         assert!(Instant::now() < deadline, "the reloaded certificate was not served:\n{}", server.stderr());
@@ -70,7 +64,7 @@ async fn https_with_the_configured_certificate_which_sighup_reloads() {
 
     // A broken file at the next SIGHUP is refused and the pair in use stays.
     std::fs::write(&cert, "not a certificate\n").expect("break the certificate file");
-    sighup(&server);
+    server.sighup();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !server.stderr().contains("was not reloaded") {
         assert!(Instant::now() < deadline, "a failed reload was not logged:\n{}", server.stderr());
@@ -86,7 +80,7 @@ async fn https_with_the_configured_certificate_which_sighup_reloads() {
 async fn sighup_without_tls_leaves_the_server_running() {
     let env = Env::new();
     let mut server = env.serve().await;
-    sighup(&server);
+    server.sighup();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(server.is_running(), "SIGHUP ended the server:\n{}", server.stderr());
     assert_eq!(server.get("/healthz").await.status, 200);
