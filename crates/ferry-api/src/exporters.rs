@@ -1,13 +1,13 @@
-//! `/v1/exporters`: status, pause, resume, reset (SPEC §4, §5), and the
-//! deletion of an orphaned exporter's cursors.
+//! `/v1/exporters`: status, pause, resume, reset (SPEC §4, §5), the range
+//! check, and the deletion of an orphaned exporter's cursors.
 
 use crate::body::RequestBody;
-use crate::extract::ExporterSegment;
+use crate::extract::{ApiQuery, ExporterSegment};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use ferry_core::{EntryId, LedgerName};
-use ferry_export::{ExportError, ExporterStatus, Exporters};
+use ferry_export::{CheckReport, ExportError, ExporterStatus, Exporters};
 use serde::Deserialize;
 
 use crate::auth::{Caller, Scope};
@@ -76,6 +76,25 @@ pub async fn reset(
     };
     let ledger = request.ledger.as_deref().map(LedgerName::parse).transpose()?;
     Ok(Json(exporters(&state)?.reset(&name, ledger, request.from_id, caller.name()).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckParams {
+    ledger: Option<String>,
+}
+
+/// The range check: does the destination hold exactly First..=cursor of
+/// each ledger (or `?ledger=L`)? 200 with the report, faults or not.
+pub async fn check(
+    State(state): State<AppState>,
+    caller: Caller,
+    ExporterSegment(name): ExporterSegment,
+    ApiQuery(params): ApiQuery<CheckParams>,
+) -> Result<Json<CheckReport>, ApiError> {
+    caller.require(Scope::Admin, None)?;
+    let ledger = params.ledger.as_deref().map(LedgerName::parse).transpose()?;
+    Ok(Json(exporters(&state)?.check(&name, ledger).await?))
 }
 
 /// Deletes an orphaned exporter's cursors (a configured one: 409).

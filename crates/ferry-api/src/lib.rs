@@ -126,6 +126,7 @@ fn router(state: AppState) -> Router {
         .route("/exporters/{name}/reset", post(exporters::reset))
         .route("/exporters/{name}/pause", post(exporters::pause))
         .route("/exporters/{name}/resume", post(exporters::resume))
+        .route("/exporters/{name}/check", get(exporters::check))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the token check: a request without a token reserves

@@ -82,7 +82,7 @@ use serde::Serialize;
 pub use append::{Append, Appended, NewEntry, RetryPolicy};
 pub use error::{ApiError, Error};
 pub use read::{EntryLines, ReadPage, ReadQuery};
-pub use types::{Entry, ExporterLedger, ExporterStatus, Ledger, SystemEvent};
+pub use types::{Entry, ExporterCheck, ExporterLedger, ExporterStatus, Ledger, LedgerCheck, SystemEvent};
 pub use watch::{SystemEvents, SystemNotice, Watch, WatchEvent, WatchOptions};
 
 use append::{decode, segment};
@@ -198,6 +198,16 @@ impl Client {
     /// One exporter's status.
     pub async fn exporter(&self, name: &str) -> Result<ExporterStatus, Error> {
         self.get_json(&format!("/v1/exporters/{}", segment(name)), "an exporter status").await
+    }
+
+    /// The range check: whether the destination holds exactly ids
+    /// First..=cursor of every ledger (or `ledger`).
+    pub async fn check_exporter(&self, name: &str, ledger: Option<&str>) -> Result<ExporterCheck, Error> {
+        let mut req = self.request(reqwest::Method::GET, &format!("/v1/exporters/{}/check", segment(name)));
+        if let Some(l) = ledger {
+            req = req.query(&[("ledger", l)]);
+        }
+        decode(self.send(req).await?, "an exporter check").await
     }
 
     /// Re-exports from `from_id` (default 1) every ledger, or `ledger`.

@@ -102,3 +102,42 @@ pub struct SystemEvent {
     #[serde(default)]
     pub data: Value,
 }
+
+/// The range check of an exporter (`GET /v1/exporters/{name}/check`): does
+/// the destination hold exactly ids First..=cursor of each ledger?
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExporterCheck {
+    /// The exporter's name.
+    pub exporter: String,
+    /// The sink kind.
+    pub sink: String,
+    /// True when no ledger has a fault.
+    pub ok: bool,
+    /// One per ledger, by name.
+    pub ledgers: Vec<LedgerCheck>,
+    /// Fields this client does not know yet.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The range check of one ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerCheck {
+    /// The ledger's name.
+    pub ledger: String,
+    /// The ledger's incarnation.
+    pub incarnation: u64,
+    /// The ledger's First: the range the destination should hold exactly
+    /// is `first..=cursor`.
+    pub first: u64,
+    /// The exporter's cursor.
+    pub cursor: u64,
+    /// What the destination was counted to hold (absent when it could not
+    /// be asked): `in_range`, `distinct`, `below_first`, `above_cursor`,
+    /// `min`, `max`.
+    pub holding: Option<Value>,
+    /// Gaps, repeats, or why the destination could not be asked.
+    pub faults: Vec<String>,
+    /// Rows outside the range, or why the sink was not asked.
+    pub notes: Vec<String>,
+}

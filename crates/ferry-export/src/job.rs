@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cursors;
 use crate::machine::Outcome;
 use crate::settings::BatchPolicy;
-use crate::sink::{Ack, Batch, Sink, SinkError};
+use crate::sink::{Ack, Batch, Prepared, Sink, SinkError, Target};
 
 /// Bytes of JSON an entry adds to a batch beyond its payload and key.
 const ENTRY_JSON_OVERHEAD_BYTES: usize = 64;
@@ -63,13 +63,23 @@ impl<S: Sink> Job<S> {
     pub async fn deliver(mut self, cursor: EntryId, prepare: bool, resend_to: Option<EntryId>) -> Done {
         let from = cursor + 1;
         if prepare {
+            let target =
+                Target { exporter: self.exporter.clone(), ledger: self.ledger.clone(), incarnation: self.incarnation };
             let prepared = tokio::select! {
-                r = self.sink.prepare(&self.ledger, cursor) => r,
+                r = self.sink.prepare(&target, cursor) => r,
                 () = self.cancel.cancelled() => return Done::only(Outcome::Cancelled { sent_to: None }),
             };
-            if let Err(error) = prepared {
-                return not_sent(from, error);
+            match prepared {
+                Ok(Prepared::Cursor) => {}
+                Ok(Prepared::DestinationThrough(id)) if id == cursor => {}
+                Ok(Prepared::DestinationThrough(id)) => return self.resume(cursor, id, resend_to).await,
+                Err(error) => return not_sent(from, error),
             }
+        }
+        if from > self.head {
+            // A probe of the destination's position (or a retry of one):
+            // prepared, and nothing to send.
+            return Done::only(Outcome::Resumed { cursor });
         }
         let (entries, rest) = match self.batch(from, resend_to).await {
             Ok(batch) => batch,
@@ -303,6 +313,54 @@ impl<S: Sink> Job<S> {
         }
     }
 
+    /// The destination keeps its own position and it is not the cursor:
+    /// writes it as the cursor (the destination is the truth of what it
+    /// holds) and ends the job; the next one delivers after it. A batch the
+    /// sink was given and did not acknowledge stays named in the record
+    /// while the destination holds only part of it.
+    async fn resume(&self, cursor: EntryId, id: EntryId, resend_to: Option<EntryId>) -> Done {
+        let (exporter, ledger) = (self.exporter.as_str(), self.ledger.as_str());
+        if id > self.head {
+            let message = format!(
+                "the destination holds ids of this ledger through {id}, past its head {}: it was written by \
+                 something else (another data directory, or a ledger of the same name deleted and created \
+                 again there); clear it or reset the exporter",
+                self.head
+            );
+            return not_sent(cursor + 1, SinkError::permanent(message));
+        }
+        if id < cursor {
+            tracing::warn!(
+                exporter,
+                ledger,
+                cursor,
+                destination = id,
+                "the destination holds fewer entries than the cursor says (restored from an older copy?): sending again from after what it holds"
+            );
+        } else {
+            tracing::info!(
+                exporter,
+                ledger,
+                cursor,
+                destination = id,
+                "the destination already holds entries past the cursor (an acknowledgement lost to a stop): going on after them"
+            );
+        }
+        let sent_to = resend_to.filter(|to| *to > id);
+        let update = CursorUpdate::Set {
+            exporter: self.exporter.clone(),
+            ledger: self.ledger.clone(),
+            incarnation: self.incarnation,
+            id,
+            sent_to,
+        };
+        match cursors::commit(&self.store, vec![update]).await {
+            Ok(()) => Done::only(Outcome::Resumed { cursor: id }),
+            Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Gone),
+            Err(e) => not_sent(cursor + 1, store_error("write the destination's position as the cursor", &e)),
+        }
+    }
+
     /// Entries up to `to` were pruned before they could be exported (only
     /// possible with `respect_exporters = false`): record the jump.
     async fn skip(&self, to: EntryId) -> Done {
@@ -471,8 +529,8 @@ mod tests {
     struct Recording(std::sync::Mutex<Vec<Vec<EntryId>>>);
 
     impl Sink for Recording {
-        async fn prepare(&self, _: &LedgerName, _: EntryId) -> Result<(), SinkError> {
-            Ok(())
+        async fn prepare(&self, _: &Target, _: EntryId) -> Result<Prepared, SinkError> {
+            Ok(Prepared::Cursor)
         }
         async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
             self.0.lock().unwrap().push(batch.entries.iter().map(|e| e.id).collect());
@@ -558,8 +616,8 @@ mod tests {
     }
 
     impl Sink for Peeking {
-        async fn prepare(&self, _: &LedgerName, _: EntryId) -> Result<(), SinkError> {
-            Ok(())
+        async fn prepare(&self, _: &Target, _: EntryId) -> Result<Prepared, SinkError> {
+            Ok(Prepared::Cursor)
         }
         async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
             let record = self.store.cursors().await.unwrap().first().map(|c| (c.id, c.sent_to));

@@ -8,6 +8,7 @@
 //! cursor → outcome back to the machine. `cursors` holds the one cursor
 //! writer (`cursors::commit`) and the retention hold.
 
+pub mod check;
 mod cursors;
 mod job;
 pub mod machine;
@@ -17,9 +18,10 @@ pub mod settings;
 pub mod sink;
 pub mod status;
 
+pub use check::{CheckReport, LedgerCheck};
 pub use cursors::CursorTable;
 pub use redact::Secrets;
 pub use runtime::{ExportError, Exporters};
 pub use settings::{ExporterConfig, ExporterSettings, SettingsError};
-pub use sink::{Ack, Batch, Sink, SinkError};
+pub use sink::{Ack, Batch, Holding, Prepared, Sink, SinkError, Target};
 pub use status::{ExporterState, ExporterStatus, LedgerStatus};

@@ -71,6 +71,9 @@ pub enum Outcome {
     DeadLettered { through: EntryId },
     /// Ids up to `to` were pruned before export; the cursor is written.
     Skipped { to: EntryId },
+    /// `prepare` found the destination's own position at `cursor`, above or
+    /// below the machine's, and the cursor is written there.
+    Resumed { cursor: EntryId },
     /// The store cannot read the entries from the cursor on (damaged
     /// storage, SPEC §2.3): the ledger stops in `failed` at once, whatever
     /// the retry budget, and nothing is skipped or dead-lettered (what
@@ -144,6 +147,9 @@ pub struct LedgerMachine {
     last_success_at: Option<u64>,
     /// The last thing that happened was a dead-lettered batch.
     dead_lettered: bool,
+    /// Prepare once even with nothing to send: the sink keeps its own
+    /// position, which may be anywhere (see `probe_destination`).
+    probe: bool,
 }
 
 impl LedgerMachine {
@@ -163,7 +169,16 @@ impl LedgerMachine {
             last_error: None,
             last_success_at: None,
             dead_lettered: false,
+            probe: false,
         }
+    }
+
+    /// The sink keeps its own position at the destination: the first
+    /// delivery prepares even when the cursor is at the head, so a
+    /// destination restored from an older copy is refilled without
+    /// waiting for the next append.
+    pub fn probe_destination(&mut self) {
+        self.probe = true;
     }
 
     /// A batch `cursor + 1..=to` the sink may have been given before a
@@ -245,7 +260,7 @@ impl LedgerMachine {
             }
             Phase::BackingOff { until } if now < *until => Next::WakeAt(*until),
             Phase::BackingOff { .. } => deliver,
-            Phase::Waiting if self.cursor >= self.head => Next::Idle,
+            Phase::Waiting if self.cursor >= self.head && !self.probe => Next::Idle,
             Phase::Waiting => {
                 let full = self.lag() >= self.batch.max_entries as u64;
                 // No `pending_since`: the entries were there before us.
@@ -261,6 +276,7 @@ impl LedgerMachine {
     pub fn begin(&mut self, job: &Next) {
         match job {
             Next::Deliver { .. } => {
+                self.probe = false;
                 self.phase = Phase::Delivering { since: self.pending_since.take() };
             }
             Next::DeadLetter { from, to, error } => {
@@ -336,6 +352,15 @@ impl LedgerMachine {
                 self.needs_prepare = true;
                 self.phase = Phase::Failed;
                 Some(Notice::Failed { error, attempts: self.attempts })
+            }
+            Outcome::Resumed { cursor } => {
+                assert!(cursor <= self.head, "resume at {cursor} beyond head {}", self.head);
+                self.cursor = cursor;
+                self.unacked_to = self.unacked_to.filter(|to| *to > cursor);
+                self.needs_prepare = false;
+                self.phase = Phase::Waiting;
+                self.keep_waiting(since);
+                None
             }
             Outcome::Skipped { to } => {
                 let from = self.cursor + 1;

@@ -23,12 +23,13 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::check::{CheckReport, LedgerCheck};
 use crate::cursors::{self, CursorTable};
 use crate::job::{Done, Job};
 use crate::machine::{LedgerMachine, Next, Notice, Outcome};
 use crate::redact::Secrets;
 use crate::settings::{ExporterSettings, StartAt};
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Sink, SinkError, Target};
 use crate::status::{ExporterState, ExporterStatus, LedgerStatus};
 
 /// What the control API can fail with.
@@ -64,6 +65,10 @@ enum Control {
     Shutdown {
         deadline: Instant,
         reply: oneshot::Sender<()>,
+    },
+    Check {
+        ledger: Option<LedgerName>,
+        reply: oneshot::Sender<Result<CheckReport, ExportError>>,
     },
 }
 
@@ -197,6 +202,16 @@ impl Exporters {
         answer.await.map_err(|_| ExportError::Stopping(name))?
     }
 
+    /// The range check: asks the sink what the destination holds of each
+    /// ledger (or one), and judges it against `First..=cursor`. Runs beside
+    /// the deliveries, which go on meanwhile.
+    pub async fn check(&self, name: &str, ledger: Option<LedgerName>) -> Result<CheckReport, ExportError> {
+        let (name, tx) = self.handle(name)?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(Control::Check { ledger, reply }).await.map_err(|_| ExportError::Stopping(name.clone()))?;
+        answer.await.map_err(|_| ExportError::Stopping(name))?
+    }
+
     /// Deletes the cursors of an exporter that is no longer configured.
     pub async fn delete_orphan(&self, name: &str) -> Result<(), ExportError> {
         let exporter = parse_name(name)?;
@@ -262,6 +277,31 @@ impl Exporters {
             .collect();
         Some(ExporterStatus { name: name.clone(), sink: None, state: ExporterState::Orphaned, ledgers })
     }
+}
+
+/// Asks the sink about each target in turn and judges the answers. The
+/// sink's errors pass through its secrets like every other error.
+async fn check<S: Sink>(
+    sink: &S,
+    secrets: &Secrets,
+    exporter: LedgerName,
+    kind: String,
+    targets: Vec<(Target, EntryId, EntryId)>,
+) -> CheckReport {
+    let mut ledgers = Vec::with_capacity(targets.len());
+    for (target, first, cursor) in targets {
+        let checked = match sink.check(&target, first, cursor).await {
+            Ok(Some(holding)) => LedgerCheck::judge(target.ledger, target.incarnation, first, cursor, holding),
+            Ok(None) => LedgerCheck::unknown(target.ledger, target.incarnation, first, cursor, Ok(())),
+            Err(e) => {
+                let error = Err(e.redacted(secrets).to_string());
+                LedgerCheck::unknown(target.ledger, target.incarnation, first, cursor, error)
+            }
+        };
+        ledgers.push(checked);
+    }
+    let ok = ledgers.iter().all(|l| l.faults.is_empty());
+    CheckReport { exporter, sink: kind, ok, ledgers }
 }
 
 fn parse_name(name: &str) -> Result<LedgerName, ExportError> {
@@ -474,6 +514,9 @@ impl<S: Sink> Supervisor<S> {
         {
             tracing::warn!(exporter = %s.name, ledger = %info.name, cursor, sent_to = to, head = info.head, "sent_to is not after the cursor and within the head; ignored");
         }
+        if self.sink.keeps_position() {
+            machine.probe_destination();
+        }
         if self.state == ExporterState::Paused {
             machine.pause();
         }
@@ -635,13 +678,15 @@ impl<S: Sink> Supervisor<S> {
                 metrics::counter!("ferry_exporter_dead_lettered_total", "exporter" => exporter.clone())
                     .increment(done.entries);
             }
-            Outcome::Cancelled { .. } | Outcome::Gone | Outcome::Skipped { .. } => {}
+            Outcome::Cancelled { .. } | Outcome::Gone | Outcome::Skipped { .. } | Outcome::Resumed { .. } => {}
         }
         let before = t.machine.lag();
         // The store checked the id against its head when the cursor was
         // written; the append notification may simply not have arrived yet.
-        if let Outcome::Delivered { through } | Outcome::DeadLettered { through } | Outcome::Skipped { to: through } =
-            &outcome
+        if let Outcome::Delivered { through }
+        | Outcome::DeadLettered { through }
+        | Outcome::Skipped { to: through }
+        | Outcome::Resumed { cursor: through } = &outcome
         {
             t.machine.on_head(*through, Instant::now().into_std());
         }
@@ -711,7 +756,37 @@ impl<S: Sink> Supervisor<S> {
             Control::Shutdown { reply, .. } => {
                 let _ = reply.send(());
             }
+            Control::Check { ledger, reply } => match self.check_targets(ledger) {
+                Ok(targets) => {
+                    let (sink, secrets) = (self.sink.clone(), self.secrets.clone());
+                    let (exporter, kind) = (self.settings.name.clone(), self.settings.sink.clone());
+                    tokio::spawn(async move {
+                        let report = check(&*sink, &secrets, exporter, kind, targets).await;
+                        let _ = reply.send(Ok(report));
+                    });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
         }
+    }
+
+    /// What a range check asks about: each ledger's target, First and
+    /// cursor, sorted by name.
+    fn check_targets(&self, ledger: Option<LedgerName>) -> Result<Vec<(Target, EntryId, EntryId)>, ExportError> {
+        let names = self.reset_targets(ledger)?;
+        let mut targets: Vec<_> = names
+            .into_iter()
+            .filter_map(|name| {
+                let t = self.ledgers.get(&name)?;
+                let first = self.store.ledger_head(&name).filter(|i| i.incarnation == t.incarnation)?.first;
+                let target = Target { exporter: self.settings.name.clone(), ledger: name, incarnation: t.incarnation };
+                Some((target, first, t.machine.cursor()))
+            })
+            .collect();
+        targets.sort_by(|a, b| a.0.ledger.cmp(&b.0.ledger));
+        Ok(targets)
     }
 
     fn evaluate_all(&mut self) {

@@ -8,6 +8,15 @@
 //!   abandoned delivery and after a reset, passing the durable cursor (the
 //!   last id the sink acknowledged, 0 for none). A sink that keeps state at
 //!   the destination (the file sink) cuts it back to the cursor here.
+//! - A sink that keeps its own durable position at the destination (a
+//!   cursor row written in the batch's transaction, the last message on a
+//!   subject) answers [`Prepared::DestinationThrough`]: the runtime writes
+//!   that id as the cursor and goes on after it. Above the cursor it is an
+//!   acknowledgement a crash lost; below it the destination was restored
+//!   from an older copy, and it wins (with a warning): the entries it lacks
+//!   are sent again. Past the ledger's head it is refused (the destination
+//!   holds what this ledger never had). Such a sink must name only ids it
+//!   holds, of this incarnation.
 //! - [`Sink::deliver`] gets one batch of consecutive entries of one ledger,
 //!   starting right after the cursor. At most one batch per (exporter,
 //!   ledger) is in flight at a time; batches of different ledgers may be.
@@ -78,6 +87,45 @@ impl Batch {
     }
 }
 
+/// Which ledger, of which exporter, a `prepare` or `check` is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub exporter: LedgerName,
+    pub ledger: LedgerName,
+    /// The ledger's incarnation (see [`Batch::incarnation`]).
+    pub incarnation: u64,
+}
+
+/// What `prepare` found at the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepared {
+    /// The destination agrees with the runtime's cursor, or keeps no
+    /// position of its own: deliveries go on after the cursor.
+    Cursor,
+    /// The destination durably holds this incarnation's entries through
+    /// this id (0: none): deliveries go on after it, whatever the cursor.
+    DestinationThrough(EntryId),
+}
+
+/// What a destination holds of one ledger's incarnation, as the sink
+/// counts it in its exactly-once view (after dedup: `FINAL` for
+/// ClickHouse), for the range check. `first..=cursor` is what it should
+/// hold exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Holding {
+    /// Rows (lines, messages) with ids in `first..=cursor`, repeats counted.
+    pub in_range: u64,
+    /// Distinct ids in `first..=cursor`.
+    pub distinct: u64,
+    /// Rows with ids below `first` (exported, then pruned by retention).
+    pub below_first: u64,
+    /// Rows with ids above `cursor` (delivered, not yet acknowledged).
+    pub above_cursor: u64,
+    /// The least and greatest id held, at all.
+    pub min: Option<EntryId>,
+    pub max: Option<EntryId>,
+}
+
 /// A sink's acknowledgement: entries up to `through` are durable there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
@@ -122,9 +170,10 @@ impl SinkError {
 
 /// A destination driver. See the module documentation for the contract.
 pub trait Sink: Send + Sync + 'static {
-    /// Makes the destination's view of `ledger` agree with `cursor` before
-    /// deliveries (re)start.
-    fn prepare(&self, ledger: &LedgerName, cursor: EntryId) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Makes the destination's view of the ledger agree with `cursor`
+    /// before deliveries (re)start, or reports the destination's own
+    /// position.
+    fn prepare(&self, target: &Target, cursor: EntryId) -> impl Future<Output = Result<Prepared, SinkError>> + Send;
 
     /// Delivers one batch; `Ok` only once it is durable at the destination.
     fn deliver(&self, batch: &Batch) -> impl Future<Output = Result<Ack, SinkError>> + Send;
@@ -135,5 +184,26 @@ pub trait Sink: Send + Sync + 'static {
     /// reaches status, events, logs or a dead-letter entry.
     fn secrets(&self) -> Secrets {
         Secrets::default()
+    }
+
+    /// True for a sink whose `prepare` can answer
+    /// [`Prepared::DestinationThrough`]: the runtime then prepares each
+    /// ledger once at start even when nothing waits, so a destination
+    /// restored from an older copy is refilled without waiting for the
+    /// next append.
+    fn keeps_position(&self) -> bool {
+        false
+    }
+
+    /// Counts what the destination holds of the ledger (the range check).
+    /// `None`: this sink cannot be asked (stdout, a webhook).
+    fn check(
+        &self,
+        target: &Target,
+        first: EntryId,
+        cursor: EntryId,
+    ) -> impl Future<Output = Result<Option<Holding>, SinkError>> + Send {
+        let _ = (target, first, cursor);
+        async { Ok(None) }
     }
 }

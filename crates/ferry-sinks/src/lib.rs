@@ -9,8 +9,8 @@ pub mod http;
 pub mod stdout;
 
 pub use error::ConfigError;
-use ferry_core::{EntryId, LedgerName};
-use ferry_export::{Ack, Batch, Secrets, Sink, SinkError};
+use ferry_core::EntryId;
+use ferry_export::{Ack, Batch, Holding, Prepared, Secrets, Sink, SinkError, Target};
 
 /// A sink kind's validated configuration.
 #[derive(Debug, Clone)]
@@ -37,8 +37,13 @@ impl SinkConfig {
         }
     }
 
-    /// Builds the sink (creates the file sink's directory, the HTTP client).
-    pub fn build(self) -> Result<AnySink, ConfigError> {
+    /// Builds the sink (creates the file sink's directory, the HTTP client;
+    /// a database or bus sink asks its destination here). A definite answer
+    /// that the config cannot work (wrong credentials, a missing table
+    /// without `create_table`, a table of the wrong shape) is an error that
+    /// stops startup; a destination that cannot be reached is not: the
+    /// sink is built and its ledgers back off until it answers.
+    pub async fn build(self) -> Result<AnySink, ConfigError> {
         Ok(match self {
             Self::Stdout(c) => AnySink::Stdout(stdout::StdoutSink::new(c)),
             Self::File(c) => AnySink::File(file::FileSink::new(c)?),
@@ -67,11 +72,12 @@ pub enum AnySink {
 }
 
 impl Sink for AnySink {
-    async fn prepare(&self, ledger: &LedgerName, cursor: EntryId) -> Result<(), SinkError> {
+    async fn prepare(&self, target: &Target, cursor: EntryId) -> Result<Prepared, SinkError> {
+        let ledger = &target.ledger;
         match self {
-            Self::Stdout(s) => s.prepare(ledger, cursor).await,
-            Self::File(s) => s.prepare(ledger, cursor).await,
-            Self::Http(s) => s.prepare(ledger, cursor).await,
+            Self::Stdout(s) => s.prepare(ledger, cursor).await.map(|()| Prepared::Cursor),
+            Self::File(s) => s.prepare(ledger, cursor).await.map(|()| Prepared::Cursor),
+            Self::Http(s) => s.prepare(ledger, cursor).await.map(|()| Prepared::Cursor),
         }
     }
 
@@ -87,6 +93,19 @@ impl Sink for AnySink {
         match self {
             Self::Stdout(_) | Self::File(_) => Secrets::default(),
             Self::Http(s) => s.secrets(),
+        }
+    }
+
+    fn keeps_position(&self) -> bool {
+        match self {
+            Self::Stdout(_) | Self::File(_) | Self::Http(_) => false,
+        }
+    }
+
+    async fn check(&self, target: &Target, first: EntryId, cursor: EntryId) -> Result<Option<Holding>, SinkError> {
+        match self {
+            Self::File(s) => s.check(&target.ledger, first, cursor).await.map(Some),
+            Self::Stdout(_) | Self::Http(_) => Ok(None),
         }
     }
 }

@@ -133,6 +133,13 @@ pub enum ExportersCommand {
     Resume { name: String },
     /// Delete the cursors of an exporter no longer in the configuration.
     Delete { name: String },
+    /// Ask the destination whether it holds exactly ids First..cursor of
+    /// each ledger (count, min, max); exits 1 on a gap or a repeat.
+    Check {
+        name: String,
+        #[arg(long)]
+        ledger: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]

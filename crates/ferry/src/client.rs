@@ -186,6 +186,22 @@ impl Client {
         print_json(status.map_err(|e| self.failure(e))?)
     }
 
+    /// `ferry exporters check NAME [--ledger L]`: prints the report; a
+    /// fault anywhere is exit 1 (after the report).
+    pub async fn exporter_check(&self, name: &str, ledger: Option<&str>) -> anyhow::Result<()> {
+        if let Some(l) = ledger {
+            LedgerName::parse(l).map_err(|e| UsageError(format!("--ledger: {e}")))?;
+        }
+        let name = exporter_name(name)?;
+        let report = self.api.check_exporter(name.as_str(), ledger).await.map_err(|e| self.failure(e))?;
+        let faulty = report.ledgers.iter().filter(|l| !l.faults.is_empty()).count();
+        print_json(report)?;
+        if faulty > 0 {
+            anyhow::bail!("the range check of exporter {name} found faults in {faulty} ledger(s)");
+        }
+        Ok(())
+    }
+
     /// `ferry exporters delete NAME`.
     pub async fn exporter_delete(&self, name: &str) -> anyhow::Result<()> {
         self.api.delete_exporter(exporter_name(name)?.as_str()).await.map_err(|e| self.failure(e))

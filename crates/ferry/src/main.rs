@@ -128,6 +128,7 @@ async fn exporters(client: &Client, command: ExportersCommand) -> anyhow::Result
         ExportersCommand::Pause { name } => client.exporter_control(&name, ExporterControl::Pause).await,
         ExportersCommand::Resume { name } => client.exporter_control(&name, ExporterControl::Resume).await,
         ExportersCommand::Delete { name } => client.exporter_delete(&name).await,
+        ExportersCommand::Check { name, ledger } => client.exporter_check(&name, ledger.as_deref()).await,
     }
 }
 

@@ -34,7 +34,7 @@ pub async fn run(
     let table = Arc::new(CursorTable::new(exporters.iter().map(|(s, _)| (&s.name, &s.matcher))));
     let mut built = Vec::with_capacity(exporters.len());
     for (exporter, sink) in exporters {
-        let sink = sink.build().map_err(|e| anyhow::anyhow!("exporter {}: {e}", exporter.name))?;
+        let sink = sink.build().await.map_err(|e| anyhow::anyhow!("exporter {}: {e}", exporter.name))?;
         built.push((exporter, sink));
     }
     if settings.respect_exporters {

@@ -54,7 +54,7 @@ pub async fn measure(
 ) -> anyhow::Result<LatencyRow> {
     let out = tempfile::Builder::new().prefix("export-lat-").tempdir_in(parent).context("create a temp dir")?;
     let name = format!("latency-{}ms", linger.as_millis());
-    let (settings, sink) = file_exporter(&name, out.path(), linger, ledgers.len(), "latest")?;
+    let (settings, sink) = file_exporter(&name, out.path(), linger, ledgers.len(), "latest").await?;
     let (probe, acks) = Probe::new(sink);
     let exporters = start(store, settings, probe).await?;
     let appended = append_steadily(store, ledgers, &acks, options).await;

@@ -182,7 +182,7 @@ async fn export_all(
 ) -> anyhow::Result<ExportRun> {
     let out = tempfile::Builder::new().prefix("export-out-").tempdir_in(parent).context("create a temp dir")?;
     let name = format!("bench-{round}");
-    let (settings, sink) = file_exporter(&name, out.path(), Duration::ZERO, heads.len(), "earliest")?;
+    let (settings, sink) = file_exporter(&name, out.path(), Duration::ZERO, heads.len(), "earliest").await?;
     let (probe, acks) = Probe::new(sink);
     let (started, cpu) = (Instant::now(), process_cpu());
     let exporters = start(store, settings, probe).await?;
@@ -213,7 +213,7 @@ fn cpu_in_stat(stat: &str) -> Duration {
 
 /// A `file` exporter of every ledger, built the way `ferry serve` builds
 /// one from `--exporter NAME=file:{json}`.
-fn file_exporter(
+async fn file_exporter(
     name: &str,
     dir: &Path,
     linger: Duration,
@@ -228,8 +228,8 @@ fn file_exporter(
     });
     let config = ExporterConfig::from_flag(&format!("{name}=file:{json}")).map_err(anyhow::Error::msg)?;
     let settings = config.validate().map_err(anyhow::Error::msg)?;
-    let sink = SinkConfig::validate(&config.sink, &config.config).and_then(SinkConfig::build);
-    Ok((settings, sink.map_err(anyhow::Error::msg)?))
+    let sink = SinkConfig::validate(&config.sink, &config.config).map_err(anyhow::Error::msg)?;
+    Ok((settings, sink.build().await.map_err(anyhow::Error::msg)?))
 }
 
 /// Runs one exporter on `store`; its cursor table is not a retention hold

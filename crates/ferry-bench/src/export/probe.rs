@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ferry_core::{EntryId, LedgerName};
-use ferry_export::{Ack, Batch, Sink, SinkError};
+use ferry_export::{Ack, Batch, Prepared, Secrets, Sink, SinkError, Target};
 use hdrhistogram::Histogram;
 use tokio::sync::watch;
 
@@ -28,8 +28,16 @@ impl<S: Sink> Probe<S> {
 }
 
 impl<S: Sink> Sink for Probe<S> {
-    async fn prepare(&self, ledger: &LedgerName, cursor: EntryId) -> Result<(), SinkError> {
-        self.inner.prepare(ledger, cursor).await
+    async fn prepare(&self, target: &Target, cursor: EntryId) -> Result<Prepared, SinkError> {
+        self.inner.prepare(target, cursor).await
+    }
+
+    fn keeps_position(&self) -> bool {
+        self.inner.keeps_position()
+    }
+
+    fn secrets(&self) -> Secrets {
+        self.inner.secrets()
     }
 
     async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
@@ -136,8 +144,8 @@ mod tests {
     struct AckAll;
 
     impl Sink for AckAll {
-        async fn prepare(&self, _: &LedgerName, _: EntryId) -> Result<(), SinkError> {
-            Ok(())
+        async fn prepare(&self, _: &Target, _: EntryId) -> Result<Prepared, SinkError> {
+            Ok(Prepared::Cursor)
         }
 
         async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {

@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::{EntryId, LedgerName, NewEntry, Payload};
-use ferry_export::{Ack, Batch, CursorTable, ExporterConfig, ExporterStatus, Exporters, Secrets, Sink, SinkError};
+use ferry_export::{
+    Ack, Batch, CursorTable, ExporterConfig, ExporterStatus, Exporters, Holding, Prepared, Secrets, Sink, SinkError,
+    Target,
+};
 use ferry_store::{Store, StoreConfig};
 
 /// How a test sink behaves.
@@ -44,20 +47,61 @@ struct TestSink {
     acked: Arc<Mutex<BTreeMap<LedgerName, Vec<EntryId>>>>,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
+    /// Keeps its own position, like a destination with a cursor row:
+    /// `prepare` reports the last id it holds instead of cutting.
+    positioned: bool,
 }
 
 impl TestSink {
     fn new(mode: Mode) -> Self {
-        Self { mode, acked: Default::default(), in_flight: Default::default(), max_in_flight: Default::default() }
+        Self {
+            mode,
+            acked: Default::default(),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
+            positioned: false,
+        }
+    }
+
+    fn positioned(mut self) -> Self {
+        self.positioned = true;
+        self
+    }
+
+    fn holds(&self, ledger: &str, ids: impl IntoIterator<Item = EntryId>) {
+        self.acked.lock().unwrap().insert(name(ledger), ids.into_iter().collect());
     }
 }
 
 impl Sink for TestSink {
-    async fn prepare(&self, ledger: &LedgerName, cursor: EntryId) -> Result<(), SinkError> {
-        // Like the file sink: whatever lies past the cursor is cut.
+    async fn prepare(&self, target: &Target, cursor: EntryId) -> Result<Prepared, SinkError> {
         let mut acked = self.acked.lock().unwrap();
-        acked.entry(ledger.clone()).or_default().retain(|id| *id <= cursor);
-        Ok(())
+        let ids = acked.entry(target.ledger.clone()).or_default();
+        if self.positioned {
+            return Ok(Prepared::DestinationThrough(ids.last().copied().unwrap_or(0)));
+        }
+        // Like the file sink: whatever lies past the cursor is cut.
+        ids.retain(|id| *id <= cursor);
+        Ok(Prepared::Cursor)
+    }
+
+    fn keeps_position(&self) -> bool {
+        self.positioned
+    }
+
+    async fn check(&self, target: &Target, first: EntryId, cursor: EntryId) -> Result<Option<Holding>, SinkError> {
+        let acked = self.acked.lock().unwrap();
+        let ids = acked.get(&target.ledger).cloned().unwrap_or_default();
+        let in_range: Vec<EntryId> = ids.iter().copied().filter(|id| (first..=cursor).contains(id)).collect();
+        let distinct = in_range.iter().collect::<std::collections::BTreeSet<_>>().len() as u64;
+        Ok(Some(Holding {
+            in_range: in_range.len() as u64,
+            distinct,
+            below_first: ids.iter().filter(|id| **id < first).count() as u64,
+            above_cursor: ids.iter().filter(|id| **id > cursor).count() as u64,
+            min: ids.iter().min().copied(),
+            max: ids.iter().max().copied(),
+        }))
     }
 
     async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
@@ -258,5 +302,100 @@ async fn a_sink_error_reaches_status_without_userinfo_or_the_sinks_secrets() {
     }
     let error = status.ledgers[0].last_error.clone().unwrap_or_default();
     assert_eq!(error, "POST http://***@127.0.0.1:9/x failed: the answer quoted ***", "{status:?}");
+    exporters.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A destination that keeps its own position and holds more than the
+/// cursor says (an acknowledgement lost to a crash): the runtime takes its
+/// position as the cursor and never sends those ids again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_position_past_the_cursor_is_taken_and_nothing_is_sent_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, "a", 20).await;
+    let sink = TestSink::new(Mode::Ack { delay: Duration::ZERO }).positioned();
+    sink.holds("a", 1..=7);
+    let exporters = start(&store, r#"x=t:{"batch":{"max_entries":5,"linger":"0ms"}}"#, sink.clone()).await;
+    wait_caught_up(&exporters, "x", 1, 20).await;
+    assert_eq!(sink.acked.lock().unwrap()[&name("a")], (1..=20).collect::<Vec<_>>(), "ids 1..=7 not sent again");
+    let report = exporters.check("x", None).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.ledgers[0].holding.unwrap().distinct, 20);
+    exporters.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A destination restored from an older copy holds less than the cursor:
+/// it wins, and what it lacks is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_position_below_the_cursor_wins_and_the_rest_is_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, "a", 12).await;
+    let sink = TestSink::new(Mode::Ack { delay: Duration::ZERO }).positioned();
+    let flag = r#"x=t:{"batch":{"max_entries":5,"linger":"0ms"}}"#;
+    let exporters = start(&store, flag, sink.clone()).await;
+    wait_caught_up(&exporters, "x", 1, 12).await;
+    exporters.shutdown(Duration::from_secs(5)).await;
+    // The destination is "restored" to hold ids 1..=4 only.
+    sink.holds("a", 1..=4);
+    // Nothing waits to be sent, yet the destination is asked at start.
+    let exporters = start(&store, flag, sink.clone()).await;
+    for _ in 0..500 {
+        if sink.acked.lock().unwrap()[&name("a")].len() == 12 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_caught_up(&exporters, "x", 1, 12).await;
+    assert_eq!(sink.acked.lock().unwrap()[&name("a")], (1..=12).collect::<Vec<_>>());
+    exporters.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(store.cursors_blocking().unwrap()[0].id, 12);
+}
+
+/// A destination that claims ids the ledger never had is not believed: the
+/// ledger fails, naming the head, and the cursor stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_position_past_the_head_fails_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, "a", 3).await;
+    let sink = TestSink::new(Mode::Ack { delay: Duration::ZERO }).positioned();
+    sink.holds("a", 1..=9);
+    let exporters = start(&store, "x=t:{}", sink).await;
+    let mut status = exporters.status("x").await.unwrap();
+    for _ in 0..500 {
+        if status.ledgers.first().is_some_and(|l| l.state == "failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = exporters.status("x").await.unwrap();
+    }
+    let l = &status.ledgers[0];
+    assert_eq!((l.cursor, l.state.as_str()), (0, "failed"), "{l:?}");
+    assert!(l.last_error.as_deref().unwrap().contains("past its head 3"), "{l:?}");
+    exporters.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The range check reports a gap and a repeat inside First..=cursor as
+/// faults, for the one ledger asked about or all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_range_check_names_a_gap_and_a_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, "a", 6).await;
+    fill(&store, "b", 6).await;
+    let sink = TestSink::new(Mode::Ack { delay: Duration::ZERO });
+    let exporters = start(&store, r#"x=t:{"batch":{"linger":"0ms"}}"#, sink.clone()).await;
+    wait_caught_up(&exporters, "x", 2, 12).await;
+    assert!(exporters.check("x", None).await.unwrap().ok);
+    sink.holds("a", [1, 2, 4, 5, 6]);
+    sink.holds("b", [1, 2, 3, 3, 4, 5, 6]);
+    let report = exporters.check("x", None).await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.ledgers[0].faults, ["1 of ids 1..=6 missing (holds 5 of 6)"]);
+    assert_eq!(report.ledgers[1].faults, ["1 repeated rows among ids 1..=6"]);
+    let one = exporters.check("x", Some(name("b"))).await.unwrap();
+    assert_eq!(one.ledgers.len(), 1);
+    assert!(exporters.check("x", Some(name("nope"))).await.is_err(), "a ledger it does not export");
     exporters.shutdown(Duration::from_secs(5)).await;
 }

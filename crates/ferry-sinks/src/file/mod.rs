@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 pub use config::FileConfig;
 use ferry_core::{EntryId, LedgerName};
-use ferry_export::{Ack, Batch, SinkError};
+use ferry_export::{Ack, Batch, Holding, SinkError};
 use ferry_fs::{FsError, descriptors, durable};
 use open_files::OpenFiles;
 
@@ -148,6 +148,61 @@ impl FileSink {
         .await?;
         Ok(Ack { through })
     }
+}
+
+impl FileSink {
+    /// The range check: counts the complete lines of the ledger's files.
+    /// Reads under the ledger's lock, so no delivery writes meanwhile.
+    pub async fn check(&self, ledger: &LedgerName, first: EntryId, cursor: EntryId) -> Result<Holding, SinkError> {
+        let state = self.ledger(ledger);
+        blocking(self.open.clone(), move || {
+            let files = state.lock().expect("ledger files lock");
+            count_lines(&files.dir, first, cursor)
+        })
+        .await
+    }
+}
+
+/// What the files of a ledger hold, by the ids of their complete lines. A
+/// repeat or a step back shows as an id not above the greatest seen.
+fn count_lines(dir: &Path, first: EntryId, cursor: EntryId) -> Result<Holding, FileError> {
+    let mut holding = Holding::default();
+    let mut greatest_in_range = 0;
+    for (_, path) in list(dir)? {
+        let file = File::open(&path).map_err(FileError::io("open", &path))?;
+        let mut reader = BufReader::new(file);
+        let (mut line, mut offset) = (Vec::new(), 0u64);
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(FileError::io("read", &path))?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            let id = serde_json::from_slice::<IdOnly>(&line)
+                .map_err(|error| FileError::NotAnEntry { path: path.clone(), offset, error })?
+                .id;
+            offset += n as u64;
+            holding.min = Some(holding.min.map_or(id, |m| m.min(id)));
+            holding.max = Some(holding.max.map_or(id, |m| m.max(id)));
+            if id < first {
+                holding.below_first += 1;
+            } else if id > cursor {
+                holding.above_cursor += 1;
+            } else {
+                holding.in_range += 1;
+                if id > greatest_in_range {
+                    holding.distinct += 1;
+                    greatest_in_range = id;
+                }
+            }
+        }
+    }
+    Ok(holding)
+}
+
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: EntryId,
 }
 
 /// What went wrong between the sink and its files. Every one is retryable:
@@ -382,10 +437,6 @@ fn cut_back(dir: &Path, cursor: EntryId) -> Result<Option<Writing>, FileError> {
 /// The byte offset just after the line of id `cursor` (or after the last
 /// complete line with a smaller id), and that line's id.
 fn end_of(file: &File, path: &Path, cursor: EntryId) -> Result<(u64, EntryId), FileError> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        id: EntryId,
-    }
     let mut reader = BufReader::new(file);
     let (mut offset, mut end, mut last) = (0u64, 0u64, 0);
     let mut line = Vec::new();

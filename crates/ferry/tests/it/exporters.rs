@@ -391,6 +391,69 @@ async fn exporters_are_controlled_from_the_cli() {
     assert_exit(&cli(&["exporters", "reset", "o", "--ledger", "../x"]), 2, "a bad ledger name is a usage error");
 }
 
+/// The range check against the file sink: clean after an export, then a
+/// line taken out of the middle (a gap) and a line written twice (a
+/// repeat) are faults with exit 1; a sink that cannot be asked (stdout)
+/// is no fault but says so.
+#[tokio::test]
+async fn the_range_check_finds_a_gap_and_a_repeat_in_the_file_sinks_files() {
+    let env = Env::new();
+    let out = env.dir.path().join("out");
+    let cfg = env.config("ferry.toml", &config(&out, ""));
+    let server = Server::start(&env.data_dir(), Some(&cfg)).await;
+    append_n(&server, "a", 20).await;
+    append_n(&server, "b", 5).await;
+    caught_up(&server, "f").await;
+    caught_up(&server, "o").await;
+    let cli = |args: &[&str]| {
+        let mut c = ferry();
+        c.args(args).env("FERRY_SERVER", &server.base);
+        run_to_exit(c, None)
+    };
+    let clean = cli(&["exporters", "check", "f"]);
+    assert_exit(&clean, 0, "check of a clean export");
+    let report: Value = serde_json::from_str(&clean.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["ledgers"][0]["holding"]["distinct"], 20, "{report}");
+    assert_eq!(report["ledgers"][0]["holding"]["max"], 20, "{report}");
+
+    // Take id 5 out of a's first file and write id 3 of b twice.
+    server.stop();
+    let first_file = |ledger: &str| {
+        let mut files: Vec<_> = std::fs::read_dir(out.join(ledger)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files[0].clone()
+    };
+    let (fa, fb) = (first_file("a"), first_file("b"));
+    let text = std::fs::read_to_string(&fa).unwrap();
+    let kept: String = text.lines().filter(|l| parse_line(l).id != 5).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&fa, kept).unwrap();
+    let text = std::fs::read_to_string(&fb).unwrap();
+    let third = text.lines().find(|l| parse_line(l).id == 3).unwrap().to_owned();
+    let doubled: String =
+        text.lines().flat_map(|l| if l == third { vec![l, l] } else { vec![l] }).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&fb, doubled).unwrap();
+    let server = Server::start(&env.data_dir(), Some(&cfg)).await;
+    let cli = |args: &[&str]| {
+        let mut c = ferry();
+        c.args(args).env("FERRY_SERVER", &server.base);
+        run_to_exit(c, None)
+    };
+    let faulty = cli(&["exporters", "check", "f"]);
+    assert_exit(&faulty, 1, "check with a gap and a repeat");
+    assert!(faulty.stderr.contains("found faults in 2 ledger(s)"), "{}", faulty.stderr);
+    let report: Value = serde_json::from_str(&faulty.stdout).unwrap();
+    assert_eq!(report["ledgers"][0]["faults"][0], "1 of ids 1..=20 missing (holds 19 of 20)", "{report}");
+    assert_eq!(report["ledgers"][1]["faults"][0], "1 repeated rows among ids 1..=5", "{report}");
+    let one = cli(&["exporters", "check", "f", "--ledger", "b"]);
+    let report: Value = serde_json::from_str(&one.stdout).unwrap();
+    assert_eq!(report["ledgers"].as_array().unwrap().len(), 1, "{report}");
+    let stdout = cli(&["exporters", "check", "o"]);
+    assert_exit(&stdout, 0, "check of a sink that cannot be asked");
+    assert!(stdout.stdout.contains("cannot be asked"), "{}", stdout.stdout);
+    assert_exit(&cli(&["exporters", "check", "nobody"]), 1, "check of an unknown exporter");
+}
+
 #[tokio::test]
 async fn an_exporter_given_on_the_command_line_runs() {
     let env = Env::new();

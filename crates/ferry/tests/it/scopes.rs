@@ -77,6 +77,7 @@ fn routes() -> Vec<Route> {
         r(Method::POST, "/v1/exporters/ex/pause", None, "admin", false, 200),
         r(Method::POST, "/v1/exporters/ex/resume", None, "admin", false, 200),
         r(Method::POST, "/v1/exporters/ex/reset", Some("{}"), "admin", false, 200),
+        r(Method::GET, "/v1/exporters/ex/check", None, "admin", false, 200),
         r(Method::DELETE, "/v1/exporters/ex", None, "admin", false, 409),
         r(Method::GET, "/v1/nothing-here", None, "any", false, 404),
         r(Method::GET, "/metrics", None, "metrics", false, 200),
