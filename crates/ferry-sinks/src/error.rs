@@ -37,4 +37,11 @@ pub enum ConfigError {
     /// The HTTP sink's client could not be built (at build time).
     #[error("config: build the HTTP client: {error}")]
     HttpClient { error: reqwest::Error },
+    /// The destination answered, at build time, that this config cannot
+    /// work (wrong credentials, a missing table without `create_table`, a
+    /// table of the wrong shape). `field` is the key to change
+    /// (`config.password`, `config.table`…); `message` carries the
+    /// destination's words, secrets removed.
+    #[error("{field}: {message}")]
+    Refused { field: String, message: String },
 }
