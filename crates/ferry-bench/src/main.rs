@@ -136,6 +136,24 @@ struct Args {
     /// then the append → sink-ack latency at `--export-rate`.
     #[arg(long, value_name = "ENTRIES", num_args = 0..=1, conflicts_with = "replay")]
     export: Option<Option<u64>>,
+    /// Instead of appends: fill `--export-ledgers` ledgers with
+    /// `--sink-entries` entries and time ferry's exporter of each sink named
+    /// here shipping them next to a bare client of that server sending the
+    /// same rows in the same batches (JSONEachRow over HTTP, COPY, async
+    /// JetStream publishes). Needs ClickHouse at `--clickhouse-url`,
+    /// PostgreSQL at `--postgres-url`; starts its own `--nats-server`.
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["replay", "export", "peers"])]
+    sinks: Vec<export::sinks::SinkKind>,
+    /// Entries of `--sinks` [default: 1,000,000; 20,000 with --quick].
+    #[arg(long)]
+    sink_entries: Option<u64>,
+    /// Entries per batch of `--sinks`, for ferry and the peer alike.
+    #[arg(long, default_value_t = 1000)]
+    sink_batch: usize,
+    /// The ClickHouse HTTP interface `--sinks clickhouse` uses (it creates
+    /// and drops `ferry_bench_sink_*` tables in the default database).
+    #[arg(long, default_value = "http://127.0.0.1:8123")]
+    clickhouse_url: String,
     /// Ledgers of `--export`; also its reader threads and the exporter's
     /// `max_parallel_ledgers`.
     #[arg(long, default_value_t = 4)]
@@ -277,6 +295,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(entries) = args.export {
         return export_mode(&args, &parent, entries).await;
     }
+    if !args.sinks.is_empty() {
+        return sinks_mode(&args, &parent).await;
+    }
     appends_mode(&args, &plan, &parent).await
 }
 
@@ -309,6 +330,39 @@ async fn export_mode(args: &Args, parent: &Path, entries: Option<u64>) -> anyhow
         load_average()
     );
     let report = export::run(parent, &options).await?;
+    print!("{}", report.text());
+    if let Some(path) = &args.json {
+        report::write_json(path, &report)?;
+    }
+    Ok(())
+}
+
+/// `--sinks K,…`: each database/bus sink next to a bare client of its
+/// server.
+async fn sinks_mode(args: &Args, parent: &Path) -> anyhow::Result<()> {
+    let options = export::sinks::Options {
+        entries: args.sink_entries.unwrap_or(if args.quick { 20_000 } else { 1_000_000 }),
+        ledgers: args.export_ledgers,
+        payload_bytes: args.payloads.first().copied().unwrap_or(256),
+        batch: args.sink_batch,
+        rounds: if args.quick { 1 } else { args.rounds },
+        clickhouse_url: args.clickhouse_url.clone(),
+        postgres_url: args.postgres_url.clone(),
+        nats_server: args.nats_server.clone(),
+    };
+    ensure!(options.ledgers > 0 && options.batch > 0, "--export-ledgers and --sink-batch must be at least 1");
+    ensure!(options.entries >= options.ledgers as u64, "--sinks needs at least one entry per ledger");
+    ensure!(options.payload_bytes >= 128, "--sinks payloads must be at least 128 bytes");
+    println!(
+        "ferry-bench sinks: {} entries of {} B in {} ledgers under {}, {} cores, load {}",
+        options.entries,
+        options.payload_bytes,
+        options.ledgers,
+        parent.display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+    let report = export::sinks::run(parent, &options, &args.sinks).await?;
     print!("{}", report.text());
     if let Some(path) = &args.json {
         report::write_json(path, &report)?;

@@ -11,6 +11,7 @@
 
 mod latency;
 mod probe;
+pub mod sinks;
 
 use std::collections::HashMap;
 use std::path::Path;
