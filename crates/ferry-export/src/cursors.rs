@@ -22,8 +22,11 @@ use crate::settings::LedgerMatcher;
 ///   past it; after a failed batch was appended to the dead-letter ledger,
 ///   with that batch's last id; or after retention pruned entries before
 ///   they were exported, with the id before the ledger's First (each of
-///   these clears `sent_to`); and before it sends a batch the head cut
+///   these clears `sent_to`); before it sends a batch the head cut
 ///   short, with the cursor unchanged and `sent_to` the batch's last id;
+///   and after the sink's `prepare` reported the destination's own
+///   position, with that id (at most the head; `sent_to` kept only while
+///   it is past that id);
 /// - by `Exporters::start`, for the starting cursors of `start = "latest"`
 ///   exporters on ledgers they have none for;
 /// - by the control actions: a reset (with the exporter's jobs stopped) and
