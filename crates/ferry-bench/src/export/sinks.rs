@@ -399,7 +399,7 @@ impl Target {
         heads: &[(LedgerName, EntryId)],
         options: &Options,
     ) -> anyhow::Result<Duration> {
-        let config = match self.kind {
+        let config: serde_json::Value = match self.kind {
             SinkKind::Clickhouse => {
                 let table = self.table("ferry");
                 clickhouse_query(&self.clickhouse_url, &format!("DROP TABLE IF EXISTS {table}")).await?;
@@ -419,11 +419,10 @@ impl Target {
             }),
         };
         let name = format!("bench-{}-{}", self.kind.name(), self.round);
-        let json = serde_json::json!({
-            "max_parallel_ledgers": options.ledgers,
-            "batch": { "max_entries": options.batch, "max_bytes": "64MiB", "linger": "0ms" },
-            "config": config,
-        });
+        // `--exporter`'s form: the sink's keys and the exporter's together.
+        let mut json = config;
+        json["max_parallel_ledgers"] = options.ledgers.into();
+        json["batch"] = serde_json::json!({ "max_entries": options.batch, "max_bytes": "64MiB", "linger": "0ms" });
         let flag = format!("{name}={}:{json}", self.kind.name());
         let exporter = ExporterConfig::from_flag(&flag).map_err(anyhow::Error::msg)?;
         let settings = exporter.validate().map_err(anyhow::Error::msg)?;
