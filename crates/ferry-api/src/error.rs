@@ -75,6 +75,8 @@ impl From<StoreError> for ApiError {
             StoreError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
             StoreError::NoSpace(_) => (S::INSUFFICIENT_STORAGE, "insufficient_storage"),
             StoreError::QuotaExceeded { .. } => (S::INSUFFICIENT_STORAGE, "quota_exceeded"),
+            StoreError::TooManyPins { .. } => (S::TOO_MANY_REQUESTS, "too_many_pins"),
+            StoreError::PinNotFound(_) => (S::NOT_FOUND, "pin_not_found"),
             StoreError::Corrupted { .. } | StoreError::CorruptedPack { .. } | StoreError::CatalogCorrupted(_) => {
                 (S::INTERNAL_SERVER_ERROR, "corrupted")
             }

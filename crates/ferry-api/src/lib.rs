@@ -10,6 +10,7 @@ mod exporters;
 mod extract;
 mod ledgers;
 pub mod metrics;
+mod pins;
 mod server;
 mod tls;
 mod watch;
@@ -17,7 +18,7 @@ mod watch;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router, middleware};
 use ferry_core::limits::{BODY_BYTES_MAX_DEFAULT, BUFFERED_BODY_BYTES_MAX_DEFAULT, WATCHERS_MAX_DEFAULT};
 use ferry_store::{Store, StoreError};
@@ -50,6 +51,8 @@ pub struct ApiConfig {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The running exporters; `None` when none are configured.
     pub exporters: Option<ferry_export::Exporters>,
+    /// Live snapshot pins at most (`[server] max_pins`).
+    pub max_pins: usize,
 }
 
 impl Default for ApiConfig {
@@ -64,6 +67,7 @@ impl Default for ApiConfig {
             closing: tokio::sync::watch::channel(false).1,
             metrics: None,
             exporters: None,
+            max_pins: ferry_core::limits::PINS_MAX_DEFAULT,
         }
     }
 }
@@ -90,6 +94,7 @@ impl Api {
     pub async fn open(store: Store, config: ApiConfig) -> Result<Self, StoreError> {
         let sessions = watch::Sessions::load(store.clone(), config.closing.clone()).await?;
         let body_budget = body_budget::BodyBudget::new(config.max_buffered_body_bytes);
+        tokio::spawn(pins::expire(store.clone(), config.closing.clone()));
         let state = AppState {
             store,
             config: Arc::new(config),
@@ -127,6 +132,9 @@ fn router(state: AppState) -> Router {
         .route("/exporters/{name}/pause", post(exporters::pause))
         .route("/exporters/{name}/resume", post(exporters::resume))
         .route("/exporters/{name}/check", get(exporters::check))
+        .route("/pins", get(pins::list).post(pins::create))
+        .route("/pins/{id}", delete(pins::delete))
+        .route("/pins/{id}/renew", post(pins::renew))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the token check: a request without a token reserves

@@ -19,8 +19,8 @@ pub struct Appended {
 pub struct SystemEvent {
     /// `ledger.created`, `ledger.deleted`, `ledger.checkpoint`, `chunk.frozen`, `chunk.pruned`,
     /// `chunk.keys_lost`,
-    /// `exporter.failed`, `exporter.recovered`, `exporter.reset`, and the pin
-    /// events as those land.
+    /// `exporter.failed`, `exporter.recovered`, `exporter.reset`, `pin.created`,
+    /// `pin.expired`.
     pub kind: &'static str,
     /// A stable key to match prefixes on, e.g. `chunk.frozen/audit/00000003`.
     pub key: String,

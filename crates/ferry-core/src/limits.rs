@@ -44,8 +44,9 @@ pub const CHUNK_ENTRIES_MAX: u64 = 1 << 24;
 /// `config:fingerprint_key`. 4: durable watch sessions (`watch:` and
 /// `watchpos:` keys), so a bounded resume token survives a restart. 5:
 /// the per-ledger hash chain (records may carry a hash; `ledger:` values
-/// `chain` and `first_prev_hash`, `chunk:` values `last_hash`).
-pub const FORMAT_VERSION: u32 = 5;
+/// `chain` and `first_prev_hash`, `chunk:` values `last_hash`). 6:
+/// snapshot pins (`pin:` keys), a retention hold until their deadline.
+pub const FORMAT_VERSION: u32 = 6;
 /// The oldest format version this build opens (migrating it at start).
 pub const FORMAT_VERSION_OLDEST: u32 = 1;
 const _: () = assert!(FORMAT_VERSION_OLDEST >= 1 && FORMAT_VERSION_OLDEST <= FORMAT_VERSION);

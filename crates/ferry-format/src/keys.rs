@@ -102,6 +102,7 @@ impl CatalogKey {
     pub const SCRUB_PREFIX: &'static str = "scrub:";
     pub const WATCH_SESSION_PREFIX: &'static str = "watch:";
     pub const WATCH_POSITION_PREFIX: &'static str = "watchpos:";
+    pub const PIN_PREFIX: &'static str = "pin:";
 
     /// The prefix of every `chunk:` key of one ledger.
     pub fn chunk_prefix(ledger: &LedgerName) -> String {

@@ -48,6 +48,12 @@ pub enum StoreError {
     /// changed.
     #[error("ledger {ledger} has head {head}; the append expected head {expected}")]
     HeadMismatch { ledger: LedgerName, expected: u64, head: u64 },
+    /// `max_pins` live pins already.
+    #[error("{max} snapshot pins are live already (server.max_pins); delete or let one expire")]
+    TooManyPins { max: usize },
+    /// No live pin of that id (never, deleted, or expired).
+    #[error("no live snapshot pin {0}")]
+    PinNotFound(u64),
     #[error("storage root {root} is locked by another ferry process (lock file {lock})")]
     Locked { root: PathBuf, lock: PathBuf },
     #[error(

@@ -134,6 +134,10 @@ impl Flusher {
                 Some(FlusherMsg::Barrier(done)) => {
                     let _ = done.send(());
                 }
+                Some(FlusherMsg::Cut(reply)) => {
+                    let ledgers = self.shared.ledgers.read().expect("ledgers lock");
+                    let _ = reply.send(ledgers.values().map(|s| crate::store::head_of(s)).collect());
+                }
                 Some(FlusherMsg::ForgetLedger(ledger)) => self.idempotency.forget(&ledger),
                 Some(FlusherMsg::Relocate(segment)) => {
                     // A refused relocation leaves the segment as it was; the

@@ -128,6 +128,9 @@ impl Freezer {
                     }
                     let _ = reply.send(result);
                 }
+                Ok(FreezerMsg::Barrier(done)) => {
+                    let _ = done.send(());
+                }
                 Ok(FreezerMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }

@@ -59,6 +59,9 @@ fn migrate(catalog: &dyn Catalog, from: u32) -> Result<()> {
             // 4 → 5 adds the hash chain to ledgers created from now on;
             // ledgers created before stay without one (no `chain` key).
             4 => Vec::new(),
+            // 5 → 6 adds the snapshot pins (`pin:` keys); nothing older
+            // changes.
+            5 => Vec::new(),
             _ => unreachable!("FORMAT_VERSION_OLDEST..FORMAT_VERSION has a step for each version"),
         };
         let changed = ops.len();

@@ -38,6 +38,9 @@ pub(crate) enum FlusherMsg {
     /// (a deletion waits for it after marking its ledger deleted, so no
     /// append of the ledger is in flight when its key goes).
     Barrier(oneshot::Sender<()>),
+    /// Answer with every ledger's head, read between two group commits: a
+    /// consistent cut (a snapshot pin).
+    Cut(oneshot::Sender<Vec<crate::LedgerHead>>),
     /// A ledger was deleted: forget its idempotency keys (a ledger created
     /// later under the name must not answer with the old ids).
     ForgetLedger(LedgerName),
@@ -51,5 +54,7 @@ pub(crate) enum FreezerMsg {
     /// The `Option<String>` names who asked (a token's name), for the
     /// `ledger.deleted` event.
     Delete(Arc<LedgerState>, Option<String>, oneshot::Sender<Result<()>>),
+    /// Answer once the retention pass under way (if any) has ended.
+    Barrier(oneshot::Sender<()>),
     Shutdown,
 }

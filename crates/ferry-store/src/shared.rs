@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     /// `[storage] max_ledger_bytes`; `None`: no quota.
     pub max_ledger_bytes: Option<u64>,
     pub holds: RwLock<Vec<Arc<dyn RetentionHold>>>,
+    /// The snapshot pins (also one of `holds`).
+    pub pins: Arc<crate::pins::PinTable>,
     /// `[storage] hash_chain`: a ledger created with a matching name gets
     /// a hash chain.
     pub hash_chain: Vec<glob::Pattern>,

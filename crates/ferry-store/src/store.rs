@@ -30,6 +30,7 @@ use crate::ledger::LedgerState;
 use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg};
 use crate::pack_protocols::{self, PackLayout};
 use crate::pack_reader::PackCache;
+use crate::pins::PinTable;
 use crate::recovery::{self, KeyLoader, WalIndexer};
 use crate::roots::{self, Roots};
 use crate::shared::{self, Shared};
@@ -558,6 +559,10 @@ impl Store {
         &self.inner.tx
     }
 
+    pub(crate) fn freezer_tx(&self) -> &std::sync::mpsc::Sender<FreezerMsg> {
+        &self.inner.freezer_tx
+    }
+
     /// The last incarnation handed out (0 before the first ledger).
     pub(crate) fn last_incarnation(&self) -> u64 {
         *self.inner.last_incarnation.lock().expect("create lock")
@@ -593,7 +598,7 @@ fn check_len(field: &'static str, value: Option<&str>, max: usize) -> Result<()>
     }
 }
 
-fn head_of(state: &LedgerState) -> LedgerHead {
+pub(crate) fn head_of(state: &LedgerState) -> LedgerHead {
     let index = state.index.read().expect("index lock");
     LedgerHead {
         name: state.name.clone(),
@@ -652,6 +657,7 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
     let last_incarnation = layout::last_incarnation(&catalog)?;
     let fingerprint_key = layout::fingerprint_key(&catalog)?;
     let ledgers = load_ledgers(&catalog, chunk_entries)?;
+    let pins = Arc::new(PinTable::load(&catalog)?);
     let pack_layout = PackLayout { root: roots.ledgers.clone() };
     let recovered_packs = pack_protocols::finish_interrupted(&RealFs, &catalog, &pack_layout)?;
     for orphan in &recovered_packs.orphans {
@@ -673,7 +679,8 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
         wal_segment_bytes: config.wal_segment_bytes,
         retention: config.retention.clone(),
         max_ledger_bytes: config.max_ledger_bytes,
-        holds: RwLock::new(config.holds.clone()),
+        holds: RwLock::new(config.holds.iter().cloned().chain([pins.clone() as Arc<dyn RetentionHold>]).collect()),
+        pins,
         hash_chain: config::hash_chain_patterns(config)?,
         checkpoint_every: config.checkpoint_every,
         durable_end: Default::default(),

@@ -355,7 +355,11 @@ fn read_keys(report: &mut Report, catalog_file: &Path, dump: &CatalogDump) -> Ke
                 }
                 Err(e) => report.fault(catalog_file, None, e.to_string()),
             },
-            CatalogKey::Pin(_) => {}
+            CatalogKey::Pin(_) => {
+                if let Err(e) = crate::pins::Pin::decode(&key, value) {
+                    report.fault(catalog_file, None, format!("bad snapshot pin: {e}"));
+                }
+            }
             CatalogKey::WatchSession(_) => {
                 if let Err(e) = WatchSessionRecord::decode(&key, value) {
                     report.fault(catalog_file, None, format!("bad watch session: {e}"));

@@ -438,6 +438,7 @@ impl Config {
             closing: tokio::sync::watch::channel(false).1,
             metrics: None,
             exporters: None,
+            max_pins: self.server.max_pins,
         };
         Ok(ServeSettings {
             listen,

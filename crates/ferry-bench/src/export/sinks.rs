@@ -30,7 +30,7 @@ use serde::Serialize;
 use sqlx::Connection as _;
 
 use super::probe::Probe;
-use super::{EXPORT_TIMEOUT, SHUTDOWN_TIMEOUT, Options as ExportOptions};
+use super::{EXPORT_TIMEOUT, Options as ExportOptions, SHUTDOWN_TIMEOUT};
 use crate::nats::{NatsServer, SyncPolicy};
 use crate::report::thousands;
 

@@ -67,16 +67,18 @@ struct Fixture {
 /// Every fixture, oldest first: format 1 (commit 903d965), format 2
 /// (durable incarnations), format 3 (idempotency-key fingerprints in
 /// `keys:`, a cursor naming a batch in flight), format 4 (a watch
-/// session) and format 5 (the hash chain: every record carries its hash).
+/// session), format 5 (the hash chain: every record carries its hash) and
+/// format 6 (a snapshot pin, expired by the time any test opens it).
 /// Each was written by the same requests (`REQUESTS`) and differs only in
 /// what its version put on disk (format 3 on also commits
 /// `FIXTURE_CURSOR`, format 4 on a watch session).
-const FIXTURES: [Fixture; 5] = [
+const FIXTURES: [Fixture; 6] = [
     Fixture { version: 1, rows: V1_ROWS },
     Fixture { version: 2, rows: V2_ROWS },
     Fixture { version: 3, rows: V3_ROWS },
     Fixture { version: 4, rows: V4_ROWS },
     Fixture { version: 5, rows: V5_ROWS },
+    Fixture { version: 6, rows: V6_ROWS },
 ];
 
 impl Fixture {
@@ -366,6 +368,21 @@ const V5_ROWS: &[Row] = &[
     Row { ledger: "audit", id: 6, ts: 1796407867434, key: None, idempotency_key: None, payload: r#"true"# },
 ];
 
+/// Every entry of the format-v6 fixture (the same requests, the same
+/// layout, hash chains as in format 5), written when format 6 (snapshot
+/// pins) was introduced.
+#[rustfmt::skip]
+const V6_ROWS: &[Row] = &[
+    Row { ledger: "audit", id: 1, ts: 1796413407065, key: Some("user-7"), idempotency_key: Some("req-1"), payload: r#"{"user":"u-7","action":"login"}"# },
+    Row { ledger: "payments.eu", id: 1, ts: 1796413407073, key: Some("order-1"), idempotency_key: Some("pay-1"), payload: r#"{"amount":"12.30","currency":"EUR"}"# },
+    Row { ledger: "audit", id: 2, ts: 1796413407073, key: None, idempotency_key: None, payload: r#"{"n":1.50,"big":1e3}"# },
+    Row { ledger: "audit", id: 3, ts: 1796413407073, key: Some("k-3"), idempotency_key: None, payload: r#""quotes \" and ünïcode ✓""# },
+    Row { ledger: "audit", id: 4, ts: 1796413407073, key: None, idempotency_key: Some("req-4"), payload: r#"[1,2,{"deep":null}]"# },
+    Row { ledger: "payments.eu", id: 2, ts: 1796413407073, key: None, idempotency_key: None, payload: r#"{"refund":true}"# },
+    Row { ledger: "audit", id: 5, ts: 1796413407076, key: Some("user-8"), idempotency_key: Some("req-5"), payload: r#"{"action":"logout"}"# },
+    Row { ledger: "audit", id: 6, ts: 1796413407077, key: None, idempotency_key: None, payload: r#"true"# },
+];
+
 /// The appends the generator makes, in order: (ledger, entries of one
 /// request as (key, idempotency key, payload)). Chunk 0 of `audit` (ids
 /// 1..=4) fills during the fourth request; the rest stays hot.
@@ -433,6 +450,9 @@ async fn write_format_fixture() {
     let session = WatchWrite::Session(id, fixture_watch_session());
     let position = WatchWrite::Position(id, ledger("audit"), fixture_watch_position());
     store.commit_watch_sessions(vec![session, position]).await.unwrap();
+    // Format 6: a snapshot pin, alive for a minute (so a later start finds
+    // it expired and deletes it).
+    store.create_pin(60_000, 4, Some("fixture")).await.unwrap();
     let rows: Vec<String> = written
         .into_iter()
         .map(|(ledger_name, id, (key, idempotency_key, payload))| {
@@ -763,5 +783,32 @@ async fn the_format_4_fixture_keeps_its_watch_session() {
     assert_eq!(sessions, [(FIXTURE_WATCH_SESSION, fixture_watch_session())]);
     let positions = store.watch_positions(FIXTURE_WATCH_SESSION).await.unwrap();
     assert_eq!(positions, [(ledger("audit"), fixture_watch_position())]);
+    close(store).await;
+}
+
+/// What format 6 added, as the v6 fixture holds it: a snapshot pin of both
+/// ledgers at their heads, long expired: today's store loads it, it holds
+/// nothing, and the expiry pass deletes it and says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_format_6_fixture_keeps_its_snapshot_pin_until_the_expiry_pass() {
+    let fixture = FIXTURES.iter().find(|f| f.version == 6).expect("a v6 fixture");
+    let dir = copy_of(&fixture.dir());
+    let store = open(dir.path());
+    let pins = store.pins();
+    assert_eq!(pins.len(), 1, "{pins:?}");
+    let pin = &pins[0].1;
+    assert_eq!(pin.by.as_deref(), Some("fixture"));
+    let heads: Vec<(&str, u64, u64, u64)> =
+        pin.ledgers.iter().map(|(l, p)| (l.as_str(), p.incarnation, p.first, p.head)).collect();
+    assert_eq!(heads, [("audit", 1, 1, 6), ("payments.eu", 2, 1, 2)]);
+    assert_eq!(pin.expires_at, pin.created_at + 60_000);
+    assert_eq!(store.live_pins(), 0, "long expired");
+    let mut expired = store.events().subscribe("pin.expired", 4);
+    assert_eq!(store.expire_pins().await.unwrap(), 1);
+    assert!(store.pins().is_empty());
+    assert!(matches!(expired.recv().await, Some(Received::Message(_))));
+    close(store).await;
+    let store = open(dir.path());
+    assert!(store.pins().is_empty(), "the deletion was durable");
     close(store).await;
 }

@@ -18,6 +18,7 @@ mod incarnations;
 mod model;
 mod open;
 mod packs;
+mod pins;
 mod poison;
 mod protocol_sim;
 mod quota;

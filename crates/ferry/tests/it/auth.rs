@@ -88,7 +88,7 @@ async fn unknown_v1_routes_answer_401_before_404_when_auth_is_on() {
     let probes: [(&str, &str); 7] = [
         ("GET", "/v1/nope"),
         ("GET", "/v1/admin/secrets"),
-        ("POST", "/v1/pins"),
+        ("POST", "/v1/snapshots"),
         ("GET", "/v1/ledgers/audit/entries/extra"),
         ("GET", "/v1"),
         ("DELETE", "/v1/watch"),

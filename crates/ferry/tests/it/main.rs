@@ -20,6 +20,7 @@ mod export_http;
 mod exporters;
 mod full_disk;
 mod packs;
+mod pins;
 mod quota;
 mod request_bodies;
 mod scopes;
