@@ -326,8 +326,12 @@ impl Server {
                     stderr: read_lossy(&server.stderr_path),
                 }));
             }
+            // Ours only once our child says it bound the port: under load
+            // another test's server can hold it for a moment (the child then
+            // exits on its bind, and the caller tries another port).
             if let Ok(resp) = probe.get(server.url("/readyz")).send().await
                 && resp.status() == 200
+                && read_lossy(&server.stderr_path).contains("ferry listening")
             {
                 return Ok(server);
             }
