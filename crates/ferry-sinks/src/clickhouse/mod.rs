@@ -353,17 +353,24 @@ impl ClickHouseSink {
 
 /// Sends what waits in the queue, a group at a time, until it is empty.
 async fn flush(inner: Arc<Inner>) {
-    // Should this task end early (a panic), the deliveries still queued
-    // get an error (their senders drop) and a later one starts a new task.
-    struct Reset<'a>(&'a Inner);
+    // Should this task end early (a panic, a dropped runtime), the
+    // deliveries still queued get an error (their senders drop) and a
+    // later one starts a new task. Disarmed on the normal way out, where
+    // a new task may already own the queue.
+    struct Reset<'a> {
+        inner: &'a Inner,
+        armed: bool,
+    }
     impl Drop for Reset<'_> {
         fn drop(&mut self) {
-            let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.flushing = false;
-            queue.waiting.clear();
+            if self.armed {
+                let mut queue = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+                queue.flushing = false;
+                queue.waiting.clear();
+            }
         }
     }
-    let _reset = Reset(&inner);
+    let mut reset = Reset { inner: &inner, armed: true };
     let mut streaming = false;
     loop {
         let until = tokio::time::Instant::now() + GROUP_WINDOW;
@@ -391,6 +398,7 @@ async fn flush(inner: Arc<Inner>) {
             }
             if group.is_empty() {
                 queue.flushing = false;
+                reset.armed = false;
                 return;
             }
             group
@@ -526,7 +534,9 @@ impl Inner {
     /// Runs one statement (no data) and returns the answer's body.
     async fn query(&self, sql: &str) -> Result<String, Failure> {
         let what = sql.split_whitespace().next().unwrap_or("query");
-        self.send(self.request().body(sql.to_owned()), what).await
+        // The status then covers the whole answer, not only its start.
+        let request = self.request().query(&[("wait_end_of_query", "1")]).body(sql.to_owned());
+        self.send(request, what).await
     }
 
     fn request(&self) -> reqwest::RequestBuilder {
