@@ -10,7 +10,8 @@
 //! **Why exactly once in effect.** The runtime re-sends a batch until an
 //! INSERT carrying it succeeded, so every entry arrives at least once; a
 //! batch is acknowledged only after ClickHouse answered 200 to the INSERT
-//! that carried it (the rows are then in a part on the server's disk). The
+//! that carried it (the rows are then in a part in the server's files;
+//! `docs/sinks.md` says what that means for power loss). The
 //! table is a `ReplacingMergeTree` ordered by `(ledger, incarnation, id)`
 //! (created so with `create_table`, and checked so at build otherwise), so
 //! every repeat of an entry — a retry after a lost answer, a replay after
@@ -94,7 +95,7 @@ const COLUMNS: [(&str, &[&str]); 7] = [
 const SORTING_KEY: &str = "ledger, incarnation, id";
 
 /// Server codes that will fail the same way again.
-const PERMANENT_CODES: [u32; 27] = [
+const PERMANENT_CODES: [u32; 26] = [
     6,   // CANNOT_PARSE_TEXT
     16,  // NO_SUCH_COLUMN_IN_TABLE
     26,  // CANNOT_PARSE_QUOTED_STRING
@@ -121,7 +122,6 @@ const PERMANENT_CODES: [u32; 27] = [
     386, // NO_COMMON_TYPE
     497, // ACCESS_DENIED
     516, // AUTHENTICATION_FAILED
-    517, // CANNOT_ASSIGN_ALTER (never retried blindly)
 ];
 
 /// Why a request to the server failed.

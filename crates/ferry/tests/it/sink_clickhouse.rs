@@ -45,9 +45,9 @@ async fn try_sql(url: &str, sql: &str) -> Result<String, String> {
     if status.is_success() { Ok(text) } else { Err(format!("{status}: {text}")) }
 }
 
-/// A database of its own on the shared server, dropped at the end.
+/// A database of its own on the shared server, dropped at the end, or
+/// when the test fails.
 struct Db {
-    url: String,
     name: String,
 }
 
@@ -55,11 +55,30 @@ impl Db {
     async fn new(url: &str) -> Db {
         let name = format!("ferry_it_{}", rand::random::<u32>());
         sql(url, &format!("CREATE DATABASE {name}")).await;
-        Db { url: url.to_owned(), name }
+        Db { name }
     }
 
     async fn drop_it(self) {
-        let _ = try_sql(&self.url, &format!("DROP DATABASE IF EXISTS {}", self.name)).await;
+        drop(self);
+    }
+}
+
+impl Drop for Db {
+    /// A plain blocking request (this may run while a test panics, so
+    /// every error is ignored).
+    fn drop(&mut self) {
+        use std::io::{Read as _, Write as _};
+        let body = format!("DROP DATABASE IF EXISTS {}", self.name);
+        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:8123") {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(request.as_bytes()).is_ok() {
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        }
     }
 }
 
