@@ -426,6 +426,9 @@ async fn a_thousand_small_ledgers_share_few_inserts_and_arrive_exactly() {
     db.drop_it().await;
 }
 
+/// The password of user `ferry` on the private servers.
+const PRIVATE_PASSWORD: &str = "s3cret-pw-77";
+
 /// A ClickHouse server of the test's own, on free ports in a temp dir
 /// (Debian's config with ports and paths rewritten), to stop and start.
 struct PrivateClickHouse {
@@ -461,7 +464,16 @@ impl PrivateClickHouse {
             .replace("/var/log/clickhouse-server/", &format!("{d}/log/"));
         assert!(config.contains(&format!("{d}/data/")), "the server config's <path> was not rewritten");
         std::fs::write(dir.join("config.xml"), config).unwrap();
-        std::fs::copy("/etc/clickhouse-server/users.xml", dir.join("users.xml")).unwrap();
+        // Debian's users, plus `ferry` with a password (PRIVATE_PASSWORD).
+        let users = std::fs::read_to_string("/etc/clickhouse-server/users.xml").unwrap().replacen(
+            "</users>",
+            &format!(
+                "<ferry><password>{PRIVATE_PASSWORD}</password><networks><ip>::/0</ip></networks>\
+                 <profile>default</profile><quota>default</quota></ferry></users>"
+            ),
+            1,
+        );
+        std::fs::write(dir.join("users.xml"), users).unwrap();
         PrivateClickHouse { dir: dir.to_owned(), port, child: None }
     }
 
@@ -513,7 +525,8 @@ impl Drop for PrivateClickHouse {
 async fn an_unreachable_server_is_not_a_config_error_and_is_drained_once_it_answers() {
     let env = Env::new();
     let mut ch = PrivateClickHouse::new(&env.dir.path().join("ch"), free_port());
-    let server = env.serve_with(&config("", &ch.url(), "default", "create_table = true", "")).await;
+    let extra = format!("create_table = true\nuser = \"ferry\"\npassword = \"{PRIVATE_PASSWORD}\"");
+    let server = env.serve_with(&config("", &ch.url(), "default", &extra, "")).await;
     assert!(server.stderr().contains("did not answer at start"), "{}", server.stderr());
     append_n(&server, "a", 12).await;
     let status = server.wait_exporter("ch", "back off", |s| s["ledgers"][0]["state"] == "backing_off").await;
@@ -521,6 +534,11 @@ async fn an_unreachable_server_is_not_a_config_error_and_is_drained_once_it_answ
     ch.start().await;
     caught_up(&server, 1).await;
     assert_eq!(final_lines(&ch.url(), "default", "a").await, server.read_all("a").await);
+    // The password went in a header, and nowhere into what ferry shows.
+    let check = cli(&server, &["exporters", "check", "ch"]);
+    assert_exit(&check, 0, "check with a password");
+    let shown = format!("{}{}{}", server.stderr(), server.exporter("ch").await, check.stdout);
+    assert!(!shown.contains(PRIVATE_PASSWORD), "the password leaked:\n{shown}");
     server.stop();
 }
 
