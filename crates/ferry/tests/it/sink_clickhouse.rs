@@ -439,12 +439,29 @@ struct PrivateClickHouse {
 
 impl PrivateClickHouse {
     fn new(dir: &Path, port: u16) -> PrivateClickHouse {
+        Self::with_https(dir, port, None)
+    }
+
+    /// With `https_port`, the server also answers HTTPS there, with a
+    /// self-signed certificate for 127.0.0.1 in `{dir}/cert.pem`.
+    fn with_https(dir: &Path, port: u16, https_port: Option<u16>) -> PrivateClickHouse {
         std::fs::create_dir_all(dir).unwrap();
         let config = std::fs::read_to_string("/etc/clickhouse-server/config.xml")
             .expect("ClickHouse is not installed: apt-get install -y clickhouse-server");
         let d = dir.display();
+        let mut ports = format!("<http_port>{port}</http_port>");
+        if let Some(https) = https_port {
+            let rcgen::CertifiedKey { cert, signing_key } =
+                rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("generate a certificate");
+            std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+            std::fs::write(dir.join("key.pem"), signing_key.serialize_pem()).unwrap();
+            ports.push_str(&format!("<https_port>{https}</https_port>"));
+        }
         let config = config
-            .replace("<http_port>8123</http_port>", &format!("<http_port>{port}</http_port>"))
+            .replace("<http_port>8123</http_port>", &ports)
+            .replace("/etc/clickhouse-server/server.crt", &format!("{d}/cert.pem"))
+            .replace("/etc/clickhouse-server/server.key", &format!("{d}/key.pem"))
+            .replace("<dhParamsFile>/etc/clickhouse-server/dhparam.pem</dhParamsFile>", "")
             .replace("<tcp_port>9000</tcp_port>", &format!("<tcp_port>{}</tcp_port>", free_port()))
             .replace(
                 "<interserver_http_port>9009</interserver_http_port>",
@@ -556,6 +573,30 @@ fn cursors(data_dir: &Path) -> BTreeMap<String, u64> {
         map.insert(ledger.to_owned(), id);
     }
     map
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_file_reaches_an_https_server_and_an_unknown_certificate_backs_off() {
+    let env = Env::new();
+    let https = free_port();
+    let mut ch = PrivateClickHouse::with_https(&env.dir.path().join("ch"), free_port(), Some(https));
+    ch.start().await;
+    let ca = env.dir.path().join("ch/cert.pem");
+    let url = format!("https://127.0.0.1:{https}");
+    let extra = format!("create_table = true\nca_file = \"{}\"", ca.display());
+    let server = env.serve_with(&config("", &url, "default", &extra, "")).await;
+    append_n(&server, "a", 9).await;
+    caught_up(&server, 1).await;
+    assert_eq!(final_lines(&ch.url(), "default", "a").await, server.read_all("a").await);
+    server.stop();
+    // Without the CA file the certificate is unknown: the ledger backs off
+    // (naming the certificate problem), it does not fail.
+    let env = Env::new();
+    let server = env.serve_with(&config("", &url, "default", "create_table = true", "")).await;
+    append_n(&server, "a", 1).await;
+    let status = server.wait_exporter("ch", "back off", |s| s["ledgers"][0]["state"] == "backing_off").await;
+    assert!(status["ledgers"][0]["last_error"].as_str().unwrap().contains("certificate"), "{status}");
+    server.stop();
 }
 
 async fn append_until_killed(base: String, http: reqwest::Client, killed: Arc<AtomicBool>, seed: u64) {
