@@ -25,6 +25,7 @@ mod quota;
 mod request_bodies;
 mod scopes;
 mod secrets;
+mod sink_clickhouse;
 mod support;
 mod tls;
 mod tools;
