@@ -422,7 +422,7 @@ impl Target {
         // `--exporter`'s form: the sink's keys and the exporter's together.
         let mut json = config;
         json["max_parallel_ledgers"] = options.ledgers.into();
-        json["batch"] = serde_json::json!({ "max_entries": options.batch, "max_bytes": "64MiB", "linger": "0ms" });
+        json["batch"] = serde_json::json!({ "max_entries": options.batch, "max_bytes": "16MiB", "linger": "0ms" });
         let flag = format!("{name}={}:{json}", self.kind.name());
         let exporter = ExporterConfig::from_flag(&flag).map_err(anyhow::Error::msg)?;
         let settings = exporter.validate().map_err(anyhow::Error::msg)?;

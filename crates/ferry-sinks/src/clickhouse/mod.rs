@@ -34,7 +34,10 @@
 //! while deliveries wait (those that arrived while the INSERT was being
 //! sent go in the next). A lone delivery waits `GROUP_QUIET`; a stream
 //! (1,000 ledgers catching up, whose synced cursor commits pace their
-//! arrivals) makes at most about one INSERT per `GROUP_WINDOW`. A
+//! arrivals) makes at most about one INSERT per `GROUP_WINDOW`. Once
+//! `GROUP_BYTES_ENOUGH` waits (one batch of 1,000 small entries) the
+//! flusher sends at once: a part that size is a good part, and lingering
+//! would only slow a catch-up of big batches. A
 //! delivery whose future was dropped before its rows were taken leaves
 //! them out; after that, they may land unacknowledged, which the replay
 //! collapses like any other repeat.
@@ -77,6 +80,10 @@ const GROUP_QUIET: Duration = Duration::from_millis(20);
 const GROUP_WINDOW: Duration = Duration::from_millis(250);
 /// Uncompressed rows one INSERT carries at most (at least one batch).
 const GROUP_BYTES_MAX: usize = 16 << 20;
+/// Uncompressed rows that make a part big enough on their own: with this
+/// much waiting the flusher sends at once instead of lingering (a batch of
+/// 1,000 small entries is about this size).
+const GROUP_BYTES_ENOUGH: usize = 256 << 10;
 /// Characters of a server's exception text kept in a message.
 const EXCEPTION_CHARS_MAX: usize = 300;
 
@@ -373,13 +380,11 @@ async fn flush(inner: Arc<Inner>) {
     let mut reset = Reset { inner: &inner, armed: true };
     let mut streaming = false;
     loop {
+        // Linger only while what waits is too small to be a good part on
+        // its own: big batches go at once, small ones gather.
         let until = tokio::time::Instant::now() + GROUP_WINDOW;
-        if streaming {
-            tokio::time::sleep_until(until).await;
-        } else {
-            let quiet = || until.min(tokio::time::Instant::now() + GROUP_QUIET);
-            while tokio::time::timeout_at(quiet(), inner.joined.notified()).await.is_ok() {}
-        }
+        let quiet = || if streaming { until } else { until.min(tokio::time::Instant::now() + GROUP_QUIET) };
+        while !inner.enough_queued() && tokio::time::timeout_at(quiet(), inner.joined.notified()).await.is_ok() {}
         let group = {
             let mut queue = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
             let mut group = Vec::new();
@@ -417,6 +422,13 @@ async fn flush(inner: Arc<Inner>) {
 }
 
 impl Inner {
+    /// Whether the rows waiting make a part worth an INSERT without
+    /// waiting for more (`GROUP_BYTES_ENOUGH`).
+    fn enough_queued(&self) -> bool {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.waiting.iter().map(|w| w.rows.len()).sum::<usize>() >= GROUP_BYTES_ENOUGH
+    }
+
     /// The server's facts, asking (and checking the table) once.
     async fn ready(&self) -> Result<&ServerInfo, Failure> {
         self.server.get_or_try_init(|| self.introduce()).await
