@@ -299,3 +299,76 @@ async fn a_bad_login_refuses_the_url_and_an_unreachable_server_builds() {
     assert!(!e.is_permanent(), "{e}");
     assert!(!e.to_string().contains("pw-secret") && e.to_string().contains(&format!(":{port}")), "{e}");
 }
+
+/// The measurement behind the choice of `UNNEST` over COPY (run with
+/// `cargo test -p ferry-sinks --release -- --ignored unnest_or_copy
+/// --nocapture`): 1000-row batches of ~150-byte payloads into the same
+/// table, each in one transaction, new rows every time, alternately by the
+/// sink's statement and by COPY into a temporary table followed by `INSERT …
+/// SELECT … ON CONFLICT DO NOTHING`.
+#[tokio::test]
+#[ignore = "a measurement, not a test"]
+async fn unnest_or_copy_for_1000_row_batches() {
+    const BATCHES: u64 = 200;
+    let schema = Schema::new().await;
+    let sink = schema.sink(json!({"create_table": true})).await.unwrap();
+    let big = |b: u64| {
+        let mut batch = batch(1, b * 1000 + 1..=(b + 1) * 1000);
+        for e in &mut batch.entries {
+            let text = format!(
+                r#"{{"n":{},"user":"u-{}","pad":"{}","nested":{{"a":[1,2,3],"b":"x\\ty"}}}}"#,
+                e.id,
+                e.id % 97,
+                "p".repeat(80)
+            );
+            e.payload = Payload::from_json(&text).unwrap();
+        }
+        batch
+    };
+    let st = sink.statements().await.unwrap();
+    let mut conn = sink.pool.acquire().await.unwrap();
+    // Interleaved, so both meet the same table size and the same load.
+    let (mut unnest, mut copy) = (Duration::ZERO, Duration::ZERO);
+    for b in 0..2 * BATCHES {
+        let batch = big(b);
+        let started = std::time::Instant::now();
+        if b % 2 == 0 {
+            sink.deliver(&batch).await.unwrap();
+            unnest += started.elapsed();
+            continue;
+        }
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TEMP TABLE IF NOT EXISTS ferry_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+            st.table
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let mut text = Vec::with_capacity(batch.entries.len() * 256);
+        for e in &batch.entries {
+            let key = e.key.clone().unwrap_or_else(|| "\\N".into());
+            let hash = e.hash.map_or_else(|| "\\N".into(), hex::encode);
+            let payload = e.payload.as_str().replace('\\', "\\\\");
+            text.extend_from_slice(format!("audit\t1\t{}\t{}\t{key}\t{hash}\t{payload}\n", e.id, e.ts).as_bytes());
+        }
+        let mut stage = tx.copy_in_raw("COPY ferry_stage FROM STDIN").await.unwrap();
+        stage.send(text).await.unwrap();
+        stage.finish().await.unwrap();
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} SELECT * FROM ferry_stage ON CONFLICT (ledger, incarnation, id) DO NOTHING",
+            st.table
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        copy += started.elapsed();
+    }
+    let rows = schema.ids("entries").await.len() as u64;
+    assert_eq!(rows, 2 * BATCHES * 1000);
+    let per = |d: Duration| d.as_secs_f64() * 1000.0 / BATCHES as f64;
+    eprintln!("1000-row batches: UNNEST {:.2} ms/batch, COPY + INSERT … SELECT {:.2} ms/batch", per(unnest), per(copy));
+    drop(conn);
+    schema.drop().await;
+}
