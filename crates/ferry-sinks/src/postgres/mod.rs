@@ -31,8 +31,12 @@
 //! id when the ids of this incarnation have no gap, else 0 (everything is
 //! sent again from the ledger's First, and `DO NOTHING` keeps what is
 //! there). The destination's position wins over the runtime's, so an
-//! exporter `reset` to an earlier id does not re-send rows the table has;
-//! delete them (and set the cursor row back) to have them sent again.
+//! exporter `reset` does not move past or back over rows the table has;
+//! change the rows and the cursor row to have that. One exception keeps
+//! the runtime's own moves (a dead-lettered batch, entries pruned before
+//! export) from looping: a position below the cursor is answered once,
+//! and if the runtime comes back past it without a delivery, its cursor
+//! stands and the next batch moves the row over the gap (`prepare`).
 //!
 //! **Connections.** `build` connects once: bad credentials or an unknown
 //! database refuse `config.url`, a missing table (without `create_table`)
@@ -57,13 +61,14 @@ mod config;
 mod errors;
 mod sql;
 
+use std::collections::HashMap;
 use std::str::FromStr as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use config::PostgresConfig;
 use errors::Kind;
-use ferry_core::EntryId;
+use ferry_core::{EntryId, LedgerName};
 use ferry_export::{Ack, Batch, Holding, Prepared, Secrets, SinkError, Target};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -90,8 +95,26 @@ pub struct PostgresSink {
     ready: Mutex<Option<Arc<Statements>>>,
     /// Serialises the check of the table.
     setting_up: tokio::sync::Mutex<()>,
+    /// What `prepare` answered per (exporter, ledger, incarnation) while
+    /// the destination was behind the runtime's cursor (see `prepare`).
+    told: Mutex<HashMap<TargetKey, Told>>,
     secrets: Secrets,
     shown_url: String,
+}
+
+type TargetKey = (LedgerName, LedgerName, u64);
+
+/// A position `prepare` answered below the runtime's cursor, until a
+/// delivery moves the cursor row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    /// The row's id, answered as the destination's position.
+    Position(EntryId),
+    /// The runtime came back past that position without a delivery: it
+    /// moved on by itself (a dead-lettered batch, entries pruned before
+    /// export, a reset forward); the next batch starts after `cursor` and
+    /// may move the row from `row`.
+    Jump { row: EntryId, cursor: EntryId },
 }
 
 /// Why the table could not be made ready.
@@ -118,6 +141,7 @@ impl PostgresSink {
             pool,
             ready: Mutex::new(None),
             setting_up: tokio::sync::Mutex::new(()),
+            told: Mutex::new(HashMap::new()),
         };
         let connected = match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
             Ok(connected) => connected,
@@ -179,15 +203,39 @@ impl PostgresSink {
 
     /// The destination's position with `transactional_cursor` (see the
     /// module docs); otherwise the runtime's cursor stands.
+    ///
+    /// A position below the cursor is answered once: if the runtime comes
+    /// back with the cursor still past the same row and nothing was
+    /// delivered between, it moved past the row on purpose (it
+    /// dead-lettered a batch the sink refused, skipped entries retention
+    /// pruned, or was reset forward), and answering the row again would
+    /// send it round the same loop forever. Then the runtime's cursor
+    /// stands, and the next batch may move the row over the gap. The memory
+    /// is this process's: after a restart the row is answered once more
+    /// (a dead-lettered batch is refused and dead-lettered again, which the
+    /// dead-letter ledger's idempotency keys absorb).
     pub async fn prepare(&self, target: &Target, cursor: EntryId) -> Result<Prepared, SinkError> {
         if !self.config.transactional_cursor {
             return Ok(Prepared::Cursor);
         }
-        let through = self.timed("read the position from", self.position(target)).await?;
-        if through != cursor {
-            tracing::debug!(exporter = %target.exporter, ledger = %target.ledger, cursor, destination = through, "postgres sink: the destination's position differs from the cursor");
+        let row = self.timed("read the position from", self.position(target)).await?;
+        let key = (target.exporter.clone(), target.ledger.clone(), target.incarnation);
+        let mut told = self.told.lock().expect("told lock");
+        if row >= cursor {
+            told.remove(&key);
+            return Ok(Prepared::DestinationThrough(row));
         }
-        Ok(Prepared::DestinationThrough(through))
+        match told.get(&key) {
+            Some(Told::Position(r) | Told::Jump { row: r, .. }) if *r == row => {
+                tracing::info!(exporter = %target.exporter, ledger = %target.ledger, cursor, destination = row, "postgres sink: the exporter moved past the destination's position without a delivery (a dead-lettered batch, pruned entries, a reset): going on from its cursor");
+                told.insert(key, Told::Jump { row, cursor });
+                Ok(Prepared::Cursor)
+            }
+            _ => {
+                told.insert(key, Told::Position(row));
+                Ok(Prepared::DestinationThrough(row))
+            }
+        }
     }
 
     async fn position(&self, target: &Target) -> Result<EntryId, SinkError> {
@@ -228,7 +276,22 @@ impl PostgresSink {
 
     pub async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
         self.timed("write to", self.write(batch)).await?;
+        if self.config.transactional_cursor {
+            let key = (batch.exporter.clone(), batch.ledger.clone(), batch.incarnation);
+            self.told.lock().expect("told lock").remove(&key);
+        }
         Ok(Ack { through: batch.last_id() })
+    }
+
+    /// The id the cursor row must hold for this batch to move it: the one
+    /// right before the batch, or the row the runtime moved past.
+    fn expected_row(&self, batch: &Batch) -> EntryId {
+        let before = batch.first_id() - 1;
+        let key = (batch.exporter.clone(), batch.ledger.clone(), batch.incarnation);
+        match self.told.lock().expect("told lock").get(&key) {
+            Some(Told::Jump { row, cursor }) if *cursor == before => *row,
+            _ => before,
+        }
     }
 
     async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
@@ -249,26 +312,23 @@ impl PostgresSink {
             insert.execute(&self.pool).await.map_err(|e| self.sql_error(&what, e))?;
             return Ok(());
         }
-        let (first, last) = (to_i64(batch.first_id(), "id")?, to_i64(batch.last_id(), "id")?);
+        let (expected, last) = (to_i64(self.expected_row(batch), "id")?, to_i64(batch.last_id(), "id")?);
         let mut tx = self.pool.begin().await.map_err(|e| self.sql_error("BEGIN", e))?;
         let moved: Option<i64> = sqlx::query_scalar(AssertSqlSafe(st.upsert_cursor.clone()))
             .bind(batch.exporter.as_str())
             .bind(batch.ledger.as_str())
             .bind(incarnation)
             .bind(last)
-            .bind(first - 1)
+            .bind(expected)
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| self.sql_error(&format!("upsert {}", st.cursors), e))?;
         if moved.is_none() {
             let _ = tx.rollback().await;
             return Err(SinkError::retryable(format!(
-                "{} does not hold {}/{} at id {}, where this batch starts: the destination moved (restored, or \
+                "{} does not hold {}/{} at id {}, where this batch follows: the destination moved (restored, or \
                  written by another process); its position is read again",
-                st.cursors,
-                batch.exporter,
-                batch.ledger,
-                first - 1
+                st.cursors, batch.exporter, batch.ledger, expected
             )));
         }
         insert.execute(&mut *tx).await.map_err(|e| self.sql_error(&what, e))?;
@@ -510,7 +570,11 @@ async fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions, Co
         problem: config.secrets().redact(&format!("{}: {e}", config.shown_url())),
         fix: "write postgres://USER:PASSWORD@HOST:PORT/DATABASE",
     })?;
-    let options = options.application_name("ferry").options([("statement_timeout", STATEMENT_TIMEOUT)]);
+    // Notices ("relation … already exists, skipping") are not worth a log
+    // line each.
+    let options = options
+        .application_name("ferry")
+        .options([("statement_timeout", STATEMENT_TIMEOUT), ("client_min_messages", "warning")]);
     if !config.tls {
         return Ok(options.ssl_mode(PgSslMode::Disable));
     }

@@ -106,9 +106,10 @@ impl Statements {
                  AS u(id, ts, key, hash, payload) \
                  ON CONFLICT (ledger, incarnation, id) DO NOTHING"
             )),
-            // Moves only from the id right before the batch (`$5`), or over
-            // another incarnation's row: no row comes back otherwise, and
-            // the delivery is refused (the destination moved: prepare again).
+            // Moves only from the id it should hold (`$5`: right before the
+            // batch, or where the runtime moved on from), or over another
+            // incarnation's row: no row comes back otherwise, and the
+            // delivery is refused (the destination moved: prepare again).
             upsert_cursor: s(format!(
                 "INSERT INTO {c} AS c (exporter, ledger, incarnation, id, updated_at) \
                  VALUES ($1, $2, $3, $4, now()) \

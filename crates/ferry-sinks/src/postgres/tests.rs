@@ -264,6 +264,39 @@ async fn the_transactional_cursor_is_the_destinations_position() {
     schema.drop().await;
 }
 
+/// A batch PostgreSQL refuses (`\u0000` in a jsonb payload) is
+/// permanent; after the runtime dead-lettered it, the row is answered
+/// once more (the runtime sends the batch again and dead-letters it
+/// again), then the runtime's cursor stands and the next batch moves the
+/// row over the gap: no endless loop.
+#[tokio::test]
+async fn a_dead_lettered_batch_is_not_sent_round_forever() {
+    let schema = Schema::new().await;
+    let sink = schema.sink(json!({"create_table": true, "transactional_cursor": true})).await.unwrap();
+    sink.deliver(&batch(1, 1..=10)).await.unwrap();
+    let mut refused = batch(1, 11..=12);
+    refused.entries[1].payload = Payload::from_json(r#"{"nul":"\u0000"}"#).unwrap();
+    let e = sink.deliver(&refused).await.unwrap_err();
+    assert!(e.is_permanent() && e.to_string().contains("22P05"), "{e}");
+    // Dead-lettered by the runtime: its cursor is 12.
+    assert_eq!(sink.prepare(&target(1), 12).await, Ok(Prepared::DestinationThrough(10)));
+    assert!(sink.deliver(&refused).await.unwrap_err().is_permanent());
+    assert_eq!(sink.prepare(&target(1), 12).await, Ok(Prepared::Cursor));
+    assert_eq!(sink.prepare(&target(1), 12).await, Ok(Prepared::Cursor), "asked again (a retry)");
+    sink.deliver(&batch(1, 13..=14)).await.unwrap();
+    assert_eq!(sink.prepare(&target(1), 14).await, Ok(Prepared::DestinationThrough(14)));
+    let mut ids = (1..=10).chain(13..=14).collect::<Vec<i64>>();
+    assert_eq!(schema.ids("entries").await, ids);
+    // A destination restored later is still answered.
+    schema.sql("UPDATE $S.ferry_cursors SET id = 13").await;
+    schema.sql("DELETE FROM $S.entries WHERE id = 14").await;
+    assert_eq!(sink.prepare(&target(1), 14).await, Ok(Prepared::DestinationThrough(13)));
+    sink.deliver(&batch(1, 14..=14)).await.unwrap();
+    ids.sort();
+    assert_eq!(schema.ids("entries").await, ids);
+    schema.drop().await;
+}
+
 #[tokio::test]
 async fn tables_of_the_wrong_shape_refuse_the_config_and_a_dropped_table_is_permanent() {
     let schema = Schema::new().await;

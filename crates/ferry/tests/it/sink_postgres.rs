@@ -228,6 +228,49 @@ async fn a_table_dropped_mid_run_fails_the_ledger() {
     schema.drop().await;
 }
 
+/// A batch PostgreSQL refuses (`\u0000` in a jsonb payload) goes to the
+/// dead-letter ledger once, and the transactional cursor does not send it
+/// round again: the entries after it arrive, and the cursor row ends at
+/// the head.
+#[tokio::test]
+async fn a_refused_batch_is_dead_lettered_once_with_the_transactional_cursor() {
+    let schema = Schema::new("dlq").await;
+    let table = format!("{}.entries", schema.name);
+    let env = Env::new();
+    let config = exporter(
+        "pg",
+        3,
+        &format!("url = \"{SHARED}\"\ntable = \"{table}\"\ncreate_table = true\ntransactional_cursor = true"),
+    )
+    .replace("sink = \"postgres\"\n", "sink = \"postgres\"\ndead_letter = \"dlq\"\n");
+    let server = env.serve_with(&config).await;
+    append_n(&server, "a", 4, "before").await;
+    let r = server.append("a", r#"{"entries":[{"payload":{"nul":"\u0000"}}]}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    append_n(&server, "a", 4, "after").await;
+    let status = server
+        .wait_exporter("pg", "go past the refused batch", |s| {
+            s["ledgers"].as_array().is_some_and(|ls| ls.iter().any(|l| l["ledger"] == "a" && l["lag"] == 0))
+        })
+        .await;
+    let a = status["ledgers"].as_array().unwrap().iter().find(|l| l["ledger"] == "a").unwrap().clone();
+    assert_eq!(a["cursor"], 9, "{status}");
+    // Batches of 3: 1..=3, then 4..=6 holds the refused entry 5.
+    let dead = server.read_all("dlq").await;
+    let ids: Vec<u64> =
+        dead.iter().map(|l| serde_json::from_str::<Value>(l).unwrap()["payload"]["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [4, 5, 6], "{dead:?}");
+    let rows: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!("SELECT id FROM {table} ORDER BY id")))
+        .fetch_all(&schema.pg)
+        .await
+        .unwrap();
+    assert_eq!(rows, [1, 2, 3, 7, 8, 9]);
+    let row = scalar(&schema.pg, &format!("SELECT id FROM {}.ferry_cursors WHERE ledger = 'a'", schema.name)).await;
+    assert_eq!(row, 9);
+    server.stop();
+    schema.drop().await;
+}
+
 // ---- transactional cursor under kill -9 ----
 
 const LEDGERS: [&str; 3] = ["audit", "pay.eu", "t-1"];
