@@ -7,6 +7,7 @@ pub mod clickhouse;
 mod error;
 pub mod file;
 pub mod http;
+pub mod postgres;
 pub mod stdout;
 
 pub use error::ConfigError;
@@ -20,10 +21,11 @@ pub enum SinkConfig {
     File(file::FileConfig),
     Http(http::HttpConfig),
     ClickHouse(clickhouse::ClickHouseConfig),
+    Postgres(postgres::PostgresConfig),
 }
 
 /// Sink kinds SPEC §5 names that this version does not ship yet.
-const LATER: [&str; 2] = ["postgres", "nats"];
+const LATER: [&str; 1] = ["nats"];
 
 impl SinkConfig {
     /// Checks `[exporters.config]` for sink `kind`, touching no disk or
@@ -35,6 +37,7 @@ impl SinkConfig {
             "file" => file::FileConfig::validate(value).map(Self::File),
             "http" => http::HttpConfig::validate(value).map(Self::Http),
             "clickhouse" => clickhouse::ClickHouseConfig::validate(value).map(Self::ClickHouse),
+            "postgres" => postgres::PostgresConfig::validate(value).map(Self::Postgres),
             k if LATER.contains(&k) => Err(ConfigError::NotAvailable { kind: k.into() }),
             k => Err(ConfigError::UnknownSink { kind: k.into() }),
         }
@@ -52,6 +55,7 @@ impl SinkConfig {
             Self::File(c) => AnySink::File(file::FileSink::new(c)?),
             Self::Http(c) => AnySink::Http(http::HttpSink::new(c)?),
             Self::ClickHouse(c) => AnySink::ClickHouse(clickhouse::ClickHouseSink::new(c).await?),
+            Self::Postgres(c) => AnySink::Postgres(postgres::PostgresSink::new(c).await?),
         })
     }
 }
@@ -74,6 +78,7 @@ pub enum AnySink {
     File(file::FileSink),
     Http(http::HttpSink),
     ClickHouse(clickhouse::ClickHouseSink),
+    Postgres(postgres::PostgresSink),
 }
 
 impl Sink for AnySink {
@@ -85,6 +90,7 @@ impl Sink for AnySink {
             Self::Http(s) => s.prepare(ledger, cursor).await.map(|()| Prepared::Cursor),
             // ClickHouse keeps no position: replays collapse (see its docs).
             Self::ClickHouse(_) => Ok(Prepared::Cursor),
+            Self::Postgres(s) => s.prepare(target, cursor).await,
         }
     }
 
@@ -94,6 +100,7 @@ impl Sink for AnySink {
             Self::File(s) => s.deliver(batch).await,
             Self::Http(s) => s.deliver(batch).await,
             Self::ClickHouse(s) => s.deliver(batch).await,
+            Self::Postgres(s) => s.deliver(batch).await,
         }
     }
 
@@ -102,12 +109,14 @@ impl Sink for AnySink {
             Self::Stdout(_) | Self::File(_) => Secrets::default(),
             Self::Http(s) => s.secrets(),
             Self::ClickHouse(s) => s.secrets(),
+            Self::Postgres(s) => s.secrets(),
         }
     }
 
     fn keeps_position(&self) -> bool {
         match self {
             Self::Stdout(_) | Self::File(_) | Self::Http(_) | Self::ClickHouse(_) => false,
+            Self::Postgres(s) => s.keeps_position(),
         }
     }
 
@@ -115,6 +124,7 @@ impl Sink for AnySink {
         match self {
             Self::File(s) => s.check(&target.ledger, first, cursor).await.map(Some),
             Self::ClickHouse(s) => s.check(target, first, cursor).await.map(Some),
+            Self::Postgres(s) => s.check(target, first, cursor).await.map(Some),
             Self::Stdout(_) | Self::Http(_) => Ok(None),
         }
     }
