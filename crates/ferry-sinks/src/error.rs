@@ -16,7 +16,9 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[non_exhaustive]
 pub enum ConfigError {
     /// `sink =` names a kind SPEC §5 lists but this version does not ship.
-    #[error("sink: {kind:?} is not available in this version of ferry: use one of stdout, file, http, clickhouse, postgres")]
+    #[error(
+        "sink: {kind:?} is not available in this version of ferry: use one of stdout, file, http, clickhouse, postgres"
+    )]
     NotAvailable { kind: String },
     /// `sink =` names no kind at all.
     #[error("sink: unknown sink {kind:?} (expected one of stdout, file, http, clickhouse, postgres)")]

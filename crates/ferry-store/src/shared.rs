@@ -67,6 +67,9 @@ pub(crate) struct Shared {
     /// Held while cursors are checked and written, and while a deletion
     /// removes a ledger's cursors: a cursor never outlives its ledger.
     pub cursor_lock: std::sync::Mutex<()>,
+    /// Cursor commits waiting for the holder of `cursor_lock` (group
+    /// commit: see `Store::commit_cursors_blocking`).
+    pub cursor_queue: std::sync::Mutex<Vec<crate::store::QueuedCursors>>,
     /// `Store::read` calls, so tests and metrics can prove idle work reads
     /// nothing.
     pub reads: AtomicU64,

@@ -511,10 +511,73 @@ impl Store {
     }
 
     /// `commit_cursors` for threads and tools: blocks on the catalog commit.
+    ///
+    /// Group commit: callers queue their updates, and whoever next holds
+    /// `cursor_lock` checks each caller's updates on its own (one caller's
+    /// deleted ledger fails only that caller) and writes every valid
+    /// caller's in one catalog commit. Each caller still gets all or
+    /// nothing for its own updates; exporters shipping many ledgers at once
+    /// share one sync instead of one each.
     pub fn commit_cursors_blocking(&self, updates: &[CursorUpdate]) -> Result<()> {
         let shared = &self.inner.shared;
         shared.health.check()?;
+        let answer = Arc::new(Mutex::new(None));
+        shared
+            .cursor_queue
+            .lock()
+            .expect("cursor queue lock")
+            .push(QueuedCursors { updates: updates.to_vec(), answer: answer.clone() });
         let _guard = shared.cursor_lock.lock().expect("cursor lock");
+        // A holder before us may have written ours already.
+        if let Some(result) = answer.lock().expect("cursor answer lock").take() {
+            return result;
+        }
+        let queued = std::mem::take(&mut *shared.cursor_queue.lock().expect("cursor queue lock"));
+        let mut ops = Vec::new();
+        let mut written = Vec::with_capacity(queued.len());
+        for q in queued {
+            match cursor_ops(shared, &q.updates) {
+                Ok(mut more) => {
+                    ops.append(&mut more);
+                    written.push(q.answer);
+                }
+                Err(e) => *q.answer.lock().expect("cursor answer lock") = Some(Err(e)),
+            }
+        }
+        let committed = if ops.is_empty() { Ok(()) } else { shared.catalog.commit(&ops) };
+        if let Err(e) = &committed {
+            // Refused for lack of space, the commit changed nothing.
+            if !e.is_no_space() {
+                shared.health.poison(e.to_string());
+            }
+        }
+        let (no_space, shown) = match &committed {
+            Ok(()) => (false, String::new()),
+            Err(e) => (e.is_no_space(), e.to_string()),
+        };
+        for slot in written {
+            let result = match &committed {
+                Ok(()) => Ok(()),
+                Err(StoreError::NoSpace(message)) if no_space => Err(StoreError::NoSpace(message.clone())),
+                Err(_) => Err(StoreError::Poisoned(shown.clone())),
+            };
+            *slot.lock().expect("cursor answer lock") = Some(result);
+        }
+        answer.lock().expect("cursor answer lock").take().expect("our updates were in the queue we took")
+    }
+}
+
+/// One caller's cursor updates waiting in `Shared::cursor_queue`, and where
+/// its answer goes.
+pub(crate) struct QueuedCursors {
+    updates: Vec<CursorUpdate>,
+    answer: Arc<Mutex<Option<Result<()>>>>,
+}
+
+/// The catalog operations of one caller's cursor updates, checked against
+/// the ledgers (under `cursor_lock`): all valid, or the first error.
+fn cursor_ops(shared: &Shared, updates: &[CursorUpdate]) -> Result<Vec<CatalogOp>> {
+    {
         let mut ops = Vec::with_capacity(updates.len());
         for update in updates {
             match update {
@@ -541,16 +604,11 @@ impl Store {
                 }
             }
         }
-        if let Err(e) = shared.catalog.commit(&ops) {
-            // Refused for lack of space, the commit changed nothing.
-            if !e.is_no_space() {
-                shared.health.poison(e.to_string());
-            }
-            return Err(e);
-        }
-        Ok(())
+        Ok(ops)
     }
+}
 
+impl Store {
     pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared
     }
@@ -689,6 +747,7 @@ fn recover(config: &StoreConfig, roots: &Roots) -> Result<Recovered> {
         appends: Bus::default(),
         events: Bus::default(),
         cursor_lock: Default::default(),
+        cursor_queue: Default::default(),
         reads: Default::default(),
     });
     let now = now_ms();

@@ -78,3 +78,50 @@ async fn verify_flags_a_sent_to_not_after_the_cursor_or_beyond_the_head_and_a_cu
     assert!(faults.contains(&"cursor:x:b: sent_to 6 is beyond the head 5"), "{faults:#?}");
     assert!(faults.iter().any(|f| f.starts_with("cursor:x:c: bad cursor value") && f.contains("extra")), "{faults:#?}");
 }
+
+/// Concurrent cursor commits share catalog commits, yet each caller gets
+/// all or nothing for its own updates: a caller naming a ledger that does
+/// not exist (or an id past the head) fails alone, and every other
+/// caller's cursor is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cursor_commits_succeed_or_fail_each_on_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut incarnations = Vec::new();
+    for i in 0..40 {
+        let l = ledger(&format!("l{i}"));
+        store.append(&l, vec![entry("1"), entry("2")]).await.unwrap();
+        incarnations.push(store.ledger_head(&l).unwrap().incarnation);
+    }
+    let mut tasks = Vec::new();
+    for round in 0..5u64 {
+        for (i, incarnation) in incarnations.iter().copied().enumerate() {
+            let store = store.clone();
+            let name = format!("l{i}");
+            tasks.push(tokio::spawn(async move {
+                // Every seventh caller is wrong: past the head, or a ledger
+                // that does not exist; it adds a good update too, which must
+                // not be written either.
+                let updates = match (i + round as usize) % 7 {
+                    0 => vec![set(&name, incarnation, 9, None)],
+                    1 => vec![set(&name, incarnation, 1, None), set("nowhere", 1, 1, None)],
+                    _ => vec![set(&name, incarnation, 1 + round % 2, None)],
+                };
+                (i, round, store.commit_cursors(updates).await)
+            }));
+        }
+    }
+    for t in tasks {
+        let (i, round, result) = t.await.unwrap();
+        match (i + round as usize) % 7 {
+            0 => assert!(matches!(result, Err(StoreError::InvalidCursor { .. })), "{i}/{round}: {result:?}"),
+            1 => assert!(matches!(result, Err(StoreError::LedgerNotFound(_))), "{i}/{round}: {result:?}"),
+            _ => assert!(result.is_ok(), "{i}/{round}: {result:?}"),
+        }
+    }
+    let cursors = store.cursors().await.unwrap();
+    assert!(cursors.iter().all(|c| c.ledger.as_str() != "nowhere" && (1..=2).contains(&c.id)), "{cursors:?}");
+    assert_eq!(cursors.len(), 40, "every ledger got a good update in some round");
+    assert!(store.ready().is_ok());
+    close(store).await;
+}
