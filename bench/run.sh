@@ -263,6 +263,15 @@ if ((QUICK)); then
   for what in "per live key" "keyless packs" "hot entries"; do
     grep -q "$what" "$RESTART_OUT" || die "smoke test failed: ferry-bench --restart printed no '$what' line"
   done
+  # The database and bus sinks next to bare clients of their servers (the
+  # figures come from the full `ferry-bench --sinks clickhouse,postgres,nats`).
+  log "ferry-bench --sinks clickhouse,postgres,nats --quick"
+  SINKS_OUT="$OUT_DIR/sinks.txt"
+  "$BENCH" --sinks clickhouse,postgres,nats --quick --nats-server "$NATS_SERVER" --postgres-url "$PG_URL" |
+    tee "$SINKS_OUT"
+  for sink in clickhouse postgres nats; do
+    grep -Eq "^$sink +[0-9]" "$SINKS_OUT" || die "smoke test failed: ferry-bench --sinks printed no '$sink' row"
+  done
   log "smoke test passed; results in $OUT_DIR"
 else
   log "results: ${JSON#"$ROOT"/} ${MD#"$ROOT"/}$( ((HAVE_MPL)) && printf ' %s' "${PNG#"$ROOT"/}")"
