@@ -6,6 +6,7 @@
 mod error;
 pub mod file;
 pub mod http;
+pub mod nats;
 pub mod stdout;
 
 pub use error::ConfigError;
@@ -18,10 +19,11 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutConfig),
     File(file::FileConfig),
     Http(http::HttpConfig),
+    Nats(nats::NatsConfig),
 }
 
 /// Sink kinds SPEC §5 names that this version does not ship yet.
-const LATER: [&str; 3] = ["clickhouse", "postgres", "nats"];
+const LATER: [&str; 2] = ["clickhouse", "postgres"];
 
 impl SinkConfig {
     /// Checks `[exporters.config]` for sink `kind`, touching no disk or
@@ -32,6 +34,7 @@ impl SinkConfig {
             "stdout" => stdout::StdoutConfig::validate(value).map(Self::Stdout),
             "file" => file::FileConfig::validate(value).map(Self::File),
             "http" => http::HttpConfig::validate(value).map(Self::Http),
+            "nats" => nats::NatsConfig::validate(value).map(Self::Nats),
             k if LATER.contains(&k) => Err(ConfigError::NotAvailable { kind: k.into() }),
             k => Err(ConfigError::UnknownSink { kind: k.into() }),
         }
@@ -48,6 +51,7 @@ impl SinkConfig {
             Self::Stdout(c) => AnySink::Stdout(stdout::StdoutSink::new(c)),
             Self::File(c) => AnySink::File(file::FileSink::new(c)?),
             Self::Http(c) => AnySink::Http(http::HttpSink::new(c)?),
+            Self::Nats(c) => AnySink::Nats(nats::NatsSink::new(c).await?),
         })
     }
 }
@@ -69,6 +73,7 @@ pub enum AnySink {
     Stdout(stdout::StdoutSink),
     File(file::FileSink),
     Http(http::HttpSink),
+    Nats(nats::NatsSink),
 }
 
 impl Sink for AnySink {
@@ -78,6 +83,7 @@ impl Sink for AnySink {
             Self::Stdout(s) => s.prepare(ledger, cursor).await.map(|()| Prepared::Cursor),
             Self::File(s) => s.prepare(ledger, cursor).await.map(|()| Prepared::Cursor),
             Self::Http(s) => s.prepare(ledger, cursor).await.map(|()| Prepared::Cursor),
+            Self::Nats(s) => s.prepare(target, cursor).await,
         }
     }
 
@@ -86,6 +92,7 @@ impl Sink for AnySink {
             Self::Stdout(s) => s.deliver(batch).await,
             Self::File(s) => s.deliver(batch).await,
             Self::Http(s) => s.deliver(batch).await,
+            Self::Nats(s) => s.deliver(batch).await,
         }
     }
 
@@ -93,18 +100,21 @@ impl Sink for AnySink {
         match self {
             Self::Stdout(_) | Self::File(_) => Secrets::default(),
             Self::Http(s) => s.secrets(),
+            Self::Nats(s) => s.secrets(),
         }
     }
 
     fn keeps_position(&self) -> bool {
         match self {
             Self::Stdout(_) | Self::File(_) | Self::Http(_) => false,
+            Self::Nats(s) => s.keeps_position(),
         }
     }
 
     async fn check(&self, target: &Target, first: EntryId, cursor: EntryId) -> Result<Option<Holding>, SinkError> {
         match self {
             Self::File(s) => s.check(&target.ledger, first, cursor).await.map(Some),
+            Self::Nats(s) => s.check(target, first, cursor).await.map(Some),
             Self::Stdout(_) | Self::Http(_) => Ok(None),
         }
     }

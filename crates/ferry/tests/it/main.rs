@@ -24,6 +24,7 @@ mod quota;
 mod request_bodies;
 mod scopes;
 mod secrets;
+mod sink_nats;
 mod support;
 mod tls;
 mod tools;
