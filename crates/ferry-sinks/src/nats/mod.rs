@@ -37,7 +37,7 @@
 //!   the last contiguous id, which it acknowledges (`Ack { through }`).
 //!
 //! `Nats-Msg-Id` deduplication within `duplicate_window` is kept as a
-//! second line of defence only; the kill -9 test runs with a 1 s window.
+//! second line of defence only; the kill -9 test runs with a 100 ms window.
 //!
 //! **Errors.** Not connected, timeouts, no responders while connected to a
 //! server without the stream's leader: retryable. The stream gone, the
