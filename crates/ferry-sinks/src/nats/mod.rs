@@ -130,18 +130,19 @@ impl NatsSink {
             last_seq: Mutex::new(HashMap::new()),
         };
         match sink.connect().await {
-            Ok(client) => {
-                let conn = sink.ready(client).await.map_err(|e| match e {
-                    StreamProblem::Refused(message) => {
-                        ConfigError::Refused { field: "config.stream".into(), message: sink.redact(message) }
-                    }
-                    StreamProblem::Transient(message) => ConfigError::Refused {
-                        field: "config.stream".into(),
-                        message: sink.redact(format!("the server did not answer about the stream: {message}")),
-                    },
-                })?;
-                *sink.conn.lock().await = Some(Arc::new(conn));
-            }
+            Ok(client) => match sink.ready(client).await {
+                Ok(conn) => *sink.conn.lock().await = Some(Arc::new(conn)),
+                Err(StreamProblem::Refused(message)) => {
+                    return Err(ConfigError::Refused { field: "config.stream".into(), message: sink.redact(message) });
+                }
+                // No answer about the stream (JetStream not ready yet): ask
+                // again when the sink is first used.
+                Err(StreamProblem::Transient(message)) => tracing::warn!(
+                    url = %sink.shown_url,
+                    error = %sink.redact(message),
+                    "the NATS server did not answer about the stream: the nats sink asks again when it is used"
+                ),
+            },
             Err(ConnectFailure::Refused { field, message }) => {
                 return Err(ConfigError::Refused { field: field.into(), message: sink.redact(message) });
             }

@@ -598,6 +598,7 @@ async fn the_destination_restarting_mid_export_loses_and_repeats_nothing() {
     stop.store(true, Ordering::SeqCst);
     appender.await.expect("appender");
     server.wait_exporter("n", "caught up after the restarts", |s| all_caught_up(s, &["a", "b.c"])).await;
+    assert!(server.stderr().contains("export failing"), "the restarts were not felt:\n{}", server.stderr());
     let js = js(&nats.url(), None).await;
     for ledger in ["a", "b.c"] {
         assert_subject_is_ledger(&server, &js, "RS", "rs", ledger).await;
