@@ -112,6 +112,14 @@ impl NatsConfig {
                 fix: "use either token or user and password",
             });
         }
+        let in_url = url_credentials(&url).is_some();
+        if in_url && (raw.token.is_some() || raw.user.is_some()) {
+            return Err(ConfigError::Invalid {
+                field: "config.url".into(),
+                problem: "the URL carries credentials and token/user are set too".into(),
+                fix: "give the credentials once: in the URL (nats://user:password@host or nats://token@host) or as keys",
+            });
+        }
         if raw.user.is_some() != raw.password.is_some() {
             let field = if raw.user.is_some() { "config.password" } else { "config.user" };
             return Err(ConfigError::Invalid {
@@ -143,6 +151,31 @@ impl NatsConfig {
         })
     }
 
+    /// The credentials to send: the keys, else the URL's userinfo
+    /// (`user:password@` or `token@`, percent-decoded; the client library
+    /// does not read it itself).
+    pub fn credentials(&self) -> Option<Credentials> {
+        if let Some(token) = &self.token {
+            return Some(Credentials::Token(token.clone()));
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            return Some(Credentials::UserPassword(user.clone(), password.clone()));
+        }
+        url_credentials(&self.url)
+    }
+
+    /// The server addresses without userinfo, for the client.
+    pub fn addresses(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .map(|one| match one.split_once("://") {
+                Some((scheme, rest)) => format!("{scheme}://{}", rest.rsplit_once('@').map_or(rest, |(_, h)| h)),
+                None => one.to_owned(),
+            })
+            .collect()
+    }
+
     /// The URL as messages show it: without userinfo.
     pub fn shown_url(&self) -> String {
         ferry_export::redact::redact_userinfo(&self.url)
@@ -165,15 +198,65 @@ impl NatsConfig {
         for value in [&self.token, &self.password].into_iter().flatten() {
             secrets.add(value);
         }
-        if let Some((userinfo, _)) = self.url.split_once("://").and_then(|(_, rest)| rest.rsplit_once('@')) {
-            match userinfo.split_once(':') {
-                Some((_, password)) => secrets.add(password),
+        for one in self.url.split(',') {
+            if let Some((userinfo, _)) = one.trim().split_once("://").and_then(|(_, rest)| rest.rsplit_once('@')) {
                 // `nats://TOKEN@host`: the whole userinfo is the token.
-                None => secrets.add(userinfo),
+                let secret = userinfo.split_once(':').map_or(userinfo, |(_, password)| password);
+                secrets.add(secret);
+                secrets.add(&percent_decode(secret));
             }
         }
         secrets
     }
+}
+
+/// How the sink authenticates.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Token(String),
+    UserPassword(String, String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(_) => f.write_str("Token(***)"),
+            Self::UserPassword(user, _) => write!(f, "UserPassword({user:?}, ***)"),
+        }
+    }
+}
+
+/// The first address's userinfo as credentials, percent-decoded.
+pub(crate) fn url_credentials(url: &str) -> Option<Credentials> {
+    url.split(',').find_map(|one| {
+        let (_, rest) = one.trim().split_once("://")?;
+        let (userinfo, _) = rest.rsplit_once('@')?;
+        Some(match userinfo.split_once(':') {
+            Some((user, password)) => Credentials::UserPassword(percent_decode(user), percent_decode(password)),
+            None => Credentials::Token(percent_decode(userinfo)),
+        })
+    })
+}
+
+/// `%XX` escapes decoded (invalid ones kept as written).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) =
+                (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn check_url(url: &str) -> Result<(), ConfigError> {

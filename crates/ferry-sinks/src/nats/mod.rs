@@ -61,7 +61,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, StorageType};
 use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
-pub use config::NatsConfig;
+pub use config::{Credentials, NatsConfig};
 use ferry_core::{EntryId, LedgerName};
 use ferry_export::{Ack, Batch, Holding, Prepared, Secrets, SinkError, Target};
 
@@ -183,13 +183,13 @@ impl NatsSink {
         if let Some(ca) = &c.ca_file {
             options = options.add_root_certificates(ca.clone());
         }
-        if let Some(token) = &c.token {
-            options = options.token(token.clone());
+        match c.credentials() {
+            Some(Credentials::Token(token)) => options = options.token(token),
+            Some(Credentials::UserPassword(user, password)) => options = options.user_and_password(user, password),
+            None => {}
         }
-        if let (Some(user), Some(password)) = (&c.user, &c.password) {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-        let addrs: Vec<&str> = c.url.split(',').map(str::trim).collect();
+        let addrs = c.addresses();
+        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
         let connecting = async_nats::connect_with_options(addrs.as_slice(), options);
         let result = tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting)
             .await

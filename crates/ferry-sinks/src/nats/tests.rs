@@ -153,11 +153,31 @@ fn check_counts_repeats_and_steps_back_without_remembering_ids() {
 
 #[test]
 fn secrets_hold_the_token_password_and_url_password() {
-    let c = validate(json!({"stream": "S", "url": "nats://u:pass-1@h:4222", "token": "tok-2"})).unwrap();
-    let shown = c.secrets().redact("said pass-1 and tok-2");
-    assert_eq!(shown, "said *** and ***");
-    assert!(!format!("{c:?}").contains("pass-1") && !format!("{c:?}").contains("tok-2"));
+    let c = validate(json!({"stream": "S", "url": "nats://u:pass-1@h:4222"})).unwrap();
+    assert_eq!(c.secrets().redact("said pass-1"), "said ***");
+    assert!(!format!("{c:?}").contains("pass-1"));
     assert_eq!(c.shown_url(), "nats://***@h:4222");
+    let c = validate(json!({"stream": "S", "token": "tok-2", "user": null})).unwrap();
+    assert_eq!(c.secrets().redact("said tok-2"), "said ***");
+    assert!(!format!("{c:?}").contains("tok-2") && !format!("{:?}", c.credentials()).contains("tok-2"));
+    let c = validate(json!({"stream": "S", "user": "u", "password": "pass-3"})).unwrap();
+    assert_eq!(c.secrets().redact("said pass-3"), "said ***");
     let c = validate(json!({"stream": "S", "url": "nats://token-3@h:4222"})).unwrap();
     assert_eq!(c.secrets().redact("x token-3"), "x ***");
+}
+
+#[test]
+fn url_userinfo_becomes_credentials_and_leaves_the_addresses() {
+    let c = validate(json!({"stream": "S", "url": "nats://us%40r:p%3Ass@h1:4222, nats://h2:4222"})).unwrap();
+    assert_eq!(c.credentials(), Some(Credentials::UserPassword("us@r".into(), "p:ss".into())));
+    assert_eq!(c.addresses(), ["nats://h1:4222", "nats://h2:4222"]);
+    assert_eq!(c.secrets().redact("said p:ss"), "said ***");
+    let c = validate(json!({"stream": "S", "url": "tls://tok-en@h:4222"})).unwrap();
+    assert_eq!(c.credentials(), Some(Credentials::Token("tok-en".into())));
+    assert!(c.tls);
+    let c = validate(json!({"stream": "S", "user": "u", "password": "pw"})).unwrap();
+    assert_eq!(c.credentials(), Some(Credentials::UserPassword("u".into(), "pw".into())));
+    assert_eq!(validate(json!({"stream": "S"})).unwrap().credentials(), None);
+    let e = error(json!({"stream": "S", "url": "nats://a:b@h:1", "token": "tok-1"}));
+    assert!(e.starts_with("config.url:"), "{e}");
 }

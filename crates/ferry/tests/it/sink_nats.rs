@@ -450,6 +450,12 @@ async fn configs_the_server_refuses_stop_serve_naming_the_field() {
         }
         assert!(!env.data_dir().exists(), "{what}: storage was opened");
     }
+    // The right password in the URL: ferry starts.
+    let right =
+        config("", &auth.url().replace("nats://", "nats://ferry:right-pass@"), "AUTH", "auth", "create_stream = true");
+    let server = env.serve_with(&right).await;
+    assert!(!server.stderr().contains("right-pass"), "{}", server.stderr());
+    server.stop();
     delete_stream(&js, &stream).await;
 }
 
@@ -730,4 +736,43 @@ async fn an_entry_too_large_for_the_stream_fails_the_ledger_after_the_ones_befor
     assert_eq!(ids, [1, 2]);
     server.stop();
     delete_stream(&js, &stream).await;
+}
+
+/// `create_stream = true` over an existing stream adds the subjects and the
+/// window and keeps its other settings; a token the server does not know
+/// stops startup naming `config.token`; the right one (in the URL) exports.
+#[tokio::test]
+async fn create_stream_updates_an_existing_stream_and_tokens_are_checked() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path(), free_port(), &["--auth".into(), "the-token-1".into()]).await;
+    let client = async_nats::ConnectOptions::with_token("the-token-1".into()).connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    js.create_stream(stream::Config {
+        name: "UPD".into(),
+        subjects: vec!["other.x".into()],
+        max_messages: 5000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let extra = "create_stream = true\nduplicate_window = \"5s\"\ntoken = \"wrong-token-2\"";
+    let path = env.config("wrong-token.toml", &config("", &nats.url(), "UPD", "upd", extra));
+    let out = run_to_exit(serve_command(&env.data_dir(), Some(&path), free_port()), None);
+    assert_exit(&out, 1, "a wrong token");
+    assert!(out.stderr.contains("config.token"), "{}", out.stderr);
+    assert!(!out.stderr.contains("wrong-token-2"), "the token is shown:\n{}", out.stderr);
+
+    // The token in the URL this time.
+    let url = nats.url().replace("nats://", "nats://the-token-1@");
+    let extra = "create_stream = true\nduplicate_window = \"5s\"";
+    let server = env.serve_with(&config("", &url, "UPD", "upd", extra)).await;
+    append_n(&server, "a", 5, "a").await;
+    server.wait_exporter("n", "a exported", |s| all_caught_up(s, &["a"])).await;
+    assert_subject_is_ledger(&server, &js, "UPD", "upd", "a").await;
+    let info = js.get_stream("UPD").await.unwrap().get_info().await.unwrap();
+    assert_eq!(info.config.subjects, ["other.x", "upd.>"]);
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(5));
+    assert_eq!(info.config.max_messages, 5000, "other settings are kept");
+    server.stop();
 }
