@@ -32,9 +32,15 @@
 //!   position again. Messages of one connection reach the stream in order,
 //!   so an earlier attempt's publishes cannot land after the fence.
 //! - **No gap in a pipelined run.** After a failed publish the sink sends
-//!   nothing more, waits for the PubAcks in flight, and deletes any message
-//!   the stream stored after the failed one, so the subject again ends at
-//!   the last contiguous id, which it acknowledges (`Ack { through }`).
+//!   nothing more, waits for the PubAcks in flight and acknowledges the
+//!   contiguous run before the failure (`Ack { through }`). The messages in
+//!   flight behind a failed one are refused too when the failure is the
+//!   connection or the stream; a stream that refuses one message and takes
+//!   the next (`discard = new` with `max_bytes`) gets one publish at a
+//!   time, and messages too large are refused before publishing. Should a
+//!   message still be stored after a refused one, the ledger fails with
+//!   the stream sequences to remove (deleting them is not safe on
+//!   nats-server 2.9, which then misreports the subject's last message).
 //!
 //! `Nats-Msg-Id` deduplication within `duplicate_window` is kept as a
 //! second line of defence only; the kill -9 test runs with a 100 ms window.
@@ -95,6 +101,10 @@ struct Conn {
     js: jetstream::Context,
     /// The stream's `max_msg_size` (-1: none), read when it was checked.
     max_msg_size: i64,
+    /// One publish at a time: the stream refuses messages that do not fit
+    /// (`discard = new` with `max_bytes`), so a refused message could be
+    /// followed by a smaller one it takes, leaving a gap.
+    serial: bool,
 }
 
 /// Why a connection attempt failed.
@@ -237,6 +247,9 @@ impl NatsSink {
                 _ => return Err(StreamProblem::Transient(format!("stream {:?}: {}", c.stream, error_chain(&e)))),
             },
         };
+        let serial = info
+            .as_ref()
+            .is_some_and(|i| i.config.discard == jetstream::stream::DiscardPolicy::New && i.config.max_bytes > 0);
         let max_msg_size = match info {
             Some(info) => {
                 let covered = info.config.subjects.iter().any(|s| covers(s, &wanted));
@@ -289,7 +302,7 @@ impl NatsSink {
                 )));
             }
         };
-        Ok(Conn { client, js, max_msg_size })
+        Ok(Conn { client, js, max_msg_size, serial })
     }
 
     /// The connection, made (and its stream checked) when there is none.
@@ -408,7 +421,7 @@ impl NatsSink {
     }
 
     /// Publishes the fenced first message, then the rest pipelined; stops
-    /// at the first failure and removes what was stored after it.
+    /// at the first failure and acknowledges the contiguous run before it.
     async fn publish_all(
         &self,
         conn: &Conn,
@@ -438,7 +451,8 @@ impl NatsSink {
         }
         if error.is_none() {
             for (id, headers, body) in rest {
-                while in_flight.len() >= self.config.max_in_flight {
+                let max_in_flight = if conn.serial { 1 } else { self.config.max_in_flight };
+                while in_flight.len() >= max_in_flight {
                     let (id, ack) = in_flight.pop_front().expect("in flight");
                     match ack.await {
                         Ok(ack) => through = Some((id, ack.sequence)),
@@ -474,19 +488,22 @@ impl NatsSink {
             }
         }
         if !stored_after_failure.is_empty() {
-            // Keep the subject a prefix of the ledger: what the stream took
-            // after a failed message goes, or the ledger stops.
-            if let Err(e) = self.delete(conn, &stored_after_failure).await {
-                return Published {
-                    through: None,
-                    error: Some(self.permanent(format!(
-                        "{subject}: {} message(s) were stored after a failed publish ({}) and could not be removed \
-                         ({e}): the subject has a gap; inspect it, then reset the exporter",
-                        stored_after_failure.len(),
-                        error.map(|e| e.to_string()).unwrap_or_default()
-                    ))),
-                };
-            }
+            // The stream took a message after refusing an earlier one: the
+            // subject has a gap, and its last message no longer tells where
+            // ferry stopped. Deleting them is not safe on every server
+            // (nats-server 2.9 then misreports the subject's last message),
+            // so the ledger stops for a person to look.
+            return Published {
+                through: None,
+                error: Some(self.permanent(format!(
+                    "{subject}: the stream stored {} message(s) (stream sequences {:?}) after refusing an earlier \
+                     one ({}): the subject has a gap; delete those messages or purge the subject, then reset the \
+                     exporter for this ledger",
+                    stored_after_failure.len(),
+                    stored_after_failure,
+                    error.map(|e| e.to_string()).unwrap_or_default()
+                ))),
+            };
         }
         Published { through, error }
     }
@@ -499,14 +516,6 @@ impl NatsSink {
                 _ => self.retryable(message),
             }
         })
-    }
-
-    async fn delete(&self, conn: &Conn, sequences: &[u64]) -> Result<(), String> {
-        let stream = self.stream(conn).await.map_err(|e| e.to_string())?;
-        for &seq in sequences {
-            stream.delete_message(seq).await.map_err(|e| format!("delete sequence {seq}: {}", error_chain(&e)))?;
-        }
-        Ok(())
     }
 
     fn publish_error(&self, subject: &str, id: EntryId, e: &jetstream::context::PublishError) -> SinkError {

@@ -776,3 +776,43 @@ async fn create_stream_updates_an_existing_stream_and_tokens_are_checked() {
     assert_eq!(info.config.max_messages, 5000, "other settings are kept");
     server.stop();
 }
+
+/// A stream that would refuse one message and take the next (`max_bytes`
+/// with `discard = new`: a large entry does not fit, a small one after it
+/// would): the sink publishes one at a time there, so the subject stays a
+/// prefix of the ledger; it acknowledges the ids before the refused one
+/// and retries that one (never skipping it).
+#[tokio::test]
+async fn a_stream_that_refuses_messages_that_do_not_fit_gets_no_gap() {
+    let env = Env::new();
+    let (stream, prefix) = unique("gap");
+    let js = js(SHARED, None).await;
+    js.create_stream(stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        max_bytes: 2000,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let server = env.serve_with(&config("", SHARED, &stream, &prefix, "")).await;
+    let big = "y".repeat(1500);
+    let body = format!(
+        r#"{{"entries":[{{"payload":1}},{{"payload":2}},{{"payload":"{big}"}},{{"payload":4}},{{"payload":5}}]}}"#
+    );
+    assert_eq!(server.append("a", body).await.status, 201);
+    let status = server
+        .wait_exporter("n", "a acknowledged through 2 and retrying 3", |s| {
+            ledger_status(s, "a").is_some_and(|l| l["cursor"] == 2 && l["attempts"].as_u64() > Some(1))
+        })
+        .await;
+    let a = ledger_status(&status, "a").unwrap();
+    assert_ne!(a["state"], "failed", "{a}");
+    let ids: Vec<u64> =
+        messages(&js, &stream, &format!("{prefix}.a")).await.iter().map(|m| parse_line(&m.body).id).collect();
+    assert_eq!(ids, [1, 2], "nothing after the refused id 3");
+    assert!(a["last_error"].as_str().unwrap_or_default().contains("maximum bytes"), "{a}");
+    server.stop();
+    delete_stream(&js, &stream).await;
+}
