@@ -14,8 +14,12 @@
 //! durable cursor says (a lost PubAck, a `kill -9` after the publish and
 //! before the cursor commit); of an older incarnation (a ledger deleted and
 //! created again publishes after the old one's messages), or none, the
-//! subject holds nothing of this incarnation: 0. So a retry after any
-//! outage publishes exactly the ids after the last one stored.
+//! subject holds nothing of this incarnation: 0 (the subject was purged or
+//! the stream created again: the ledger is published again), except on a
+//! stream whose limits remove messages (`max_age`, or limits with
+//! `discard = old`), where they may have aged out and the runtime's cursor
+//! is kept. So a retry after any outage publishes exactly the ids after
+//! the last one stored.
 //!
 //! The position is read from the last message only, which is sound while
 //! ferry is the only publisher on the subject and the subject holds a
@@ -105,6 +109,10 @@ struct Conn {
     /// (`discard = new` with `max_bytes`), so a refused message could be
     /// followed by a smaller one it takes, leaving a gap.
     serial: bool,
+    /// The stream removes messages by itself (`max_age`, or limits with
+    /// `discard = old`): a subject without this incarnation's messages may
+    /// have expired rather than been purged.
+    expires: bool,
 }
 
 /// Why a connection attempt failed.
@@ -250,6 +258,12 @@ impl NatsSink {
         let serial = info
             .as_ref()
             .is_some_and(|i| i.config.discard == jetstream::stream::DiscardPolicy::New && i.config.max_bytes > 0);
+        let expires = info.as_ref().is_some_and(|i| {
+            let c = &i.config;
+            !c.max_age.is_zero()
+                || (c.discard == jetstream::stream::DiscardPolicy::Old
+                    && (c.max_bytes > 0 || c.max_messages > 0 || c.max_messages_per_subject > 0))
+        });
         let max_msg_size = match info {
             Some(info) => {
                 let covered = info.config.subjects.iter().any(|s| covers(s, &wanted));
@@ -302,7 +316,7 @@ impl NatsSink {
                 )));
             }
         };
-        Ok(Conn { client, js, max_msg_size, serial })
+        Ok(Conn { client, js, max_msg_size, serial, expires })
     }
 
     /// The connection, made (and its stream checked) when there is none.
@@ -363,7 +377,7 @@ impl NatsSink {
         }
     }
 
-    pub async fn prepare(&self, target: &Target, _cursor: EntryId) -> Result<Prepared, SinkError> {
+    pub async fn prepare(&self, target: &Target, cursor: EntryId) -> Result<Prepared, SinkError> {
         let subject = self.subject(&target.ledger)?;
         let conn = self.conn().await?;
         let last = self.last_message(&conn, &subject).await?;
@@ -372,6 +386,19 @@ impl NatsSink {
             Some((seq, stamp)) => (seq, position(stamp, target.incarnation, &subject).map_err(SinkError::permanent)?),
         };
         self.last_seq.lock().expect("last_seq lock").insert(target.ledger.clone(), (target.incarnation, seq));
+        if through == 0 && cursor > 0 && conn.expires {
+            // Nothing of this incarnation left on a stream that expires
+            // messages: they aged out (publishing them again would repeat
+            // what consumers saw), unless someone purged them.
+            tracing::warn!(
+                ledger = %target.ledger,
+                subject,
+                cursor,
+                "the subject holds no message of this ledger's incarnation, and stream limits remove messages: \
+                 keeping ferry's cursor (reset the exporter to publish them again)"
+            );
+            return Ok(Prepared::Cursor);
+        }
         Ok(Prepared::DestinationThrough(through))
     }
 

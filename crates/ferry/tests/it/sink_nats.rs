@@ -816,3 +816,70 @@ async fn a_stream_that_refuses_messages_that_do_not_fit_gets_no_gap() {
     server.stop();
     delete_stream(&js, &stream).await;
 }
+
+/// A stream with `max_age`: once a subject's messages aged out, a restart
+/// does not publish the ledger again (the cursor is kept), and new entries
+/// follow.
+#[tokio::test]
+async fn messages_that_aged_out_of_the_stream_are_not_published_again() {
+    let env = Env::new();
+    let (stream, prefix) = unique("age");
+    let js = js(SHARED, None).await;
+    js.create_stream(stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        max_age: Duration::from_secs(1),
+        duplicate_window: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cfg = config("", SHARED, &stream, &prefix, "");
+    let server = env.serve_with(&cfg).await;
+    append_n(&server, "a", 5, "a").await;
+    server.wait_exporter("n", "a exported", |s| all_caught_up(s, &["a"])).await;
+    server.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !messages(&js, &stream, &format!("{prefix}.a")).await.is_empty() {
+        assert!(Instant::now() < deadline, "the messages did not age out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let server = env.serve_with(&cfg).await;
+    append_n(&server, "a", 1, "b").await;
+    server.wait_exporter("n", "a exported after the restart", |s| all_caught_up(s, &["a"])).await;
+    let ids: Vec<u64> =
+        messages(&js, &stream, &format!("{prefix}.a")).await.iter().map(|m| parse_line(&m.body).id).collect();
+    assert_eq!(ids, [6], "only the new entry; the aged-out ones are not published again");
+    assert!(server.stderr().contains("keeping ferry's cursor"), "{}", server.stderr());
+    server.stop();
+    delete_stream(&js, &stream).await;
+}
+
+/// A subject purged on a stream without expiring limits is a destination
+/// that lost what it held: the next start publishes the ledger again (the
+/// destination's position wins, with a warning from the runtime), once
+/// the duplicate window is past (within it, JetStream drops the messages
+/// again as duplicates of the purged ones).
+#[tokio::test]
+async fn a_purged_subject_is_published_again_at_the_next_start() {
+    let env = Env::new();
+    let (stream, prefix) = unique("purge");
+    let cfg = config("", SHARED, &stream, &prefix, "create_stream = true\nduplicate_window = \"100ms\"");
+    let server = env.serve_with(&cfg).await;
+    let js = js(SHARED, None).await;
+    append_n(&server, "a", 8, "a").await;
+    server.wait_exporter("n", "a exported", |s| all_caught_up(s, &["a"])).await;
+    server.stop();
+    js.get_stream(&stream).await.unwrap().purge().filter(format!("{prefix}.a")).await.expect("purge the subject");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let server = env.serve_with(&cfg).await;
+    server.wait_exporter("n", "a published again", |s| all_caught_up(s, &["a"])).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while messages(&js, &stream, &format!("{prefix}.a")).await.len() < 8 {
+        assert!(Instant::now() < deadline, "the ledger was not published again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_subject_is_ledger(&server, &js, &stream, &prefix, "a").await;
+    server.stop();
+    delete_stream(&js, &stream).await;
+}
