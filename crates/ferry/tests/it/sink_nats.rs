@@ -603,7 +603,12 @@ async fn the_destination_restarting_mid_export_loses_and_repeats_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
     appender.await.expect("appender");
-    server.wait_exporter("n", "caught up after the restarts", |s| all_caught_up(s, &["a", "b.c"])).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !all_caught_up(&server.exporter("n").await, &["a", "b.c"]) {
+        let status = server.exporter("n").await;
+        assert!(Instant::now() < deadline, "not caught up after the restarts: {status:#}\n{}", server.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(server.stderr().contains("export failing"), "the restarts were not felt:\n{}", server.stderr());
     let js = js(&nats.url(), None).await;
     for ledger in ["a", "b.c"] {
@@ -849,7 +854,9 @@ async fn messages_that_aged_out_of_the_stream_are_not_published_again() {
     server.wait_exporter("n", "a exported after the restart", |s| all_caught_up(s, &["a"])).await;
     let ids: Vec<u64> =
         messages(&js, &stream, &format!("{prefix}.a")).await.iter().map(|m| parse_line(&m.body).id).collect();
-    assert_eq!(ids, [6], "only the new entry; the aged-out ones are not published again");
+    assert!(ids.iter().all(|&id| id == 6), "only the new entry (unless it aged out too): {ids:?}");
+    let info = js.get_stream(&stream).await.unwrap().get_info().await.unwrap();
+    assert_eq!(info.state.last_sequence, 6, "5 messages, then id 6: the aged-out ones were not published again");
     assert!(server.stderr().contains("keeping ferry's cursor"), "{}", server.stderr());
     server.stop();
     delete_stream(&js, &stream).await;
