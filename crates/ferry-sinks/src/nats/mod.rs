@@ -62,8 +62,11 @@
 mod config;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::IntoFuture as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
@@ -457,8 +460,11 @@ impl NatsSink {
         messages: Vec<(EntryId, HeaderMap, Bytes)>,
     ) -> Published {
         let mut through: Option<(EntryId, u64)> = None;
-        let mut in_flight: VecDeque<(EntryId, PublishAckFuture)> = VecDeque::new();
+        let mut in_flight: VecDeque<(EntryId, Instant, PublishAckFuture)> = VecDeque::new();
         let mut error: Option<SinkError> = None;
+        // A message the stream refused (as opposed to one whose PubAck did
+        // not come: that one was likely stored, in order).
+        let mut refused = false;
         let mut stored_after_failure: Vec<u64> = Vec::new();
         let mut rest = messages.into_iter();
         // The fence: alone, awaited.
@@ -468,34 +474,33 @@ impl NatsSink {
                 .payload(body)
                 .expected_stream(&self.config.stream)
                 .expected_last_subject_sequence(fence);
+            let sent = Instant::now();
             match self.send(conn, subject, publish).await {
-                Ok(ack) => match ack.await {
-                    Ok(ack) => through = Some((id, ack.sequence)),
-                    Err(e) => error = Some(self.publish_error(subject, id, &e)),
+                Ok(ack) => match self.settle(subject, id, sent, ack).await {
+                    Ok(seq) => through = Some((id, seq)),
+                    Err((e, was_refused)) => (error, refused) = (Some(e), was_refused),
                 },
                 Err(e) => error = Some(e),
             }
         }
         if error.is_none() {
+            let max_in_flight = if conn.serial { 1 } else { self.config.max_in_flight };
             for (id, headers, body) in rest {
-                let max_in_flight = if conn.serial { 1 } else { self.config.max_in_flight };
-                while in_flight.len() >= max_in_flight {
-                    let (id, ack) = in_flight.pop_front().expect("in flight");
-                    match ack.await {
-                        Ok(ack) => through = Some((id, ack.sequence)),
-                        Err(e) => {
-                            error = Some(self.publish_error(subject, id, &e));
+                if in_flight.len() >= max_in_flight {
+                    let (id, sent, ack) = in_flight.pop_front().expect("in flight");
+                    match self.settle(subject, id, sent, ack).await {
+                        Ok(seq) => through = Some((id, seq)),
+                        Err((e, was_refused)) => {
+                            (error, refused) = (Some(e), was_refused);
                             break;
                         }
                     }
                 }
-                if error.is_some() {
-                    break;
-                }
                 let publish =
                     PublishMessage::build().headers(headers).payload(body).expected_stream(&self.config.stream);
+                let sent = Instant::now();
                 match self.send(conn, subject, publish).await {
-                    Ok(ack) => in_flight.push_back((id, ack)),
+                    Ok(ack) => in_flight.push_back((id, sent, ack)),
                     Err(e) => {
                         error = Some(e);
                         break;
@@ -503,13 +508,16 @@ impl NatsSink {
                 }
             }
         }
-        while let Some((id, ack)) = in_flight.pop_front() {
-            match ack.await {
-                Ok(ack) if error.is_none() => through = Some((id, ack.sequence)),
-                Ok(ack) => stored_after_failure.push(ack.sequence),
-                Err(e) => {
+        // Each PubAck is due `REQUEST_TIMEOUT` after its publish, so
+        // draining them takes that long at most, however many there are.
+        while let Some((id, sent, ack)) = in_flight.pop_front() {
+            match self.settle(subject, id, sent, ack).await {
+                Ok(seq) if error.is_none() => through = Some((id, seq)),
+                Ok(seq) if refused => stored_after_failure.push(seq),
+                Ok(_) => {}
+                Err((e, was_refused)) => {
                     if error.is_none() {
-                        error = Some(self.publish_error(subject, id, &e));
+                        (error, refused) = (Some(e), was_refused);
                     }
                 }
             }
@@ -533,6 +541,33 @@ impl NatsSink {
             };
         }
         Published { through, error }
+    }
+
+    /// The stream sequence a PubAck gives, waiting until `REQUEST_TIMEOUT`
+    /// after the publish was sent (not after the wait began: PubAcks
+    /// awaited in turn must not add up their timeouts). The error says
+    /// whether the stream refused the message (rather than no answer).
+    async fn settle(
+        &self,
+        subject: &str,
+        id: EntryId,
+        sent: Instant,
+        ack: PublishAckFuture,
+    ) -> Result<u64, (SinkError, bool)> {
+        match tokio::time::timeout_at(sent + REQUEST_TIMEOUT, ack.into_future()).await {
+            Ok(Ok(ack)) => Ok(ack.sequence),
+            Ok(Err(e)) => {
+                let refused = !matches!(e.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe);
+                Err((self.publish_error(subject, id, &e), refused))
+            }
+            Err(_) => Err((
+                self.retryable(format!(
+                    "publish id {id} to {subject} on {}: no PubAck within {REQUEST_TIMEOUT:?}",
+                    self.shown_url
+                )),
+                false,
+            )),
+        }
     }
 
     async fn send(&self, conn: &Conn, subject: &str, publish: PublishMessage) -> Result<PublishAckFuture, SinkError> {
