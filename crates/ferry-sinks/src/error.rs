@@ -15,13 +15,8 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// `sink =` names a kind SPEC §5 lists but this version does not ship.
-    #[error(
-        "sink: {kind:?} is not available in this version of ferry: use one of stdout, file, http, clickhouse, postgres"
-    )]
-    NotAvailable { kind: String },
     /// `sink =` names no kind at all.
-    #[error("sink: unknown sink {kind:?} (expected one of stdout, file, http, clickhouse, postgres)")]
+    #[error("sink: unknown sink {kind:?} (expected one of stdout, file, http, clickhouse, postgres, nats)")]
     UnknownSink { kind: String },
     /// A key is unknown or a value has the wrong type, in serde's words
     /// (which say what was expected); `field` is `config` or `config.<path>`.

@@ -7,6 +7,7 @@ pub mod clickhouse;
 mod error;
 pub mod file;
 pub mod http;
+pub mod nats;
 pub mod postgres;
 pub mod stdout;
 
@@ -22,10 +23,8 @@ pub enum SinkConfig {
     Http(http::HttpConfig),
     ClickHouse(clickhouse::ClickHouseConfig),
     Postgres(postgres::PostgresConfig),
+    Nats(nats::NatsConfig),
 }
-
-/// Sink kinds SPEC §5 names that this version does not ship yet.
-const LATER: [&str; 1] = ["nats"];
 
 impl SinkConfig {
     /// Checks `[exporters.config]` for sink `kind`, touching no disk or
@@ -38,7 +37,7 @@ impl SinkConfig {
             "http" => http::HttpConfig::validate(value).map(Self::Http),
             "clickhouse" => clickhouse::ClickHouseConfig::validate(value).map(Self::ClickHouse),
             "postgres" => postgres::PostgresConfig::validate(value).map(Self::Postgres),
-            k if LATER.contains(&k) => Err(ConfigError::NotAvailable { kind: k.into() }),
+            "nats" => nats::NatsConfig::validate(value).map(Self::Nats),
             k => Err(ConfigError::UnknownSink { kind: k.into() }),
         }
     }
@@ -56,6 +55,7 @@ impl SinkConfig {
             Self::Http(c) => AnySink::Http(http::HttpSink::new(c)?),
             Self::ClickHouse(c) => AnySink::ClickHouse(clickhouse::ClickHouseSink::new(c).await?),
             Self::Postgres(c) => AnySink::Postgres(postgres::PostgresSink::new(c).await?),
+            Self::Nats(c) => AnySink::Nats(nats::NatsSink::new(c).await?),
         })
     }
 }
@@ -79,6 +79,7 @@ pub enum AnySink {
     Http(http::HttpSink),
     ClickHouse(clickhouse::ClickHouseSink),
     Postgres(postgres::PostgresSink),
+    Nats(nats::NatsSink),
 }
 
 impl Sink for AnySink {
@@ -91,6 +92,7 @@ impl Sink for AnySink {
             // ClickHouse keeps no position: replays collapse (see its docs).
             Self::ClickHouse(_) => Ok(Prepared::Cursor),
             Self::Postgres(s) => s.prepare(target, cursor).await,
+            Self::Nats(s) => s.prepare(target, cursor).await,
         }
     }
 
@@ -101,6 +103,7 @@ impl Sink for AnySink {
             Self::Http(s) => s.deliver(batch).await,
             Self::ClickHouse(s) => s.deliver(batch).await,
             Self::Postgres(s) => s.deliver(batch).await,
+            Self::Nats(s) => s.deliver(batch).await,
         }
     }
 
@@ -110,6 +113,7 @@ impl Sink for AnySink {
             Self::Http(s) => s.secrets(),
             Self::ClickHouse(s) => s.secrets(),
             Self::Postgres(s) => s.secrets(),
+            Self::Nats(s) => s.secrets(),
         }
     }
 
@@ -117,6 +121,7 @@ impl Sink for AnySink {
         match self {
             Self::Stdout(_) | Self::File(_) | Self::Http(_) | Self::ClickHouse(_) => false,
             Self::Postgres(s) => s.keeps_position(),
+            Self::Nats(s) => s.keeps_position(),
         }
     }
 
@@ -125,6 +130,7 @@ impl Sink for AnySink {
             Self::File(s) => s.check(&target.ledger, first, cursor).await.map(Some),
             Self::ClickHouse(s) => s.check(target, first, cursor).await.map(Some),
             Self::Postgres(s) => s.check(target, first, cursor).await.map(Some),
+            Self::Nats(s) => s.check(target, first, cursor).await.map(Some),
             Self::Stdout(_) | Self::Http(_) => Ok(None),
         }
     }

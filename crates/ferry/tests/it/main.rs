@@ -26,6 +26,7 @@ mod request_bodies;
 mod scopes;
 mod secrets;
 mod sink_clickhouse;
+mod sink_nats;
 mod sink_postgres;
 mod support;
 mod tls;
