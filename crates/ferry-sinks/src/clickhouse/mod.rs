@@ -27,20 +27,19 @@
 //! ClickHouse refuse inserts ("Too many parts"). So concurrent deliveries
 //! (up to `max_parallel_ledgers` ledgers) share INSERTs: a delivery joins a
 //! queue; one flusher task lingers while deliveries keep joining (until
-//! none joined for `GROUP_QUIET`; after an INSERT that carried several
-//! batches, i.e. while a stream of them goes on, for `GROUP_WINDOW`),
+//! none joined for `GROUP_QUIET`, and never longer than `GROUP_WINDOW`),
 //! sends everything queued (up to `GROUP_BYTES_MAX`) as one INSERT,
 //! answers every delivery in it with that INSERT's outcome, and goes on
 //! while deliveries wait (those that arrived while the INSERT was being
-//! sent go in the next). A lone delivery waits `GROUP_QUIET`; a stream
-//! (1,000 ledgers catching up, whose synced cursor commits pace their
-//! arrivals) makes at most about one INSERT per `GROUP_WINDOW`. Once
-//! `GROUP_BYTES_ENOUGH` waits (one batch of 1,000 small entries) the
-//! flusher sends at once: a part that size is a good part, and lingering
-//! would only slow a catch-up of big batches. A
-//! delivery whose future was dropped before its rows were taken leaves
-//! them out; after that, they may land unacknowledged, which the replay
-//! collapses like any other repeat.
+//! sent go in the next). Once `GROUP_BYTES_ENOUGH` waits (one batch of
+//! 1,000 small entries) it sends at once: a part that size is a good part,
+//! and lingering would only slow a catch-up. So 1,000 small ledgers
+//! catching up, whose cursor commits pace their arrivals a few ms apart,
+//! share few INSERTs, while deliveries that have all joined already (every
+//! parallel slot waiting) never wait out a window for company that cannot
+//! come. A delivery whose future was dropped before its rows were taken
+//! leaves them out; after that, they may land unacknowledged, which the
+//! replay collapses like any other repeat.
 //!
 //! **Deduplication token.** On servers that have `insert_deduplication_token`
 //! (found in `system.settings`; 22.x on, never 18.16), an INSERT carrying
@@ -75,8 +74,7 @@ use crate::ConfigError;
 
 /// The flusher sends when no delivery joined for this long…
 const GROUP_QUIET: Duration = Duration::from_millis(20);
-/// …or, after an INSERT of several batches, when this long has passed:
-/// a stream of deliveries goes on, and ClickHouse wants few big INSERTs.
+/// …or when it has lingered this long, whatever keeps joining.
 const GROUP_WINDOW: Duration = Duration::from_millis(250);
 /// Uncompressed rows one INSERT carries at most (at least one batch).
 const GROUP_BYTES_MAX: usize = 16 << 20;
@@ -378,12 +376,11 @@ async fn flush(inner: Arc<Inner>) {
         }
     }
     let mut reset = Reset { inner: &inner, armed: true };
-    let mut streaming = false;
     loop {
         // Linger only while what waits is too small to be a good part on
         // its own: big batches go at once, small ones gather.
         let until = tokio::time::Instant::now() + GROUP_WINDOW;
-        let quiet = || if streaming { until } else { until.min(tokio::time::Instant::now() + GROUP_QUIET) };
+        let quiet = || until.min(tokio::time::Instant::now() + GROUP_QUIET);
         while !inner.enough_queued() && tokio::time::timeout_at(quiet(), inner.joined.notified()).await.is_ok() {}
         let group = {
             let mut queue = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -414,7 +411,6 @@ async fn flush(inner: Arc<Inner>) {
         if let Err(error) = &result {
             tracing::debug!(%error, batches = group.len(), "clickhouse INSERT failed");
         }
-        streaming = group.len() > 1;
         for w in group {
             let _ = w.reply.send(result.clone());
         }

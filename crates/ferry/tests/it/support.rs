@@ -520,7 +520,14 @@ impl Server {
             if done(&status) {
                 return status;
             }
-            assert!(Instant::now() < deadline, "exporter {name}: {what} did not happen within 30 s: {status:#}");
+            if Instant::now() >= deadline {
+                let log = self.stderr();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!(
+                    "exporter {name}: {what} did not happen within 30 s: {status:#}\nlast log lines:\n{}",
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
