@@ -42,3 +42,19 @@ pub enum ConfigError {
     #[error("{field}: {message}")]
     Refused { field: String, message: String },
 }
+
+/// An error and its causes, `outer: inner: …`, a cause its outer message
+/// already quotes left out (the sinks' errors of reqwest and async-nats).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}

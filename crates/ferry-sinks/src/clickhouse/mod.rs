@@ -71,6 +71,7 @@ use reqwest::StatusCode;
 use tokio::sync::{OnceCell, oneshot};
 
 use crate::ConfigError;
+use crate::error::error_chain;
 
 /// The flusher sends when no delivery joined for this long…
 const GROUP_QUIET: Duration = Duration::from_millis(20);
@@ -627,21 +628,6 @@ fn write_row(out: &mut Vec<u8>, incarnation: u64, e: &Entry) {
     out.extend_from_slice(br#","payload":"#);
     let _ = serde_json::to_writer(&mut *out, e.payload.as_str());
     out.extend_from_slice(b"}\n");
-}
-
-/// An error and its causes, `outer: inner: …`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
 use crate::ConfigError;
+use crate::error::error_chain;
 
 /// Response bytes quoted in an error.
 const ERROR_BODY_BYTES_MAX: usize = 256;
@@ -123,21 +124,6 @@ impl HttpSink {
             Err(SinkError::permanent(message))
         }
     }
-}
-
-/// An error and its causes, `outer: inner: …`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
 }
 
 /// The start of an error answer's body, read no further than needed.

@@ -79,6 +79,7 @@ use ferry_core::{EntryId, LedgerName};
 use ferry_export::{Ack, Batch, Holding, Prepared, Secrets, SinkError, Target};
 
 use crate::ConfigError;
+use crate::error::error_chain;
 
 /// How long a connection attempt, a JetStream API request or a PubAck may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -808,21 +809,6 @@ fn is_tls_failure(error: &async_nats::ConnectError) -> bool {
         source = e.source();
     }
     false
-}
-
-/// An error and its causes, `outer: inner: …`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! the files hold consecutive ids from 1 (no gap, no duplicate). At the
 //! end the files equal the ledgers byte for byte.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::exporters::file_lines;
-use crate::support::{Env, assert_exit, ferry, parse_line, run_to_exit};
+use crate::support::{Env, durable_cursors, parse_line};
 
 const LEDGERS: [&str; 3] = ["audit", "pay.eu", "t-1"];
 const EXPORTERS: [&str; 2] = ["small", "large"];
@@ -80,23 +79,6 @@ fn check_files(dir: &Path, ledger: &str) -> Result<u64, String> {
     Ok(last)
 }
 
-/// The durable cursors, read offline with `ferry inspect`.
-fn cursors(data_dir: &Path) -> BTreeMap<(String, String), u64> {
-    let mut cmd = ferry();
-    cmd.arg("inspect").arg("--data-dir").arg(data_dir);
-    let out = run_to_exit(cmd, None);
-    assert_exit(&out, 0, "ferry inspect");
-    let mut map = BTreeMap::new();
-    for line in out.stdout.lines() {
-        let Some(rest) = line.strip_prefix("cursor:") else { continue };
-        let (key, value) = rest.split_once(' ').expect("cursor line");
-        let (exporter, ledger) = key.split_once(':').expect("cursor key");
-        let id = serde_json::from_str::<serde_json::Value>(value).expect("cursor value")["id"].as_u64().expect("id");
-        map.insert((exporter.to_owned(), ledger.to_owned()), id);
-    }
-    map
-}
-
 async fn append_until_killed(server_base: String, http: reqwest::Client, killed: Arc<AtomicBool>, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut i = 0u64;
@@ -151,7 +133,7 @@ async fn exported_files_hold_every_entry_once_in_order_across_kill_9() {
         for t in tasks {
             t.await.expect("append task");
         }
-        let durable = cursors(&env.data_dir());
+        let durable = durable_cursors(&env.data_dir());
         for exporter in EXPORTERS {
             for ledger in LEDGERS {
                 let in_files = check_files(&out.join(exporter), ledger)

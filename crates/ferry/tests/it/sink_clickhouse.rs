@@ -23,7 +23,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::support::{Env, Server, assert_exit, ferry, free_port, http, parse_line, run_to_exit, serve_command};
+use crate::support::{
+    Env, Server, assert_exit, durable_cursors_of, ferry, free_port, http, parse_line, run_to_exit, serve_command,
+};
 
 const SHARED: &str = "http://127.0.0.1:8123";
 
@@ -559,22 +561,6 @@ async fn an_unreachable_server_is_not_a_config_error_and_is_drained_once_it_answ
     server.stop();
 }
 
-/// The durable cursors of exporter `ch`, read offline with `ferry inspect`.
-fn cursors(data_dir: &Path) -> BTreeMap<String, u64> {
-    let mut cmd = ferry();
-    cmd.arg("inspect").arg("--data-dir").arg(data_dir);
-    let out = run_to_exit(cmd, None);
-    assert_exit(&out, 0, "ferry inspect");
-    let mut map = BTreeMap::new();
-    for line in out.stdout.lines() {
-        let Some(rest) = line.strip_prefix("cursor:ch:") else { continue };
-        let (ledger, value) = rest.split_once(' ').expect("cursor line");
-        let id = serde_json::from_str::<Value>(value).expect("cursor value")["id"].as_u64().expect("id");
-        map.insert(ledger.to_owned(), id);
-    }
-    map
-}
-
 #[tokio::test]
 async fn tls_with_a_ca_file_reaches_an_https_server_and_an_unknown_certificate_backs_off() {
     let env = Env::new();
@@ -669,7 +655,7 @@ async fn the_exactly_once_view_survives_kill_9_of_ferry_and_restarts_of_the_dest
         }
         // No durable cursor is ahead of the destination: ids 1..=cursor
         // are all in the table.
-        for (ledger, cursor) in cursors(&env.data_dir()) {
+        for (ledger, cursor) in durable_cursors_of(&env.data_dir(), "ch") {
             let held = sql(
                 &ch.url(),
                 &format!(

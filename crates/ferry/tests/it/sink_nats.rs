@@ -18,7 +18,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::support::{Env, Server, assert_exit, ferry, free_port, parse_line, run_to_exit, serve_command};
+use crate::support::{
+    Env, Server, assert_exit, durable_cursors_of, ferry, free_port, parse_line, run_to_exit, serve_command,
+};
 
 const SHARED: &str = "nats://127.0.0.1:4222";
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
@@ -332,7 +334,7 @@ async fn subjects_hold_every_entry_once_across_kill_9_with_a_short_duplicate_win
         for t in tasks {
             t.await.expect("append task");
         }
-        let durable = cursors(&env.data_dir());
+        let durable = durable_cursors_of(&env.data_dir(), "n");
         for ledger in LEDGERS {
             let stored = messages(&js, &stream, &format!("{prefix}.{ledger}")).await;
             for (i, m) in stored.iter().enumerate() {
@@ -508,23 +510,6 @@ async fn a_stream_deleted_mid_run_fails_the_ledger() {
     let error = a["last_error"].as_str().unwrap_or_default();
     assert!(error.contains(&stream) && (error.contains("not found") || error.contains("no stream")), "{a}");
     server.stop();
-}
-
-/// The durable cursors of exporter `n` per ledger, read offline with
-/// `ferry inspect`.
-fn cursors(data_dir: &Path) -> std::collections::BTreeMap<String, u64> {
-    let mut cmd = ferry();
-    cmd.arg("inspect").arg("--data-dir").arg(data_dir);
-    let out = run_to_exit(cmd, None);
-    assert_exit(&out, 0, "ferry inspect");
-    let mut map = std::collections::BTreeMap::new();
-    for line in out.stdout.lines() {
-        let Some(rest) = line.strip_prefix("cursor:n:") else { continue };
-        let (ledger, value) = rest.split_once(' ').expect("cursor line");
-        let id = serde_json::from_str::<Value>(value).expect("cursor value")["id"].as_u64().expect("id");
-        map.insert(ledger.to_owned(), id);
-    }
-    map
 }
 
 /// A self-signed certificate for 127.0.0.1, written as (cert, key) PEM files.

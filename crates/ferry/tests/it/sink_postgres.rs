@@ -19,7 +19,9 @@ use serde_json::Value;
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use crate::support::{Env, Server, assert_exit, ferry, free_port, parse_line, run_to_exit, serve_command};
+use crate::support::{
+    Env, Server, assert_exit, durable_cursors_of, ferry, free_port, parse_line, run_to_exit, serve_command,
+};
 
 const SHARED: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -294,22 +296,6 @@ async fn append_until(base: String, http: reqwest::Client, stop: Arc<AtomicBool>
     }
 }
 
-/// The durable cursors of exporter `pg`, read offline with `ferry inspect`.
-fn ferry_cursors(data_dir: &Path) -> BTreeMap<String, u64> {
-    let mut cmd = ferry();
-    cmd.arg("inspect").arg("--data-dir").arg(data_dir);
-    let out = run_to_exit(cmd, None);
-    assert_exit(&out, 0, "ferry inspect");
-    let mut map = BTreeMap::new();
-    for line in out.stdout.lines() {
-        let Some(rest) = line.strip_prefix("cursor:pg:") else { continue };
-        let (ledger, value) = rest.split_once(' ').expect("cursor line");
-        let id = serde_json::from_str::<Value>(value).expect("cursor value")["id"].as_u64().expect("id");
-        map.insert(ledger.to_owned(), id);
-    }
-    map
-}
-
 /// Per ledger: (rows, least id, greatest id) in the table, and the id of
 /// the `ferry_cursors` row.
 async fn destination(pg: &PgPool, schema: &str) -> BTreeMap<String, (i64, i64, i64, Option<i64>)> {
@@ -365,7 +351,7 @@ async fn the_transactional_cursor_keeps_rows_exact_across_kill_9_and_a_restored_
         for t in tasks {
             t.await.expect("append task");
         }
-        let durable = ferry_cursors(&env.data_dir());
+        let durable = durable_cursors_of(&env.data_dir(), "pg");
         for (ledger, (n, min, max, cursor_row)) in destination(&schema.pg, &s).await {
             let at = format!("cycle {cycle} (seed {seed}), {ledger}");
             assert_eq!((min, max), (1, n), "{at}: rows are not ids 1..={n}");

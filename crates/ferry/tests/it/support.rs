@@ -655,3 +655,26 @@ pub async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
 }
+
+/// Every durable exporter cursor, `(exporter, ledger) → id`, read offline
+/// with `ferry inspect` (the server must be stopped).
+pub fn durable_cursors(data_dir: &Path) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut cmd = ferry();
+    cmd.arg("inspect").arg("--data-dir").arg(data_dir);
+    let out = run_to_exit(cmd, None);
+    assert_exit(&out, 0, "ferry inspect");
+    let mut map = std::collections::BTreeMap::new();
+    for line in out.stdout.lines() {
+        let Some(rest) = line.strip_prefix("cursor:") else { continue };
+        let (key, value) = rest.split_once(' ').expect("cursor line");
+        let (exporter, ledger) = key.split_once(':').expect("cursor key");
+        let id = serde_json::from_str::<Value>(value).expect("cursor value")["id"].as_u64().expect("id");
+        map.insert((exporter.to_owned(), ledger.to_owned()), id);
+    }
+    map
+}
+
+/// The durable cursors of one exporter, `ledger → id` (see `durable_cursors`).
+pub fn durable_cursors_of(data_dir: &Path, exporter: &str) -> std::collections::BTreeMap<String, u64> {
+    durable_cursors(data_dir).into_iter().filter(|((e, _), _)| e == exporter).map(|((_, l), id)| (l, id)).collect()
+}
