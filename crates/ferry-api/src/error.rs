@@ -77,6 +77,9 @@ impl From<StoreError> for ApiError {
             StoreError::QuotaExceeded { .. } => (S::INSUFFICIENT_STORAGE, "quota_exceeded"),
             StoreError::TooManyPins { .. } => (S::TOO_MANY_REQUESTS, "too_many_pins"),
             StoreError::PinNotFound(_) => (S::NOT_FOUND, "pin_not_found"),
+            StoreError::NotInPin { .. } => (S::NOT_FOUND, "ledger_not_in_pin"),
+            StoreError::PinnedLedgerGone { .. } => (S::CONFLICT, "pinned_ledger_gone"),
+            StoreError::ImportConflict { .. } => (S::CONFLICT, "import_conflict"),
             StoreError::Corrupted { .. } | StoreError::CorruptedPack { .. } | StoreError::CatalogCorrupted(_) => {
                 (S::INTERNAL_SERVER_ERROR, "corrupted")
             }
@@ -93,6 +96,7 @@ impl From<StoreError> for ApiError {
             StoreError::BelowFirst { first, .. } => err.extra = Some(("first", first.into())),
             StoreError::QuotaExceeded { max, .. } => err.extra = Some(("max_ledger_bytes", max.into())),
             StoreError::HeadMismatch { head, .. } => err.extra = Some(("head", head.into())),
+            StoreError::ImportConflict { id, .. } => err.extra = Some(("id", id.into())),
             _ => {}
         }
         err

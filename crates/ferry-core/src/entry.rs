@@ -42,6 +42,14 @@ impl Entry {
     /// `key` and `hash` (lower-case hex) omitted when absent. Written by hand because it is the hot path
     /// of every read, and the payload is already compact JSON text.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_json_with(out, None);
+    }
+
+    /// The entry's JSON form with its idempotency key before the payload:
+    /// `{"ledger":…,"id":…,"ts":…,"key"?:…,"hash"?:…,"idempotency_key":"…","payload":…}`,
+    /// the line of a backup and of an import (`idempotency_key` omitted
+    /// when `None`, which gives exactly `write_json`).
+    pub fn write_json_with(&self, out: &mut Vec<u8>, idempotency_key: Option<&str>) {
         let mut numbers = itoa::Buffer::new();
         // Ledger names need no escaping: their alphabet is [a-z0-9._-].
         out.extend_from_slice(br#"{"ledger":""#);
@@ -61,6 +69,10 @@ impl Entry {
             out.resize(at + 64, 0);
             hex::encode_to_slice(hash, &mut out[at..]).expect("64 hex digits for 32 bytes");
             out.push(b'"');
+        }
+        if let Some(key) = idempotency_key {
+            out.extend_from_slice(br#","idempotency_key":"#);
+            let _ = serde_json::to_writer(&mut *out, key);
         }
         out.extend_from_slice(br#","payload":"#);
         out.extend_from_slice(self.payload.as_str().as_bytes());
@@ -113,5 +125,10 @@ mod tests {
             )
         );
         assert!(json.len() <= e.json_len_max());
+        let mut line = Vec::new();
+        e.write_json_with(&mut line, Some("order-\"9\""));
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!((v["idempotency_key"].as_str(), v["id"].as_u64()), (Some("order-\"9\""), Some(42)));
+        assert!(String::from_utf8(line).unwrap().ends_with(r#""idempotency_key":"order-\"9\"","payload":{"a":1}}"#));
     }
 }

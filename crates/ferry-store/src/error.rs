@@ -54,6 +54,16 @@ pub enum StoreError {
     /// No live pin of that id (never, deleted, or expired).
     #[error("no live snapshot pin {0}")]
     PinNotFound(u64),
+    /// The pin does not hold this ledger (it did not exist at the cut).
+    #[error("snapshot pin {pin} does not hold ledger {ledger}")]
+    NotInPin { pin: u64, ledger: LedgerName },
+    /// A pinned ledger was deleted (or deleted and created again) after the
+    /// pin was taken: what the pin cut is gone.
+    #[error("ledger {ledger} was deleted after snapshot pin {pin} was taken (pinned incarnation {incarnation})")]
+    PinnedLedgerGone { pin: u64, ledger: LedgerName, incarnation: u64 },
+    /// An import refused at `id`: nothing changed.
+    #[error("import into ledger {ledger} refused at id {id}: {reason}")]
+    ImportConflict { ledger: LedgerName, id: u64, reason: String },
     #[error("storage root {root} is locked by another ferry process (lock file {lock})")]
     Locked { root: PathBuf, lock: PathBuf },
     #[error(

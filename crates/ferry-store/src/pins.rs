@@ -255,3 +255,52 @@ impl Store {
         .await
     }
 }
+
+/// An entry read through a pin, with its idempotency key while the key is
+/// inside its window (a restored node then still answers retries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedEntry {
+    pub entry: ferry_core::Entry,
+    pub idempotency_key: Option<String>,
+}
+
+/// One read through a pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedRead {
+    /// In id order, none past the pinned head.
+    pub entries: Vec<PinnedEntry>,
+    /// The id to read from next (`pinned head + 1` when done).
+    pub next: EntryId,
+}
+
+impl Store {
+    /// Reads up to `limit` entries of `ledger` from `from` (default: the
+    /// pinned First) through pin `pin`: never past the pinned head, and
+    /// only from the incarnation the pin cut. `PinNotFound` for an expired
+    /// or unknown pin, `NotInPin` for a ledger the pin does not hold,
+    /// `PinnedLedgerGone` when the ledger was deleted (or deleted and
+    /// created again) since the pin was taken, `BelowFirst` below the
+    /// pinned First.
+    pub async fn read_pinned(
+        &self,
+        pin: u64,
+        ledger: &LedgerName,
+        from: Option<EntryId>,
+        limit: usize,
+    ) -> Result<PinnedRead> {
+        let ledger = ledger.clone();
+        self.blocking(move |store| store.read_pinned_blocking(pin, &ledger, from, limit)).await
+    }
+
+    /// `read_pinned` for threads and tools.
+    pub fn read_pinned_blocking(
+        &self,
+        pin: u64,
+        ledger: &LedgerName,
+        from: Option<EntryId>,
+        limit: usize,
+    ) -> Result<PinnedRead> {
+        let _ = (pin, ledger, from, limit);
+        todo!("issue #18: Store::read_pinned_blocking")
+    }
+}
