@@ -20,11 +20,19 @@ impl<'de> Deserialize<'de> for Size {
         }
         match Raw::deserialize(d)? {
             Raw::Int(n) => Ok(Size(n)),
-            Raw::Text(s) => s
-                .parse::<bytesize::ByteSize>()
-                .map(|b| Size(b.as_u64()))
-                .map_err(|e| serde::de::Error::custom(format!("invalid size {s:?} (e.g. \"4MiB\"): {e}"))),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
         }
+    }
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+
+    /// `"4MiB"`, `"512KB"`, `"100"` (the command line's form of a size).
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<bytesize::ByteSize>()
+            .map(|b| Size(b.as_u64()))
+            .map_err(|e| format!("invalid size {s:?} (e.g. \"4MiB\"): {e}"))
     }
 }
 

@@ -112,6 +112,13 @@ pub fn truncate(file: &File, path: &Path, len: u64) -> Result<()> {
     file.sync_all().context(|| format!("fsync {} after truncation", path.display()))
 }
 
+/// Gives a file written and synced under a temporary name its final name
+/// in the same directory (a backup's `MANIFEST.json`); the caller then
+/// syncs the directory, which makes the new name durable.
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).context(|| format!("rename {} to {}", from.display(), to.display()))
+}
+
 /// Unlinks a file whose every byte is dead (a released WAL segment). The
 /// caller syncs the directory afterwards, once for many files.
 pub fn remove_file(path: &Path) -> Result<()> {

@@ -86,6 +86,11 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Backups that cat, jq and sha256sum can read: create, verify, restore.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// Tokens: `ferry token hash` prints the digest form of a secret.
     Token {
         #[command(subcommand)]
@@ -140,6 +145,77 @@ pub enum ExportersCommand {
         #[arg(long)]
         ledger: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a snapshot pin and write every ledger from First to its pinned
+    /// head into DEST (new or empty); MANIFEST.json is written last.
+    Create {
+        dest: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Only ledgers matching these globs (default: every ledger).
+        #[arg(long, num_args = 1..)]
+        ledgers: Vec<String>,
+        /// Write only the entries after this backup's heads.
+        #[arg(long, value_name = "OLD_BACKUP")]
+        incremental_from: Option<PathBuf>,
+        /// The pin's ttl, renewed every third of it; a backup whose pin
+        /// cannot be renewed is aborted.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        pin_ttl: std::time::Duration,
+        /// Entry files are closed before this size.
+        #[arg(long, default_value = "64MiB", value_parser = parse_size, hide = true)]
+        max_file_bytes: u64,
+    },
+    /// Check backups from their files alone (a full one, then the
+    /// incremental ones taken from it, in order); exits 1 naming the first
+    /// bad file and line.
+    Verify {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
+    /// Verify, then import every ledger: ids, ts, keys and hashes exactly.
+    Restore {
+        /// A full backup, then the incremental ones taken from it, in order.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// `fail-if-exists`: refuse when a ledger of the backup exists;
+        /// `merge`: entries already there must be identical.
+        #[arg(long, value_enum, default_value_t = RestoreModeArg::FailIfExists)]
+        mode: RestoreModeArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RestoreModeArg {
+    FailIfExists,
+    Merge,
+}
+
+/// A node a backup reads or a restore writes: a running server, or a
+/// stopped node's data directory (opened here, under its locks).
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// The ferry server's base URL (default http://127.0.0.1:7070).
+    #[arg(long, env = "FERRY_SERVER", conflicts_with_all = ["data_dir", "config"])]
+    pub server: Option<String>,
+    /// Bearer token (an admin one) for servers with `[server] tokens`.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A stopped node's data directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Its TOML config file (`data_dir` and `[storage] *_dir` roots).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.parse::<ferry_core::units::Size>().map(|s| s.0)
 }
 
 #[derive(Debug, clap::Args)]

@@ -3,6 +3,7 @@
 //! parsed command line (`cli.rs`) to the command modules. Exit codes: 0 ok,
 //! 1 failure, 2 usage.
 
+mod backup;
 mod cli;
 mod client;
 mod config;
@@ -92,6 +93,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tail::tail(&Client::new(&server.server, server.token)?, &prefix, from.as_deref()).await
         }
         Command::Exporters { command, server } => exporters(&Client::new(&server.server, server.token)?, command).await,
+        Command::Backup { command } => backup::run(command).await,
         Command::Token { command: TokenCommand::Hash { secret } } => token_hash(secret),
         Command::Verify(storage) => tokio::task::spawn_blocking(move || tools::verify(storage_of(&storage))).await?,
         Command::Inspect { file, storage } => {
