@@ -447,7 +447,8 @@ impl Flusher {
             |offset: usize, len: usize| RecordPos { segment, offset: (base + offset as u64) as u32, len: len as u32 };
         // Counted live before any becomes visible: the freezer may freeze
         // (and count dead) a record the moment the index holds it.
-        let records = written.clone().into_iter().flat_map(|w| w.records.iter().map(|&(_, _, offset, len)| pos(offset, len)));
+        let records =
+            written.clone().into_iter().flat_map(|w| w.records.iter().map(|&(_, _, offset, len)| pos(offset, len)));
         self.shared.segments.account(records, true);
         // Before any becomes visible too: a deletion scrubs the segments
         // noted here, once it has passed the flusher.

@@ -286,7 +286,8 @@ pub(crate) fn check_run(
     // The stored entries the request overlaps, and the one before them
     // (for its hash) unless that is below First.
     let read_from = if from > view.first && from <= view.head { from - 1 } else { from };
-    let present_records = if from <= view.head { read_range(ledger, read_from, to.min(view.head), stored)? } else { Vec::new() };
+    let present_records =
+        if from <= view.head { read_range(ledger, read_from, to.min(view.head), stored)? } else { Vec::new() };
     let mut prev = if !view.chained {
         None
     } else if from == view.head + 1 {
@@ -329,7 +330,8 @@ pub(crate) fn check_run(
             return Err(conflict(ledger, stamp.id, reason));
         }
         last_ts = stamp.ts;
-        let hash = prev.map(|p| chain::link(&p, stamp.id, stamp.ts, entry.key.as_deref(), entry.payload.as_str().as_bytes()));
+        let hash =
+            prev.map(|p| chain::link(&p, stamp.id, stamp.ts, entry.key.as_deref(), entry.payload.as_str().as_bytes()));
         if let (Some(expected), Some(given)) = (hash, stamp.hash)
             && expected != given
         {

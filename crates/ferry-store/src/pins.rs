@@ -326,7 +326,8 @@ impl Store {
             Err(StoreError::LedgerNotFound(_)) => return Err(gone()),
             // Retention pruned under the read: the pin expired meanwhile.
             Err(e @ StoreError::BelowFirst { .. }) => {
-                let live = shared.pins.state.read().expect("pins lock").pins.get(&pin).is_some_and(|p| p.live_at(now_ms()));
+                let live =
+                    shared.pins.state.read().expect("pins lock").pins.get(&pin).is_some_and(|p| p.live_at(now_ms()));
                 return Err(if live { e } else { StoreError::PinNotFound(pin) });
             }
             Err(e) => return Err(e),

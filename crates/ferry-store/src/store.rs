@@ -373,8 +373,14 @@ impl Store {
         let incarnation = *last_incarnation + 1;
         // Every record of an earlier ledger of this name was durable before
         // its deletion, so it lies before this position.
-        let meta =
-            LedgerMeta { incarnation, created_at: now_ms(), first, wal_from: shared.durable_end(), chain, first_prev_hash };
+        let meta = LedgerMeta {
+            incarnation,
+            created_at: now_ms(),
+            first,
+            wal_from: shared.durable_end(),
+            chain,
+            first_prev_hash,
+        };
         let ops = [
             CatalogOp::Put(CatalogKey::Ledger(name.clone()), meta.encode()),
             layout::set_last_incarnation(incarnation),
