@@ -171,7 +171,7 @@ impl Store {
     ) -> Result<()> {
         let first = stamps[0].id;
         let chunk_entries = self.chunk_entries();
-        if (first - 1) % chunk_entries != 0 {
+        if !(first - 1).is_multiple_of(chunk_entries) {
             let reason = format!(
                 "a new ledger starts on a chunk boundary of this store (chunk_entries {chunk_entries}: \
                  id 1, {}, {}, …)",
