@@ -18,9 +18,9 @@ use serde_json::value::RawValue;
 use crate::auth::{Caller, Scope};
 use crate::{AppState, error::ApiError};
 
-const NDJSON: &str = "application/x-ndjson";
+pub(crate) const NDJSON: &str = "application/x-ndjson";
 /// Entries per storage read while streaming NDJSON.
-const STREAM_PAGE_ENTRIES: usize = 1_000;
+pub(crate) const STREAM_PAGE_ENTRIES: usize = 1_000;
 /// Append notifications a long-poll read may have waiting (past it, it
 /// looks at the head again: nothing is lost but a wake-up).
 const LONG_POLL_BUFFER: usize = 64;
@@ -45,16 +45,17 @@ struct AppendIn<'a> {
 }
 
 /// One entry of an append body. Its fields stay JSON text here, checked
-/// against the rule for what ferry takes in by `into_new_entry`.
+/// against the rule for what ferry takes in by `into_new_entry` (an
+/// import's backup lines too: `import.rs`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = r#"an entry {"payload":…, "key"?, "idempotency_key"?}"#)]
-struct EntryIn<'a> {
+pub(crate) struct EntryIn<'a> {
     #[serde(borrow)]
-    payload: &'a RawValue,
+    pub payload: &'a RawValue,
     #[serde(borrow)]
-    key: Option<&'a RawValue>,
+    pub key: Option<&'a RawValue>,
     #[serde(borrow)]
-    idempotency_key: Option<&'a RawValue>,
+    pub idempotency_key: Option<&'a RawValue>,
 }
 
 /// A field that may be absent, in which `null` is a value (a payload may
@@ -76,7 +77,7 @@ impl EntryIn<'_> {
     /// Payload, key and idempotency key under the same rule: JSON that
     /// strict parsers read back as sent. `index` names a batch's entry in
     /// messages (`entries[3].payload.a: …`).
-    fn into_new_entry(self, index: Option<usize>) -> Result<NewEntry, ApiError> {
+    pub(crate) fn into_new_entry(self, index: Option<usize>) -> Result<NewEntry, ApiError> {
         let at = |field: &str| match index {
             Some(i) => format!("entries[{i}].{field}"),
             None => field.to_owned(),

@@ -8,6 +8,7 @@ mod entries;
 mod error;
 mod exporters;
 mod extract;
+mod import;
 mod ledgers;
 pub mod metrics;
 mod pins;
@@ -124,6 +125,7 @@ fn router(state: AppState) -> Router {
         .route("/ledgers/{ledger}", get(ledgers::get_one).put(ledgers::create).delete(ledgers::delete))
         .route("/ledgers/{ledger}/entries", get(entries::read).post(entries::append))
         .route("/ledgers/{ledger}/head", get(ledgers::head))
+        .route("/ledgers/{ledger}/import", post(import::import))
         .route("/watch", get(watch::watch))
         .route("/events", get(watch::events))
         .route("/exporters", get(exporters::list))
@@ -135,6 +137,7 @@ fn router(state: AppState) -> Router {
         .route("/pins", get(pins::list).post(pins::create))
         .route("/pins/{id}", delete(pins::delete))
         .route("/pins/{id}/renew", post(pins::renew))
+        .route("/pins/{id}/ledgers/{ledger}/entries", get(pins::read))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the token check: a request without a token reserves

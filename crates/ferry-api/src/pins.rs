@@ -4,20 +4,36 @@
 //! deadline, `DELETE …/{id}` drops it, `GET` lists them with their age.
 //! Admin scope: a pin holds every ledger. Pin ids are decimal strings (they
 //! do not fit a JavaScript number).
+//!
+//! `GET …/{id}/ledgers/{ledger}/entries` is a backup's read: the ledger as
+//! the pin cut it, First (or `from`) through the pinned head, as NDJSON
+//! backup lines (an entry's JSON form with its idempotency key, what
+//! `import.rs` takes back). The pinned head rides in `Ferry-Pinned-Head`,
+//! so a client knows how many lines make the whole ledger and tells a
+//! stream cut short by a failed page from a complete one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use ferry_core::{EntryId, now_ms};
-use ferry_store::{Pin, StoreError};
+use axum::http::header::{self, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use ferry_core::{EntryId, LedgerName, now_ms};
+use ferry_store::{Pin, PinnedEntry, PinnedRead, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, Scope};
 use crate::body::RequestBody;
+use crate::entries::{NDJSON, STREAM_PAGE_ENTRIES};
+use crate::extract::ApiQuery;
 use crate::{ApiError, AppState};
+
+/// The header of a pinned read that names the pinned head.
+const PINNED_HEAD_HEADER: &str = "ferry-pinned-head";
 
 /// A pin lives this long unless the request says otherwise.
 const PIN_TTL_MS_DEFAULT: u64 = 60_000;
@@ -128,6 +144,109 @@ pub async fn delete(
     caller.require(Scope::Admin, None)?;
     state.store.delete_pin(pin_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PinnedReadParams {
+    /// The first id (default: the pinned First).
+    from: Option<EntryId>,
+    /// At most this many lines (default: through the pinned head).
+    limit: Option<usize>,
+}
+
+/// `GET /v1/pins/{id}/ledgers/{ledger}/entries?from=ID&limit=N`: NDJSON
+/// backup lines from `from` (default: the pinned First) through the pinned
+/// head, or `limit` lines. The first page is read before answering, so its
+/// errors get their status: 404 `pin_not_found` or `ledger_not_in_pin`,
+/// 409 `pinned_ledger_gone`, 410 `below_first`. A later page that fails
+/// (the pin expired meanwhile) cuts the stream with an error, and the
+/// count of lines falls short of `Ferry-Pinned-Head`.
+pub async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    ApiQuery(params): ApiQuery<PinnedReadParams>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin, None)?;
+    let Path((id, ledger)) = path.map_err(|e| {
+        ApiError::bad_request("invalid_ledger_name", format!("the path is not valid: {}", e.body_text()))
+    })?;
+    let id = pin_id(&id)?;
+    let name = LedgerName::parse(&ledger)?;
+    let limit = params.limit.unwrap_or(usize::MAX);
+    if limit == 0 {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be at least 1 (absent: through the pinned head)",
+        ));
+    }
+    let first = state.store.read_pinned(id, &name, params.from, limit.min(STREAM_PAGE_ENTRIES)).await?;
+    // Read after the page, so the store's errors decide the status; a pin
+    // gone in between is gone for the stream too.
+    let head = state
+        .store
+        .pins()
+        .into_iter()
+        .find(|(p, _)| *p == id)
+        .and_then(|(_, pin)| pin.ledgers.get(&name).map(|l| l.head))
+        .ok_or(StoreError::PinNotFound(id))?;
+    let page = Page { store: state.store, pin: id, name, head, read: Some(Ok(first)), left: limit };
+    let stream = futures_util::stream::unfold(page, Page::next);
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(NDJSON)),
+        (HeaderName::from_static(PINNED_HEAD_HEADER), HeaderValue::from(head)),
+    ];
+    Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+/// Where a pinned read's stream stands: the page read and not yet sent
+/// (or the error reading it), and how many lines it may still send.
+struct Page {
+    store: Store,
+    pin: u64,
+    name: LedgerName,
+    head: EntryId,
+    read: Option<Result<PinnedRead, StoreError>>,
+    left: usize,
+}
+
+impl Page {
+    /// Sends the page read and reads the one after it, 1,000 entries per
+    /// store read, never past the pinned head. A failed read ends the
+    /// stream with an error once what came before it is sent.
+    async fn next(mut self) -> Option<(Result<Bytes, std::io::Error>, Self)> {
+        let read = match self.read.take()? {
+            Ok(read) if read.entries.is_empty() => return None,
+            Ok(read) => read,
+            Err(e) => {
+                tracing::error!(pin = self.pin, ledger = %self.name, error = %e, "pinned NDJSON stream cut short");
+                return Some((Err(std::io::Error::other(e.to_string())), self));
+            }
+        };
+        let taken = read.entries.len().min(self.left);
+        self.left -= taken;
+        if self.left > 0 && taken == read.entries.len() && read.next <= self.head {
+            let page = self.left.min(STREAM_PAGE_ENTRIES);
+            self.read = Some(self.store.read_pinned(self.pin, &self.name, Some(read.next), page).await);
+        }
+        Some((Ok(Bytes::from(backup_lines(&read.entries[..taken]))), self))
+    }
+}
+
+/// Backup lines: each entry's JSON form with its idempotency key, and `\n`.
+fn backup_lines(entries: &[PinnedEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        entries
+            .iter()
+            .map(|e| e.entry.json_len_max() + e.idempotency_key.as_ref().map_or(0, |k| 6 * k.len() + 20))
+            .sum(),
+    );
+    for e in entries {
+        e.entry.write_json_with(&mut out, e.idempotency_key.as_deref());
+        out.push(b'\n');
+    }
+    out
 }
 
 /// Deletes expired pins every second until the server closes. A failed

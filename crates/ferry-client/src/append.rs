@@ -137,7 +137,7 @@ pub struct Appended {
     pub repeated: bool,
 }
 
-/// How [`Client::append_with_retry`] retries: exponential backoff with
+/// How [`Client::append_with_retry`] and [`Client::import`] retry: exponential backoff with
 /// jitter from `min_delay` to `max_delay`, at most `max_retries` times; a
 /// `Retry-After` from the server (503 `busy`) is waited at least.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,13 +184,23 @@ impl Client {
     /// entries are appended once, and the answer names their ids.
     pub async fn append_with_retry(&self, ledger: &str, append: Append) -> Result<Appended, Error> {
         let append = append.with_idempotency_keys();
+        self.retrying(|| self.append(ledger, &append)).await
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the client's
+    /// [`RetryPolicy`] gives up. Only for requests that are safe to send
+    /// twice: an attempt whose answer was lost may have been applied.
+    pub(crate) async fn retrying<T, Fut>(&self, attempt: impl FnMut() -> Fut) -> Result<T, Error>
+    where
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
         let policy = self.retry;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(policy.min_delay)
             .with_max_delay(policy.max_delay)
             .with_max_times(policy.max_retries)
             .with_jitter();
-        (|| self.append(ledger, &append))
+        attempt
             .retry(backoff)
             .sleep(tokio::time::sleep)
             .when(Error::is_retryable)

@@ -65,12 +65,23 @@
 //! [`Error::is_retryable`] tells what a later attempt may fix. Only
 //! [`Client::append_with_retry`] retries by itself, and it gives each entry
 //! an idempotency key first: an append whose answer was lost may have been
-//! applied, and only the key makes sending it again safe.
+//! applied, and only the key makes sending it again safe. So does
+//! [`Client::import`], which needs no key: its entries carry their ids, and
+//! entries already stored are answered as present.
+//!
+//! # Backups
+//!
+//! [`Client::create_pin`] takes a snapshot pin (renew it with
+//! [`Client::renew_pin`] while the backup runs),
+//! [`Client::read_pinned_lines`] reads a ledger as the pin cut it, as
+//! backup lines, and [`Client::import`] writes such lines back, to this
+//! server or another.
 
 #![deny(missing_docs)]
 
 mod append;
 mod error;
+mod pins;
 mod read;
 mod types;
 mod watch;
@@ -81,6 +92,7 @@ use serde::Serialize;
 
 pub use append::{Append, Appended, NewEntry, RetryPolicy};
 pub use error::{ApiError, Error};
+pub use pins::{Imported, Pin, PinnedLines};
 pub use read::{EntryLines, ReadPage, ReadQuery};
 pub use types::{Entry, ExporterCheck, ExporterLedger, ExporterStatus, Ledger, LedgerCheck, SystemEvent};
 pub use watch::{SystemEvents, SystemNotice, Watch, WatchEvent, WatchOptions};

@@ -62,7 +62,7 @@ impl Client {
             .request(reqwest::Method::GET, &entries_path(ledger))
             .query(query)
             .header(reqwest::header::ACCEPT, "application/x-ndjson");
-        Ok(EntryLines { resp: self.send(req).await?, buf: BytesMut::new(), done: false })
+        Ok(EntryLines::new(self.send(req).await?))
     }
 }
 
@@ -79,6 +79,11 @@ pub struct EntryLines {
 }
 
 impl EntryLines {
+    /// The lines of an NDJSON answer.
+    pub(crate) fn new(resp: reqwest::Response) -> Self {
+        Self { resp, buf: BytesMut::new(), done: false }
+    }
+
     /// The next line (without its `\n`), exactly as the server sent it:
     /// an entry's JSON form. `None` at the end of the read.
     pub async fn next_line(&mut self) -> Result<Option<Bytes>, Error> {
