@@ -55,12 +55,15 @@ pub async fn create(source: &Source, options: &CreateOptions) -> Result<CreateRe
         .map(|g| glob::Pattern::new(g).map_err(|e| BackupError::Refused(format!("--ledgers {g:?}: {e}"))))
         .collect::<Result<Vec<_>>>()?;
     let base = options.incremental_from.as_deref().map(Manifest::load).transpose()?;
-    let writer = BackupWriter::create(&options.dest, options.max_file_bytes)?;
+    BackupWriter::check_dest(&options.dest)?;
     let cut = source.take_pin(options.pin_ttl).await?;
     fail::fail_point!("backup::pinned");
     let failed = Arc::new(Mutex::new(None::<String>));
     let renewal = tokio::spawn(renew(source.clone(), cut.id.clone(), options.pin_ttl, failed.clone()));
-    let outcome = write(source, options, &globs, base.as_ref(), writer, &cut, &failed).await;
+    let outcome = match BackupWriter::create(&options.dest, options.max_file_bytes) {
+        Ok(writer) => write(source, options, &globs, base.as_ref(), writer, &cut, &failed).await,
+        Err(e) => Err(e),
+    };
     renewal.abort();
     source.release_pin(&cut.id).await;
     outcome.map_err(|e| {
@@ -105,9 +108,8 @@ async fn write(
     let (mut entries, mut bytes) = (0, 0);
     for (name, &(incarnation, first, head)) in chosen {
         renewal_failed(failed)?;
-        let gone = || {
-            BackupError::Refused(format!("ledger {name} was deleted after snapshot pin {} was taken", cut.id))
-        };
+        let gone =
+            || BackupError::Refused(format!("ledger {name} was deleted after snapshot pin {} was taken", cut.id));
         let facts = source.facts(name).await?.filter(|f| f.incarnation == incarnation).ok_or_else(gone)?;
         let (from, prev_hash) = match base.and_then(|b| b.ledgers.get(name.as_str())) {
             Some(old) if old.incarnation != incarnation => {
@@ -128,6 +130,7 @@ async fn write(
             None => (first, facts.first_prev_hash.clone()),
         };
         let count = (head + 1).saturating_sub(from);
+        writer.ledger_dir(name)?;
         let mut files = Vec::new();
         let mut head_hash = prev_hash.clone();
         if count > 0 {

@@ -98,7 +98,9 @@ async fn restore_ledger(
         let mut done = false;
         while !done {
             let mut line = Vec::new();
-            let read = reader.read_until(b'\n', &mut line).map_err(|e| BackupError::io(format!("read {}", path.display()), e))?;
+            let read = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| BackupError::io(format!("read {}", path.display()), e))?;
             if read == 0 {
                 done = true;
             } else {
@@ -114,7 +116,10 @@ async fn restore_ledger(
             while sent < pending.len() {
                 let mut end = sent;
                 let mut bytes = 0;
-                while end < pending.len() && end - sent < BATCH_ENTRIES_MAX && (end == sent || bytes + pending[end].len() < limit) {
+                while end < pending.len()
+                    && end - sent < BATCH_ENTRIES_MAX
+                    && (end == sent || bytes + pending[end].len() < limit)
+                {
                     bytes += pending[end].len() + 1;
                     end += 1;
                 }
@@ -139,10 +144,18 @@ async fn restore_ledger(
                         )));
                     }
                     Imported::Conflict { id, message } => {
-                        let at = id.and_then(|id| ledger.files.iter().find(|f| (f.from..=f.to).contains(&id)).map(|f| (f, id)));
+                        let at = id.and_then(|id| {
+                            ledger.files.iter().find(|f| (f.from..=f.to).contains(&id)).map(|f| (f, id))
+                        });
                         return Err(match at {
-                            Some((f, id)) => BackupError::bad(dir.join(&f.path), Some(id - f.from + 1), format!("the target refused this entry: {message}")),
-                            None => BackupError::Refused(format!("ledger {name}: the target refused the import: {message}")),
+                            Some((f, id)) => BackupError::bad(
+                                dir.join(&f.path),
+                                Some(id - f.from + 1),
+                                format!("the target refused this entry: {message}"),
+                            ),
+                            None => {
+                                BackupError::Refused(format!("ledger {name}: the target refused the import: {message}"))
+                            }
                         });
                     }
                 }

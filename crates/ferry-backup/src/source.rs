@@ -77,11 +77,8 @@ impl Source {
                     .create_pin(ttl_ms, usize::MAX, Some("ferry backup"))
                     .await
                     .map_err(|e| BackupError::remote("take a snapshot pin", e))?;
-                let ledgers = pin
-                    .ledgers
-                    .iter()
-                    .map(|(name, l)| (name.to_string(), (l.incarnation, l.first, l.head)))
-                    .collect();
+                let ledgers =
+                    pin.ledgers.iter().map(|(name, l)| (name.to_string(), (l.incarnation, l.first, l.head))).collect();
                 Ok(Cut { id: id.to_string(), created_at: pin.created_at, ledgers })
             }
         }
@@ -167,9 +164,9 @@ impl Source {
                 Ok(exporters
                     .iter()
                     .flat_map(|x| {
-                        x.ledgers.iter().map(|l| {
-                            serde_json::json!({"exporter": x.name, "ledger": l.ledger, "cursor": l.cursor})
-                        })
+                        x.ledgers
+                            .iter()
+                            .map(|l| serde_json::json!({"exporter": x.name, "ledger": l.ledger, "cursor": l.cursor}))
                     })
                     .collect())
             }

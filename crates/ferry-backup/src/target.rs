@@ -29,9 +29,15 @@ impl std::fmt::Debug for Target {
 /// How one import request ended.
 #[derive(Debug)]
 pub(crate) enum Imported {
-    Done { imported: u64, present: u64 },
+    Done {
+        imported: u64,
+        present: u64,
+    },
     /// Refused at `id` (a conflict): the target's message.
-    Conflict { id: Option<u64>, message: String },
+    Conflict {
+        id: Option<u64>,
+        message: String,
+    },
     /// The request was too large for the target: send fewer lines.
     TooLarge,
 }
@@ -53,7 +59,9 @@ impl Target {
     pub(crate) async fn create(&self, ledger: &str) -> Result<()> {
         let context = || format!("create ledger {ledger}");
         match self {
-            Target::Server(client) => client.create_ledger(ledger).await.map(drop).map_err(|e| BackupError::remote(context(), e)),
+            Target::Server(client) => {
+                client.create_ledger(ledger).await.map(drop).map_err(|e| BackupError::remote(context(), e))
+            }
             Target::Store(store) => {
                 store.create_ledger(&name(ledger)?).await.map(drop).map_err(|e| BackupError::remote(context(), e))
             }
@@ -89,7 +97,8 @@ impl Target {
                     let l = BackupLine::parse(line).map_err(|e| BackupError::Refused(format!("{}: {e}", context())))?;
                     let payload = Payload::from_raw_json(l.payload.get())
                         .map_err(|e| BackupError::Refused(format!("{}: id {}: payload: {e}", context(), l.id)))?;
-                    let hash = l.chain_hash().map_err(|e| BackupError::Refused(format!("{}: id {}: {e}", context(), l.id)))?;
+                    let hash =
+                        l.chain_hash().map_err(|e| BackupError::Refused(format!("{}: id {}: {e}", context(), l.id)))?;
                     entries.push(ImportEntry {
                         id: l.id,
                         ts: l.ts,

@@ -203,19 +203,25 @@ fn verify_ledger(
     let mut last_ts = 0;
     for f in &l.files {
         if f.from != next || f.to < f.from || f.count != f.to - f.from + 1 {
-            return Err(bad(format!("file {} holds ids {}..={} ({} entries); expected from {next}", f.path, f.from, f.to, f.count)));
+            return Err(bad(format!(
+                "file {} holds ids {}..={} ({} entries); expected from {next}",
+                f.path, f.from, f.to, f.count
+            )));
         }
         if checksums.get(&f.path) != Some(&f.sha256) {
             return Err(bad(format!("file {}: its SHA-256 differs from CHECKSUMS", f.path)));
         }
         let path = dir.join(&f.path);
         let file = File::open(&path).map_err(|e| BackupError::io(format!("open {}", path.display()), e))?;
-        let mut reader = BufReader::with_capacity(1 << 20, HashingRead { inner: file, hasher: Sha256::new(), bytes: 0 });
+        let mut reader =
+            BufReader::with_capacity(1 << 20, HashingRead { inner: file, hasher: Sha256::new(), bytes: 0 });
         let mut line = Vec::new();
         let mut n = 0u64;
         loop {
             line.clear();
-            let read = reader.read_until(b'\n', &mut line).map_err(|e| BackupError::io(format!("read {}", path.display()), e))?;
+            let read = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| BackupError::io(format!("read {}", path.display()), e))?;
             if read == 0 {
                 break;
             }
@@ -232,7 +238,10 @@ fn verify_ledger(
                 return Err(at(format!("id {} where id {next} belongs (ledger {name})", entry.id)));
             }
             if entry.ts < last_ts {
-                return Err(at(format!("ledger {name} id {}: ts {} is before the previous entry's {last_ts}", entry.id, entry.ts)));
+                return Err(at(format!(
+                    "ledger {name} id {}: ts {} is before the previous entry's {last_ts}",
+                    entry.id, entry.ts
+                )));
             }
             let hash = entry.chain_hash().map_err(at)?;
             match (&mut prev, hash) {
@@ -249,7 +258,9 @@ fn verify_ledger(
                     }
                     *p = h;
                 }
-                (Some(_), None) => return Err(at(format!("ledger {name} id {}: no hash in a chained ledger", entry.id))),
+                (Some(_), None) => {
+                    return Err(at(format!("ledger {name} id {}: no hash in a chained ledger", entry.id)));
+                }
                 (None, Some(_)) => {
                     return Err(at(format!("ledger {name} id {}: a hash in a ledger without a chain", entry.id)));
                 }
@@ -264,7 +275,11 @@ fn verify_ledger(
             return Err(BackupError::bad(&path, None, format!("its SHA-256 is {sha}, not the one in CHECKSUMS")));
         }
         if next != f.to + 1 {
-            return Err(BackupError::bad(&path, Some(n), format!("it ends at id {} (ledger {name}); the manifest says {}", next - 1, f.to)));
+            return Err(BackupError::bad(
+                &path,
+                Some(n),
+                format!("it ends at id {} (ledger {name}); the manifest says {}", next - 1, f.to),
+            ));
         }
         verified.files += 1;
         verified.bytes += reader.bytes;
@@ -294,4 +309,3 @@ impl<R: std::io::Read> std::io::Read for HashingRead<R> {
         Ok(n)
     }
 }
-

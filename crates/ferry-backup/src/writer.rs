@@ -31,6 +31,20 @@ impl BackupWriter {
     /// Starts a backup in `dir`, which must be absent or empty: a backup is
     /// never written over another one, or over a half-written one.
     pub fn create(dir: &Path, max_file_bytes: u64) -> Result<Self> {
+        Self::check_dest(dir)?;
+        durable::create_dir_all(&dir.join(LEDGERS))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            checksums: BTreeMap::new(),
+            dirs: vec![dir.join(LEDGERS), dir.to_path_buf()],
+            max_file_bytes,
+        })
+    }
+
+    /// Refuses a destination that exists and is not an empty directory;
+    /// creates nothing (so a backup that fails before it starts writing
+    /// leaves nothing behind).
+    pub fn check_dest(dir: &Path) -> Result<()> {
         match std::fs::read_dir(dir) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
@@ -43,13 +57,7 @@ impl BackupWriter {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(BackupError::io(format!("read {}", dir.display()), e)),
         }
-        durable::create_dir_all(&dir.join(LEDGERS))?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            checksums: BTreeMap::new(),
-            dirs: vec![dir.join(LEDGERS), dir.to_path_buf()],
-            max_file_bytes,
-        })
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -65,11 +73,16 @@ impl BackupWriter {
         Ok(())
     }
 
-    /// Starts the entry files of one ledger.
-    pub fn entries(&mut self, ledger: &str) -> Result<EntriesWriter<'_>> {
+    /// Creates `ledgers/{ledger}/` (each ledger once, before its files).
+    pub fn ledger_dir(&mut self, ledger: &str) -> Result<()> {
         let dir = self.dir.join(LEDGERS).join(ledger);
         durable::create_dir_all(&dir)?;
         self.dirs.insert(0, dir);
+        Ok(())
+    }
+
+    /// Starts the entry files of one ledger (its directory made already).
+    pub fn entries(&mut self, ledger: &str) -> Result<EntriesWriter<'_>> {
         Ok(EntriesWriter { backup: self, ledger: ledger.to_owned(), open: None, files: Vec::new() })
     }
 
@@ -176,9 +189,9 @@ impl OutFile {
     /// Flushes and fsyncs; (SHA-256, bytes).
     fn close(self) -> Result<(String, u64)> {
         let Self { path, out, hasher, bytes } = self;
-        let file = out.into_inner().map_err(|e| BackupError::io(format!("write {}", path.display()), e.into_error()))?;
+        let file =
+            out.into_inner().map_err(|e| BackupError::io(format!("write {}", path.display()), e.into_error()))?;
         durable::sync_data(&file, &path)?;
         Ok((hex::encode(hasher.finalize()), bytes))
     }
 }
-

@@ -96,7 +96,12 @@ impl Node {
         let config = storage.store_config()?;
         let catalog = config.catalog_dir.clone().unwrap_or_else(|| config.data_dir.join("catalog"));
         if existing && !Path::new(&catalog).exists() {
-            return Err(UsageError(format!("{} holds no ferry node (no catalog at {})", config.data_dir.display(), catalog.display())).into());
+            return Err(UsageError(format!(
+                "{} holds no ferry node (no catalog at {})",
+                config.data_dir.display(),
+                catalog.display()
+            ))
+            .into());
         }
         let dir = config.data_dir.display().to_string();
         let store = Store::open(config).with_context(|| format!("open the node in {dir}"))?;

@@ -95,13 +95,19 @@ async fn a_backup_checks_with_sha256sum_and_jq_and_restores_exactly_through_an_i
 
     // Without ferry: sha256sum, sed and jq.
     assert!(sh(&full, "sha256sum -c CHECKSUMS").lines().all(|l| l.ends_with(": OK")));
-    let own = sh(&full, r#"sed 's/"manifest_sha256": "[0-9a-f]*"/"manifest_sha256": ""/' MANIFEST.json | sha256sum | cut -d' ' -f1"#);
+    let own = sh(
+        &full,
+        r#"sed 's/"manifest_sha256": "[0-9a-f]*"/"manifest_sha256": ""/' MANIFEST.json | sha256sum | cut -d' ' -f1"#,
+    );
     assert_eq!(own.trim(), sh(&full, "jq -r .manifest_sha256 MANIFEST.json").trim());
     let checksums = sh(&full, "sha256sum CHECKSUMS | cut -d' ' -f1");
     assert_eq!(checksums.trim(), sh(&full, "jq -r .checksums_sha256 MANIFEST.json").trim());
     assert_eq!(sh(&full, "cat ledgers/audit/entries-*.jsonl | jq -s length").trim(), "1050");
     assert_eq!(sh(&full, "jq -r .head ledgers/audit/ledger.json").trim(), "1050");
-    assert_eq!(sh(&full, r#"jq -r 'select(.id == 7) | .idempotency_key' ledgers/audit/entries-*.jsonl"#).trim(), "audit-6");
+    assert_eq!(
+        sh(&full, r#"jq -r 'select(.id == 7) | .idempotency_key' ledgers/audit/entries-*.jsonl"#).trim(),
+        "audit-6"
+    );
     assert_exit(&backup([OsStr::new("verify"), full.as_os_str()]), 0, "verify");
 
     // The backup is what the server reads, line for line (hashes included).
@@ -141,13 +147,8 @@ async fn a_backup_checks_with_sha256sum_and_jq_and_restores_exactly_through_an_i
     // The chain restored into an empty node equals the source.
     let b_env = Env::new();
     let b = b_env.serve().await;
-    let out = backup([
-        OsStr::new("restore"),
-        full.as_os_str(),
-        inc.as_os_str(),
-        OsStr::new("--server"),
-        OsStr::new(&b.base),
-    ]);
+    let out =
+        backup([OsStr::new("restore"), full.as_os_str(), inc.as_os_str(), OsStr::new("--server"), OsStr::new(&b.base)]);
     assert_exit(&out, 0, "restore the chain");
     for ledger in ["audit", "orders", "late"] {
         assert_eq!(entries(&b, ledger).await, entries(&a, ledger).await, "{ledger}");
@@ -263,6 +264,9 @@ async fn merge_fills_a_prefix_names_a_conflict_and_data_dirs_back_up_and_restore
     assert_eq!(d_server.head("m").await, Some(101), "nothing of the conflicting request was imported");
 }
 
+/// Damages a copy of a backup.
+type Tamper = Box<dyn Fn(&Path)>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_is_refused_by_verify_and_restore_naming_the_file() {
     let env = Env::new();
@@ -290,15 +294,16 @@ async fn tampering_is_refused_by_verify_and_restore_naming_the_file() {
         dir
     };
     let second = "ledgers/audit/entries-000002.jsonl";
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, String)> = vec![
+    let cases: Vec<(&str, Tamper, String)> = vec![
         (
             "flipped",
             Box::new(move |d: &Path| {
                 // A digit of a payload in the file's third line changes.
                 let path = d.join(second);
                 let mut bytes = std::fs::read(&path).unwrap();
-                let line_starts: Vec<usize> =
-                    std::iter::once(0).chain(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1)).collect();
+                let line_starts: Vec<usize> = std::iter::once(0)
+                    .chain(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1))
+                    .collect();
                 let third = &bytes[line_starts[2]..line_starts[3]];
                 let at = line_starts[2] + third.windows(4).position(|w| w == b"\"i\":").unwrap() + 4;
                 bytes[at] = if bytes[at] == b'1' { b'2' } else { b'1' };
@@ -408,8 +413,8 @@ async fn a_backup_is_its_pin_while_appends_freezes_retention_and_an_exporter_run
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let dest = env.dir.path().join("hot");
-    let args = [OsStr::new("create"), dest.as_os_str(), OsStr::new("--server"), OsStr::new(&a.base)]
-        .map(|s| s.to_owned());
+    let args =
+        [OsStr::new("create"), dest.as_os_str(), OsStr::new("--server"), OsStr::new(&a.base)].map(|s| s.to_owned());
     let out = tokio::task::spawn_blocking(move || backup(args)).await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rounds = writer.await.unwrap();
@@ -427,7 +432,11 @@ async fn a_backup_is_its_pin_while_appends_freezes_retention_and_an_exporter_run
         let lines = backup_entries(&dest, ledger);
         assert_eq!(lines.len() as u64, head - first + 1, "{ledger}");
         let (from, now) = a.read_retained_from(ledger, first).await;
-        let now: Vec<Value> = now.iter().take_while(|l| crate::support::parse_line(l).id <= head).map(|l| serde_json::from_str(l).unwrap()).collect();
+        let now: Vec<Value> = now
+            .iter()
+            .take_while(|l| crate::support::parse_line(l).id <= head)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(&lines[(from - first) as usize..(from - first) as usize + now.len()], &now[..], "{ledger}");
     }
     // Retention goes on once the pin is gone.
@@ -450,7 +459,12 @@ fn wait_child(mut child: std::process::Child, stderr: std::fs::File) -> (Option<
 }
 
 /// `ferry backup create DEST --server URL ARGS…` as a child, with stderr kept.
-fn spawn_create(dest: &Path, server: &Server, args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, std::fs::File) {
+fn spawn_create(
+    dest: &Path,
+    server: &Server,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, std::fs::File) {
     let mut cmd = ferry();
     cmd.args(["backup", "create"]).arg(dest).args(["--server", &server.base]).args(args);
     cmd.envs(env.iter().copied());

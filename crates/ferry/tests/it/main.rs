@@ -8,6 +8,7 @@
 mod api;
 mod app_api;
 mod auth;
+mod backup;
 mod chain;
 mod cli;
 mod client;
