@@ -1,6 +1,8 @@
 //! The group-commit flusher: one thread that takes every pending append,
 //! assigns ids and timestamps, does one write and one fdatasync for the
 //! whole group, and only then makes the ids visible and acknowledges.
+//! An import (`import.rs`) is a group of its own, checked and written the
+//! same way with the ids, ts and hashes it carries.
 //!
 //! **Architecture Invariant:** an append is acknowledged only after the
 //! fdatasync that covers its records returned success; a failed write or
@@ -18,8 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Result, StoreError};
 use crate::idempotency::{IdempotencyIndex, Seen, expired_below};
+use crate::import::{self, ImportOutcome, LedgerView};
 use crate::ledger::LedgerState;
-use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg};
+use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg, ImportRequest};
 use crate::shared::Shared;
 use crate::wal::{RecordPos, SegmentWriter};
 
@@ -88,9 +91,14 @@ pub(crate) struct Flusher {
 /// What one request of a group becomes before the sync.
 struct Planned {
     reply: oneshot::Sender<Result<AppendOutcome>>,
-    ledger: Arc<LedgerState>,
     /// The ids to answer with, or why the request fails.
     ids: Result<Vec<EntryId>>,
+    written: Written,
+}
+
+/// The new records one request adds to one ledger.
+struct Written {
+    ledger: Arc<LedgerState>,
     /// (id, ts, offset within the group buffer, encoded size) of new records.
     records: Vec<(EntryId, u64, usize, usize)>,
     /// The chain hash of the request's last new record (chained ledgers).
@@ -139,6 +147,12 @@ impl Flusher {
                     let _ = reply.send(ledgers.values().map(|s| crate::store::head_of(s)).collect());
                 }
                 Some(FlusherMsg::ForgetLedger(ledger)) => self.idempotency.forget(&ledger),
+                Some(FlusherMsg::Import(request)) => {
+                    let reply = request.reply;
+                    let ImportRequest { ledger, stamps, entries, prev_hash, .. } = request;
+                    let outcome = self.import(ledger, &stamps, &entries, prev_hash, &mut buf);
+                    let _ = reply.send(outcome);
+                }
                 Some(FlusherMsg::Relocate(segment)) => {
                     // A refused relocation leaves the segment as it was; the
                     // freezer asks again later.
@@ -174,7 +188,7 @@ impl Flusher {
                 // Only a written group's keys are remembered: a refused
                 // write leaves no trace, so a retry appends anew.
                 self.remember(fresh_keys, now);
-                let records: usize = planned.iter().map(|p| p.records.len()).sum();
+                let records: usize = planned.iter().map(|p| p.written.records.len()).sum();
                 metrics::histogram!("ferry_fsync_seconds").record(started.elapsed().as_secs_f64());
                 metrics::histogram!("ferry_group_commit_entries").record(records as f64);
                 metrics::counter!("ferry_appended_entries_total").increment(records as u64);
@@ -190,6 +204,79 @@ impl Flusher {
                 }
             }
         }
+    }
+
+    /// One import as a group commit of its own: checked against the ledger
+    /// as it stands (nothing can come between: ids are assigned here),
+    /// written with one fdatasync, made visible, and only then answered. A
+    /// request whose entries are all present writes nothing.
+    fn import(
+        &mut self,
+        ledger: Arc<LedgerState>,
+        stamps: &[import::Stamp],
+        entries: &[NewEntry],
+        prev_hash: Option<ChainHash>,
+        buf: &mut Vec<u8>,
+    ) -> Result<ImportOutcome> {
+        self.shared.health.check()?;
+        if ledger.is_deleted() {
+            return Err(StoreError::LedgerNotFound(ledger.name.clone()));
+        }
+        let now = now_ms().max(self.shared.ts_floor.load(std::sync::atomic::Ordering::SeqCst));
+        self.sweep_keys(now);
+        let view = LedgerView::of(&ledger.index.read().expect("index lock"));
+        let (shared, index) = (&self.shared, &self.idempotency);
+        let stored = |from, limit| shared.read_records(&ledger, from, limit);
+        let original = |key: &str| {
+            let stored = |id| shared.stored_key(&ledger, id);
+            Ok(match index.seen(&ledger.name, ledger.incarnation, key, now, stored)? {
+                Seen::Original(id) => Some(id),
+                Seen::New => None,
+            })
+        };
+        let checked = import::check_run(&ledger.name, &view, stamps, entries, prev_hash, now, stored, original)?;
+        let (stamps, entries) = (&stamps[checked.present..], &entries[checked.present..]);
+        let answer = |imported: usize, head| ImportOutcome {
+            imported: imported as u64,
+            present: checked.present as u64,
+            head,
+            incarnation: ledger.incarnation,
+            created: false,
+        };
+        if entries.is_empty() {
+            return Ok(answer(0, view.head));
+        }
+        self.shared.admit(&ledger.name, view.chained, view.bytes, entries.iter())?;
+        buf.clear();
+        let mut written =
+            Written { ledger: ledger.clone(), records: Vec::new(), last_hash: view.last_hash, checkpoints: Vec::new() };
+        let mut fresh = Vec::new();
+        for (n, ((stamp, entry), hash)) in stamps.iter().zip(entries).zip(&checked.hashes).enumerate() {
+            let more = n + 1 < entries.len();
+            let (offset, len) = encode_new(buf, &ledger.name, (stamp.id, stamp.ts, *hash), entry, more);
+            written.records.push((stamp.id, stamp.ts, offset, len));
+            if let Some(h) = *hash {
+                written.last_hash = Some(h);
+                if self.shared.checkpoint_every > 0 && stamp.id.is_multiple_of(self.shared.checkpoint_every) {
+                    written.checkpoints.push((stamp.id, h));
+                }
+            }
+            if let Some(key) = &entry.idempotency_key
+                && import::is_live(stamp.ts, now)
+            {
+                fresh.push((ledger.clone(), key.clone(), stamp.id));
+            }
+        }
+        let started = std::time::Instant::now();
+        let at = self.write(buf).inspect_err(|e| {
+            tracing::warn!(ledger = %ledger.name, error = %e, "an import's commit failed; it is refused");
+        })?;
+        self.remember(fresh, now);
+        metrics::histogram!("ferry_fsync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("ferry_imported_entries_total").increment(entries.len() as u64);
+        let head = stamps.last().map_or(view.head, |s| s.id);
+        self.make_visible([&written], at);
+        Ok(answer(entries.len(), head))
     }
 
     /// Assigns ids and timestamps and encodes the group into `buf`; returns
@@ -289,11 +376,8 @@ impl Flusher {
             .zip(planned)
             .map(|(req, (ids, records, last_hash, checkpoints))| Planned {
                 reply: req.reply,
-                ledger: req.ledger,
                 ids,
-                records,
-                last_hash,
-                checkpoints,
+                written: Written { ledger: req.ledger, records, last_hash, checkpoints },
             })
             .collect();
         (planned, fresh)
@@ -347,43 +431,53 @@ impl Flusher {
     }
 
     /// Makes the group's ids visible, then acknowledges.
-    fn publish(&self, planned: Vec<Planned>, (segment, base): (u32, u64)) {
+    fn publish(&self, planned: Vec<Planned>, at: (u32, u64)) {
+        self.make_visible(planned.iter().map(|p| &p.written), at);
+        for p in planned {
+            let created = !p.written.records.is_empty();
+            let _ = p.reply.send(p.ids.map(|ids| AppendOutcome { ids, created }));
+        }
+    }
+
+    /// Puts durable records written at `(segment, base)` into their
+    /// ledgers' indexes, then says so: `Appended`, `ledger.checkpoint`, and
+    /// the freezer when a chunk is full.
+    fn make_visible<'a>(&self, written: impl IntoIterator<Item = &'a Written> + Clone, (segment, base): (u32, u64)) {
         let pos =
             |offset: usize, len: usize| RecordPos { segment, offset: (base + offset as u64) as u32, len: len as u32 };
         // Counted live before any becomes visible: the freezer may freeze
         // (and count dead) a record the moment the index holds it.
-        let written = planned.iter().flat_map(|p| p.records.iter().map(|&(_, _, offset, len)| pos(offset, len)));
-        self.shared.segments.account(written, true);
+        let records =
+            written.clone().into_iter().flat_map(|w| w.records.iter().map(|&(_, _, offset, len)| pos(offset, len)));
+        self.shared.segments.account(records, true);
         // Before any becomes visible too: a deletion scrubs the segments
         // noted here, once it has passed the flusher.
-        let writers = planned.iter().filter(|p| !p.records.is_empty()).map(|p| p.ledger.incarnation);
+        let writers = written.clone().into_iter().filter(|w| !w.records.is_empty()).map(|w| w.ledger.incarnation);
         self.shared.segments.note_holders(segment, writers);
-        for p in planned {
-            if !p.records.is_empty() {
+        for w in written {
+            if !w.records.is_empty() {
                 let full = {
-                    let mut index = p.ledger.index.write().expect("index lock");
-                    for &(id, ts, offset, len) in &p.records {
+                    let mut index = w.ledger.index.write().expect("index lock");
+                    for &(id, ts, offset, len) in &w.records {
                         index.push(id, ts, pos(offset, len));
                     }
                     if index.chained {
-                        index.last_hash = p.last_hash;
+                        index.last_hash = w.last_hash;
                     }
                     index.next_chunk_to_freeze().is_some()
                 };
-                if full && !p.ledger.freeze_queued.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    let _ = self.freezer.send(FreezerMsg::Check(p.ledger.clone()));
+                if full && !w.ledger.freeze_queued.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    let _ = self.freezer.send(FreezerMsg::Check(w.ledger.clone()));
                 }
             }
-            let created = !p.records.is_empty();
-            if let Some(&(last_id, ..)) = p.records.last() {
-                let event = Appended { ledger: p.ledger.name.clone(), incarnation: p.ledger.incarnation, last_id };
-                self.shared.appends.publish(p.ledger.name.as_str(), &event);
+            if let Some(&(last_id, ..)) = w.records.last() {
+                let event = Appended { ledger: w.ledger.name.clone(), incarnation: w.ledger.incarnation, last_id };
+                self.shared.appends.publish(w.ledger.name.as_str(), &event);
             }
-            for (id, hash) in &p.checkpoints {
-                let event = SystemEvent::ledger_checkpoint(&p.ledger.name, *id, &chain::to_hex(hash));
+            for (id, hash) in &w.checkpoints {
+                let event = SystemEvent::ledger_checkpoint(&w.ledger.name, *id, &chain::to_hex(hash));
                 self.shared.events.publish(&event.key, &event);
             }
-            let _ = p.reply.send(p.ids.map(|ids| AppendOutcome { ids, created }));
         }
     }
 

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 
 use ferry_core::{EntryId, LedgerName, NewEntry};
+use ferry_format::chain::ChainHash;
 use tokio::sync::oneshot;
 
 use crate::Result;
+use crate::import::{ImportOutcome, Stamp};
 use crate::ledger::LedgerState;
 
 /// The result of an append: the id of every entry, in request order (an
@@ -30,8 +32,24 @@ pub(crate) struct AppendRequest {
     pub reply: oneshot::Sender<Result<AppendOutcome>>,
 }
 
+/// An import (`Store::import`): entries that carry their own ids, ts and
+/// hashes, checked on the flusher thread against the ledger as it stands
+/// and written as a group commit of their own.
+pub(crate) struct ImportRequest {
+    pub ledger: Arc<LedgerState>,
+    /// Each entry's id, ts and hash, in id order (contiguous, checked).
+    pub stamps: Vec<Stamp>,
+    /// The rest of each entry, as an append carries it.
+    pub entries: Vec<NewEntry>,
+    /// The chain hash before the first entry, if the request names one.
+    pub prev_hash: Option<ChainHash>,
+    pub reply: oneshot::Sender<Result<ImportOutcome>>,
+}
+
 pub(crate) enum FlusherMsg {
     Append(AppendRequest),
+    /// An import; it ends the group of appends before it.
+    Import(ImportRequest),
     /// Copy the live records of this sealed segment forward so it can go.
     Relocate(u32),
     /// Answer once every message before this one is written and visible

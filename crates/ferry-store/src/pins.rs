@@ -300,7 +300,57 @@ impl Store {
         from: Option<EntryId>,
         limit: usize,
     ) -> Result<PinnedRead> {
-        let _ = (pin, ledger, from, limit);
-        todo!("issue #18: Store::read_pinned_blocking")
+        let shared = self.shared();
+        let pinned = {
+            let state = shared.pins.state.read().expect("pins lock");
+            match state.pins.get(&pin) {
+                Some(p) if p.live_at(now_ms()) => p.ledgers.get(ledger).copied(),
+                _ => return Err(StoreError::PinNotFound(pin)),
+            }
+        };
+        let pinned = pinned.ok_or_else(|| StoreError::NotInPin { pin, ledger: ledger.clone() })?;
+        let gone = || StoreError::PinnedLedgerGone { pin, ledger: ledger.clone(), incarnation: pinned.incarnation };
+        // The incarnation the pin cut, and still there: checked before the
+        // read and again after it (a deletion may begin meanwhile).
+        let current = || shared.ledger(ledger).filter(|s| s.incarnation == pinned.incarnation && !s.is_deleted());
+        let state = current().ok_or_else(gone)?;
+        let from = from.unwrap_or(pinned.first);
+        if from < pinned.first {
+            return Err(StoreError::BelowFirst { ledger: ledger.clone(), from, first: pinned.first });
+        }
+        // Never past the pinned head, whatever was appended since.
+        let left = (pinned.head + 1).saturating_sub(from);
+        let limit = limit.min(usize::try_from(left).unwrap_or(usize::MAX));
+        let records = match shared.read_records(&state, from, limit) {
+            Ok(records) => records,
+            Err(StoreError::LedgerNotFound(_)) => return Err(gone()),
+            // Retention pruned under the read: the pin expired meanwhile.
+            Err(e @ StoreError::BelowFirst { .. }) => {
+                let live =
+                    shared.pins.state.read().expect("pins lock").pins.get(&pin).is_some_and(|p| p.live_at(now_ms()));
+                return Err(if live { e } else { StoreError::PinNotFound(pin) });
+            }
+            Err(e) => return Err(e),
+        };
+        if current().is_none() {
+            return Err(gone());
+        }
+        let now = now_ms();
+        let entries: Vec<PinnedEntry> = records
+            .into_iter()
+            .map(|r| PinnedEntry {
+                idempotency_key: r.idempotency_key.filter(|_| crate::import::is_live(r.ts, now)),
+                entry: ferry_core::Entry {
+                    ledger: ledger.clone(),
+                    id: r.id,
+                    ts: r.ts,
+                    key: r.key,
+                    hash: r.hash,
+                    payload: ferry_core::Payload::from_stored_text(r.payload),
+                },
+            })
+            .collect();
+        let next = from + entries.len() as u64;
+        Ok(PinnedRead { entries, next })
     }
 }

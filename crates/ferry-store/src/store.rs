@@ -305,24 +305,30 @@ impl Store {
         let mut seen = HashSet::new();
         let mut encoded_bytes = 0;
         for e in entries {
-            let max = self.inner.max_entry_bytes;
-            if e.payload.len() > max {
-                return Err(StoreError::EntryTooLarge { size: e.payload.len(), max });
-            }
-            check_len("key", e.key.as_deref(), ENTRY_KEY_BYTES_MAX)?;
-            check_len("idempotency_key", e.idempotency_key.as_deref(), IDEMPOTENCY_KEY_BYTES_MAX)?;
+            encoded_bytes += self.check_entry(ledger, e)?;
             if let Some(k) = &e.idempotency_key
                 && !seen.insert(k.as_str())
             {
                 return Err(StoreError::DuplicateIdempotencyKey(k.clone()));
             }
-            // Counted with a chain hash: the ledger may not exist yet.
-            encoded_bytes += shared::wal_bytes(ledger, e, true) as usize;
         }
         if encoded_bytes > APPEND_BYTES_MAX {
             return Err(StoreError::AppendTooLarge { bytes: encoded_bytes, max: APPEND_BYTES_MAX });
         }
         Ok(encoded_bytes)
+    }
+
+    /// Checks one entry's field limits (appends and imports alike); returns
+    /// the WAL bytes it encodes to.
+    pub(crate) fn check_entry(&self, ledger: &LedgerName, e: &NewEntry) -> Result<usize> {
+        let max = self.inner.max_entry_bytes;
+        if e.payload.len() > max {
+            return Err(StoreError::EntryTooLarge { size: e.payload.len(), max });
+        }
+        check_len("key", e.key.as_deref(), ENTRY_KEY_BYTES_MAX)?;
+        check_len("idempotency_key", e.idempotency_key.as_deref(), IDEMPOTENCY_KEY_BYTES_MAX)?;
+        // Counted with a chain hash: the ledger may not exist yet.
+        Ok(shared::wal_bytes(ledger, e, true) as usize)
     }
 
     /// Creates a ledger durably; false when it already existed.
@@ -333,6 +339,31 @@ impl Store {
 
     /// `create_ledger` for threads and tools: blocks on the catalog commit.
     pub fn create_ledger_blocking(&self, name: &LedgerName) -> Result<bool> {
+        let chain = self.inner.shared.hash_chain.iter().any(|p| p.matches(name.as_str()));
+        self.create_ledger_from(name, 1, chain, None)
+    }
+
+    /// Creates a ledger for an import: it starts at `first` (a chunk
+    /// boundary, checked by the caller) and has a hash chain iff `seed` (the
+    /// hash before `first`) is given, whatever `[storage] hash_chain` says;
+    /// the seed is in the same catalog commit as the `ledger:` key. False
+    /// when the ledger already existed.
+    pub(crate) fn create_imported_ledger_blocking(
+        &self,
+        name: &LedgerName,
+        first: EntryId,
+        seed: Option<chain::ChainHash>,
+    ) -> Result<bool> {
+        self.create_ledger_from(name, first, seed.is_some(), seed.as_ref().map(chain::to_hex))
+    }
+
+    fn create_ledger_from(
+        &self,
+        name: &LedgerName,
+        first: EntryId,
+        chain: bool,
+        first_prev_hash: Option<String>,
+    ) -> Result<bool> {
         let shared = &self.inner.shared;
         shared.health.check()?;
         let mut last_incarnation = self.inner.last_incarnation.lock().expect("create lock");
@@ -342,14 +373,13 @@ impl Store {
         let incarnation = *last_incarnation + 1;
         // Every record of an earlier ledger of this name was durable before
         // its deletion, so it lies before this position.
-        let chain = shared.hash_chain.iter().any(|p| p.matches(name.as_str()));
         let meta = LedgerMeta {
             incarnation,
             created_at: now_ms(),
-            first: 1,
+            first,
             wal_from: shared.durable_end(),
             chain,
-            first_prev_hash: None,
+            first_prev_hash,
         };
         let ops = [
             CatalogOp::Put(CatalogKey::Ledger(name.clone()), meta.encode()),

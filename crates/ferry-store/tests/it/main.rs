@@ -14,6 +14,7 @@ mod failpoints;
 mod format_fixtures;
 mod full_disk;
 mod idempotency;
+mod import;
 mod incarnations;
 mod model;
 mod open;
