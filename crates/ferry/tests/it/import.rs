@@ -139,6 +139,38 @@ async fn a_pinned_read_is_the_ledger_as_the_pin_cut_it_with_idempotency_keys() {
 }
 
 #[tokio::test]
+async fn a_pinned_read_whose_pin_goes_mid_stream_ends_in_an_error_not_short() {
+    let env = Env::new();
+    let server = env.serve().await;
+    // 20 MB: more than socket buffers hold, so most pages are read after
+    // the pin is gone.
+    let pad = "p".repeat(2_000);
+    for batch in 0..8u64 {
+        let entries: Vec<String> =
+            (0..1_250).map(|i| format!(r#"{{"payload":{{"n":{},"pad":"{pad}"}}}}"#, batch * 1_250 + i)).collect();
+        let r = server.append("big", format!(r#"{{"entries":[{}]}}"#, entries.join(","))).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let client = server.client();
+    let pin = client.create_pin(Duration::from_secs(60)).await.expect("a pin");
+    let mut read = client.read_pinned_lines(&pin.pin, "big", None).await.expect("a pinned read");
+    assert_eq!(read.pinned_head(), Some(10_000));
+    assert!(read.next_line().await.expect("the first line").is_some());
+    client.delete_pin(&pin.pin).await.expect("delete the pin");
+    let mut lines = 1;
+    let end = loop {
+        match read.next_line().await {
+            Ok(Some(_)) => lines += 1,
+            other => break other,
+        }
+    };
+    assert!(end.is_err(), "a stream whose pin went ended without an error after {lines} lines: {end:?}");
+    assert!(lines < 10_000, "{lines}");
+    assert!(server.stderr().contains("pinned NDJSON stream cut short"), "{}", server.stderr());
+    server.stop();
+}
+
+#[tokio::test]
 async fn an_import_restores_a_pinned_read_byte_for_byte_and_merges_what_is_there() {
     let (env_a, env_b) = (Env::new(), Env::new());
     let (a, b) = (env_a.serve_with(CONFIG).await, env_b.serve_with(CONFIG).await);
