@@ -140,7 +140,8 @@ impl Client {
     /// chain hash before the first line, the source ledger's
     /// `first_prev_hash` when the lines start at its First). Refused: 409
     /// `import_conflict` (with the id), 422 `invalid_entry` (naming the
-    /// line), 413 past the server's `max_body_bytes`.
+    /// line), 413 `body_too_large` past the server's `max_body_bytes` and
+    /// `batch_too_large` past 10,000 lines: send a large ledger in runs.
     ///
     /// Retried like [`Client::append_with_retry`]: an attempt applied
     /// whose answer was lost makes the next one find the entries present.

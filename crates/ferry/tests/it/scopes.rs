@@ -81,6 +81,10 @@ fn routes() -> Vec<Route> {
         r(Method::GET, "/v1/pins", None, "admin", false, 200),
         r(Method::POST, "/v1/pins/1/renew", None, "admin", false, 404),
         r(Method::DELETE, "/v1/pins/1", None, "admin", false, 404),
+        r(Method::GET, "/v1/pins/1/ledgers/{l}/entries", None, "admin", false, 404),
+        // A body that is no backup line: the import stops at 422 and
+        // creates nothing, for the admin too.
+        r(Method::POST, "/v1/ledgers/{l}/import", Some("{}"), "admin", false, 422),
         r(Method::DELETE, "/v1/exporters/ex", None, "admin", false, 409),
         r(Method::GET, "/v1/nothing-here", None, "any", false, 404),
         r(Method::GET, "/metrics", None, "metrics", false, 200),
