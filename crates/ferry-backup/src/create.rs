@@ -221,7 +221,6 @@ async fn write(
         manifest_sha256: String::new(),
     };
     let dir = writer.dir().display().to_string();
-    fail::fail_point!("backup::before_manifest");
     let manifest = writer.finish(manifest)?;
     progress.finish(&format!("{dir}: {} ledgers, {entries} entries, {bytes} bytes", manifest.ledgers.len()));
     Ok(CreateReport { manifest, entries, bytes })

@@ -100,6 +100,7 @@ impl BackupWriter {
         for dir in std::mem::take(&mut self.dirs) {
             durable::sync_dir(&dir)?;
         }
+        fail::fail_point!("backup::before_manifest");
         let bytes = manifest.to_bytes();
         let tmp = self.dir.join(MANIFEST_TMP);
         let mut file = OutFile::create(&self.dir, MANIFEST_TMP)?;
