@@ -234,7 +234,8 @@ impl Flusher {
                 Seen::New => None,
             })
         };
-        let checked = import::check_run(&ledger.name, &view, stamps, entries, prev_hash, now, stored, original)?;
+        let run = import::Run { ledger: &ledger.name, stamps, entries, prev_hash };
+        let checked = import::check_run(&run, &view, now, stored, original)?;
         let (stamps, entries) = (&stamps[checked.present..], &entries[checked.present..]);
         let answer = |imported: usize, head| ImportOutcome {
             imported: imported as u64,
