@@ -13,6 +13,11 @@
 //! backup of a pruned ledger restores from its First) and chains from
 //! `prev_hash`, the hash before that id in the ledger the entries were
 //! read from. All or nothing: one request is one durable group commit.
+//! A `prev_hash` given for an existing ledger must be the hash before the
+//! run's first id here (the head's when the run starts at `head + 1`).
+//! An import creates its ledger whatever `auto_create_ledgers` says, and
+//! stamps nothing: its ts are the entries' own, not raised to a watch's
+//! floor (`Shared::ts_floor`).
 //!
 //! **Where it is checked.** The request's own shape (ids contiguous, field
 //! limits, its size) on the caller's thread; everything that depends on the
