@@ -4,9 +4,9 @@
 //! An import (`import.rs`) is a group of its own, checked and written the
 //! same way with the ids, ts and hashes it carries.
 //!
-//! **Architecture Invariant:** an append is acknowledged only after the
-//! fdatasync that covers its records returned success; a failed write or
-//! sync poisons the store and fails the group.
+//! **Architecture Invariant:** an append or an import is acknowledged only
+//! after the fdatasync that covers its records returned success; a failed
+//! write or sync poisons the store and fails the group.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -234,7 +234,8 @@ impl Flusher {
                 Seen::New => None,
             })
         };
-        let checked = import::check_run(&ledger.name, &view, stamps, entries, prev_hash, now, stored, original)?;
+        let run = import::Run { ledger: &ledger.name, stamps, entries, prev_hash };
+        let checked = import::check_run(&run, &view, now, stored, original)?;
         let (stamps, entries) = (&stamps[checked.present..], &entries[checked.present..]);
         let answer = |imported: usize, head| ImportOutcome {
             imported: imported as u64,
@@ -247,26 +248,10 @@ impl Flusher {
             return Ok(answer(0, view.head));
         }
         self.shared.admit(&ledger.name, view.chained, view.bytes, entries.iter())?;
-        buf.clear();
+        let new = stamps.iter().zip(entries).zip(&checked.hashes).map(|((s, e), h)| ((s.id, s.ts, *h), e));
         let mut written =
             Written { ledger: ledger.clone(), records: Vec::new(), last_hash: view.last_hash, checkpoints: Vec::new() };
-        let mut fresh = Vec::new();
-        for (n, ((stamp, entry), hash)) in stamps.iter().zip(entries).zip(&checked.hashes).enumerate() {
-            let more = n + 1 < entries.len();
-            let (offset, len) = encode_new(buf, &ledger.name, (stamp.id, stamp.ts, *hash), entry, more);
-            written.records.push((stamp.id, stamp.ts, offset, len));
-            if let Some(h) = *hash {
-                written.last_hash = Some(h);
-                if self.shared.checkpoint_every > 0 && stamp.id.is_multiple_of(self.shared.checkpoint_every) {
-                    written.checkpoints.push((stamp.id, h));
-                }
-            }
-            if let Some(key) = &entry.idempotency_key
-                && import::is_live(stamp.ts, now)
-            {
-                fresh.push((ledger.clone(), key.clone(), stamp.id));
-            }
-        }
+        let fresh = self.encode_import(&mut written, new, now, buf);
         let started = std::time::Instant::now();
         let at = self.write(buf).inspect_err(|e| {
             tracing::warn!(ledger = %ledger.name, error = %e, "an import's commit failed; it is refused");
@@ -277,6 +262,37 @@ impl Flusher {
         let head = stamps.last().map_or(view.head, |s| s.id);
         self.make_visible([&written], at);
         Ok(answer(entries.len(), head))
+    }
+
+    /// Encodes an import's new entries, each with its (id, ts, hash), into
+    /// `buf` as one request; returns their idempotency keys still inside
+    /// their window, to remember once durable.
+    fn encode_import<'a>(
+        &self,
+        written: &mut Written,
+        new: impl ExactSizeIterator<Item = ((EntryId, u64, Option<ChainHash>), &'a NewEntry)>,
+        now: u64,
+        buf: &mut Vec<u8>,
+    ) -> Vec<FreshKey> {
+        buf.clear();
+        let count = new.len();
+        let mut fresh = Vec::new();
+        for (n, ((id, ts, hash), entry)) in new.enumerate() {
+            let (offset, len) = encode_new(buf, &written.ledger.name, (id, ts, hash), entry, n + 1 < count);
+            written.records.push((id, ts, offset, len));
+            if let Some(h) = hash {
+                written.last_hash = Some(h);
+                if self.shared.checkpoint_every > 0 && id.is_multiple_of(self.shared.checkpoint_every) {
+                    written.checkpoints.push((id, h));
+                }
+            }
+            if let Some(key) = &entry.idempotency_key
+                && import::is_live(ts, now)
+            {
+                fresh.push((written.ledger.clone(), key.clone(), id));
+            }
+        }
+        fresh
     }
 
     /// Assigns ids and timestamps and encodes the group into `buf`; returns

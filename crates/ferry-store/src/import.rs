@@ -13,6 +13,11 @@
 //! backup of a pruned ledger restores from its First) and chains from
 //! `prev_hash`, the hash before that id in the ledger the entries were
 //! read from. All or nothing: one request is one durable group commit.
+//! A `prev_hash` given for an existing ledger must be the hash before the
+//! run's first id here (the head's when the run starts at `head + 1`).
+//! An import creates its ledger whatever `auto_create_ledgers` says, and
+//! stamps nothing: its ts are the entries' own, not raised to a watch's
+//! floor (`Shared::ts_floor`).
 //!
 //! **Where it is checked.** The request's own shape (ids contiguous, field
 //! limits, its size) on the caller's thread; everything that depends on the
@@ -185,9 +190,9 @@ impl Store {
         {
             return Err(conflict(ledger, carrying.id, "prev_hash is needed to check the chain".to_owned()));
         }
-        let view = LedgerView::empty(first, prev_hash);
+        let run = Run { ledger, stamps, entries, prev_hash };
         let no_reads = |_: EntryId, _: usize| Ok(Vec::new());
-        check_run(ledger, &view, stamps, entries, prev_hash, ferry_core::now_ms(), no_reads, |_| Ok(None))?;
+        check_run(&run, &LedgerView::empty(first, prev_hash), ferry_core::now_ms(), no_reads, |_| Ok(None))?;
         self.shared().admit(ledger, prev_hash.is_some(), 0, entries.iter())?;
         Ok(())
     }
@@ -255,23 +260,30 @@ pub(crate) struct Checked {
     pub hashes: Vec<Option<ChainHash>>,
 }
 
-/// The import rules of the module docs, against `view` (sans I/O: the
-/// stored records come from `stored(from, limit)`, which may answer fewer
-/// than asked but never none, and the id a live idempotency key already
-/// has from `original(key)`). `stamps` are contiguous (`check_shape`).
-#[allow(clippy::too_many_arguments)]
+/// One import request, as `check_run` takes it: `stamps` are contiguous
+/// (`check_shape`), one for each of `entries`.
+pub(crate) struct Run<'a> {
+    pub ledger: &'a LedgerName,
+    pub stamps: &'a [Stamp],
+    pub entries: &'a [NewEntry],
+    /// The chain hash before the first entry, if the request names one.
+    pub prev_hash: Option<ChainHash>,
+}
+
+/// The import rules of the module docs, against `view`, sans I/O: the
+/// stored records come from `stored(from, limit)` (which may answer fewer
+/// than asked, never none), and the id a live idempotency key already has
+/// in the ledger from `original(key)`.
 pub(crate) fn check_run(
-    ledger: &LedgerName,
+    run: &Run<'_>,
     view: &LedgerView,
-    stamps: &[Stamp],
-    entries: &[NewEntry],
-    prev_hash: Option<ChainHash>,
     now: u64,
     stored: impl FnMut(EntryId, usize) -> Result<Vec<OwnedRecord>>,
-    mut original: impl FnMut(&str) -> Result<Option<EntryId>>,
+    original: impl FnMut(&str) -> Result<Option<EntryId>>,
 ) -> Result<Checked> {
-    let from = stamps[0].id;
-    let to = from + stamps.len() as u64 - 1;
+    let ledger = run.ledger;
+    let from = run.stamps[0].id;
+    let to = from + run.stamps.len() as u64 - 1;
     if from < view.first {
         return Err(conflict(ledger, from, format!("below First {}, cannot be compared", view.first)));
     }
@@ -279,59 +291,84 @@ pub(crate) fn check_run(
         return Err(conflict(ledger, from, format!("not contiguous: the head is {}", view.head)));
     }
     if !view.chained
-        && let Some(carrying) = stamps.iter().find(|s| s.hash.is_some())
+        && let Some(carrying) = run.stamps.iter().find(|s| s.hash.is_some())
     {
         return Err(conflict(ledger, carrying.id, "the ledger has no hash chain".to_owned()));
     }
     // The stored entries the request overlaps, and the one before them
     // (for its hash) unless that is below First.
     let read_from = if from > view.first && from <= view.head { from - 1 } else { from };
-    let present_records =
+    let stored_run =
         if from <= view.head { read_range(ledger, read_from, to.min(view.head), stored)? } else { Vec::new() };
-    let mut prev = if !view.chained {
+    let prev = hash_before(run, view, stored_run.first())?;
+    let mut walk = Walk { prev, last_ts: view.last_ts, hashes: Vec::new(), fresh: HashMap::new(), original };
+    let mut present = 0;
+    for (stamp, entry) in run.stamps.iter().zip(run.entries) {
+        if stamp.id <= view.head {
+            let record = &stored_run[(stamp.id - read_from) as usize];
+            compare(ledger, stamp, entry, record)?;
+            (walk.prev, walk.last_ts) = (record.hash, record.ts);
+            present += 1;
+        } else {
+            walk.new_entry(ledger, stamp, entry, now)?;
+        }
+    }
+    Ok(Checked { present, hashes: walk.hashes })
+}
+
+/// The chain hash before the run's first id in this ledger (`None` without
+/// a chain), checked against the request's `prev_hash`. `stored_first` is
+/// the first stored record read for the run: the one before it when the
+/// run starts inside the ledger.
+fn hash_before(run: &Run<'_>, view: &LedgerView, stored_first: Option<&OwnedRecord>) -> Result<Option<ChainHash>> {
+    let (ledger, from) = (run.ledger, run.stamps[0].id);
+    let here = if !view.chained {
         None
     } else if from == view.head + 1 {
         view.last_hash
     } else if from == view.first {
         view.first_prev_hash
     } else {
-        present_records[0].hash
+        stored_first.and_then(|r| r.hash)
     };
-    if view.chained && prev.is_none() {
-        return Err(StoreError::CatalogCorrupted(format!(
-            "ledger {ledger}: it has a hash chain but no hash before id {from}"
-        )));
+    if view.chained && here.is_none() {
+        let reason = format!("ledger {ledger}: it has a hash chain but no hash before id {from}");
+        return Err(StoreError::CatalogCorrupted(reason));
     }
-    if let Some(given) = prev_hash
-        && prev != Some(given)
+    if let Some(given) = run.prev_hash
+        && here != Some(given)
     {
-        let here = prev.as_ref().map_or_else(|| "none (the ledger has no hash chain)".to_owned(), chain::to_hex);
+        let here = here.as_ref().map_or_else(|| "none (the ledger has no hash chain)".to_owned(), chain::to_hex);
         let reason = format!(
             "the chain does not continue: prev_hash is {}, the hash before id {from} here is {here}",
             chain::to_hex(&given)
         );
         return Err(conflict(ledger, from, reason));
     }
-    let mut last_ts = view.last_ts;
-    let mut present = 0;
-    let mut hashes = Vec::new();
-    // Live idempotency keys of the new entries, with their ids.
-    let mut fresh: HashMap<&str, EntryId> = HashMap::new();
-    for (stamp, entry) in stamps.iter().zip(entries) {
-        if stamp.id <= view.head {
-            let record = &present_records[(stamp.id - read_from) as usize];
-            compare(ledger, stamp, entry, record)?;
-            (prev, last_ts) = (record.hash, record.ts);
-            present += 1;
-            continue;
-        }
-        if stamp.ts < last_ts {
-            let reason = format!("ts {} is below the previous entry's ts {last_ts}", stamp.ts);
+    Ok(here)
+}
+
+/// The walk over a run's new entries: the chain and the ts go on from the
+/// entry before, and each live idempotency key must be new to the ledger.
+struct Walk<'a, F> {
+    /// The chain hash of the entry before (`None` without a chain).
+    prev: Option<ChainHash>,
+    last_ts: u64,
+    /// The hash of each new entry, in order.
+    hashes: Vec<Option<ChainHash>>,
+    /// Live idempotency keys of the run's new entries, with their ids.
+    fresh: HashMap<&'a str, EntryId>,
+    original: F,
+}
+
+impl<'a, F: FnMut(&str) -> Result<Option<EntryId>>> Walk<'a, F> {
+    fn new_entry(&mut self, ledger: &LedgerName, stamp: &Stamp, entry: &'a NewEntry, now: u64) -> Result<()> {
+        if stamp.ts < self.last_ts {
+            let reason = format!("ts {} is below the previous entry's ts {}", stamp.ts, self.last_ts);
             return Err(conflict(ledger, stamp.id, reason));
         }
-        last_ts = stamp.ts;
-        let hash =
-            prev.map(|p| chain::link(&p, stamp.id, stamp.ts, entry.key.as_deref(), entry.payload.as_str().as_bytes()));
+        let payload = entry.payload.as_str().as_bytes();
+        let hash = self.prev.map(|p| chain::link(&p, stamp.id, stamp.ts, entry.key.as_deref(), payload));
         if let (Some(expected), Some(given)) = (hash, stamp.hash)
             && expected != given
         {
@@ -342,23 +379,23 @@ pub(crate) fn check_run(
             );
             return Err(conflict(ledger, stamp.id, reason));
         }
-        prev = hash;
-        hashes.push(hash);
         if let Some(key) = entry.idempotency_key.as_deref()
             && is_live(stamp.ts, now)
         {
-            let earlier = match fresh.get(key) {
+            let earlier = match self.fresh.get(key) {
                 Some(&id) => Some(id),
-                None => original(key)?,
+                None => (self.original)(key)?,
             };
             if let Some(id) = earlier {
                 let reason = format!("idempotency_key {key:?} is already used by id {id}");
                 return Err(conflict(ledger, stamp.id, reason));
             }
-            fresh.insert(key, stamp.id);
+            self.fresh.insert(key, stamp.id);
         }
+        (self.prev, self.last_ts) = (hash, stamp.ts);
+        self.hashes.push(hash);
+        Ok(())
     }
-    Ok(Checked { present, hashes })
 }
 
 /// An entry's idempotency key is still answered at `now` (and worth
@@ -423,4 +460,86 @@ fn shorten(text: &str) -> String {
 
 fn conflict(ledger: &LedgerName, id: EntryId, reason: String) -> StoreError {
     StoreError::ImportConflict { ledger: ledger.clone(), id, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name() -> LedgerName {
+        LedgerName::parse("audit").unwrap()
+    }
+
+    fn new_entry(payload: &str, idempotency_key: Option<&str>) -> NewEntry {
+        NewEntry {
+            key: None,
+            idempotency_key: idempotency_key.map(str::to_owned),
+            payload: Payload::from_json(payload).unwrap(),
+        }
+    }
+
+    /// A chained ledger holding ids 1 and 2 (ts 10 and 20) from `seed`.
+    fn two_stored(seed: ChainHash) -> (LedgerView, Vec<OwnedRecord>) {
+        let h1 = chain::link(&seed, 1, 10, None, b"1");
+        let h2 = chain::link(&h1, 2, 20, None, b"2");
+        let record = |id, ts, hash| OwnedRecord {
+            id,
+            ts,
+            key: None,
+            idempotency_key: None,
+            hash: Some(hash),
+            payload: id.to_string(),
+        };
+        let view = LedgerView {
+            first: 1,
+            head: 2,
+            last_ts: 20,
+            chained: true,
+            last_hash: Some(h2),
+            first_prev_hash: Some(seed),
+            bytes: 0,
+        };
+        (view, vec![record(1, 10, h1), record(2, 20, h2)])
+    }
+
+    #[test]
+    fn a_run_from_inside_the_ledger_is_compared_then_chained_from_what_is_stored() {
+        let seed = [9; 32];
+        let (view, records) = two_stored(seed);
+        let stored = |from: EntryId, limit: usize| {
+            Ok(records.iter().filter(|r| r.id >= from).take(limit).cloned().collect::<Vec<_>>())
+        };
+        let stamps = [Stamp { id: 2, ts: 20, hash: None }, Stamp { id: 3, ts: 20, hash: None }];
+        let entries = [new_entry("2", None), new_entry("3", None)];
+        let ledger = name();
+        let run = Run { ledger: &ledger, stamps: &stamps, entries: &entries, prev_hash: records[0].hash };
+        let checked = check_run(&run, &view, 30, stored, |_| Ok(None)).unwrap();
+        let h3 = chain::link(records[1].hash.as_ref().unwrap(), 3, 20, None, b"3");
+        assert_eq!(checked, Checked { present: 1, hashes: vec![Some(h3)] });
+
+        let wrong = Run { prev_hash: Some(seed), ..run };
+        let refused = check_run(&wrong, &view, 30, stored, |_| Ok(None)).unwrap_err();
+        assert!(matches!(refused, StoreError::ImportConflict { id: 2, .. }), "{refused}");
+        let short = |_: EntryId, _: usize| Ok(Vec::new());
+        let run = Run { prev_hash: None, ..run };
+        let missing = check_run(&run, &view, 30, short, |_| Ok(None)).unwrap_err();
+        assert!(matches!(missing, StoreError::MissingEntries { from: 1, to: 2, .. }), "{missing}");
+    }
+
+    #[test]
+    fn a_live_idempotency_key_is_new_to_the_ledger_and_the_run_an_expired_one_is_stored_as_given() {
+        let ledger = name();
+        let view = LedgerView::empty(1, None);
+        let stamps = [Stamp { id: 1, ts: 5, hash: None }, Stamp { id: 2, ts: 5, hash: None }];
+        let entries = [new_entry("1", Some("k")), new_entry("2", Some("k"))];
+        let run = Run { ledger: &ledger, stamps: &stamps, entries: &entries, prev_hash: None };
+        let no_reads = |_: EntryId, _: usize| Ok(Vec::new());
+        let twice = check_run(&run, &view, 10, no_reads, |_| Ok(None)).unwrap_err();
+        assert!(matches!(twice, StoreError::ImportConflict { id: 2, .. }), "{twice}");
+        let known = check_run(&run, &view, 10, no_reads, |_| Ok(Some(7))).unwrap_err();
+        assert!(known.to_string().contains("already used by id 7"), "{known}");
+        let later = 5 + IDEMPOTENCY_WINDOW_MS;
+        let expired = check_run(&run, &view, later, no_reads, |_| Ok(Some(7))).unwrap();
+        assert_eq!(expired, Checked { present: 0, hashes: vec![None, None] });
+    }
 }

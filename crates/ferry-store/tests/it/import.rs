@@ -332,3 +332,41 @@ async fn a_pinned_read_of_a_deleted_or_recreated_ledger_is_gone() {
     assert!(matches!(store.read_pinned(pin, &b, None, 10).await, Err(StoreError::PinnedLedgerGone { .. })));
     close(store).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_past_the_quota_is_refused_and_creates_nothing() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (backup, seed) = backup_of_a(dir_a.path(), 10).await;
+    let b = open_with(StoreConfig { max_ledger_bytes: Some(600), ..chunked(dir_b.path()) });
+    let audit = ledger("audit");
+    let refused = b.import(&audit, to_import(&backup), Some(seed)).await;
+    assert!(matches!(refused, Err(StoreError::QuotaExceeded { .. })), "{refused:?}");
+    assert!(b.ledger_info(&audit).is_none());
+    b.import(&audit, to_import(&backup[..2]), Some(seed)).await.unwrap();
+    let refused = b.import(&audit, to_import(&backup[2..]), backup[1].entry.hash).await;
+    assert!(matches!(refused, Err(StoreError::QuotaExceeded { .. })), "{refused:?}");
+    assert_eq!(head(&b, &audit), 2);
+    close(b).await;
+}
+
+/// A failed fdatasync refuses an import as it refuses an append: the store
+/// is poisoned and nothing of it becomes visible. Needs the `failpoints`
+/// feature (one process per test, as nextest runs them).
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_whose_sync_fails_is_refused_and_never_visible() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (backup, seed) = backup_of_a(dir_a.path(), 6).await;
+    let scenario = fail::FailScenario::setup();
+    let b = open_with(chunked(dir_b.path()));
+    let audit = ledger("audit");
+    b.import(&audit, to_import(&backup[..2]), Some(seed)).await.unwrap();
+    fail::cfg("durable::sync_data", "return").unwrap();
+    let refused = b.import(&audit, to_import(&backup[2..]), backup[1].entry.hash).await;
+    assert!(matches!(refused, Err(StoreError::Poisoned(_))), "{refused:?}");
+    fail::remove("durable::sync_data");
+    assert_eq!(head(&b, &audit), 2);
+    assert!(matches!(b.import(&audit, to_import(&backup[2..]), None).await, Err(StoreError::Poisoned(_))));
+    close(b).await;
+    scenario.teardown();
+}
