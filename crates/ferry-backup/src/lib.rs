@@ -34,4 +34,4 @@ pub use manifest::{FileManifest, Incremental, LedgerFile, LedgerManifest, Manife
 pub use restore::{RestoreMode, RestoreReport, restore};
 pub use source::Source;
 pub use target::Target;
-pub use verify::{Verified, verify, verify_chain};
+pub use verify::{Verified, prove_anchor, verify, verify_chain};

@@ -309,3 +309,46 @@ impl<R: std::io::Read> std::io::Read for HashingRead<R> {
         Ok(n)
     }
 }
+
+/// Proves verified backups against an anchored head (`GET
+/// /v1/ledgers/{ledger}/head` or a `ledger.checkpoint` event kept outside
+/// ferry): the chain hash the backups give entry `id` of `ledger` is `hash`.
+/// The chain itself was checked by `verify_chain`, so a match proves every
+/// entry up to `id` is what was appended. Returns where the hash was found.
+pub fn prove_anchor(verified: &Verified, ledger: &str, id: u64, hash: &str) -> Result<String> {
+    let refused = |reason: String| BackupError::Refused(format!("ledger {ledger} id {id}: {reason}"));
+    let Some((dir, l)) = verified
+        .dirs
+        .iter()
+        .zip(&verified.manifests)
+        .rev()
+        .filter_map(|(d, m)| m.ledgers.get(ledger).map(|l| (d, l)))
+        .find(|(_, l)| l.from.saturating_sub(1) <= id && id <= l.head)
+    else {
+        return Err(refused("the backups do not hold it".into()));
+    };
+    let (found, place) = if id == l.head {
+        (l.head_hash.clone(), format!("{}: head_hash", dir.join(MANIFEST).display()))
+    } else if id + 1 == l.from {
+        (l.prev_hash.clone(), format!("{}: prev_hash", dir.join(MANIFEST).display()))
+    } else {
+        let f =
+            l.files.iter().find(|f| (f.from..=f.to).contains(&id)).ok_or_else(|| refused("no file holds it".into()))?;
+        let path = dir.join(&f.path);
+        let n = id - f.from + 1;
+        let file = File::open(&path).map_err(|e| BackupError::io(format!("open {}", path.display()), e))?;
+        let mut lines = BufReader::new(file).split(b'\n');
+        let line = lines
+            .nth((n - 1) as usize)
+            .transpose()
+            .map_err(|e| BackupError::io(format!("read {}", path.display()), e))?
+            .ok_or_else(|| refused(format!("{} has no line {n}", path.display())))?;
+        let entry = BackupLine::parse(&line).map_err(|e| BackupError::bad(&path, Some(n), e))?;
+        (entry.hash.map(str::to_owned), format!("{} line {n}", path.display()))
+    };
+    match found {
+        None => Err(refused("the ledger has no hash chain in the backup".into())),
+        Some(found) if found == hash => Ok(place),
+        Some(found) => Err(refused(format!("the backup's chain hash is {found} ({place}); the anchor says {hash}"))),
+    }
+}

@@ -12,8 +12,8 @@ use ferry_backup::{CreateOptions, RestoreMode, Source, Target};
 use ferry_store::Store;
 
 use crate::UsageError;
-use crate::cli::{BackupCommand, NodeArgs, RestoreModeArg};
-use crate::tools::Storage;
+use crate::cli::{BackupCommand, ChainCommand, NodeArgs, RestoreModeArg};
+use crate::config::Config;
 
 pub async fn run(command: BackupCommand) -> anyhow::Result<()> {
     match command {
@@ -78,6 +78,50 @@ pub async fn run(command: BackupCommand) -> anyhow::Result<()> {
     }
 }
 
+/// `ferry chain verify --from-backup DIR… [--ledger L] --expect ID:HASH`.
+pub async fn chain(command: ChainCommand) -> anyhow::Result<()> {
+    let ChainCommand::Verify { from_backup, ledger, expect } = command;
+    let Some((id, hash)) =
+        expect.split_once(':').and_then(|(id, hash)| Some((id.parse::<u64>().ok()?, hash.to_owned())))
+    else {
+        return Err(UsageError(format!("--expect {expect:?}: give ID:HASH, e.g. 1050:9f86d0…")).into());
+    };
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(UsageError(format!("--expect {expect:?}: the hash must be 64 lower-case hex digits")).into());
+    }
+    let verified = tokio::task::spawn_blocking(move || ferry_backup::verify_chain(&from_backup)).await??;
+    let ledger = match ledger {
+        Some(l) => l,
+        None => {
+            let names: std::collections::BTreeSet<&String> =
+                verified.manifests.iter().flat_map(|m| m.ledgers.keys()).collect();
+            match names.into_iter().collect::<Vec<_>>().as_slice() {
+                [one] => (*one).clone(),
+                _ => return Err(UsageError("the backups hold several ledgers: name one with --ledger".into()).into()),
+            }
+        }
+    };
+    let place = ferry_backup::prove_anchor(&verified, &ledger, id, &hash)?;
+    println!("{}", serde_json::json!({ "ok": true, "ledger": ledger, "id": id, "hash": hash, "found": place }));
+    Ok(())
+}
+
+/// The store as `ferry serve` would open it from the same `--config` and
+/// `--data-dir` (roots, `chunk_entries`, `hash_chain`, limits), pruning
+/// nothing: retention is off while a backup or a restore holds the node.
+fn store_config(args: &NodeArgs) -> anyhow::Result<ferry_store::StoreConfig> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    let mut store = config.validate()?.store;
+    store.retention = ferry_store::RetentionPolicy::default();
+    Ok(store)
+}
+
 enum Node {
     Server(ferry_client::Client),
     Store(Store, String),
@@ -92,8 +136,7 @@ impl Node {
             let client = crate::client::Client::new(server, args.token.clone())?;
             return Ok(Node::Server(client.api().clone()));
         }
-        let storage = Storage { data_dir: args.data_dir.as_deref(), config: args.config.as_deref() };
-        let config = storage.store_config()?;
+        let config = store_config(args)?;
         let catalog = config.catalog_dir.clone().unwrap_or_else(|| config.data_dir.join("catalog"));
         if existing && !Path::new(&catalog).exists() {
             return Err(UsageError(format!(

@@ -91,6 +91,12 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// The hash chain: `ferry chain verify --from-backup DIR… --expect
+    /// ID:HASH` proves backups against a head anchored outside ferry.
+    Chain {
+        #[command(subcommand)]
+        command: ChainCommand,
+    },
     /// Tokens: `ferry token hash` prints the digest form of a secret.
     Token {
         #[command(subcommand)]
@@ -187,6 +193,24 @@ pub enum BackupCommand {
         /// `merge`: entries already there must be identical.
         #[arg(long, value_enum, default_value_t = RestoreModeArg::FailIfExists)]
         mode: RestoreModeArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChainCommand {
+    /// Verify backups (a full one, then its incremental ones, in order),
+    /// chain included, and prove that the chain hash they give entry ID of
+    /// the ledger is HASH (from `GET /v1/ledgers/{ledger}/head` or a
+    /// `ledger.checkpoint` event kept elsewhere); exits 1 otherwise.
+    Verify {
+        #[arg(long = "from-backup", value_name = "DIR", required = true, num_args = 1..)]
+        from_backup: Vec<PathBuf>,
+        /// The ledger the anchor is of (needed when the backups hold several).
+        #[arg(long)]
+        ledger: Option<String>,
+        /// The anchored head: ID:HASH (lower-case hex).
+        #[arg(long, value_name = "ID:HASH")]
+        expect: String,
     },
 }
 

@@ -94,6 +94,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Exporters { command, server } => exporters(&Client::new(&server.server, server.token)?, command).await,
         Command::Backup { command } => backup::run(command).await,
+        Command::Chain { command } => backup::chain(command).await,
         Command::Token { command: TokenCommand::Hash { secret } } => token_hash(secret),
         Command::Verify(storage) => tokio::task::spawn_blocking(move || tools::verify(storage_of(&storage))).await?,
         Command::Inspect { file, storage } => {

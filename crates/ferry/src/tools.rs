@@ -27,7 +27,7 @@ impl Storage<'_> {
         self.data_dir.is_some() || self.config.is_some()
     }
 
-    pub fn store_config(&self) -> anyhow::Result<StoreConfig> {
+    fn store_config(&self) -> anyhow::Result<StoreConfig> {
         if !self.given() {
             return Err(UsageError("give the data directory with --data-dir D (or --config F)".into()).into());
         }
