@@ -20,9 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Result, StoreError};
 use crate::idempotency::{IdempotencyIndex, Seen, expired_below};
-use crate::import::{self, ImportOutcome, LedgerView};
+use crate::import::{self, LedgerView};
 use crate::ledger::LedgerState;
-use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg, ImportRequest};
+use crate::messages::{AppendOutcome, AppendRequest, FlusherMsg, FreezerMsg, ImportOutcome, ImportRequest, Stamp};
 use crate::shared::Shared;
 use crate::wal::{RecordPos, SegmentWriter};
 
@@ -213,7 +213,7 @@ impl Flusher {
     fn import(
         &mut self,
         ledger: Arc<LedgerState>,
-        stamps: &[import::Stamp],
+        stamps: &[Stamp],
         entries: &[NewEntry],
         prev_hash: Option<ChainHash>,
         buf: &mut Vec<u8>,

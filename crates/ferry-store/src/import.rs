@@ -43,7 +43,7 @@ use ferry_format::chain::{self, ChainHash};
 use tokio::sync::oneshot;
 
 use crate::ledger::LedgerIndex;
-use crate::messages::{FlusherMsg, ImportRequest};
+use crate::messages::{FlusherMsg, ImportOutcome, ImportRequest, Stamp};
 use crate::pack_protocols::OwnedRecord;
 use crate::{Result, Store, StoreError};
 
@@ -58,21 +58,6 @@ pub struct ImportEntry {
     /// the chain here; `None` for an entry of a ledger without a chain.
     pub hash: Option<ChainHash>,
     pub payload: Payload,
-}
-
-/// What an import did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ImportOutcome {
-    /// Entries appended.
-    pub imported: u64,
-    /// Entries already stored, identical.
-    pub present: u64,
-    /// The ledger's head after the import.
-    pub head: EntryId,
-    /// The ledger's incarnation in this store.
-    pub incarnation: u64,
-    /// The import created the ledger.
-    pub created: bool,
 }
 
 impl Store {
@@ -196,14 +181,6 @@ impl Store {
         self.shared().admit(ledger, prev_hash.is_some(), 0, entries.iter())?;
         Ok(())
     }
-}
-
-/// The id, ts and chain hash an import gives an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stamp {
-    pub id: EntryId,
-    pub ts: u64,
-    pub hash: Option<ChainHash>,
 }
 
 /// A ledger as an import is checked against it, read from its index.

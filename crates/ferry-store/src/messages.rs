@@ -9,7 +9,6 @@ use ferry_format::chain::ChainHash;
 use tokio::sync::oneshot;
 
 use crate::Result;
-use crate::import::{ImportOutcome, Stamp};
 use crate::ledger::LedgerState;
 
 /// The result of an append: the id of every entry, in request order (an
@@ -19,6 +18,29 @@ pub struct AppendOutcome {
     pub ids: Vec<EntryId>,
     /// False when every entry was a repeat of an earlier append.
     pub created: bool,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportOutcome {
+    /// Entries appended.
+    pub imported: u64,
+    /// Entries already stored, identical.
+    pub present: u64,
+    /// The ledger's head after the import.
+    pub head: EntryId,
+    /// The ledger's incarnation in this store.
+    pub incarnation: u64,
+    /// The import created the ledger.
+    pub created: bool,
+}
+
+/// The id, ts and chain hash an import gives an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub id: EntryId,
+    pub ts: u64,
+    pub hash: Option<ChainHash>,
 }
 
 pub(crate) struct AppendRequest {
