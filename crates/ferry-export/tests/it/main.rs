@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::{EntryId, LedgerName, NewEntry, Payload};
+use ferry_export::sink::ChainStart;
 use ferry_export::{
     Ack, Batch, CursorTable, ExporterConfig, ExporterStatus, Exporters, Holding, Prepared, Secrets, Sink, SinkError,
     Target,
 };
-use ferry_export::sink::ChainStart;
 use ferry_store::{Store, StoreConfig};
 
 /// How a test sink behaves.

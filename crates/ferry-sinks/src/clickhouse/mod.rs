@@ -358,8 +358,10 @@ impl ClickHouseSink {
             return Err(SinkError::retryable(format!("unexpected answer to the range check: {:?}", text.trim())));
         };
         let (min, max) = if count == 0 { (None, None) } else { (Some(min), Some(max)) };
-        let chain = match ChainWalk::new(start) {
-            Some(walk) => Some(inner.walk_chain(target, walk).await.map_err(|f| f.into_sink_error(&inner.secrets))?),
+        let chain = match ChainWalk::new(start, cursor) {
+            Some(walk) => {
+                Some(inner.walk_chain(target, cursor, walk).await.map_err(|f| f.into_sink_error(&inner.secrets))?)
+            }
             None => None,
         };
         Ok(Holding { in_range, distinct, below_first, above_cursor, min, max, chain })
@@ -594,13 +596,13 @@ impl Inner {
         self.send(request, "INSERT").await.map(drop)
     }
 
-    /// Reads the incarnation's rows back in id order, in the exactly-once
+    /// Reads the incarnation's rows through the cursor back in id order, in the exactly-once
     /// view, as a stream (never the whole answer in memory), and walks the
     /// chain over them; stops reading at the first break.
-    async fn walk_chain(&self, target: &Target, mut walk: ChainWalk) -> Result<ChainCheck, Failure> {
+    async fn walk_chain(&self, target: &Target, cursor: EntryId, mut walk: ChainWalk) -> Result<ChainCheck, Failure> {
         let sql = format!(
-            "SELECT id, ts, key, hash, payload FROM {} FINAL WHERE ledger = {} AND incarnation = {} ORDER BY id \
-             FORMAT JSONEachRow",
+            "SELECT id, ts, key, hash, payload FROM {} FINAL WHERE ledger = {} AND incarnation = {} \
+             AND id <= {cursor} ORDER BY id FORMAT JSONEachRow",
             self.config.qualified_table(),
             quote(target.ledger.as_str()),
             target.incarnation

@@ -346,10 +346,10 @@ impl PostgresSink {
     /// hashed, so its chain is reported uncheckable).
     pub async fn check(&self, target: &Target, start: &ChainStart, cursor: EntryId) -> Result<Holding, SinkError> {
         let mut holding = self.timed("count the rows in", self.count(target, start.first, cursor)).await?;
-        if let Some(walk) = ChainWalk::new(start) {
+        if let Some(walk) = ChainWalk::new(start, cursor) {
             let st = self.statements().await?;
             holding.chain = Some(match st.payload {
-                sql::PayloadType::Json => self.walk_chain(&st, target, walk).await?,
+                sql::PayloadType::Json => self.walk_chain(&st, target, cursor, walk).await?,
                 sql::PayloadType::Jsonb => ChainCheck::Uncheckable {
                     why: format!(
                         "the payload column of {} is jsonb, which does not keep the payload's text the chain \
@@ -362,28 +362,33 @@ impl PostgresSink {
         Ok(holding)
     }
 
-    /// Reads the incarnation's rows in id order, `CHAIN_PAGE` at a time
+    /// Reads the incarnation's rows through the cursor in id order, `CHAIN_PAGE` at a time
     /// (never all in memory), into the walk; stops at the first break.
     /// Pages follow the primary key, so each is an index range scan.
-    async fn walk_chain(&self, st: &Statements, target: &Target, mut walk: ChainWalk) -> Result<ChainCheck, SinkError> {
+    async fn walk_chain(
+        &self,
+        st: &Statements,
+        target: &Target,
+        cursor: EntryId,
+        mut walk: ChainWalk,
+    ) -> Result<ChainCheck, SinkError> {
         let incarnation = to_i64(target.incarnation, "incarnation")?;
+        let through = to_i64(cursor, "id")?;
         let mut after: i64 = -1;
         loop {
             type Row = (i64, i64, Option<String>, Option<String>, String);
             let page: Vec<Row> = self
-                .timed(
-                    "read the rows of",
-                    async {
-                        sqlx::query_as(AssertSqlSafe(st.chain_rows.clone()))
-                            .bind(target.ledger.as_str())
-                            .bind(incarnation)
-                            .bind(after)
-                            .bind(CHAIN_PAGE)
-                            .fetch_all(&self.pool)
-                            .await
-                            .map_err(|e| self.sql_error(&format!("read the rows of {} for the chain check", st.table), e))
-                    },
-                )
+                .timed("read the rows of", async {
+                    sqlx::query_as(AssertSqlSafe(st.chain_rows.clone()))
+                        .bind(target.ledger.as_str())
+                        .bind(incarnation)
+                        .bind(after)
+                        .bind(CHAIN_PAGE)
+                        .bind(through)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| self.sql_error(&format!("read the rows of {} for the chain check", st.table), e))
+                })
                 .await?;
             let n = |v: i64| u64::try_from(v).unwrap_or(0);
             for (id, ts, key, hash, payload) in &page {

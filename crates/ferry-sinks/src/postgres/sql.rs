@@ -111,8 +111,9 @@ pub struct Statements {
     pub read_cursor: Arc<str>,
     pub summary: Arc<str>,
     pub check: Arc<str>,
-    /// `$3` the id after which, `$4` how many: the incarnation's rows in
-    /// id order, a page at a time, for the chain check.
+    /// `$3` the id after which, `$4` how many, `$5` the last id: the
+    /// incarnation's rows in id order, a page at a time, for the chain
+    /// check.
     pub chain_rows: Arc<str>,
     /// The table's payload column type (what `create_table` makes until
     /// the table was checked).
@@ -160,7 +161,7 @@ impl Statements {
             )),
             chain_rows: s(format!(
                 "SELECT id, ts, key, hash, payload::text FROM {t} \
-                 WHERE ledger = $1 AND incarnation = $2 AND id > $3 ORDER BY id LIMIT $4"
+                 WHERE ledger = $1 AND incarnation = $2 AND id > $3 AND id <= $5 ORDER BY id LIMIT $4"
             )),
             payload: PayloadType::Json,
             table: t,

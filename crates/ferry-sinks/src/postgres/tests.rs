@@ -220,7 +220,10 @@ async fn rows_are_written_once_with_their_columns_and_counted_by_the_check() {
             .unwrap();
     assert_eq!(hash, "03".repeat(32));
     let h = sink.check(&target(1), &ChainStart::unchained(2), 5).await.unwrap();
-    assert_eq!(h, Holding { in_range: 4, distinct: 4, below_first: 1, above_cursor: 1, min: Some(1), max: Some(6), chain: None });
+    assert_eq!(
+        h,
+        Holding { in_range: 4, distinct: 4, below_first: 1, above_cursor: 1, min: Some(1), max: Some(6), chain: None }
+    );
     schema.drop().await;
 }
 
