@@ -23,6 +23,12 @@
 //! apart from the old one. ClickHouse keeps no position of its own here,
 //! so `prepare` answers `Cursor`: repeats are harmless, nothing to undo.
 //!
+//! **The chain check.** For a chained ledger the range check reads the
+//! incarnation's rows back from `FINAL` in id order, as a stream, and
+//! recomputes the hash chain over them (`ChainWalk`): `payload` is the
+//! exact text the chain hashed, and a row replaced by a later insert of
+//! its key is what `FINAL` shows, so it breaks the chain at its id.
+//!
 //! **Group commit.** Each INSERT makes a part, and many tiny parts make
 //! ClickHouse refuse inserts ("Too many parts"). So concurrent deliveries
 //! (up to `max_parallel_ledgers` ledgers) share INSERTs: a delivery joins a

@@ -38,6 +38,14 @@
 //! and if the runtime comes back past it without a delivery, its cursor
 //! stands and the next batch moves the row over the gap (`prepare`).
 //!
+//! **The chain check.** `payload` is `json` in the table `create_table`
+//! makes: it keeps the entry's text byte for byte, which is what a
+//! chained ledger's hashes were computed over, so the range check reads
+//! the rows back (pages along the primary key) and recomputes the chain
+//! (`ChainWalk`). A `jsonb` column (tables made before) is still accepted
+//! and written, cast by its type; it normalises the text, so its chain is
+//! reported uncheckable rather than broken everywhere.
+//!
 //! **Connections.** `build` connects once: bad credentials or an unknown
 //! database refuse `config.url`, a missing table (without `create_table`)
 //! or one of the wrong shape refuses `config.table`, a TLS verdict
