@@ -128,7 +128,7 @@ impl Sink for AnySink {
 
     async fn check(&self, target: &Target, start: &ChainStart, cursor: EntryId) -> Result<Option<Holding>, SinkError> {
         match self {
-            Self::File(s) => s.check(&target.ledger, start.first, cursor).await.map(Some),
+            Self::File(s) => s.check(&target.ledger, *start, cursor).await.map(Some),
             Self::ClickHouse(s) => s.check(target, start, cursor).await.map(Some),
             Self::Postgres(s) => s.check(target, start, cursor).await.map(Some),
             Self::Nats(s) => s.check(target, start.first, cursor).await.map(Some),
