@@ -169,6 +169,16 @@ impl ChainWalk {
         true
     }
 
+    /// A row at `id` whose fields could not be read (`why`): a break
+    /// there, unless past the cursor. False, as `push` after a break.
+    pub fn unreadable(&mut self, id: EntryId, why: &str) -> bool {
+        if self.broken.is_none() && id <= self.cursor {
+            self.rows += 1;
+            self.broken = Some((id, format!("the row cannot be read as an entry: {why}")));
+        }
+        false
+    }
+
     fn step(&mut self, row: ChainRow<'_>) -> Result<(), (EntryId, String)> {
         let id = row.id;
         let Some(text) = row.hash else {
@@ -248,8 +258,8 @@ mod tests {
         Holding { in_range, distinct, below_first, above_cursor, min: None, max: None, chain: None }
     }
 
-    /// Rows `ids` of a chain of ledger `a`, incarnation 1, with the entry
-    /// before each hashed as the store did: (id, ts, key, payload, hash hex).
+    /// The first `n` entries of ledger `a`'s chain (incarnation 1), each
+    /// hashed as the store does: (id, ts, key, payload, hash hex).
     fn chained(n: u64) -> Vec<(u64, u64, Option<String>, String, String)> {
         let mut prev = chain::genesis("a", 1);
         (1..=n)
@@ -313,7 +323,11 @@ mod tests {
         // information for the counts, no break.
         let stray = ChainRow { id: 99, ts: 1, key: None, payload: b"{}", hash: None };
         assert!(!w.push(stray));
+        assert!(!w.unreadable(99, "not JSON"));
         assert_eq!(w.finish(), ChainCheck::Intact { rows: 6 });
+        let mut unreadable = ChainWalk::new(&start, 6).unwrap();
+        assert!(!unreadable.unreadable(1, "not JSON"));
+        assert_eq!(broken_at(&unreadable.finish()), Some(1));
     }
 
     #[test]

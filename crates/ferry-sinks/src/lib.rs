@@ -131,7 +131,7 @@ impl Sink for AnySink {
             Self::File(s) => s.check(&target.ledger, *start, cursor).await.map(Some),
             Self::ClickHouse(s) => s.check(target, start, cursor).await.map(Some),
             Self::Postgres(s) => s.check(target, start, cursor).await.map(Some),
-            Self::Nats(s) => s.check(target, start.first, cursor).await.map(Some),
+            Self::Nats(s) => s.check(target, start, cursor).await.map(Some),
             Self::Stdout(_) | Self::Http(_) => Ok(None),
         }
     }

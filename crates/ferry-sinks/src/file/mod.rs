@@ -190,15 +190,8 @@ fn count_lines(dir: &Path, start: &ChainStart, cursor: EntryId) -> Result<Holdin
             let not_an_entry = |error| FileError::NotAnEntry { path: path.clone(), offset, error };
             let id = serde_json::from_slice::<IdOnly>(&line).map_err(not_an_entry)?.id;
             if let Some(walk) = walk.as_mut().filter(|_| walking) {
-                let e = serde_json::from_slice::<ChainLine<'_>>(&line).map_err(not_an_entry)?;
-                let row = ChainRow {
-                    id,
-                    ts: e.ts,
-                    key: e.key.as_deref(),
-                    payload: e.payload.get().as_bytes(),
-                    hash: e.hash.as_deref(),
-                };
-                walking = walk.push(row);
+                let entry = serde_json::from_slice::<ChainLine<'_>>(&line).map_err(not_an_entry)?;
+                walking = walk.push(entry.row());
             }
             offset += n as u64;
             holding.min = Some(holding.min.map_or(id, |m| m.min(id)));
@@ -225,14 +218,29 @@ struct IdOnly {
     id: EntryId,
 }
 
-/// The fields of an entry line the chain hashes, the payload as written.
+/// The fields of an entry's JSON (a file line, a NATS message body) the
+/// chain hashes, the payload as written (`Entry::write_json` writes its
+/// stored text verbatim).
 #[derive(serde::Deserialize)]
-struct ChainLine<'a> {
+pub(crate) struct ChainLine<'a> {
+    id: EntryId,
     ts: u64,
     key: Option<String>,
     hash: Option<String>,
     #[serde(borrow)]
     payload: &'a serde_json::value::RawValue,
+}
+
+impl ChainLine<'_> {
+    pub(crate) fn row(&self) -> ChainRow<'_> {
+        ChainRow {
+            id: self.id,
+            ts: self.ts,
+            key: self.key.as_deref(),
+            payload: self.payload.get().as_bytes(),
+            hash: self.hash.as_deref(),
+        }
+    }
 }
 
 /// What went wrong between the sink and its files. Every one is retryable:
