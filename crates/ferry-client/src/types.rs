@@ -134,9 +134,11 @@ pub struct LedgerCheck {
     pub cursor: u64,
     /// What the destination was counted to hold (absent when it could not
     /// be asked): `in_range`, `distinct`, `below_first`, `above_cursor`,
-    /// `min`, `max`.
+    /// `min`, `max`, and for a chained ledger `chain` (`{"state":
+    /// "intact"|"broken"|"uncheckable", …}`, `docs/sinks.md`).
     pub holding: Option<Value>,
-    /// Gaps, repeats, or why the destination could not be asked.
+    /// Gaps, repeats, a chain break ("chain breaks at id N: …"), or why
+    /// the destination could not be asked.
     pub faults: Vec<String>,
     /// Rows outside the range, or why the sink was not asked.
     pub notes: Vec<String>,

@@ -29,7 +29,7 @@ use crate::job::{Done, Job};
 use crate::machine::{LedgerMachine, Next, Notice, Outcome};
 use crate::redact::Secrets;
 use crate::settings::{ExporterSettings, StartAt};
-use crate::sink::{Sink, SinkError, Target};
+use crate::sink::{ChainStart, Sink, SinkError, Target};
 use crate::status::{ExporterState, ExporterStatus, LedgerStatus};
 
 /// What the control API can fail with.
@@ -286,11 +286,12 @@ async fn check<S: Sink>(
     secrets: &Secrets,
     exporter: LedgerName,
     kind: String,
-    targets: Vec<(Target, EntryId, EntryId)>,
+    targets: Vec<(Target, ChainStart, EntryId)>,
 ) -> CheckReport {
     let mut ledgers = Vec::with_capacity(targets.len());
-    for (target, first, cursor) in targets {
-        let checked = match sink.check(&target, first, cursor).await {
+    for (target, start, cursor) in targets {
+        let first = start.first;
+        let checked = match sink.check(&target, &start, cursor).await {
             Ok(Some(holding)) => LedgerCheck::judge(target.ledger, target.incarnation, first, cursor, holding),
             Ok(None) => LedgerCheck::unknown(target.ledger, target.incarnation, first, cursor, Ok(())),
             Err(e) => {
@@ -772,17 +773,22 @@ impl<S: Sink> Supervisor<S> {
         }
     }
 
-    /// What a range check asks about: each ledger's target, First and
+    /// What a range check asks about: each ledger's target, where its
+    /// chain starts (First and the hash before it, read together) and
     /// cursor, sorted by name.
-    fn check_targets(&self, ledger: Option<LedgerName>) -> Result<Vec<(Target, EntryId, EntryId)>, ExportError> {
+    fn check_targets(&self, ledger: Option<LedgerName>) -> Result<Vec<(Target, ChainStart, EntryId)>, ExportError> {
         let names = self.reset_targets(ledger)?;
         let mut targets: Vec<_> = names
             .into_iter()
             .filter_map(|name| {
                 let t = self.ledgers.get(&name)?;
-                let first = self.store.ledger_head(&name).filter(|i| i.incarnation == t.incarnation)?.first;
+                let info = self.store.ledger_info(&name).filter(|i| i.incarnation == t.incarnation)?;
+                // Always lower-case hex from the store: anything else would
+                // be a store bug, and only costs the chain part of the check.
+                let prev_hash = info.first_prev_hash.as_deref().and_then(ferry_format::chain::from_hex);
+                let start = ChainStart { first: info.first, prev_hash };
                 let target = Target { exporter: self.settings.name.clone(), ledger: name, incarnation: t.incarnation };
-                Some((target, first, t.machine.cursor()))
+                Some((target, start, t.machine.cursor()))
             })
             .collect();
         targets.sort_by(|a, b| a.0.ledger.cmp(&b.0.ledger));

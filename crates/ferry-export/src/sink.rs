@@ -107,11 +107,55 @@ pub enum Prepared {
     DestinationThrough(EntryId),
 }
 
+/// Where the ledger starts in the store, for the range check: its First,
+/// and the chain hash of the entry before First (`first_prev_hash`: the
+/// chain's `h_0` while First is 1; `None` for a ledger without a chain).
+/// The row at First must chain from `prev_hash`; rows below First (pruned
+/// in the store since) chain among themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainStart {
+    pub first: EntryId,
+    pub prev_hash: Option<[u8; 32]>,
+}
+
+impl ChainStart {
+    /// A ledger without a chain: only the counts are checked.
+    pub fn unchained(first: EntryId) -> Self {
+        Self { first, prev_hash: None }
+    }
+}
+
+/// The hash chain recomputed over what a destination holds of a chained
+/// ledger, in id order (`crate::check::ChainWalk`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ChainCheck {
+    /// Every row held chains from the one before it (the row at First from
+    /// the store's hash before First).
+    Intact {
+        /// Rows walked.
+        rows: u64,
+    },
+    /// The first id where the chain breaks: a row changed there, a row
+    /// missing there, or a row without a hash or with another hash.
+    Broken {
+        id: EntryId,
+        /// A sentence: what was found at `id`.
+        reason: String,
+    },
+    /// The destination does not keep what the chain hashed (a PostgreSQL
+    /// `jsonb` payload column): not a fault, said in the report's notes.
+    Uncheckable {
+        /// A sentence: why, and what to change to have it checked.
+        why: String,
+    },
+}
+
 /// What a destination holds of one ledger's incarnation, as the sink
 /// counts it in its exactly-once view (after dedup: `FINAL` for
 /// ClickHouse), for the range check. `first..=cursor` is what it should
 /// hold exactly.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Holding {
     /// Rows (lines, messages) with ids in `first..=cursor`, repeats counted.
     pub in_range: u64,
@@ -124,6 +168,10 @@ pub struct Holding {
     /// The least and greatest id held, at all.
     pub min: Option<EntryId>,
     pub max: Option<EntryId>,
+    /// The hash chain recomputed over the rows held; `None` for a ledger
+    /// without a chain, or a sink that does not walk its rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainCheck>,
 }
 
 /// A sink's acknowledgement: entries up to `through` are durable there.
@@ -195,15 +243,19 @@ pub trait Sink: Send + Sync + 'static {
         false
     }
 
-    /// Counts what the destination holds of the ledger (the range check).
-    /// `None`: this sink cannot be asked (stdout, a webhook).
+    /// Counts what the destination holds of the ledger (the range check):
+    /// the ids around `start.first..=cursor`, and, for a chained ledger
+    /// (`start.prev_hash` set) of a sink that can read its rows back in id
+    /// order, the chain recomputed over them (`Holding::chain`, walked
+    /// with `crate::check::ChainWalk`, streamed: never every row in
+    /// memory). `None`: this sink cannot be asked (stdout, a webhook).
     fn check(
         &self,
         target: &Target,
-        first: EntryId,
+        start: &ChainStart,
         cursor: EntryId,
     ) -> impl Future<Output = Result<Option<Holding>, SinkError>> + Send {
-        let _ = (target, first, cursor);
+        let _ = (target, start, cursor);
         async { Ok(None) }
     }
 }

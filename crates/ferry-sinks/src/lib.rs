@@ -13,6 +13,7 @@ pub mod stdout;
 
 pub use error::ConfigError;
 use ferry_core::EntryId;
+use ferry_export::sink::ChainStart;
 use ferry_export::{Ack, Batch, Holding, Prepared, Secrets, Sink, SinkError, Target};
 
 /// A sink kind's validated configuration.
@@ -125,12 +126,12 @@ impl Sink for AnySink {
         }
     }
 
-    async fn check(&self, target: &Target, first: EntryId, cursor: EntryId) -> Result<Option<Holding>, SinkError> {
+    async fn check(&self, target: &Target, start: &ChainStart, cursor: EntryId) -> Result<Option<Holding>, SinkError> {
         match self {
-            Self::File(s) => s.check(&target.ledger, first, cursor).await.map(Some),
-            Self::ClickHouse(s) => s.check(target, first, cursor).await.map(Some),
-            Self::Postgres(s) => s.check(target, first, cursor).await.map(Some),
-            Self::Nats(s) => s.check(target, first, cursor).await.map(Some),
+            Self::File(s) => s.check(&target.ledger, *start, cursor).await.map(Some),
+            Self::ClickHouse(s) => s.check(target, start, cursor).await.map(Some),
+            Self::Postgres(s) => s.check(target, start, cursor).await.map(Some),
+            Self::Nats(s) => s.check(target, start, cursor).await.map(Some),
             Self::Stdout(_) | Self::Http(_) => Ok(None),
         }
     }

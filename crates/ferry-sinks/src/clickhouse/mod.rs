@@ -23,6 +23,12 @@
 //! apart from the old one. ClickHouse keeps no position of its own here,
 //! so `prepare` answers `Cursor`: repeats are harmless, nothing to undo.
 //!
+//! **The chain check.** For a chained ledger the range check reads the
+//! incarnation's rows back from `FINAL` in id order, as a stream, and
+//! recomputes the hash chain over them (`ChainWalk`): `payload` is the
+//! exact text the chain hashed, and a row replaced by a later insert of
+//! its key is what `FINAL` shows, so it breaks the chain at its id.
+//!
 //! **Group commit.** Each INSERT makes a part, and many tiny parts make
 //! ClickHouse refuse inserts ("Too many parts"). So concurrent deliveries
 //! (up to `max_parallel_ledgers` ledgers) share INSERTs: a delivery joins a
@@ -66,6 +72,8 @@ use std::time::Duration;
 
 pub use config::ClickHouseConfig;
 use ferry_core::{Entry, EntryId};
+use ferry_export::check::{ChainRow, ChainWalk};
+use ferry_export::sink::{ChainCheck, ChainStart};
 use ferry_export::{Ack, Batch, Holding, Secrets, SinkError, Target};
 use reqwest::StatusCode;
 use tokio::sync::{OnceCell, oneshot};
@@ -335,8 +343,11 @@ impl ClickHouseSink {
         }
     }
 
-    /// The range check, in the exactly-once view (`FINAL`).
-    pub async fn check(&self, target: &Target, first: EntryId, cursor: EntryId) -> Result<Holding, SinkError> {
+    /// The range check, in the exactly-once view (`FINAL`): the counts,
+    /// then, for a chained ledger, the chain walked over the rows read
+    /// back in id order (`walk_chain`).
+    pub async fn check(&self, target: &Target, start: &ChainStart, cursor: EntryId) -> Result<Holding, SinkError> {
+        let first = start.first;
         let inner = &self.inner;
         inner.ready().await.map_err(|f| f.into_sink_error(&inner.secrets))?;
         let sql = format!(
@@ -353,8 +364,59 @@ impl ClickHouseSink {
             return Err(SinkError::retryable(format!("unexpected answer to the range check: {:?}", text.trim())));
         };
         let (min, max) = if count == 0 { (None, None) } else { (Some(min), Some(max)) };
-        Ok(Holding { in_range, distinct, below_first, above_cursor, min, max })
+        let chain = match ChainWalk::new(start, cursor) {
+            Some(walk) => {
+                Some(inner.walk_chain(target, cursor, walk).await.map_err(|f| f.into_sink_error(&inner.secrets))?)
+            }
+            None => None,
+        };
+        Ok(Holding { in_range, distinct, below_first, above_cursor, min, max, chain })
     }
+}
+
+/// A row as the chain walk reads it back (`JSONEachRow`; 64-bit integers
+/// come quoted from servers that quote them, bare from others).
+#[derive(serde::Deserialize)]
+struct ChainLine {
+    id: Integer,
+    ts: Integer,
+    key: Option<String>,
+    hash: Option<String>,
+    payload: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Integer {
+    Bare(u64),
+    Quoted(String),
+}
+
+impl Integer {
+    fn get(&self) -> Option<u64> {
+        match self {
+            Self::Bare(n) => Some(*n),
+            Self::Quoted(text) => text.parse().ok(),
+        }
+    }
+}
+
+/// Feeds one line of the answer to the walk; false once it broke.
+fn walk_line(walk: &mut ChainWalk, line: &[u8]) -> Result<bool, Failure> {
+    let unexpected = || {
+        let shown: String = String::from_utf8_lossy(line).chars().take(EXCEPTION_CHARS_MAX).collect();
+        // A server that fails mid-answer appends its exception to a 200.
+        Failure::Unreachable(format!("unexpected line in the rows read back for the chain check: {shown}"))
+    };
+    let row: ChainLine = serde_json::from_slice(line).map_err(|_| unexpected())?;
+    let (Some(id), Some(ts)) = (row.id.get(), row.ts.get()) else { return Err(unexpected()) };
+    Ok(walk.push(ChainRow {
+        id,
+        ts,
+        key: row.key.as_deref(),
+        payload: row.payload.as_bytes(),
+        hash: row.hash.as_deref(),
+    }))
 }
 
 /// Sends what waits in the queue, a group at a time, until it is empty.
@@ -540,6 +602,44 @@ impl Inner {
         self.send(request, "INSERT").await.map(drop)
     }
 
+    /// Reads the incarnation's rows through the cursor back in id order, in the exactly-once
+    /// view, as a stream (never the whole answer in memory), and walks the
+    /// chain over them; stops reading at the first break.
+    async fn walk_chain(&self, target: &Target, cursor: EntryId, mut walk: ChainWalk) -> Result<ChainCheck, Failure> {
+        let sql = format!(
+            "SELECT id, ts, key, hash, payload FROM {} FINAL WHERE ledger = {} AND incarnation = {} \
+             AND id <= {cursor} ORDER BY id FORMAT JSONEachRow",
+            self.config.qualified_table(),
+            quote(target.ledger.as_str()),
+            target.incarnation
+        );
+        let mut response = self.send_for_response(self.request().body(sql), "SELECT").await?;
+        let read_error = |e: reqwest::Error| {
+            Failure::Unreachable(format!(
+                "SELECT at {}: reading the rows for the chain check: {}",
+                self.shown_url,
+                error_chain(&e.without_url())
+            ))
+        };
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(read_error)? {
+            pending.extend_from_slice(&chunk);
+            let mut start = 0;
+            while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
+                let line = &pending[start..start + end];
+                start += end + 1;
+                if !line.is_empty() && !walk_line(&mut walk, line)? {
+                    return Ok(walk.finish());
+                }
+            }
+            pending.drain(..start);
+        }
+        if !pending.is_empty() {
+            walk_line(&mut walk, &pending)?;
+        }
+        Ok(walk.finish())
+    }
+
     /// Runs one statement (no data) and returns the answer's body.
     async fn query(&self, sql: &str) -> Result<String, Failure> {
         let what = sql.split_whitespace().next().unwrap_or("query");
@@ -557,19 +657,32 @@ impl Inner {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> Result<String, Failure> {
+        let response = self.send_for_response(request, what).await?;
+        response.text().await.map_err(|e| {
+            Failure::Unreachable(format!("{what} at {}: reading the answer: {}", self.shown_url, e.without_url()))
+        })
+    }
+
+    /// Sends the request; a 200 answer is returned unread, any other is
+    /// read and made the failure it names.
+    async fn send_for_response(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response, Failure> {
         let response = request.send().await.map_err(|e| {
             let how = if e.is_timeout() { "timed out" } else { "failed" };
             Failure::Unreachable(format!("{what} at {} {how}: {}", self.shown_url, error_chain(&e.without_url())))
         })?;
         let status = response.status();
+        if status == StatusCode::OK {
+            return Ok(response);
+        }
         let header =
             response.headers().get("X-ClickHouse-Exception-Code").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = response.text().await.map_err(|e| {
             Failure::Unreachable(format!("{what} at {}: reading the answer: {}", self.shown_url, e.without_url()))
         })?;
-        if status == StatusCode::OK {
-            return Ok(body);
-        }
         let code = exception_code(header.as_deref(), &body);
         let text = format!(
             "{what} at {} answered {status}{}: {}",

@@ -31,6 +31,8 @@ use std::sync::{Arc, Mutex};
 
 pub use config::FileConfig;
 use ferry_core::{EntryId, LedgerName};
+use ferry_export::check::{ChainRow, ChainWalk};
+use ferry_export::sink::ChainStart;
 use ferry_export::{Ack, Batch, Holding, SinkError};
 use ferry_fs::{FsError, descriptors, durable};
 use open_files::OpenFiles;
@@ -151,23 +153,30 @@ impl FileSink {
 }
 
 impl FileSink {
-    /// The range check: counts the complete lines of the ledger's files.
-    /// Reads under the ledger's lock, so no delivery writes meanwhile.
-    pub async fn check(&self, ledger: &LedgerName, first: EntryId, cursor: EntryId) -> Result<Holding, SinkError> {
+    /// The range check: counts the complete lines of the ledger's files,
+    /// and walks a chained ledger's chain over them in the same pass (the
+    /// lines carry the payload's exact text and the hash). Reads under the
+    /// ledger's lock, so no delivery writes meanwhile.
+    pub async fn check(&self, ledger: &LedgerName, start: ChainStart, cursor: EntryId) -> Result<Holding, SinkError> {
         let state = self.ledger(ledger);
         blocking(self.open.clone(), move || {
             let files = state.lock().expect("ledger files lock");
-            count_lines(&files.dir, first, cursor)
+            count_lines(&files.dir, &start, cursor)
         })
         .await
     }
 }
 
 /// What the files of a ledger hold, by the ids of their complete lines. A
-/// repeat or a step back shows as an id not above the greatest seen.
-fn count_lines(dir: &Path, first: EntryId, cursor: EntryId) -> Result<Holding, FileError> {
+/// repeat or a step back shows as an id not above the greatest seen. For
+/// a chained ledger the lines also go through the chain walk, until it
+/// breaks or passes the cursor.
+fn count_lines(dir: &Path, start: &ChainStart, cursor: EntryId) -> Result<Holding, FileError> {
+    let first = start.first;
     let mut holding = Holding::default();
     let mut greatest_in_range = 0;
+    let mut walk = ChainWalk::new(start, cursor);
+    let mut walking = walk.is_some();
     for (_, path) in list(dir)? {
         let file = File::open(&path).map_err(FileError::io("open", &path))?;
         let mut reader = BufReader::new(file);
@@ -178,9 +187,12 @@ fn count_lines(dir: &Path, first: EntryId, cursor: EntryId) -> Result<Holding, F
             if n == 0 || line.last() != Some(&b'\n') {
                 break;
             }
-            let id = serde_json::from_slice::<IdOnly>(&line)
-                .map_err(|error| FileError::NotAnEntry { path: path.clone(), offset, error })?
-                .id;
+            let not_an_entry = |error| FileError::NotAnEntry { path: path.clone(), offset, error };
+            let id = serde_json::from_slice::<IdOnly>(&line).map_err(not_an_entry)?.id;
+            if let Some(walk) = walk.as_mut().filter(|_| walking) {
+                let entry = serde_json::from_slice::<ChainLine<'_>>(&line).map_err(not_an_entry)?;
+                walking = walk.push(entry.row());
+            }
             offset += n as u64;
             holding.min = Some(holding.min.map_or(id, |m| m.min(id)));
             holding.max = Some(holding.max.map_or(id, |m| m.max(id)));
@@ -197,12 +209,38 @@ fn count_lines(dir: &Path, first: EntryId, cursor: EntryId) -> Result<Holding, F
             }
         }
     }
+    holding.chain = walk.map(ChainWalk::finish);
     Ok(holding)
 }
 
 #[derive(serde::Deserialize)]
 struct IdOnly {
     id: EntryId,
+}
+
+/// The fields of an entry's JSON (a file line, a NATS message body) the
+/// chain hashes, the payload as written (`Entry::write_json` writes its
+/// stored text verbatim).
+#[derive(serde::Deserialize)]
+pub(crate) struct ChainLine<'a> {
+    id: EntryId,
+    ts: u64,
+    key: Option<String>,
+    hash: Option<String>,
+    #[serde(borrow)]
+    payload: &'a serde_json::value::RawValue,
+}
+
+impl ChainLine<'_> {
+    pub(crate) fn row(&self) -> ChainRow<'_> {
+        ChainRow {
+            id: self.id,
+            ts: self.ts,
+            key: self.key.as_deref(),
+            payload: self.payload.get().as_bytes(),
+            hash: self.hash.as_deref(),
+        }
+    }
 }
 
 /// What went wrong between the sink and its files. Every one is retryable:

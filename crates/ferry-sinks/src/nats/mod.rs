@@ -76,10 +76,13 @@ use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
 pub use config::{Credentials, NatsConfig};
 use ferry_core::{EntryId, LedgerName};
+use ferry_export::check::ChainWalk;
+use ferry_export::sink::ChainStart;
 use ferry_export::{Ack, Batch, Holding, Prepared, Secrets, SinkError, Target};
 
 use crate::ConfigError;
 use crate::error::error_chain;
+use crate::file::ChainLine;
 
 /// How long a connection attempt, a JetStream API request or a PubAck may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -619,8 +622,13 @@ impl NatsSink {
     /// Walks the subject's messages from the first, counting those of this
     /// incarnation; memory stays constant (the greatest id seen decides
     /// whether an id is new: the subject holds ids in order, so an id not
-    /// above it is a repeat or a step back).
-    pub async fn check(&self, target: &Target, first: EntryId, cursor: EntryId) -> Result<Holding, SinkError> {
+    /// above it is a repeat or a step back). For a chained ledger the
+    /// bodies (the entry's JSON, payload as stored) also go through the
+    /// chain walk, until it breaks or passes the cursor.
+    pub async fn check(&self, target: &Target, start: &ChainStart, cursor: EntryId) -> Result<Holding, SinkError> {
+        let first = start.first;
+        let mut walk = ChainWalk::new(start, cursor);
+        let mut walking = walk.is_some();
         let subject = self.subject(&target.ledger)?;
         let conn = self.conn().await?;
         let stream = self.stream(&conn).await?;
@@ -649,7 +657,17 @@ impl NatsSink {
                 continue;
             }
             count(&mut holding, &mut greatest, stamp.id, first, cursor);
+            if let Some(walk) = walk.as_mut().filter(|_| walking) {
+                // A body that is not the entry its headers name: a message
+                // published by something else under ferry's headers.
+                walking = match serde_json::from_slice::<ChainLine<'_>>(&message.payload) {
+                    Ok(entry) if entry.row().id == stamp.id => walk.push(entry.row()),
+                    Ok(entry) => walk.unreadable(stamp.id, &format!("its body is the entry of id {}", entry.row().id)),
+                    Err(e) => walk.unreadable(stamp.id, &format!("its body is not an entry's JSON: {e}")),
+                };
+            }
         }
+        holding.chain = walk.map(ChainWalk::finish);
         Ok(holding)
     }
 }

@@ -148,7 +148,10 @@ fn check_counts_repeats_and_steps_back_without_remembering_ids() {
     for id in [1, 2, 3, 4, 3, 5, 9, 10] {
         count(&mut h, &mut greatest, id, 2, 9);
     }
-    assert_eq!(h, Holding { in_range: 6, distinct: 5, below_first: 1, above_cursor: 1, min: Some(1), max: Some(10) });
+    assert_eq!(
+        h,
+        Holding { in_range: 6, distinct: 5, below_first: 1, above_cursor: 1, min: Some(1), max: Some(10), chain: None }
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `postgres`: each batch is one `INSERT … SELECT … FROM UNNEST(arrays)
 //! ON CONFLICT (ledger, incarnation, id) DO NOTHING` into a table
 //! `(ledger text, incarnation bigint, id bigint, ts bigint, key text,
-//! hash text, payload jsonb)` whose unique key is `(ledger, incarnation,
+//! hash text, payload json)` whose unique key is `(ledger, incarnation,
 //! id)`. With `transactional_cursor = true` the same transaction upserts
 //! `ferry_cursors (exporter, ledger, incarnation, id, updated_at)` in the
 //! table's schema. The batch is acknowledged after the COMMIT returned.
@@ -38,6 +38,14 @@
 //! and if the runtime comes back past it without a delivery, its cursor
 //! stands and the next batch moves the row over the gap (`prepare`).
 //!
+//! **The chain check.** `payload` is `json` in the table `create_table`
+//! makes: it keeps the entry's text byte for byte, which is what a
+//! chained ledger's hashes were computed over, so the range check reads
+//! the rows back (pages along the primary key) and recomputes the chain
+//! (`ChainWalk`). A `jsonb` column (tables made before) is still accepted
+//! and written, cast by its type; it normalises the text, so its chain is
+//! reported uncheckable rather than broken everywhere.
+//!
 //! **Connections.** `build` connects once: bad credentials or an unknown
 //! database refuse `config.url`, a missing table (without `create_table`)
 //! or one of the wrong shape refuses `config.table`, a TLS verdict
@@ -69,6 +77,8 @@ use std::time::Duration;
 pub use config::PostgresConfig;
 use errors::Kind;
 use ferry_core::{EntryId, LedgerName};
+use ferry_export::check::{ChainRow, ChainWalk};
+use ferry_export::sink::{ChainCheck, ChainStart};
 use ferry_export::{Ack, Batch, Holding, Prepared, Secrets, SinkError, Target};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -86,6 +96,8 @@ const STATEMENT_TIMEOUT: &str = "30s";
 /// server that stopped answering without closing the connection) is
 /// abandoned as retryable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Rows the chain check reads per query.
+const CHAIN_PAGE: i64 = 256;
 
 pub struct PostgresSink {
     config: PostgresConfig,
@@ -336,9 +348,74 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Counts the rows of the ledger's incarnation for the range check.
-    pub async fn check(&self, target: &Target, first: EntryId, cursor: EntryId) -> Result<Holding, SinkError> {
-        self.timed("count the rows in", self.count(target, first, cursor)).await
+    /// Counts the rows of the ledger's incarnation for the range check,
+    /// then, for a chained ledger, walks the chain over them in id order
+    /// (a `json` payload column: a `jsonb` one lost the text the chain
+    /// hashed, so its chain is reported uncheckable).
+    pub async fn check(&self, target: &Target, start: &ChainStart, cursor: EntryId) -> Result<Holding, SinkError> {
+        let mut holding = self.timed("count the rows in", self.count(target, start.first, cursor)).await?;
+        if let Some(walk) = ChainWalk::new(start, cursor) {
+            let st = self.statements().await?;
+            holding.chain = Some(match st.payload {
+                sql::PayloadType::Json => self.walk_chain(&st, target, cursor, walk).await?,
+                sql::PayloadType::Jsonb => ChainCheck::Uncheckable {
+                    why: format!(
+                        "the payload column of {} is jsonb, which does not keep the payload's text the chain \
+                         hashed; a table with payload json keeps it (docs/sinks.md)",
+                        st.table
+                    ),
+                },
+            });
+        }
+        Ok(holding)
+    }
+
+    /// Reads the incarnation's rows through the cursor in id order, `CHAIN_PAGE` at a time
+    /// (never all in memory), into the walk; stops at the first break.
+    /// Pages follow the primary key, so each is an index range scan.
+    async fn walk_chain(
+        &self,
+        st: &Statements,
+        target: &Target,
+        cursor: EntryId,
+        mut walk: ChainWalk,
+    ) -> Result<ChainCheck, SinkError> {
+        let incarnation = to_i64(target.incarnation, "incarnation")?;
+        let through = to_i64(cursor, "id")?;
+        let mut after: i64 = -1;
+        loop {
+            type Row = (i64, i64, Option<String>, Option<String>, String);
+            let page: Vec<Row> = self
+                .timed("read the rows of", async {
+                    sqlx::query_as(AssertSqlSafe(st.chain_rows.clone()))
+                        .bind(target.ledger.as_str())
+                        .bind(incarnation)
+                        .bind(after)
+                        .bind(CHAIN_PAGE)
+                        .bind(through)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| self.sql_error(&format!("read the rows of {} for the chain check", st.table), e))
+                })
+                .await?;
+            let n = |v: i64| u64::try_from(v).unwrap_or(0);
+            for (id, ts, key, hash, payload) in &page {
+                let row = ChainRow {
+                    id: n(*id),
+                    ts: n(*ts),
+                    key: key.as_deref(),
+                    payload: payload.as_bytes(),
+                    hash: hash.as_deref(),
+                };
+                if !walk.push(row) {
+                    return Ok(walk.finish());
+                }
+            }
+            match page.last() {
+                Some((id, ..)) if page.len() as i64 == CHAIN_PAGE => after = *id,
+                _ => return Ok(walk.finish()),
+            }
+        }
     }
 
     async fn count(&self, target: &Target, first: EntryId, cursor: EntryId) -> Result<Holding, SinkError> {
@@ -361,6 +438,7 @@ impl PostgresSink {
             above_cursor: n(above_cursor),
             min: min.map(n),
             max: max.map(n),
+            chain: None,
         })
     }
 
@@ -445,7 +523,14 @@ impl PostgresSink {
             privileges: "SELECT, INSERT",
             fix,
         };
-        entries.check(conn).await?;
+        let found = entries.check(conn).await?;
+        // The shape check accepted the column, so it is one of the two.
+        let payload = found
+            .iter()
+            .find(|(name, ..)| name == "payload")
+            .and_then(|(_, ty, ..)| sql::PayloadType::from_data_type(ty))
+            .unwrap_or(sql::PayloadType::Jsonb);
+        let st = st.with_payload(payload);
         if self.config.transactional_cursor {
             create(conn, &st.create_cursors).await?;
             let cursors = Shape {
@@ -489,7 +574,9 @@ struct Shape<'a> {
 }
 
 impl Shape<'_> {
-    async fn check(&self, conn: &mut PgConnection) -> Result<(), SetupError> {
+    /// Checks the table; answers its columns (`(name, type, nullable,
+    /// has default)`).
+    async fn check(&self, conn: &mut PgConnection) -> Result<Vec<(String, String, bool, bool)>, SetupError> {
         let (schema, table) = (self.schema, self.table);
         let found: Vec<(String, String, bool, bool)> = sqlx::query_as(sql::COLUMNS)
             .bind(schema)
@@ -530,7 +617,7 @@ impl Shape<'_> {
                 message: format!("this user lacks {} on {schema}.{table}: grant them", self.privileges),
             });
         }
-        Ok(())
+        Ok(found)
     }
 
     fn refused(&self, problem: String) -> SetupError {

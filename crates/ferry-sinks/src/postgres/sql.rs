@@ -27,7 +27,10 @@ pub const ENTRY_COLUMNS: [Column; 7] = [
     Column { name: "ts", types: BIGINT, nullable: false },
     Column { name: "key", types: TEXT, nullable: true },
     Column { name: "hash", types: TEXT, nullable: true },
-    Column { name: "payload", types: &["jsonb"], nullable: false },
+    // `json` keeps the payload's exact text, which the hash chain hashed;
+    // `jsonb` (tables made before) is still written, but its chain cannot
+    // be checked.
+    Column { name: "payload", types: &["json", "jsonb"], nullable: false },
 ];
 /// The unique key `ON CONFLICT` names, sorted.
 pub const ENTRY_KEY: [&str; 3] = ["id", "incarnation", "ledger"];
@@ -66,6 +69,35 @@ pub const PRIVILEGES: &str = "SELECT has_table_privilege($1, $2)";
 /// The schema unqualified names resolve to.
 pub const CURRENT_SCHEMA: &str = "SELECT current_schema()::text";
 
+/// The type of the entries table's `payload` column, which the INSERT
+/// casts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadType {
+    /// The exact text: the chain check recomputes hashes from it.
+    Json,
+    /// Parsed and normalised (key order, whitespace, numbers): the text
+    /// the chain hashed is gone.
+    Jsonb,
+}
+
+impl PayloadType {
+    /// From `information_schema`'s `data_type`.
+    pub fn from_data_type(data_type: &str) -> Option<Self> {
+        match data_type {
+            "json" => Some(Self::Json),
+            "jsonb" => Some(Self::Jsonb),
+            _ => None,
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Jsonb => "jsonb",
+        }
+    }
+}
+
 /// The statements of one configured table, built once.
 #[derive(Debug)]
 pub struct Statements {
@@ -79,6 +111,13 @@ pub struct Statements {
     pub read_cursor: Arc<str>,
     pub summary: Arc<str>,
     pub check: Arc<str>,
+    /// `$3` the id after which, `$4` how many, `$5` the last id: the
+    /// incarnation's rows in id order, a page at a time, for the chain
+    /// check.
+    pub chain_rows: Arc<str>,
+    /// The table's payload column type (what `create_table` makes until
+    /// the table was checked).
+    pub payload: PayloadType,
 }
 
 impl Statements {
@@ -89,7 +128,7 @@ impl Statements {
         Self {
             create_table: s(format!(
                 "CREATE TABLE IF NOT EXISTS {t} (ledger text NOT NULL, incarnation bigint NOT NULL, \
-                 id bigint NOT NULL, ts bigint NOT NULL, key text, hash text, payload jsonb NOT NULL, \
+                 id bigint NOT NULL, ts bigint NOT NULL, key text, hash text, payload json NOT NULL, \
                  PRIMARY KEY (ledger, incarnation, id))"
             )),
             create_cursors: s(format!(
@@ -97,15 +136,7 @@ impl Statements {
                  incarnation bigint NOT NULL, id bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), \
                  PRIMARY KEY (exporter, ledger))"
             )),
-            // One statement: one transaction, and one round trip. Ledger and
-            // incarnation are the same for every row of a batch.
-            insert: s(format!(
-                "INSERT INTO {t} (ledger, incarnation, id, ts, key, hash, payload) \
-                 SELECT $1, $2, u.id, u.ts, u.key, u.hash, u.payload::jsonb \
-                 FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[]) \
-                 AS u(id, ts, key, hash, payload) \
-                 ON CONFLICT (ledger, incarnation, id) DO NOTHING"
-            )),
+            insert: insert_sql(&t, PayloadType::Json),
             // Moves only from the id it should hold (`$5`: right before the
             // batch, or where the runtime moved on from), or over another
             // incarnation's row: no row comes back otherwise, and the
@@ -128,8 +159,34 @@ impl Statements {
                  min(id), max(id) \
                  FROM {t} WHERE ledger = $1 AND incarnation = $2"
             )),
+            chain_rows: s(format!(
+                "SELECT id, ts, key, hash, payload::text FROM {t} \
+                 WHERE ledger = $1 AND incarnation = $2 AND id > $3 AND id <= $5 ORDER BY id LIMIT $4"
+            )),
+            payload: PayloadType::Json,
             table: t,
             cursors: c,
         }
     }
+
+    /// The same statements for a table whose payload column is `payload`.
+    pub fn with_payload(mut self, payload: PayloadType) -> Self {
+        self.insert = insert_sql(&self.table, payload);
+        self.payload = payload;
+        self
+    }
+}
+
+/// One statement: one transaction, and one round trip. Ledger and
+/// incarnation are the same for every row of a batch. The payload text is
+/// cast to the column's type (`json` keeps it as it is).
+fn insert_sql(table: &str, payload: PayloadType) -> Arc<str> {
+    Arc::from(format!(
+        "INSERT INTO {table} (ledger, incarnation, id, ts, key, hash, payload) \
+         SELECT $1, $2, u.id, u.ts, u.key, u.hash, u.payload::{} \
+         FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[]) \
+         AS u(id, ts, key, hash, payload) \
+         ON CONFLICT (ledger, incarnation, id) DO NOTHING",
+        payload.sql()
+    ))
 }

@@ -208,7 +208,7 @@ async fn rows_are_written_once_with_their_columns_and_counted_by_the_check() {
     let q = format!(
         "SELECT count(*) FROM {}.entries WHERE incarnation = 1 AND ts = 1700000000000 + id \
          AND key IS NOT DISTINCT FROM CASE WHEN id % 2 = 0 THEN 'k-' || id END \
-         AND (hash IS NULL) = (id % 3 <> 0) AND payload = jsonb_build_object('n', id, 's', 'ü\"x')",
+         AND (hash IS NULL) = (id % 3 <> 0) AND payload::text = '{{\"n\":' || id || ',\"s\":\"ü\\\"x\"}}'",
         schema.name
     );
     let matching: i64 = sqlx::query_scalar(AssertSqlSafe(q)).fetch_one(&schema.admin).await.unwrap();
@@ -219,8 +219,11 @@ async fn rows_are_written_once_with_their_columns_and_counted_by_the_check() {
             .await
             .unwrap();
     assert_eq!(hash, "03".repeat(32));
-    let h = sink.check(&target(1), 2, 5).await.unwrap();
-    assert_eq!(h, Holding { in_range: 4, distinct: 4, below_first: 1, above_cursor: 1, min: Some(1), max: Some(6) });
+    let h = sink.check(&target(1), &ChainStart::unchained(2), 5).await.unwrap();
+    assert_eq!(
+        h,
+        Holding { in_range: 4, distinct: 4, below_first: 1, above_cursor: 1, min: Some(1), max: Some(6), chain: None }
+    );
     schema.drop().await;
 }
 
@@ -272,6 +275,9 @@ async fn the_transactional_cursor_is_the_destinations_position() {
 #[tokio::test]
 async fn a_dead_lettered_batch_is_not_sent_round_forever() {
     let schema = Schema::new().await;
+    // A table made before `payload json` (jsonb refuses `\u0000`; json
+    // keeps it).
+    schema.sql(JSONB_TABLE).await;
     let sink = schema.sink(json!({"create_table": true, "transactional_cursor": true})).await.unwrap();
     sink.deliver(&batch(1, 1..=10)).await.unwrap();
     let mut refused = batch(1, 11..=12);
@@ -403,5 +409,46 @@ async fn unnest_or_copy_for_1000_row_batches() {
     let per = |d: Duration| d.as_secs_f64() * 1000.0 / BATCHES as f64;
     eprintln!("1000-row batches: UNNEST {:.2} ms/batch, COPY + INSERT … SELECT {:.2} ms/batch", per(unnest), per(copy));
     drop(conn);
+    schema.drop().await;
+}
+
+/// The entries table as `create_table` made it before the chain check.
+const JSONB_TABLE: &str = "CREATE TABLE $S.entries (ledger text NOT NULL, incarnation bigint NOT NULL, \
+     id bigint NOT NULL, ts bigint NOT NULL, key text, hash text, payload jsonb NOT NULL, \
+     PRIMARY KEY (ledger, incarnation, id))";
+
+/// A `json` payload column keeps the text, so the chain is walked (this
+/// batch's hashes are no chain: it breaks at id 1, which has none); a
+/// `jsonb` one is still written, and its chain reported uncheckable.
+#[tokio::test]
+async fn the_chain_is_walked_over_a_json_payload_and_uncheckable_over_jsonb() {
+    let chained = ChainStart { first: 1, prev_hash: Some([0; 32]) };
+    let schema = Schema::new().await;
+    let sink = schema.sink(json!({"create_table": true})).await.unwrap();
+    sink.deliver(&batch(1, 1..=3)).await.unwrap();
+    let exact: String =
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT payload::text FROM {}.entries WHERE id = 2", schema.name)))
+            .fetch_one(&schema.admin)
+            .await
+            .unwrap();
+    assert_eq!(exact, r#"{"n":2,"s":"ü\"x"}"#);
+    let h = sink.check(&target(1), &chained, 3).await.unwrap();
+    match h.chain {
+        Some(ChainCheck::Broken { id: 1, reason }) => assert!(reason.contains("no hash"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sink.check(&target(1), &ChainStart::unchained(1), 3).await.unwrap().chain, None);
+    schema.drop().await;
+
+    let schema = Schema::new().await;
+    schema.sql(JSONB_TABLE).await;
+    let sink = schema.sink(json!({})).await.unwrap();
+    sink.deliver(&batch(1, 1..=3)).await.unwrap();
+    let h = sink.check(&target(1), &chained, 3).await.unwrap();
+    assert_eq!(h.distinct, 3);
+    match h.chain {
+        Some(ChainCheck::Uncheckable { why }) => assert!(why.contains("jsonb"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     schema.drop().await;
 }

@@ -454,6 +454,52 @@ async fn the_range_check_finds_a_gap_and_a_repeat_in_the_file_sinks_files() {
     assert_exit(&cli(&["exporters", "check", "nobody"]), 1, "check of an unknown exporter");
 }
 
+/// The range check walks a chained ledger's hash chain over the file
+/// sink's lines (issue #21): clean after an export; a line whose `ts` was
+/// changed by hand keeps every count clean but breaks the chain at its id,
+/// a fault with exit 1.
+#[tokio::test]
+async fn the_range_check_finds_a_changed_line_of_a_chained_ledger_in_the_file_sinks_files() {
+    let env = Env::new();
+    let out = env.dir.path().join("out");
+    let cfg = env.config("ferry.toml", &config(&out, "[storage]\nhash_chain = [\"*\"]\n"));
+    let server = Server::start(&env.data_dir(), Some(&cfg)).await;
+    append_n(&server, "c", 20).await;
+    caught_up(&server, "f").await;
+    let check = |server: &Server| {
+        let mut c = ferry();
+        c.args(["exporters", "check", "f"]).env("FERRY_SERVER", &server.base);
+        run_to_exit(c, None)
+    };
+    let clean = check(&server);
+    assert_exit(&clean, 0, "check of a clean chained export");
+    let report: Value = serde_json::from_str(&clean.stdout).unwrap();
+    assert_eq!(
+        report["ledgers"][0]["holding"]["chain"],
+        serde_json::json!({"state": "intact", "rows": 20}),
+        "{report}"
+    );
+
+    server.stop();
+    let mut changed = false;
+    for file in std::fs::read_dir(out.join("c")).unwrap().map(|e| e.unwrap().path()) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let Some(line) = text.lines().find(|l| parse_line(l).id == 7) else { continue };
+        let ts = parse_line(line).ts;
+        let edited = line.replacen(&format!(r#""ts":{ts}"#), &format!(r#""ts":{}"#, ts + 1), 1);
+        std::fs::write(&file, text.replacen(line, &edited, 1)).unwrap();
+        changed = true;
+    }
+    assert!(changed, "id 7 is in a file");
+    let server = Server::start(&env.data_dir(), Some(&cfg)).await;
+    let faulty = check(&server);
+    assert_exit(&faulty, 1, "check with a changed line");
+    let report: Value = serde_json::from_str(&faulty.stdout).unwrap();
+    let faults = report["ledgers"][0]["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 1, "the counts are clean: {report}");
+    assert!(faults[0].as_str().unwrap().starts_with("chain breaks at id 7: "), "{report}");
+}
+
 #[tokio::test]
 async fn an_exporter_given_on_the_command_line_runs() {
     let env = Env::new();

@@ -276,6 +276,71 @@ async fn round_trip_and_the_range_check_clean_and_with_faults() {
     db.drop_it().await;
 }
 
+/// Waits until `count_sql` answers 0 (a mutation applied).
+async fn until_zero(url: &str, count_sql: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sql(url, count_sql).await.trim() != "0" {
+        assert!(Instant::now() < deadline, "the mutation did not apply: {count_sql}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A chained ledger's rows replaced or deleted in the table break its
+/// hash chain, and the range check names the first id where it breaks
+/// (issue #21): a row replaced with another payload (a later insert with
+/// the same sorting key, which `FINAL` shows instead; the counts stay
+/// clean) at that id, a row deleted by a mutation at its id (besides the
+/// gap).
+#[tokio::test]
+async fn the_range_check_names_the_first_id_where_the_chain_breaks() {
+    let db = Db::new(SHARED).await;
+    let env = Env::new();
+    let server =
+        env.serve_with(&config("[storage]\nhash_chain = [\"*\"]\n", SHARED, &db.name, "create_table = true", "")).await;
+    append_n(&server, "audit", 30).await;
+    caught_up(&server, 1).await;
+    assert_eq!(final_lines(SHARED, &db.name, "audit").await, server.read_all("audit").await);
+    let ledger_of = |report: &Value| report["ledgers"].as_array().unwrap()[0].clone();
+    let clean = cli(&server, &["exporters", "check", "ch"]);
+    assert_exit(&clean, 0, "check of a clean chained export");
+    let report: Value = serde_json::from_str(&clean.stdout).unwrap();
+    assert_eq!(ledger_of(&report)["holding"]["chain"], serde_json::json!({"state": "intact", "rows": 30}), "{report}");
+
+    let t = format!("{}.entries", db.name);
+    sql(
+        SHARED,
+        &format!(
+            "INSERT INTO {t} SELECT ledger, incarnation, id, ts, key, hash, '{{\"n\":999}}' FROM {t} FINAL \
+             WHERE ledger = 'audit' AND id = 12"
+        ),
+    )
+    .await;
+    let replaced = sql(SHARED, &format!("SELECT payload FROM {t} FINAL WHERE ledger = 'audit' AND id = 12")).await;
+    assert_eq!(replaced.trim(), r#"{"n":999}"#, "FINAL shows the later row");
+    let altered = cli(&server, &["exporters", "check", "ch"]);
+    assert_exit(&altered, 1, "check with a replaced row");
+    let report: Value = serde_json::from_str(&altered.stdout).unwrap();
+    let audit = ledger_of(&report);
+    let faults = audit["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 1, "the counts are clean: {report}");
+    assert!(faults[0].as_str().unwrap().starts_with("chain breaks at id 12: "), "{report}");
+    assert_eq!(audit["holding"]["chain"]["id"], 12, "{report}");
+
+    // The replaced row deleted, and another: the chain breaks at the
+    // first missing id.
+    sql(SHARED, &format!("ALTER TABLE {t} DELETE WHERE ledger = 'audit' AND id IN (12, 20)")).await;
+    until_zero(SHARED, &format!("SELECT count() FROM {t} WHERE ledger = 'audit' AND id IN (12, 20)")).await;
+    let deleted = cli(&server, &["exporters", "check", "ch"]);
+    assert_exit(&deleted, 1, "check with deleted rows");
+    let report: Value = serde_json::from_str(&deleted.stdout).unwrap();
+    let faults: Vec<String> =
+        ledger_of(&report)["faults"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_owned()).collect();
+    assert!(faults.contains(&"2 of ids 1..=30 missing (holds 28 of 30)".to_owned()), "{report}");
+    assert!(faults.iter().any(|f| f.starts_with("chain breaks at id 12: no row holds it")), "{report}");
+    server.stop();
+    db.drop_it().await;
+}
+
 #[tokio::test]
 async fn configs_the_server_refuses_stop_serve_naming_the_field() {
     let db = Db::new(SHARED).await;

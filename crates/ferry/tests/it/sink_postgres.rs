@@ -181,6 +181,91 @@ async fn rows_equal_the_ledgers_and_the_range_check_finds_a_gap() {
     schema.drop().await;
 }
 
+/// The entries table as `create_table` made it before the chain check
+/// (`payload jsonb`).
+fn jsonb_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE {table} (ledger text NOT NULL, incarnation bigint NOT NULL, id bigint NOT NULL, \
+         ts bigint NOT NULL, key text, hash text, payload jsonb NOT NULL, PRIMARY KEY (ledger, incarnation, id))"
+    )
+}
+
+/// The faults and notes of `ledger` in a check report.
+fn ledger_of(report: &Value, ledger: &str) -> Value {
+    report["ledgers"].as_array().unwrap().iter().find(|l| l["ledger"] == ledger).unwrap().clone()
+}
+
+/// A chained ledger's rows altered or deleted in the table break its hash
+/// chain, and the range check names the first id where it breaks (issue
+/// #21): a payload changed in place (the counts stay clean) at that id,
+/// a deleted row at its id (besides the gap). The rows read back are the
+/// payloads' exact text (`payload json`). A `jsonb` table is still
+/// written, and its chain reported uncheckable (a note, not a fault).
+#[tokio::test]
+async fn the_range_check_names_the_first_id_where_the_chain_breaks() {
+    let schema = Schema::new("chain").await;
+    let table = format!("{}.entries", schema.name);
+    let legacy = format!("{}.legacy", schema.name);
+    exec(&schema.pg, &jsonb_table(&legacy)).await;
+    let env = Env::new();
+    let config = format!(
+        "[storage]\nhash_chain = [\"*\"]\n{}{}",
+        exporter("pg", 7, &format!("url = \"{SHARED}\"\ntable = \"{table}\"\ncreate_table = true")),
+        exporter("old", 7, &format!("url = \"{SHARED}\"\ntable = \"{legacy}\""))
+    );
+    let server = env.serve_with(&config).await;
+    append_n(&server, "audit", 30, "a").await;
+    caught_up(&server, "pg", 1).await;
+    caught_up(&server, "old", 1).await;
+    assert_rows_are_the_ledger(&server, &schema.pg, &table, "audit").await;
+    let lines = server.read_all("audit").await;
+    let texts: Vec<String> =
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT payload::text FROM {table} ORDER BY id")))
+            .fetch_all(&schema.pg)
+            .await
+            .unwrap();
+    let payloads: Vec<String> = lines.iter().map(|l| parse_line(l).payload.get().to_owned()).collect();
+    assert_eq!(texts, payloads, "payload json keeps the exact text");
+
+    let clean = cli(&server, &["exporters", "check", "pg"]);
+    assert_exit(&clean, 0, "check of a clean chained export");
+    let report: Value = serde_json::from_str(&clean.stdout).expect("check report");
+    let audit = ledger_of(&report, "audit");
+    assert_eq!(audit["holding"]["chain"], serde_json::json!({"state": "intact", "rows": 30}), "{report}");
+    let old = cli(&server, &["exporters", "check", "old"]);
+    assert_exit(&old, 0, "a jsonb table's chain is uncheckable, not a fault");
+    let report: Value = serde_json::from_str(&old.stdout).expect("check report");
+    let audit = ledger_of(&report, "audit");
+    assert_eq!(audit["holding"]["chain"]["state"], "uncheckable", "{report}");
+    assert!(audit["notes"][0].as_str().unwrap().contains("jsonb"), "{report}");
+    assert_eq!(audit["holding"]["distinct"], 30, "{report}");
+
+    // One payload changed in place: every count stays clean.
+    exec(&schema.pg, &format!("UPDATE {table} SET payload = '{{\"i\":999}}' WHERE id = 12")).await;
+    let altered = cli(&server, &["exporters", "check", "pg"]);
+    assert_exit(&altered, 1, "check with an altered row");
+    let report: Value = serde_json::from_str(&altered.stdout).expect("check report");
+    let audit = ledger_of(&report, "audit");
+    let faults = audit["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 1, "{report}");
+    assert!(faults[0].as_str().unwrap().starts_with("chain breaks at id 12: "), "{report}");
+    assert_eq!(audit["holding"]["chain"]["id"], 12, "{report}");
+
+    // Put back (the exact text), then delete another row.
+    exec(&schema.pg, &format!("UPDATE {table} SET payload = $${}$$ WHERE id = 12", payloads[11])).await;
+    assert_exit(&cli(&server, &["exporters", "check", "pg"]), 0, "the row put back");
+    exec(&schema.pg, &format!("DELETE FROM {table} WHERE id = 20")).await;
+    let deleted = cli(&server, &["exporters", "check", "pg"]);
+    assert_exit(&deleted, 1, "check with a deleted row");
+    let report: Value = serde_json::from_str(&deleted.stdout).expect("check report");
+    let audit = ledger_of(&report, "audit");
+    let faults: Vec<&str> = audit["faults"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(faults.contains(&"1 of ids 1..=30 missing (holds 29 of 30)"), "{report}");
+    assert!(faults.iter().any(|f| f.starts_with("chain breaks at id 20: no row holds it")), "{report}");
+    server.stop();
+    schema.drop().await;
+}
+
 /// Bad configs stop `ferry serve` before storage opens, naming the key:
 /// an unknown database, a missing table without `create_table`, tables of
 /// the wrong shape (a wrong type, no unique key on the three columns).
@@ -230,14 +315,16 @@ async fn a_table_dropped_mid_run_fails_the_ledger() {
     schema.drop().await;
 }
 
-/// A batch PostgreSQL refuses (`\u0000` in a jsonb payload) goes to the
-/// dead-letter ledger once, and the transactional cursor does not send it
-/// round again: the entries after it arrive, and the cursor row ends at
-/// the head.
+/// A batch PostgreSQL refuses (`\u0000` in a jsonb payload, in a table
+/// made before `create_table` made `payload json`, which keeps it) goes
+/// to the dead-letter ledger once, and the transactional cursor does not
+/// send it round again: the entries after it arrive, and the cursor row
+/// ends at the head.
 #[tokio::test]
 async fn a_refused_batch_is_dead_lettered_once_with_the_transactional_cursor() {
     let schema = Schema::new("dlq").await;
     let table = format!("{}.entries", schema.name);
+    exec(&schema.pg, &jsonb_table(&table)).await;
     let env = Env::new();
     let config = exporter(
         "pg",
