@@ -8,6 +8,11 @@
 //!   into `SourceSettings` without touching the network; every table and
 //!   column name is a checked identifier before it reaches SQL.
 //! - `runtime.rs` — `Sources`: one task per source, its status, shutdown.
+//! - `drain.rs` — a source's task: lock, batches, backoff, status; the
+//!   exactly-once argument in full.
+//! - `db.rs` — the two drivers behind one connection type: quoted
+//!   statements, the lock and who holds it.
+//! - `redact.rs` — no URL password in any message.
 //! - `status.rs` — what `GET /v1/sources` shows.
 //!
 //! Data flow, per batch, in one source-database transaction: select the
@@ -16,6 +21,9 @@
 //! `exported_at`, commit. A crash between the append and the commit
 //! replays the batch, and the keys turn the replay into the original ids.
 
+mod db;
+mod drain;
+mod redact;
 mod runtime;
 mod settings;
 mod status;
