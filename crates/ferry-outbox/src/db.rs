@@ -44,7 +44,9 @@ pub struct Statements {
     mark: String,
     backlog: String,
     purge: String,
-    /// The lock's name (MySQL) or the text its key is hashed from (PostgreSQL).
+    /// The text the PostgreSQL lock's key is hashed from (advisory locks
+    /// are per database). MySQL locks are per server: there the lock's
+    /// name adds the database (`Conn::connect`).
     pub lock_name: String,
     /// The `application_name` a PostgreSQL lock connection announces.
     pub application_name: String,
@@ -125,21 +127,32 @@ impl Statements {
                     "DELETE FROM {t} WHERE {exported} < NOW(6) - INTERVAL ? MICROSECOND ORDER BY {id} LIMIT {PURGE_CHUNK}"
                 ),
                 application_name: String::new(),
-                lock_name: if base.len() <= MYSQL_LOCK_NAME_MAX {
-                    base
-                } else {
-                    format!("{}:{:016x}", cut(&base, MYSQL_LOCK_NAME_MAX - 17), fnv64(&base))
-                },
+                lock_name: base,
             },
         }
+    }
+}
+
+/// `ferry-outbox:{database}:{source}`, or, past MySQL's 64 characters,
+/// its start and a digest of the whole.
+fn mysql_lock_name(base: &str, database: &str) -> String {
+    let full = match base.split_once(':') {
+        Some((prefix, name)) => format!("{prefix}:{database}:{name}"),
+        None => format!("{base}:{database}"),
+    };
+    if full.len() <= MYSQL_LOCK_NAME_MAX {
+        full
+    } else {
+        format!("{}:{:016x}", cut(&full, MYSQL_LOCK_NAME_MAX - 17), fnv64(&full))
     }
 }
 
 /// A source's lock connection.
 pub enum Conn {
     Postgres(PgConnection),
-    /// With its `CONNECTION_ID()`, which `IS_USED_LOCK` answers.
-    Mysql(MySqlConnection, i64),
+    /// With its `CONNECTION_ID()`, which `IS_USED_LOCK` answers, and the
+    /// name of the source's lock.
+    Mysql(MySqlConnection, i64, String),
 }
 
 impl Conn {
@@ -152,8 +165,11 @@ impl Conn {
             Driver::Mysql => {
                 let options = MySqlConnectOptions::from_str(&s.url)?;
                 let mut conn = options.connect().await?;
-                let id: i64 = sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS SIGNED)").fetch_one(&mut conn).await?;
-                Ok(Conn::Mysql(conn, id))
+                let (id, database): (i64, Option<String>) =
+                    sqlx::query_as("SELECT CAST(CONNECTION_ID() AS SIGNED), CAST(DATABASE() AS CHAR)")
+                        .fetch_one(&mut conn)
+                        .await?;
+                Ok(Conn::Mysql(conn, id, mysql_lock_name(&st.lock_name, database.as_deref().unwrap_or(""))))
             }
         }
     }
@@ -164,11 +180,9 @@ impl Conn {
             Conn::Postgres(c) => {
                 sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))").bind(&st.lock_name).fetch_one(c).await
             }
-            Conn::Mysql(c, _) => {
-                let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, 0) AS SIGNED)")
-                    .bind(&st.lock_name)
-                    .fetch_one(c)
-                    .await?;
+            Conn::Mysql(c, _, lock) => {
+                let got: Option<i64> =
+                    sqlx::query_scalar("SELECT CAST(GET_LOCK(?, 0) AS SIGNED)").bind(&*lock).fetch_one(c).await?;
                 Ok(got == Some(1))
             }
         }
@@ -193,9 +207,9 @@ impl Conn {
                 .fetch_optional(c)
                 .await
             }
-            Conn::Mysql(c, own) => {
+            Conn::Mysql(c, own, lock) => {
                 let holder: Option<i64> = sqlx::query_scalar("SELECT CAST(IS_USED_LOCK(?) AS SIGNED)")
-                    .bind(&st.lock_name)
+                    .bind(&*lock)
                     .fetch_one(&mut *c)
                     .await?;
                 let Some(holder) = holder else { return Ok(None) };
@@ -227,7 +241,7 @@ impl Conn {
     async fn raw(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
         match self {
             Conn::Postgres(c) => sqlx::raw_sql(sql).execute(c).await.map(drop),
-            Conn::Mysql(c, _) => sqlx::raw_sql(sql).execute(c).await.map(drop),
+            Conn::Mysql(c, ..) => sqlx::raw_sql(sql).execute(c).await.map(drop),
         }
     }
 
@@ -239,7 +253,7 @@ impl Conn {
             Conn::Postgres(c) => {
                 sqlx::query_as(AssertSqlSafe(st.select.as_str())).bind(limit as i64).fetch_all(c).await?
             }
-            Conn::Mysql(c, _) => {
+            Conn::Mysql(c, ..) => {
                 sqlx::query_as(AssertSqlSafe(st.select.as_str())).bind(limit as i64).fetch_all(c).await?
             }
         };
@@ -253,7 +267,7 @@ impl Conn {
                 let done = sqlx::query(AssertSqlSafe(st.mark.as_str())).bind(ids).execute(c).await?;
                 Ok(done.rows_affected())
             }
-            Conn::Mysql(c, _) => {
+            Conn::Mysql(c, ..) => {
                 debug_assert_eq!(st.driver, Driver::Mysql);
                 let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
                 let done = sqlx::raw_sql(AssertSqlSafe(format!("{}{list})", st.mark))).execute(c).await?;
@@ -266,7 +280,7 @@ impl Conn {
     pub async fn backlog(&mut self, st: &Statements) -> Result<(u64, Option<u64>), sqlx::Error> {
         let (count, age): (i64, Option<i64>) = match self {
             Conn::Postgres(c) => sqlx::query_as(AssertSqlSafe(st.backlog.as_str())).fetch_one(c).await?,
-            Conn::Mysql(c, _) => sqlx::query_as(AssertSqlSafe(st.backlog.as_str())).fetch_one(c).await?,
+            Conn::Mysql(c, ..) => sqlx::query_as(AssertSqlSafe(st.backlog.as_str())).fetch_one(c).await?,
         };
         Ok((count.max(0) as u64, age.map(|a| a.max(0) as u64)))
     }
@@ -279,7 +293,7 @@ impl Conn {
                 .execute(c)
                 .await?
                 .rows_affected(),
-            Conn::Mysql(c, _) => {
+            Conn::Mysql(c, ..) => {
                 let micros = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
                 sqlx::query(AssertSqlSafe(st.purge.as_str())).bind(micros).execute(c).await?.rows_affected()
             }
@@ -290,7 +304,7 @@ impl Conn {
     pub async fn close(self) {
         let _ = match self {
             Conn::Postgres(c) => c.close().await,
-            Conn::Mysql(c, _) => c.close().await,
+            Conn::Mysql(c, ..) => c.close().await,
         };
     }
 }
