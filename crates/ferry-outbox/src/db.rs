@@ -165,6 +165,10 @@ impl Conn {
             Driver::Mysql => {
                 let options = MySqlConnectOptions::from_str(&s.url)?;
                 let mut conn = options.connect().await?;
+                // No gap locks: under REPEATABLE READ a batch's locking read
+                // would hold the gap past the last row (the supremum) and
+                // make the application's inserts wait for the batch.
+                sqlx::raw_sql("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut conn).await?;
                 let (id, database): (i64, Option<String>) =
                     sqlx::query_as("SELECT CAST(CONNECTION_ID() AS SIGNED), CAST(DATABASE() AS CHAR)")
                         .fetch_one(&mut conn)

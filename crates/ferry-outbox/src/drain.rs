@@ -1,26 +1,11 @@
 //! One source's task: connect, take the lock (or wait in standby), drain
 //! batches until told to stop, and keep the status up to date.
 //!
-//! Exactly once, per row: a batch runs in one source-database transaction
-//! on the connection that holds the source's lock. It selects unexported
-//! rows `FOR UPDATE SKIP LOCKED`, appends them durably (each with the
-//! idempotency key `outbox:{source}:{row id}`), marks them `exported_at`
-//! and commits.
-//! - At least once: a row is marked only in the transaction that appended
-//!   it, after the append returned (fsync'd); if anything fails before the
-//!   commit, the transaction rolls back and the row is selected again.
-//!   Rows are chosen by `exported_at IS NULL`, never by an id watermark, so
-//!   a row whose transaction commits after a higher id was drained is
-//!   still drained.
-//! - At most once: a replayed row (crash or error between the append and
-//!   the commit) carries the same idempotency key, so the store answers the
-//!   original entry instead of writing another (within the store's
-//!   idempotency window, 24 h). Only the lock holder drains, and the
-//!   batch runs on the lock's own connection: losing the connection rolls
-//!   the batch back and releases the lock together.
-//! - Nothing blocks forever nor vanishes: a row that cannot be appended
-//!   goes to the dead-letter ledger (marked in the same transaction), or
-//!   the source stops before it, names it, and retries.
+//! A batch runs in one source-database transaction on the connection
+//! that holds the source's lock: select unexported rows `FOR UPDATE SKIP
+//! LOCKED`, append them durably (each with the idempotency key
+//! `outbox:{source}:{row id}`), mark them `exported_at`, commit; anything
+//! else rolls back. Why that is exactly once: the crate's docs (`lib.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

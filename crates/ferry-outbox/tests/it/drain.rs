@@ -40,6 +40,7 @@ for_both_drivers!(
     a_bad_row_without_dead_letter_fails_the_source_until_it_is_fixed,
     one_process_drains_and_the_other_takes_over_when_it_stops,
     purge_deletes_only_old_exported_rows,
+    a_database_that_is_down_backs_off_and_never_shows_the_password,
 );
 
 async fn all_exported(db: &TestDb) -> bool {
@@ -298,5 +299,31 @@ async fn purge_deletes_only_old_exported_rows(driver: Driver) {
     assert_eq!(db.rows().await, [(recent, true), (pending, true)]);
     assert_eq!(read_all(&store, &ledger("audit")).len(), 1, "only the pending row was drained");
     sources.shutdown(STOP).await;
+    store.shutdown().await;
+}
+
+async fn a_database_that_is_down_backs_off_and_never_shows_the_password(driver: Driver) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let mut events = store.events().subscribe("source.", 16);
+    let (name, url) = match driver {
+        Driver::Postgres => ("postgres", "postgres://ferry:hunter2secret@127.0.0.1:1/app"),
+        Driver::Mysql => ("mysql", "mysql://ferry:hunter2secret@127.0.0.1:1/app"),
+    };
+    let text = format!("name = \"app\"\ndriver = \"{name}\"\nurl = \"{url}\"\nledger = \"audit\"");
+    let raw: ferry_outbox::SourceConfig = toml::from_str(&text).unwrap();
+    let sources = Sources::start(store.clone(), vec![ferry_outbox::SourceSettings::from_config(&raw).unwrap()]);
+    until("backing off", || is(&sources, "app", SourceState::BackingOff)).await;
+    let error = status(&sources, "app").last_error.unwrap();
+    assert!(!error.contains("hunter2secret"), "{error}");
+    match events.recv().await {
+        Some(Received::Message(e)) => {
+            assert_eq!(e.key, "source.failed/app");
+            assert!(!e.data.to_string().contains("hunter2secret"), "{}", e.data);
+        }
+        other => panic!("expected source.failed, got {other:?}"),
+    }
+    sources.shutdown(STOP).await;
+    assert_eq!(status(&sources, "app").state, SourceState::Stopped);
     store.shutdown().await;
 }

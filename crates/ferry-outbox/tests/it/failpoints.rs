@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use ferry_core::bus::Received;
 use ferry_outbox::Sources;
 
 use crate::support::*;
@@ -17,6 +18,7 @@ async fn a_failure_after_the_append_replays_without_duplicates(driver: Driver, p
     for i in 0..6 {
         db.insert(None, None, &format!("{{\"n\":{i}}}")).await;
     }
+    let mut events = store.events().subscribe("source.", 16);
     fail::cfg(point, "1*return").unwrap();
     let sources = Sources::start(store.clone(), vec![db.source("app", "ledger = \"audit\"")]);
     let start = std::time::Instant::now();
@@ -30,6 +32,12 @@ async fn a_failure_after_the_append_replays_without_duplicates(driver: Driver, p
     assert_eq!(got, want, "the replayed batch added nothing");
     until("the status", || status(&sources, "app").drained == 6).await;
     assert!(status(&sources, "app").last_error.is_none());
+    // The fail point did fire: the source failed once, then recovered.
+    let mut kinds = Vec::new();
+    while let Some(Received::Message(e)) = events.try_recv() {
+        kinds.push(e.kind);
+    }
+    assert_eq!(kinds, ["source.failed", "source.recovered"]);
     sources.shutdown(Duration::from_secs(10)).await;
     store.shutdown().await;
 }
