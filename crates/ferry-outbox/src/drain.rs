@@ -30,6 +30,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const FAILED_RETRY: Duration = Duration::from_secs(5);
 /// The backlog is counted at most this often.
 pub const BACKLOG_EVERY: Duration = Duration::from_secs(2);
+/// A lost PostgreSQL listener is set up again at most this often (the
+/// source polls meanwhile).
+pub const RELISTEN_EVERY: Duration = Duration::from_secs(30);
 /// Marked rows are purged at most this often.
 pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// One append carries at most this many payload bytes.
@@ -164,9 +167,14 @@ impl Drainer {
             st.lock_holder = holder;
         });
         let mut listener = self.listen().await;
+        let mut listened = Instant::now();
         loop {
             if self.stopping() {
                 return Ended::Stop;
+            }
+            if listener.is_none() && self.s.driver == Driver::Postgres && listened.elapsed() >= RELISTEN_EVERY {
+                listener = self.listen().await;
+                listened = Instant::now();
             }
             if let Err(e) = self.housekeeping(conn).await {
                 return Ended::Db(e);

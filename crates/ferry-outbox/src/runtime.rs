@@ -36,6 +36,7 @@ struct Running {
 impl Sources {
     /// Starts one drain task per source. Connecting happens in the tasks
     /// (a database that is down is retried, never a reason not to start).
+    /// Call it within a tokio runtime: the tasks are spawned on it.
     pub fn start(store: Store, sources: Vec<SourceSettings>) -> Sources {
         let (stop, _) = watch::channel(false);
         let sources = sources

@@ -119,7 +119,9 @@ async fn a_fixed_ledger_drains_in_several_batches_and_requeued_rows_are_not_dupl
     for i in 0..25 {
         db.insert(None, Some(&format!("k{i}")), &format!("{{\"n\":{i}}}")).await;
     }
-    let sources = Sources::start(store.clone(), vec![db.source("app", "ledger = \"audit\"\nbatch = 4")]);
+    // Batches of at most 4 rows, and at most 20 bytes of payload (2 rows).
+    let settings = db.source("app", "ledger = \"audit\"\nbatch = 4\nbatch_max_bytes = 20");
+    let sources = Sources::start(store.clone(), vec![settings]);
     wait_exported(&db, &sources).await;
     let first = read_all(&store, &ledger("audit"));
     assert_eq!(first.len(), 25);
@@ -217,9 +219,16 @@ async fn a_bad_row_without_dead_letter_fails_the_source_until_it_is_fixed(driver
     db.insert(None, None, "{\"n\":1}").await;
     let bad = db.insert(None, None, "{\"n\": 1,}").await;
     db.insert(None, None, "{\"n\":3}").await;
-    let sources = Sources::start(store.clone(), vec![db.source("app", "ledger = \"audit\"")]);
+    // The bad row has waited an hour: past max_lag, the source is stuck.
+    let hour_ago = match driver {
+        Driver::Postgres => "now() - interval '1 hour'",
+        Driver::Mysql => "NOW(6) - INTERVAL 1 HOUR",
+    };
+    db.exec(&format!("UPDATE outbox SET created_at = {hour_ago} WHERE id = {bad}")).await;
+    let sources = Sources::start(store.clone(), vec![db.source("app", "ledger = \"audit\"\nmax_lag = \"1m\"")]);
     until("failed", || is(&sources, "app", SourceState::Failed)).await;
     let st = status(&sources, "app");
+    assert!(st.stuck && st.oldest_pending_age_ms.unwrap() >= 3_600_000, "{st:?}");
     let error = st.last_error.unwrap();
     assert!(error.contains(&format!("row {bad}:")), "{error}");
     assert_eq!(
@@ -238,6 +247,7 @@ async fn a_bad_row_without_dead_letter_fails_the_source_until_it_is_fixed(driver
     assert!(status(&sources, "app").last_error.is_none());
     let got: Vec<String> = read_all(&store, &ledger("audit")).iter().map(|e| e.payload.as_str().to_owned()).collect();
     assert_eq!(got, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+    until("not stuck", || !status(&sources, "app").stuck).await;
     match events.recv().await {
         Some(Received::Message(e)) => assert_eq!(e.key, "source.recovered/app"),
         other => panic!("expected source.recovered, got {other:?}"),
@@ -325,5 +335,28 @@ async fn a_database_that_is_down_backs_off_and_never_shows_the_password(driver: 
     }
     sources.shutdown(STOP).await;
     assert_eq!(status(&sources, "app").state, SourceState::Stopped);
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notify_wakes_the_source_before_its_poll() {
+    let db = TestDb::new(Driver::Postgres, PayloadType::Json).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let mut settings = db.source("app", "ledger = \"audit\"\nnotify_channel = \"app_outbox\"");
+    settings.poll = Duration::from_secs(60);
+    let sources = Sources::start(store.clone(), vec![settings]);
+    until("running", || is(&sources, "app", SourceState::Running)).await;
+    // The first (empty) batch, then the LISTEN, then a wait of a minute.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    db.insert(None, None, "{\"n\":1}").await;
+    db.exec("NOTIFY app_outbox").await;
+    let start = std::time::Instant::now();
+    while !all_exported(&db).await {
+        assert!(start.elapsed() < Duration::from_secs(10), "NOTIFY did not wake the source");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(read_all(&store, &ledger("audit")).len(), 1);
+    sources.shutdown(STOP).await;
     store.shutdown().await;
 }
