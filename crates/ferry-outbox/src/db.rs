@@ -312,3 +312,36 @@ impl Conn {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::SourceConfig;
+
+    fn settings(driver: &str, url: &str, extra: &str) -> SourceSettings {
+        let text = format!("name = \"app\"\ndriver = \"{driver}\"\nurl = \"{url}\"\n{extra}");
+        let raw: SourceConfig = toml::from_str(&text).unwrap();
+        SourceSettings::from_config(&raw).unwrap()
+    }
+
+    #[test]
+    fn every_identifier_is_quoted_for_its_driver() {
+        let extra = "table = \"app.outbox\"\nledger_column = \"tenant\"\ncolumns = { key = \"\", payload = \"body\" }";
+        let pg = Statements::new(&settings("postgres", "postgres://u:p@h/db", extra));
+        assert!(pg.select.starts_with("SELECT \"id\"::bigint, \"tenant\"::text, NULL::text, \"body\"::text FROM \"app\".\"outbox\" WHERE \"exported_at\" IS NULL"), "{}", pg.select);
+        assert!(pg.mark.ends_with("WHERE \"id\" = ANY($1)"), "{}", pg.mark);
+        assert_eq!(pg.lock_name, "ferry-outbox:app");
+        assert!(pg.application_name.starts_with("ferry-outbox app pid "));
+        let my = Statements::new(&settings("mysql", "mysql://u:p@h/db", extra));
+        assert!(my.select.starts_with("SELECT CAST(`id` AS SIGNED), CAST(`tenant` AS CHAR), CAST(NULL AS CHAR), CAST(`body` AS CHAR) FROM `app`.`outbox`"), "{}", my.select);
+        assert!(my.purge.contains("LIMIT 10000") && my.select.ends_with("LIMIT ? FOR UPDATE SKIP LOCKED"));
+    }
+
+    #[test]
+    fn mysql_lock_names_name_the_database_and_fit_in_64_characters() {
+        assert_eq!(mysql_lock_name("ferry-outbox:app", "shop"), "ferry-outbox:shop:app");
+        let long = mysql_lock_name(&format!("ferry-outbox:{}", "x".repeat(63)), "a_database_name");
+        assert_eq!(long.len(), 64);
+        assert_ne!(long, mysql_lock_name(&format!("ferry-outbox:{}y", "x".repeat(62)), "a_database_name"));
+    }
+}
