@@ -67,6 +67,8 @@ pub struct Options {
     pub ferry: PathBuf,
     /// Of each append peer's run.
     pub append_timing: Timing,
+    /// Rounds of every step after the fill; each step's best is reported.
+    pub rounds: u32,
 }
 
 /// One measured step of the run: a command timed from spawn to exit, or
@@ -86,6 +88,25 @@ pub struct Step {
 }
 
 impl Step {
+    /// Wall time, or zero for a rate.
+    fn secs(&self) -> f64 {
+        self.seconds.unwrap_or(0.0)
+    }
+
+    fn rate(&self) -> f64 {
+        self.entries_per_sec.unwrap_or(0.0)
+    }
+
+    /// The better run of one step: the shorter command, or the higher
+    /// append rate.
+    fn better(self, other: Step) -> Step {
+        let other_wins = match (self.seconds, other.seconds) {
+            (Some(a), Some(b)) => b < a,
+            _ => other.rate() > self.rate(),
+        };
+        if other_wins { other } else { self }
+    }
+
     fn timed(name: &str, entries: Option<u64>, bytes: u64, took: Duration) -> Step {
         let secs = took.as_secs_f64().max(1e-9);
         Step {
@@ -106,6 +127,8 @@ pub struct BackupReport {
     pub entries: u64,
     pub ledgers: usize,
     pub payload_bytes: usize,
+    /// Each step's best round is reported.
+    pub rounds: u32,
     pub ferry: String,
     pub steps: Vec<Step>,
     pub ratio_create_data_dir_to_sha256sum: f64,
@@ -117,20 +140,104 @@ pub struct BackupReport {
     pub ratio_restore_to_append: Vec<(usize, f64)>,
 }
 
-/// Fills a node, then backs it up (both ways), hashes, verifies, restores
-/// and appends, each once. Everything lives in one temp dir under `parent`.
+/// Fills a node, then runs `options.rounds` rounds of: back it up (both
+/// ways), hash, verify, restore and append; each step's best round is
+/// reported. Everything lives in one temp dir under `parent`.
 pub async fn run(parent: &Path, options: &Options) -> anyhow::Result<BackupReport> {
     let dir = tempfile::Builder::new().prefix("backup-").tempdir_in(parent).context("create a temp dir")?;
-    let root = dir.path();
-    let node = root.join("node");
-    let ferry = &options.ferry;
-    let entries = options.entries;
-    eprintln!("filling {entries} entries into {} ledgers", options.ledgers);
+    let node = dir.path().join("node");
+    eprintln!("filling {} entries into {} ledgers", options.entries, options.ledgers);
     fill(&node, options).await?;
+    let mut best: Option<Round> = None;
+    for r in 1..=options.rounds {
+        let scratch = dir.path().join(format!("round-{r}"));
+        let round = round(parent, &node, &scratch, options).await.with_context(|| format!("round {r}"))?;
+        eprintln!(
+            "round {r}: create --data-dir {:.2}s, sha256sum {:.2}s, create --server {:.2}s, sha256sum {:.2}s, \
+             restore {:.2}s, append {}",
+            round.create_dir.secs(),
+            round.sum_dir.secs(),
+            round.create_server.secs(),
+            round.sum_server.secs(),
+            round.restore.secs(),
+            round.appends.iter().map(|a| format!("{:.0}/s", a.rate())).collect::<Vec<_>>().join(" "),
+        );
+        best = Some(match best {
+            Some(b) => b.best(round),
+            None => round,
+        });
+    }
+    let best = best.context("--backup needs at least one round")?;
+    let mb = |s: &Step| s.mb_per_sec.unwrap_or(0.0);
+    let restore_rate = best.restore.rate();
+    Ok(BackupReport {
+        entries: options.entries,
+        ledgers: options.ledgers,
+        payload_bytes: options.payload_bytes,
+        rounds: options.rounds,
+        ferry: options.ferry.display().to_string(),
+        ratio_create_data_dir_to_sha256sum: mb(&best.create_dir) / mb(&best.sum_dir),
+        ratio_create_server_to_sha256sum: mb(&best.create_server) / mb(&best.sum_server),
+        ratio_create_data_dir_to_openssl: best.openssl.as_ref().map(|o| mb(&best.create_dir) / mb(o)),
+        ratio_restore_to_append: APPEND_CLIENTS
+            .iter()
+            .zip(&best.appends)
+            .map(|(&c, a)| (c, restore_rate / a.rate()))
+            .collect(),
+        steps: best.steps(),
+    })
+}
+
+/// What one round measured.
+#[derive(Debug, Clone)]
+struct Round {
+    create_dir: Step,
+    sum_dir: Step,
+    openssl: Option<Step>,
+    create_server: Step,
+    sum_server: Step,
+    restore: Step,
+    verify: Step,
+    /// One per `APPEND_CLIENTS`.
+    appends: Vec<Step>,
+}
+
+impl Round {
+    /// Each step's better run of the two.
+    fn best(self, other: Round) -> Round {
+        Round {
+            create_dir: self.create_dir.better(other.create_dir),
+            sum_dir: self.sum_dir.better(other.sum_dir),
+            openssl: match (self.openssl, other.openssl) {
+                (Some(a), Some(b)) => Some(a.better(b)),
+                (a, b) => a.or(b),
+            },
+            create_server: self.create_server.better(other.create_server),
+            sum_server: self.sum_server.better(other.sum_server),
+            restore: self.restore.better(other.restore),
+            verify: self.verify.better(other.verify),
+            appends: self.appends.into_iter().zip(other.appends).map(|(a, b)| a.better(b)).collect(),
+        }
+    }
+
+    /// In the order printed.
+    fn steps(&self) -> Vec<Step> {
+        let mut steps = vec![self.create_dir.clone(), self.sum_dir.clone()];
+        steps.extend(self.openssl.clone());
+        steps.extend([self.create_server.clone(), self.sum_server.clone(), self.restore.clone(), self.verify.clone()]);
+        steps.extend(self.appends.iter().cloned());
+        steps
+    }
+}
+
+/// One round over the filled (stopped) node, its files under `scratch`.
+async fn round(parent: &Path, node: &Path, scratch: &Path, options: &Options) -> anyhow::Result<Round> {
+    let (ferry, entries) = (&options.ferry, options.entries);
+    std::fs::create_dir_all(scratch).with_context(|| format!("create {}", scratch.display()))?;
 
     // A stopped node, then sha256sum over exactly what the backup wrote.
-    let d1 = root.join("backup-data-dir");
-    let create = ferry_json(ferry, &[os("backup"), os("create"), os(&d1), os("--data-dir"), os(&node)])
+    let d1 = scratch.join("backup-data-dir");
+    let create = ferry_json(ferry, &[os("backup"), os("create"), os(&d1), os("--data-dir"), os(node)])
         .await
         .context("ferry backup create --data-dir")?;
     expect_count(&create.json, "entries", entries, "backup create --data-dir")?;
@@ -139,11 +246,10 @@ pub async fn run(parent: &Path, options: &Options) -> anyhow::Result<BackupRepor
     let sum_dir = Step::timed("sha256sum, same files", None, bytes, sha256sum(&d1, &files).await?);
     let openssl =
         openssl_sha256(&d1, &files).await?.map(|t| Step::timed("openssl dgst -sha256, same files", None, bytes, t));
-    eprintln!("create --data-dir {:?}, sha256sum {:?}", create.took, secs(&sum_dir));
 
     // The same node served, backed up over HTTP.
-    let d2 = root.join("backup-server");
-    let server = FerryServer::start(ferry, &node, &root.join("serve-source.log")).await?;
+    let d2 = scratch.join("backup-server");
+    let server = FerryServer::start(ferry, node, &scratch.join("serve-source.log")).await?;
     let create =
         ferry_json(ferry, &[os("backup"), os("create"), os(&d2), os("--server"), os(server.url.as_str())]).await;
     server.stop();
@@ -152,54 +258,26 @@ pub async fn run(parent: &Path, options: &Options) -> anyhow::Result<BackupRepor
     let (files2, bytes2) = backup_files(&d2)?;
     let create_server = Step::timed("backup create --server", Some(entries), bytes2, create.took);
     let sum_server = Step::timed("sha256sum, same files", None, bytes2, sha256sum(&d2, &files2).await?);
-    eprintln!("create --server {:?}, sha256sum {:?}", create.took, secs(&sum_server));
 
     // The first backup into a fresh server. Restore verifies before it
     // writes; the verify alone, timed first, shows that share of it.
     let verify = ferry_json(ferry, &[os("backup"), os("verify"), os(&d1)]).await.context("ferry backup verify")?;
     expect_count(&verify.json, "entries", entries, "backup verify")?;
-    let verified = Step::timed("  of which verify", Some(entries), bytes, verify.took);
-    let server = FerryServer::start(ferry, &root.join("restored"), &root.join("serve-restore.log")).await?;
+    let verify = Step::timed("  of which verify", Some(entries), bytes, verify.took);
+    let server = FerryServer::start(ferry, &scratch.join("restored"), &scratch.join("serve-restore.log")).await?;
     let restore =
         ferry_json(ferry, &[os("backup"), os("restore"), os(&d1), os("--server"), os(server.url.as_str())]).await;
     server.stop();
     let restore = restore.context("ferry backup restore --server")?;
     expect_count(&restore.json, "imported", entries, "backup restore --server")?;
-    let restored = Step::timed("backup restore --server", Some(entries), bytes, restore.took);
-    eprintln!("verify {:?}, restore {:?}", verify.took, restore.took);
+    let restore = Step::timed("backup restore --server", Some(entries), bytes, restore.took);
 
     // The append peer: batches through HTTP into a fresh server each.
     let mut appends = Vec::new();
     for clients in APPEND_CLIENTS {
-        appends.push(append_peer(parent, root, options, clients).await?);
+        appends.push(append_peer(parent, scratch, options, clients).await?);
     }
-
-    let restore_rate = restored.entries_per_sec.unwrap_or(0.0);
-    let ratio_restore_to_append = APPEND_CLIENTS
-        .iter()
-        .zip(&appends)
-        .map(|(&clients, a)| (clients, restore_rate / a.entries_per_sec.unwrap_or(f64::INFINITY)))
-        .collect();
-    let mb = |s: &Step| s.mb_per_sec.unwrap_or(0.0);
-    let mut steps = vec![create_dir.clone(), sum_dir.clone()];
-    steps.extend(openssl.clone());
-    steps.extend([create_server.clone(), sum_server.clone(), restored, verified]);
-    steps.extend(appends);
-    Ok(BackupReport {
-        entries,
-        ledgers: options.ledgers,
-        payload_bytes: options.payload_bytes,
-        ferry: ferry.display().to_string(),
-        steps,
-        ratio_create_data_dir_to_sha256sum: mb(&create_dir) / mb(&sum_dir),
-        ratio_create_server_to_sha256sum: mb(&create_server) / mb(&sum_server),
-        ratio_create_data_dir_to_openssl: openssl.as_ref().map(|o| mb(&create_dir) / mb(o)),
-        ratio_restore_to_append,
-    })
-}
-
-fn secs(step: &Step) -> Duration {
-    Duration::from_secs_f64(step.seconds.unwrap_or(0.0))
+    Ok(Round { create_dir, sum_dir, openssl, create_server, sum_server, restore, verify, appends })
 }
 
 impl BackupReport {
@@ -540,6 +618,16 @@ mod tests {
         let expected = "aa  ledgers/a/e.jsonl\nbb *ledger.json\n";
         assert!(unmatched_lines(expected, "bb  ledger.json\naa  ledgers/a/e.jsonl\ncc  CHECKSUMS\n").is_empty());
         assert_eq!(unmatched_lines(expected, "aa  ledgers/a/e.jsonl\n"), ["bb  ledger.json"]);
+    }
+
+    #[test]
+    fn the_better_step_is_the_shorter_command_or_the_higher_rate() {
+        let command = |secs: u64| Step::timed("create", Some(10), 100, Duration::from_secs(secs));
+        assert_eq!(command(3).better(command(2)).seconds, Some(2.0));
+        assert_eq!(command(2).better(command(3)).seconds, Some(2.0));
+        let append = |rate: f64| Step { seconds: None, entries_per_sec: Some(rate), ..command(1) };
+        assert_eq!(append(5.0).better(append(7.0)).rate(), 7.0);
+        assert_eq!(append(7.0).better(append(5.0)).rate(), 7.0);
     }
 
     #[test]

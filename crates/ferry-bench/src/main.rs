@@ -303,8 +303,10 @@ fn backup_options(args: &Args, entries: Option<u64>) -> anyhow::Result<backup::O
         payload_bytes: args.payloads.first().copied().unwrap_or(256),
         ferry: backup::ferry_binary(args.ferry_bin.clone())?,
         append_timing,
+        rounds: if args.quick { 1 } else { args.rounds },
     };
     ensure!(options.ledgers > 0, "--backup-ledgers must be at least 1");
+    ensure!(options.rounds > 0, "--rounds must be at least 1");
     ensure!(options.entries >= options.ledgers as u64, "--backup needs at least one entry per ledger");
     ensure!(options.payload_bytes >= 128, "--backup payloads must be at least 128 bytes");
     Ok(options)
@@ -420,10 +422,12 @@ async fn backup_mode(args: &Args, parent: &Path, entries: Option<u64>) -> anyhow
     let options = backup_options(args, entries)?;
     let fs = disk::filesystem_type(parent).unwrap_or_else(|| "unknown fs".into());
     println!(
-        "ferry-bench backup: {} entries of {} B in {} ledgers under {} ({fs}), {} cores, load {}; {} ({})",
+        "ferry-bench backup: {} entries of {} B in {} ledgers, {} rounds (best of each step), under {} ({fs}), {} \
+         cores, load {}; {} ({})",
         options.entries,
         options.payload_bytes,
         options.ledgers,
+        options.rounds,
         parent.display(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average(),
@@ -636,10 +640,10 @@ mod tests {
             backup_options(&a, a.backup.expect("--backup given")).unwrap()
         };
         let full = options(&["--backup"]);
-        assert_eq!((full.entries, full.ledgers, full.payload_bytes), (1_000_000, 4, 256));
+        assert_eq!((full.entries, full.ledgers, full.payload_bytes, full.rounds), (1_000_000, 4, 256, 3));
         assert_eq!(options(&["--backup", "8000", "--backup-ledgers", "2"]).entries, 8000);
         let quick = options(&["--quick", "--backup"]);
-        assert_eq!((quick.entries, quick.append_timing.window), (50_000, Duration::from_secs(1)));
+        assert_eq!((quick.entries, quick.rounds, quick.append_timing.window), (50_000, 1, Duration::from_secs(1)));
         let few = args(&["--ferry-bin", ferry, "--backup", "3", "--backup-ledgers", "4"]);
         assert!(backup_options(&few, few.backup.unwrap()).is_err());
         assert!(Args::try_parse_from(["ferry-bench", "--backup", "--export"]).is_err());
