@@ -22,7 +22,7 @@
 //! bench's batch cell, through `http::run`); the same cell with 16 clients
 //! is shown beside it as what the server takes with parallel writers.
 
-#![allow(clippy::disallowed_methods)] // the benchmark writes ferry's logs, not ferry data
+#![allow(clippy::disallowed_methods)] // the benchmark makes its scratch dirs and writes ferry's logs, not ferry data
 
 use std::ffi::OsString;
 use std::fs::File;
