@@ -17,6 +17,8 @@
 #                             the ferry_bench database is created when missing]
 #   FERRY_BENCH_PG_PORT       the port checked (and started) on 127.0.0.1 [5432]
 #   FERRY_BENCH_BIN           a ferry-bench binary to run instead of building one
+#   FERRY_BENCH_FERRY_BIN     the ferry binary the --quick backup smoke runs [the one
+#                             built next to ferry-bench]
 #   FERRY_BENCH_DRY_RUN=1     set up and check everything, then stop before the build
 set -euo pipefail
 
@@ -237,8 +239,9 @@ else
   # The smoke test checks the harness, not speed: a debug build reuses what
   # the test suite built and saves minutes of optimising in CI.
   if ((QUICK)); then PROFILE=(); PROFILE_DIR=debug; else PROFILE=(--release); PROFILE_DIR=release; fi
-  log "cargo build ${PROFILE[*]} -p ferry-bench"
-  cargo build "${PROFILE[@]}" --quiet -p ferry-bench
+  # ferry itself too: the backup smoke runs its backup commands and servers.
+  log "cargo build ${PROFILE[*]} -p ferry-bench -p ferry"
+  cargo build "${PROFILE[@]}" --quiet -p ferry-bench -p ferry
   TARGET_DIR="$(cargo metadata --format-version 1 --no-deps |
     "$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
   BENCH="$TARGET_DIR/$PROFILE_DIR/ferry-bench"
@@ -271,6 +274,14 @@ if ((QUICK)); then
     tee "$SINKS_OUT"
   for sink in clickhouse postgres nats; do
     grep -Eq "^$sink +[0-9]" "$SINKS_OUT" || die "smoke test failed: ferry-bench --sinks printed no '$sink' row"
+  done
+  # Backup create next to sha256sum, restore next to batch appends (the
+  # figures come from the full `ferry-bench --backup`, a release build).
+  log "ferry-bench --backup --quick"
+  BACKUP_OUT="$OUT_DIR/backup.txt"
+  "$BENCH" --backup --quick | tee "$BACKUP_OUT"
+  for step in "backup create --data-dir" "backup create --server" "backup restore --server" "http append 1×"; do
+    grep -Eq "^$step.* [0-9][0-9,.]* *$" "$BACKUP_OUT" || die "smoke test failed: ferry-bench --backup printed no '$step' row"
   done
   log "smoke test passed; results in $OUT_DIR"
 else

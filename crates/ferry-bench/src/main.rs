@@ -8,6 +8,7 @@
 //! reports every target's share of the bound. `driver.rs` is the one
 //! closed-loop client all targets share.
 
+mod backup;
 mod disk;
 mod driver;
 mod export;
@@ -189,6 +190,26 @@ struct Args {
     /// 20,000 with --quick].
     #[arg(long)]
     replay_entries: Option<u64>,
+    /// Instead of appends: fill `--backup-ledgers` ledgers of a node with
+    /// this many entries [default: 1,000,000; 50,000 with --quick], then
+    /// time `ferry backup create` with `--data-dir` and with `--server` next
+    /// to `sha256sum` over the files each wrote, and `ferry backup restore`
+    /// into a fresh server next to HTTP batch appends of 1,000 entries.
+    #[arg(
+        long,
+        value_name = "ENTRIES",
+        num_args = 0..=1,
+        conflicts_with_all = ["replay", "export", "peers", "sinks", "restart"]
+    )]
+    backup: Option<Option<u64>>,
+    /// Ledgers of `--backup`.
+    #[arg(long, default_value_t = 4)]
+    backup_ledgers: usize,
+    /// The `ferry` binary `--backup` runs [default: the one next to
+    /// ferry-bench, as `cargo build --release -p ferry -p ferry-bench`
+    /// leaves them].
+    #[arg(long, env = "FERRY_BENCH_FERRY_BIN")]
+    ferry_bin: Option<PathBuf>,
 }
 
 /// What to run: every cell, against the bound and each target, in rounds.
@@ -269,6 +290,28 @@ fn export_options(args: &Args, entries: Option<u64>) -> anyhow::Result<export::O
     Ok(options)
 }
 
+/// `--backup`'s run; `--quick` makes it small and its append peers short.
+fn backup_options(args: &Args, entries: Option<u64>) -> anyhow::Result<backup::Options> {
+    let append_timing = if args.quick {
+        Timing { warmup: Duration::from_millis(200), window: Duration::from_secs(1) }
+    } else {
+        Timing { warmup: args.warmup, window: args.duration }
+    };
+    let options = backup::Options {
+        entries: entries.unwrap_or(if args.quick { 50_000 } else { 1_000_000 }),
+        ledgers: args.backup_ledgers,
+        payload_bytes: args.payloads.first().copied().unwrap_or(256),
+        ferry: backup::ferry_binary(args.ferry_bin.clone())?,
+        append_timing,
+        rounds: if args.quick { 1 } else { args.rounds },
+    };
+    ensure!(options.ledgers > 0, "--backup-ledgers must be at least 1");
+    ensure!(options.rounds > 0, "--rounds must be at least 1");
+    ensure!(options.entries >= options.ledgers as u64, "--backup needs at least one entry per ledger");
+    ensure!(options.payload_bytes >= 128, "--backup payloads must be at least 128 bytes");
+    Ok(options)
+}
+
 /// Every payload × every client count, payload-major.
 fn grid(clients: &[usize], payloads: &[usize], batch: usize) -> Vec<Cell> {
     payloads.iter().flat_map(|&p| clients.iter().map(move |&c| Cell { clients: c, payload_bytes: p, batch })).collect()
@@ -297,6 +340,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if !args.sinks.is_empty() {
         return sinks_mode(&args, &parent).await;
+    }
+    if let Some(entries) = args.backup {
+        return backup_mode(&args, &parent, entries).await;
     }
     appends_mode(&args, &plan, &parent).await
 }
@@ -363,6 +409,35 @@ async fn sinks_mode(args: &Args, parent: &Path) -> anyhow::Result<()> {
         load_average()
     );
     let report = export::sinks::run(parent, &options, &args.sinks).await?;
+    print!("{}", report.text());
+    if let Some(path) = &args.json {
+        report::write_json(path, &report)?;
+    }
+    Ok(())
+}
+
+/// `--backup N`: `ferry backup create` next to `sha256sum`, and restore
+/// next to HTTP batch appends.
+async fn backup_mode(args: &Args, parent: &Path, entries: Option<u64>) -> anyhow::Result<()> {
+    let options = backup_options(args, entries)?;
+    let fs = disk::filesystem_type(parent).unwrap_or_else(|| "unknown fs".into());
+    println!(
+        "ferry-bench backup: {} entries of {} B in {} ledgers, {} rounds (best of each step), under {} ({fs}), {} \
+         cores, load {}; {} ({})",
+        options.entries,
+        options.payload_bytes,
+        options.ledgers,
+        options.rounds,
+        parent.display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
+        options.ferry.display(),
+        backup::ferry_version(&options.ferry),
+    );
+    if disk::is_in_memory(parent) {
+        eprintln!("warning: {} is in memory: fsync costs nothing there", parent.display());
+    }
+    let report = backup::run(parent, &options).await?;
     print!("{}", report.text());
     if let Some(path) = &args.json {
         report::write_json(path, &report)?;
@@ -554,6 +629,25 @@ mod tests {
         assert!(plan.cells.iter().all(|c| c.batch == 1 || c.batch == 100));
         assert_eq!(Plan::from_args(&args(&["--peers", "--quick"])).unwrap().cells.len(), 2);
         assert!(Args::try_parse_from(["ferry-bench", "--peers", "--export"]).is_err());
+    }
+
+    #[test]
+    fn backup_takes_an_optional_entry_count_and_a_ferry_binary() {
+        let ferry = std::env::current_exe().unwrap();
+        let ferry = ferry.to_str().unwrap();
+        let options = |extra: &[&str]| {
+            let a = args(&[&["--ferry-bin", ferry], extra].concat());
+            backup_options(&a, a.backup.expect("--backup given")).unwrap()
+        };
+        let full = options(&["--backup"]);
+        assert_eq!((full.entries, full.ledgers, full.payload_bytes, full.rounds), (1_000_000, 4, 256, 3));
+        assert_eq!(options(&["--backup", "8000", "--backup-ledgers", "2"]).entries, 8000);
+        let quick = options(&["--quick", "--backup"]);
+        assert_eq!((quick.entries, quick.rounds, quick.append_timing.window), (50_000, 1, Duration::from_secs(1)));
+        let few = args(&["--ferry-bin", ferry, "--backup", "3", "--backup-ledgers", "4"]);
+        assert!(backup_options(&few, few.backup.unwrap()).is_err());
+        assert!(Args::try_parse_from(["ferry-bench", "--backup", "--export"]).is_err());
+        assert!(Args::try_parse_from(["ferry-bench", "--backup", "--peers"]).is_err());
     }
 
     #[test]

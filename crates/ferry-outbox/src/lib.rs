@@ -8,6 +8,11 @@
 //!   into `SourceSettings` without touching the network; every table and
 //!   column name is a checked identifier before it reaches SQL.
 //! - `runtime.rs` — `Sources`: one task per source, its status, shutdown.
+//! - `drain.rs` — a source's task: lock, batches, backoff, status; the
+//!   exactly-once argument in full.
+//! - `db.rs` — the two drivers behind one connection type: quoted
+//!   statements, the lock and who holds it.
+//! - `redact.rs` — no URL password in any message.
 //! - `status.rs` — what `GET /v1/sources` shows.
 //!
 //! Data flow, per batch, in one source-database transaction: select the
@@ -15,7 +20,34 @@
 //! them durably with idempotency key `outbox:{source}:{row id}`, mark them
 //! `exported_at`, commit. A crash between the append and the commit
 //! replays the batch, and the keys turn the replay into the original ids.
+//!
+//! Why each committed outbox row becomes exactly one entry:
+//! - At least once. A row is marked only by the transaction that appended
+//!   it, after the append returned (fsync'd). Anything failing before the
+//!   commit (the store, the database, the process) rolls the mark back and
+//!   the row is selected again. Rows are found by `exported_at IS NULL`,
+//!   never by an id watermark: ids come from sequences and are not commit
+//!   ordered, so a row whose transaction commits after a higher id was
+//!   drained is still found on a later batch. `SKIP LOCKED` only skips rows
+//!   some transaction holds right now; they are seen once it ends.
+//! - At most once. A replayed row carries the same idempotency key, so the
+//!   store answers the entry already written instead of writing another
+//!   (for the store's idempotency window, 24 h: a row re-queued by hand
+//!   later than that is appended again). One drainer per source: the batch
+//!   runs on the very connection that holds the source's session lock
+//!   (`pg_try_advisory_lock` / `GET_LOCK`), so a drainer that loses its
+//!   connection loses the lock and its open batch together, and the next
+//!   holder starts from what the database committed.
+//! - Never stuck, never lost. A row that cannot be an entry (not JSON, not
+//!   portable, a bad ledger name, too large) goes to the dead-letter ledger
+//!   with the reason, marked in the same transaction and under its own key
+//!   `outbox:{source}:{id}:dead`; without one, the rows before it are
+//!   drained and the source turns `failed`, naming it, retrying every few
+//!   seconds until the row is fixed or removed.
 
+mod db;
+mod drain;
+mod redact;
 mod runtime;
 mod settings;
 mod status;
