@@ -262,9 +262,8 @@ async fn source(server: &Server, name: &str) -> Value {
 
 /// Rows reach the ledger their row names, each once: a row whose
 /// transaction took its id early and commits late is drained after a
-/// higher one; a re-queued row inside the window appends nothing; a batch
-/// that fails after its append and before its commit is replayed without a
-/// duplicate; the status and the CLI say what was drained.
+/// higher one; a re-queued row inside the window appends nothing; the
+/// status and the CLI say what was drained.
 #[tokio::test]
 async fn postgres_rows_reach_their_ledgers_once_a_late_commit_included() {
     let pg = pg().await;
@@ -279,10 +278,7 @@ async fn postgres_rows_reach_their_ledgers_once_a_late_commit_included() {
     )
     .await;
     let env = Env::new();
-    // The first batch fails between its append and its commit, once.
-    let config = env.config("ferry.toml", &pg_source(&schema, ""));
-    let server =
-        Server::start_env(&env.data_dir(), Some(&config), &[("FAILPOINTS", "outbox::before_commit=1*return")]).await;
+    let server = env.serve_with(&pg_source(&schema, "")).await;
     eventually("the first rows are drained", async || {
         server.head("orders").await == Some(2) && server.head("audit").await == Some(1)
     })
@@ -291,7 +287,7 @@ async fn postgres_rows_reach_their_ledgers_once_a_late_commit_included() {
         pg_scalar(&pg, &format!("SELECT count(*) FROM {t} WHERE exported_at IS NULL")).await == 0
     })
     .await;
-    assert_eq!(ns(&server, "orders").await, [1, 2], "each row once, after the replay");
+    assert_eq!(ns(&server, "orders").await, [1, 2]);
     let keys: Vec<Option<String>> = server.read_all("orders").await.iter().map(|l| parse_line(l).key).collect();
     assert_eq!(keys, [Some("o-1".to_owned()), None]);
 
@@ -329,6 +325,36 @@ async fn postgres_rows_reach_their_ledgers_once_a_late_commit_included() {
     let out = run_to_exit(cli, None);
     assert_exit(&out, 0, "sources status app");
     assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap()["name"], "app");
+    server.stop();
+    pg_exec(&pg, &format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
+/// A batch that fails after its append, with its rows marked, and before
+/// its commit rolls back and is drained again: the keys answer the
+/// original ids, so every row is in its ledger once.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_batch_that_fails_before_its_commit_is_replayed_without_a_duplicate() {
+    let pg = pg().await;
+    let schema = pg_outbox(&pg, "replay").await;
+    let t = format!("{schema}.outbox");
+    let values: Vec<String> = (1..=5).map(|n| format!("('orders', '{{\"n\":{n}}}')")).collect();
+    pg_exec(&pg, &format!("INSERT INTO {t} (ledger, payload) VALUES {}", values.join(", "))).await;
+    let env = Env::new();
+    let config = env.config("ferry.toml", &pg_source(&schema, ""));
+    let failpoints = [("FAILPOINTS", "outbox::before_commit=1*return")];
+    let server = Server::start_env(&env.data_dir(), Some(&config), &failpoints).await;
+    eventually("the rows are marked", async || {
+        pg_scalar(&pg, &format!("SELECT count(*) FROM {t} WHERE exported_at IS NULL")).await == 0
+    })
+    .await;
+    assert_eq!(ns(&server, "orders").await, [1, 2, 3, 4, 5], "each row once, after the replay");
+    let metrics = server.get("/metrics").await.text;
+    let errors = metrics
+        .lines()
+        .find(|l| l.starts_with("ferry_outbox_errors_total{source=\"app\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(errors >= Some(1.0), "the injected failure happened:\n{metrics}");
     server.stop();
     pg_exec(&pg, &format!("DROP SCHEMA {schema} CASCADE")).await;
 }
