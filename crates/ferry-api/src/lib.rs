@@ -13,6 +13,7 @@ mod ledgers;
 pub mod metrics;
 mod pins;
 mod server;
+mod sources;
 mod tls;
 mod watch;
 
@@ -52,6 +53,8 @@ pub struct ApiConfig {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The running exporters; `None` when none are configured.
     pub exporters: Option<ferry_export::Exporters>,
+    /// The running outbox sources; `None` when none are configured.
+    pub sources: Option<ferry_outbox::Sources>,
     /// Live snapshot pins at most (`[server] max_pins`).
     pub max_pins: usize,
 }
@@ -68,6 +71,7 @@ impl Default for ApiConfig {
             closing: tokio::sync::watch::channel(false).1,
             metrics: None,
             exporters: None,
+            sources: None,
             max_pins: ferry_core::limits::PINS_MAX_DEFAULT,
         }
     }
@@ -134,6 +138,8 @@ fn router(state: AppState) -> Router {
         .route("/exporters/{name}/pause", post(exporters::pause))
         .route("/exporters/{name}/resume", post(exporters::resume))
         .route("/exporters/{name}/check", get(exporters::check))
+        .route("/sources", get(sources::list))
+        .route("/sources/{name}", get(sources::get_one))
         .route("/pins", get(pins::list).post(pins::create))
         .route("/pins/{id}", delete(pins::delete))
         .route("/pins/{id}/renew", post(pins::renew))

@@ -94,7 +94,7 @@ pub use append::{Append, Appended, NewEntry, RetryPolicy};
 pub use error::{ApiError, Error};
 pub use pins::{Imported, Pin, PinnedLines};
 pub use read::{EntryLines, ReadPage, ReadQuery};
-pub use types::{Entry, ExporterCheck, ExporterLedger, ExporterStatus, Ledger, LedgerCheck, SystemEvent};
+pub use types::{Entry, ExporterCheck, ExporterLedger, ExporterStatus, Ledger, LedgerCheck, SourceStatus, SystemEvent};
 pub use watch::{SystemEvents, SystemNotice, Watch, WatchEvent, WatchOptions};
 
 use append::{decode, segment};
@@ -261,6 +261,18 @@ impl Client {
     pub async fn delete_exporter(&self, name: &str) -> Result<(), Error> {
         self.send(self.request(reqwest::Method::DELETE, &format!("/v1/exporters/{}", segment(name)))).await?;
         Ok(())
+    }
+
+    /// Every outbox source's status, in configuration order (`[]` when
+    /// none are configured).
+    pub async fn sources(&self) -> Result<Vec<SourceStatus>, Error> {
+        self.get_json("/v1/sources", "a source list").await
+    }
+
+    /// One outbox source's status; 404 `source_not_found` when there is
+    /// none.
+    pub async fn source(&self, name: &str) -> Result<SourceStatus, Error> {
+        self.get_json(&format!("/v1/sources/{}", segment(name)), "a source status").await
     }
 
     /// Liveness (`/healthz`): Ok while the process answers.

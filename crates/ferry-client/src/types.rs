@@ -1,5 +1,5 @@
-//! What the server answers with: entries, ledgers, exporter status and
-//! system events, in the JSON forms README's HTTP API table documents.
+//! What the server answers with: entries, ledgers, exporter and source
+//! status and system events, in the JSON forms README's HTTP API table documents.
 //! Fields the server adds later land in each type's `extra`, so a client
 //! older than its server loses nothing it passes on.
 
@@ -83,6 +83,41 @@ pub struct ExporterLedger {
     /// Attempts of the current batch.
     pub attempts: u32,
     /// Unix milliseconds of the last acknowledged delivery.
+    pub last_success_at: Option<u64>,
+    /// Fields this client does not know yet.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// An outbox source's status (`GET /v1/sources/{name}`; the list answers
+/// an array of these).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// The source's name.
+    pub name: String,
+    /// `postgres` or `mysql`.
+    pub driver: String,
+    /// The outbox table it drains.
+    pub table: String,
+    /// `running`, `standby` (another process holds the source's lock),
+    /// `backing_off`, `failed` or `stopped`.
+    pub state: String,
+    /// Rows appended and marked by the server's process since it started.
+    pub drained: u64,
+    /// Rows moved to the dead-letter ledger since it started.
+    pub dead_lettered: u64,
+    /// Rows with `exported_at IS NULL` at the last look (`None`: not known
+    /// yet).
+    pub backlog: Option<u64>,
+    /// Age in milliseconds of the oldest pending row at the last look.
+    pub oldest_pending_age_ms: Option<u64>,
+    /// True when `max_lag` is set and the oldest pending row is older.
+    pub stuck: bool,
+    /// The last failure (secrets removed), if any since the last success.
+    pub last_error: Option<String>,
+    /// Who holds the source's lock, if known.
+    pub lock_holder: Option<String>,
+    /// Unix milliseconds of the last batch drained.
     pub last_success_at: Option<u64>,
     /// Fields this client does not know yet.
     #[serde(flatten)]

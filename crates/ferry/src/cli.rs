@@ -86,6 +86,13 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Outbox source status, as JSON.
+    Sources {
+        #[command(subcommand)]
+        command: SourcesCommand,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Backups that cat, jq and sha256sum can read: create, verify, restore.
     Backup {
         #[command(subcommand)]
@@ -151,6 +158,13 @@ pub enum ExportersCommand {
         #[arg(long)]
         ledger: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourcesCommand {
+    /// Every outbox source (or one) with its state, rows drained, backlog,
+    /// oldest pending age, last error and lock holder.
+    Status { name: Option<String> },
 }
 
 #[derive(Debug, Subcommand)]

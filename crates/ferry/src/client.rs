@@ -1,6 +1,6 @@
-//! Client commands: `append`, `read`, `ledgers`, `exporters` over the HTTP
-//! API, through `ferry-client`. This file turns command-line values into
-//! its requests and its answers into the commands' output.
+//! Client commands: `append`, `read`, `ledgers`, `exporters`, `sources`
+//! over the HTTP API, through `ferry-client`. This file turns command-line
+//! values into its requests and its answers into the commands' output.
 
 use std::io::{BufRead as _, Write as _};
 
@@ -207,6 +207,14 @@ impl Client {
         self.api.delete_exporter(exporter_name(name)?.as_str()).await.map_err(|e| self.failure(e))
     }
 
+    /// `ferry sources status [NAME]`.
+    pub async fn source_status(&self, name: Option<&str>) -> anyhow::Result<()> {
+        match name {
+            None => print_json(self.api.sources().await.map_err(|e| self.failure(e))?),
+            Some(n) => print_json(self.api.source(source_name(n)?.as_str()).await.map_err(|e| self.failure(e))?),
+        }
+    }
+
     pub async fn ledgers(&self) -> anyhow::Result<()> {
         for l in self.api.ledgers().await.map_err(|e| self.failure(e))? {
             println!("{}", serde_json::to_value(l)?);
@@ -245,6 +253,10 @@ pub enum ExporterControl {
 
 fn exporter_name(name: &str) -> Result<LedgerName, UsageError> {
     LedgerName::parse(name).map_err(|e| UsageError(format!("exporter name: {e}")))
+}
+
+fn source_name(name: &str) -> Result<LedgerName, UsageError> {
+    LedgerName::parse(name).map_err(|e| UsageError(format!("source name: {e}")))
 }
 
 /// One entry of an append, with the payload's text kept byte for byte

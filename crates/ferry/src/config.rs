@@ -19,6 +19,7 @@ use ferry_core::limits::{
 };
 use ferry_core::units::{Seconds, Size};
 use ferry_export::{ExporterConfig, ExporterSettings};
+use ferry_outbox::{SourceConfig, SourceSettings};
 use ferry_sinks::SinkConfig;
 use ferry_store::StoreConfig;
 use serde::Deserialize;
@@ -32,10 +33,13 @@ pub struct Config {
     pub retention: Retention,
     pub log: Log,
     pub exporters: Vec<toml::Spanned<ExporterConfig>>,
-    pub sources: Vec<toml::Table>,
+    pub sources: Vec<toml::Spanned<SourceConfig>>,
     /// The line each `[[exporters]]` table starts on (for error messages).
     #[serde(skip)]
     pub exporter_lines: Vec<usize>,
+    /// The line each `[[sources]]` table starts on (for error messages).
+    #[serde(skip)]
+    pub source_lines: Vec<usize>,
     /// `--exporter` flags, after the file's exporters.
     #[serde(skip)]
     pub exporter_flags: Vec<String>,
@@ -221,6 +225,7 @@ impl Default for Config {
             exporters: Vec::new(),
             sources: Vec::new(),
             exporter_lines: Vec::new(),
+            source_lines: Vec::new(),
             exporter_flags: Vec::new(),
         }
     }
@@ -291,6 +296,8 @@ pub struct ServeSettings {
     pub log: Log,
     /// Validated exporters and their sinks' configs, not yet built.
     pub exporters: Vec<(ExporterSettings, SinkConfig)>,
+    /// Validated outbox sources (`[[sources]]`), not yet connected.
+    pub sources: Vec<SourceSettings>,
     /// `[retention] respect_exporters`: exporter cursors hold retention.
     pub respect_exporters: bool,
     /// `[server]` connection limits; `max_connections` unset is sized from
@@ -360,6 +367,7 @@ impl Config {
             None => anyhow::anyhow!("TOML parse error: {}", e.message().trim_end()),
         })?;
         config.exporter_lines = config.exporters.iter().map(|e| line(e.span().start)).collect();
+        config.source_lines = config.sources.iter().map(|s| line(s.span().start)).collect();
         config.retention.ledger_lines =
             config.retention.ledgers.keys().map(|k| (k.get_ref().clone(), line(k.span().start))).collect();
         Ok(config)
@@ -399,17 +407,34 @@ impl Config {
         Ok(out)
     }
 
+    /// Validates every `[[sources]]` table, touching no network: names
+    /// unique among sources (a source may share an exporter's name: they
+    /// are told apart by their routes), identifiers checked, one of
+    /// `ledger` and `ledger_column`. Errors name `sources[i] "name" (line N)`.
+    fn sources(&self) -> anyhow::Result<Vec<SourceSettings>> {
+        let mut out: Vec<SourceSettings> = Vec::with_capacity(self.sources.len());
+        for (i, s) in self.sources.iter().enumerate() {
+            let raw = s.get_ref();
+            let line = self.source_lines.get(i).copied().unwrap_or(0);
+            let what = format!("sources[{i}] {:?} (line {line})", raw.name);
+            let settings = SourceSettings::from_config(raw).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            if out.iter().any(|o| o.name == settings.name) {
+                bail!("{what}: name: another source is already called {}", settings.name);
+            }
+            out.push(settings);
+        }
+        Ok(out)
+    }
+
     /// Checks everything a parse cannot, touching no storage.
     pub fn validate(self) -> anyhow::Result<ServeSettings> {
         let exporters = self.exporters()?;
+        let sources = self.sources()?;
         let listen: SocketAddr = self.server.listen.parse().with_context(|| {
             format!("server.listen: {:?} is not an address like 127.0.0.1:7070", self.server.listen)
         })?;
         let (body_max, entry_max) = self.sizes()?;
         let retention = self.retention.policy()?;
-        if !self.sources.is_empty() {
-            bail!("[[sources]] is not implemented yet in this version of ferry");
-        }
         let tokens = Arc::new(Tokens::new(self.server.access_tokens()?));
         let (connections, tls) = self.server.connections(body_max)?;
         let dir = |p: PathBuf| (!p.as_os_str().is_empty()).then_some(p);
@@ -438,6 +463,7 @@ impl Config {
             closing: tokio::sync::watch::channel(false).1,
             metrics: None,
             exporters: None,
+            sources: None,
             max_pins: self.server.max_pins,
         };
         Ok(ServeSettings {
@@ -447,6 +473,7 @@ impl Config {
             shutdown_timeout: self.server.shutdown_timeout.0,
             log: self.log,
             exporters,
+            sources,
             respect_exporters: self.retention.respect_exporters,
             connections,
             tls,
@@ -1007,5 +1034,116 @@ headers = { x-team = "audit" }
         };
         let msg = format!("{:#}", c.validate().err().unwrap());
         assert!(msg.contains("batch.max_entries"), "{msg}");
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(c) => format!("{:#}", c.validate().err().expect("validation fails")),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    const SOURCE: &str =
+        "[[sources]]\nname = \"app\"\ndriver = \"postgres\"\nurl = \"postgres://ferry:pw@127.0.0.1/app\"\n";
+
+    #[test]
+    fn sources_parse_into_settings() {
+        let text = r#"
+[[exporters]]
+name = "app"
+sink = "stdout"
+
+[[sources]]
+name = "app"
+driver = "postgres"
+url = "postgres://root@127.0.0.1/app?sslmode=require"
+table = "outbox"
+ledger = "audit"
+batch = 500
+poll = "50ms"
+max_lag = "5m"
+purge_after = "7d"
+dead_letter = "outbox-dead"
+
+[[sources]]
+name = "orders"
+driver = "mysql"
+url = "mysql://ferry@127.0.0.1/shop"
+table = "shop.outbox"
+ledger_column = "tenant"
+columns = { key = "", payload = "body" }
+"#;
+        let s = Config::parse(text).unwrap().validate().unwrap();
+        assert_eq!(s.sources.len(), 2);
+        let (app, orders) = (&s.sources[0], &s.sources[1]);
+        assert_eq!((app.name.as_str(), app.driver, app.batch), ("app", ferry_outbox::Driver::Postgres, 500));
+        assert_eq!(app.ledger, ferry_outbox::LedgerFrom::Fixed(LedgerName::parse("audit").unwrap()));
+        assert_eq!(app.poll, Duration::from_millis(50));
+        assert_eq!(app.max_lag, Some(Duration::from_secs(300)));
+        assert_eq!(app.dead_letter.as_ref().map(LedgerName::as_str), Some("outbox-dead"));
+        assert_eq!(orders.driver, ferry_outbox::Driver::Mysql);
+        assert!(matches!(&orders.ledger, ferry_outbox::LedgerFrom::Column(c) if c.as_str() == "tenant"));
+        assert!(orders.columns.key.is_none());
+        assert_eq!(orders.columns.payload.as_str(), "body");
+        assert_eq!(orders.table.as_str(), "shop.outbox");
+        // None configured: none started.
+        assert!(Config::parse("").unwrap().validate().unwrap().sources.is_empty());
+    }
+
+    #[test]
+    fn bad_sources_name_the_source_the_key_and_the_line() {
+        for (text, needles) in [
+            (format!("{SOURCE}ledger = \"a\"\nbatchh = 1\n"), &["batchh", "line 6"][..]),
+            (format!("\n{SOURCE}ledger = \"a\"\ncolumns = {{ idd = \"x\" }}\n"), &["idd", "line 7"]),
+            (
+                format!("{SOURCE}ledger = \"a\"\ntable = \"outbox; drop table x\"\n"),
+                &["sources[0] \"app\" (line 1)", "table:", "not a plain SQL identifier"],
+            ),
+            (
+                format!("{SOURCE}ledger = \"a\"\ncolumns = {{ id = \"1id\" }}\n"),
+                &["sources[0] \"app\" (line 1)", "columns.id:"],
+            ),
+            (
+                format!("{SOURCE}ledger = \"a\"\nledger_column = \"tenant\"\n"),
+                &["sources[0] \"app\" (line 1)", "ledger, ledger_column: give exactly one"],
+            ),
+            (format!("{SOURCE}\n"), &["sources[0] \"app\" (line 1)", "give exactly one"]),
+            (format!("{SOURCE}ledger = \"A\"\n"), &["sources[0] \"app\" (line 1)", "ledger:"]),
+            (format!("{SOURCE}ledger = \"a\"\nbatch = 0\n"), &["sources[0]", "batch: 0 is outside"]),
+            (format!("{SOURCE}ledger = \"a\"\n{}ledger = \"b\"\n", SOURCE.replace("\"app\"", "\"other\"")), &[]),
+            (
+                format!("{SOURCE}ledger = \"a\"\n\n{SOURCE}ledger = \"b\"\n"),
+                &["sources[1] \"app\" (line 7)", "another source is already called app"],
+            ),
+            (
+                "[[sources]]\nname = \"app\"\ndriver = \"oracle\"\nurl = \"x\"\nledger = \"a\"\n".to_owned(),
+                &["sources[0] \"app\" (line 1)", "driver: \"oracle\" is not a driver"],
+            ),
+            (
+                "[[sources]]\nname = \"app\"\ndriver = \"mysql\"\nurl = \"postgres://u:pw@h/db\"\nledger = \"a\"\n"
+                    .to_owned(),
+                &["sources[0] \"app\" (line 1)", "url: a mysql source needs"],
+            ),
+            (
+                "[[sources]]\nname = \"Bad Name\"\ndriver = \"postgres\"\nurl = \"postgres://h/db\"\nledger = \"a\"\n"
+                    .to_owned(),
+                &["sources[0] \"Bad Name\"", "name:"],
+            ),
+        ] {
+            if needles.is_empty() {
+                assert!(Config::parse(&text).unwrap().validate().is_ok(), "{text}");
+                continue;
+            }
+            let msg = error_of(&text);
+            for needle in needles {
+                assert!(msg.contains(needle), "{text:?}: {needle:?} not in {msg}");
+            }
+            assert!(!msg.contains("pw"), "no password in {msg}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command, ExportersCommand, StorageArgs, TokenCommand};
+use crate::cli::{Cli, Command, ExportersCommand, SourcesCommand, StorageArgs, TokenCommand};
 use crate::client::{Client, ExporterControl, ReadStart};
 use crate::tools::Storage;
 
@@ -93,6 +93,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tail::tail(&Client::new(&server.server, server.token)?, &prefix, from.as_deref()).await
         }
         Command::Exporters { command, server } => exporters(&Client::new(&server.server, server.token)?, command).await,
+        Command::Sources { command: SourcesCommand::Status { name }, server } => {
+            Client::new(&server.server, server.token)?.source_status(name.as_deref()).await
+        }
         Command::Backup { command } => backup::run(command).await,
         Command::Chain { command } => backup::chain(command).await,
         Command::Token { command: TokenCommand::Hash { secret } } => token_hash(secret),

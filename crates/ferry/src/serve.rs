@@ -1,11 +1,16 @@
 //! `ferry serve`: config → validate → logging → open the store (recovery)
-//! → serve the API until SIGINT/SIGTERM → drain and stop.
+//! → start the exporters and the outbox sources → serve the API until
+//! SIGINT/SIGTERM → stop the sources, then the exporters, then the store.
+//!
+//! The sources stop first: each one's batch in flight appends into the
+//! store, which must still be open for it to commit or roll back cleanly.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use ferry_export::{CursorTable, Exporters};
+use ferry_outbox::Sources;
 use ferry_store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -66,6 +71,16 @@ pub async fn run(
 
     let exporters = Exporters::start(store.clone(), table, built).await.context("start the exporters")?;
     settings.api.exporters = Some(exporters.clone());
+    // After the store opened (recovery done), before the API serves; with
+    // none configured nothing is started and `GET /v1/sources` answers [].
+    let source_settings = std::mem::take(&mut settings.sources);
+    let sources = if source_settings.is_empty() {
+        None
+    } else {
+        tracing::info!(sources = source_settings.len(), "starting the outbox sources");
+        Some(Sources::start(store.clone(), source_settings))
+    };
+    settings.api.sources = sources.clone();
     let api = ferry_api::Api::open(store.clone(), settings.api).await.context("load the watch sessions")?;
     let shutdown = async move {
         shutdown_signal().await;
@@ -73,7 +88,14 @@ pub async fn run(
         let _ = closing_tx.send(true);
     };
     let served = ferry_api::serve(listener, api.router(), limits, tls, shutdown);
-    served.await.context("serve HTTP")?;
+    let served = served.await;
+    // First, even when serving failed: a source's batch in flight commits
+    // or rolls back while the store can still take its append.
+    if let Some(sources) = &sources {
+        tracing::info!("shutting down: finishing the outbox sources' batches in flight");
+        sources.shutdown(settings.shutdown_timeout).await;
+    }
+    served.context("serve HTTP")?;
     tracing::info!("shutting down: writing watch positions");
     api.close().await;
     tracing::info!("shutting down: finishing in-flight exports");

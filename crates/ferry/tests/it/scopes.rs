@@ -78,6 +78,9 @@ fn routes() -> Vec<Route> {
         r(Method::POST, "/v1/exporters/ex/resume", None, "admin", false, 200),
         r(Method::POST, "/v1/exporters/ex/reset", Some("{}"), "admin", false, 200),
         r(Method::GET, "/v1/exporters/ex/check", None, "admin", false, 200),
+        // None configured: the list is empty, a name is not found.
+        r(Method::GET, "/v1/sources", None, "admin", false, 200),
+        r(Method::GET, "/v1/sources/app", None, "admin", false, 404),
         r(Method::GET, "/v1/pins", None, "admin", false, 200),
         r(Method::POST, "/v1/pins/1/renew", None, "admin", false, 404),
         r(Method::DELETE, "/v1/pins/1", None, "admin", false, 404),
