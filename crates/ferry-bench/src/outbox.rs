@@ -30,6 +30,7 @@
 #![allow(clippy::disallowed_methods)] // the benchmark makes its scratch dirs, not ferry data
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -215,7 +216,8 @@ struct Database {
 
 impl Database {
     async fn create(driver: OutboxDriver, admin: &str) -> anyhow::Result<Database> {
-        let name = format!("ferry_bench_outbox_{}", std::process::id());
+        static CREATED: AtomicU32 = AtomicU32::new(0);
+        let name = format!("ferry_bench_outbox_{}_{}", std::process::id(), CREATED.fetch_add(1, Ordering::Relaxed));
         let mut url = Url::parse(admin).context("parse the server URL")?;
         url.set_path(&format!("/{name}"));
         let create = format!("CREATE DATABASE {name}");
@@ -496,6 +498,45 @@ async fn store_alone(parent: &Path, options: &Options) -> anyhow::Result<Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Needs PostgreSQL on 127.0.0.1:5432 (user postgres) and MariaDB/MySQL
+    /// on 127.0.0.1:3306 (user root), as ferry-outbox's own tests do.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_run_drains_every_row_on_both_databases_and_drops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            // Not a multiple of the batch: the last batch is a short one.
+            rows: 2_500,
+            payload_bytes: 256,
+            batch: 1000,
+            rounds: 2,
+            drivers: vec![OutboxDriver::Postgres, OutboxDriver::Mysql],
+            postgres_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            mysql_url: "mysql://root@127.0.0.1:3306/mysql".into(),
+        };
+        let report = run(dir.path(), &options).await.unwrap();
+        assert_eq!(report.drivers.iter().map(|r| r.driver).collect::<Vec<_>>(), ["postgres", "mysql"]);
+        for r in &report.drivers {
+            assert!(r.bare_rows_per_sec > 0.0 && r.ferry_rows_per_sec > 0.0 && r.store_rows_per_sec > 0.0, "{r:?}");
+            assert!((r.ratio - r.ferry_rows_per_sec / r.bare_rows_per_sec).abs() < 1e-9);
+        }
+        let prefix = format!("ferry_bench_outbox_{}_%", std::process::id());
+        let mut pg = PgConnection::connect(&options.postgres_url).await.unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE $1")
+            .bind(&prefix)
+            .fetch_one(&mut pg)
+            .await
+            .unwrap();
+        let mut my = MySqlConnection::connect(&options.mysql_url).await.unwrap();
+        let left_my: i64 = sqlx::query_scalar(
+            "SELECT CAST(count(*) AS SIGNED) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE ?",
+        )
+        .bind(&prefix)
+        .fetch_one(&mut my)
+        .await
+        .unwrap();
+        assert_eq!((left, left_my), (0, 0), "the run's databases are dropped");
+    }
 
     #[test]
     fn the_report_shows_each_driver_with_its_ratio() {
