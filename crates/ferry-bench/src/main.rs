@@ -230,6 +230,12 @@ struct Args {
     /// Rows per batch of `--outbox`, for ferry and the bare loop alike.
     #[arg(long, default_value_t = 1000)]
     outbox_batch: usize,
+    /// `--outbox`'s tables also get an index of the pending rows
+    /// (PostgreSQL: partial, on `id` where `exported_at IS NULL`; MySQL: on
+    /// `(exported_at, id)`); without it each batch's `SELECT` walks every
+    /// row drained before it.
+    #[arg(long)]
+    outbox_pending_index: bool,
     /// The MySQL/MariaDB server `--outbox` uses (it creates and drops a
     /// database `ferry_bench_outbox_{pid}`, as on PostgreSQL).
     #[arg(long, default_value = "mysql://root@127.0.0.1:3306/mysql")]
@@ -344,6 +350,7 @@ fn outbox_options(args: &Args, rows: Option<u64>) -> anyhow::Result<outbox::Opti
         batch: args.outbox_batch,
         rounds: if args.quick { 1 } else { args.rounds },
         drivers: args.outbox_drivers.clone(),
+        pending_index: args.outbox_pending_index,
         postgres_url: args.postgres_url.clone(),
         mysql_url: args.mysql_url.clone(),
     };
@@ -734,6 +741,7 @@ mod tests {
         assert_eq!((full.rows, full.batch, full.rounds, full.payload_bytes), (200_000, 1000, 3, 256));
         assert_eq!(full.drivers, [outbox::OutboxDriver::Postgres, outbox::OutboxDriver::Mysql]);
         assert_eq!(full.mysql_url, "mysql://root@127.0.0.1:3306/mysql");
+        assert!(!full.pending_index && options(&["--outbox", "--outbox-pending-index"]).pending_index);
         let quick = options(&["--quick", "--outbox", "--outbox-drivers", "mysql"]);
         assert_eq!((quick.rows, quick.rounds, quick.drivers.len()), (5_000, 1, 1));
         assert_eq!(options(&["--outbox", "7000"]).rows, 7000);
