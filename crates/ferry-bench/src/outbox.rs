@@ -185,15 +185,17 @@ async fn measure_driver(parent: &Path, db: &Database, options: &Options) -> anyh
         db.fill(options.rows, options.payload_bytes, options.pending_index).await.context("fill the outbox")?;
         let b = db.bare_loop(options.rows, options.batch).await.context("the bare loop")?;
         db.fill(options.rows, options.payload_bytes, options.pending_index).await.context("fill the outbox")?;
-        let f = ferry_drain(parent, db, options).await.context("ferry's drain")?;
+        let (f, first) = ferry_drain(parent, db, options).await.context("ferry's drain")?;
         let s = store_alone(parent, options).await.context("the store alone")?;
         eprintln!(
-            "{} round {round}: bare {:.3}s ({:.0} row/s), ferry {:.3}s ({:.0} row/s), store alone {:.3}s",
+            "{} round {round}: bare {:.3}s ({:.0} row/s), ferry {:.3}s ({:.0} row/s; first batch seen at {:.3}s), \
+             store alone {:.3}s",
             db.driver.name(),
             b.as_secs_f64(),
             rate(b),
             f.as_secs_f64(),
             rate(f),
+            first.as_secs_f64(),
             s.as_secs_f64()
         );
         (bare, ferry, store) = (bare.min(b), ferry.min(f), store.min(s));
@@ -331,14 +333,15 @@ impl Database {
     }
 
     /// The loop without ferry on one connection, until no row is left;
-    /// checks it marked every row. Timed from the first `BEGIN`.
+    /// checks it marked every row. Timed from before it connects, as
+    /// ferry's drain is timed from its start.
     async fn bare_loop(&self, rows: u64, batch: usize) -> anyhow::Result<Duration> {
         type Raw = (i64, Option<String>, Option<String>, Option<String>);
         let mut drained = 0u64;
         let took = match self.driver {
             OutboxDriver::Postgres => {
-                let mut conn = PgConnection::connect(&self.url).await?;
                 let started = Instant::now();
+                let mut conn = PgConnection::connect(&self.url).await?;
                 loop {
                     let mut tx = conn.begin().await?;
                     let batch: Vec<Raw> = sqlx::query_as(
@@ -365,10 +368,10 @@ impl Database {
                 took
             }
             OutboxDriver::Mysql => {
+                let started = Instant::now();
                 let mut conn = MySqlConnection::connect(&self.url).await?;
                 // As ferry's source connection: no gap locks.
                 sqlx::raw_sql("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut conn).await?;
-                let started = Instant::now();
                 loop {
                     let mut tx = conn.begin().await?;
                     let batch: Vec<Raw> = sqlx::query_as(
@@ -401,8 +404,10 @@ impl Database {
 /// ferry's outbox source over the table, into a fresh store: timed from
 /// `Sources::start` (so including its connect and lock) until its status
 /// counts every row drained; then checks the ledger holds every row once
-/// and the table has none pending.
-async fn ferry_drain(parent: &Path, db: &Database, options: &Options) -> anyhow::Result<Duration> {
+/// and the table has none pending. Also returns when its status first
+/// showed a drained row: what starting (connect, lock, `LISTEN`, the first
+/// backlog count) and the first batch took.
+async fn ferry_drain(parent: &Path, db: &Database, options: &Options) -> anyhow::Result<(Duration, Duration)> {
     let dir = tempfile::Builder::new().prefix("outbox-").tempdir_in(parent).context("create a temp dir")?;
     let store = crate::store::open(dir.path()).await?;
     let ledger = LedgerName::parse(LEDGER)?;
@@ -425,8 +430,12 @@ async fn ferry_drain(parent: &Path, db: &Database, options: &Options) -> anyhow:
     })?;
     let started = Instant::now();
     let sources = Sources::start(store.clone(), vec![settings]);
+    let mut first = None;
     let waited = loop {
         let status = sources.status_of(SOURCE).context("the source's status")?;
+        if status.drained > 0 && first.is_none() {
+            first = Some(started.elapsed());
+        }
         if status.drained >= options.rows {
             break Ok(started.elapsed());
         }
@@ -448,7 +457,7 @@ async fn ferry_drain(parent: &Path, db: &Database, options: &Options) -> anyhow:
     ensure!(entries == options.rows, "ferry's ledger holds {entries} entries for {} rows", options.rows);
     let pending = db.pending().await?;
     ensure!(pending == 0, "ferry reported every row drained, but {pending} are still pending");
-    Ok(took)
+    Ok((took, first.unwrap_or(took)))
 }
 
 impl Database {
