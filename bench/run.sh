@@ -19,6 +19,9 @@
 #   FERRY_BENCH_BIN           a ferry-bench binary to run instead of building one
 #   FERRY_BENCH_FERRY_BIN     the ferry binary the --quick backup smoke runs [the one
 #                             built next to ferry-bench]
+#   FERRY_BENCH_MYSQL_URL     the MariaDB/MySQL server the --quick outbox smoke uses (it
+#                             creates and drops a database of its own there)
+#                             [mysql://root@127.0.0.1:3306/mysql]
 #   FERRY_BENCH_DRY_RUN=1     set up and check everything, then stop before the build
 set -euo pipefail
 
@@ -49,6 +52,7 @@ PG_HOST=127.0.0.1
 PG_PORT="${FERRY_BENCH_PG_PORT:-5432}"
 PG_URL_DEFAULT="postgres://postgres@$PG_HOST:$PG_PORT/ferry_bench"
 PG_URL="${FERRY_BENCH_POSTGRES_URL:-$PG_URL_DEFAULT}"
+MYSQL_URL="${FERRY_BENCH_MYSQL_URL:-mysql://root@127.0.0.1:3306/mysql}"
 
 # --- what this script started, stopped on exit --------------------------
 STARTED_PG=""   # "service" or "cluster VERSION NAME"
@@ -282,6 +286,14 @@ if ((QUICK)); then
   "$BENCH" --backup --quick | tee "$BACKUP_OUT"
   for step in "backup create --data-dir" "backup create --server" "backup restore --server" "http append 1×"; do
     grep -Eq "^$step.* [0-9][0-9,.]* *$" "$BACKUP_OUT" || die "smoke test failed: ferry-bench --backup printed no '$step' row"
+  done
+  # ferry's outbox source next to a bare SKIP LOCKED drain loop, on PostgreSQL
+  # and MariaDB/MySQL (the figures come from the full `ferry-bench --outbox`).
+  log "ferry-bench --outbox --quick"
+  OUTBOX_OUT="$OUT_DIR/outbox.txt"
+  "$BENCH" --outbox --quick --postgres-url "$PG_CHECK_URL" --mysql-url "$MYSQL_URL" | tee "$OUTBOX_OUT"
+  for driver in postgres mysql; do
+    grep -Eq "^$driver +[0-9]" "$OUTBOX_OUT" || die "smoke test failed: ferry-bench --outbox printed no '$driver' row"
   done
   log "smoke test passed; results in $OUT_DIR"
 else

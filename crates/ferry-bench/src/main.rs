@@ -14,6 +14,7 @@ mod driver;
 mod export;
 mod http;
 mod nats;
+mod outbox;
 mod peers;
 mod postgres;
 mod raw;
@@ -210,6 +211,35 @@ struct Args {
     /// leaves them].
     #[arg(long, env = "FERRY_BENCH_FERRY_BIN")]
     ferry_bin: Option<PathBuf>,
+    /// Instead of appends: fill an outbox table with this many rows
+    /// [default: 200,000; 5,000 with --quick] and time ferry's outbox source
+    /// draining it next to a bare `SELECT … FOR UPDATE SKIP LOCKED` +
+    /// `UPDATE` loop, for each of `--outbox-drivers` (a database of its own
+    /// on each server, dropped after).
+    #[arg(
+        long,
+        value_name = "ROWS",
+        num_args = 0..=1,
+        conflicts_with_all = ["replay", "export", "peers", "sinks", "restart", "backup"]
+    )]
+    outbox: Option<Option<u64>>,
+    /// The databases `--outbox` drains (PostgreSQL at `--postgres-url`,
+    /// MySQL/MariaDB at `--mysql-url`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "postgres,mysql")]
+    outbox_drivers: Vec<outbox::OutboxDriver>,
+    /// Rows per batch of `--outbox`, for ferry and the bare loop alike.
+    #[arg(long, default_value_t = 1000)]
+    outbox_batch: usize,
+    /// `--outbox`'s tables also get an index of the pending rows
+    /// (PostgreSQL: partial, on `id` where `exported_at IS NULL`; MySQL: on
+    /// `(exported_at, id)`); without it each batch's `SELECT` walks every
+    /// row drained before it.
+    #[arg(long)]
+    outbox_pending_index: bool,
+    /// The MySQL/MariaDB server `--outbox` uses (it creates and drops a
+    /// database `ferry_bench_outbox_{pid}`, as on PostgreSQL).
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306/mysql")]
+    mysql_url: String,
 }
 
 /// What to run: every cell, against the bound and each target, in rounds.
@@ -312,6 +342,26 @@ fn backup_options(args: &Args, entries: Option<u64>) -> anyhow::Result<backup::O
     Ok(options)
 }
 
+/// `--outbox`'s run; `--quick` makes it small and a single round.
+fn outbox_options(args: &Args, rows: Option<u64>) -> anyhow::Result<outbox::Options> {
+    let options = outbox::Options {
+        rows: rows.unwrap_or(if args.quick { 5_000 } else { 200_000 }),
+        payload_bytes: args.payloads.first().copied().unwrap_or(256),
+        batch: args.outbox_batch,
+        rounds: if args.quick { 1 } else { args.rounds },
+        drivers: args.outbox_drivers.clone(),
+        pending_index: args.outbox_pending_index,
+        postgres_url: args.postgres_url.clone(),
+        mysql_url: args.mysql_url.clone(),
+    };
+    ensure!(options.rows > 0, "--outbox needs at least one row");
+    ensure!((1..=10_000).contains(&options.batch), "--outbox-batch must be 1..=10000");
+    ensure!(options.rounds > 0, "--rounds must be at least 1");
+    ensure!(options.payload_bytes >= 128, "--outbox payloads must be at least 128 bytes");
+    ensure!(!options.drivers.is_empty(), "--outbox-drivers names no driver");
+    Ok(options)
+}
+
 /// Every payload × every client count, payload-major.
 fn grid(clients: &[usize], payloads: &[usize], batch: usize) -> Vec<Cell> {
     payloads.iter().flat_map(|&p| clients.iter().map(move |&c| Cell { clients: c, payload_bytes: p, batch })).collect()
@@ -343,6 +393,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(entries) = args.backup {
         return backup_mode(&args, &parent, entries).await;
+    }
+    if let Some(rows) = args.outbox {
+        return outbox_mode(&args, &parent, rows).await;
     }
     appends_mode(&args, &plan, &parent).await
 }
@@ -438,6 +491,34 @@ async fn backup_mode(args: &Args, parent: &Path, entries: Option<u64>) -> anyhow
         eprintln!("warning: {} is in memory: fsync costs nothing there", parent.display());
     }
     let report = backup::run(parent, &options).await?;
+    print!("{}", report.text());
+    if let Some(path) = &args.json {
+        report::write_json(path, &report)?;
+    }
+    Ok(())
+}
+
+/// `--outbox N`: ferry's outbox source next to a bare drain loop, per
+/// database.
+async fn outbox_mode(args: &Args, parent: &Path, rows: Option<u64>) -> anyhow::Result<()> {
+    let options = outbox_options(args, rows)?;
+    let fs = disk::filesystem_type(parent).unwrap_or_else(|| "unknown fs".into());
+    println!(
+        "ferry-bench outbox: {} rows of {} B, batches of {}, {} rounds (best of each), drivers {}; store under {} \
+         ({fs}), {} cores, load {}",
+        options.rows,
+        options.payload_bytes,
+        options.batch,
+        options.rounds,
+        options.drivers.iter().map(|d| d.name()).collect::<Vec<_>>().join(","),
+        parent.display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+    if disk::is_in_memory(parent) {
+        eprintln!("warning: {} is in memory: fsync costs nothing there", parent.display());
+    }
+    let report = outbox::run(parent, &options).await?;
     print!("{}", report.text());
     if let Some(path) = &args.json {
         report::write_json(path, &report)?;
@@ -648,6 +729,28 @@ mod tests {
         assert!(backup_options(&few, few.backup.unwrap()).is_err());
         assert!(Args::try_parse_from(["ferry-bench", "--backup", "--export"]).is_err());
         assert!(Args::try_parse_from(["ferry-bench", "--backup", "--peers"]).is_err());
+    }
+
+    #[test]
+    fn outbox_takes_an_optional_row_count_and_drivers() {
+        let options = |extra: &[&str]| {
+            let a = args(extra);
+            outbox_options(&a, a.outbox.expect("--outbox given")).unwrap()
+        };
+        let full = options(&["--outbox"]);
+        assert_eq!((full.rows, full.batch, full.rounds, full.payload_bytes), (200_000, 1000, 3, 256));
+        assert_eq!(full.drivers, [outbox::OutboxDriver::Postgres, outbox::OutboxDriver::Mysql]);
+        assert_eq!(full.mysql_url, "mysql://root@127.0.0.1:3306/mysql");
+        assert!(!full.pending_index && options(&["--outbox", "--outbox-pending-index"]).pending_index);
+        let quick = options(&["--quick", "--outbox", "--outbox-drivers", "mysql"]);
+        assert_eq!((quick.rows, quick.rounds, quick.drivers.len()), (5_000, 1, 1));
+        assert_eq!(options(&["--outbox", "7000"]).rows, 7000);
+        let zero = args(&["--outbox", "0"]);
+        assert!(outbox_options(&zero, zero.outbox.unwrap()).is_err());
+        let big = args(&["--outbox", "--outbox-batch", "20000"]);
+        assert!(outbox_options(&big, big.outbox.unwrap()).is_err());
+        assert!(Args::try_parse_from(["ferry-bench", "--outbox", "--backup"]).is_err());
+        assert!(Args::try_parse_from(["ferry-bench", "--outbox", "--outbox-drivers", "oracle"]).is_err());
     }
 
     #[test]
