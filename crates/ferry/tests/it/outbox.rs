@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::AssertSqlSafe;
-use sqlx::mysql::MySqlPoolOptions;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::support::{Env, Server, assert_exit, eventually, ferry, free_port, parse_line, run_to_exit, serve_command};
@@ -178,10 +178,10 @@ async fn a_source_whose_database_is_down_is_listed_backing_off_and_stops_cleanly
 // password over TCP; a database per test), as `.ci/run` provides them. A
 // missing server fails the test.
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const MARIADB: &str = "mysql://root@127.0.0.1:3306/mysql";
+pub(crate) const PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const MARIADB: &str = "mysql://root@127.0.0.1:3306/mysql";
 
-async fn pg() -> PgPool {
+pub(crate) async fn pg() -> PgPool {
     PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(10))
@@ -190,16 +190,16 @@ async fn pg() -> PgPool {
         .unwrap_or_else(|e| panic!("PostgreSQL at {PG} is needed for this test: {e}"))
 }
 
-async fn pg_exec(pg: &PgPool, sql: &str) {
+pub(crate) async fn pg_exec(pg: &PgPool, sql: &str) {
     sqlx::query(AssertSqlSafe(sql.to_owned())).execute(pg).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-async fn pg_scalar(pg: &PgPool, sql: &str) -> i64 {
+pub(crate) async fn pg_scalar(pg: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(AssertSqlSafe(sql.to_owned())).fetch_one(pg).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// A schema holding the README's outbox table and NOTIFY trigger.
-async fn pg_outbox(pg: &PgPool, tag: &str) -> String {
+pub(crate) async fn pg_outbox(pg: &PgPool, tag: &str) -> String {
     let schema = format!("ferry_ob_{tag}_{}_{}", std::process::id(), rand::random::<u32>());
     pg_exec(pg, &format!("CREATE SCHEMA {schema}")).await;
     pg_exec(
@@ -243,8 +243,43 @@ fn pg_source(schema: &str, extra: &str) -> String {
     )
 }
 
+pub(crate) async fn my() -> MySqlPool {
+    MySqlPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(MARIADB)
+        .await
+        .unwrap_or_else(|e| panic!("MariaDB at {MARIADB} is needed for this test: {e}"))
+}
+
+pub(crate) async fn my_exec(my: &MySqlPool, sql: &str) {
+    sqlx::query(AssertSqlSafe(sql.to_owned())).execute(my).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A database holding the README's MariaDB outbox table; its name.
+pub(crate) async fn my_outbox(my: &MySqlPool, tag: &str) -> String {
+    let db = format!("ferry_ob_{tag}_{}_{}", std::process::id(), rand::random::<u32>());
+    my_exec(my, &format!("CREATE DATABASE {db}")).await;
+    my_exec(
+        my,
+        &format!(
+            "CREATE TABLE {db}.outbox (
+                id          BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                ledger      VARCHAR(63) NULL,
+                `key`       VARCHAR(256) NULL,
+                payload     JSON NOT NULL,
+                created_at  TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+                exported_at TIMESTAMP(6) NULL,
+                KEY outbox_pending (exported_at, id)
+            ) ENGINE=InnoDB"
+        ),
+    )
+    .await;
+    db
+}
+
 /// Every payload's `n` in the ledger, in id order.
-async fn ns(server: &Server, ledger: &str) -> Vec<i64> {
+pub(crate) async fn ns(server: &Server, ledger: &str) -> Vec<i64> {
     server
         .read_all(ledger)
         .await
@@ -256,7 +291,7 @@ async fn ns(server: &Server, ledger: &str) -> Vec<i64> {
         .collect()
 }
 
-async fn source(server: &Server, name: &str) -> Value {
+pub(crate) async fn source(server: &Server, name: &str) -> Value {
     server.get(&format!("/v1/sources/{name}")).await.json()
 }
 
@@ -422,29 +457,9 @@ async fn a_second_server_waits_in_standby_and_takes_over() {
 /// reason while the rows behind it move on.
 #[tokio::test]
 async fn mariadb_rows_drain_and_a_bad_row_is_dead_lettered() {
-    let my = MySqlPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(MARIADB)
-        .await
-        .unwrap_or_else(|e| panic!("MariaDB at {MARIADB} is needed for this test: {e}"));
-    let exec = async |sql: String| {
-        sqlx::query(AssertSqlSafe(sql.clone())).execute(&my).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    };
-    let db = format!("ferry_ob_{}_{}", std::process::id(), rand::random::<u32>());
-    exec(format!("CREATE DATABASE {db}")).await;
-    exec(format!(
-        "CREATE TABLE {db}.outbox (
-            id          BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-            ledger      VARCHAR(63) NULL,
-            `key`       VARCHAR(256) NULL,
-            payload     JSON NOT NULL,
-            created_at  TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-            exported_at TIMESTAMP(6) NULL,
-            KEY outbox_pending (exported_at, id)
-        ) ENGINE=InnoDB"
-    ))
-    .await;
+    let my = my().await;
+    let exec = async |sql: String| my_exec(&my, &sql).await;
+    let db = my_outbox(&my, "dead").await;
     exec(format!(
         "INSERT INTO {db}.outbox (ledger, `key`, payload) VALUES \
          ('audit', 'k-1', '{{\"n\":1}}'), ('Not A Ledger', NULL, '{{\"n\":2}}'), ('audit', NULL, '{{\"n\":3}}')"
@@ -480,4 +495,53 @@ async fn mariadb_rows_drain_and_a_bad_row_is_dead_lettered() {
     assert_eq!(pending, 0, "every row marked, the dead-lettered one included");
     server.stop();
     exec(format!("DROP DATABASE {db}")).await;
+}
+
+/// `?sslmode=require` in a PostgreSQL source's URL: the source drains over
+/// TLS (PostgreSQL's `pg_stat_ssl` says so of the lock connection, found
+/// by the `application_name` naming the source and ferry's pid), with a
+/// certificate no root vouches for (`require` encrypts without checking
+/// the CA); `sslmode=verify-full` refuses that same certificate, so the
+/// mode is honoured, not ignored.
+#[tokio::test]
+async fn a_postgres_source_with_sslmode_require_drains_over_tls() {
+    let pg = pg().await;
+    let schema = pg_outbox(&pg, "tls").await;
+    let t = format!("{schema}.outbox");
+    let name = format!("tls-{:08x}", rand::random::<u32>());
+    let config = |mode: &str| {
+        format!(
+            "[[sources]]\nname = \"{name}\"\ndriver = \"postgres\"\nurl = \"{PG}?sslmode={mode}\"\n\
+             table = \"{t}\"\nledger_column = \"ledger\"\npoll = \"50ms\"\n"
+        )
+    };
+    pg_exec(&pg, &format!("INSERT INTO {t} (ledger, payload) VALUES ('orders', '{{\"n\":1}}')")).await;
+    let env = Env::new();
+    let server = env.serve_with(&config("require")).await;
+    eventually("the row is drained over TLS", async || server.head("orders").await == Some(1)).await;
+    assert_eq!(ns(&server, "orders").await, [1]);
+    let application_name = format!("ferry-outbox {name} pid {}", server.pid());
+    let encrypted = pg_scalar(
+        &pg,
+        &format!(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = '{application_name}' AND s.ssl"
+        ),
+    )
+    .await;
+    assert_eq!(encrypted, 1, "the lock connection of {application_name:?} is not encrypted");
+    server.stop();
+
+    let env = Env::new();
+    let server = env.serve_with(&config("verify-full")).await;
+    eventually("verify-full refuses the certificate", async || {
+        let s = source(&server, &name).await;
+        s["state"] == "backing_off" && s["last_error"].is_string()
+    })
+    .await;
+    let s = source(&server, &name).await;
+    eprintln!("sslmode=verify-full: {}", s["last_error"]);
+    assert_eq!(server.head("orders").await, None, "nothing drained without a trusted certificate");
+    server.stop();
+    pg_exec(&pg, &format!("DROP SCHEMA {schema} CASCADE")).await;
 }
