@@ -236,9 +236,13 @@ pub(crate) async fn pg_outbox(pg: &PgPool, tag: &str) -> String {
     schema
 }
 
+/// `[[sources]]` for the schema's table, named after the schema: a
+/// PostgreSQL source's advisory lock is named after the source, per
+/// database, so tests running at the same time under one name would wait
+/// for one another in standby (or take over one another's lock).
 fn pg_source(schema: &str, extra: &str) -> String {
     format!(
-        "[[sources]]\nname = \"app\"\ndriver = \"postgres\"\nurl = \"{PG}\"\ntable = \"{schema}.outbox\"\n\
+        "[[sources]]\nname = \"{schema}\"\ndriver = \"postgres\"\nurl = \"{PG}\"\ntable = \"{schema}.outbox\"\n\
          ledger_column = \"ledger\"\npoll = \"50ms\"\n{extra}"
     )
 }
@@ -348,18 +352,18 @@ async fn postgres_rows_reach_their_ledgers_once_a_late_commit_included() {
     assert_eq!(ns(&server, "orders").await, [1, 2, 5, 4], "a re-queue inside the window appends nothing");
 
     eventually("the status catches up", async || {
-        let s = source(&server, "app").await;
+        let s = source(&server, &schema).await;
         s["state"] == "running" && s["backlog"] == 0 && s["drained"].as_u64() >= Some(5)
     })
     .await;
-    let s = source(&server, "app").await;
+    let s = source(&server, &schema).await;
     assert_eq!((&s["driver"], &s["table"], &s["stuck"]), (&"postgres".into(), &t.clone().into(), &false.into()), "{s}");
     assert!(s["lock_holder"].is_string() && s["last_success_at"].is_u64(), "{s}");
     let mut cli = ferry();
-    cli.args(["sources", "status", "app"]).env("FERRY_SERVER", &server.base);
+    cli.args(["sources", "status", &schema]).env("FERRY_SERVER", &server.base);
     let out = run_to_exit(cli, None);
     assert_exit(&out, 0, "sources status app");
-    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap()["name"], "app");
+    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap()["name"], schema.as_str());
     server.stop();
     pg_exec(&pg, &format!("DROP SCHEMA {schema} CASCADE")).await;
 }
@@ -387,7 +391,7 @@ async fn a_batch_that_fails_before_its_commit_is_replayed_without_a_duplicate() 
     let metrics = server.get("/metrics").await.text;
     let errors = metrics
         .lines()
-        .find(|l| l.starts_with("ferry_outbox_errors_total{source=\"app\"}"))
+        .find(|l| l.starts_with(&format!("ferry_outbox_errors_total{{source=\"{schema}\"}}")))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert!(errors >= Some(1.0), "the injected failure happened:\n{metrics}");
     server.stop();
@@ -433,10 +437,10 @@ async fn a_second_server_waits_in_standby_and_takes_over() {
     let (a_env, b_env) = (Env::new(), Env::new());
     let text = pg_source(&schema, "");
     let a = a_env.serve_with(&text).await;
-    eventually("a drains", async || source(&a, "app").await["state"] == "running").await;
+    eventually("a drains", async || source(&a, &schema).await["state"] == "running").await;
     let b = b_env.serve_with(&text).await;
     eventually("b waits", async || {
-        let s = source(&b, "app").await;
+        let s = source(&b, &schema).await;
         s["state"] == "standby" && s["lock_holder"].is_string()
     })
     .await;
@@ -444,7 +448,7 @@ async fn a_second_server_waits_in_standby_and_takes_over() {
     eventually("a drains the row", async || a.head("orders").await == Some(1)).await;
     assert_eq!(b.head("orders").await, None, "standby drains nothing");
     a.stop();
-    eventually("b takes over", async || source(&b, "app").await["state"] == "running").await;
+    eventually("b takes over", async || source(&b, &schema).await["state"] == "running").await;
     pg_exec(&pg, &format!("INSERT INTO {t} (ledger, payload) VALUES ('orders', '{{\"n\":2}}')")).await;
     eventually("b drains the next row", async || b.head("orders").await == Some(1)).await;
     assert_eq!(ns(&b, "orders").await, [2]);
