@@ -26,7 +26,7 @@ use sqlx::mysql::MySqlPool;
 use sqlx::postgres::PgPool;
 
 use crate::outbox::{PG, my, my_exec, my_outbox, ns, pg, pg_exec, pg_outbox, pg_scalar, source};
-use crate::support::{Env, Server, assert_exit, ferry, http, run_to_exit};
+use crate::support::{Env, Server, assert_exit, ferry, http, parse_line, run_to_exit};
 
 /// The ledgers the rows name in their ledger column.
 const LEDGERS: [&str; 2] = ["orders", "audit"];
@@ -165,8 +165,8 @@ struct Inserted {
     committed: BTreeMap<i64, Row>,
     rolled_back: Vec<i64>,
     transactions: usize,
-    /// The longest transaction (the application waiting on ferry's locks
-    /// would show here).
+    /// The longest transaction, printed (an application held up by the
+    /// source's row locks would show here).
     slowest: Duration,
 }
 
@@ -225,16 +225,17 @@ async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bo
 /// rolled-back row, every committed row marked `exported_at`.
 async fn assert_exactly_once(server: &Server, outbox: &Outbox, inserted: &Inserted, what: &str) {
     for ledger in LEDGERS {
-        let lines = server.read_all(ledger).await;
-        let mut seen = ns(server, ledger).await;
-        for line in &lines {
-            let entry = crate::support::parse_line(line);
+        let mut seen = Vec::new();
+        for line in server.read_all(ledger).await {
+            let entry = parse_line(&line);
             let v: Value = serde_json::from_str(entry.payload.get()).unwrap();
-            let n = v["n"].as_i64().unwrap();
+            let n = v["n"].as_i64().unwrap_or_else(|| panic!("{what}: no n in {line}"));
+            assert!(!inserted.rolled_back.contains(&n), "{what}: {ledger} holds n={n}, whose transaction rolled back");
             let row =
-                inserted.committed.get(&n).unwrap_or_else(|| panic!("{what}: {ledger} holds n={n}, never committed"));
+                inserted.committed.get(&n).unwrap_or_else(|| panic!("{what}: {ledger} holds n={n}, never inserted"));
             assert_eq!(row.ledger, ledger, "{what}: n={n} in the wrong ledger");
             assert_eq!(entry.key, row.key, "{what}: the key of n={n}");
+            seen.push(n);
         }
         let total = seen.len();
         seen.sort_unstable();
