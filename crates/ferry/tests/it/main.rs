@@ -22,6 +22,7 @@ mod exporters;
 mod full_disk;
 mod import;
 mod outbox;
+mod outbox_crash;
 mod packs;
 mod pins;
 mod quota;

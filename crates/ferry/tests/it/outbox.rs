@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::AssertSqlSafe;
-use sqlx::mysql::MySqlPoolOptions;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::support::{Env, Server, assert_exit, eventually, ferry, free_port, parse_line, run_to_exit, serve_command};
@@ -178,10 +178,10 @@ async fn a_source_whose_database_is_down_is_listed_backing_off_and_stops_cleanly
 // password over TCP; a database per test), as `.ci/run` provides them. A
 // missing server fails the test.
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const MARIADB: &str = "mysql://root@127.0.0.1:3306/mysql";
+pub(crate) const PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const MARIADB: &str = "mysql://root@127.0.0.1:3306/mysql";
 
-async fn pg() -> PgPool {
+pub(crate) async fn pg() -> PgPool {
     PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(10))
@@ -190,16 +190,16 @@ async fn pg() -> PgPool {
         .unwrap_or_else(|e| panic!("PostgreSQL at {PG} is needed for this test: {e}"))
 }
 
-async fn pg_exec(pg: &PgPool, sql: &str) {
+pub(crate) async fn pg_exec(pg: &PgPool, sql: &str) {
     sqlx::query(AssertSqlSafe(sql.to_owned())).execute(pg).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-async fn pg_scalar(pg: &PgPool, sql: &str) -> i64 {
+pub(crate) async fn pg_scalar(pg: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(AssertSqlSafe(sql.to_owned())).fetch_one(pg).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// A schema holding the README's outbox table and NOTIFY trigger.
-async fn pg_outbox(pg: &PgPool, tag: &str) -> String {
+pub(crate) async fn pg_outbox(pg: &PgPool, tag: &str) -> String {
     let schema = format!("ferry_ob_{tag}_{}_{}", std::process::id(), rand::random::<u32>());
     pg_exec(pg, &format!("CREATE SCHEMA {schema}")).await;
     pg_exec(
@@ -236,15 +236,54 @@ async fn pg_outbox(pg: &PgPool, tag: &str) -> String {
     schema
 }
 
+/// `[[sources]]` for the schema's table, named after the schema: a
+/// PostgreSQL source's advisory lock is named after the source, per
+/// database, so tests running at the same time under one name would wait
+/// for one another in standby (or take over one another's lock).
 fn pg_source(schema: &str, extra: &str) -> String {
     format!(
-        "[[sources]]\nname = \"app\"\ndriver = \"postgres\"\nurl = \"{PG}\"\ntable = \"{schema}.outbox\"\n\
+        "[[sources]]\nname = \"{schema}\"\ndriver = \"postgres\"\nurl = \"{PG}\"\ntable = \"{schema}.outbox\"\n\
          ledger_column = \"ledger\"\npoll = \"50ms\"\n{extra}"
     )
 }
 
+pub(crate) async fn my() -> MySqlPool {
+    MySqlPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(MARIADB)
+        .await
+        .unwrap_or_else(|e| panic!("MariaDB at {MARIADB} is needed for this test: {e}"))
+}
+
+pub(crate) async fn my_exec(my: &MySqlPool, sql: &str) {
+    sqlx::query(AssertSqlSafe(sql.to_owned())).execute(my).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A database holding the README's MariaDB outbox table; its name.
+pub(crate) async fn my_outbox(my: &MySqlPool, tag: &str) -> String {
+    let db = format!("ferry_ob_{tag}_{}_{}", std::process::id(), rand::random::<u32>());
+    my_exec(my, &format!("CREATE DATABASE {db}")).await;
+    my_exec(
+        my,
+        &format!(
+            "CREATE TABLE {db}.outbox (
+                id          BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                ledger      VARCHAR(63) NULL,
+                `key`       VARCHAR(256) NULL,
+                payload     JSON NOT NULL,
+                created_at  TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+                exported_at TIMESTAMP(6) NULL,
+                KEY outbox_pending (exported_at, id)
+            ) ENGINE=InnoDB"
+        ),
+    )
+    .await;
+    db
+}
+
 /// Every payload's `n` in the ledger, in id order.
-async fn ns(server: &Server, ledger: &str) -> Vec<i64> {
+pub(crate) async fn ns(server: &Server, ledger: &str) -> Vec<i64> {
     server
         .read_all(ledger)
         .await
@@ -256,7 +295,7 @@ async fn ns(server: &Server, ledger: &str) -> Vec<i64> {
         .collect()
 }
 
-async fn source(server: &Server, name: &str) -> Value {
+pub(crate) async fn source(server: &Server, name: &str) -> Value {
     server.get(&format!("/v1/sources/{name}")).await.json()
 }
 
@@ -313,18 +352,18 @@ async fn postgres_rows_reach_their_ledgers_once_a_late_commit_included() {
     assert_eq!(ns(&server, "orders").await, [1, 2, 5, 4], "a re-queue inside the window appends nothing");
 
     eventually("the status catches up", async || {
-        let s = source(&server, "app").await;
+        let s = source(&server, &schema).await;
         s["state"] == "running" && s["backlog"] == 0 && s["drained"].as_u64() >= Some(5)
     })
     .await;
-    let s = source(&server, "app").await;
+    let s = source(&server, &schema).await;
     assert_eq!((&s["driver"], &s["table"], &s["stuck"]), (&"postgres".into(), &t.clone().into(), &false.into()), "{s}");
     assert!(s["lock_holder"].is_string() && s["last_success_at"].is_u64(), "{s}");
     let mut cli = ferry();
-    cli.args(["sources", "status", "app"]).env("FERRY_SERVER", &server.base);
+    cli.args(["sources", "status", &schema]).env("FERRY_SERVER", &server.base);
     let out = run_to_exit(cli, None);
     assert_exit(&out, 0, "sources status app");
-    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap()["name"], "app");
+    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap()["name"], schema.as_str());
     server.stop();
     pg_exec(&pg, &format!("DROP SCHEMA {schema} CASCADE")).await;
 }
@@ -352,7 +391,7 @@ async fn a_batch_that_fails_before_its_commit_is_replayed_without_a_duplicate() 
     let metrics = server.get("/metrics").await.text;
     let errors = metrics
         .lines()
-        .find(|l| l.starts_with("ferry_outbox_errors_total{source=\"app\"}"))
+        .find(|l| l.starts_with(&format!("ferry_outbox_errors_total{{source=\"{schema}\"}}")))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert!(errors >= Some(1.0), "the injected failure happened:\n{metrics}");
     server.stop();
@@ -398,10 +437,10 @@ async fn a_second_server_waits_in_standby_and_takes_over() {
     let (a_env, b_env) = (Env::new(), Env::new());
     let text = pg_source(&schema, "");
     let a = a_env.serve_with(&text).await;
-    eventually("a drains", async || source(&a, "app").await["state"] == "running").await;
+    eventually("a drains", async || source(&a, &schema).await["state"] == "running").await;
     let b = b_env.serve_with(&text).await;
     eventually("b waits", async || {
-        let s = source(&b, "app").await;
+        let s = source(&b, &schema).await;
         s["state"] == "standby" && s["lock_holder"].is_string()
     })
     .await;
@@ -409,7 +448,7 @@ async fn a_second_server_waits_in_standby_and_takes_over() {
     eventually("a drains the row", async || a.head("orders").await == Some(1)).await;
     assert_eq!(b.head("orders").await, None, "standby drains nothing");
     a.stop();
-    eventually("b takes over", async || source(&b, "app").await["state"] == "running").await;
+    eventually("b takes over", async || source(&b, &schema).await["state"] == "running").await;
     pg_exec(&pg, &format!("INSERT INTO {t} (ledger, payload) VALUES ('orders', '{{\"n\":2}}')")).await;
     eventually("b drains the next row", async || b.head("orders").await == Some(1)).await;
     assert_eq!(ns(&b, "orders").await, [2]);
@@ -422,29 +461,9 @@ async fn a_second_server_waits_in_standby_and_takes_over() {
 /// reason while the rows behind it move on.
 #[tokio::test]
 async fn mariadb_rows_drain_and_a_bad_row_is_dead_lettered() {
-    let my = MySqlPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(MARIADB)
-        .await
-        .unwrap_or_else(|e| panic!("MariaDB at {MARIADB} is needed for this test: {e}"));
-    let exec = async |sql: String| {
-        sqlx::query(AssertSqlSafe(sql.clone())).execute(&my).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    };
-    let db = format!("ferry_ob_{}_{}", std::process::id(), rand::random::<u32>());
-    exec(format!("CREATE DATABASE {db}")).await;
-    exec(format!(
-        "CREATE TABLE {db}.outbox (
-            id          BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-            ledger      VARCHAR(63) NULL,
-            `key`       VARCHAR(256) NULL,
-            payload     JSON NOT NULL,
-            created_at  TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-            exported_at TIMESTAMP(6) NULL,
-            KEY outbox_pending (exported_at, id)
-        ) ENGINE=InnoDB"
-    ))
-    .await;
+    let my = my().await;
+    let exec = async |sql: String| my_exec(&my, &sql).await;
+    let db = my_outbox(&my, "dead").await;
     exec(format!(
         "INSERT INTO {db}.outbox (ledger, `key`, payload) VALUES \
          ('audit', 'k-1', '{{\"n\":1}}'), ('Not A Ledger', NULL, '{{\"n\":2}}'), ('audit', NULL, '{{\"n\":3}}')"
@@ -480,4 +499,53 @@ async fn mariadb_rows_drain_and_a_bad_row_is_dead_lettered() {
     assert_eq!(pending, 0, "every row marked, the dead-lettered one included");
     server.stop();
     exec(format!("DROP DATABASE {db}")).await;
+}
+
+/// `?sslmode=require` in a PostgreSQL source's URL: the source drains over
+/// TLS (PostgreSQL's `pg_stat_ssl` says so of the lock connection, found
+/// by the `application_name` naming the source and ferry's pid). The
+/// server's certificate is made out to `localhost` and the URL says
+/// 127.0.0.1: `require` encrypts without checking the certificate, while
+/// `sslmode=verify-full` refuses it, so the mode is honoured, not ignored.
+#[tokio::test]
+async fn a_postgres_source_with_sslmode_require_drains_over_tls() {
+    let pg = pg().await;
+    let schema = pg_outbox(&pg, "tls").await;
+    let t = format!("{schema}.outbox");
+    let name = format!("tls-{:08x}", rand::random::<u32>());
+    let config = |mode: &str| {
+        format!(
+            "[[sources]]\nname = \"{name}\"\ndriver = \"postgres\"\nurl = \"{PG}?sslmode={mode}\"\n\
+             table = \"{t}\"\nledger_column = \"ledger\"\npoll = \"50ms\"\n"
+        )
+    };
+    pg_exec(&pg, &format!("INSERT INTO {t} (ledger, payload) VALUES ('orders', '{{\"n\":1}}')")).await;
+    let env = Env::new();
+    let server = env.serve_with(&config("require")).await;
+    eventually("the row is drained over TLS", async || server.head("orders").await == Some(1)).await;
+    assert_eq!(ns(&server, "orders").await, [1]);
+    let application_name = format!("ferry-outbox {name} pid {}", server.pid());
+    let encrypted = pg_scalar(
+        &pg,
+        &format!(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = '{application_name}' AND s.ssl"
+        ),
+    )
+    .await;
+    assert_eq!(encrypted, 1, "the lock connection of {application_name:?} is not encrypted");
+    server.stop();
+
+    let env = Env::new();
+    let server = env.serve_with(&config("verify-full")).await;
+    eventually("verify-full refuses the certificate", async || {
+        let s = source(&server, &name).await;
+        s["state"] == "backing_off" && s["last_error"].is_string()
+    })
+    .await;
+    let s = source(&server, &name).await;
+    assert!(s["last_error"].as_str().is_some_and(|e| e.contains("certificate")), "{s}");
+    assert_eq!(server.head("orders").await, None, "nothing drained without a trusted certificate");
+    server.stop();
+    pg_exec(&pg, &format!("DROP SCHEMA {schema} CASCADE")).await;
 }
