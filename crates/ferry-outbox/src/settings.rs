@@ -37,7 +37,8 @@ pub enum SettingsError {
     )]
     InvalidIdent { field: &'static str, value: String },
     #[error(
-        "ledger, ledger_column: give exactly one: a fixed ledger (ledger = \"audit\") or the column naming each row's ledger (ledger_column = \"ledger\")"
+        "ledger, ledger_column: give exactly one: a fixed ledger (ledger = \"audit\") or the column naming each \
+         row's ledger (ledger_column = \"ledger\", also accepted as columns.ledger; both given must agree)"
     )]
     LedgerChoice,
     #[error("{field}: {value} is outside 1..={max}: set it between 1 and {max}")]
@@ -110,6 +111,8 @@ impl std::fmt::Display for Ident {
 #[serde(deny_unknown_fields)]
 pub struct ColumnsConfig {
     pub id: Option<String>,
+    /// The column naming each row's ledger: the same as `ledger_column`.
+    pub ledger: Option<String>,
     /// `""`: the table has no key column.
     pub key: Option<String>,
     pub payload: Option<String>,
@@ -220,11 +223,19 @@ impl SourceSettings {
             created_at: col("columns.created_at", &c.created_at, "created_at")?,
             exported_at: col("columns.exported_at", &c.exported_at, "exported_at")?,
         };
-        let ledger = match (&raw.ledger, &raw.ledger_column) {
+        // `columns.ledger` and `ledger_column` both name the ledger column;
+        // given together they must agree.
+        let column = match (&raw.ledger_column, &c.ledger) {
+            (Some(a), Some(b)) if a != b => return Err(SettingsError::LedgerChoice),
+            (Some(a), _) => Some(("ledger_column", a)),
+            (None, Some(b)) => Some(("columns.ledger", b)),
+            (None, None) => None,
+        };
+        let ledger = match (&raw.ledger, column) {
             (Some(l), None) => LedgerFrom::Fixed(
                 LedgerName::parse(l).map_err(|error| SettingsError::InvalidName { field: "ledger", error })?,
             ),
-            (None, Some(c)) => LedgerFrom::Column(Ident::parse("ledger_column", c, false)?),
+            (None, Some((field, c))) => LedgerFrom::Column(Ident::parse(field, c, false)?),
             _ => return Err(SettingsError::LedgerChoice),
         };
         let batch = raw.batch.unwrap_or(BATCH_DEFAULT as u64);
@@ -295,13 +306,18 @@ mod tests {
         assert_eq!(s.ledger, LedgerFrom::Fixed(LedgerName::parse("audit").unwrap()));
         assert_eq!(s.idempotency_key(42), "outbox:app:42");
         assert!(raw("ledger_column = \"tenant\"\ncolumns = { key = \"\" }").unwrap().columns.key.is_none());
+        let tenant = LedgerFrom::Column(Ident::parse("x", "tenant", false).unwrap());
+        assert_eq!(raw("columns = { ledger = \"tenant\" }").unwrap().ledger, tenant);
+        assert_eq!(raw("ledger_column = \"tenant\"\ncolumns = { ledger = \"tenant\" }").unwrap().ledger, tenant);
         assert_eq!(raw("ledger = \"a\"\ntable = \"app.outbox\"").unwrap().table.parts().count(), 2);
         for (extra, says) in [
             ("", "ledger, ledger_column: give exactly one"),
             ("ledger = \"a\"\nledger_column = \"b\"", "give exactly one"),
             ("ledger = \"a\"\ntable = \"outbox; drop table x\"", "table: \"outbox; drop table x\" is not"),
             ("ledger = \"a\"\ncolumns = { id = \"1id\" }", "columns.id:"),
-            ("ledger = \"a\"\ncolumns = { ledger = \"x\" }", "unknown field `ledger`"),
+            ("ledger = \"a\"\ncolumns = { ledger = \"x\" }", "give exactly one"),
+            ("ledger_column = \"a\"\ncolumns = { ledger = \"x\" }", "both given must agree"),
+            ("columns = { ledger = \"1x\" }", "columns.ledger:"),
             ("ledger = \"A\"", "ledger:"),
             ("ledger = \"a\"\nbatch = 0", "batch: 0 is outside"),
             ("ledger = \"a\"\npoll = \"0s\"", "poll: must be longer"),
