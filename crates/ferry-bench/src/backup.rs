@@ -38,7 +38,6 @@ use serde_json::Value;
 
 use crate::driver::Timing;
 use crate::http::HttpOptions;
-use crate::replay;
 use crate::report::thousands;
 use crate::workload::Cell;
 
@@ -336,25 +335,9 @@ impl BackupReport {
 /// the store so the node is ready for `--data-dir` and `ferry serve`.
 async fn fill(dir: &Path, options: &Options) -> anyhow::Result<()> {
     let store = crate::store::open(dir).await?;
-    let count = options.ledgers as u64;
-    let share = |i: u64| options.entries / count + u64::from(i < options.entries % count);
     let ledgers: Vec<LedgerName> =
         (0..options.ledgers).map(|i| LedgerName::parse(&format!("backup-{i:02}")).expect("a valid name")).collect();
-    let fills: Vec<_> = ledgers
-        .iter()
-        .zip(0..)
-        .map(|(ledger, i)| {
-            let (store, ledger, entries, payload_bytes) =
-                (store.clone(), ledger.clone(), share(i), options.payload_bytes);
-            tokio::spawn(async move { replay::fill(&store, &ledger, entries, payload_bytes).await })
-        })
-        .collect();
-    for f in fills {
-        f.await.context("a fill task panicked")??;
-    }
-    for (ledger, i) in ledgers.iter().zip(0..) {
-        replay::wait_frozen(dir, ledger, share(i) / store.chunk_entries()).await?;
-    }
+    crate::export::fill(&store, dir, &ledgers, options.entries, options.payload_bytes).await?;
     store.shutdown().await;
     Ok(())
 }

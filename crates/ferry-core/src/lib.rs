@@ -8,6 +8,7 @@ pub mod events;
 mod ledger_name;
 pub mod limits;
 mod payload;
+pub mod redact;
 pub mod units;
 
 pub use entry::{Entry, EntryId, NewEntry};

@@ -5,8 +5,7 @@
 //! reaches `last_error`, an `exporter.failed` event, a log line or a
 //! dead-letter entry, so a sink that forgot is still covered.
 
-/// What stands in for a removed secret.
-pub const REDACTED: &str = "***";
+pub use ferry_core::redact::{REDACTED, redact_userinfo};
 
 /// Values shorter than this are not searched for: they would match inside
 /// ordinary words and numbers and garble every message, and are too short
@@ -41,33 +40,6 @@ impl Secrets {
         }
         out
     }
-}
-
-/// `text` with the userinfo of every `scheme://user:password@host` in it
-/// replaced by [`REDACTED`] (`scheme://***@host`), whether or not the URL
-/// parses: it works on any message, a sink's or a library's.
-pub fn redact_userinfo(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let start = at + 3;
-        out.push_str(&rest[..start]);
-        let after = &rest[start..];
-        // The authority ends where the path, query or fragment starts, or
-        // where the URL itself ends inside a message.
-        let end =
-            after.find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>' | '`') || c.is_whitespace());
-        let authority = &after[..end.unwrap_or(after.len())];
-        match authority.rfind('@') {
-            Some(userinfo_end) => {
-                out.push_str(REDACTED);
-                rest = &after[userinfo_end..];
-            }
-            None => rest = after,
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]

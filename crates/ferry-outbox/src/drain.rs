@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use ferry_core::events::SystemEvent;
 use ferry_core::limits::{APPEND_BYTES_MAX, BATCH_ENTRIES_MAX, ENTRY_KEY_BYTES_MAX};
+use ferry_core::redact::redact_userinfo;
 use ferry_core::{LedgerName, NewEntry, Payload};
 use ferry_store::{Store, StoreError};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use crate::db::{Conn, Row, Statements};
-use crate::redact::redact_userinfo;
 use crate::settings::{Driver, LedgerFrom, SourceSettings};
 use crate::status::{SourceState, SourceStatus};
 

@@ -12,8 +12,10 @@
 //!   exactly-once argument in full.
 //! - `db.rs` — the two drivers behind one connection type: quoted
 //!   statements, the lock and who holds it.
-//! - `redact.rs` — no URL password in any message.
 //! - `status.rs` — what `GET /v1/sources` shows.
+//!
+//! Every failure message passes `ferry_core::redact::redact_userinfo`
+//! before it reaches status, events or logs: no URL password is shown.
 //!
 //! Data flow, per batch, in one source-database transaction: select the
 //! oldest rows with `exported_at IS NULL … FOR UPDATE SKIP LOCKED`, append
@@ -47,7 +49,6 @@
 
 mod db;
 mod drain;
-mod redact;
 mod runtime;
 mod settings;
 mod status;

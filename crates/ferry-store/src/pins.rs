@@ -244,13 +244,7 @@ impl Store {
         self.blocking(move |store| {
             let shared = store.shared();
             shared.health.check()?;
-            if let Err(e) = shared.catalog.commit(&ops) {
-                if !e.is_no_space() {
-                    shared.health.poison(e.to_string());
-                }
-                return Err(e);
-            }
-            Ok(())
+            shared.commit_or_poison(&ops)
         })
         .await
     }

@@ -13,7 +13,7 @@ use ferry_core::events::{Appended, SystemEvent};
 use ferry_core::{EntryId, LedgerName, NewEntry};
 use ferry_format::wal as wal_format;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogOp};
 use crate::config::{RetentionHold, RetentionPolicy};
 use crate::disk::Disk;
 use crate::error::{Result, StoreError};
@@ -113,6 +113,19 @@ impl Shared {
             }
             _ => Ok(adding),
         }
+    }
+
+    /// One durable catalog commit of a serving store: refused for lack of
+    /// space, it changed nothing and the store goes on (`NoSpace`); any
+    /// other failure poisons the store, as a failed sync does.
+    pub fn commit_or_poison(&self, ops: &[CatalogOp]) -> Result<()> {
+        let committed = self.catalog.commit(ops);
+        if let Err(e) = &committed
+            && !e.is_no_space()
+        {
+            self.health.poison(e.to_string());
+        }
+        committed
     }
 
     /// Unlinks every sealed segment with nothing live left, then syncs the

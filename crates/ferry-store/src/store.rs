@@ -385,13 +385,7 @@ impl Store {
             CatalogOp::Put(CatalogKey::Ledger(name.clone()), meta.encode()),
             layout::set_last_incarnation(incarnation),
         ];
-        if let Err(e) = shared.catalog.commit(&ops) {
-            // Refused for lack of space, the commit changed nothing.
-            if !e.is_no_space() {
-                shared.health.poison(e.to_string());
-            }
-            return Err(e);
-        }
+        shared.commit_or_poison(&ops)?;
         *last_incarnation = incarnation;
         let state = Arc::new(LedgerState::new(name.clone(), meta, shared.chunk_entries));
         let count = {
@@ -574,13 +568,7 @@ impl Store {
                 Err(e) => *q.answer.lock().expect("cursor answer lock") = Some(Err(e)),
             }
         }
-        let committed = if ops.is_empty() { Ok(()) } else { shared.catalog.commit(&ops) };
-        if let Err(e) = &committed {
-            // Refused for lack of space, the commit changed nothing.
-            if !e.is_no_space() {
-                shared.health.poison(e.to_string());
-            }
-        }
+        let committed = if ops.is_empty() { Ok(()) } else { shared.commit_or_poison(&ops) };
         let (no_space, shown) = match &committed {
             Ok(()) => (false, String::new()),
             Err(e) => (e.is_no_space(), e.to_string()),

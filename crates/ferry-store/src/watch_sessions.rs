@@ -226,13 +226,7 @@ impl Store {
                     }
                 }
             }
-            if let Err(e) = shared.catalog.commit(&ops) {
-                if !e.is_no_space() {
-                    shared.health.poison(e.to_string());
-                }
-                return Err(e);
-            }
-            Ok(())
+            shared.commit_or_poison(&ops)
         })
         .await
     }

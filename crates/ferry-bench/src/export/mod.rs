@@ -107,7 +107,7 @@ pub async fn run(parent: &Path, options: &Options) -> anyhow::Result<ExportRepor
     let store = crate::store::open(dir.path()).await?;
     let ledgers: Vec<LedgerName> =
         (0..options.ledgers).map(|i| LedgerName::parse(&format!("export-{i:02}")).expect("a valid name")).collect();
-    fill(&store, dir.path(), &ledgers, options).await?;
+    fill(&store, dir.path(), &ledgers, options.entries, options.payload_bytes).await?;
     let heads: Vec<(LedgerName, EntryId)> =
         ledgers.iter().map(|l| (l.clone(), store.ledger_info(l).map_or(0, |i| i.head))).collect();
 
@@ -133,15 +133,22 @@ pub async fn run(parent: &Path, options: &Options) -> anyhow::Result<ExportRepor
 /// Fills the ledgers concurrently (their appends share group commits, as
 /// a real writer's would), then waits until every full chunk is a pack so
 /// no freezing competes with the measurements.
-async fn fill(store: &Store, dir: &Path, ledgers: &[LedgerName], options: &Options) -> anyhow::Result<()> {
+/// `entries` in all, shared evenly, of `payload_bytes` each. Also the
+/// fill of `--sinks` and `--backup`.
+pub(crate) async fn fill(
+    store: &Store,
+    dir: &Path,
+    ledgers: &[LedgerName],
+    entries: u64,
+    payload_bytes: usize,
+) -> anyhow::Result<()> {
     let count = ledgers.len() as u64;
-    let share = |i: u64| options.entries / count + u64::from(i < options.entries % count);
+    let share = |i: u64| entries / count + u64::from(i < entries % count);
     let fills: Vec<_> = ledgers
         .iter()
         .zip(0..)
         .map(|(ledger, i)| {
-            let (store, ledger, entries, payload_bytes) =
-                (store.clone(), ledger.clone(), share(i), options.payload_bytes);
+            let (store, ledger, entries) = (store.clone(), ledger.clone(), share(i));
             tokio::spawn(async move { replay::fill(&store, &ledger, entries, payload_bytes).await })
         })
         .collect();

@@ -30,7 +30,7 @@ use serde::Serialize;
 use sqlx::Connection as _;
 
 use super::probe::Probe;
-use super::{EXPORT_TIMEOUT, Options as ExportOptions, SHUTDOWN_TIMEOUT};
+use super::{EXPORT_TIMEOUT, SHUTDOWN_TIMEOUT};
 use crate::nats::{NatsServer, SyncPolicy};
 use crate::report::thousands;
 
@@ -152,15 +152,7 @@ pub async fn run(parent: &Path, options: &Options, kinds: &[SinkKind]) -> anyhow
     let store = crate::store::open(dir.path()).await?;
     let ledgers: Vec<LedgerName> =
         (0..options.ledgers).map(|i| LedgerName::parse(&format!("sink-{i:02}")).expect("a valid name")).collect();
-    let fill_options = ExportOptions {
-        entries: options.entries,
-        ledgers: options.ledgers,
-        payload_bytes: options.payload_bytes,
-        rounds: options.rounds,
-        rate: 1,
-        window: Duration::ZERO,
-    };
-    super::fill(&store, dir.path(), &ledgers, &fill_options).await?;
+    super::fill(&store, dir.path(), &ledgers, options.entries, options.payload_bytes).await?;
     let heads: Vec<(LedgerName, EntryId)> =
         ledgers.iter().map(|l| (l.clone(), store.ledger_info(l).map_or(0, |i| i.head))).collect();
     let input = batches(&store, &ledgers, options.batch)?;

@@ -89,18 +89,3 @@ pub fn connect_refusal(error: &sqlx::Error, ca_file: bool) -> Option<&'static st
 pub fn table_refusal(error: &sqlx::Error) -> bool {
     classify(error) == Kind::Permanent
 }
-
-/// An error and its causes, `outer: inner: …`, each once.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
-}

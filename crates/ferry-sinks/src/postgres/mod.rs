@@ -688,7 +688,7 @@ fn describe(error: &sqlx::Error) -> String {
         sqlx::Error::PoolTimedOut => {
             format!("no connection within {CONNECT_TIMEOUT:?} (the server refused connections or did not answer)")
         }
-        e => errors::chain(e),
+        e => crate::error::error_chain(e),
     }
 }
 
