@@ -2,12 +2,12 @@
 //! check, and the deletion of an orphaned exporter's cursors.
 
 use crate::body::RequestBody;
-use crate::extract::{ApiQuery, ExporterSegment};
+use crate::extract::{ApiQuery, ExporterSegment, PageQuery};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use ferry_core::{EntryId, LedgerName};
-use ferry_export::{CheckReport, ExportError, ExporterStatus, Exporters};
+use ferry_export::{CheckReport, ExportError, ExporterStatus, Exporters, Page};
 use serde::Deserialize;
 
 use crate::auth::{Caller, Scope};
@@ -17,21 +17,38 @@ fn exporters(state: &AppState) -> Result<&Exporters, ApiError> {
     state.config.exporters.as_ref().ok_or_else(|| ApiError::from(ExportError::NotFound("(none configured)".into())))
 }
 
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<ExporterStatus>>, ApiError> {
+/// `?limit=N` bounds the ledgers shown per exporter (`next` continues
+/// each through `GET /v1/exporters/{name}?after=`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    limit: Option<usize>,
+}
+
+/// Every exporter with the first page of its ledgers and its totals.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<ExporterStatus>>, ApiError> {
     caller.require(Scope::Admin, None)?;
+    let (_, limit) = PageQuery { after: None, limit: query.limit }.page()?;
     Ok(match &state.config.exporters {
-        Some(e) => Json(e.list().await),
+        Some(e) => Json(e.list(&Page { after: None, limit }).await),
         None => Json(Vec::new()),
     })
 }
 
+/// One exporter with a page of its ledgers (`?after=LEDGER&limit=N`).
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     ExporterSegment(name): ExporterSegment,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<ExporterStatus>, ApiError> {
     caller.require(Scope::Admin, None)?;
-    Ok(Json(exporters(&state)?.status(&name).await?))
+    let (after, limit) = query.page()?;
+    Ok(Json(exporters(&state)?.status(&name, Page { after, limit }).await?))
 }
 
 pub async fn pause(

@@ -54,3 +54,34 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         }
     }
 }
+
+/// `?after=NAME&limit=N` of a listing: the items named after `after`, at
+/// most `limit` (default `PAGE_LIMIT_DEFAULT`, at most `PAGE_LIMIT_MAX`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl PageQuery {
+    /// The validated page: `after` a valid name, `limit` in 1..=max.
+    pub fn page(&self) -> Result<(Option<ferry_core::LedgerName>, usize), ApiError> {
+        use ferry_core::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+        let after = match self.after.as_deref() {
+            None => None,
+            Some(a) => Some(
+                ferry_core::LedgerName::parse(a)
+                    .map_err(|e| ApiError::bad_request("invalid_query", format!("after: {e}")))?,
+            ),
+        };
+        let limit = self.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
+        if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit: {limit} is outside 1..={PAGE_LIMIT_MAX}: ask for fewer and follow `next`"),
+            ));
+        }
+        Ok((after, limit))
+    }
+}

@@ -1,7 +1,7 @@
 //! `GET /v1/ledgers`, `GET /v1/ledgers/{ledger}`, `PUT /v1/ledgers/{ledger}`,
 //! `GET /v1/ledgers/{ledger}/head`.
 
-use crate::extract::LedgerSegment;
+use crate::extract::{ApiQuery, LedgerSegment, PageQuery};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,10 +11,28 @@ use ferry_store::{ChainHead, LedgerInfo, StoreError};
 use crate::auth::{Caller, Scope};
 use crate::{AppState, error::ApiError};
 
-/// The ledgers the caller may read (403 without the `read` scope).
-pub(crate) async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<LedgerInfo>>, ApiError> {
+/// One page of `GET /v1/ledgers`.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct LedgerPage {
+    /// In name order.
+    pub ledgers: Vec<LedgerInfo>,
+    /// The last name of this page when more follow: ask again with
+    /// `after` = this.
+    pub next: Option<LedgerName>,
+}
+
+/// The ledgers the caller may read, a page at a time (403 without the
+/// `read` scope).
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<LedgerPage>, ApiError> {
     caller.require(Scope::Read, None)?;
-    Ok(Json(state.store.list_ledgers().into_iter().filter(|l| caller.may(Scope::Read, l.name.as_str())).collect()))
+    let (after, limit) = query.page()?;
+    let (ledgers, next) =
+        state.store.list_ledgers_page(after.as_ref(), limit, |name| caller.may(Scope::Read, name.as_str()));
+    Ok(Json(LedgerPage { ledgers, next }))
 }
 
 pub(crate) async fn get_one(

@@ -8,12 +8,14 @@ mod entries;
 mod error;
 mod exporters;
 mod extract;
+mod health;
 mod import;
 mod ledgers;
 pub mod metrics;
 mod pins;
 mod server;
 mod sources;
+mod status_page;
 mod tls;
 mod watch;
 
@@ -138,6 +140,7 @@ fn router(state: AppState) -> Router {
         .route("/exporters/{name}/pause", post(exporters::pause))
         .route("/exporters/{name}/resume", post(exporters::resume))
         .route("/exporters/{name}/check", get(exporters::check))
+        .route("/health", get(health::health))
         .route("/sources", get(sources::list))
         .route("/sources/{name}", get(sources::get_one))
         .route("/pins", get(pins::list).post(pins::create))
@@ -160,6 +163,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .merge(metrics)
+        .merge(status_page::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

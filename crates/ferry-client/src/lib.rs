@@ -94,7 +94,10 @@ pub use append::{Append, Appended, NewEntry, RetryPolicy};
 pub use error::{ApiError, Error};
 pub use pins::{Imported, Pin, PinnedLines};
 pub use read::{EntryLines, ReadPage, ReadQuery};
-pub use types::{Entry, ExporterCheck, ExporterLedger, ExporterStatus, Ledger, LedgerCheck, SourceStatus, SystemEvent};
+pub use types::{
+    Entry, ExporterCheck, ExporterHealth, ExporterLedger, ExporterStatus, Health, Ledger, LedgerCheck, LedgerPage,
+    SourceHealth, SourceStatus, StuckLedger, SystemEvent,
+};
 pub use watch::{SystemEvents, SystemNotice, Watch, WatchEvent, WatchOptions};
 
 use append::{decode, segment};
@@ -180,9 +183,26 @@ impl Client {
         decode(self.send(self.request(reqwest::Method::GET, path)).await?, what).await
     }
 
-    /// Every ledger (`GET /v1/ledgers`).
+    /// Every ledger the token may read, following the pages of `GET
+    /// /v1/ledgers`.
     pub async fn ledgers(&self) -> Result<Vec<Ledger>, Error> {
-        self.get_json("/v1/ledgers", "a ledger list").await
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.ledgers_page(after.as_deref(), None).await?;
+            all.extend(page.ledgers);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of ledgers: those named after `after`, at most `limit`
+    /// (the server's default when `None`).
+    pub async fn ledgers_page(&self, after: Option<&str>, limit: Option<usize>) -> Result<LedgerPage, Error> {
+        let req = self.request(reqwest::Method::GET, "/v1/ledgers").query(&page_query(after, limit));
+        decode(self.send(req).await?, "a ledger page").await
     }
 
     /// One ledger; 404 `ledger_not_found` when there is none.
@@ -202,14 +222,42 @@ impl Client {
         Ok(())
     }
 
-    /// Every exporter: configured ones, then orphaned ones.
+    /// Every exporter (configured ones, then orphaned ones), each with the
+    /// first page of its ledgers and totals over all of them; `next` on
+    /// each says where `exporter_page` continues.
     pub async fn exporters(&self) -> Result<Vec<ExporterStatus>, Error> {
         self.get_json("/v1/exporters", "an exporter list").await
     }
 
-    /// One exporter's status.
+    /// One exporter's status with all its ledgers, following the pages.
     pub async fn exporter(&self, name: &str) -> Result<ExporterStatus, Error> {
-        self.get_json(&format!("/v1/exporters/{}", segment(name)), "an exporter status").await
+        let mut status = self.exporter_page(name, None, None).await?;
+        while let Some(after) = status.next.take() {
+            let page = self.exporter_page(name, Some(&after), None).await?;
+            status.ledgers.extend(page.ledgers);
+            status.next = page.next;
+        }
+        Ok(status)
+    }
+
+    /// One exporter's status with one page of its ledgers: those named
+    /// after `after`, at most `limit`.
+    pub async fn exporter_page(
+        &self,
+        name: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ExporterStatus, Error> {
+        let req = self
+            .request(reqwest::Method::GET, &format!("/v1/exporters/{}", segment(name)))
+            .query(&page_query(after, limit));
+        decode(self.send(req).await?, "an exporter status").await
+    }
+
+    /// Whether data moves (`GET /v1/health`): each exporter's stuck
+    /// ledgers (older than its `max_lag`) and each source's state.
+    pub async fn pipeline_health(&self) -> Result<Health, Error> {
+        self.get_json("/v1/health", "a health report").await
     }
 
     /// The range check: whether the destination holds exactly ids
@@ -285,6 +333,18 @@ impl Client {
     pub async fn ready(&self) -> Result<(), Error> {
         self.send(self.request(reqwest::Method::GET, "/readyz")).await.map(drop)
     }
+}
+
+/// `after` and `limit` as query pairs, leaving out what is `None`.
+fn page_query(after: Option<&str>, limit: Option<usize>) -> Vec<(&'static str, String)> {
+    let mut q = Vec::new();
+    if let Some(a) = after {
+        q.push(("after", a.to_owned()));
+    }
+    if let Some(l) = limit {
+        q.push(("limit", l.to_string()));
+    }
+    q
 }
 
 #[cfg(test)]

@@ -49,6 +49,15 @@ pub struct Ledger {
     pub extra: Map<String, Value>,
 }
 
+/// One page of `GET /v1/ledgers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerPage {
+    /// In name order.
+    pub ledgers: Vec<Ledger>,
+    /// Where the next page starts (`after`), when there is one.
+    pub next: Option<String>,
+}
+
 /// An exporter's status (`GET /v1/exporters/{name}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExporterStatus {
@@ -58,8 +67,27 @@ pub struct ExporterStatus {
     pub sink: Option<String>,
     /// `running`, `stopped`, `paused` or `orphaned`.
     pub state: String,
-    /// Where it stands per ledger.
+    /// `max_lag` in milliseconds; `None`: never stuck.
+    #[serde(default)]
+    pub max_lag_ms: Option<u64>,
+    /// Entries not yet exported, over all its ledgers.
+    #[serde(default)]
+    pub lag: u64,
+    /// The age of the oldest unexported entry over all its ledgers; `None`
+    /// while not known.
+    #[serde(default)]
+    pub oldest_unexported_age_ms: Option<u64>,
+    /// Ledgers it exports, over all pages.
+    #[serde(default)]
+    pub ledgers_total: usize,
+    /// Ledgers older than `max_lag`, over all pages.
+    #[serde(default)]
+    pub stuck_ledgers: usize,
+    /// Where it stands per ledger (one page, in name order).
     pub ledgers: Vec<ExporterLedger>,
+    /// Where the next page of ledgers starts (`after`), when there is one.
+    #[serde(default)]
+    pub next: Option<String>,
     /// Fields this client does not know yet.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -84,6 +112,87 @@ pub struct ExporterLedger {
     pub attempts: u32,
     /// Unix milliseconds of the last acknowledged delivery.
     pub last_success_at: Option<u64>,
+    /// Milliseconds since the oldest unexported entry was appended: 0
+    /// when caught up, `None` while not known.
+    #[serde(default)]
+    pub oldest_unexported_age_ms: Option<u64>,
+    /// Older than the exporter's `max_lag`.
+    #[serde(default)]
+    pub stuck: bool,
+    /// Fields this client does not know yet.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `GET /v1/health`: whether data moves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`, `stuck` or `not_ready`.
+    pub status: String,
+    /// Why the store is not ready, when it is not.
+    pub reason: Option<String>,
+    /// Each configured exporter.
+    pub exporters: Vec<ExporterHealth>,
+    /// Each outbox source.
+    pub sources: Vec<SourceHealth>,
+    /// Fields this client does not know yet.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One exporter in `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExporterHealth {
+    /// The exporter's name.
+    pub name: String,
+    /// `max_lag` in milliseconds; `None`: never stuck.
+    pub max_lag_ms: Option<u64>,
+    /// Stuck ledgers, all counted.
+    pub stuck_ledgers: usize,
+    /// The stuck ledgers, oldest first (the first 100).
+    pub stuck: Vec<StuckLedger>,
+    /// The age of the oldest unexported entry over all its ledgers.
+    pub oldest_unexported_age_ms: Option<u64>,
+    /// Entries not yet exported over all its ledgers.
+    pub lag: u64,
+    /// Fields this client does not know yet.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A ledger an exporter is stuck on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StuckLedger {
+    /// The ledger's name.
+    pub ledger: String,
+    /// Milliseconds since its oldest unexported entry was appended.
+    pub age_ms: u64,
+    /// Entries not yet exported.
+    pub lag: u64,
+    /// `running`, `backing_off`, `paused`, `failed` or `dead_lettered`.
+    pub state: String,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// Fields this client does not know yet.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One outbox source in `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceHealth {
+    /// The source's name.
+    pub name: String,
+    /// Its oldest pending row is older than its `max_lag`.
+    pub stuck: bool,
+    /// Age in milliseconds of the oldest pending row at the last look.
+    pub oldest_pending_age_ms: Option<u64>,
+    /// Rows pending at the last look.
+    pub backlog: Option<u64>,
+    /// As in [`SourceStatus::state`].
+    pub state: String,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
     /// Fields this client does not know yet.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

@@ -11,6 +11,11 @@ pub struct Appended {
     /// The ledger's durable incarnation: a wake-up for a re-created ledger
     /// is never taken for the old one.
     pub incarnation: u64,
+    /// The first id this wake-up announces, and its timestamp: an exporter
+    /// keeps them to tell the age of its oldest unexported entry without a
+    /// read.
+    pub first_id: EntryId,
+    pub first_ts: u64,
     pub last_id: EntryId,
 }
 

@@ -161,3 +161,15 @@ const _: () = assert!(ENTRY_KEY_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(IDEMPOTENCY_KEY_BYTES_MAX <= u16::MAX as usize);
 // Record offsets inside a segment are stored as u32.
 const _: () = assert!(WAL_SEGMENT_BYTES_MAX + GROUP_WRITE_BYTES_MAX as u64 <= u32::MAX as u64);
+/// Items in one page of a listing (`GET /v1/ledgers`, an exporter's
+/// ledgers) when the request names no `limit`.
+pub const PAGE_LIMIT_DEFAULT: usize = 1_000;
+/// The largest `limit` a listing takes.
+pub const PAGE_LIMIT_MAX: usize = 10_000;
+/// Stuck ledgers `GET /v1/health` names per exporter, oldest first (all
+/// are counted).
+pub const HEALTH_STUCK_SHOWN: usize = 100;
+/// Timestamps an exporter keeps per ledger behind its cursor to tell the
+/// age of the oldest unexported entry without a read (`ferry-export`'s
+/// `age.rs`): past this they are thinned, and the age errs old, never young.
+pub const EXPORT_AGE_MARKS_MAX: usize = 32;

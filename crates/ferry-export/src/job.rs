@@ -46,11 +46,14 @@ pub(crate) struct Done {
     pub outcome: Outcome,
     pub entries: u64,
     pub prefetched: Option<Vec<Entry>>,
+    /// The first entry's (id, ts) of the batch this job read: what tells
+    /// the age of the oldest unexported entry (`age.rs`).
+    pub first_read: Option<(EntryId, u64)>,
 }
 
 impl Done {
     fn only(outcome: Outcome) -> Self {
-        Self { outcome, entries: 0, prefetched: None }
+        Self { outcome, entries: 0, prefetched: None, first_read: None }
     }
 }
 
@@ -85,9 +88,14 @@ impl<S: Sink> Job<S> {
             Ok(batch) => batch,
             Err(done) => return done,
         };
+        let first_read = entries.first().map(|e| (e.id, e.ts));
+        let with_read = |mut done: Done| {
+            done.first_read = first_read;
+            done
+        };
         let to = entries.last().map_or(from, |e| e.id);
         if let Err(done) = self.pin(cursor, to, &entries, &rest, resend_to).await {
-            return done;
+            return with_read(done);
         }
         // Read the next batch while the sink works: reading and delivering
         // overlap, and the next job starts with its entries in hand. Only
@@ -111,7 +119,7 @@ impl<S: Sink> Job<S> {
         };
         // From here on the sink has had the batch: a failure sends it again
         // as it is.
-        let sent = |error| Done::only(Outcome::Failed { from, to, error, sent: true });
+        let sent = |error| with_read(Done::only(Outcome::Failed { from, to, error, sent: true }));
         let through = match acked {
             Ok(Ack { through }) if through > cursor && through <= to => through,
             Ok(Ack { through }) => {
@@ -125,7 +133,7 @@ impl<S: Sink> Job<S> {
                 // After a partial acknowledgement the entries read ahead do
                 // not follow the cursor.
                 let prefetched = if through == to { ahead.take().await } else { None };
-                Done { outcome: Outcome::Delivered { through }, entries: through - cursor, prefetched }
+                Done { outcome: Outcome::Delivered { through }, entries: through - cursor, prefetched, first_read }
             }
             Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Gone),
             Err(e) => sent(store_error("write the cursor", &e)),
@@ -275,7 +283,12 @@ impl<S: Sink> Job<S> {
             id = last + 1;
         }
         match self.commit(to).await {
-            Ok(()) => Done { outcome: Outcome::DeadLettered { through: to }, entries: to + 1 - from, prefetched: None },
+            Ok(()) => Done {
+                outcome: Outcome::DeadLettered { through: to },
+                entries: to + 1 - from,
+                prefetched: None,
+                first_read: None,
+            },
             Err(StoreError::LedgerNotFound(_)) => Done::only(Outcome::Gone),
             Err(e) => Done::only(Outcome::Failed { from, to, error: store_error("write the cursor", &e), sent: false }),
         }

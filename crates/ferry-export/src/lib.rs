@@ -5,9 +5,11 @@
 //!
 //! Data flow: store appends bus → `runtime` supervisor (one per exporter)
 //! → `machine` decides → `job` reads the store, calls the sink, commits the
-//! cursor → outcome back to the machine. `cursors` holds the one cursor
+//! cursor → outcome back to the machine. `age` keeps the timestamps that
+//! tell each ledger's oldest unexported entry's age (health, status). `cursors` holds the one cursor
 //! writer (`cursors::commit`) and the retention hold.
 
+mod age;
 pub mod check;
 mod cursors;
 mod job;
@@ -24,4 +26,4 @@ pub use redact::Secrets;
 pub use runtime::{ExportError, Exporters};
 pub use settings::{ExporterConfig, ExporterSettings, SettingsError};
 pub use sink::{Ack, Batch, Holding, Prepared, Sink, SinkError, Target};
-pub use status::{ExporterState, ExporterStatus, LedgerStatus};
+pub use status::{ExporterHealth, ExporterState, ExporterStatus, LedgerStatus, Page, StuckLedger};

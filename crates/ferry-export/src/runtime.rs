@@ -23,6 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::age::Marks;
 use crate::check::{CheckReport, LedgerCheck};
 use crate::cursors::{self, CursorTable};
 use crate::job::{Done, Job};
@@ -30,7 +31,7 @@ use crate::machine::{LedgerMachine, Next, Notice, Outcome};
 use crate::redact::Secrets;
 use crate::settings::{ExporterSettings, StartAt};
 use crate::sink::{ChainStart, Sink, SinkError, Target};
-use crate::status::{ExporterState, ExporterStatus, LedgerStatus};
+use crate::status::{ExporterHealth, ExporterState, ExporterStatus, LedgerStatus, Page, StuckLedger};
 
 /// What the control API can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +54,8 @@ pub enum ExportError {
 }
 
 enum Control {
-    Status(oneshot::Sender<ExporterStatus>),
+    Status(Page, oneshot::Sender<ExporterStatus>),
+    Health(oneshot::Sender<ExporterHealth>),
     Pause(oneshot::Sender<ExporterStatus>),
     Resume(oneshot::Sender<ExporterStatus>),
     Reset {
@@ -148,27 +150,41 @@ impl Exporters {
         Ok(Exporters { inner: Arc::new(Inner { store, table, handles, tasks: Mutex::new(tasks) }) })
     }
 
-    /// Every configured exporter, then every orphaned one.
-    pub async fn list(&self) -> Vec<ExporterStatus> {
+    /// Every configured exporter, then every orphaned one, each with the
+    /// first `page` of its ledgers.
+    pub async fn list(&self, page: &Page) -> Vec<ExporterStatus> {
         let mut out = Vec::new();
         for name in self.inner.handles.keys() {
-            if let Ok(s) = self.status(name.as_str()).await {
+            if let Ok(s) = self.status(name.as_str(), page.clone()).await {
                 out.push(s);
             }
         }
         for name in self.inner.table.orphans().keys() {
-            if let Some(s) = self.orphan_status(name) {
+            if let Some(s) = self.orphan_status(name, page) {
                 out.push(s);
             }
         }
         out
     }
 
-    pub async fn status(&self, name: &str) -> Result<ExporterStatus, ExportError> {
+    /// An exporter with one page of its ledgers and totals over all.
+    pub async fn status(&self, name: &str, page: Page) -> Result<ExporterStatus, ExportError> {
         match self.handle(name) {
-            Ok((name, tx)) => ask(name, tx, Control::Status).await,
-            Err(e) => self.orphan_status(&parse_name(name)?).ok_or(e),
+            Ok((name, tx)) => ask(name, tx, |reply| Control::Status(page, reply)).await,
+            Err(e) => self.orphan_status(&parse_name(name)?, &page).ok_or(e),
         }
+    }
+
+    /// Each configured exporter's stuck ledgers (older than its `max_lag`),
+    /// from memory.
+    pub async fn health(&self) -> Vec<ExporterHealth> {
+        let mut out = Vec::new();
+        for (name, tx) in &self.inner.handles {
+            if let Ok(h) = ask(name.clone(), tx, Control::Health).await {
+                out.push(h);
+            }
+        }
+        out
     }
 
     /// Stops starting new batches; those in flight finish.
@@ -257,8 +273,14 @@ impl Exporters {
         }
     }
 
-    fn orphan_status(&self, name: &LedgerName) -> Option<ExporterStatus> {
+    fn orphan_status(&self, name: &LedgerName, page: &Page) -> Option<ExporterStatus> {
         let cursors = self.inner.table.orphans().remove(name)?;
+        let ledgers_total = cursors.len();
+        let lag: u64 = cursors
+            .iter()
+            .map(|(ledger, &cursor)| self.inner.store.ledger_head(ledger).map_or(0, |i| i.head.saturating_sub(cursor)))
+            .sum();
+        let (cursors, next) = page_of(cursors.into_iter().collect(), page, |(ledger, _)| ledger);
         let ledgers = cursors
             .into_iter()
             .map(|(ledger, cursor)| {
@@ -272,10 +294,23 @@ impl Exporters {
                     last_error: None,
                     attempts: 0,
                     last_success_at: None,
+                    oldest_unexported_age_ms: (head <= cursor).then_some(0),
+                    stuck: false,
                 }
             })
             .collect();
-        Some(ExporterStatus { name: name.clone(), sink: None, state: ExporterState::Orphaned, ledgers })
+        Some(ExporterStatus {
+            name: name.clone(),
+            sink: None,
+            state: ExporterState::Orphaned,
+            max_lag_ms: None,
+            lag,
+            oldest_unexported_age_ms: (lag == 0).then_some(0),
+            ledgers_total,
+            stuck_ledgers: 0,
+            ledgers,
+            next,
+        })
     }
 }
 
@@ -305,15 +340,28 @@ async fn check<S: Sink>(
     CheckReport { exporter, sink: kind, ok, ledgers }
 }
 
+/// The items of `all` (sorted by ledger name) after `page.after`, at most
+/// `page.limit`, and the last one's name when more follow.
+fn page_of<T>(all: Vec<T>, page: &Page, ledger: impl Fn(&T) -> &LedgerName) -> (Vec<T>, Option<LedgerName>) {
+    let start = match &page.after {
+        Some(after) => all.partition_point(|t| ledger(t) <= after),
+        None => 0,
+    };
+    let more = all.len() > start + page.limit;
+    let items: Vec<T> = all.into_iter().skip(start).take(page.limit).collect();
+    let next = if more { items.last().map(|t| ledger(t).clone()) } else { None };
+    (items, next)
+}
+
 fn parse_name(name: &str) -> Result<LedgerName, ExportError> {
     LedgerName::parse(name).map_err(|_| ExportError::NotFound(name.to_owned()))
 }
 
-async fn ask(
+async fn ask<T>(
     name: LedgerName,
     tx: &mpsc::Sender<Control>,
-    make: impl FnOnce(oneshot::Sender<ExporterStatus>) -> Control,
-) -> Result<ExporterStatus, ExportError> {
+    make: impl FnOnce(oneshot::Sender<T>) -> Control,
+) -> Result<T, ExportError> {
     let (reply, answer) = oneshot::channel();
     tx.send(make(reply)).await.map_err(|_| ExportError::Stopping(name.clone()))?;
     answer.await.map_err(|_| ExportError::Stopping(name))
@@ -331,6 +379,8 @@ struct Tracked {
     cancel: Option<CancellationToken>,
     /// The next batch's entries, read ahead by the last delivery.
     prefetched: Option<Vec<ferry_core::Entry>>,
+    /// Timestamps that tell the age of the oldest unexported entry.
+    marks: Marks,
 }
 
 struct Supervisor<S> {
@@ -438,17 +488,20 @@ impl<S: Sink> Supervisor<S> {
         }
         for info in &infos {
             if self.ledgers.contains_key(&info.name) {
-                let head = Appended { ledger: info.name.clone(), incarnation: info.incarnation, last_id: info.head };
-                self.appended(&head);
+                self.on_head(&info.name, info.incarnation, info.head, None);
             } else {
                 self.track(info);
             }
         }
     }
 
-    fn appended(&mut self, appended: &Appended) {
-        let (ledger, head) = (&appended.ledger, appended.last_id);
-        match self.ledgers.get(ledger).map(|t| t.incarnation.cmp(&appended.incarnation)) {
+    fn appended(&mut self, a: &Appended) {
+        self.on_head(&a.ledger, a.incarnation, a.last_id, Some((a.first_id, a.first_ts)));
+    }
+
+    /// The ledger's head is `head`; `mark` is an entry's (id, ts) when known.
+    fn on_head(&mut self, ledger: &LedgerName, incarnation: u64, head: EntryId, mark: Option<(EntryId, u64)>) {
+        match self.ledgers.get(ledger).map(|t| t.incarnation.cmp(&incarnation)) {
             // A late wake-up of a ledger deleted since: nothing to do.
             Some(std::cmp::Ordering::Greater) => return,
             // The name holds a new ledger (incarnations only grow): the
@@ -458,6 +511,11 @@ impl<S: Sink> Supervisor<S> {
             _ => {}
         }
         if let Some(t) = self.ledgers.get_mut(ledger) {
+            if let Some((id, ts)) = mark
+                && id > t.machine.cursor()
+            {
+                t.marks.note(id, ts);
+            }
             let before = t.machine.lag();
             t.machine.on_head(head, Instant::now().into_std());
             let after = t.machine.lag();
@@ -529,6 +587,7 @@ impl<S: Sink> Supervisor<S> {
             wake: None,
             cancel: None,
             prefetched: None,
+            marks: Marks::default(),
         };
         self.ledgers.insert(info.name.clone(), tracked);
         self.evaluate(&info.name);
@@ -641,13 +700,19 @@ impl<S: Sink> Supervisor<S> {
                 tracing::error!(exporter = %self.settings.name, error = %shown, "export job panicked");
                 let error = SinkError::retryable(format!("export job failed: {shown}"));
                 let outcome = Outcome::Failed { from: 0, to: 0, error, sent: false };
-                (e.id(), Done { outcome, entries: 0, prefetched: None })
+                (e.id(), Done { outcome, entries: 0, prefetched: None, first_read: None })
             }
         };
         let Some((ledger, incarnation)) = self.jobs.remove(&id) else { return };
         let Some(t) = self.ledgers.get_mut(&ledger).filter(|t| t.incarnation == incarnation) else { return };
         t.cancel = None;
+        if let Some((id, ts)) = done.first_read {
+            t.marks.note(id, ts);
+        }
         if let Some(entries) = done.prefetched {
+            if let Some(e) = entries.first() {
+                t.marks.note(e.id, e.ts);
+            }
             self.prefetched += t.prefetched.is_none() as usize;
             t.prefetched = Some(entries);
         }
@@ -693,6 +758,7 @@ impl<S: Sink> Supervisor<S> {
         }
         let notice = t.machine.on_outcome(outcome, Instant::now().into_std(), now_ms(), rand::random::<f64>());
         let (after, cursor) = (t.machine.lag(), t.machine.cursor());
+        t.marks.exported_through(cursor);
         self.table.set(&self.settings.name, &ledger, cursor);
         self.adjust_lag(before, after);
         if let Some(notice) = notice {
@@ -735,21 +801,24 @@ impl<S: Sink> Supervisor<S> {
 
     async fn control(&mut self, command: Control) {
         match command {
-            Control::Status(reply) => {
-                let _ = reply.send(self.status());
+            Control::Status(page, reply) => {
+                let _ = reply.send(self.status(&page));
+            }
+            Control::Health(reply) => {
+                let _ = reply.send(self.health());
             }
             Control::Pause(reply) => {
                 self.state = ExporterState::Paused;
                 self.ledgers.values_mut().for_each(|t| t.machine.pause());
                 tracing::info!(exporter = %self.settings.name, "exporter paused");
-                let _ = reply.send(self.status());
+                let _ = reply.send(self.status(&Page::default()));
             }
             Control::Resume(reply) => {
                 self.state = ExporterState::Running;
                 self.ledgers.values_mut().for_each(|t| t.machine.resume());
                 self.evaluate_all();
                 tracing::info!(exporter = %self.settings.name, "exporter resumed");
-                let _ = reply.send(self.status());
+                let _ = reply.send(self.status(&Page::default()));
             }
             Control::Reset { ledger, from_id, actor, reply } => {
                 let _ = reply.send(self.reset(ledger, from_id, actor.as_deref()).await);
@@ -828,7 +897,7 @@ impl<S: Sink> Supervisor<S> {
         }
         self.evaluate_all();
         self.publish_reset(&targets, from_id, actor);
-        Ok(self.status())
+        Ok(self.status(&Page::default()))
     }
 
     /// The ledgers a reset moves: the one asked for, or every tracked one.
@@ -950,33 +1019,93 @@ impl<S: Sink> Supervisor<S> {
         }
     }
 
-    fn status(&self) -> ExporterStatus {
-        let mut ledgers: Vec<LedgerStatus> = self
-            .ledgers
-            .iter()
-            .map(|(name, t)| {
-                let m = &t.machine;
-                LedgerStatus {
-                    ledger: name.clone(),
-                    cursor: m.cursor(),
-                    head: m.head(),
-                    lag: m.lag(),
-                    state: serde_json::to_value(m.state())
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
-                    last_error: m.last_error().map(str::to_owned),
-                    attempts: m.attempts(),
-                    last_success_at: m.last_success_at(),
-                }
-            })
-            .collect();
-        ledgers.sort_by(|a, b| a.ledger.cmp(&b.ledger));
+    fn max_lag_ms(&self) -> Option<u64> {
+        self.settings.max_lag.map(|d| d.as_millis() as u64)
+    }
+
+    /// One ledger's status at `now` (Unix ms).
+    fn ledger_status(&self, name: &LedgerName, t: &Tracked, now: u64) -> LedgerStatus {
+        let m = &t.machine;
+        let age = t.marks.age_ms(m.cursor(), m.head(), now);
+        LedgerStatus {
+            ledger: name.clone(),
+            cursor: m.cursor(),
+            head: m.head(),
+            lag: m.lag(),
+            state: serde_json::to_value(m.state()).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            last_error: m.last_error().map(str::to_owned),
+            attempts: m.attempts(),
+            last_success_at: m.last_success_at(),
+            oldest_unexported_age_ms: age,
+            stuck: is_stuck(age, self.max_lag_ms()),
+        }
+    }
+
+    /// Totals over every ledger: (oldest age, if known for every ledger
+    /// behind; stuck ledgers oldest first).
+    fn ages(&self, now: u64) -> (Option<u64>, Vec<(u64, &LedgerName, &Tracked)>) {
+        let max_lag = self.max_lag_ms();
+        let mut oldest = Some(0);
+        let mut stuck = Vec::new();
+        for (name, t) in &self.ledgers {
+            let age = t.marks.age_ms(t.machine.cursor(), t.machine.head(), now);
+            oldest = match (oldest, age) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+            if let Some(age) = age.filter(|&a| is_stuck(Some(a), max_lag)) {
+                stuck.push((age, name, t));
+            }
+        }
+        stuck.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        (oldest, stuck)
+    }
+
+    fn status(&self, page: &Page) -> ExporterStatus {
+        let now = now_ms();
+        let mut names: Vec<&LedgerName> = self.ledgers.keys().collect();
+        names.sort();
+        let (names, next) = page_of(names, page, |n| n);
+        let ledgers = names.into_iter().map(|n| self.ledger_status(n, &self.ledgers[n], now)).collect();
+        let (oldest, stuck) = self.ages(now);
         ExporterStatus {
             name: self.settings.name.clone(),
             sink: Some(self.settings.sink.clone()),
             state: self.state,
+            max_lag_ms: self.max_lag_ms(),
+            lag: self.total_lag,
+            oldest_unexported_age_ms: oldest,
+            ledgers_total: self.ledgers.len(),
+            stuck_ledgers: stuck.len(),
             ledgers,
+            next,
         }
     }
+
+    fn health(&self) -> ExporterHealth {
+        let now = now_ms();
+        let (oldest, stuck) = self.ages(now);
+        let stuck_ledgers = stuck.len();
+        let stuck = stuck
+            .into_iter()
+            .take(ferry_core::limits::HEALTH_STUCK_SHOWN)
+            .map(|(age_ms, name, t)| {
+                let s = self.ledger_status(name, t, now);
+                StuckLedger { ledger: name.clone(), age_ms, lag: s.lag, state: s.state, last_error: s.last_error }
+            })
+            .collect();
+        ExporterHealth {
+            name: self.settings.name.clone(),
+            max_lag_ms: self.max_lag_ms(),
+            stuck_ledgers,
+            stuck,
+            oldest_unexported_age_ms: oldest,
+            lag: self.total_lag,
+        }
+    }
+}
+
+/// Older than `max_lag` (never, without one).
+fn is_stuck(age_ms: Option<u64>, max_lag_ms: Option<u64>) -> bool {
+    matches!((age_ms, max_lag_ms), (Some(age), Some(max)) if age > max)
 }

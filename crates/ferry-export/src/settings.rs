@@ -86,6 +86,10 @@ pub struct ExporterConfig {
     pub dead_letter: String,
     #[serde(default = "default_parallel")]
     pub max_parallel_ledgers: usize,
+    /// A ledger whose oldest unexported entry is older is stuck (`GET
+    /// /v1/health`); unset = never stuck.
+    #[serde(default)]
+    pub max_lag: Option<Seconds>,
     /// The sink's own settings, validated by the sink.
     #[serde(default)]
     pub config: serde_json::Map<String, serde_json::Value>,
@@ -138,12 +142,13 @@ fn default_parallel() -> usize {
 
 /// The exporter-level keys a `--exporter` JSON object may carry next to the
 /// sink's own keys (no sink uses these names).
-const FLAG_EXPORTER_KEYS: [&str; 6] = ["ledgers", "start", "batch", "retry", "dead_letter", "max_parallel_ledgers"];
+const FLAG_EXPORTER_KEYS: [&str; 7] =
+    ["ledgers", "start", "batch", "retry", "dead_letter", "max_parallel_ledgers", "max_lag"];
 
 impl ExporterConfig {
     /// Parses `NAME=SINK:{json}`. The JSON object is the sink's config; the
-    /// keys `ledgers`, `start`, `batch`, `retry`, `dead_letter` and
-    /// `max_parallel_ledgers` in it are the exporter's own settings.
+    /// keys `ledgers`, `start`, `batch`, `retry`, `dead_letter`,
+    /// `max_parallel_ledgers` and `max_lag` in it are the exporter's own settings.
     pub fn from_flag(flag: &str) -> Result<Self, SettingsError> {
         let (name, rest) = flag.split_once('=').ok_or(SettingsError::FlagSyntax)?;
         let (sink, json) = match rest.split_once(':') {
@@ -206,6 +211,7 @@ impl ExporterConfig {
             retry: RetryPolicy { initial: r.initial.0, max: r.max.0, max_attempts: r.max_attempts },
             dead_letter,
             max_parallel_ledgers: self.max_parallel_ledgers,
+            max_lag: self.max_lag.map(|s| s.0),
         })
     }
 }
@@ -259,6 +265,8 @@ pub struct ExporterSettings {
     pub retry: RetryPolicy,
     pub dead_letter: Option<LedgerName>,
     pub max_parallel_ledgers: usize,
+    /// Stuck past this age of the oldest unexported entry; `None`: never.
+    pub max_lag: Option<Duration>,
 }
 
 #[cfg(test)]

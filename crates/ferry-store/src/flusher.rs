@@ -486,8 +486,14 @@ impl Flusher {
                     let _ = self.freezer.send(FreezerMsg::Check(w.ledger.clone()));
                 }
             }
-            if let Some(&(last_id, ..)) = w.records.last() {
-                let event = Appended { ledger: w.ledger.name.clone(), incarnation: w.ledger.incarnation, last_id };
+            if let (Some(&(first_id, first_ts, ..)), Some(&(last_id, ..))) = (w.records.first(), w.records.last()) {
+                let event = Appended {
+                    ledger: w.ledger.name.clone(),
+                    incarnation: w.ledger.incarnation,
+                    first_id,
+                    first_ts,
+                    last_id,
+                };
                 self.shared.appends.publish(w.ledger.name.as_str(), &event);
             }
             for (id, hash) in &w.checkpoints {

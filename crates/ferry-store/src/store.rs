@@ -446,6 +446,25 @@ impl Store {
         ledgers.values().map(|s| info(s)).collect()
     }
 
+    /// The ledgers named after `after` that `keep` accepts, in name order,
+    /// at most `limit`; and the last one's name when more follow. Walks
+    /// only as far as the page reaches (plus the ledgers `keep` refuses).
+    pub fn list_ledgers_page(
+        &self,
+        after: Option<&LedgerName>,
+        limit: usize,
+        keep: impl Fn(&LedgerName) -> bool,
+    ) -> (Vec<LedgerInfo>, Option<LedgerName>) {
+        use std::ops::Bound;
+        let ledgers = self.inner.shared.ledgers.read().expect("ledgers lock");
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut kept = ledgers.range::<LedgerName, _>((lower, Bound::Unbounded)).filter(|(name, _)| keep(name));
+        let page: Vec<LedgerInfo> = kept.by_ref().take(limit).map(|(_, s)| info(s)).collect();
+        let more = kept.next().is_some();
+        let next = if more { page.last().map(|l| l.name.clone()) } else { None };
+        (page, next)
+    }
+
     /// Reads up to `limit` entries from `from` (default: First) in id order,
     /// across packs and the hot tier, stopping early after `READ_BYTES_MAX`.
     pub async fn read(&self, ledger: &LedgerName, from: Option<EntryId>, limit: usize) -> Result<ReadBatch> {

@@ -16,8 +16,8 @@ use std::time::Duration;
 use ferry_core::{EntryId, LedgerName, NewEntry, Payload};
 use ferry_export::sink::ChainStart;
 use ferry_export::{
-    Ack, Batch, CursorTable, ExporterConfig, ExporterStatus, Exporters, Holding, Prepared, Secrets, Sink, SinkError,
-    Target,
+    Ack, Batch, CursorTable, ExporterConfig, ExporterStatus, Exporters, Holding, Page, Prepared, Secrets, Sink,
+    SinkError, Target,
 };
 use ferry_store::{Store, StoreConfig};
 
@@ -173,14 +173,14 @@ async fn start(store: &Store, flag: &str, sink: TestSink) -> Exporters {
 /// with `entries` acknowledged in all.
 async fn wait_caught_up(exporters: &Exporters, exporter: &str, ledgers: usize, entries: u64) -> ExporterStatus {
     for _ in 0..3000 {
-        let s = exporters.status(exporter).await.unwrap();
+        let s = exporters.status(exporter, Page::default()).await.unwrap();
         let acked: u64 = s.ledgers.iter().map(|l| l.cursor).sum();
         if s.ledgers.len() == ledgers && s.ledgers.iter().all(|l| l.lag == 0) && acked == entries {
             return s;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("{exporter} did not catch up: {:?}", exporters.status(exporter).await.unwrap());
+    panic!("{exporter} did not catch up: {:?}", exporters.status(exporter, Page::default()).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,13 +228,13 @@ async fn an_acknowledgement_beyond_the_batch_is_not_trusted() {
     fill(&store, "a", 3).await;
     let exporters =
         start(&store, r#"x=t:{"retry":{"initial":"10ms","max":"20ms"}}"#, TestSink::new(Mode::Beyond)).await;
-    let mut status = exporters.status("x").await.unwrap();
+    let mut status = exporters.status("x", Page::default()).await.unwrap();
     for _ in 0..500 {
         if status.ledgers.first().is_some_and(|l| l.attempts >= 2) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        status = exporters.status("x").await.unwrap();
+        status = exporters.status("x", Page::default()).await.unwrap();
     }
     let l = &status.ledgers[0];
     assert_eq!((l.cursor, l.state.as_str()), (0, "backing_off"), "{l:?}");
@@ -254,13 +254,13 @@ async fn the_durable_cursor_stays_at_the_last_acknowledged_id_while_the_sink_fai
     let sink = TestSink::new(Mode::FailAfterFirst);
     let flag = r#"x=t:{"batch":{"max_entries":5,"linger":"0ms"},"retry":{"initial":"10ms","max":"20ms"}}"#;
     let exporters = start(&store, flag, sink).await;
-    let mut status = exporters.status("x").await.unwrap();
+    let mut status = exporters.status("x", Page::default()).await.unwrap();
     for _ in 0..500 {
         if status.ledgers.first().is_some_and(|l| l.attempts >= 3) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        status = exporters.status("x").await.unwrap();
+        status = exporters.status("x", Page::default()).await.unwrap();
     }
     let l = &status.ledgers[0];
     assert_eq!((l.cursor, l.state.as_str()), (5, "backing_off"), "{l:?}");
@@ -282,7 +282,7 @@ async fn shutdown_abandons_a_hanging_delivery_at_the_timeout_and_is_safe_to_repe
     let bounded = tokio::time::timeout(Duration::from_secs(20), exporters.shutdown(Duration::from_millis(100))).await;
     assert!(bounded.is_ok(), "shutdown waited on the hanging sink");
     exporters.shutdown(Duration::from_millis(100)).await;
-    assert!(exporters.status("x").await.is_err(), "the exporter is gone");
+    assert!(exporters.status("x", Page::default()).await.is_err(), "the exporter is gone");
     // The record names the short batch the sink was given (`sent_to`), at
     // the cursor before it: an abandoned batch is not acknowledged.
     let cursors: Vec<_> = store.cursors_blocking().unwrap().iter().map(|c| (c.id, c.sent_to)).collect();
@@ -295,13 +295,13 @@ async fn a_sink_error_reaches_status_without_userinfo_or_the_sinks_secrets() {
     let store = open(dir.path());
     fill(&store, "a", 3).await;
     let exporters = start(&store, "x=t:{}", TestSink::new(Mode::Leaky)).await;
-    let mut status = exporters.status("x").await.unwrap();
+    let mut status = exporters.status("x", Page::default()).await.unwrap();
     for _ in 0..500 {
         if status.ledgers.first().is_some_and(|l| l.state == "failed") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        status = exporters.status("x").await.unwrap();
+        status = exporters.status("x", Page::default()).await.unwrap();
     }
     let error = status.ledgers[0].last_error.clone().unwrap_or_default();
     assert_eq!(error, "POST http://***@127.0.0.1:9/x failed: the answer quoted ***", "{status:?}");
@@ -365,13 +365,13 @@ async fn a_destination_position_past_the_head_fails_the_ledger() {
     let sink = TestSink::new(Mode::Ack { delay: Duration::ZERO }).positioned();
     sink.holds("a", 1..=9);
     let exporters = start(&store, "x=t:{}", sink).await;
-    let mut status = exporters.status("x").await.unwrap();
+    let mut status = exporters.status("x", Page::default()).await.unwrap();
     for _ in 0..500 {
         if status.ledgers.first().is_some_and(|l| l.state == "failed") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        status = exporters.status("x").await.unwrap();
+        status = exporters.status("x", Page::default()).await.unwrap();
     }
     let l = &status.ledgers[0];
     assert_eq!((l.cursor, l.state.as_str()), (0, "failed"), "{l:?}");

@@ -538,7 +538,7 @@ impl Server {
         let list = self.get("/v1/ledgers").await;
         assert_eq!(list.status, 200, "{}", list.text);
         let mut out = list.text.clone();
-        for l in list.json().as_array().expect("ledger list is an array") {
+        for l in list.json()["ledgers"].as_array().expect("a page of ledgers") {
             let name = l["name"].as_str().expect("name");
             out.push_str(&format!("\n== {name}\n"));
             out.push_str(&self.read_all(name).await.join("\n"));
