@@ -293,6 +293,10 @@ mod tests {
         assert!(s.matcher.matches(&name("ab")) && !s.matcher.matches(&name("ba")));
         assert_eq!(s.batch.linger, Duration::ZERO);
         assert_eq!(ExporterConfig::from_flag("out=stdout").unwrap().sink, "stdout");
+        let lagged = ExporterConfig::from_flag(r#"out=stdout:{"max_lag":"2m"}"#).unwrap();
+        assert_eq!(lagged.validate().unwrap().max_lag, Some(Duration::from_secs(120)));
+        assert!(lagged.config.is_empty(), "max_lag is the exporter's key, not the sink's");
+        assert_eq!(ExporterConfig::from_flag("out=stdout").unwrap().validate().unwrap().max_lag, None);
     }
 
     #[test]

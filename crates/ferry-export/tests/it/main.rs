@@ -9,11 +9,11 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_core::{EntryId, LedgerName, NewEntry, Payload};
+use ferry_core::{EntryId, LedgerName, NewEntry, Payload, now_ms};
 use ferry_export::sink::ChainStart;
 use ferry_export::{
     Ack, Batch, CursorTable, ExporterConfig, ExporterStatus, Exporters, Holding, Page, Prepared, Secrets, Sink,
@@ -51,6 +51,8 @@ struct TestSink {
     /// Keeps its own position, like a destination with a cursor row:
     /// `prepare` reports the last id it holds instead of cutting.
     positioned: bool,
+    /// While true every delivery fails (retryably), whatever the mode.
+    down: Arc<AtomicBool>,
 }
 
 impl TestSink {
@@ -61,6 +63,7 @@ impl TestSink {
             in_flight: Default::default(),
             max_in_flight: Default::default(),
             positioned: false,
+            down: Default::default(),
         }
     }
 
@@ -108,6 +111,9 @@ impl Sink for TestSink {
     }
 
     async fn deliver(&self, batch: &Batch) -> Result<Ack, SinkError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SinkError::retryable("the destination is down"));
+        }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let through = match self.mode {
@@ -400,5 +406,113 @@ async fn the_range_check_names_a_gap_and_a_repeat() {
     let one = exporters.check("x", Some(name("b"))).await.unwrap();
     assert_eq!(one.ledgers.len(), 1);
     assert!(exporters.check("x", Some(name("nope"))).await.is_err(), "a ledger it does not export");
+    exporters.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Polls the exporter's status until `done` holds (10 s at most).
+async fn status_until(exporters: &Exporters, done: impl Fn(&ExporterStatus) -> bool) -> ExporterStatus {
+    for _ in 0..1000 {
+        let status = exporters.status("x", Page::default()).await.unwrap();
+        if done(&status) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never reached: {:?}", exporters.status("x", Page::default()).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_unexported_age_grows_while_the_sink_is_down_and_is_zero_once_caught_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let sink = TestSink::new(Mode::Ack { delay: Duration::ZERO });
+    sink.down.store(true, Ordering::SeqCst);
+    let (before_fill, _) = (now_ms(), fill(&store, "a", 3).await);
+    let after_fill = now_ms();
+    let flag = r#"x=t:{"max_lag":"200ms","retry":{"initial":"10ms","max":"20ms"}}"#;
+    let exporters = start(&store, flag, sink.clone()).await;
+
+    let status = status_until(&exporters, |s| s.stuck_ledgers == 1).await;
+    let l = &status.ledgers[0];
+    let age = l.oldest_unexported_age_ms.expect("the failed batch's read tells the age");
+    // Entry 1 was stamped between before_fill and after_fill.
+    assert!(age <= now_ms() - before_fill && age > 200, "{l:?}");
+    assert!(l.stuck && l.lag == 3 && l.state == "backing_off", "{l:?}");
+    assert_eq!((status.max_lag_ms, status.lag, status.ledgers_total), (Some(200), 3, 1));
+    assert!(status.oldest_unexported_age_ms >= Some(age), "{status:?}");
+
+    let asked = now_ms();
+    let health = exporters.health().await;
+    assert_eq!(health.len(), 1);
+    let h = &health[0];
+    assert_eq!((h.stuck_ledgers, h.stuck.len(), h.lag), (1, 1, 3), "{h:?}");
+    assert_eq!(h.stuck[0].ledger.as_str(), "a");
+    assert!(h.stuck[0].age_ms >= asked - after_fill, "{h:?}");
+    assert!(h.stuck[0].last_error.as_deref().is_some_and(|e| e.contains("down")), "{h:?}");
+
+    sink.down.store(false, Ordering::SeqCst);
+    let status = status_until(&exporters, |s| s.lag == 0).await;
+    let l = &status.ledgers[0];
+    assert_eq!((l.oldest_unexported_age_ms, l.stuck), (Some(0), false), "{l:?}");
+    assert_eq!((status.oldest_unexported_age_ms, status.stuck_ledgers), (Some(0), 0));
+    assert!(exporters.health().await[0].stuck.is_empty());
+    exporters.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_exporter_tells_the_age_of_entries_it_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, "a", 2).await;
+    let exporters =
+        start(&store, r#"x=t:{"batch":{"linger":"0ms"}}"#, TestSink::new(Mode::Ack { delay: Duration::ZERO })).await;
+    status_until(&exporters, |s| s.lag == 0 && s.ledgers_total == 1).await;
+    exporters.pause("x").await.unwrap();
+    let before_fill = now_ms();
+    fill(&store, "a", 4).await;
+    let after_fill = now_ms();
+    // No job reads while paused: the age comes from the append's wake-up.
+    let status = status_until(&exporters, |s| s.lag == 4).await;
+    let asked_after = now_ms();
+    let l = &status.ledgers[0];
+    let age = l.oldest_unexported_age_ms.expect("the wake-up's timestamp tells the age");
+    assert!(age <= asked_after - before_fill, "{l:?} (filled {before_fill}..{after_fill})");
+    assert_eq!((l.cursor, l.head, l.stuck), (2, 6, false), "no max_lag: never stuck");
+    exporters.resume("x").await.unwrap();
+    let status = status_until(&exporters, |s| s.lag == 0).await;
+    assert_eq!(status.ledgers[0].oldest_unexported_age_ms, Some(0));
+    exporters.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exporters_ledgers_come_in_pages_with_totals_over_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..25 {
+        fill(&store, &format!("l{i:02}"), 1).await;
+    }
+    let exporters =
+        start(&store, r#"x=t:{"batch":{"linger":"0ms"}}"#, TestSink::new(Mode::Ack { delay: Duration::ZERO })).await;
+    status_until(&exporters, |s| s.ledgers_total == 25 && s.lag == 0).await;
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = exporters.status("x", Page { after: after.clone(), limit: 10 }).await.unwrap();
+        assert!(page.ledgers.len() <= 10);
+        assert_eq!(page.ledgers_total, 25, "totals count every page");
+        seen.extend(page.ledgers.iter().map(|l| l.ledger.to_string()));
+        match page.next {
+            Some(next) => {
+                assert_eq!(Some(&next), page.ledgers.last().map(|l| &l.ledger), "next is the page's last name");
+                after = Some(next);
+            }
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("l{i:02}")).collect();
+    assert_eq!(seen, expected, "every ledger once, in name order");
+    let listed = exporters.list(&Page { after: None, limit: 3 }).await;
+    assert_eq!(listed[0].ledgers.len(), 3);
+    assert_eq!(listed[0].next.as_ref().map(|n| n.as_str()), Some("l02"));
     exporters.shutdown(Duration::from_secs(5)).await;
 }

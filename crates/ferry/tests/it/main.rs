@@ -20,6 +20,7 @@ mod export_crash;
 mod export_http;
 mod exporters;
 mod full_disk;
+mod health;
 mod import;
 mod outbox;
 mod outbox_crash;
