@@ -12,6 +12,7 @@
   const ROW_CAP = 2000;
   const PAGE = 500;
   const HISTORY = 90;
+  const REQUEST_TIMEOUT_MS = 10000;
   // entries/s needs a long enough interval to mean anything.
   const RATE_MIN_INTERVAL_MS = 1000;
 
@@ -43,7 +44,11 @@
   }
 
   async function api(path) {
-    const r = await fetch(path, { headers: headers('application/json'), cache: 'no-store', credentials: 'omit' });
+    // A stalled answer must not hold every later refresh back.
+    const r = await fetch(path, {
+      headers: headers('application/json'), cache: 'no-store', credentials: 'omit',
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    });
     if (!r.ok) {
       let message = r.status + ' ' + r.statusText;
       try {
@@ -211,6 +216,13 @@
   function clearSection(s) {
     const body = s.querySelector('tbody') || s.querySelector('.list');
     body.replaceChildren();
+    showTable(s, false);
+  }
+
+  // An empty table shows only its note, not a row of headers.
+  function showTable(s, rows) {
+    const table = s.querySelector(':scope > table');
+    if (table) table.hidden = !rows;
   }
 
   // ---- ledgers ----
@@ -255,6 +267,7 @@
       if (!seen.has(name)) { state.heads.delete(name); state.rates.delete(name); }
     }
     s.querySelector('tbody').replaceChildren(...trs);
+    showTable(s, rows.length > 0);
     $('#ledgers-count').textContent = more ? fmtInt(ROW_CAP) + '+' : fmtInt(rows.length);
     if (more) note(s, 'Showing the first ' + fmtInt(ROW_CAP) + ' ledgers by name; more exist.');
     else note(s, rows.length ? '' : 'No ledgers yet.');
@@ -296,10 +309,11 @@
     svg.setAttribute('viewBox', `0 0 ${w} ${h}`);
     svg.setAttribute('role', 'img');
     const max = Math.max(1, ...history);
-    const step = (w - 2 * pad) / Math.max(1, HISTORY - 1);
-    const x0 = w - pad - step * (history.length - 1);
-    const points = history.map((v, i) =>
-      (x0 + i * step).toFixed(1) + ',' + (h - pad - (v / max) * (h - 2 * pad)).toFixed(1));
+    // One sample is drawn as a flat line; more spread over the width.
+    const samples = history.length > 1 ? history : [history[0], history[0]];
+    const step = (w - 2 * pad) / (samples.length - 1);
+    const points = samples.map((v, i) =>
+      (pad + i * step).toFixed(1) + ',' + (h - pad - (v / max) * (h - 2 * pad)).toFixed(1));
     const line = document.createElementNS(NS, 'polyline');
     line.setAttribute('points', points.join(' '));
     const title = document.createElementNS(NS, 'title');
@@ -321,7 +335,7 @@
       stat('oldest unexported', ex.lag === 0 ? '0 s' : fmtSeconds(ex.oldest_unexported_age_ms), 'lag'),
       stat('stuck ledgers', fmtInt(ex.stuck_ledgers) + ' of ' + fmtInt(ex.ledgers_total)),
       stat('max_lag', ex.max_lag_ms === null ? 'none' : fmtSeconds(ex.max_lag_ms)),
-      sparkline(hist));
+      stat('lag, last ' + hist.length + ' refreshes', sparkline(hist), 'trend'));
     const rows = ex.ledgers.map((l) => el('tr', {
       'data-exporter-ledger': l.ledger, 'data-lag': l.lag,
       'data-lag-seconds': secondsAttr(l.oldest_unexported_age_ms), 'data-stuck': l.stuck,
@@ -362,6 +376,7 @@
     td(src.name, 'name'), td(src.driver), td(src.table, 'name'), el('td', {}, stateSpan(String(src.state))),
     td(fmtInt(src.drained), 'num'), td(fmtInt(src.backlog), 'num'),
     td(fmtSeconds(src.oldest_pending_age_ms), 'num'), td(src.last_error || '', 'err'))));
+    showTable(s, list.length > 0);
     note(s, list.length ? '' : 'No outbox sources configured.');
   }
 
@@ -370,6 +385,7 @@
     s.querySelector('tbody').replaceChildren(...list.map((p) => el('tr', { 'data-pin': p.pin },
       td(p.pin, 'name'), td(p.by || ''), td(fmtInt(Object.keys(p.heads).length), 'num'),
       td(fmtSeconds(p.age_ms), 'num'), td(fmtSeconds(Math.max(0, p.expires_at - now)), 'num'))));
+    showTable(s, list.length > 0);
     note(s, list.length ? '' : 'No pins held.');
   }
 
@@ -393,7 +409,7 @@
       for (const l of ex.stuck) {
         items.push(el('li', {}, 'exporter ' + ex.name + ', ledger ' + l.ledger + ': oldest unexported entry '
           + fmtSeconds(l.age_ms) + ' old (max_lag ' + fmtSeconds(ex.max_lag_ms) + '), ' + fmtInt(l.lag)
-          + ' behind, ' + l.state + (l.last_error ? ': ' + l.last_error : '')));
+          + ' behind, ' + l.state.replace('_', ' ') + (l.last_error ? ': ' + l.last_error : '')));
       }
       if (ex.stuck_ledgers > ex.stuck.length) {
         items.push(el('li', {}, 'exporter ' + ex.name + ': ' + fmtInt(ex.stuck_ledgers - ex.stuck.length) + ' more stuck ledgers'));

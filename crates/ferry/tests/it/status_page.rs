@@ -44,8 +44,12 @@ struct Sink {
     up: AtomicBool,
 }
 
-async fn receive(State(sink): State<Arc<Sink>>, _body: Bytes) -> StatusCode {
-    if sink.up.load(Ordering::SeqCst) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+async fn receive(State(sink): State<Arc<Sink>>, _body: Bytes) -> (StatusCode, &'static str) {
+    if sink.up.load(Ordering::SeqCst) {
+        (StatusCode::OK, "")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "warehouse loader is down for maintenance")
+    }
 }
 
 async fn start_sink() -> (Arc<Sink>, SocketAddr) {
@@ -182,7 +186,10 @@ async fn wait_dom(c: &Client, what: &str, probe: &str, accept: impl Fn(&Value) -
         }
         if Instant::now() > deadline {
             let text = js(c, "return document.body.innerText").await;
-            panic!("the page did not show {what} within {DOM_WAIT:?}; last probe: {v}\npage text:\n{}", text.as_str().unwrap_or_default());
+            panic!(
+                "the page did not show {what} within {DOM_WAIT:?}; last probe: {v}\npage text:\n{}",
+                text.as_str().unwrap_or_default()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -203,8 +210,13 @@ fn exporter_probe(name: &str) -> String {
 const BANNER_PROBE: &str = r#"const b = document.getElementById('health-banner');
     return { hidden: b.hidden, status: b.dataset.status || '', text: b.innerText };"#;
 
+/// Whether the element with this id is drawn (not `display: none`).
+fn shown(id: &str) -> String {
+    format!("return getComputedStyle(document.getElementById('{id}')).display !== 'none';")
+}
+
 async fn enter_token(c: &Client, token: &str) {
-    wait_dom(c, "the token box", "return document.getElementById('token-form').hidden ? null : true", |_| true).await;
+    wait_dom(c, "the token box", &shown("token-form"), |v| v == true).await;
     c.find(Locator::Css("#token-input")).await.expect("the token box").send_keys(token).await.expect("type the token");
     c.find(Locator::Css("#token-submit")).await.expect("the token button").click().await.expect("submit the token");
 }
@@ -267,12 +279,21 @@ async fn drive_the_page(c: &Client, s: &Server, sink: &Sink) {
     )
     .await;
     assert_eq!(orders, 120, "the head of orders as shown");
+    assert_eq!(js(c, &shown("token-form")).await, false, "the token box is gone once the token works");
     assert_eq!(js(c, "return sessionStorage.getItem('ferry.token')").await, ADMIN_TOKEN);
     let url = c.current_url().await.expect("the page's URL");
     assert!(!url.as_str().contains(ADMIN_TOKEN), "the token is in the URL: {url}");
     wait_dom(c, "both exporters caught up", &exporter_probe("warehouse"), |v| v["lag"] == 0).await;
     wait_dom(c, "the archive exporter", &exporter_probe("archive"), |v| v["lag"] == 0).await;
-    assert_eq!(js(c, BANNER_PROBE).await["hidden"], true, "no banner while nothing is stuck");
+    assert_eq!(js(c, &shown("health-banner")).await, false, "no banner while nothing is stuck");
+
+    // A pin appears on the page (live, through its pin.created event or
+    // the periodic refresh).
+    let pin = s.send(s.http.post(s.url("/v1/pins")).bearer_auth(ADMIN_TOKEN).json(&json!({ "ttl_ms": 600_000 }))).await;
+    assert_eq!(pin.status, 201, "create a pin: {}", pin.text);
+    let pin = pin.json()["pin"].as_str().expect("the pin's id").to_owned();
+    let probe = format!("const r = document.querySelector('tr[data-pin=\"{pin}\"]'); return r ? r.innerText : null;");
+    wait_dom(c, "the pin", &probe, |_| true).await;
 
     // The sink goes down: appends pile up behind the warehouse exporter.
     sink.up.store(false, Ordering::SeqCst);
@@ -286,7 +307,8 @@ async fn drive_the_page(c: &Client, s: &Server, sink: &Sink) {
     })
     .await;
     assert!(lagging["seconds"].as_f64().unwrap() > 0.0, "{lagging}");
-    let banner = wait_dom(c, "the stuck banner", BANNER_PROBE, |v| v["hidden"] == false && v["status"] == "stuck").await;
+    let banner =
+        wait_dom(c, "the stuck banner", BANNER_PROBE, |v| v["hidden"] == false && v["status"] == "stuck").await;
     let text = banner["text"].as_str().unwrap_or_default();
     assert!(text.contains("warehouse") && text.contains("orders"), "the banner names the exporter and ledger: {text}");
     let stuck = wait_dom(c, "orders stuck in the warehouse table", &exporter_probe("warehouse"), |v| {
@@ -302,8 +324,14 @@ async fn drive_the_page(c: &Client, s: &Server, sink: &Sink) {
             v["seconds"].as_f64().is_some_and(|sec| sec > 8.0)
         })
         .await;
-        let height = js(c, "return document.documentElement.scrollHeight").await.as_u64().unwrap_or(1000);
-        c.set_window_size(1280, height.clamp(600, 2000) as u32 + 20).await.expect("resize the window");
+        // The window as tall as the page (the window's frame takes some of
+        // its height, so measure twice).
+        for _ in 0..2 {
+            let gap = js(c, "return document.documentElement.scrollHeight - window.innerHeight").await;
+            let (_, _, w, h) = c.get_window_rect().await.expect("the window's size");
+            let h = (h as i64 + gap.as_i64().unwrap_or(0)).clamp(600, 2400);
+            c.set_window_size(w as u32, h as u32).await.expect("resize the window");
+        }
         tokio::time::sleep(Duration::from_millis(300)).await; // a settled layout for the picture, not an assertion
         let png = c.screenshot().await.expect("take a screenshot");
         std::fs::write(&path, png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
