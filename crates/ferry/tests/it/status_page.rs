@@ -4,7 +4,8 @@
 //! (WebDriver). The page asks for the token, shows the ledgers, shows an
 //! exporter's lag rise (ids and seconds) and the stuck banner while its sink
 //! is down, and the lag fall back to 0 once the sink is up; a scoped token
-//! sees its sections and is told which ones it may not see.
+//! sees its sections and is told which ones it may not see; a restart of
+//! the server under the page is survived (the events stream reconnects).
 //!
 //! Without chromium or chromedriver the browser test fails (`.ci/run`
 //! installs both from Debian's packages); it never skips.
@@ -61,7 +62,7 @@ async fn start_sink() -> (Arc<Sink>, SocketAddr) {
     (sink, addr)
 }
 
-/// Auth on (an admin token and a read-only scoped one); `warehouse` posts
+/// Auth on (an admin token and a scoped one that may read and watch); `warehouse` posts
 /// to the test's sink and is stuck 2 s after it falls behind; `archive`
 /// writes files and keeps up.
 fn config(sink: SocketAddr, archive: &Path) -> String {
@@ -74,7 +75,7 @@ tokens = ["{ADMIN_TOKEN}"]
 name = "reader"
 secret = "{READER_TOKEN}"
 ledgers = ["*"]
-can = ["read"]
+can = ["read", "watch"]
 
 [[exporters]]
 name = "warehouse"
@@ -245,7 +246,8 @@ async fn status_page_shows_lag_rising_while_the_sink_is_down_and_falling_after()
     let archive = env.dir.path().join("archive");
     std::fs::create_dir_all(&archive).expect("archive dir");
     let (sink, sink_addr) = start_sink().await;
-    let s = env.serve_with(&config(sink_addr, &archive)).await;
+    let config = env.config("ferry.toml", &config(sink_addr, &archive));
+    let s = Server::start(&env.data_dir(), Some(&config)).await;
     for (ledger, n) in [("orders", 120), ("payments", 45), ("audit", 300), ("sessions", 8)] {
         append(&s, ledger, n).await;
     }
@@ -253,7 +255,12 @@ async fn status_page_shows_lag_rising_while_the_sink_is_down_and_falling_after()
     let profile = tempfile::tempdir().expect("a chromium profile dir");
     let c = driver.browser(profile.path()).await;
     // Close the session (and its chromium) whatever the test's outcome.
-    let outcome = AssertUnwindSafe(drive_the_page(&c, &s, &sink)).catch_unwind().await;
+    let outcome = AssertUnwindSafe(async {
+        drive_the_page(&c, &s, &sink).await;
+        a_restart_drops_the_stream_and_the_page_recovers(&c, s, &env.data_dir(), &config).await;
+    })
+    .catch_unwind()
+    .await;
     let _ = c.close().await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -347,8 +354,8 @@ async fn drive_the_page(c: &Client, s: &Server, sink: &Sink) {
     .await;
     wait_dom(c, "the banner gone", BANNER_PROBE, |v| v["hidden"] == true).await;
 
-    // A read-only token sees the ledgers and is told what it may not see;
-    // the rest of the page still works.
+    // A scoped token sees the ledgers and is told what it may not see; the
+    // rest of the page still works.
     c.find(Locator::Css("#forget-token")).await.expect("the forget button").click().await.expect("forget the token");
     enter_token(c, READER_TOKEN).await;
     let denied = wait_dom(
@@ -363,6 +370,35 @@ async fn drive_the_page(c: &Client, s: &Server, sink: &Sink) {
     assert_eq!(denied, "This token may not see exporters.");
     assert_eq!(js(c, "return document.getElementById('pins').dataset.denied").await, "true");
     assert_eq!(js(c, "return sessionStorage.getItem('ferry.token')").await, READER_TOKEN);
+    wait_dom(c, "the reader's live stream", LIVE_PROBE, |v| v == "on").await;
+}
+
+const LIVE_PROBE: &str = "return document.getElementById('live').dataset.live;";
+
+/// The server goes away under the page and comes back on the same port:
+/// the page says so, keeps what it showed, and reconnects its events
+/// stream by itself.
+async fn a_restart_drops_the_stream_and_the_page_recovers(c: &Client, s: Server, data_dir: &Path, config: &Path) {
+    let port = s.addr.port();
+    s.kill();
+    wait_dom(c, "the stream reconnecting", LIVE_PROBE, |v| v == "reconnecting").await;
+    wait_dom(c, "the server unreachable", "return document.getElementById('updated').innerText", |v| {
+        v.as_str().is_some_and(|t| t.contains("unreachable"))
+    })
+    .await;
+    assert_eq!(js(c, r#"return !!document.querySelector('tr[data-ledger="orders"]')"#).await, true);
+    let s = Server::start_on(data_dir, Some(config), port).await;
+    wait_dom(c, "the stream back", LIVE_PROBE, |v| v == "on").await;
+    // A ledger created now shows (its event, or the periodic refresh).
+    let r = s.send(s.http.put(s.url("/v1/ledgers/refunds")).bearer_auth(ADMIN_TOKEN)).await;
+    assert!(r.status == 201 || r.status == 200, "create refunds: {} {}", r.status, r.text);
+    wait_dom(
+        c,
+        "the new ledger",
+        r#"return document.querySelector('tr[data-ledger="refunds"]') ? true : null"#,
+        |_| true,
+    )
+    .await;
 }
 
 /// A few entries every 100 ms to two ledgers while `on`, so the page shows
