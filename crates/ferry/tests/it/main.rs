@@ -33,6 +33,7 @@ mod secrets;
 mod sink_clickhouse;
 mod sink_nats;
 mod sink_postgres;
+mod status_page;
 mod support;
 mod tls;
 mod tools;
