@@ -190,13 +190,24 @@ format = "json"
 }
 
 #[tokio::test]
-async fn without_metrics_ledgers_no_series_names_a_ledger() {
+async fn chunks_are_counted_by_state_and_without_metrics_ledgers_no_series_names_a_ledger() {
     let env = Env::new();
-    let server = env.serve().await;
+    let server = env.serve_with("[storage]\nchunk_entries = 4\n").await;
+    // 10 entries in chunks of 4: two full chunks freeze, the third stays hot.
     for ledger in ["audit.eu", "orders"] {
-        assert_eq!(server.append(ledger, r#"{"payload":1}"#).await.status, 201);
+        let n = if ledger == "orders" { 10 } else { 1 };
+        for i in 0..n {
+            assert_eq!(server.append(ledger, format!(r#"{{"payload":{i}}}"#)).await.status, 201);
+        }
     }
-    let m = scrape(&server).await;
+    let mut m = scrape(&server).await;
+    eventually("the two full chunks freeze", async || {
+        m = scrape(&server).await;
+        value(&m, names::CHUNKS, &[("state", "frozen")]) == Some(2.0)
+    })
+    .await;
+    assert_eq!(value(&m, names::CHUNKS, &[("state", "hot")]), Some(2.0), "orders' third chunk, audit.eu's first");
+    assert_eq!(value(&m, names::CHUNKS_FROZEN_TOTAL, &[]), Some(2.0));
     for (name, family) in &m.families {
         for s in family.iter_samples() {
             let labels = s.get_labelset().expect("labels");
@@ -221,4 +232,22 @@ fn the_parser_refuses_malformed_text() {
     ] {
         assert!(parse_prometheus(bad).is_err(), "accepted: {bad:?}");
     }
+}
+
+#[tokio::test]
+async fn per_ledger_series_stop_at_the_cap_in_name_order_and_say_so_once() {
+    let env = Env::new();
+    let server = env.serve_with("[server]\nmetrics_ledgers = [\"t.*\"]\n").await;
+    let cap = ferry_core::limits::METRICS_LEDGERS_MAX;
+    let names: Vec<String> = (0..cap + 2).map(|i| format!("t.{i:05}")).collect();
+    let paths: Vec<String> = names.iter().map(|n| format!("/v1/ledgers/{n}")).collect();
+    let created =
+        futures_util::stream::iter(paths.iter().map(|p| server.put(p))).buffer_unordered(32).collect::<Vec<_>>().await;
+    assert!(created.iter().all(|r| r.status == 201), "every ledger created");
+    for _ in 0..2 {
+        let m = scrape(&server).await;
+        assert_eq!(label_values(&m, names::LEDGER_HEAD, "ledger"), names[..cap], "the first {cap} by name");
+    }
+    let warned = server.stderr().matches("matches more ledgers than /metrics shows").count();
+    assert_eq!(warned, 1, "logged once:\n{}", server.stderr());
 }
