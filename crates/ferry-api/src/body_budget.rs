@@ -81,7 +81,7 @@ pub(crate) async fn reserve(State(state): State<AppState>, req: Request, next: N
             answer
         }
         _ => {
-            metrics::counter!("ferry_http_busy_total").increment(1);
+            metrics::counter!(ferry_core::metric_names::HTTP_BUSY_TOTAL).increment(1);
             let mut answer = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",

@@ -59,6 +59,9 @@ pub struct ApiConfig {
     pub sources: Option<ferry_outbox::Sources>,
     /// Live snapshot pins at most (`[server] max_pins`).
     pub max_pins: usize,
+    /// `[server] metrics_ledgers`: the ledgers with their own series on
+    /// `/metrics` (at most `METRICS_LEDGERS_MAX`); none by default.
+    pub metrics_ledgers: Vec<glob::Pattern>,
 }
 
 impl Default for ApiConfig {
@@ -75,6 +78,7 @@ impl Default for ApiConfig {
             exporters: None,
             sources: None,
             max_pins: ferry_core::limits::PINS_MAX_DEFAULT,
+            metrics_ledgers: Vec::new(),
         }
     }
 }

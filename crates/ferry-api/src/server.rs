@@ -278,7 +278,7 @@ impl AcceptErrors {
 
     /// Notes a failure; returns how long to pause before the next accept.
     fn record(&mut self, e: &std::io::Error) -> Option<Duration> {
-        metrics::counter!("ferry_accept_errors_total").increment(1);
+        metrics::counter!(ferry_core::metric_names::ACCEPT_ERRORS_TOTAL).increment(1);
         // A peer that reset before we accepted it is its business, not ours.
         if matches!(
             e.kind(),

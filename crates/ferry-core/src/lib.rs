@@ -7,6 +7,7 @@ mod entry;
 pub mod events;
 mod ledger_name;
 pub mod limits;
+pub mod metric_names;
 mod payload;
 pub mod redact;
 pub mod units;

@@ -173,3 +173,8 @@ pub const HEALTH_STUCK_SHOWN: usize = 100;
 /// age of the oldest unexported entry without a read (`ferry-export`'s
 /// `age.rs`): past this they are thinned, and the age errs old, never young.
 pub const EXPORT_AGE_MARKS_MAX: usize = 32;
+/// Ledgers with their own series on `/metrics` (`[server] metrics_ledgers`)
+/// at most: each adds a handful of series per exporter, and a scrape
+/// must stay small whatever the globs match. Past it the rest are left
+/// out, and the server logs it once.
+pub const METRICS_LEDGERS_MAX: usize = 1_000;

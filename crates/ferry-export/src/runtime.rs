@@ -16,6 +16,7 @@ use std::time::Duration;
 use ferry_core::bus::{Received, Subscription};
 use ferry_core::events::{Appended, SystemEvent};
 use ferry_core::limits::{EXPORT_CONTROL_QUEUE_DEPTH, EXPORT_WAKEUPS_BUFFER};
+use ferry_core::metric_names as names;
 use ferry_core::{EntryId, LedgerName, now_ms};
 use ferry_store::{CursorUpdate, LedgerHead, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
@@ -56,6 +57,7 @@ pub enum ExportError {
 enum Control {
     Status(Page, oneshot::Sender<ExporterStatus>),
     Health(oneshot::Sender<ExporterHealth>),
+    Ledgers(Vec<LedgerName>, oneshot::Sender<Vec<LedgerStatus>>),
     Pause(oneshot::Sender<ExporterStatus>),
     Resume(oneshot::Sender<ExporterStatus>),
     Reset {
@@ -185,6 +187,16 @@ impl Exporters {
             }
         }
         out
+    }
+
+    /// The status of each of `ledgers` that an exporter tracks (the others
+    /// are left out), from memory: the per-ledger series of `/metrics`,
+    /// for a few named ledgers without a walk over all of them.
+    pub async fn ledgers(&self, name: &LedgerName, ledgers: Vec<LedgerName>) -> Vec<LedgerStatus> {
+        match self.inner.handles.get(name) {
+            Some(tx) => ask(name.clone(), tx, |reply| Control::Ledgers(ledgers, reply)).await.unwrap_or_default(),
+            None => Vec::new(),
+        }
     }
 
     /// Stops starting new batches; those in flight finish.
@@ -662,8 +674,8 @@ impl<S: Sink> Supervisor<S> {
             let cancel = CancellationToken::new();
             t.cancel = Some(cancel.clone());
             if t.machine.attempts() > 0 {
-                metrics::counter!("ferry_exporter_retries_total", "exporter" => self.settings.name.to_string())
-                    .increment(1);
+                let exporter = self.settings.name.to_string();
+                metrics::counter!(names::EXPORTER_RETRIES_TOTAL, names::LABEL_EXPORTER => exporter).increment(1);
             }
             let prefetched = t.prefetched.take();
             self.prefetched -= prefetched.is_some() as usize;
@@ -733,15 +745,16 @@ impl<S: Sink> Supervisor<S> {
         let exporter = self.settings.name.to_string();
         match &outcome {
             Outcome::Delivered { .. } => {
-                metrics::counter!("ferry_exporter_batches_total", "exporter" => exporter.clone()).increment(1);
-                metrics::counter!("ferry_exporter_entries_total", "exporter" => exporter.clone())
+                metrics::counter!(names::EXPORTER_BATCHES_TOTAL, names::LABEL_EXPORTER => exporter.clone())
+                    .increment(1);
+                metrics::counter!(names::EXPORTER_ENTRIES_TOTAL, names::LABEL_EXPORTER => exporter.clone())
                     .increment(done.entries);
             }
             Outcome::Failed { .. } | Outcome::Unreadable { .. } => {
-                metrics::counter!("ferry_exporter_errors_total", "exporter" => exporter.clone()).increment(1);
+                metrics::counter!(names::EXPORTER_ERRORS_TOTAL, names::LABEL_EXPORTER => exporter.clone()).increment(1);
             }
             Outcome::DeadLettered { .. } => {
-                metrics::counter!("ferry_exporter_dead_lettered_total", "exporter" => exporter.clone())
+                metrics::counter!(names::EXPORTER_DEAD_LETTERED_TOTAL, names::LABEL_EXPORTER => exporter.clone())
                     .increment(done.entries);
             }
             Outcome::Cancelled { .. } | Outcome::Gone | Outcome::Skipped { .. } | Outcome::Resumed { .. } => {}
@@ -796,7 +809,8 @@ impl<S: Sink> Supervisor<S> {
 
     fn adjust_lag(&mut self, before: u64, after: u64) {
         self.total_lag = self.total_lag - before + after;
-        metrics::gauge!("ferry_exporter_lag", "exporter" => self.settings.name.to_string()).set(self.total_lag as f64);
+        metrics::gauge!(names::EXPORTER_LAG_ENTRIES, names::LABEL_EXPORTER => self.settings.name.to_string())
+            .set(self.total_lag as f64);
     }
 
     async fn control(&mut self, command: Control) {
@@ -806,6 +820,11 @@ impl<S: Sink> Supervisor<S> {
             }
             Control::Health(reply) => {
                 let _ = reply.send(self.health());
+            }
+            Control::Ledgers(names, reply) => {
+                let now = now_ms();
+                let tracked = names.iter().filter_map(|n| self.ledgers.get_key_value(n));
+                let _ = reply.send(tracked.map(|(n, t)| self.ledger_status(n, t, now)).collect());
             }
             Control::Pause(reply) => {
                 self.state = ExporterState::Paused;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::events::SystemEvent;
 use ferry_core::limits::{APPEND_BYTES_MAX, BATCH_ENTRIES_MAX, ENTRY_KEY_BYTES_MAX};
+use ferry_core::metric_names as names;
 use ferry_core::redact::redact_userinfo;
 use ferry_core::{LedgerName, NewEntry, Payload};
 use ferry_store::{Store, StoreError};
@@ -297,7 +298,8 @@ impl Drainer {
         if self.last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_EVERY) {
             let (count, age) = conn.backlog(&self.st).await?;
             self.last_backlog = Some(Instant::now());
-            metrics::gauge!("ferry_outbox_backlog", "source" => self.s.name.to_string()).set(count as f64);
+            metrics::gauge!(names::OUTBOX_BACKLOG_ROWS, names::LABEL_SOURCE => self.s.name.to_string())
+                .set(count as f64);
             let stuck = match (self.s.max_lag, age) {
                 (Some(max), Some(age)) => Duration::from_millis(age) > max,
                 _ => false,
@@ -444,10 +446,10 @@ impl Drainer {
         self.backoff = BACKOFF_INITIAL;
         let name = self.s.name.to_string();
         if outcome.drained > 0 {
-            metrics::counter!("ferry_outbox_rows_total", "source" => name.clone()).increment(outcome.drained);
+            metrics::counter!(names::OUTBOX_ROWS_TOTAL, names::LABEL_SOURCE => name.clone()).increment(outcome.drained);
         }
         if outcome.dead_lettered > 0 {
-            metrics::counter!("ferry_outbox_dead_lettered_total", "source" => name.clone())
+            metrics::counter!(names::OUTBOX_DEAD_LETTERED_TOTAL, names::LABEL_SOURCE => name.clone())
                 .increment(outcome.dead_lettered);
         }
         self.update(|st| {
@@ -472,7 +474,7 @@ impl Drainer {
     fn trouble(&mut self, state: SourceState, error: String) {
         let error = redact_userinfo(&error);
         let name = self.s.name.to_string();
-        metrics::counter!("ferry_outbox_errors_total", "source" => name.clone()).increment(1);
+        metrics::counter!(names::OUTBOX_ERRORS_TOTAL, names::LABEL_SOURCE => name.clone()).increment(1);
         tracing::warn!(source = %name, error, state = ?state, "outbox source failing");
         self.update(|st| {
             st.state = state;

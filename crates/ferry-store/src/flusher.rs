@@ -189,10 +189,10 @@ impl Flusher {
                 // write leaves no trace, so a retry appends anew.
                 self.remember(fresh_keys, now);
                 let records: usize = planned.iter().map(|p| p.written.records.len()).sum();
-                metrics::histogram!("ferry_fsync_seconds").record(started.elapsed().as_secs_f64());
-                metrics::histogram!("ferry_group_commit_entries").record(records as f64);
-                metrics::counter!("ferry_appended_entries_total").increment(records as u64);
-                metrics::counter!("ferry_appended_bytes_total").increment(buf.len() as u64);
+                metrics::histogram!(ferry_core::metric_names::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::histogram!(ferry_core::metric_names::GROUP_COMMIT_ENTRIES).record(records as f64);
+                metrics::counter!(ferry_core::metric_names::APPENDED_ENTRIES_TOTAL).increment(records as u64);
+                metrics::counter!(ferry_core::metric_names::APPENDED_BYTES_TOTAL).increment(buf.len() as u64);
                 self.publish(planned, segment_base)
             }
             Err(e) => {
@@ -257,8 +257,8 @@ impl Flusher {
             tracing::warn!(ledger = %ledger.name, error = %e, "an import's commit failed; it is refused");
         })?;
         self.remember(fresh, now);
-        metrics::histogram!("ferry_fsync_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("ferry_imported_entries_total").increment(entries.len() as u64);
+        metrics::histogram!(ferry_core::metric_names::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(ferry_core::metric_names::IMPORTED_ENTRIES_TOTAL).increment(entries.len() as u64);
         let head = stamps.last().map_or(view.head, |s| s.id);
         self.make_visible([&written], at);
         Ok(answer(entries.len(), head))

@@ -238,7 +238,7 @@ impl Freezer {
         s.segments.account(left, false);
         s.events.publish(&event.key, &event);
         tracing::debug!(ledger = %state.name, chunk, "chunk frozen");
-        metrics::counter!("ferry_chunks_frozen_total").increment(1);
+        metrics::counter!(ferry_core::metric_names::CHUNKS_FROZEN_TOTAL).increment(1);
         s.release_dead_segments()
     }
 
@@ -364,7 +364,7 @@ impl Freezer {
         tracing::info!(ledger = %state.name, chunk, first = meta.first, by = reason, "chunk pruned by retention");
         let event = SystemEvent::chunk("chunk.pruned", &state.name, chunk, info.first_id, info.last_id());
         s.events.publish(&event.key, &event);
-        metrics::counter!("ferry_chunks_pruned_total").increment(1);
+        metrics::counter!(ferry_core::metric_names::CHUNKS_PRUNED_TOTAL).increment(1);
         Ok(true)
     }
 
@@ -512,7 +512,7 @@ impl Freezer {
             if ledgers.get(name).is_some_and(|l| Arc::ptr_eq(l, state)) {
                 ledgers.remove(name);
             }
-            metrics::gauge!("ferry_ledgers").set(ledgers.len() as f64);
+            metrics::gauge!(ferry_core::metric_names::LEDGERS).set(ledgers.len() as f64);
             std::mem::take(&mut state.index.write().expect("index lock").positions)
         };
         s.segments.account(hot, false);

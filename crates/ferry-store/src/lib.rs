@@ -42,5 +42,5 @@ pub use import::ImportEntry;
 pub use messages::{AppendOutcome, ImportOutcome};
 pub use pins::{Pin, PinnedEntry, PinnedLedger, PinnedRead};
 pub use roots::{LockedRoots, Roots, lock_roots};
-pub use store::{ChainHead, CursorUpdate, ExportCursor, LedgerHead, LedgerInfo, ReadBatch, Store};
+pub use store::{ChainHead, ChunkCounts, CursorUpdate, ExportCursor, LedgerHead, LedgerInfo, ReadBatch, Store};
 pub use watch_sessions::{WatchCut, WatchFrom, WatchPosition, WatchPositionRecord, WatchSessionRecord, WatchWrite};

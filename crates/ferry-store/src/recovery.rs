@@ -158,7 +158,7 @@ fn report_lost_keys(shared: &Shared, ledger: &LedgerName, chunk: u64, info: &Pac
         %ledger, chunk, keys = info.idempotency_keys, %error,
         "the idempotency keys of a damaged pack are lost: retries of them append again (ferry verify lists the damage)"
     );
-    metrics::counter!("ferry_idempotency_keys_lost_total").increment(info.idempotency_keys);
+    metrics::counter!(ferry_core::metric_names::IDEMPOTENCY_KEYS_LOST_TOTAL).increment(info.idempotency_keys);
     let mut event = SystemEvent::chunk("chunk.keys_lost", ledger, chunk, info.first_id, info.last_id());
     event.data["idempotency_keys"] = info.idempotency_keys.into();
     event.data["error"] = error.to_string().into();

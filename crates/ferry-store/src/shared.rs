@@ -108,7 +108,7 @@ impl Shared {
         let adding = entries.map(|e| wal_bytes(ledger, e, chained)).sum();
         match self.max_ledger_bytes {
             Some(max) if held + adding > max => {
-                metrics::counter!("ferry_quota_refused_appends_total").increment(1);
+                metrics::counter!(ferry_core::metric_names::QUOTA_REFUSED_APPENDS_TOTAL).increment(1);
                 Err(StoreError::QuotaExceeded { ledger: ledger.clone(), bytes: held, adding, max })
             }
             _ => Ok(adding),

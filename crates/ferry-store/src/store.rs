@@ -84,6 +84,16 @@ pub struct LedgerHead {
     pub last_ts: u64,
 }
 
+/// Retained chunks by tier over every ledger, from memory (`/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkCounts {
+    /// Chunks whose entries are in the WAL, each ledger's partial last
+    /// chunk included.
+    pub hot: u64,
+    /// Chunks frozen into packs and not pruned.
+    pub frozen: u64,
+}
+
 /// An exporter's cursor as the catalog holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportCursor {
@@ -183,7 +193,7 @@ impl Store {
         let threads = start_threads(recovered)?;
         let count = shared.ledgers.read().expect("ledgers lock").len();
         tracing::info!(ledgers = count, chunk_entries = shared.chunk_entries, "store open");
-        metrics::gauge!("ferry_ledgers").set(count as f64);
+        metrics::gauge!(ferry_core::metric_names::LEDGERS).set(count as f64);
         Ok(Store {
             inner: Arc::new(Inner {
                 last_incarnation: Mutex::new(threads.last_incarnation),
@@ -290,7 +300,7 @@ impl Store {
         let request = AppendRequest { ledger: state, entries, encoded_bytes, expected_head, reply };
         self.inner.tx.send(FlusherMsg::Append(request)).await.map_err(|_| StoreError::ShuttingDown)?;
         let outcome = answer.await.map_err(|_| StoreError::ShuttingDown)?;
-        metrics::histogram!("ferry_append_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(ferry_core::metric_names::APPEND_SECONDS).record(started.elapsed().as_secs_f64());
         outcome
     }
 
@@ -393,7 +403,7 @@ impl Store {
             ledgers.insert(name.clone(), state);
             ledgers.len()
         };
-        metrics::gauge!("ferry_ledgers").set(count as f64);
+        metrics::gauge!(ferry_core::metric_names::LEDGERS).set(count as f64);
         shared.events.publish(&format!("ledger.created/{name}"), &SystemEvent::ledger_created(name));
         tracing::info!(ledger = %name, "ledger created");
         Ok(true)
@@ -441,6 +451,19 @@ impl Store {
         ledgers.values().map(|s| head_of(s)).collect()
     }
 
+    /// Retained chunks by tier, from memory: one short read lock per
+    /// ledger, no storage read, so a scrape may ask.
+    pub fn chunk_counts(&self) -> ChunkCounts {
+        let ledgers = self.inner.shared.ledgers.read().expect("ledgers lock");
+        let mut counts = ChunkCounts::default();
+        for state in ledgers.values() {
+            let index = state.index.read().expect("index lock");
+            counts.hot += (index.positions.len() as u64).div_ceil(index.chunk_entries);
+            counts.frozen += index.frozen.len() as u64;
+        }
+        counts
+    }
+
     pub fn list_ledgers(&self) -> Vec<LedgerInfo> {
         let ledgers = self.inner.shared.ledgers.read().expect("ledgers lock");
         ledgers.values().map(|s| info(s)).collect()
@@ -476,7 +499,7 @@ impl Store {
     pub fn read_blocking(&self, ledger: &LedgerName, from: Option<EntryId>, limit: usize) -> Result<ReadBatch> {
         let shared = &self.inner.shared;
         shared.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metrics::counter!("ferry_store_reads_total").increment(1);
+        metrics::counter!(ferry_core::metric_names::STORE_READS_TOTAL).increment(1);
         let state = shared.ledger(ledger).ok_or_else(|| StoreError::LedgerNotFound(ledger.clone()))?;
         let from = from.unwrap_or_else(|| state.index.read().expect("index lock").first);
         let records = shared.read_records(&state, from, limit)?;

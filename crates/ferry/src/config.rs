@@ -65,6 +65,12 @@ pub struct Server {
     pub max_buffered_body_bytes: Size,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// Globs of the ledgers with their own series on `/metrics`; none by
+    /// default (per-ledger series are opt-in: each ledger adds series).
+    pub metrics_ledgers: Vec<toml::Spanned<String>>,
+    /// The line of each `metrics_ledgers` glob (for error messages).
+    #[serde(skip)]
+    pub metrics_ledger_lines: Vec<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,6 +255,8 @@ impl Default for Server {
             max_buffered_body_bytes: Size(BUFFERED_BODY_BYTES_MAX_DEFAULT),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            metrics_ledgers: Vec::new(),
+            metrics_ledger_lines: Vec::new(),
         }
     }
 }
@@ -368,6 +376,8 @@ impl Config {
         })?;
         config.exporter_lines = config.exporters.iter().map(|e| line(e.span().start)).collect();
         config.source_lines = config.sources.iter().map(|s| line(s.span().start)).collect();
+        config.server.metrics_ledger_lines =
+            config.server.metrics_ledgers.iter().map(|g| line(g.span().start)).collect();
         config.retention.ledger_lines =
             config.retention.ledgers.keys().map(|k| (k.get_ref().clone(), line(k.span().start))).collect();
         Ok(config)
@@ -437,6 +447,7 @@ impl Config {
         let retention = self.retention.policy()?;
         let tokens = Arc::new(Tokens::new(self.server.access_tokens()?));
         let (connections, tls) = self.server.connections(body_max)?;
+        let metrics_ledgers = self.server.metrics_ledgers()?;
         let dir = |p: PathBuf| (!p.as_os_str().is_empty()).then_some(p);
         let store = StoreConfig {
             data_dir: self.data_dir,
@@ -465,6 +476,7 @@ impl Config {
             exporters: None,
             sources: None,
             max_pins: self.server.max_pins,
+            metrics_ledgers,
         };
         Ok(ServeSettings {
             listen,
@@ -527,6 +539,21 @@ impl Retention {
 }
 
 impl Server {
+    /// `metrics_ledgers` as globs; a bad one is named with its line.
+    fn metrics_ledgers(&self) -> anyhow::Result<Vec<glob::Pattern>> {
+        let line = |i: usize| self.metrics_ledger_lines.get(i).copied().unwrap_or(0);
+        let globs = self.metrics_ledgers.iter().enumerate().map(|(i, g)| {
+            glob::Pattern::new(g.get_ref()).map_err(|e| {
+                anyhow::anyhow!(
+                    "server.metrics_ledgers (line {}): {:?} is not a valid glob: {e} (e.g. \"audit*\")",
+                    line(i),
+                    g.get_ref()
+                )
+            })
+        });
+        globs.collect()
+    }
+
     /// The connection limits and the TLS files, checked against each other
     /// and `max_body_bytes`.
     fn connections(&self, body_max: u64) -> anyhow::Result<(Connections, Option<(PathBuf, PathBuf)>)> {
@@ -796,6 +823,29 @@ format = "json"
         assert_eq!(s.store.chunk_entries, Some(1024));
         assert_eq!(s.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(s.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn metrics_ledgers_are_globs_none_by_default_and_a_bad_one_names_its_line() {
+        assert!(Config::parse("").unwrap().validate().unwrap().api.metrics_ledgers.is_empty());
+        let text = "[server]\nmetrics_ledgers = [\"audit*\", \"payments.eu\"]\n";
+        let globs = Config::parse(text).unwrap().validate().unwrap().api.metrics_ledgers;
+        assert_eq!(globs.iter().map(glob::Pattern::as_str).collect::<Vec<_>>(), ["audit*", "payments.eu"]);
+        assert!(globs[0].matches("audit-2026") && !globs[0].matches("orders"));
+        let bad = "data_dir = \"x\"\n[server]\nmetrics_ledgers = [\n  \"a*\",\n  \"[oops\",\n]\n";
+        let msg = format!("{:#}", Config::parse(bad).unwrap().validate().err().expect("refused"));
+        assert!(msg.contains("server.metrics_ledgers") && msg.contains("line 5"), "{msg}");
+        assert!(msg.contains("\"[oops\"") && msg.contains("not a valid glob"), "{msg}");
+        for (text, needles) in [
+            ("[server]\nmetrics_ledgers = \"audit*\"", &["metrics_ledgers", "line 2"][..]),
+            ("[server]\nmetrics_ledgers = [1]", &["metrics_ledgers", "line 2"]),
+            ("[server]\nmetrics_ledger = [\"a\"]", &["metrics_ledger", "line 2", "unknown field"]),
+        ] {
+            let msg = format!("{:#}", Config::parse(text).unwrap_err());
+            for needle in needles {
+                assert!(msg.contains(needle), "{text:?}: {needle:?} not in {msg}");
+            }
+        }
     }
 
     #[test]

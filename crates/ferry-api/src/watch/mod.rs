@@ -65,7 +65,7 @@ impl Watchers {
             }
             match self.0.compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => {
-                    metrics::gauge!("ferry_watchers").set((n + 1) as f64);
+                    metrics::gauge!(ferry_core::metric_names::WATCHERS).set((n + 1) as f64);
                     return Some(WatcherGuard(self.0.clone()));
                 }
                 Err(now) => n = now,
@@ -77,7 +77,7 @@ impl Watchers {
 impl Drop for WatcherGuard {
     fn drop(&mut self) {
         let n = self.0.fetch_sub(1, Ordering::SeqCst) - 1;
-        metrics::gauge!("ferry_watchers").set(n as f64);
+        metrics::gauge!(ferry_core::metric_names::WATCHERS).set(n as f64);
     }
 }
 
@@ -217,7 +217,7 @@ pub(crate) async fn events(
             let event = match received {
                 Received::Message(e) => system_event(&e),
                 Received::Lagged => {
-                    metrics::counter!("ferry_watchers_lagged_total").increment(1);
+                    metrics::counter!(ferry_core::metric_names::WATCHERS_LAGGED_TOTAL).increment(1);
                     let lagged = Event::default().event("lagged").data("{}");
                     return Some((Ok::<_, Infallible>(lagged), (sub, guard, closing, caller, true)));
                 }

@@ -147,7 +147,7 @@ impl Sessions {
         if !slots.is_empty() {
             tracing::info!(sessions = slots.len(), "watch sessions loaded");
         }
-        metrics::gauge!("ferry_watch_sessions").set(slots.len() as f64);
+        metrics::gauge!(ferry_core::metric_names::WATCH_SESSIONS).set(slots.len() as f64);
         let inner = Arc::new(Inner {
             store,
             slots: Mutex::new(slots),
@@ -208,7 +208,7 @@ impl Sessions {
             tracing::info!(session = format!("{old:016x}"), "evicted the watch session idle longest");
         }
         slots.insert(id, slot.clone());
-        metrics::gauge!("ferry_watch_sessions").set(slots.len() as f64);
+        metrics::gauge!(ferry_core::metric_names::WATCH_SESSIONS).set(slots.len() as f64);
         Ok((slot, owner))
     }
 
@@ -359,7 +359,7 @@ async fn flush(inner: &Inner, all: bool) {
         for id in &forgotten {
             slots.remove(id);
         }
-        metrics::gauge!("ferry_watch_sessions").set(slots.len() as f64);
+        metrics::gauge!(ferry_core::metric_names::WATCH_SESSIONS).set(slots.len() as f64);
         unload_idle(&slots, now);
     }
 }

@@ -179,7 +179,7 @@ impl Stream {
     /// resumes from storage.
     fn lagged(&mut self) -> Option<Event> {
         self.done = true;
-        metrics::counter!("ferry_watchers_lagged_total").increment(1);
+        metrics::counter!(ferry_core::metric_names::WATCHERS_LAGGED_TOTAL).increment(1);
         let token = self.with_session(|s| s.token())?.to_string();
         let data = serde_json::json!({ "token": token, "prefix": self.prefix }).to_string();
         Some(Event::default().event("lagged").id(token).data(data))

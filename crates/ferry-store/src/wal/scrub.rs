@@ -166,7 +166,7 @@ fn carry_out(
     )));
     // Only now: every segment it names is synced.
     catalog.commit(&[CatalogOp::Delete(CatalogKey::Scrub(ledger.clone()))])?;
-    metrics::counter!("ferry_scrubbed_bytes_total").increment(bytes);
+    metrics::counter!(ferry_core::metric_names::SCRUBBED_BYTES_TOTAL).increment(bytes);
     Ok(bytes)
 }
 

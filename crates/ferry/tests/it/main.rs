@@ -22,6 +22,7 @@ mod exporters;
 mod full_disk;
 mod health;
 mod import;
+mod metrics;
 mod outbox;
 mod outbox_crash;
 mod packs;
