@@ -64,10 +64,12 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// List ledgers: on a terminal an aligned table (NAME, FIRST, HEAD,
-    /// ENTRIES, BYTES in binary units, CREATED in UTC), else JSON lines
-    /// (one ledger object per line, as the API gives it). Pages through
-    /// the server's list, printing each page as it comes.
+    /// List ledgers: a table on a terminal, JSON lines otherwise.
+    ///
+    /// The table's columns: NAME, FIRST, HEAD, ENTRIES, BYTES (binary
+    /// units), CREATED (UTC). JSON lines: one ledger object per line, as
+    /// the API gives it. Pages through the server's list, printing each
+    /// page as it comes.
     Ledgers {
         /// JSON lines even on a terminal.
         #[arg(long)]
@@ -100,11 +102,14 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Whether data moves (`GET /v1/health`, an admin token): prints "ok",
-    /// or each stuck exporter with its ledgers' ages and lag and each stuck
-    /// source, or "not ready: REASON". Exits 0 when ok, 1 when anything is
-    /// stuck, the server is not ready or cannot be reached: for cron and
-    /// probes.
+    /// Whether data moves: exits 0 when ok, 1 when stuck, not ready or
+    /// unreachable.
+    ///
+    /// Asks `GET /v1/health` (an admin token) and prints "ok", or each
+    /// stuck exporter with its stuck ledgers' ages, lag and last error and
+    /// each stuck source, or "not ready: REASON". Exits 0 when ok, 1 when
+    /// anything is stuck, the server is not ready or cannot be reached:
+    /// for cron and probes.
     Health {
         /// Print the server's answer as one JSON line instead (same exit
         /// codes).
@@ -153,8 +158,11 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ExportersCommand {
-    /// Every exporter (or one): a header with its sink, state, total lag,
-    /// oldest unexported age, stuck ledgers and max_lag, then per ledger
+    /// Every exporter (or one) with its ledgers: a table on a terminal,
+    /// JSON lines otherwise.
+    ///
+    /// Each exporter: a header with its sink, state, total lag, oldest
+    /// unexported age, stuck ledgers and max_lag, then per ledger
     /// LEDGER, CURSOR, HEAD, LAG, AGE (of its oldest unexported entry),
     /// STATE, ATTEMPTS and LAST ERROR. An aligned table on a terminal, else
     /// JSON lines: one exporter status object per line, with all its

@@ -493,7 +493,7 @@ mod tests {
 
     #[test]
     fn colour_marks_the_state_only_when_asked_for() {
-        let rows = vec![exporter_ledger_row(&exporter_ledger("audit", 0, Some(0), false, None))];
+        let rows = [exporter_ledger_row(&exporter_ledger("audit", 0, Some(0), false, None))];
         let table = Table::new(EXPORTER_LEDGER_COLUMNS);
         let coloured = table.line(&rows[0], &Style { colour: true, size: None });
         assert!(coloured.contains("\u{1b}[32mrunning"), "{coloured:?}");

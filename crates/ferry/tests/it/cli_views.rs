@@ -127,9 +127,9 @@ async fn output_until(path: &Path, child: &mut Running, what: &str, done: impl F
 }
 
 #[tokio::test]
-async fn ledgers_through_a_pipe_are_json_lines_over_every_page() {
+async fn listings_through_a_pipe_are_json_lines_over_every_page() {
     let env = Env::new();
-    let s = env.serve().await;
+    let s = env.serve_with("[[exporters]]\nname = \"o\"\nsink = \"stdout\"\n").await;
     // 2,500 ledgers: three pages of the server's default 1,000.
     let names: Vec<String> = (0..2_500).map(|i| format!("l{i:05}")).collect();
     futures_util::stream::iter(&names)
@@ -162,6 +162,30 @@ async fn ledgers_through_a_pipe_are_json_lines_over_every_page() {
     let on_tty = terminal(&s, &["ledgers", "--json"], (100, 40));
     assert_exit(&on_tty, 0, "ledgers --json on a terminal");
     assert_eq!(on_tty.stdout, out.stdout);
+
+    // An exporter's 2,500 ledgers (three pages of them) on its one line.
+    s.wait_exporter("o", "l00007 exported", |v| v["lag"] == 0 && v["ledgers_total"] == 2_500).await;
+    for args in [&["exporters", "status"][..], &["exporters", "status", "o"]] {
+        let out = piped(&s, args);
+        assert_exit(&out, 0, "exporters status");
+        let status = json_lines(&out);
+        assert_eq!(status.len(), 1, "one line for the one exporter");
+        let ledgers: Vec<&str> = status[0]["ledgers"]
+            .as_array()
+            .expect("ledgers")
+            .iter()
+            .map(|l| l["ledger"].as_str().expect("a name"))
+            .collect();
+        assert_eq!(ledgers, names, "{args:?}: every ledger of the exporter, in name order");
+        assert_eq!(status[0]["next"], Value::Null);
+    }
+    // And its table on a terminal: a header, the column titles, a row each.
+    let out = terminal(&s, &["exporters", "status", "o"], (100, 40));
+    assert_exit(&out, 0, "exporters status o on a terminal");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2 + 2_500, "{}", lines[..5].join("\n"));
+    assert!(lines[1].starts_with("LEDGER"), "{}", lines[1]);
+    assert!(lines[2_501].starts_with("l02499 "), "{}", lines[2_501]);
 }
 
 #[tokio::test]
@@ -190,9 +214,9 @@ async fn ledgers_on_a_terminal_are_an_aligned_table_with_human_sizes() {
             // (the titles of right-aligned columns are right-aligned too).
             let end = |i: usize| starts[i] + titles[i].len();
             assert_ne!(row.as_bytes()[0], b' ', "NAME starts under its title: {row:?}");
-            for i in 1..=4 {
-                assert_eq!(row.as_bytes().get(end(i)), Some(&b' '), "{} ends under its title: {row:?}", titles[i]);
-                assert_ne!(row.as_bytes()[end(i) - 1], b' ', "{} ends under its title: {row:?}", titles[i]);
+            for (i, title) in titles.iter().enumerate().take(5).skip(1) {
+                assert_eq!(row.as_bytes().get(end(i)), Some(&b' '), "{title} ends under its title: {row:?}");
+                assert_ne!(row.as_bytes()[end(i) - 1], b' ', "{title} ends under its title: {row:?}");
             }
             assert_eq!(row.as_bytes()[starts[5] - 1], b' ', "CREATED starts under its title: {row:?}");
             assert_ne!(row.as_bytes()[starts[5]], b' ', "CREATED starts under its title: {row:?}");
