@@ -64,8 +64,16 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// List ledgers as JSON lines.
+    /// List ledgers: a table on a terminal, JSON lines otherwise.
+    ///
+    /// The table's columns: NAME, FIRST, HEAD, ENTRIES, BYTES (binary
+    /// units), CREATED (UTC). JSON lines: one ledger object per line, as
+    /// the API gives it. Pages through the server's list, printing each
+    /// page as it comes.
     Ledgers {
+        /// JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -79,7 +87,8 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Exporter status and control, as JSON.
+    /// Exporter status (a table on a terminal, JSON lines otherwise) and
+    /// control (the server's JSON answer).
     Exporters {
         #[command(subcommand)]
         command: ExportersCommand,
@@ -90,6 +99,22 @@ pub enum Command {
     Sources {
         #[command(subcommand)]
         command: SourcesCommand,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Whether data moves: exits 0 when ok, 1 when stuck, not ready or
+    /// unreachable.
+    ///
+    /// Asks `GET /v1/health` (an admin token) and prints "ok", or each
+    /// stuck exporter with its stuck ledgers' ages, lag and last error and
+    /// each stuck source, or "not ready: REASON". Exits 0 when ok, 1 when
+    /// anything is stuck, the server is not ready or cannot be reached:
+    /// for cron and probes.
+    Health {
+        /// Print the server's answer as one JSON line instead (same exit
+        /// codes).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -133,9 +158,29 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ExportersCommand {
-    /// Every exporter (or one) with, per ledger, cursor, head, lag, state
-    /// and last error.
-    Status { name: Option<String> },
+    /// Every exporter (or one) with its ledgers: a table on a terminal,
+    /// JSON lines otherwise.
+    ///
+    /// Each exporter: a header with its sink, state, total lag, oldest
+    /// unexported age, stuck ledgers and max_lag, then per ledger
+    /// LEDGER, CURSOR, HEAD, LAG, AGE (of its oldest unexported entry),
+    /// STATE, ATTEMPTS and LAST ERROR. An aligned table on a terminal, else
+    /// JSON lines: one exporter status object per line, with all its
+    /// ledgers.
+    Status {
+        name: Option<String>,
+        /// JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every --interval until Ctrl-C: on a terminal the screen
+        /// is redrawn in place (the ledgers that fit), else each refresh
+        /// prints its JSON lines.
+        #[arg(long)]
+        watch: bool,
+        /// Time between refreshes of --watch (at least 100ms).
+        #[arg(long, default_value = "2s", value_parser = parse_interval, requires = "watch")]
+        interval: std::time::Duration,
+    },
     /// Re-export from an id (default 1) for every ledger or one. A reset
     /// that fails changes nothing and leaves the exporter stopped.
     Reset {
@@ -250,6 +295,15 @@ pub struct NodeArgs {
     /// Its TOML config file (`data_dir` and `[storage] *_dir` roots).
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+/// A `--watch` interval: short ones would only load the server.
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. \"2s\", \"500ms\")"))?;
+    if interval < std::time::Duration::from_millis(100) {
+        return Err(format!("{text:?} is shorter than 100ms"));
+    }
+    Ok(interval)
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

@@ -1,15 +1,17 @@
-//! Client commands: `append`, `read`, `ledgers`, `exporters`, `sources`
-//! over the HTTP API, through `ferry-client`. This file turns command-line
+//! Client commands: `append`, `read`, `ledgers`, `exporters`, `sources`,
+//! `health` over the HTTP API, through `ferry-client`. This file turns command-line
 //! values into its requests and its answers into the commands' output.
 
-use std::io::{BufRead as _, Write as _};
+use std::io::{BufRead as _, Write};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use ferry_client::{Append, NewEntry, ReadQuery};
+use ferry_client::{Append, ExporterStatus, NewEntry, ReadQuery};
 use ferry_core::limits::READ_LIMIT_MAX;
 use ferry_core::{LedgerName, Payload};
 
 use crate::UsageError;
+use crate::views::{self, Output, Style, Table};
 
 /// stdin lines sent per append request.
 const STDIN_BATCH_ENTRIES: usize = 1_000;
@@ -159,11 +161,170 @@ impl Client {
         Ok(())
     }
 
-    /// `ferry exporters status [NAME]`.
-    pub async fn exporter_status(&self, name: Option<&str>) -> anyhow::Result<()> {
-        match name {
-            None => print_json(self.api.exporters().await.map_err(|e| self.failure(e))?),
-            Some(n) => print_json(self.api.exporter(exporter_name(n)?.as_str()).await.map_err(|e| self.failure(e))?),
+    /// `ferry exporters status [NAME]`: each exporter as soon as it is
+    /// complete (JSON lines), or its header and then its ledgers a page at
+    /// a time (a table).
+    pub async fn exporter_status(&self, name: Option<&str>, output: Output) -> anyhow::Result<()> {
+        let firsts = match name {
+            Some(n) => vec![self.exporter_page(exporter_name(n)?.as_str(), None).await?],
+            None => self.api.exporters().await.map_err(|e| self.failure(e))?,
+        };
+        let mut out = std::io::stdout().lock();
+        if firsts.is_empty() && matches!(output, Output::Table(_)) {
+            writeln!(out, "no exporters")?;
+        }
+        for (i, first) in firsts.into_iter().enumerate() {
+            match output {
+                Output::JsonLines => writeln!(out, "{}", serde_json::to_string(&self.all_pages(first).await?)?)?,
+                Output::Table(style) => {
+                    if i > 0 {
+                        writeln!(out)?;
+                    }
+                    self.exporter_table(&mut out, first, &style).await?;
+                }
+            }
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// An exporter's header, then its ledgers as a table, page by page.
+    async fn exporter_table(&self, out: &mut impl Write, first: ExporterStatus, style: &Style) -> anyhow::Result<()> {
+        writeln!(out, "{}", views::exporter_header(&first, style))?;
+        let mut table = Table::new(views::EXPORTER_LEDGER_COLUMNS);
+        let mut page = first;
+        let mut shown = 0;
+        loop {
+            let rows: Vec<_> = page.ledgers.iter().map(views::exporter_ledger_row).collect();
+            table.fit(&rows);
+            if shown == 0 && !rows.is_empty() {
+                writeln!(out, "{}", table.header(style))?;
+            }
+            for row in &rows {
+                writeln!(out, "{}", table.line(row, style))?;
+            }
+            shown += rows.len();
+            out.flush()?;
+            let Some(after) = page.next.take() else { return Ok(()) };
+            page = self.exporter_page(&page.name, Some(&after)).await?;
+        }
+    }
+
+    /// One page of an exporter's status.
+    async fn exporter_page(&self, name: &str, after: Option<&str>) -> anyhow::Result<ExporterStatus> {
+        self.api.exporter_page(name, after, None).await.map_err(|e| self.failure(e))
+    }
+
+    /// The status with every page of its ledgers.
+    async fn all_pages(&self, mut status: ExporterStatus) -> anyhow::Result<ExporterStatus> {
+        while let Some(after) = status.next.take() {
+            let page = self.exporter_page(&status.name, Some(&after)).await?;
+            status.ledgers.extend(page.ledgers);
+            status.next = page.next;
+        }
+        Ok(status)
+    }
+
+    /// `ferry exporters status [NAME] --watch`: a refresh every `interval`
+    /// until Ctrl-C (or SIGTERM), then exit 0 with the terminal as it was.
+    /// The first look failing (no such exporter, no server) fails the
+    /// command; a later one is shown (on the screen, or on stderr) and the
+    /// watch goes on.
+    pub async fn exporter_watch(&self, name: Option<&str>, output: Output, interval: Duration) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let name = name.map(exporter_name).transpose()?;
+        let name = name.as_ref().map(LedgerName::as_str);
+        // Registered before the first draw, so a Ctrl-C any time after it is ours.
+        let mut interrupt = signal(SignalKind::interrupt()).context("handle SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("handle SIGTERM")?;
+        let mut snapshot = self.watch_snapshot(name, output).await?;
+        let mut problem: Option<anyhow::Error> = None;
+        let _screen = match output {
+            Output::Table(_) => Some(Screen::enter()?),
+            Output::JsonLines => None,
+        };
+        loop {
+            let mut out = std::io::stdout().lock();
+            match output {
+                Output::JsonLines => {
+                    if let Some(e) = problem.take() {
+                        eprintln!("error: {}", crate::error_chain(&e));
+                    }
+                    for status in &snapshot {
+                        writeln!(out, "{}", serde_json::to_string(status)?)?;
+                    }
+                }
+                Output::Table(_) => {
+                    // The terminal may have been resized since the last frame.
+                    let style = match Output::detect(false) {
+                        Output::Table(s) => s,
+                        Output::JsonLines => Style::default(),
+                    };
+                    let mut title = format!(
+                        "ferry exporters status · every {} · {} · Ctrl-C quits",
+                        humantime::format_duration(interval),
+                        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    );
+                    if let Some(e) = &problem {
+                        title
+                            .push_str(&format!("\nrefresh failed, showing the last answer: {}", crate::error_chain(e)));
+                    }
+                    let frame = views::exporters_frame(&title, &snapshot, &style);
+                    // Home, clear, the whole frame in one write: a redraw, not a scroll.
+                    write!(out, "\x1b[H\x1b[2J{frame}")?;
+                }
+            }
+            out.flush()?;
+            drop(out);
+            tokio::select! {
+                _ = interrupt.recv() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
+                () = tokio::time::sleep(interval) => {}
+            }
+            tokio::select! {
+                _ = interrupt.recv() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
+                next = self.watch_snapshot(name, output) => match next {
+                    Ok(s) => {
+                        snapshot = s;
+                        problem = None;
+                    }
+                    Err(e) => problem = Some(e),
+                },
+            }
+        }
+    }
+
+    /// What one refresh of `--watch` shows: for JSON lines every ledger,
+    /// for a screen the first page (it shows no more than fits).
+    async fn watch_snapshot(&self, name: Option<&str>, output: Output) -> anyhow::Result<Vec<ExporterStatus>> {
+        let firsts = match name {
+            Some(n) => vec![self.exporter_page(n, None).await?],
+            None => self.api.exporters().await.map_err(|e| self.failure(e))?,
+        };
+        match output {
+            Output::Table(_) => Ok(firsts),
+            Output::JsonLines => {
+                let mut all = Vec::with_capacity(firsts.len());
+                for first in firsts {
+                    all.push(self.all_pages(first).await?);
+                }
+                Ok(all)
+            }
+        }
+    }
+
+    /// `ferry health [--json]`: the verdict (or the answer) on stdout; not
+    /// `ok` is a failure (exit 1).
+    pub async fn health(&self, json: bool) -> anyhow::Result<()> {
+        let health = self.api.pipeline_health().await.map_err(|e| self.failure(e))?;
+        let text = if json { serde_json::to_string(&health)? } else { views::health_verdict(&health) };
+        writeln!(std::io::stdout().lock(), "{text}")?;
+        match health.status.as_str() {
+            "ok" => Ok(()),
+            "stuck" => anyhow::bail!("data is not moving: something is stuck"),
+            "not_ready" => anyhow::bail!("the server is not ready"),
+            other => anyhow::bail!("the server answered status {other:?}"),
         }
     }
 
@@ -215,11 +376,62 @@ impl Client {
         }
     }
 
-    pub async fn ledgers(&self) -> anyhow::Result<()> {
-        for l in self.api.ledgers().await.map_err(|e| self.failure(e))? {
-            println!("{}", serde_json::to_value(l)?);
+    /// `ferry ledgers`: page by page, each printed as it arrives.
+    pub async fn ledgers(&self, output: Output) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        let mut table = Table::new(views::LEDGER_COLUMNS);
+        let (mut after, mut shown) = (None, 0);
+        loop {
+            let page = self.api.ledgers_page(after.as_deref(), None).await.map_err(|e| self.failure(e))?;
+            match output {
+                Output::JsonLines => {
+                    for l in &page.ledgers {
+                        writeln!(out, "{}", serde_json::to_string(l)?)?;
+                    }
+                }
+                Output::Table(style) => {
+                    let rows: Vec<_> = page.ledgers.iter().map(views::ledger_row).collect();
+                    table.fit(&rows);
+                    if shown == 0 && !rows.is_empty() {
+                        writeln!(out, "{}", table.header(&style))?;
+                    }
+                    for row in &rows {
+                        writeln!(out, "{}", table.line(row, &style))?;
+                    }
+                    if shown == 0 && rows.is_empty() {
+                        writeln!(out, "no ledgers")?;
+                    }
+                }
+            }
+            shown += page.ledgers.len();
+            out.flush()?;
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
         }
-        Ok(())
+    }
+}
+
+/// The terminal's alternate screen with the cursor hidden, as `top` draws
+/// on, left again on drop: after Ctrl-C, an error or a panic the terminal
+/// is as it was.
+struct Screen;
+
+impl Screen {
+    fn enter() -> std::io::Result<Self> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(b"\x1b[?1049h\x1b[?25l")?;
+        out.flush()?;
+        Ok(Screen)
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(b"\x1b[?25h\x1b[?1049l");
+        let _ = out.flush();
     }
 }
 

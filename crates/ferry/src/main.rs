@@ -10,6 +10,7 @@ mod config;
 mod serve;
 mod tail;
 mod tools;
+mod views;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,7 @@ use clap::Parser as _;
 use crate::cli::{Cli, Command, ExportersCommand, SourcesCommand, StorageArgs, TokenCommand};
 use crate::client::{Client, ExporterControl, ReadStart};
 use crate::tools::Storage;
+use crate::views::Output;
 
 /// An error in how ferry was invoked (exit code 2), as opposed to a failure
 /// while doing the work (exit code 1).
@@ -48,6 +50,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `ferry ledgers | head`: the reader has all it wanted.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
             if e.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
@@ -88,7 +94,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             Client::new(&server.server, server.token)?.read(&ledger, start, limit).await
         }
-        Command::Ledgers { server } => Client::new(&server.server, server.token)?.ledgers().await,
+        Command::Ledgers { json, server } => {
+            Client::new(&server.server, server.token)?.ledgers(Output::detect(json)).await
+        }
+        Command::Health { json, server } => Client::new(&server.server, server.token)?.health(json).await,
         Command::Tail { prefix, from, server } => {
             tail::tail(&Client::new(&server.server, server.token)?, &prefix, from.as_deref()).await
         }
@@ -124,10 +133,16 @@ fn token_hash(secret: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ferry exporters …`: prints the server's JSON answer.
+/// `ferry exporters …`: status as `views` shows it; the controls print the
+/// server's JSON answer.
 async fn exporters(client: &Client, command: ExportersCommand) -> anyhow::Result<()> {
     match command {
-        ExportersCommand::Status { name } => client.exporter_status(name.as_deref()).await,
+        ExportersCommand::Status { name, json, watch: false, .. } => {
+            client.exporter_status(name.as_deref(), Output::detect(json)).await
+        }
+        ExportersCommand::Status { name, json, watch: true, interval } => {
+            client.exporter_watch(name.as_deref(), Output::detect(json), interval).await
+        }
         ExportersCommand::Reset { name, ledger, from_id } => {
             client.exporter_reset(&name, ledger.as_deref(), from_id).await
         }

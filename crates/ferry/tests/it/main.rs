@@ -11,6 +11,7 @@ mod auth;
 mod backup;
 mod chain;
 mod cli;
+mod cli_views;
 mod client;
 mod crash;
 mod deleted_data;
