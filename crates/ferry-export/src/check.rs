@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::sink::{ChainCheck, ChainStart, Holding};
 
 /// The check of one exporter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckReport {
     pub exporter: LedgerName,
     pub sink: String,
@@ -31,7 +31,7 @@ pub struct CheckReport {
 }
 
 /// The check of one ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LedgerCheck {
     pub ledger: LedgerName,
     pub incarnation: u64,

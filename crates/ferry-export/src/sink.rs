@@ -127,7 +127,7 @@ impl ChainStart {
 
 /// The hash chain recomputed over what a destination holds of a chained
 /// ledger, in id order (`crate::check::ChainWalk`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ChainCheck {
     /// Every row held chains from the one before it (the row at First from
@@ -155,7 +155,7 @@ pub enum ChainCheck {
 /// counts it in its exactly-once view (after dedup: `FINAL` for
 /// ClickHouse), for the range check. `first..=cursor` is what it should
 /// hold exactly.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Holding {
     /// Rows (lines, messages) with ids in `first..=cursor`, repeats counted.
     pub in_range: u64,

@@ -21,7 +21,7 @@ pub struct AppendOutcome {
 }
 
 /// What an import did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ImportOutcome {
     /// Entries appended.
     pub imported: u64,

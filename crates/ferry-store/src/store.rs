@@ -38,7 +38,7 @@ use crate::wal::{self, Segments};
 use ferry_fs::RealFs;
 
 /// What `GET /v1/ledgers/{ledger}` reports.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct LedgerInfo {
     pub name: LedgerName,
     /// Never reused for the name: a deleted and re-created ledger has a new one.
@@ -59,7 +59,7 @@ pub struct LedgerInfo {
 
 /// A chained ledger's head, to anchor outside ferry (`GET
 /// /v1/ledgers/{ledger}/head`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ChainHead {
     /// The head id (`first - 1` for a ledger with no entries).
     pub id: EntryId,
