@@ -19,7 +19,7 @@ pub struct NewEntry {
 #[derive(Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Entry {
     pub ledger: LedgerName,
-    #[schema(minimum = 1)]
+    #[schema(value_type = u64, minimum = 1)]
     pub id: EntryId,
     /// Unix milliseconds assigned by ferry; never decreasing within a ledger.
     pub ts: u64,

@@ -37,7 +37,9 @@ pub struct LedgerCheck {
     pub incarnation: u64,
     /// The ledger's First and the exporter's cursor: the destination should
     /// hold exactly `first..=cursor` (nothing when `cursor < first`).
+    #[schema(value_type = u64)]
     pub first: EntryId,
+    #[schema(value_type = u64)]
     pub cursor: EntryId,
     /// What the sink counted; absent when it cannot be asked or failed.
     pub holding: Option<Holding>,

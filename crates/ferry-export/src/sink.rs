@@ -139,6 +139,7 @@ pub enum ChainCheck {
     /// The first id where the chain breaks: a row changed there, a row
     /// missing there, or a row without a hash or with another hash.
     Broken {
+        #[schema(value_type = u64)]
         id: EntryId,
         /// A sentence: what was found at `id`.
         reason: String,
@@ -166,7 +167,9 @@ pub struct Holding {
     /// Rows with ids above `cursor` (delivered, not yet acknowledged).
     pub above_cursor: u64,
     /// The least and greatest id held, at all.
+    #[schema(value_type = Option<u64>)]
     pub min: Option<EntryId>,
+    #[schema(value_type = Option<u64>)]
     pub max: Option<EntryId>,
     /// The hash chain recomputed over the rows held; `None` for a ledger
     /// without a chain, or a sink that does not walk its rows.

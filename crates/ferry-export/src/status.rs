@@ -50,7 +50,9 @@ pub struct ExporterStatus {
 pub struct LedgerStatus {
     pub ledger: LedgerName,
     /// The last id the sink acknowledged.
+    #[schema(value_type = u64)]
     pub cursor: EntryId,
+    #[schema(value_type = u64)]
     pub head: EntryId,
     pub lag: u64,
     /// running | backing_off | paused | failed | dead_lettered (orphaned for

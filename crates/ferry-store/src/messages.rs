@@ -28,6 +28,7 @@ pub struct ImportOutcome {
     /// Entries already stored, identical.
     pub present: u64,
     /// The ledger's head after the import.
+    #[schema(value_type = u64)]
     pub head: EntryId,
     /// The ledger's incarnation in this store.
     pub incarnation: u64,
