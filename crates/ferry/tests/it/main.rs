@@ -21,6 +21,7 @@ mod export_http;
 mod exporters;
 mod full_disk;
 mod import;
+mod openapi;
 mod outbox;
 mod outbox_crash;
 mod packs;
