@@ -2,14 +2,15 @@
 //! from the list `/v1` is routed from (`ferry_api::openapi`), every path and
 //! method it names is served and no other method on its paths is, it parses
 //! as OpenAPI 3.1 with every reference resolving and every path parameter
-//! declared, and with tokens configured it needs one, like `/v1`.
+//! declared, real answers (errors included) match the schemas it gives
+//! them, and with tokens configured it needs one, like `/v1`.
 
 use std::collections::BTreeSet;
 
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::support::{Env, Server};
+use crate::support::{Env, Resp, Server};
 
 /// The methods an OpenAPI path item may hold that axum routes by name
 /// (HEAD is left out: axum answers it from a GET route by itself).
@@ -163,4 +164,131 @@ async fn with_tokens_the_document_needs_one_of_any_scope() {
         assert_eq!(status, 200, "token {token}: {text}");
         assert_eq!(serde_json::from_str::<Value>(&text).expect("JSON")["openapi"], "3.1.0");
     }
+}
+
+/// The document, to look up what it says a route answers.
+struct Document(Value);
+
+impl Document {
+    /// The schema the document gives `status` of `method path` in `media`,
+    /// made a standalone JSON Schema 2020-12 whose `#/components/…`
+    /// references resolve (the components ride along).
+    fn schema(&self, path: &str, method: &str, status: u16, media: &str) -> Value {
+        let mut response = &self.0["paths"][path][method]["responses"][status.to_string()];
+        assert!(!response.is_null(), "{method} {path} answered {status}, which the document does not list");
+        if let Some(reference) = response["$ref"].as_str() {
+            response = self.0.pointer(&reference[1..]).expect("a resolving response reference");
+        }
+        let mut schema = response["content"][media]["schema"].clone();
+        assert!(schema.is_object(), "{method} {path} {status}: no {media} schema in {response}");
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema".into();
+        schema["components"] = self.0["components"].clone();
+        schema
+    }
+
+    /// Asserts that a real answer is one the document describes: its
+    /// status is listed, and its body (each line of NDJSON) fits the schema.
+    #[track_caller]
+    fn check(&self, path: &str, method: &str, r: &Resp) {
+        let media = r.content_type.split(';').next().unwrap_or_default().trim();
+        let validator = jsonschema::draft202012::new(&self.schema(path, method, r.status, media))
+            .unwrap_or_else(|e| panic!("{method} {path}: the schema does not compile: {e}"));
+        let bodies: Vec<&str> = match media {
+            "application/x-ndjson" => r.text.lines().collect(),
+            _ => vec![r.text.as_str()],
+        };
+        assert!(!bodies.is_empty(), "{method} {path}: an empty answer");
+        for body in bodies {
+            let instance: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"));
+            if let Err(e) = validator.validate(&instance) {
+                panic!("{method} {path} {}: the answer does not fit its schema: {e}\n{body}", r.status);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn real_answers_fit_the_schemas_the_document_gives_them() {
+    let env = Env::new();
+    let config = "[[exporters]]\nname = \"ex\"\nsink = \"stdout\"\nledgers = [\"audit\"]\n";
+    let s = env.serve_with(config).await;
+    let doc = Document(serde_json::from_str(&document(&s, None).await.2).expect("JSON"));
+    for (name, schema) in doc.0["components"]["schemas"].as_object().expect("component schemas") {
+        let mut schema = schema.clone();
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema".into();
+        jsonschema::meta::validate(&schema).unwrap_or_else(|e| panic!("schema {name} is not JSON Schema: {e}"));
+    }
+    let ledger = "/v1/ledgers/{ledger}";
+    let entries = "/v1/ledgers/{ledger}/entries";
+    // The schemas bite: an answer of another shape does not fit.
+    for (path, method, status, wrong) in [
+        (ledger, "get", 200, serde_json::json!({"name": "audit"})),
+        (ledger, "get", 404, serde_json::json!({"error": {"code": "ledger_not_found"}})),
+        (entries, "post", 201, serde_json::json!({"ids": ["1"]})),
+        (
+            entries,
+            "get",
+            200,
+            serde_json::json!({"entries": [{"ledger": "Audit", "id": 1, "ts": 1, "payload": 1}], "next": 2}),
+        ),
+    ] {
+        let validator =
+            jsonschema::draft202012::new(&doc.schema(path, method, status, "application/json")).expect("compiles");
+        assert!(!validator.is_valid(&wrong), "{method} {path} {status} takes {wrong}");
+    }
+
+    doc.check(ledger, "put", &s.put("/v1/ledgers/audit").await);
+    doc.check(ledger, "put", &s.put("/v1/ledgers/audit").await);
+    doc.check(entries, "post", &s.append("audit", r#"{"payload":{"a":1},"key":"k-1"}"#).await);
+    let batch = r#"{"entries":[{"payload":null,"idempotency_key":"i-1"},{"payload":[1,"x"]}],"expected_head":1}"#;
+    doc.check(entries, "post", &s.append("audit", batch).await);
+    doc.check(entries, "post", &s.append("audit", r#"{"entries":[{"payload":2,"idempotency_key":"i-1"}]}"#).await);
+    doc.check(entries, "post", &s.append("audit", r#"{"payload":1,"expected_head":0}"#).await);
+    doc.check(entries, "post", &s.append("audit", r#"{"payload":1,"extra":true}"#).await);
+    doc.check(entries, "get", &s.get("/v1/ledgers/audit/entries?from=2&limit=2").await);
+    doc.check(entries, "get", &s.ndjson("audit", "").await);
+    doc.check(entries, "get", &s.get("/v1/ledgers/audit/entries?limit=0").await);
+    doc.check(entries, "get", &s.get("/v1/ledgers/absent/entries").await);
+    doc.check(ledger, "get", &s.get("/v1/ledgers/audit").await);
+    doc.check(ledger, "get", &s.get("/v1/ledgers/Not-A-Name").await);
+    doc.check("/v1/ledgers/{ledger}/head", "get", &s.get("/v1/ledgers/audit/head").await);
+    s.put("/v1/ledgers/other").await;
+    doc.check("/v1/ledgers", "get", &s.get("/v1/ledgers?limit=1").await);
+    doc.check("/v1/ledgers", "get", &s.get("/v1/ledgers?after=audit").await);
+
+    let exporter = "/v1/exporters/{name}";
+    doc.check("/v1/exporters", "get", &s.get("/v1/exporters").await);
+    doc.check(exporter, "get", &s.get("/v1/exporters/ex").await);
+    doc.check(exporter, "get", &s.get("/v1/exporters/absent").await);
+    doc.check("/v1/exporters/{name}/pause", "post", &s.post("/v1/exporters/ex/pause", "").await);
+    doc.check("/v1/exporters/{name}/resume", "post", &s.post("/v1/exporters/ex/resume", "").await);
+    doc.check("/v1/exporters/{name}/reset", "post", &s.post("/v1/exporters/ex/reset", r#"{"from_id":2}"#).await);
+    doc.check("/v1/exporters/{name}/check", "get", &s.get("/v1/exporters/ex/check").await);
+    doc.check("/v1/health", "get", &s.get("/v1/health").await);
+    doc.check("/v1/sources", "get", &s.get("/v1/sources").await);
+    doc.check("/v1/sources/{name}", "get", &s.get("/v1/sources/absent").await);
+
+    let created = s.post("/v1/pins", r#"{"ttl_ms":60000}"#).await;
+    doc.check("/v1/pins", "post", &created);
+    let pin = created.json()["pin"].as_str().expect("a pin id").to_owned();
+    doc.check("/v1/pins", "get", &s.get("/v1/pins").await);
+    doc.check("/v1/pins/{id}/renew", "post", &s.post(&format!("/v1/pins/{pin}/renew"), "").await);
+    let pinned = "/v1/pins/{id}/ledgers/{ledger}/entries";
+    let lines = s.get(&format!("/v1/pins/{pin}/ledgers/audit/entries")).await;
+    doc.check(pinned, "get", &lines);
+    doc.check(pinned, "get", &s.get(&format!("/v1/pins/{pin}/ledgers/absent/entries")).await);
+    let import = "/v1/ledgers/{ledger}/import";
+    let restored = lines.text.replace("\"ledger\":\"audit\"", "\"ledger\":\"restored\"");
+    // A chained ledger's lines import with the hash before its First.
+    let query = match s.get("/v1/ledgers/audit").await.json()["first_prev_hash"].as_str() {
+        Some(hash) => format!("?prev_hash={hash}"),
+        None => String::new(),
+    };
+    let req = s.http.post(s.url(&format!("/v1/ledgers/restored/import{query}"))).body(restored);
+    let imported = s.send(req).await;
+    assert_eq!(imported.status, 200, "{}", imported.text);
+    doc.check(import, "post", &imported);
+    let req = s.http.post(s.url("/v1/ledgers/restored/import")).body("{\"ledger\":\"restored\"}\n");
+    doc.check(import, "post", &s.send(req).await);
+    doc.check("/v1/pins/{id}", "delete", &s.send(s.http.delete(s.url("/v1/pins/999"))).await);
 }
