@@ -1,7 +1,8 @@
 //! `POST` and `GET /v1/ledgers/{ledger}/entries`: append and read.
 
 use crate::body::RequestBody;
-use crate::extract::{ApiQuery, LedgerSegment};
+use crate::error::ErrorBody;
+use crate::extract::{ApiQuery, LedgerParam, LedgerSegment};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -25,36 +26,52 @@ pub(crate) const STREAM_PAGE_ENTRIES: usize = 1_000;
 /// looks at the head again: nothing is lost but a wake-up).
 const LONG_POLL_BUFFER: usize = 64;
 
-/// An append body, one entry or a batch, told apart in a single parse.
-#[derive(Deserialize)]
+/// An append body, one entry or a batch, told apart in a single parse:
+/// `{"payload", "key"?, "idempotency_key"?}` or `{"entries":[…]}`, either
+/// with `expected_head`. A batch carries key and idempotency key in each
+/// entry, never beside `entries`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = AppendBody)]
 #[serde(
     deny_unknown_fields,
     expecting = r#"an entry {"payload":…} or a batch {"entries":[…]}, either with "expected_head"?"#
 )]
 struct AppendIn<'a> {
+    /// One entry's JSON value (`null` included).
     #[serde(borrow, default)]
+    #[schema(value_type = serde_json::Value, required = false)]
     payload: Given<'a>,
     #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
     key: Option<&'a RawValue>,
+    /// A repeat within 24 h returns the original id with 200 and appends nothing.
     #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
     idempotency_key: Option<&'a RawValue>,
+    /// A batch: all appended or none, with contiguous ids.
     #[serde(borrow)]
+    #[schema(value_type = Option<Vec<EntryIn>>)]
     entries: Option<Vec<EntryIn<'a>>>,
-    /// Apply only at this head (`Store::append_expecting`).
+    /// Apply only at this head (`Store::append_expecting`); 0 is an empty or absent ledger.
+    #[schema(value_type = Option<u64>)]
     expected_head: Option<EntryId>,
 }
 
 /// One entry of an append body. Its fields stay JSON text here, checked
 /// against the rule for what ferry takes in by `into_new_entry` (an
 /// import's backup lines too: `import.rs`).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = NewEntry)]
 #[serde(deny_unknown_fields, expecting = r#"an entry {"payload":…, "key"?, "idempotency_key"?}"#)]
 pub(crate) struct EntryIn<'a> {
     #[serde(borrow)]
+    #[schema(value_type = serde_json::Value)]
     pub payload: &'a RawValue,
     #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
     pub key: Option<&'a RawValue>,
     #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
     pub idempotency_key: Option<&'a RawValue>,
 }
 
@@ -138,6 +155,34 @@ fn parse_entries(append: AppendIn<'_>) -> Result<Vec<NewEntry>, ApiError> {
     }
 }
 
+/// The ids an append gave (or, for a repeated idempotency key, had given).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Appended {
+    #[schema(value_type = Vec<u64>)]
+    ids: Vec<EntryId>,
+}
+
+/// Appends one entry or a batch, durably: the answer comes after the sync.
+#[utoipa::path(
+    post,
+    path = "/ledgers/{ledger}/entries",
+    operation_id = "append_entries",
+    tag = "entries",
+    params(LedgerParam),
+    request_body(content = AppendIn, description = "One entry or a batch; `Content-Encoding: gzip` is accepted."),
+    responses(
+        (status = 201, description = "Appended (and the ledger created when `auto_create_ledgers`).", body = Appended),
+        (status = 200, description = "Every entry repeated an earlier idempotency key: their original ids, nothing appended.", body = Appended),
+        (status = 400, description = "`invalid_ledger_name` or `invalid_json`.", body = ErrorBody),
+        (status = 404, description = "`ledger_not_found` (without `auto_create_ledgers`).", body = ErrorBody),
+        (status = 412, description = "`head_mismatch`: the head is not `expected_head`; `head` says what it is.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`, `entry_too_large` or `batch_too_large`.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a `Content-Encoding` other than gzip.", body = ErrorBody),
+        (status = 422, description = "`invalid_entry`, `empty_batch`, `field_too_long` or `duplicate_idempotency_key`.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `shutting_down`, or the server's buffered-body budget is spent.", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage` or `quota_exceeded`.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn append(
     State(state): State<AppState>,
     caller: Caller,
@@ -152,18 +197,33 @@ pub(crate) async fn append(
         Some(head) => state.store.append_expecting(&name, entries, head).await?,
     };
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, axum::Json(serde_json::json!({ "ids": outcome.ids }))).into_response())
+    Ok((status, axum::Json(Appended { ids: outcome.ids })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ReadParams {
+    /// The first id (default: First). Below First: 410 `below_first`.
+    #[param(value_type = Option<u64>)]
     from: Option<EntryId>,
-    /// Unix ms: start at the first entry stamped at or after it.
+    /// Unix ms: start at the first entry stamped at or after it (not with `from`).
     from_ts: Option<u64>,
+    /// Entries at most: 1 to 10000, default 1000.
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
     /// A long poll: `30s`, `500ms`, at most `LONG_POLL_WAIT_MAX`.
+    #[param(example = "30s")]
     wait: Option<String>,
+}
+
+/// A page of a read: `next` is the id to ask `from` for the entries after it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "describes the JSON `read` writes by hand; never built")]
+struct ReadPage {
+    entries: Vec<Entry>,
+    #[schema(value_type = u64)]
+    next: EntryId,
 }
 
 /// Where a read starts.
@@ -212,6 +272,29 @@ fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
     Ok(Some(wait))
 }
 
+/// Reads entries in id order, as one JSON page or (with `Accept:
+/// application/x-ndjson`) streamed as lines.
+#[utoipa::path(
+    get,
+    path = "/ledgers/{ledger}/entries",
+    operation_id = "read_entries",
+    tag = "entries",
+    params(LedgerParam, ReadParams),
+    responses(
+        (
+            status = 200,
+            description = "A page of entries; with `Accept: application/x-ndjson`, one `Entry` per line.",
+            content(
+                (ReadPage = "application/json"),
+                (Entry = "application/x-ndjson"),
+            ),
+        ),
+        (status = 400, description = "`invalid_ledger_name`, `invalid_query`, `invalid_limit` or `invalid_wait`.", body = ErrorBody),
+        (status = 404, description = "`ledger_not_found`.", body = ErrorBody),
+        (status = 410, description = "`below_first`: `from` is below First; `first` says where the ledger starts.", body = ErrorBody),
+        (status = 429, description = "`too_many_watchers`: a `wait` found `max_watchers` taken.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn read(
     State(state): State<AppState>,
     caller: Caller,

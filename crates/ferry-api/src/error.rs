@@ -6,6 +6,25 @@ use axum::response::{IntoResponse, Response};
 use ferry_core::{InvalidLedgerName, InvalidPayload};
 use ferry_store::StoreError;
 
+/// The body of every error answer, as the OpenAPI document shows it
+/// (`IntoResponse` below writes it).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "describes the JSON written by `IntoResponse`; never built")]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// `code` is stable and machine-readable (`ledger_not_found`,
+/// `invalid_query`, …), `message` a sentence for people. Some errors carry
+/// more: `first` (410 `below_first`), `head` (412 `head_mismatch`), `id`
+/// (409 `import_conflict`), `max_ledger_bytes` (507 `quota_exceeded`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "describes the JSON written by `IntoResponse`; never built")]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,

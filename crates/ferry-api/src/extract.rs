@@ -57,11 +57,35 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
 /// `?after=NAME&limit=N` of a listing: the items named after `after`, at
 /// most `limit` (default `PAGE_LIMIT_DEFAULT`, at most `PAGE_LIMIT_MAX`).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
+    /// Start after this name: the `next` of the page before.
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", max_length = 63)]
     pub after: Option<String>,
+    /// Items per page: 1 to 10000, default 1000.
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<usize>,
+}
+
+/// The `{ledger}` path parameter, for the OpenAPI document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, reason = "describes the `{ledger}` segment `LedgerSegment` takes; never built")]
+pub(crate) struct LedgerParam {
+    /// The ledger's name.
+    #[param(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", min_length = 1, max_length = 63)]
+    ledger: String,
+}
+
+/// The `{name}` path parameter of an exporter, for the OpenAPI document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, reason = "describes the `{name}` segment `ExporterSegment` takes; never built")]
+pub(crate) struct ExporterParam {
+    /// The exporter's name.
+    name: String,
 }
 
 impl PageQuery {

@@ -18,18 +18,27 @@ use crate::{ApiError, AppState};
 
 /// The answer: 200 whatever it says (`ferry health` exits 1 unless
 /// `status` is `ok`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Health {
     /// `ok`, `stuck` (an exporter or source is), or `not_ready` (the store
     /// refuses writes; `reason` says why).
+    #[schema(schema_with = status_schema)]
     pub status: &'static str,
     pub reason: Option<String>,
     pub exporters: Vec<ExporterHealth>,
     pub sources: Vec<SourceHealth>,
 }
 
+/// The values of `Health::status`.
+fn status_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["ok", "stuck", "not_ready"]))
+        .build()
+}
+
 /// A source as health sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct SourceHealth {
     pub name: String,
     pub stuck: bool,
@@ -40,6 +49,16 @@ pub(crate) struct SourceHealth {
     pub last_error: Option<String>,
 }
 
+/// Whether data moves: every exporter and source, stuck or not.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "pipeline_health",
+    tag = "health",
+    responses(
+        (status = 200, description = "Whatever it says; `status` is `ok` when nothing is stuck and the store takes writes.", body = Health),
+    )
+)]
 pub(crate) async fn health(State(state): State<AppState>, caller: Caller) -> Result<Json<Health>, ApiError> {
     caller.require(Scope::Admin, None)?;
     let exporters = match &state.config.exporters {

@@ -21,40 +21,54 @@ use serde_json::value::RawValue;
 use crate::auth::{Caller, Scope};
 use crate::body::RequestBody;
 use crate::entries::EntryIn;
-use crate::extract::{ApiQuery, LedgerSegment};
+use crate::error::ErrorBody;
+use crate::extract::{ApiQuery, LedgerParam, LedgerSegment};
 use crate::{ApiError, AppState};
 
 /// One backup line (`Entry::write_json_with`). Key, idempotency key and
 /// payload stay JSON text until `EntryIn` checks them.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = BackupLine)]
 #[serde(
     deny_unknown_fields,
     expecting = r#"a backup line {"ledger","id","ts","key"?,"hash"?,"idempotency_key"?,"payload"}"#
 )]
-struct LineIn<'a> {
+pub(crate) struct LineIn<'a> {
+    #[schema(value_type = LedgerName)]
     ledger: String,
+    #[schema(value_type = u64, minimum = 1)]
     id: EntryId,
+    /// Unix milliseconds, kept as they were.
     ts: u64,
     #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
     key: Option<&'a RawValue>,
+    /// The entry's chain hash, checked against the chain here.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     hash: Option<String>,
     #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
     idempotency_key: Option<&'a RawValue>,
     #[serde(borrow)]
+    #[schema(value_type = serde_json::Value)]
     payload: &'a RawValue,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ImportParams {
     /// The chain hash before the first line's id in the ledger the lines
     /// were read from (its `first_prev_hash` when they start at First).
+    #[param(pattern = "^[0-9a-f]{64}$")]
     prev_hash: Option<String>,
 }
 
 /// The answer: what the import did, and to which ledger.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Imported)]
 struct Imported<'a> {
+    #[schema(value_type = LedgerName)]
     ledger: &'a str,
     #[serde(flatten)]
     outcome: ImportOutcome,
@@ -63,6 +77,27 @@ struct Imported<'a> {
 /// `POST /v1/ledgers/{ledger}/import[?prev_hash=HEX]`: 200 with
 /// `{"ledger","imported","present","head","incarnation","created"}`; 409
 /// `import_conflict` with the `id` refused.
+#[utoipa::path(
+    post,
+    path = "/ledgers/{ledger}/import",
+    operation_id = "import_entries",
+    tag = "import",
+    params(LedgerParam, ImportParams),
+    request_body(
+        content = LineIn,
+        content_type = "application/x-ndjson",
+        description = "NDJSON: one backup line per entry, ids contiguous and ascending, as a pinned read gives them.",
+    ),
+    responses(
+        (status = 200, description = "What the import did.", body = Imported<'_>),
+        (status = 400, description = "`invalid_ledger_name` or `invalid_query`.", body = ErrorBody),
+        (status = 409, description = "`import_conflict`: `id` names the line refused; nothing is imported.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 422, description = "`invalid_entry` naming the line, or `empty_batch`; nothing is imported.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable` or `shutting_down`.", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn import(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,7 +1,8 @@
 //! `GET /v1/ledgers`, `GET /v1/ledgers/{ledger}`, `PUT /v1/ledgers/{ledger}`,
 //! `GET /v1/ledgers/{ledger}/head`.
 
-use crate::extract::{ApiQuery, LedgerSegment, PageQuery};
+use crate::error::ErrorBody;
+use crate::extract::{ApiQuery, LedgerParam, LedgerSegment, PageQuery};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,7 +13,7 @@ use crate::auth::{Caller, Scope};
 use crate::{AppState, error::ApiError};
 
 /// One page of `GET /v1/ledgers`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct LedgerPage {
     /// In name order.
     pub ledgers: Vec<LedgerInfo>,
@@ -23,6 +24,17 @@ pub(crate) struct LedgerPage {
 
 /// The ledgers the caller may read, a page at a time (403 without the
 /// `read` scope).
+#[utoipa::path(
+    get,
+    path = "/ledgers",
+    operation_id = "list_ledgers",
+    tag = "ledgers",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "One page of ledgers, in name order.", body = LedgerPage),
+        (status = 400, description = "`invalid_query`: `after` is not a ledger name, or `limit` is out of range.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -35,6 +47,19 @@ pub(crate) async fn list(
     Ok(Json(LedgerPage { ledgers, next }))
 }
 
+/// One ledger: its First, head, entries, bytes and creation time.
+#[utoipa::path(
+    get,
+    path = "/ledgers/{ledger}",
+    operation_id = "get_ledger",
+    tag = "ledgers",
+    params(LedgerParam),
+    responses(
+        (status = 200, description = "The ledger.", body = LedgerInfo),
+        (status = 400, description = "`invalid_ledger_name`.", body = ErrorBody),
+        (status = 404, description = "`ledger_not_found`.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -49,6 +74,18 @@ pub(crate) async fn get_one(
 /// The head id and its chain hash, read together, for anchoring a ledger
 /// outside ferry: `{"id": 42, "hash": "…"}` (`hash` null for a ledger
 /// created without a chain). Takes the `read` scope on the ledger.
+#[utoipa::path(
+    get,
+    path = "/ledgers/{ledger}/head",
+    operation_id = "get_ledger_head",
+    tag = "ledgers",
+    params(LedgerParam),
+    responses(
+        (status = 200, description = "The head id and its chain hash.", body = ChainHead),
+        (status = 400, description = "`invalid_ledger_name`.", body = ErrorBody),
+        (status = 404, description = "`ledger_not_found`.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn head(
     State(state): State<AppState>,
     caller: Caller,
@@ -61,6 +98,19 @@ pub(crate) async fn head(
 }
 
 /// Deletes a ledger with its packs, cursors and metadata: 204.
+#[utoipa::path(
+    delete,
+    path = "/ledgers/{ledger}",
+    operation_id = "delete_ledger",
+    tag = "ledgers",
+    params(LedgerParam),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, description = "`invalid_ledger_name`.", body = ErrorBody),
+        (status = 404, description = "`ledger_not_found`.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable` or `shutting_down`.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -75,6 +125,20 @@ pub(crate) async fn delete(
 /// Creates a ledger: 201 when new, 200 when it already existed.
 /// Creating a ledger takes the `append` scope on it, as an append that
 /// creates it would.
+#[utoipa::path(
+    put,
+    path = "/ledgers/{ledger}",
+    operation_id = "create_ledger",
+    tag = "ledgers",
+    params(LedgerParam),
+    responses(
+        (status = 201, description = "Created.", body = LedgerInfo),
+        (status = 200, description = "It already existed.", body = LedgerInfo),
+        (status = 400, description = "`invalid_ledger_name`.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable` or `shutting_down`.", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,

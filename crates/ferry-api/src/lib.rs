@@ -12,6 +12,7 @@ mod health;
 mod import;
 mod ledgers;
 pub mod metrics;
+mod openapi;
 mod pins;
 mod server;
 mod sources;
@@ -22,10 +23,12 @@ mod watch;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::{Json, Router, middleware};
 use ferry_core::limits::{BODY_BYTES_MAX_DEFAULT, BUFFERED_BODY_BYTES_MAX_DEFAULT, WATCHERS_MAX_DEFAULT};
 use ferry_store::{Store, StoreError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{AccessToken, Scope, Secret, Tokens, parse_digest, secret_digest};
 pub use error::ApiError;
@@ -128,29 +131,44 @@ impl Api {
     }
 }
 
+/// Every `/v1` route. `routes!` takes only handlers that carry a
+/// `#[utoipa::path]`, and routes each at the path and methods that
+/// annotation names: the OpenAPI document (`openapi.rs`) is collected from
+/// this one list, so it lists exactly what is served. Never add a route
+/// here any other way.
+fn v1_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(ledgers::list))
+        .routes(routes!(ledgers::get_one, ledgers::create, ledgers::delete))
+        .routes(routes!(entries::read, entries::append))
+        .routes(routes!(ledgers::head))
+        .routes(routes!(import::import))
+        .routes(routes!(watch::watch))
+        .routes(routes!(watch::events))
+        .routes(routes!(exporters::list))
+        .routes(routes!(exporters::get_one, exporters::delete))
+        .routes(routes!(exporters::reset))
+        .routes(routes!(exporters::pause))
+        .routes(routes!(exporters::resume))
+        .routes(routes!(exporters::check))
+        .routes(routes!(health::health))
+        .routes(routes!(sources::list))
+        .routes(routes!(sources::get_one))
+        .routes(routes!(pins::list, pins::create))
+        .routes(routes!(pins::delete))
+        .routes(routes!(pins::renew))
+        .routes(routes!(pins::read))
+}
+
+/// The OpenAPI 3.1 document of `/v1`, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::document(v1_routes().split_for_parts().1)
+}
+
 /// The whole API as one router.
 fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/ledgers", get(ledgers::list))
-        .route("/ledgers/{ledger}", get(ledgers::get_one).put(ledgers::create).delete(ledgers::delete))
-        .route("/ledgers/{ledger}/entries", get(entries::read).post(entries::append))
-        .route("/ledgers/{ledger}/head", get(ledgers::head))
-        .route("/ledgers/{ledger}/import", post(import::import))
-        .route("/watch", get(watch::watch))
-        .route("/events", get(watch::events))
-        .route("/exporters", get(exporters::list))
-        .route("/exporters/{name}", get(exporters::get_one).delete(exporters::delete))
-        .route("/exporters/{name}/reset", post(exporters::reset))
-        .route("/exporters/{name}/pause", post(exporters::pause))
-        .route("/exporters/{name}/resume", post(exporters::resume))
-        .route("/exporters/{name}/check", get(exporters::check))
-        .route("/health", get(health::health))
-        .route("/sources", get(sources::list))
-        .route("/sources/{name}", get(sources::get_one))
-        .route("/pins", get(pins::list).post(pins::create))
-        .route("/pins/{id}", delete(pins::delete))
-        .route("/pins/{id}/renew", post(pins::renew))
-        .route("/pins/{id}/ledgers/{ledger}/entries", get(pins::read))
+    let (v1, v1_doc) = v1_routes().split_for_parts();
+    let v1 = v1
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the token check: a request without a token reserves
@@ -160,12 +178,24 @@ fn router(state: AppState) -> Router {
         // lacks) is behind the token too, so without one every `/v1` path
         // answers 401 and the route table cannot be probed.
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    let document = openapi::Rendered::of(&openapi::document(v1_doc));
+    // Behind any valid token, as `/v1`: the document is the route table.
+    let document = Router::new()
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { document.response() }
+            }),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let mut metrics = Router::new().route("/metrics", get(metrics::render));
     if state.config.metrics_auth {
         metrics = metrics.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_metrics));
     }
     Router::new()
         .nest("/v1", v1)
+        .merge(document)
         .merge(metrics)
         .merge(status_page::routes())
         .route("/healthz", get(healthz))

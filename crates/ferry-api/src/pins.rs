@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Caller, Scope};
 use crate::body::RequestBody;
 use crate::entries::{NDJSON, STREAM_PAGE_ENTRIES};
-use crate::extract::ApiQuery;
+use crate::error::ErrorBody;
+use crate::extract::{ApiQuery, LedgerParam};
 use crate::{ApiError, AppState};
 
 /// The header of a pinned read that names the pinned head.
@@ -44,17 +45,23 @@ const PIN_TTL_MS_MAX: u64 = 86_400_000;
 /// How often expired pins are deleted (and `pin.expired` published).
 const PIN_EXPIRY_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Default, Deserialize)]
+/// How long the pin lives.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PinRequest {
+    /// Milliseconds, one second to one day; default one minute.
+    #[schema(minimum = 1000, maximum = 86400000)]
     ttl_ms: Option<u64>,
 }
 
-/// A pin as the API shows it.
-#[derive(Debug, Serialize)]
+/// A pin as the API shows it: each ledger's head, First and incarnation
+/// when it was taken, keyed by ledger name.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PinView {
     pub pin: String,
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub heads: BTreeMap<String, EntryId>,
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub firsts: BTreeMap<String, EntryId>,
     pub incarnations: BTreeMap<String, u64>,
     pub created_at: u64,
@@ -101,6 +108,20 @@ fn pin_id(id: &str) -> Result<u64, ApiError> {
 }
 
 /// `POST /v1/pins`: 201 with the pin; 429 `too_many_pins` at `max_pins`.
+#[utoipa::path(
+    post,
+    path = "/pins",
+    operation_id = "create_pin",
+    tag = "pins",
+    request_body(content = Option<PinRequest>, description = "Optional: an empty body takes the default TTL."),
+    responses(
+        (status = 201, description = "The pin taken.", body = PinView),
+        (status = 400, description = "`invalid_json`.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 422, description = "`invalid_ttl`, or `invalid_entry` for a wrong shape.", body = ErrorBody),
+        (status = 429, description = "`too_many_pins`: `max_pins` are live.", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -115,6 +136,13 @@ pub async fn create(
 
 /// `GET /v1/pins`: every pin, with its age (expired ones until the next
 /// expiry pass, within a second).
+#[utoipa::path(
+    get,
+    path = "/pins",
+    operation_id = "list_pins",
+    tag = "pins",
+    responses((status = 200, description = "Every pin.", body = Vec<PinView>))
+)]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<PinView>>, ApiError> {
     caller.require(Scope::Admin, None)?;
     Ok(Json(state.store.pins().iter().map(|(id, pin)| PinView::of(*id, pin)).collect()))
@@ -122,6 +150,21 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
 
 /// `POST /v1/pins/{id}/renew`: the deadline moves to `ttl_ms` from now;
 /// 404 `pin_not_found` for an expired, deleted or unknown pin.
+#[utoipa::path(
+    post,
+    path = "/pins/{id}/renew",
+    operation_id = "renew_pin",
+    tag = "pins",
+    params(("id" = String, Path, description = "The pin id, a decimal string.")),
+    request_body(content = Option<PinRequest>, description = "Optional: an empty body takes the default TTL."),
+    responses(
+        (status = 200, description = "The pin, with its new deadline.", body = PinView),
+        (status = 400, description = "`invalid_json`.", body = ErrorBody),
+        (status = 404, description = "`pin_not_found`.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 422, description = "`invalid_ttl`, or `invalid_entry` for a wrong shape.", body = ErrorBody),
+    )
+)]
 pub async fn renew(
     State(state): State<AppState>,
     caller: Caller,
@@ -136,6 +179,17 @@ pub async fn renew(
 }
 
 /// `DELETE /v1/pins/{id}`: 204.
+#[utoipa::path(
+    delete,
+    path = "/pins/{id}",
+    operation_id = "delete_pin",
+    tag = "pins",
+    params(("id" = String, Path, description = "The pin id, a decimal string.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "`pin_not_found`.", body = ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -146,12 +200,15 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PinnedReadParams {
     /// The first id (default: the pinned First).
+    #[param(value_type = Option<u64>)]
     from: Option<EntryId>,
     /// At most this many lines (default: through the pinned head).
+    #[param(minimum = 1)]
     limit: Option<usize>,
 }
 
@@ -162,6 +219,26 @@ pub(crate) struct PinnedReadParams {
 /// 409 `pinned_ledger_gone`, 410 `below_first`. A later page that fails
 /// (the pin expired meanwhile) cuts the stream with an error, and the
 /// count of lines falls short of `Ferry-Pinned-Head`.
+#[utoipa::path(
+    get,
+    path = "/pins/{id}/ledgers/{ledger}/entries",
+    operation_id = "read_pinned_entries",
+    tag = "pins",
+    params(("id" = String, Path, description = "The pin id, a decimal string."), LedgerParam, PinnedReadParams),
+    responses(
+        (
+            status = 200,
+            description = "NDJSON: one backup line per entry (`Entry` with its `idempotency_key`), through the pinned head.",
+            content_type = "application/x-ndjson",
+            body = crate::import::LineIn,
+            headers(("Ferry-Pinned-Head" = u64, description = "The ledger's head in the pin: the stream is whole when its last line has this id.")),
+        ),
+        (status = 400, description = "`invalid_ledger_name`, `invalid_limit` or `invalid_query`.", body = ErrorBody),
+        (status = 404, description = "`pin_not_found` or `ledger_not_in_pin`.", body = ErrorBody),
+        (status = 409, description = "`pinned_ledger_gone`.", body = ErrorBody),
+        (status = 410, description = "`below_first`.", body = ErrorBody),
+    )
+)]
 pub async fn read(
     State(state): State<AppState>,
     caller: Caller,

@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use ferry_outbox::SourceStatus;
 
 use crate::auth::{Caller, Scope};
+use crate::error::ErrorBody;
 use crate::{ApiError, AppState};
 
 /// The `{name}` segment of a source path. Not UTF-8: 400 `invalid_request`.
@@ -36,12 +37,30 @@ fn not_found(name: &str) -> ApiError {
 
 /// Every source's status, in configuration order; `[]` when none are
 /// configured.
+#[utoipa::path(
+    get,
+    path = "/sources",
+    operation_id = "list_sources",
+    tag = "sources",
+    responses((status = 200, description = "Every source, `[]` when none are configured.", body = Vec<SourceStatus>))
+)]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<SourceStatus>>, ApiError> {
     caller.require(Scope::Admin, None)?;
     Ok(Json(state.config.sources.as_ref().map(|s| s.status()).unwrap_or_default()))
 }
 
 /// One source's status; 404 `source_not_found` for a name no source has.
+#[utoipa::path(
+    get,
+    path = "/sources/{name}",
+    operation_id = "get_source",
+    tag = "sources",
+    params(("name" = String, Path, description = "The source's name.")),
+    responses(
+        (status = 200, description = "The source.", body = SourceStatus),
+        (status = 404, description = "`source_not_found`.", body = ErrorBody),
+    )
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,

@@ -14,17 +14,23 @@ pub struct NewEntry {
     pub payload: Payload,
 }
 
-/// A stored entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A stored entry. Its schema in the OpenAPI document describes the JSON
+/// form `write_json` writes (absent fields are left out, never null).
+#[derive(Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Entry {
     pub ledger: LedgerName,
+    #[schema(value_type = u64, minimum = 1)]
     pub id: EntryId,
     /// Unix milliseconds assigned by ferry; never decreasing within a ledger.
     pub ts: u64,
+    #[schema(value_type = String, required = false)]
     pub key: Option<String>,
     /// The entry's link in its ledger's hash chain (`docs/format.md`,
     /// "Hash chain"); `None` for a ledger without one.
+    #[schema(value_type = String, required = false, pattern = "^[0-9a-f]{64}$")]
     pub hash: Option<[u8; 32]>,
+    /// The JSON value appended, as sent (compacted).
+    #[schema(value_type = serde_json::Value)]
     pub payload: Payload,
 }
 

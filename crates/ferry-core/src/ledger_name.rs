@@ -58,6 +58,22 @@ impl fmt::Debug for LedgerName {
     }
 }
 
+/// In the OpenAPI document, a ledger name is a string of the alphabet
+/// `parse` takes, so a generated client can check one before sending it.
+impl utoipa::PartialSchema for LedgerName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .pattern(Some("^[a-z0-9][a-z0-9._-]{0,62}$"))
+            .min_length(Some(1))
+            .max_length(Some(LEDGER_NAME_BYTES_MAX))
+            .description(Some("A ledger name: a-z, 0-9, '.', '_' and '-', starting with a letter or a digit."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for LedgerName {}
+
 impl serde::Serialize for LedgerName {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)

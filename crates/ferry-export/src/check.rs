@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::sink::{ChainCheck, ChainStart, Holding};
 
 /// The check of one exporter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckReport {
     pub exporter: LedgerName,
     pub sink: String,
@@ -31,13 +31,15 @@ pub struct CheckReport {
 }
 
 /// The check of one ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LedgerCheck {
     pub ledger: LedgerName,
     pub incarnation: u64,
     /// The ledger's First and the exporter's cursor: the destination should
     /// hold exactly `first..=cursor` (nothing when `cursor < first`).
+    #[schema(value_type = u64)]
     pub first: EntryId,
+    #[schema(value_type = u64)]
     pub cursor: EntryId,
     /// What the sink counted; absent when it cannot be asked or failed.
     pub holding: Option<Holding>,

@@ -127,7 +127,7 @@ impl ChainStart {
 
 /// The hash chain recomputed over what a destination holds of a chained
 /// ledger, in id order (`crate::check::ChainWalk`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ChainCheck {
     /// Every row held chains from the one before it (the row at First from
@@ -139,6 +139,7 @@ pub enum ChainCheck {
     /// The first id where the chain breaks: a row changed there, a row
     /// missing there, or a row without a hash or with another hash.
     Broken {
+        #[schema(value_type = u64)]
         id: EntryId,
         /// A sentence: what was found at `id`.
         reason: String,
@@ -155,7 +156,7 @@ pub enum ChainCheck {
 /// counts it in its exactly-once view (after dedup: `FINAL` for
 /// ClickHouse), for the range check. `first..=cursor` is what it should
 /// hold exactly.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Holding {
     /// Rows (lines, messages) with ids in `first..=cursor`, repeats counted.
     pub in_range: u64,
@@ -166,7 +167,9 @@ pub struct Holding {
     /// Rows with ids above `cursor` (delivered, not yet acknowledged).
     pub above_cursor: u64,
     /// The least and greatest id held, at all.
+    #[schema(value_type = Option<u64>)]
     pub min: Option<EntryId>,
+    #[schema(value_type = Option<u64>)]
     pub max: Option<EntryId>,
     /// The hash chain recomputed over the rows held; `None` for a ledger
     /// without a chain, or a sink that does not walk its rows.

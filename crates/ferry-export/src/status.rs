@@ -5,7 +5,7 @@ use ferry_core::{EntryId, LedgerName};
 use serde::{Deserialize, Serialize};
 
 /// An exporter as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExporterState {
     Running,
@@ -20,7 +20,7 @@ pub enum ExporterState {
 
 /// An exporter with one page of its ledgers (by name, after `Page::after`),
 /// and totals over all of them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExporterStatus {
     pub name: LedgerName,
     /// The sink kind; `None` for an orphaned exporter.
@@ -46,11 +46,13 @@ pub struct ExporterStatus {
     pub next: Option<LedgerName>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LedgerStatus {
     pub ledger: LedgerName,
     /// The last id the sink acknowledged.
+    #[schema(value_type = u64)]
     pub cursor: EntryId,
+    #[schema(value_type = u64)]
     pub head: EntryId,
     pub lag: u64,
     /// running | backing_off | paused | failed | dead_lettered (orphaned for
@@ -84,7 +86,7 @@ impl Default for Page {
 
 /// `GET /v1/health` of one exporter: its stuck ledgers, oldest first (at
 /// most `HEALTH_STUCK_SHOWN`; `stuck_ledgers` counts them all).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExporterHealth {
     pub name: LedgerName,
     pub max_lag_ms: Option<u64>,
@@ -97,7 +99,7 @@ pub struct ExporterHealth {
 }
 
 /// A ledger whose oldest unexported entry is older than `max_lag`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StuckLedger {
     pub ledger: LedgerName,
     /// Milliseconds since the oldest unexported entry was appended.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a source stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceState {
     /// Holding the lock, draining.
@@ -20,7 +20,7 @@ pub enum SourceState {
 }
 
 /// A source's status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SourceStatus {
     pub name: String,
     pub driver: String,

@@ -21,13 +21,14 @@ pub struct AppendOutcome {
 }
 
 /// What an import did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ImportOutcome {
     /// Entries appended.
     pub imported: u64,
     /// Entries already stored, identical.
     pub present: u64,
     /// The ledger's head after the import.
+    #[schema(value_type = u64)]
     pub head: EntryId,
     /// The ledger's incarnation in this store.
     pub incarnation: u64,

@@ -38,13 +38,15 @@ use crate::wal::{self, Segments};
 use ferry_fs::RealFs;
 
 /// What `GET /v1/ledgers/{ledger}` reports.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct LedgerInfo {
     pub name: LedgerName,
     /// Never reused for the name: a deleted and re-created ledger has a new one.
     pub incarnation: u64,
+    #[schema(value_type = u64)]
     pub first: EntryId,
     /// `first - 1` for a ledger with no entries.
+    #[schema(value_type = u64)]
     pub head: EntryId,
     pub entries: u64,
     /// Bytes the ledger's records take in storage.
@@ -59,9 +61,10 @@ pub struct LedgerInfo {
 
 /// A chained ledger's head, to anchor outside ferry (`GET
 /// /v1/ledgers/{ledger}/head`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ChainHead {
     /// The head id (`first - 1` for a ledger with no entries).
+    #[schema(value_type = u64)]
     pub id: EntryId,
     /// The head entry's chain hash (lower-case hex; for a ledger with no
     /// entries, the hash it chains from); `None` for a ledger without a chain.

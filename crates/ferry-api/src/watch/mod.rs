@@ -39,6 +39,7 @@ use stream::{Stream, Subscriptions};
 use token::Token;
 
 use crate::auth::{Caller, Scope};
+use crate::error::ErrorBody;
 use crate::{AppState, error::ApiError};
 
 /// Append notifications (and deletions) a watcher may have waiting before
@@ -81,11 +82,16 @@ impl Drop for WatcherGuard {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WatchParams {
+    /// Follow the ledgers whose name starts with this (default: every one).
     #[serde(default)]
+    #[param(required = false)]
     prefix: String,
+    /// `LEDGER:ID`: start that ledger at that id.
+    #[param(pattern = "^[a-z0-9][a-z0-9._-]{0,62}:[0-9]+$")]
     from: Option<String>,
     /// Unix ms: every ledger starts at its first entry stamped at or after
     /// it (a ledger `from` names starts there instead).
@@ -96,6 +102,29 @@ fn bad_token(e: String) -> ApiError {
     ApiError::bad_request("invalid_resume_token", format!("Last-Event-ID is not a ferry resume token: {e}"))
 }
 
+/// Server-Sent Events of every new entry of the ledgers `prefix` matches.
+#[utoipa::path(
+    get,
+    path = "/watch",
+    operation_id = "watch_entries",
+    tag = "watch",
+    params(
+        WatchParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "The `id:` of the last event received: resumes with no gap and no duplicate."),
+    ),
+    responses(
+        (
+            status = 200,
+            description = "`event: entry` with an `Entry` as data and a resume token as `id:`; `event: ledger.deleted`; \
+                           `event: lagged` (with a token to resume from) before the stream closes on a consumer that fell behind.",
+            content_type = "text/event-stream",
+            body = String,
+        ),
+        (status = 400, description = "`invalid_from`, `invalid_ledger_name`, `invalid_query` or `invalid_resume_token`.", body = ErrorBody),
+        (status = 410, description = "`below_first`: `from` is below the ledger's First.", body = ErrorBody),
+        (status = 429, description = "`too_many_watchers`.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn watch(
     State(state): State<AppState>,
     caller: Caller,
@@ -179,13 +208,36 @@ fn matching_ledgers(store: &ferry_store::Store, prefix: &str) -> impl Iterator<I
     store.list_ledgers().into_iter().map(|i| i.name).filter(move |l| l.as_str().starts_with(&prefix))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventsParams {
+    /// Events whose key starts with this (`ledger.created/audit`, …; default: every one).
     #[serde(default)]
+    #[param(required = false)]
     prefix: String,
 }
 
+/// Server-Sent Events of system events (ledger.created, ledger.deleted,
+/// chunk.frozen, chunk.pruned, exporter.failed, exporter.recovered,
+/// exporter.reset, pin.created, pin.expired), those the token may see.
+#[utoipa::path(
+    get,
+    path = "/events",
+    operation_id = "watch_events",
+    tag = "watch",
+    params(EventsParams),
+    responses(
+        (
+            status = 200,
+            description = "One SSE event per system event, named by its kind, its JSON as data; `event: lagged` before the stream closes on a consumer that fell behind.",
+            content_type = "text/event-stream",
+            body = String,
+        ),
+        (status = 400, description = "`invalid_query`.", body = ErrorBody),
+        (status = 429, description = "`too_many_watchers`.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn events(
     State(state): State<AppState>,
     caller: Caller,

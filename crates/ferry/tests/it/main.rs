@@ -24,6 +24,7 @@ mod full_disk;
 mod health;
 mod import;
 mod metrics;
+mod openapi;
 mod outbox;
 mod outbox_crash;
 mod packs;
