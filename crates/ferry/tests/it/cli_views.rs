@@ -6,22 +6,14 @@
 
 use std::fs::File;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
 use futures_util::StreamExt as _;
 use serde_json::Value;
 
-use crate::support::{Env, Exited, FERRY, Server, assert_exit, ferry, free_port, run_to_exit};
+use crate::support::{Env, Exited, FERRY, Server, Webhook, assert_exit, ferry, free_port, run_to_exit};
 
 /// Bound on every wait here (the server's export, a redraw).
 const WAIT: Duration = Duration::from_secs(30);
@@ -245,30 +237,6 @@ async fn ledgers_on_a_terminal_are_an_aligned_table_with_human_sizes() {
     assert!(!out.stdout.contains('{'), "a table, not JSON:\n{}", out.stdout);
 }
 
-/// The receiver of the `http` exporter: 503 while `down`, else 200,
-/// counting the requests it accepted.
-struct Receiver {
-    down: AtomicBool,
-    accepted: AtomicU64,
-}
-
-async fn receive(State(rx): State<Arc<Receiver>>, _body: Bytes) -> StatusCode {
-    if rx.down.load(Ordering::SeqCst) {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    rx.accepted.fetch_add(1, Ordering::SeqCst);
-    StatusCode::OK
-}
-
-async fn start_receiver() -> (Arc<Receiver>, SocketAddr) {
-    let rx = Arc::new(Receiver { down: AtomicBool::new(true), accepted: AtomicU64::new(0) });
-    let app = Router::new().route("/in", post(receive)).with_state(rx.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
-    let addr = listener.local_addr().expect("receiver address");
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("the receiver stopped") });
-    (rx, addr)
-}
-
 /// Runs `ferry health` until its exit code is `code` (`WAIT` at most).
 async fn health_until(s: &Server, code: i32, what: &str) -> Exited {
     let deadline = Instant::now() + WAIT;
@@ -301,7 +269,8 @@ async fn health_exits_0_while_data_moves_and_1_when_an_exporter_is_stuck_or_the_
     assert_exit(&out, 1, "health with no server");
     assert!(out.stderr.contains("reach the ferry server"), "{}", out.stderr);
 
-    let (rx, addr) = start_receiver().await;
+    let rx = Webhook::start(true).await;
+    let addr = rx.addr;
     let config = format!(
         r#"
 [[exporters]]
@@ -362,10 +331,10 @@ timeout = "2s"
     assert!(out.stdout.contains("\u{1b}["), "the state is coloured on a terminal:\n{}", out.stdout);
 
     // The receiver recovers, the exporter catches up, and data moves again.
-    rx.down.store(false, Ordering::SeqCst);
+    rx.set_down(false);
     let out = health_until(&s, 0, "the receiver recovered").await;
     assert_eq!(out.stdout, "ok: 1 exporter, 0 sources, nothing stuck\n");
-    assert!(rx.accepted.load(Ordering::SeqCst) > 0);
+    assert!(rx.accepted() > 0);
     let status = s.exporter("hooks").await;
     assert_eq!(status["ledgers"][0]["cursor"], 3, "{status}");
 }

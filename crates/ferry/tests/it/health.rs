@@ -4,30 +4,10 @@
 //! their bad parameters refused precisely.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::post;
 use serde_json::Value;
 
-use crate::support::{Env, Server, free_port, now_ms, run_to_exit, serve_command};
-
-/// A loopback webhook receiver that answers 503 while `down`, else 200.
-async fn receiver(down: Arc<AtomicBool>) -> SocketAddr {
-    let app = Router::new().route(
-        "/in",
-        post(move || {
-            let down = down.clone();
-            async move { if down.load(Ordering::SeqCst) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK } }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
+use crate::support::{Env, Server, Webhook, free_port, now_ms, run_to_exit, serve_command};
 
 fn hooks(addr: SocketAddr, max_lag: &str) -> String {
     format!(
@@ -54,16 +34,15 @@ async fn health(s: &Server) -> Value {
 #[tokio::test]
 async fn a_stuck_exporter_is_named_with_its_ledger_and_age_and_clears_when_it_catches_up() {
     let env = Env::new();
-    let down = Arc::new(AtomicBool::new(false));
-    let addr = receiver(down.clone()).await;
-    let s = env.serve_with(&hooks(addr, "300ms")).await;
+    let hook = Webhook::start(false).await;
+    let s = env.serve_with(&hooks(hook.addr, "300ms")).await;
 
     let h = health(&s).await;
     assert_eq!((h["status"].as_str(), &h["reason"]), (Some("ok"), &Value::Null), "{h}");
     assert_eq!(h["exporters"][0]["name"], "hooks");
     assert_eq!(h["exporters"][0]["max_lag_ms"], 300);
 
-    down.store(true, Ordering::SeqCst);
+    hook.set_down(true);
     let before = now_ms();
     for ledger in ["audit", "orders"] {
         assert_eq!(s.append(ledger, r#"{"entries":[{"payload":1},{"payload":2}]}"#).await.status, 201);
@@ -86,14 +65,14 @@ async fn a_stuck_exporter_is_named_with_its_ledger_and_age_and_clears_when_it_ca
         assert!(age > 300 && age <= asked - before, "{l}");
         assert_eq!(l["lag"], 2);
         assert_eq!(l["state"], "backing_off", "{l}");
-        assert!(l["last_error"].as_str().unwrap().contains("503"), "{l}");
+        assert!(l["last_error"].as_str().unwrap().contains("down for maintenance"), "{l}");
     }
     // The exporter's own status says the same, per ledger and in total.
     let status = s.exporter("hooks").await;
     assert_eq!((status["stuck_ledgers"].as_u64(), status["lag"].as_u64()), (Some(2), Some(4)), "{status}");
     assert!(status["ledgers"].as_array().unwrap().iter().all(|l| l["stuck"] == true));
 
-    down.store(false, Ordering::SeqCst);
+    hook.set_down(false);
     let mut ok = Value::Null;
     crate::support::eventually("health is ok again", async || {
         ok = health(&s).await;
@@ -109,12 +88,11 @@ async fn a_stuck_exporter_is_named_with_its_ledger_and_age_and_clears_when_it_ca
 #[tokio::test]
 async fn without_max_lag_a_lagging_exporter_is_never_stuck_and_health_needs_the_admin_scope() {
     let env = Env::new();
-    let down = Arc::new(AtomicBool::new(true));
-    let addr = receiver(down.clone()).await;
+    let hook = Webhook::start(true).await;
     let config = "[server]\ntokens = [\"root-secret\"]\n[[server.scoped_tokens]]\nname = \"reader\"\n\
                   secret = \"reader-secret\"\nledgers = [\"*\"]\ncan = [\"read\"]\n"
         .to_owned()
-        + &hooks(addr, "1ms").replace("max_lag = \"1ms\"\n", "");
+        + &hooks(hook.addr, "1ms").replace("max_lag = \"1ms\"\n", "");
     let s = env.serve_with(&config).await;
     let append = s.http.post(s.url("/v1/ledgers/audit/entries")).bearer_auth("root-secret").body(r#"{"payload":1}"#);
     assert_eq!(s.send(append).await.status, 201);

@@ -5,36 +5,15 @@
 //! and per-ledger series exist only for the ledgers `metrics_ledgers`
 //! selects.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
 use eventsource_stream::Eventsource as _;
 use ferry_core::metric_names as names;
 use futures_util::StreamExt as _;
 use openmetrics_parser::prometheus::parse_prometheus;
 use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
 
-use crate::support::{Env, Server, eventually, now_ms};
+use crate::support::{Env, Server, Webhook, eventually, now_ms};
 
 type Exposition = MetricsExposition<PrometheusType, PrometheusValue>;
-
-/// A loopback HTTP receiver that answers 503 while `down` is set, 200
-/// otherwise.
-async fn receiver(down: Arc<AtomicBool>) -> SocketAddr {
-    async fn ingest(State(down): State<Arc<AtomicBool>>) -> StatusCode {
-        if down.load(Ordering::SeqCst) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK }
-    }
-    let app = Router::new().route("/in", post(ingest)).with_state(down);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
-    let addr = listener.local_addr().expect("receiver address");
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("the receiver stopped") });
-    addr
-}
 
 /// Scrapes `/metrics` and parses the whole text; any line the grammar
 /// refuses fails the test with the text.
@@ -86,8 +65,8 @@ fn expected_type(name: &str) -> PrometheusType {
 
 #[tokio::test]
 async fn metrics_parse_whole_carry_every_name_and_follow_state() {
-    let down = Arc::new(AtomicBool::new(true));
-    let addr = receiver(down.clone()).await;
+    let webhook = Webhook::start(true).await;
+    let addr = webhook.addr;
     let env = Env::new();
     let server = env
         .serve_with(&format!(
@@ -178,7 +157,7 @@ format = "json"
     assert!(value(&m, names::EXPORTER_LEDGER_LAG_SECONDS, &ledger_lag).is_some_and(|s| s > 0.0));
 
     // The sink recovers: lag and its age go back to 0.
-    down.store(false, Ordering::SeqCst);
+    webhook.set_down(false);
     eventually("the exporter catches up", async || {
         let m = scrape(&server).await;
         lag(&m) == Some(0.0) && value(&m, names::EXPORTER_LAG_SECONDS, &hook) == Some(0.0)

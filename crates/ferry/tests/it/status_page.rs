@@ -21,16 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt as _;
 use serde_json::{Value, json};
 
-use crate::support::{Env, Server, free_port};
+use crate::support::{Env, Server, Webhook, free_port};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -39,28 +34,6 @@ const READER_TOKEN: &str = "page-reader-secret";
 /// How long the page may take to show what the test waits for (it
 /// refreshes every 2 s, and on every system event).
 const DOM_WAIT: Duration = Duration::from_secs(20);
-
-/// An HTTP endpoint for the exporter: 200 while up, 503 while down.
-struct Sink {
-    up: AtomicBool,
-}
-
-async fn receive(State(sink): State<Arc<Sink>>, _body: Bytes) -> (StatusCode, &'static str) {
-    if sink.up.load(Ordering::SeqCst) {
-        (StatusCode::OK, "")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "warehouse loader is down for maintenance")
-    }
-}
-
-async fn start_sink() -> (Arc<Sink>, SocketAddr) {
-    let sink = Arc::new(Sink { up: AtomicBool::new(true) });
-    let app = Router::new().route("/in", post(receive)).with_state(sink.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the sink");
-    let addr = listener.local_addr().expect("sink address");
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("the sink stopped") });
-    (sink, addr)
-}
 
 /// Auth on (an admin token and a scoped one that may read and watch); `warehouse` posts
 /// to the test's sink and is stuck 2 s after it falls behind; `archive`
@@ -245,7 +218,8 @@ async fn status_page_shows_lag_rising_while_the_sink_is_down_and_falling_after()
     let env = Env::new();
     let archive = env.dir.path().join("archive");
     std::fs::create_dir_all(&archive).expect("archive dir");
-    let (sink, sink_addr) = start_sink().await;
+    let sink = Webhook::start(false).await;
+    let sink_addr = sink.addr;
     let config = env.config("ferry.toml", &config(sink_addr, &archive));
     let s = Server::start(&env.data_dir(), Some(&config)).await;
     for (ledger, n) in [("orders", 120), ("payments", 45), ("audit", 300), ("sessions", 8)] {
@@ -267,7 +241,7 @@ async fn status_page_shows_lag_rising_while_the_sink_is_down_and_falling_after()
     }
 }
 
-async fn drive_the_page(c: &Client, s: &Server, sink: &Sink) {
+async fn drive_the_page(c: &Client, s: &Server, sink: &Webhook) {
     c.goto(&s.url("/")).await.expect("open the status page");
 
     // A wrong token is refused and asked for again; the right one is kept
@@ -303,7 +277,7 @@ async fn drive_the_page(c: &Client, s: &Server, sink: &Sink) {
     wait_dom(c, "the pin", &probe, |_| true).await;
 
     // The sink goes down: appends pile up behind the warehouse exporter.
-    sink.up.store(false, Ordering::SeqCst);
+    sink.set_down(true);
     let appending = Arc::new(AtomicBool::new(true));
     let traffic = tokio::spawn(keep_appending(s.http.clone(), s.url(""), appending.clone()));
     append(s, "orders", 30).await;
@@ -347,7 +321,7 @@ async fn drive_the_page(c: &Client, s: &Server, sink: &Sink) {
     // The sink comes back: the lag falls to 0 and the banner goes.
     appending.store(false, Ordering::SeqCst);
     traffic.await.expect("the appender");
-    sink.up.store(true, Ordering::SeqCst);
+    sink.set_down(false);
     wait_dom(c, "the warehouse lag fall to 0", &exporter_probe("warehouse"), |v| {
         v["lag"] == 0 && v["row_lag"] == 0 && v["stuck"] == 0
     })

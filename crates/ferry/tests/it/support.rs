@@ -678,3 +678,44 @@ pub fn durable_cursors(data_dir: &Path) -> std::collections::BTreeMap<(String, S
 pub fn durable_cursors_of(data_dir: &Path, exporter: &str) -> std::collections::BTreeMap<String, u64> {
     durable_cursors(data_dir).into_iter().filter(|((e, _), _)| e == exporter).map(|((_, l), id)| (l, id)).collect()
 }
+
+/// A loopback webhook for the `http` sink, at `http://{addr}/in`: 200 while
+/// up, 503 (with a message the sink quotes in its error) while down; it
+/// counts the batches it accepted.
+pub struct Webhook {
+    pub addr: SocketAddr,
+    down: std::sync::atomic::AtomicBool,
+    accepted: std::sync::atomic::AtomicU64,
+}
+
+impl Webhook {
+    pub async fn start(down: bool) -> std::sync::Arc<Webhook> {
+        use axum::extract::State;
+        use axum::http::StatusCode;
+        async fn receive(State(hook): State<std::sync::Arc<Webhook>>) -> (StatusCode, &'static str) {
+            if hook.down.load(Ordering::SeqCst) {
+                return (StatusCode::SERVICE_UNAVAILABLE, "warehouse loader is down for maintenance");
+            }
+            hook.accepted.fetch_add(1, Ordering::SeqCst);
+            (StatusCode::OK, "")
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the webhook");
+        let hook = std::sync::Arc::new(Webhook {
+            addr: listener.local_addr().expect("webhook address"),
+            down: down.into(),
+            accepted: 0.into(),
+        });
+        let app = axum::Router::new().route("/in", axum::routing::post(receive)).with_state(hook.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("the webhook stopped") });
+        hook
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Batches answered 200.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
