@@ -318,7 +318,7 @@ pub(crate) async fn read(
         // ledger, below First) get their status instead of a cut stream.
         let page = limit.min(STREAM_PAGE_ENTRIES);
         let first_page = read_start(&state.store, &name, start, page).await?;
-        return Ok(ndjson_response(state.store, name, first_page, limit));
+        return Ok(ndjson_response(state.store.clone(), name, first_page, limit));
     }
     let batch = read_start(&state.store, &name, start, limit).await?;
     let mut out = Vec::with_capacity(batch.entries.iter().map(|e| e.payload.len() + 96).sum::<usize>() + 32);

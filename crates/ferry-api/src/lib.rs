@@ -86,8 +86,21 @@ impl Default for ApiConfig {
     }
 }
 
+/// What every handler reads, behind one `Arc`: axum clones the state for
+/// each extractor of each request, and one reference count is cheaper than
+/// the five a clone of the fields would touch.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+pub(crate) struct AppInner {
     pub store: Store,
     pub config: Arc<ApiConfig>,
     pub watchers: watch::Watchers,
@@ -109,13 +122,13 @@ impl Api {
         let sessions = watch::Sessions::load(store.clone(), config.closing.clone()).await?;
         let body_budget = body_budget::BodyBudget::new(config.max_buffered_body_bytes);
         tokio::spawn(pins::expire(store.clone(), config.closing.clone()));
-        let state = AppState {
+        let state = AppState(Arc::new(AppInner {
             store,
             config: Arc::new(config),
             watchers: watch::Watchers::default(),
             sessions: sessions.clone(),
             body_budget,
-        };
+        }));
         Ok(Self { router: router(state), sessions })
     }
 

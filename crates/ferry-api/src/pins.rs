@@ -268,7 +268,7 @@ pub async fn read(
         .find(|(p, _)| *p == id)
         .and_then(|(_, pin)| pin.ledgers.get(&name).map(|l| l.head))
         .ok_or(StoreError::PinNotFound(id))?;
-    let page = Page { store: state.store, pin: id, name, head, read: Some(Ok(first)), left: limit };
+    let page = Page { store: state.store.clone(), pin: id, name, head, read: Some(Ok(first)), left: limit };
     let stream = futures_util::stream::unfold(page, Page::next);
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static(NDJSON)),

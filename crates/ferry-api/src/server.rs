@@ -1,6 +1,6 @@
 //! The listener: accepts at most `max_connections` connections at once,
-//! serves each with hyper's HTTP/1.1 (over TLS when configured), and ends
-//! the ones that stall.
+//! serves each with hyper's HTTP/1.1 or HTTP/2 (over TLS when configured),
+//! and ends the ones that stall.
 //!
 //! Why not `axum::serve`: it accepts without bound (every idle socket costs
 //! a descriptor the store may need) and has no header-read timeout. Here a
@@ -20,7 +20,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use bytes::Bytes;
+use ferry_core::limits::{H2_HEADER_LIST_BYTES_MAX, H2_PENDING_RESETS_MAX, H2_STREAMS_MAX};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -129,22 +131,120 @@ async fn connection(
     }
 }
 
+/// The HTTP/2 connection preface, which an HTTP/2 client sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves HTTP/1.1 (pipelined requests answered in order; hyper's
+/// `pipeline_flush` stays off: it held a streamed answer's chunks past the
+/// socket's backpressure, so a watcher that stopped reading never lagged)
+/// or HTTP/2 on one port: a connection that opens with
+/// the HTTP/2 preface (h2c with prior knowledge, or h2 chosen by ALPN under
+/// TLS) is served as HTTP/2, any other as HTTP/1.1. Telling them apart is
+/// bounded by the header-read timeout like a request head, so a client
+/// that sends nothing, or trickles its first bytes, is closed in time.
 async fn http<I>(
-    io: I,
+    mut io: I,
     router: Router,
     limits: &ConnectionLimits,
     activity: &Activity,
-    mut closing: tokio::sync::watch::Receiver<bool>,
+    closing: tokio::sync::watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let first = match tokio::time::timeout(limits.header_read_timeout, sniff(&mut io)).await {
+        Ok(Ok(Some(first))) => first,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection ended before its first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("closing a connection that sent no request head in time");
+            return;
+        }
+    };
+    let h2 = first.as_ref() == H2_PREFACE;
+    let io = TokioIo::new(Rewind { first: Some(first), io });
     let service = TowerToHyperService::new(router);
-    let mut conn = pin!(
-        hyper::server::conn::http1::Builder::new()
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_STREAMS_MAX)
+            .max_header_list_size(H2_HEADER_LIST_BYTES_MAX)
+            .max_pending_accept_reset_streams(H2_PENDING_RESETS_MAX);
+        drive(builder.serve_connection(io, service), limits, activity, closing).await;
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(TokioIo::new(io), service)
-    );
+            .serve_connection(io, service);
+        drive(conn, limits, activity, closing).await;
+    }
+}
+
+/// Reads a connection's first bytes until they either are the HTTP/2
+/// preface or differ from it; `None` when the client closed first.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Option<Bytes>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut first = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    while n < first.len() {
+        let read = io.read(&mut first[n..]).await?;
+        if read == 0 {
+            return Ok(None);
+        }
+        n += read;
+        if first[..n] != H2_PREFACE[..n] {
+            break;
+        }
+    }
+    Ok(Some(Bytes::copy_from_slice(&first[..n])))
+}
+
+/// A served connection of either protocol.
+trait Served: Future<Output = Result<(), hyper::Error>> {
+    /// Finish the requests in flight, take no more.
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Served for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B, E> Served for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Runs a served connection to its end: the client closed it, it moved no
+/// byte for the idle timeout, or the server is closing and its requests in
+/// flight are answered.
+async fn drive<C: Served>(
+    conn: C,
+    limits: &ConnectionLimits,
+    activity: &Activity,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut conn = pin!(conn);
     let mut asked_to_close = *closing.borrow();
     if asked_to_close {
         conn.as_mut().graceful_shutdown();
@@ -168,6 +268,61 @@ async fn http<I>(
                 }
             }
         }
+    }
+}
+
+/// A stream whose first bytes were read to tell the protocol: they are
+/// read again first.
+struct Rewind<T> {
+    first: Option<Bytes>,
+    io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(first) = self.first.as_mut() {
+            let n = first.len().min(buf.remaining());
+            buf.put_slice(&first.split_to(n));
+            if first.is_empty() {
+                self.first = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

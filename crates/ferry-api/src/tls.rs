@@ -74,6 +74,8 @@ fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
             ))
         })?;
     let mut config = config;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // h2 first: a client that speaks HTTP/2 gets it (the listener serves
+    // both on one port); every other one HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

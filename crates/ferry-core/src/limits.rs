@@ -178,3 +178,11 @@ pub const EXPORT_AGE_MARKS_MAX: usize = 32;
 /// must stay small whatever the globs match. Past it the rest are left
 /// out, and the server logs it once.
 pub const METRICS_LEDGERS_MAX: usize = 1_000;
+/// Requests one HTTP/2 connection may have open at once (each still
+/// reserves its body from the server's body budget).
+pub const H2_STREAMS_MAX: u32 = 128;
+/// The largest header block an HTTP/2 request may send.
+pub const H2_HEADER_LIST_BYTES_MAX: u32 = 64 * 1024;
+/// Streams a client may open and reset before the server answers them (the
+/// "rapid reset" flood); past it the connection is closed.
+pub const H2_PENDING_RESETS_MAX: usize = 20;

@@ -22,6 +22,7 @@ mod export_http;
 mod exporters;
 mod full_disk;
 mod health;
+mod http_versions;
 mod import;
 mod metrics;
 mod openapi;
