@@ -147,7 +147,8 @@ struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Drive this running ferry instead of one started in-process (the
-    /// bound is still measured here, under the data dir).
+    /// bound is still measured here, under the data dir). `http-wrk`
+    /// always serves its own `ferry serve` child, whose CPU it reads.
     #[arg(long)]
     server: Option<reqwest::Url>,
     /// Bearer token for `--server`.

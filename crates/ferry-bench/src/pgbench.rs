@@ -15,15 +15,24 @@
 //! then the measured one with per-transaction logs (`-l`), from which the
 //! latency percentiles come; tps and the transaction count come from its
 //! summary. pgbench's `-T` takes whole seconds, so the warm-up and the
-//! window are rounded up (at least one second). The server's CPU is read
-//! around the measured run over every process of the cluster.
+//! window are rounded up (at least one second).
+//!
+//! The server's CPU is that of every process of the cluster, read from
+//! once all of the measured run's connections are up (each a new backend,
+//! with its TLS handshake and authentication: on a 1 s window those cost a
+//! good part of the whole, and the sqlx client opens its pool before its
+//! reading too) until pgbench exits, and is divided by the transactions
+//! the logs show completed after the first reading. The connections are
+//! counted in `pg_stat_activity` under an application name of the run's
+//! own.
 #![allow(clippy::disallowed_methods)] // the benchmark writes pgbench's script into its scratch dir
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
+use sqlx::Connection as _;
 
 use crate::cpu;
 use crate::driver::{Measurement, Timing, new_histogram};
@@ -57,17 +66,18 @@ pub async fn run(cell: &Cell, timing: Timing, parent: &Path, options: &PgbenchOp
 
     pgbench(options, cell, whole_seconds(timing.warmup), &script, None).await.context("pgbench warm-up run")?;
     let logs = dir.path().join("log");
-    let before = options.postmaster.map(cpu::Reading::take).transpose()?;
-    let summary = pgbench(options, cell, whole_seconds(timing.window), &script, Some(&logs)).await?;
-    let server_cpu = before.map(|b| b.finish(summary.transactions)).transpose()?;
+    let (summary, reading) = pgbench(options, cell, whole_seconds(timing.window), &script, Some(&logs)).await?;
 
     let mut latency = new_histogram();
-    let logged = read_logs(dir.path(), &mut latency)?;
+    let since_us = reading.as_ref().map_or(0, |(_, at)| *at);
+    let logs = read_logs(dir.path(), &mut latency, since_us)?;
     ensure!(
-        logged == summary.transactions,
-        "pgbench processed {} transactions but logged {logged}",
-        summary.transactions
+        logs.transactions == summary.transactions,
+        "pgbench processed {} transactions but logged {}",
+        summary.transactions,
+        logs.transactions
     );
+    let server_cpu = reading.map(|(cpu, _)| cpu::ServerCpu { calls: logs.after, ..cpu });
     let seconds = summary.transactions as f64 / summary.tps;
     let mut measured = Measurement::external(summary.transactions, cell.batch as u64, seconds, latency);
     measured.server_cpu = server_cpu;
@@ -99,15 +109,25 @@ struct Summary {
     tps: f64,
 }
 
-/// One pgbench run of `seconds`; with `logs`, per-transaction logs under
-/// that prefix.
+/// How long the connections of a run may take to come up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One pgbench run of `seconds`. With `logs`: per-transaction logs under
+/// that prefix, and, when the postmaster is known, the cluster's CPU from
+/// once every connection was up to pgbench's exit, with the wall-clock
+/// time (µs since the epoch) of the first reading. Its calls are left at
+/// zero: the logs tell how many transactions completed after it.
 async fn pgbench(
     options: &PgbenchOptions,
     cell: &Cell,
     seconds: u64,
     script: &Path,
     logs: Option<&Path>,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<(Summary, Option<(cpu::ServerCpu, u64)>)> {
+    // The run's connections are told apart from every other by their name.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let app_name = format!("ferry-bench-pgbench-{}-{run}", std::process::id());
     let mut cmd = Command::new(&options.pgbench);
     cmd.args(["-n", "-M", "prepared"])
         .arg("-f")
@@ -121,21 +141,76 @@ async fn pgbench(
         .arg(format!("payload={}", payload_json(cell.payload_bytes)))
         // Every connection commits with its WAL flushed, as the sqlx client's.
         .env("PGOPTIONS", "-c synchronous_commit=on")
-        .stdin(Stdio::null());
+        .env("PGAPPNAME", &app_name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(prefix) = logs {
         cmd.arg("-l").arg(format!("--log-prefix={}", prefix.display()));
     }
     cmd.arg(&options.url);
     let shown = format!("{} -c{} -T{seconds} -f {}", options.pgbench.display(), cell.clients, script.display());
-    let out = tokio::task::spawn_blocking(move || cmd.output())
+    let mut child =
+        cmd.spawn().with_context(|| format!("run {shown} (is pgbench installed? bench/run.sh installs it)"))?;
+    let before = match (logs, options.postmaster) {
+        (Some(_), Some(postmaster)) => {
+            let connected = all_connected(&options.url, &app_name, cell.clients, &mut child).await;
+            match connected {
+                Ok(true) => Some((cpu::Reading::take(postmaster)?, epoch_us())),
+                // pgbench exited first: its output says why.
+                Ok(false) => None,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e.context(format!("wait for the connections of {shown}")));
+                }
+            }
+        }
+        _ => None,
+    };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .context("pgbench's thread panicked")?
-        .with_context(|| format!("run {shown} (is pgbench installed? bench/run.sh installs it)"))?;
+        .with_context(|| format!("run {shown}"))?;
+    let reading = before.map(|(b, at)| b.finish(0).map(|cpu| (cpu, at))).transpose()?;
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         bail!("{shown}: {}\n{stdout}{stderr}", out.status);
     }
-    parse(&stdout).with_context(|| format!("{shown}\n{stdout}{stderr}"))
+    let summary = parse(&stdout).with_context(|| format!("{shown}\n{stdout}{stderr}"))?;
+    ensure!(logs.is_none() || options.postmaster.is_none() || reading.is_some(), "{shown}: no CPU reading was taken");
+    Ok((summary, reading))
+}
+
+/// Waits until `clients` connections named `app_name` are up (true), or
+/// pgbench has exited (false).
+async fn all_connected(
+    url: &str,
+    app_name: &str,
+    clients: usize,
+    child: &mut std::process::Child,
+) -> anyhow::Result<bool> {
+    let mut conn = sqlx::PgConnection::connect(url).await.with_context(|| format!("connect to {url}"))?;
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let up: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(app_name)
+            .fetch_one(&mut conn)
+            .await?;
+        if up as usize >= clients {
+            conn.close().await?;
+            return Ok(true);
+        }
+        if child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        ensure!(Instant::now() < deadline, "only {up} of {clients} connections after {CONNECT_TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn epoch_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The transaction count and tps of pgbench's summary; fails on failed
@@ -156,11 +231,21 @@ fn parse(stdout: &str) -> anyhow::Result<Summary> {
     Ok(Summary { transactions, tps })
 }
 
+/// What the per-transaction logs hold.
+#[derive(Debug, PartialEq)]
+struct Logged {
+    transactions: u64,
+    /// Of those, completed at or after the time asked for.
+    after: u64,
+}
+
 /// Records every latency of the per-transaction logs (`LOG-PREFIX.PID`,
-/// `…PID.THREAD`) in `dir`; returns how many transactions they hold. Their
-/// lines are `client transaction latency_us script epoch epoch_us`.
-fn read_logs(dir: &Path, latency: &mut hdrhistogram::Histogram<u64>) -> anyhow::Result<u64> {
-    let mut count = 0;
+/// `…PID.THREAD`) in `dir`, and counts the transactions, all and those
+/// completed at or after `since_us` (µs since the epoch). Their lines are
+/// `client transaction latency_us script epoch_s µs` (the last two: when
+/// the transaction completed).
+fn read_logs(dir: &Path, latency: &mut hdrhistogram::Histogram<u64>, since_us: u64) -> anyhow::Result<Logged> {
+    let mut count = Logged { transactions: 0, after: 0 };
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("log.")) {
@@ -168,12 +253,16 @@ fn read_logs(dir: &Path, latency: &mut hdrhistogram::Histogram<u64>) -> anyhow::
         }
         let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let field = line.split_whitespace().nth(2).unwrap_or_default();
-            let Ok(micros) = field.parse::<u64>() else {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            let (Some(micros), Some(secs), Some(frac)) = (number(2), number(4), number(5)) else {
                 bail!("pgbench logged a transaction that did not complete: {line:?} in {}", path.display());
             };
             latency.saturating_record(micros.max(1));
-            count += 1;
+            count.transactions += 1;
+            if secs * 1_000_000 + frac >= since_us {
+                count.after += 1;
+            }
         }
     }
     Ok(count)
@@ -221,9 +310,10 @@ tps = 559.756195 (without initial connection time)
         std::fs::write(dir.path().join("log.7.1"), "2 1 12464 0 1796434770 723342\n").unwrap();
         std::fs::write(dir.path().join("append.sql"), "not a log\n").unwrap();
         let mut h = new_histogram();
-        assert_eq!(read_logs(dir.path(), &mut h).unwrap(), 3);
+        let since = 1_796_434_770_730_000;
+        assert_eq!(read_logs(dir.path(), &mut h, since).unwrap(), Logged { transactions: 3, after: 2 });
         assert_eq!(h.max(), h.highest_equivalent(27484));
         std::fs::write(dir.path().join("log.8"), "0 2 failed 0 1796434770 739566\n").unwrap();
-        assert!(read_logs(dir.path(), &mut new_histogram()).is_err());
+        assert!(read_logs(dir.path(), &mut new_histogram(), 0).is_err());
     }
 }
