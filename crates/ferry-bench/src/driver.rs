@@ -215,11 +215,30 @@ mod tests {
         let p50 = m.latency_at(0.5);
         assert!(p50 >= Duration::from_millis(10) && p50 < Duration::from_micros(10_010), "{p50:?}");
         assert_eq!(m.entries_per_sec(), 4.0 * 1_000.0);
+        // Every ack counts towards server CPU: 5 in the warm-up, the one
+        // that starts the span, and the 19 counted.
+        assert_eq!(m.acked, 4 * (5 + 1 + 19));
         let mut sum = Measurement::empty();
         sum.merge(&m).unwrap();
         sum.merge(&m).unwrap();
         assert_eq!(sum.calls, 2 * m.calls);
+        assert_eq!(sum.acked, 2 * m.acked);
         assert_eq!(sum.entries_per_sec(), m.entries_per_sec());
+    }
+
+    #[test]
+    fn server_cpu_adds_up_over_runs_that_all_have_it() {
+        let run = |cpu_us| Measurement {
+            server_cpu: Some(ServerCpu { cpu_us, calls: 10 }),
+            ..Measurement::external(10, 1, 1.0, new_histogram())
+        };
+        let mut sum = Measurement::empty();
+        sum.merge(&run(100.0)).unwrap();
+        sum.merge(&run(300.0)).unwrap();
+        assert_eq!(sum.server_cpu, Some(ServerCpu { cpu_us: 400.0, calls: 20 }));
+        assert_eq!(sum.entries_per_sec(), 10.0);
+        sum.merge(&Measurement::external(10, 1, 1.0, new_histogram())).unwrap();
+        assert_eq!(sum.server_cpu, None, "a run without a reading leaves no figure");
     }
 
     #[tokio::test(start_paused = true)]

@@ -847,6 +847,29 @@ mod tests {
     }
 
     #[test]
+    fn pgbench_runs_only_the_cells_it_can() {
+        let peers = peers::Peers {
+            nats_server: "nats-server".into(),
+            postgres_url: String::new(),
+            postgres_max_clients: 90,
+            postmaster: None,
+            pgbench: "pgbench".into(),
+        };
+        let cell = |clients, batch| Cell { clients, payload_bytes: 1024, batch };
+        let pgbench = |c: Cell| supports(Target::PostgresPgbench, &c, Some(&peers));
+        assert!(pgbench(cell(64, 1)) && pgbench(cell(90, 100)));
+        // A connection per client, and at most 253 rows per statement.
+        assert!(!pgbench(cell(256, 1)) && !pgbench(cell(16, 1000)));
+        // Every other target runs every cell.
+        assert!(supports(Target::Postgres, &cell(256, 1000), Some(&peers)));
+        assert!(supports(Target::HttpWrk, &cell(256, 1000), None));
+        let labels: Vec<_> = [Target::Http, Target::HttpWrk, Target::Postgres, Target::PostgresPgbench]
+            .map(|t| format!("{} ({})", t.name(), t.client()))
+            .into();
+        assert_eq!(labels, ["http (reqwest)", "http-wrk (wrk)", "postgres (sqlx)", "postgres-pgbench (pgbench)"]);
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         assert!(Plan::from_args(&args(&["--payloads", "4"])).is_err());
         assert!(Plan::from_args(&args(&["--clients", "0"])).is_err());
