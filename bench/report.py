@@ -9,9 +9,11 @@
          and the replay table.
 --png    one chart: a panel per (payload, entries per call), x = clients,
          y = entries/s (both log), a line per target; replay as bars.
---check  exit 1 unless every target has a row with entries_per_sec > 0 and
-         every replay target read at entries_per_sec > 0 (a smoke test: it
-         asserts no speed).
+--check  exit 1 unless every target has a row with entries_per_sec > 0,
+         every target whose server is a process of its own has a server CPU
+         per call in some row (PostgreSQL's only when the run could read it),
+         and every replay target read at entries_per_sec > 0 (a smoke test:
+         it asserts no speed).
 
 Always prints a one-line headline (ferry at 64 clients, 1 KiB, single
 appends, or the nearest cell measured). With no option at all, prints the
@@ -25,26 +27,45 @@ import sys
 from collections import defaultdict
 
 # Every target, in the order of the tables and the chart's legend.
-TARGETS = ["raw", "store", "http", "nats", "nats-nosync", "postgres"]
+TARGETS = ["raw", "store", "http", "http-wrk", "nats", "nats-nosync", "postgres", "postgres-pgbench"]
 REPLAY_TARGETS = ["store", "http", "nats", "postgres"]
+# What drives each target (a row's own `client` wins): our Rust clients,
+# or the external load generators.
+CLIENTS = {
+    "raw": "in-process",
+    "store": "in-process",
+    "http": "reqwest",
+    "http-wrk": "wrk",
+    "nats": "async-nats",
+    "nats-nosync": "async-nats",
+    "postgres": "sqlx",
+    "postgres-pgbench": "pgbench",
+}
+# Targets whose server is a process of its own, so its CPU is read.
+CPU_TARGETS = ["http-wrk", "nats", "nats-nosync", "postgres", "postgres-pgbench"]
+POSTGRES_TARGETS = {"postgres", "postgres-pgbench"}
 LABELS = {
     "raw": "raw bound",
     "store": "ferry store",
-    "http": "ferry HTTP",
-    "nats": "NATS JetStream",
-    "nats-nosync": "NATS (not durable)",
-    "postgres": "PostgreSQL",
+    "http": "ferry HTTP (reqwest)",
+    "http-wrk": "ferry HTTP (wrk)",
+    "nats": "NATS JetStream (async-nats)",
+    "nats-nosync": "NATS, not durable (async-nats)",
+    "postgres": "PostgreSQL (sqlx)",
+    "postgres-pgbench": "PostgreSQL (pgbench)",
 }
 # ferry's ratios: (numerator, denominator) targets.
 RATIOS = [
     ("http", "nats"),
     ("http", "postgres"),
     ("http", "raw"),
+    ("http-wrk", "postgres-pgbench"),
+    ("http-wrk", "raw"),
     ("store", "nats"),
     ("store", "postgres"),
     ("store", "raw"),
 ]
-SHORT = {"http": "ferry-http", "store": "ferry-store"}
+SHORT = {"http": "ferry-http", "http-wrk": "ferry-http-wrk", "store": "ferry-store"}
 HEADLINE_CELL = (64, 1024, 1)  # clients, payload_bytes, batch
 
 
@@ -76,6 +97,7 @@ class Results:
         # cells[(payload, batch)][clients][target] = row
         grouped = defaultdict(list)
         self.durable = {}
+        self.clients = dict(CLIENTS)
         for r in rows:
             if not isinstance(r, dict) or not r.get("target"):
                 warn(f"skipping a row without a target: {r!r}")
@@ -88,6 +110,8 @@ class Results:
             grouped[key].append(r)
             t = r["target"]
             self.durable[t] = self.durable.get(t, True) and r.get("durable") is not False
+            if isinstance(r.get("client"), str) and r["client"]:
+                self.clients[t] = r["client"]
         self.cells = defaultdict(lambda: defaultdict(dict))
         for (payload, batch, clients, target), rs in grouped.items():
             if len(rs) > 1:
@@ -117,6 +141,14 @@ class Results:
         r = self.cells.get(cell, {}).get(clients, {}).get(target)
         return num(r.get("entries_per_sec")) if r else None
 
+    def cpu(self, cell, clients, target):
+        r = self.cells.get(cell, {}).get(clients, {}).get(target)
+        return num(r.get("server_cpu_us_per_call")) if r else None
+
+    def label(self, target):
+        client = self.clients.get(target)
+        return f"{target} ({client})" if client else target
+
     def ratio(self, cell, clients, a, b):
         x, y = self.eps(cell, clients, a), self.eps(cell, clients, b)
         if x is not None and y:
@@ -134,7 +166,7 @@ class Results:
 
 def merge(rows):
     out = dict(rows[-1])
-    for k in ("entries_per_sec", "mb_per_sec", "p50_us", "p99_us", "p999_us", "ratio_to_raw"):
+    for k in ("entries_per_sec", "mb_per_sec", "p50_us", "p99_us", "p999_us", "ratio_to_raw", "server_cpu_us_per_call"):
         vals = [v for v in (num(r.get(k)) for r in rows) if v is not None]
         out[k] = statistics.median(vals) if vals else None
     calls = [num(r.get("calls")) for r in rows]
@@ -181,6 +213,12 @@ def fmt_us(v):
     if v < 1_000_000:
         return f"{v / 1000:.0f} ms"
     return f"{v / 1e6:.2f} s"
+
+
+def fmt_cpu(v):
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
 def si(v):
@@ -289,6 +327,12 @@ def markdown(res):
         vers.append(f"nats-server {m['nats_version']}")
     if m.get("postgres_version"):
         vers.append(f"PostgreSQL {m['postgres_version']}")
+    if m.get("pgbench_version"):
+        vers.append(str(m["pgbench_version"]))
+    if m.get("wrk_version"):
+        vers.append(str(m["wrk_version"]).split(" Copyright")[0])
+    if m.get("ferry_version"):
+        vers.append(f"served by http-wrk: {m['ferry_version']}")
     if vers:
         lines.append(f"- Versions: {', '.join(vers)}")
     if m.get("postgres_max_clients") is not None:
@@ -298,7 +342,8 @@ def markdown(res):
         )
     known = {
         "date", "quick", "cores", "cpu", "mem", "kernel", "load", "fs",
-        "nats_version", "postgres_version", "postgres_max_clients",
+        "nats_version", "postgres_version", "postgres_max_clients", "postgres_cpu",
+        "pgbench_version", "wrk_version", "ferry_version",
     }
     for k in sorted(set(m) - known):
         lines.append(f"- {k}: {m[k]}")
@@ -307,6 +352,17 @@ def markdown(res):
         "(fsync/fdatasync), except **nats-nosync** (JetStream's default `sync_interval`), "
         "which is **NOT durable on ack** and is shown for reference only."
     )
+    lines.append(
+        "- Clients: each target is named with what drove it: our Rust clients (reqwest, "
+        "async-nats, sqlx), the external load generators (wrk, pgbench), or in-process calls."
+    )
+    lines.append(
+        "- Server CPU per call: utime + stime of the server's processes (a `ferry serve` child, "
+        "nats-server, every process of the PostgreSQL cluster) from `/proc`, read before and after "
+        "the run, divided by the calls acknowledged in between; empty for in-process servers."
+    )
+    if m.get("postgres_cpu") is False:
+        lines.append("- PostgreSQL's processes were not on this machine: no CPU per call for its targets.")
     not_durable = sorted(t for t, d in res.durable.items() if not d and t != "nats-nosync")
     if not_durable:
         lines.append(f"- Also marked not durable in this run: {', '.join(not_durable)}.")
@@ -324,7 +380,7 @@ def markdown(res):
     targets = res.targets
 
     def tname(t):
-        return f"{t}†" if res.durable.get(t) is False else t
+        return f"{res.label(t)}†" if res.durable.get(t) is False else res.label(t)
 
     dagger = "† not durable on ack."
 
@@ -345,6 +401,14 @@ def markdown(res):
         for c in sorted(by_clients):
             rows.append([str(c)] + [fmt_p99(by_clients[c].get(t)) for t in targets])
         lines += table(header, rows, "r" * len(header))
+        cpu_targets = [t for t in targets if any(res.cpu(cell, c, t) is not None for c in by_clients)]
+        if cpu_targets:
+            lines += ["", "Server CPU per call, µs (utime + stime of the server's processes / calls acknowledged):", ""]
+            header = ["clients"] + [tname(t) for t in cpu_targets]
+            rows = []
+            for c in sorted(by_clients):
+                rows.append([str(c)] + [fmt_cpu(res.cpu(cell, c, t)) for t in cpu_targets])
+            lines += table(header, rows, "r" * len(header))
         if any(res.durable.get(t) is False for t in targets):
             lines += ["", dagger]
         lines.append("")
@@ -390,6 +454,8 @@ STYLE = {
     "nats": dict(color="#d62728", linestyle="-", marker="^"),
     "nats-nosync": dict(color="#d62728", linestyle="--", marker="^", alpha=0.6),
     "postgres": dict(color="#9467bd", linestyle="-", marker="D"),
+    "http-wrk": dict(color="#2ca02c", linestyle="--", marker="x"),
+    "postgres-pgbench": dict(color="#9467bd", linestyle="--", marker="x"),
 }
 
 
@@ -508,10 +574,15 @@ def zero_cells(res):
     return out
 
 
-def check(res, targets, replay_targets):
+def check(res, targets, replay_targets, cpu_targets=()):
     """Problems that make a smoke run fail: a target with no positive
-    entries/s anywhere, a replay target missing or at zero."""
+    entries/s anywhere, a CPU target with no server CPU per call anywhere,
+    a replay target missing or at zero."""
     problems = []
+    for t in cpu_targets:
+        vals = [res.cpu(cell, c, t) for cell in res.cells for c in res.cells[cell]]
+        if not any(v is not None and v > 0 for v in vals):
+            problems.append(f"target {t}: no row with server_cpu_us_per_call > 0")
     for t in targets:
         vals = [res.eps(cell, c, t) for cell in res.cells for c in res.cells[cell]]
         vals = [v for v in vals if v is not None]
@@ -566,15 +637,24 @@ def main():
     if args.check:
         want = [t for t in args.targets.split(",") if t]
         want_replay = [t for t in args.replay_targets.split(",") if t]
+        # PostgreSQL's CPU is read only where its processes are on this
+        # machine; the run says whether they were.
+        want_cpu = [
+            t for t in CPU_TARGETS
+            if t in want and (t not in POSTGRES_TARGETS or res.meta.get("postgres_cpu") is not False)
+        ]
         for z in zero_cells(res):
             warn(f"warning: {z}")
-        problems = check(res, want, want_replay)
+        problems = check(res, want, want_replay, want_cpu)
         if problems:
             print("check FAILED:", file=sys.stderr)
             for p in problems:
                 print(f"  {p}", file=sys.stderr)
             return 1
-        print(f"check passed: {len(want)} targets and {len(res.replay)} replay targets produced numbers")
+        print(
+            f"check passed: {len(want)} targets and {len(res.replay)} replay targets produced numbers, "
+            f"{len(want_cpu)} of them a server CPU per call"
+        )
     return 0
 
 

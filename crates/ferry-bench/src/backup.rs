@@ -25,18 +25,17 @@
 #![allow(clippy::disallowed_methods)] // the benchmark makes its scratch dirs and writes ferry's logs, not ferry data
 
 use std::ffi::OsString;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use ferry_core::LedgerName;
-use reqwest::{StatusCode, Url};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::driver::Timing;
+use crate::ferry_child::{FerryServer, ferry_command};
 use crate::http::HttpOptions;
 use crate::report::thousands;
 use crate::workload::Cell;
@@ -49,8 +48,6 @@ const APPEND_BATCH: usize = 1000;
 /// Clients of the append peer: one, as restore sends one request at a
 /// time; sixteen, as the append bench's larger batch cell.
 const APPEND_CLIENTS: [usize; 2] = [1, 16];
-/// How long a `ferry serve` child may take to answer `/readyz`.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The file a create writes last and `sha256sum` is not run over.
 const MANIFEST: &str = "MANIFEST.json";
 
@@ -348,7 +345,7 @@ async fn append_peer(parent: &Path, root: &Path, options: &Options, clients: usi
     let cell = Cell { clients, payload_bytes: options.payload_bytes, batch: APPEND_BATCH };
     let data = root.join(format!("appended-{clients}"));
     let server = FerryServer::start(&options.ferry, &data, &root.join(format!("serve-append-{clients}.log"))).await?;
-    let http = HttpOptions { server: Some(server.url.clone()), token: None };
+    let http = HttpOptions { server: Some(server.url.clone()), token: None, wrk: None };
     let measured = crate::http::run(&cell, options.append_timing, parent, &http).await;
     server.stop();
     let measured = measured.with_context(|| format!("HTTP batch appends with {clients} clients"))?;
@@ -402,16 +399,6 @@ fn os(s: impl AsRef<std::ffi::OsStr>) -> OsString {
 struct Finished {
     took: Duration,
     json: Value,
-}
-
-/// A `ferry` command with none of the caller's `FERRY_*` environment.
-fn ferry_command(ferry: &Path) -> Command {
-    let mut cmd = Command::new(ferry);
-    for var in ["FERRY_SERVER", "FERRY_TOKEN", "FERRY_LOG"] {
-        cmd.env_remove(var);
-    }
-    cmd.stdin(Stdio::null());
-    cmd
 }
 
 /// Runs `ferry ARGS…` to its end, timed from spawn to exit; fails with its
@@ -520,60 +507,6 @@ fn unmatched_lines(expected: &str, got: &str) -> Vec<String> {
     let normal = |l: &str| l.replacen(" *", "  ", 1);
     let got: std::collections::HashSet<String> = got.lines().map(normal).collect();
     expected.lines().filter(|l| !l.trim().is_empty()).map(normal).filter(|l| !got.contains(l)).collect()
-}
-
-/// A `ferry serve` child on a free loopback port, killed on stop or drop
-/// (its data dir is thrown away or only read afterwards).
-struct FerryServer {
-    child: Child,
-    url: Url,
-}
-
-impl FerryServer {
-    async fn start(ferry: &Path, data_dir: &Path, log: &Path) -> anyhow::Result<FerryServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log_file = File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let child = ferry_command(ferry)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("start {} serve", ferry.display()))?;
-        let mut server = FerryServer { child, url: Url::parse(&format!("http://127.0.0.1:{port}/"))? };
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
-        let ready = server.url.join("readyz")?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(r) = client.get(ready.clone()).send().await
-                && r.status() == StatusCode::OK
-            {
-                return Ok(server);
-            }
-            let exited = server.child.try_wait()?;
-            if exited.is_some() || Instant::now() > deadline {
-                let log = std::fs::read_to_string(log).unwrap_or_default();
-                let why = exited.map_or_else(|| format!("not ready within {START_TIMEOUT:?}"), |s| s.to_string());
-                bail!("ferry serve --data-dir {}: {why}\n{log}", data_dir.display());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Kills the server (as dropping it does), where the reader sees it.
-    fn stop(self) {
-        drop(self);
-    }
-}
-
-impl Drop for FerryServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ use tokio::time::Instant;
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 
+use crate::cpu::ServerCpu;
+
 /// How long to run: a warmup whose calls are not counted, then the window.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -41,22 +43,63 @@ pub struct Measurement {
     rate_sum: f64,
     /// Latency of each counted call, in microseconds.
     pub latency: Histogram<u64>,
+    /// Every call acknowledged while the run went on, warm-up and the
+    /// tail past the window included: what the server's CPU over the whole
+    /// run is divided by.
+    pub acked: u64,
+    /// The server's CPU over the run, for a server that is a process of
+    /// its own (`None` in-process, or when it could not be read).
+    pub server_cpu: Option<ServerCpu>,
 }
 
 impl Measurement {
     /// Nothing measured yet: what `merge` starts from.
     pub fn empty() -> Measurement {
-        Measurement { calls: 0, entries: 0, runs: 0, rate_sum: 0.0, latency: new_histogram() }
+        Measurement {
+            calls: 0,
+            entries: 0,
+            runs: 0,
+            rate_sum: 0.0,
+            latency: new_histogram(),
+            acked: 0,
+            server_cpu: None,
+        }
+    }
+
+    /// One run measured by an external load generator (wrk, pgbench):
+    /// `calls` acknowledged in `seconds`, with their latencies.
+    pub fn external(calls: u64, entries_per_call: u64, seconds: f64, latency: Histogram<u64>) -> Measurement {
+        let rate = if seconds > 0.0 { (calls * entries_per_call) as f64 / seconds } else { 0.0 };
+        Measurement {
+            calls,
+            entries: calls * entries_per_call,
+            runs: 1,
+            rate_sum: rate,
+            latency,
+            acked: calls,
+            server_cpu: None,
+        }
     }
 
     /// Adds another run of the same cell (rounds of one measurement); the
     /// rate becomes the mean of the runs' rates.
     pub fn merge(&mut self, other: &Measurement) -> anyhow::Result<()> {
+        let first = self.runs == 0;
         self.calls += other.calls;
         self.entries += other.entries;
         self.runs += other.runs;
         self.rate_sum += other.rate_sum;
         self.latency.add(&other.latency).context("merge latency histograms")?;
+        self.acked += other.acked;
+        // A server CPU figure only when every merged run has one.
+        self.server_cpu = match (first, self.server_cpu, other.server_cpu) {
+            (true, _, cpu) => cpu,
+            (false, Some(mut mine), Some(theirs)) => {
+                mine.add(theirs);
+                Some(mine)
+            }
+            _ => None,
+        };
         Ok(())
     }
 
@@ -93,6 +136,7 @@ where
         let span = w.await.context("a worker panicked")??;
         let calls = span.latency.len();
         total.calls += calls;
+        total.acked += span.acked;
         total.rate_sum += (calls * entries_per_call) as f64 / span.length.as_secs_f64();
         total.latency.add(&span.latency).context("merge latency histograms")?;
     }
@@ -100,10 +144,12 @@ where
     Ok(total)
 }
 
-/// What one worker measured: the calls completed within `length`.
+/// What one worker measured: the calls completed within `length`, and
+/// all it had acknowledged by its end.
 struct Span {
     length: Duration,
     latency: Histogram<u64>,
+    acked: u64,
 }
 
 /// One closed-loop client.
@@ -115,9 +161,11 @@ where
     let mut latency = new_histogram();
     // The first acknowledgement after the warmup: the span starts there.
     let mut span_start = None;
+    let mut acked = 0;
     loop {
         let start = Instant::now();
         append(id).await.with_context(|| format!("client {id}: append failed"))?;
+        acked += 1;
         let done = Instant::now();
         if done <= counted_from {
             continue;
@@ -127,7 +175,7 @@ where
             Some(_) => latency.saturating_record(micros(done - start)),
         }
         if let Some(from) = span_start.filter(|_| done >= until && !latency.is_empty()) {
-            return Ok(Span { length: done - from, latency });
+            return Ok(Span { length: done - from, latency, acked });
         }
     }
 }
@@ -167,11 +215,30 @@ mod tests {
         let p50 = m.latency_at(0.5);
         assert!(p50 >= Duration::from_millis(10) && p50 < Duration::from_micros(10_010), "{p50:?}");
         assert_eq!(m.entries_per_sec(), 4.0 * 1_000.0);
+        // Every ack counts towards server CPU: 5 in the warm-up, the one
+        // that starts the span, and the 19 counted.
+        assert_eq!(m.acked, 4 * (5 + 1 + 19));
         let mut sum = Measurement::empty();
         sum.merge(&m).unwrap();
         sum.merge(&m).unwrap();
         assert_eq!(sum.calls, 2 * m.calls);
+        assert_eq!(sum.acked, 2 * m.acked);
         assert_eq!(sum.entries_per_sec(), m.entries_per_sec());
+    }
+
+    #[test]
+    fn server_cpu_adds_up_over_runs_that_all_have_it() {
+        let run = |cpu_us| Measurement {
+            server_cpu: Some(ServerCpu { cpu_us, calls: 10 }),
+            ..Measurement::external(10, 1, 1.0, new_histogram())
+        };
+        let mut sum = Measurement::empty();
+        sum.merge(&run(100.0)).unwrap();
+        sum.merge(&run(300.0)).unwrap();
+        assert_eq!(sum.server_cpu, Some(ServerCpu { cpu_us: 400.0, calls: 20 }));
+        assert_eq!(sum.entries_per_sec(), 10.0);
+        sum.merge(&Measurement::external(10, 1, 1.0, new_histogram())).unwrap();
+        assert_eq!(sum.server_cpu, None, "a run without a reading leaves no figure");
     }
 
     #[tokio::test(start_paused = true)]

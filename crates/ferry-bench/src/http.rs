@@ -32,6 +32,8 @@ pub struct HttpOptions {
     pub server: Option<Url>,
     /// Bearer token for a server with auth.
     pub token: Option<String>,
+    /// wrk and the `ferry` it serves, for the `http-wrk` target.
+    pub wrk: Option<crate::wrk::WrkOptions>,
 }
 
 pub async fn run(cell: &Cell, timing: Timing, parent: &Path, options: &HttpOptions) -> anyhow::Result<Measurement> {
@@ -68,7 +70,7 @@ async fn post(client: &Client, url: Url, body: Bytes) -> anyhow::Result<()> {
 }
 
 /// One client for all workers, keeping a pooled connection per worker.
-fn client(clients: usize, token: Option<&str>) -> anyhow::Result<Client> {
+pub(crate) fn client(clients: usize, token: Option<&str>) -> anyhow::Result<Client> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(token) = token {
@@ -88,7 +90,7 @@ fn client(clients: usize, token: Option<&str>) -> anyhow::Result<Client> {
 
 /// `PUT /v1/ledgers/{ledger}` for every ledger (200 or 201), so no measured
 /// call pays for a creation.
-async fn create_ledgers(client: &Client, base: &Url) -> anyhow::Result<()> {
+pub(crate) async fn create_ledgers(client: &Client, base: &Url) -> anyhow::Result<()> {
     for ledger in ledger_names() {
         let url = base.join(&format!("v1/ledgers/{ledger}"))?;
         let response = client.put(url.clone()).send().await.with_context(|| format!("PUT {url}"))?;

@@ -9,13 +9,16 @@
 //! closed-loop client all targets share.
 
 mod backup;
+mod cpu;
 mod disk;
 mod driver;
 mod export;
+mod ferry_child;
 mod http;
 mod nats;
 mod outbox;
 mod peers;
+mod pgbench;
 mod postgres;
 mod raw;
 mod replay;
@@ -23,6 +26,7 @@ mod report;
 mod restart;
 mod store;
 mod workload;
+mod wrk;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,14 +49,20 @@ enum Target {
     /// ferry's Store in-process with no hash chain (`hash_chain = []`):
     /// what the chain costs, next to `store` in the same run (issue #21).
     StoreUnchained,
-    /// ferry's HTTP API.
+    /// ferry's HTTP API, served in-process, driven by our Rust client (reqwest).
     Http,
+    /// ferry's HTTP API, the real `ferry serve` binary as a child process,
+    /// driven by wrk.
+    HttpWrk,
     /// NATS JetStream, file storage, `sync_interval: always`.
     Nats,
     /// NATS JetStream with its default sync: not durable on ack.
     NatsNosync,
-    /// PostgreSQL INSERTs with `synchronous_commit = on`.
+    /// PostgreSQL INSERTs with `synchronous_commit = on`, from our Rust
+    /// client (sqlx).
     Postgres,
+    /// The same INSERTs from `pgbench`.
+    PostgresPgbench,
 }
 
 /// How many entries each append call carries.
@@ -71,10 +81,29 @@ impl Target {
             Target::Store => "store",
             Target::StoreUnchained => "store-unchained",
             Target::Http => "http",
+            Target::HttpWrk => "http-wrk",
             Target::Nats => "nats",
             Target::NatsNosync => "nats-nosync",
             Target::Postgres => "postgres",
+            Target::PostgresPgbench => "postgres-pgbench",
         }
+    }
+
+    /// What drives the target, for the tables.
+    fn client(self) -> &'static str {
+        match self {
+            Target::Raw | Target::Store | Target::StoreUnchained => "in-process",
+            Target::Http => "reqwest",
+            Target::HttpWrk => "wrk",
+            Target::Nats | Target::NatsNosync => "async-nats",
+            Target::Postgres => "sqlx",
+            Target::PostgresPgbench => "pgbench",
+        }
+    }
+
+    /// Whether it needs a peer server (`--nats-server`, `--postgres-url`).
+    fn is_peer(self) -> bool {
+        matches!(self, Target::Nats | Target::NatsNosync | Target::Postgres | Target::PostgresPgbench)
     }
 }
 
@@ -118,7 +147,8 @@ struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Drive this running ferry instead of one started in-process (the
-    /// bound is still measured here, under the data dir).
+    /// bound is still measured here, under the data dir). `http-wrk`
+    /// always serves its own `ferry serve` child, whose CPU it reads.
     #[arg(long)]
     server: Option<reqwest::Url>,
     /// Bearer token for `--server`.
@@ -173,8 +203,8 @@ struct Args {
     /// Internal: one measurement of `--restart`, run as a child process.
     #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true)]
     restart_child: Option<Vec<String>>,
-    /// ferry against its peers: every target (raw, store, http, nats,
-    /// nats-nosync, postgres) over clients 1/16/64/256 × payloads 256 B /
+    /// ferry against its peers: every target (raw, store, http, http-wrk,
+    /// nats, nats-nosync, postgres, postgres-pgbench) over clients 1/16/64/256 × payloads 256 B /
     /// 1 KiB / 16 KiB × single appends and batches of 100, then reading
     /// `--replay-entries` back from each. `--json` gets the whole result.
     #[arg(long, conflicts_with_all = ["replay", "export"])]
@@ -206,11 +236,17 @@ struct Args {
     /// Ledgers of `--backup`.
     #[arg(long, default_value_t = 4)]
     backup_ledgers: usize,
-    /// The `ferry` binary `--backup` runs [default: the one next to
-    /// ferry-bench, as `cargo build --release -p ferry -p ferry-bench`
-    /// leaves them].
-    #[arg(long, env = "FERRY_BENCH_FERRY_BIN")]
+    /// The `ferry` binary `--backup` runs and the `http-wrk` target serves
+    /// [default: the one next to ferry-bench, as `cargo build --release -p
+    /// ferry -p ferry-bench` leaves them]: any ferry build can be measured.
+    #[arg(long, visible_alias = "http-server-bin", env = "FERRY_BENCH_FERRY_BIN")]
     ferry_bin: Option<PathBuf>,
+    /// The wrk the `http-wrk` target runs.
+    #[arg(long, default_value = "wrk")]
+    wrk: PathBuf,
+    /// The pgbench the `postgres-pgbench` target runs.
+    #[arg(long, default_value = "pgbench")]
+    pgbench: PathBuf,
     /// Instead of appends: fill an outbox table with this many rows
     /// [default: 200,000; 5,000 with --quick] and time ferry's outbox source
     /// draining it next to a bare `SELECT … FOR UPDATE SKIP LOCKED` +
@@ -262,8 +298,16 @@ impl Plan {
             }
         }
         if args.peers {
-            let targets =
-                vec![Target::Raw, Target::Store, Target::Http, Target::Nats, Target::NatsNosync, Target::Postgres];
+            let targets = vec![
+                Target::Raw,
+                Target::Store,
+                Target::Http,
+                Target::HttpWrk,
+                Target::Nats,
+                Target::NatsNosync,
+                Target::Postgres,
+                Target::PostgresPgbench,
+            ];
             if args.quick {
                 let cells = vec![
                     Cell { clients: 16, payload_bytes: 1024, batch: 1 },
@@ -528,20 +572,31 @@ async fn outbox_mode(args: &Args, parent: &Path, rows: Option<u64>) -> anyhow::R
 
 /// The append grid (and with `--peers`, the peers and their replays).
 async fn appends_mode(args: &Args, plan: &Plan, parent: &Path) -> anyhow::Result<()> {
-    let http = HttpOptions { server: args.server.clone(), token: args.token.clone() };
-    let peers = if args.peers {
+    let wrk = if plan.targets.contains(&Target::HttpWrk) {
+        Some(wrk::WrkOptions { wrk: args.wrk.clone(), ferry: backup::ferry_binary(args.ferry_bin.clone())? })
+    } else {
+        None
+    };
+    let http = HttpOptions { server: args.server.clone(), token: args.token.clone(), wrk };
+    let peers = if args.peers || plan.targets.iter().any(|t| t.is_peer()) {
         let max = postgres::max_clients(&args.postgres_url).await.context("reach PostgreSQL")?;
+        let postmaster = postgres::postmaster_pid(&args.postgres_url).await?;
+        if postmaster.is_none() {
+            eprintln!("warning: PostgreSQL's processes are not on this machine: no server CPU for its targets");
+        }
         Some(peers::Peers {
             nats_server: args.nats_server.clone(),
             postgres_url: args.postgres_url.clone(),
             postgres_max_clients: max,
+            postmaster,
+            pgbench: args.pgbench.clone(),
         })
     } else {
         None
     };
-    let meta = match &peers {
-        Some(p) => Some(peers::describe(p, parent, args.quick, load_average()).await?),
-        None => None,
+    let meta = match (&peers, args.peers) {
+        (Some(p), true) => Some(peers::describe(p, http.wrk.as_ref(), parent, args.quick, load_average()).await?),
+        _ => None,
     };
     println!("{}", describe(plan, parent, &http));
     if disk::is_in_memory(parent) {
@@ -593,14 +648,36 @@ async fn run_cell(
     http: &HttpOptions,
     peers: Option<&peers::Peers>,
 ) -> anyhow::Result<Vec<Row>> {
-    let mut totals: Vec<Measurement> = plan.targets.iter().map(|_| Measurement::empty()).collect();
+    // A target that does not support the cell has no total and no row.
+    let mut totals: Vec<Option<Measurement>> =
+        plan.targets.iter().map(|&t| supports(t, cell, peers).then(Measurement::empty)).collect();
     for _ in 0..plan.rounds {
         for (&target, total) in plan.targets.iter().zip(&mut totals) {
-            total.merge(&measure(target, cell, plan.timing, parent, http, peers).await?)?;
+            if let Some(total) = total {
+                total.merge(&measure(target, cell, plan.timing, parent, http, peers).await?)?;
+            }
         }
     }
-    let bound = &totals[0];
-    Ok(plan.targets.iter().zip(&totals).map(|(t, m)| Row::new(t.name(), cell, m, bound)).collect())
+    let bound = totals[0].as_ref().context("the bound runs in every cell")?;
+    Ok(plan
+        .targets
+        .iter()
+        .zip(&totals)
+        .filter_map(|(t, m)| Some(Row::new(t.name(), t.client(), cell, m.as_ref()?, bound)))
+        .collect())
+}
+
+/// Whether `target` can run `cell`: pgbench opens a connection per client
+/// (no more than the server lets a run hold) and binds at most 255
+/// parameters per statement.
+fn supports(target: Target, cell: &Cell, peers: Option<&peers::Peers>) -> bool {
+    match target {
+        Target::PostgresPgbench => {
+            let max = peers.map_or(u32::MAX, |p| p.postgres_max_clients);
+            cell.clients <= max as usize && cell.batch <= pgbench::BATCH_MAX
+        }
+        _ => true,
+    }
 }
 
 async fn measure(
@@ -617,11 +694,24 @@ async fn measure(
         Target::Store => store::run(cell, timing, parent, true).await,
         Target::StoreUnchained => store::run(cell, timing, parent, false).await,
         Target::Http => http::run(cell, timing, parent, http).await,
+        Target::HttpWrk => {
+            let wrk = http.wrk.as_ref().context("http-wrk needs its programs")?;
+            wrk::run(cell, timing, parent, wrk).await
+        }
         Target::Nats => nats::run(cell, timing, parent, &peer()?.nats_server, nats::SyncPolicy::Always).await,
         Target::NatsNosync => nats::run(cell, timing, parent, &peer()?.nats_server, nats::SyncPolicy::Default).await,
         Target::Postgres => {
             let p = peer()?;
-            postgres::run(cell, timing, &p.postgres_url, p.postgres_max_clients).await
+            postgres::run(cell, timing, &p.postgres_url, p.postgres_max_clients, p.postmaster).await
+        }
+        Target::PostgresPgbench => {
+            let p = peer()?;
+            let options = pgbench::PgbenchOptions {
+                pgbench: p.pgbench.clone(),
+                url: p.postgres_url.clone(),
+                postmaster: p.postmaster,
+            };
+            pgbench::run(cell, timing, parent, &options).await
         }
     };
     measured.with_context(|| format!("{} with {cell:?}", target.name()))
@@ -630,7 +720,10 @@ async fn measure(
 fn describe(plan: &Plan, parent: &Path, http: &HttpOptions) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let fs = disk::filesystem_type(parent).unwrap_or_else(|| "unknown fs".into());
-    let server = http.server.as_ref().map_or_else(|| "in-process".to_owned(), |url| url.to_string());
+    let mut server = http.server.as_ref().map_or_else(|| "in-process".to_owned(), |url| url.to_string());
+    if let Some(wrk) = &http.wrk {
+        server.push_str(&format!("; http-wrk serves {}", wrk.ferry.display()));
+    }
     format!(
         "ferry-bench: {cores} cores, load {}, data under {} ({fs}); {} cells × {}; {} rounds of {:?} warmup + {:?}; \
          {LEDGERS} ledgers; HTTP server {server}",
@@ -704,7 +797,7 @@ mod tests {
     #[test]
     fn peers_run_every_target_over_the_issue_grid() {
         let plan = Plan::from_args(&args(&["--peers"])).unwrap();
-        assert_eq!(plan.targets.len(), 6);
+        assert_eq!(plan.targets.len(), 8);
         assert_eq!(plan.cells.len(), 4 * 3 * 2);
         assert!(plan.cells.iter().any(|c| c.clients == 64 && c.payload_bytes == 1024 && c.batch == 1));
         assert!(plan.cells.iter().all(|c| c.batch == 1 || c.batch == 100));
@@ -751,6 +844,29 @@ mod tests {
         assert!(outbox_options(&big, big.outbox.unwrap()).is_err());
         assert!(Args::try_parse_from(["ferry-bench", "--outbox", "--backup"]).is_err());
         assert!(Args::try_parse_from(["ferry-bench", "--outbox", "--outbox-drivers", "oracle"]).is_err());
+    }
+
+    #[test]
+    fn pgbench_runs_only_the_cells_it_can() {
+        let peers = peers::Peers {
+            nats_server: "nats-server".into(),
+            postgres_url: String::new(),
+            postgres_max_clients: 90,
+            postmaster: None,
+            pgbench: "pgbench".into(),
+        };
+        let cell = |clients, batch| Cell { clients, payload_bytes: 1024, batch };
+        let pgbench = |c: Cell| supports(Target::PostgresPgbench, &c, Some(&peers));
+        assert!(pgbench(cell(64, 1)) && pgbench(cell(90, 100)));
+        // A connection per client, and at most 253 rows per statement.
+        assert!(!pgbench(cell(256, 1)) && !pgbench(cell(16, 1000)));
+        // Every other target runs every cell.
+        assert!(supports(Target::Postgres, &cell(256, 1000), Some(&peers)));
+        assert!(supports(Target::HttpWrk, &cell(256, 1000), None));
+        let labels: Vec<_> = [Target::Http, Target::HttpWrk, Target::Postgres, Target::PostgresPgbench]
+            .map(|t| format!("{} ({})", t.name(), t.client()))
+            .into();
+        assert_eq!(labels, ["http (reqwest)", "http-wrk (wrk)", "postgres (sqlx)", "postgres-pgbench (pgbench)"]);
     }
 
     #[test]

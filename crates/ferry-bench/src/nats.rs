@@ -138,14 +138,18 @@ pub async fn run(
     let contexts = Arc::new(contexts);
     let payload = Bytes::from(payload_json(cell.payload_bytes));
     let batch = cell.batch;
-    let measured = drive(cell.clients, timing, batch as u64, move |worker| {
-        let (contexts, payload) = (contexts.clone(), payload.clone());
-        async move {
-            let js = &contexts[worker];
-            let subject = format!("{STREAM}.bench-{:02}", worker % LEDGERS);
-            publish(js, subject, payload, batch).await
-        }
-    })
+    // The server's CPU over the whole run, warm-up included, per PubAck'd call.
+    let measured = crate::cpu::around(
+        Some(server.child.id()),
+        drive(cell.clients, timing, batch as u64, move |worker| {
+            let (contexts, payload) = (contexts.clone(), payload.clone());
+            async move {
+                let js = &contexts[worker];
+                let subject = format!("{STREAM}.bench-{:02}", worker % LEDGERS);
+                publish(js, subject, payload, batch).await
+            }
+        }),
+    )
     .await;
     drop(server);
     measured

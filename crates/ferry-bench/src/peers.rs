@@ -21,6 +21,11 @@ pub struct Peers {
     pub postgres_url: String,
     /// Connections PostgreSQL lets one run hold.
     pub postgres_max_clients: u32,
+    /// PostgreSQL's postmaster, when it runs on this machine: the root of
+    /// the processes whose CPU is read.
+    pub postmaster: Option<u32>,
+    /// The pgbench `postgres-pgbench` runs.
+    pub pgbench: PathBuf,
 }
 
 /// The client counts, payload sizes and batch size of the peer grid.
@@ -56,6 +61,13 @@ pub struct Meta {
     pub nats_version: String,
     pub postgres_version: String,
     pub postgres_max_clients: u32,
+    /// Whether PostgreSQL's CPU per call was read (its processes are on
+    /// this machine).
+    pub postgres_cpu: bool,
+    /// The tools and the server binary the external-tool targets ran.
+    pub pgbench_version: String,
+    pub wrk_version: Option<String>,
+    pub ferry_version: Option<String>,
     pub quick: bool,
 }
 
@@ -68,8 +80,19 @@ pub struct Results {
 }
 
 /// Checks both peers answer and says what they are.
-pub async fn describe(peers: &Peers, parent: &Path, quick: bool, load: String) -> anyhow::Result<Meta> {
+pub async fn describe(
+    peers: &Peers,
+    wrk: Option<&crate::wrk::WrkOptions>,
+    parent: &Path,
+    quick: bool,
+    load: String,
+) -> anyhow::Result<Meta> {
     let postgres_version = crate::postgres::version(&peers.postgres_url).await?;
+    let first_line = |program: &Path, arg: &str| {
+        let out = std::process::Command::new(program).arg(arg).output().ok()?;
+        let text = [out.stdout, out.stderr].concat();
+        String::from_utf8_lossy(&text).lines().next().map(|l| l.trim().to_owned())
+    };
     Ok(Meta {
         date: today(),
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -78,6 +101,10 @@ pub async fn describe(peers: &Peers, parent: &Path, quick: bool, load: String) -
         nats_version: crate::nats::version(&peers.nats_server),
         postgres_version,
         postgres_max_clients: peers.postgres_max_clients,
+        postgres_cpu: peers.postmaster.is_some(),
+        pgbench_version: first_line(&peers.pgbench, "--version").unwrap_or_else(|| "unknown".into()),
+        wrk_version: wrk.and_then(|w| first_line(&w.wrk, "--version")),
+        ferry_version: wrk.map(|w| format!("{} ({})", crate::backup::ferry_version(&w.ferry), w.ferry.display())),
         quick,
     })
 }
@@ -137,11 +164,21 @@ pub fn headline(rows: &[Row]) -> String {
             .map(|r| r.entries_per_sec)
     };
     let mut out = String::from("64 clients, 1 KiB, single appends:");
-    for ferry in ["http", "store"] {
-        for peer in ["nats", "postgres", "raw"] {
-            if let (Some(f), Some(p)) = (rate(ferry), rate(peer)) {
-                out.push_str(&format!(" {ferry}/{peer} {:.2}×", f / p));
-            }
+    // ferry's rate over each peer's, each measured by comparable clients
+    // (our Rust clients, or the external tools), and over the bound.
+    const PAIRS: [(&str, &str); 8] = [
+        ("http", "nats"),
+        ("http", "postgres"),
+        ("http", "raw"),
+        ("http-wrk", "postgres-pgbench"),
+        ("http-wrk", "raw"),
+        ("store", "nats"),
+        ("store", "postgres"),
+        ("store", "raw"),
+    ];
+    for (ferry, peer) in PAIRS {
+        if let (Some(f), Some(p)) = (rate(ferry), rate(peer)) {
+            out.push_str(&format!(" {ferry}/{peer} {:.2}×", f / p));
         }
     }
     out.push('\n');

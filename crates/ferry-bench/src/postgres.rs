@@ -34,9 +34,21 @@ pub async fn max_clients(url: &str) -> anyhow::Result<u32> {
     Ok(max.parse::<u32>().unwrap_or(100).saturating_sub(CONNECTION_MARGIN).max(1))
 }
 
-/// A fresh table and a pool of `connections`, each with
-/// `synchronous_commit = on`.
-async fn setup(url: &str, connections: u32) -> anyhow::Result<PgPool> {
+/// The postmaster of the server at `url`, for the cluster's CPU: the
+/// parent of this connection's backend, when both are PostgreSQL processes
+/// on this machine (`None` for a server elsewhere).
+pub async fn postmaster_pid(url: &str) -> anyhow::Result<Option<u32>> {
+    let mut conn = sqlx::PgConnection::connect(url).await.with_context(|| format!("connect to {url}"))?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
+    let is_postgres = |pid: u32| crate::cpu::command_of(pid).is_some_and(|c| c.starts_with("postgres"));
+    let Ok(backend) = u32::try_from(backend) else { return Ok(None) };
+    let postmaster = crate::cpu::parent_of(backend).filter(|&p| is_postgres(backend) && is_postgres(p));
+    conn.close().await?;
+    Ok(postmaster)
+}
+
+/// Drops and creates the table both PostgreSQL targets insert into.
+pub async fn create_table(url: &str) -> anyhow::Result<()> {
     let mut conn = sqlx::PgConnection::connect(url).await.with_context(|| format!("connect to {url}"))?;
     sqlx::query("DROP TABLE IF EXISTS ferry_bench_entries").execute(&mut conn).await?;
     sqlx::query(
@@ -45,6 +57,14 @@ async fn setup(url: &str, connections: u32) -> anyhow::Result<PgPool> {
     )
     .execute(&mut conn)
     .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// A fresh table and a pool of `connections`, each with
+/// `synchronous_commit = on`.
+async fn setup(url: &str, connections: u32) -> anyhow::Result<PgPool> {
+    create_table(url).await?;
     let options: PgConnectOptions = url.parse().context("parse the PostgreSQL URL")?;
     let options = options.options([("synchronous_commit", "on")]);
     let pool = PgPoolOptions::new()
@@ -57,14 +77,24 @@ async fn setup(url: &str, connections: u32) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
-pub async fn run(cell: &Cell, timing: Timing, url: &str, max_clients: u32) -> anyhow::Result<Measurement> {
+/// With the cluster's CPU over the run when `postmaster` is known.
+pub async fn run(
+    cell: &Cell,
+    timing: Timing,
+    url: &str,
+    max_clients: u32,
+    postmaster: Option<u32>,
+) -> anyhow::Result<Measurement> {
     let pool = setup(url, (cell.clients as u32).min(max_clients)).await?;
     let payloads: Arc<Vec<String>> = Arc::new(vec![payload_json(cell.payload_bytes); cell.batch]);
     let appender = pool.clone();
-    let measured = drive(cell.clients, timing, cell.batch as u64, move |worker| {
-        let (pool, payloads) = (appender.clone(), payloads.clone());
-        async move { insert(&pool, worker, &payloads).await }
-    })
+    let measured = crate::cpu::around(
+        postmaster,
+        drive(cell.clients, timing, cell.batch as u64, move |worker| {
+            let (pool, payloads) = (appender.clone(), payloads.clone());
+            async move { insert(&pool, worker, &payloads).await }
+        }),
+    )
     .await;
     pool.close().await;
     measured

@@ -16,6 +16,8 @@ use crate::workload::Cell;
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub target: &'static str,
+    /// What produced the numbers: the load generator, or `in-process`.
+    pub client: &'static str,
     /// Whether the target's acknowledgement means the entry is on disk.
     pub durable: bool,
     pub clients: usize,
@@ -31,13 +33,18 @@ pub struct Row {
     /// entries/s over the raw bound's entries/s for the same cell.
     pub ratio_to_raw: Option<f64>,
     pub calls: u64,
+    /// Microseconds of the server's CPU (utime + stime, all its processes)
+    /// per acknowledged call, for a server that is a process of its own;
+    /// `None` in-process.
+    pub server_cpu_us_per_call: Option<f64>,
 }
 
 impl Row {
-    pub fn new(target: &'static str, cell: &Cell, m: &Measurement, bound: &Measurement) -> Row {
+    pub fn new(target: &'static str, client: &'static str, cell: &Cell, m: &Measurement, bound: &Measurement) -> Row {
         let entries_per_sec = m.entries_per_sec();
         Row {
             target,
+            client,
             durable: target != "nats-nosync",
             clients: cell.clients,
             payload_bytes: cell.payload_bytes,
@@ -49,12 +56,20 @@ impl Row {
             p999_us: m.latency_at(0.999).as_micros() as u64,
             ratio_to_raw: Some(entries_per_sec / bound.entries_per_sec()).filter(|r| r.is_finite()),
             calls: m.calls,
+            server_cpu_us_per_call: m.server_cpu.and_then(|c| c.per_call_us()),
         }
+    }
+
+    /// The target with the client that drove it: `http (reqwest)`.
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.target, self.client)
     }
 }
 
-const HEADER: [&str; 9] = ["target", "clients", "payload", "batch", "entries/s", "MB/s", "p50", "p99", "vs raw"];
-const WIDTHS: [usize; 9] = [11, 7, 7, 5, 11, 8, 9, 9, 6];
+const COLUMNS: usize = 10;
+const HEADER: [&str; COLUMNS] =
+    ["target (client)", "clients", "payload", "batch", "entries/s", "MB/s", "p50", "p99", "vs raw", "CPU/call"];
+const WIDTHS: [usize; COLUMNS] = [28, 7, 7, 5, 11, 8, 9, 9, 6, 9];
 
 /// The rows as an aligned table under its header.
 pub fn table(rows: &[Row]) -> String {
@@ -74,7 +89,7 @@ pub fn line(row: &Row) -> String {
 }
 
 /// One line, each column right-aligned except the first.
-fn push_line(out: &mut String, columns: [String; 9]) {
+fn push_line(out: &mut String, columns: [String; COLUMNS]) {
     for (i, (text, width)) in columns.iter().zip(WIDTHS).enumerate() {
         let cell = if i == 0 { format!("{text:<width$}") } else { format!("  {text:>width$}") };
         out.push_str(&cell);
@@ -82,9 +97,9 @@ fn push_line(out: &mut String, columns: [String; 9]) {
     out.push('\n');
 }
 
-fn cells(row: &Row) -> [String; 9] {
+fn cells(row: &Row) -> [String; COLUMNS] {
     [
-        row.target.to_owned(),
+        row.label(),
         row.clients.to_string(),
         bytes(row.payload_bytes),
         row.batch.to_string(),
@@ -93,6 +108,7 @@ fn cells(row: &Row) -> [String; 9] {
         latency(Duration::from_micros(row.p50_us)),
         latency(Duration::from_micros(row.p99_us)),
         row.ratio_to_raw.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+        row.server_cpu_us_per_call.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}µs")),
     ]
 }
 
@@ -192,6 +208,7 @@ mod tests {
     fn row(target: &'static str, clients: usize, batch: usize, ratio: f64) -> Row {
         Row {
             target,
+            client: "in-process",
             durable: true,
             clients,
             payload_bytes: 1024,
@@ -203,6 +220,7 @@ mod tests {
             p999_us: 3,
             ratio_to_raw: Some(ratio),
             calls: 1,
+            server_cpu_us_per_call: None,
         }
     }
 
@@ -219,8 +237,11 @@ mod tests {
 
     #[test]
     fn table_has_a_line_per_row() {
-        let text = table(&[row("store", 64, 1, 0.9)]);
-        assert_eq!(text.lines().count(), 2);
-        assert!(text.lines().nth(1).unwrap().starts_with("store"));
+        let cpu = Row { target: "http-wrk", client: "wrk", server_cpu_us_per_call: Some(41.3), ..row("x", 64, 1, 0.5) };
+        let text = table(&[row("store", 64, 1, 0.9), cpu]);
+        assert_eq!(text.lines().count(), 3);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("store (in-process)") && lines[1].ends_with("-"), "{text}");
+        assert!(lines[2].starts_with("http-wrk (wrk)") && lines[2].ends_with("41.3µs"), "{text}");
     }
 }
