@@ -648,3 +648,59 @@ fn lower_priority() {
         tracing::debug!(error = %e, "cannot lower the background freezer's priority");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use ferry_core::{LedgerName, NewEntry, Payload};
+
+    use super::*;
+    use crate::{Store, StoreConfig};
+
+    /// The helper's priority is its own: the thread that started it keeps
+    /// the normal one (Linux names one thread with `PRIO_PROCESS, 0`).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn background_freezing_runs_at_the_lowest_priority_and_only_there() {
+        let before = rustix::process::getpriority_process(None).unwrap();
+        let helper = std::thread::spawn(|| {
+            lower_priority();
+            rustix::process::getpriority_process(None).unwrap()
+        });
+        assert_eq!(helper.join().unwrap(), BACKGROUND_NICE);
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
+    }
+
+    /// More full chunks than the background bound, at once: those past it
+    /// freeze on the freezer thread, the rest on helpers, all in order, and
+    /// the hot tier is left with nothing but the filling chunk.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_backlog_past_the_bound_freezes_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.chunk_entries = Some(4);
+        let store = Store::open(config).unwrap();
+        let ledger = LedgerName::parse("audit").unwrap();
+        let full = BACKGROUND_BACKLOG_CHUNKS + 4;
+        let entries: Vec<NewEntry> = (0..full * 4 + 1)
+            .map(|i| NewEntry {
+                key: None,
+                idempotency_key: None,
+                payload: Payload::from_json(&format!(r#"{{"n":{i}}}"#)).unwrap(),
+            })
+            .collect();
+        store.append(&ledger, entries).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store.chunk_counts().frozen < full {
+            assert!(Instant::now() < deadline, "{:?} of {full} frozen", store.chunk_counts());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!((store.chunk_counts().hot, store.chunk_counts().frozen), (1, full));
+        let read = store.read_blocking(&ledger, Some(1), 1000).unwrap();
+        let ids: Vec<u64> = read.entries.iter().map(|e| e.id).collect();
+        assert_eq!(ids, (1..=full * 4 + 1).collect::<Vec<_>>());
+        assert_eq!(full_chunks_waiting(store.shared()), 0);
+        store.shutdown().await;
+    }
+}
