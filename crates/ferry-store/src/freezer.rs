@@ -4,6 +4,14 @@
 //! segments forward). One thread does all of these, so they never race
 //! each other on the same ledger's keys.
 //!
+//! Freezing is background work: while the full chunks waiting are few, a
+//! chunk is written by a helper thread at the lowest scheduling priority,
+//! so it runs on the CPU the acknowledging path (the flusher and the
+//! callers) leaves idle; past `BACKGROUND_BACKLOG_CHUNKS` waiting, the
+//! freezer thread writes them itself at the normal priority until the
+//! backlog is back under, so the hot tier stays bounded however busy the
+//! host is (`docs/decisions/2026-12-05-freezer-priority.md`).
+//!
 //! A storage fault here poisons the store, except running out of file
 //! descriptors (issue #12 item 9): that can only fail an open, so the step
 //! did not happen and nothing durable was lost. A freeze that failed so is
@@ -40,6 +48,19 @@ const RETENTION_EVERY: Duration = Duration::from_secs(1);
 const FREEZE_PAGE_ENTRIES: usize = 4096;
 /// Chunks one ledger freezes before the next ledger's turn.
 const FREEZE_TURN_CHUNKS: usize = 8;
+/// Full chunks waiting to freeze, over all ledgers, up to which a chunk is
+/// frozen at `BACKGROUND_NICE`. One wave of ledgers filling their chunks
+/// together stays under it; a backlog past it is frozen at the normal
+/// priority, so the hot tier holds at most this many full chunks (plus each
+/// ledger's filling one) plus what fills while one chunk freezes.
+const BACKGROUND_BACKLOG_CHUNKS: u64 = 16;
+/// The nice value of background freezing. The scheduler gives a nice-19
+/// thread 15/1024 of a nice-0 thread's share when both want the CPU, so
+/// freezing takes what the acknowledging path leaves idle. Priority can only
+/// be lowered without privileges, hence a helper thread per chunk rather
+/// than the freezer thread itself (which must get its normal priority back
+/// when behind).
+const BACKGROUND_NICE: i32 = 19;
 
 /// True when `e` is a step refused for want of a resource that comes back:
 /// an open that failed for want of a descriptor, or a write or commit
@@ -186,15 +207,20 @@ impl Freezer {
             if state.is_deleted() || self.stopping() {
                 return Ok(false);
             }
-            self.freeze_chunk(state, chunk)?;
+            if full_chunks_waiting(&self.shared) <= BACKGROUND_BACKLOG_CHUNKS {
+                freeze_in_background(&self.shared, state, chunk)?;
+            } else {
+                Self::freeze_chunk(&self.shared, state, chunk)?;
+            }
         }
         let more = state.index.read().expect("index lock").next_chunk_to_freeze().is_some();
         Ok(more && !state.freeze_queued.swap(true, std::sync::atomic::Ordering::SeqCst))
     }
 
-    fn freeze_chunk(&self, state: &Arc<LedgerState>, chunk: u64) -> Result<()> {
+    /// Writes one full chunk as a pack from its hot records and moves it
+    /// out of the hot tier. Needs only `Shared`, so a helper thread can run it.
+    fn freeze_chunk(s: &Shared, state: &Arc<LedgerState>, chunk: u64) -> Result<()> {
         fail::fail_point!("freezer::freeze_chunk");
-        let s = &self.shared;
         let n = s.chunk_entries;
         let first = chunk * n + 1;
         let mut next = first;
@@ -575,5 +601,106 @@ impl Freezer {
             }
         }
         Ok(())
+    }
+}
+
+/// Full chunks waiting to freeze, over all ledgers.
+fn full_chunks_waiting(s: &Shared) -> u64 {
+    let ledgers = s.ledgers.read().expect("ledgers lock");
+    ledgers
+        .values()
+        .map(|l| {
+            let index = l.index.read().expect("index lock");
+            index.positions.len() as u64 / index.chunk_entries
+        })
+        .sum()
+}
+
+/// Freezes one chunk on a helper thread at `BACKGROUND_NICE`, waiting for
+/// it: the freezer thread does nothing else meanwhile, so this is still the
+/// one thread that freezes, prunes and deletes. A helper that cannot be
+/// started (no thread to spare) leaves the chunk to the freezer thread; a
+/// panic on it goes on on the freezer thread, which poisons the store.
+fn freeze_in_background(s: &Shared, state: &Arc<LedgerState>, chunk: u64) -> Result<()> {
+    std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new().name("ferry-freeze-bg".into()).spawn_scoped(scope, || {
+            lower_priority();
+            Freezer::freeze_chunk(s, state, chunk)
+        });
+        match helper {
+            Ok(helper) => helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no helper thread; freezing at the normal priority");
+                Freezer::freeze_chunk(s, state, chunk)
+            }
+        }
+    })
+}
+
+/// Lowers the calling thread's priority to `BACKGROUND_NICE`. On Linux a
+/// nice value belongs to one thread (`setpriority(PRIO_PROCESS, 0)` names
+/// the caller alone); elsewhere it would lower the whole process, so there
+/// freezing keeps the normal priority. A refusal (a sandbox, say) only
+/// costs the priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+        tracing::debug!(error = %e, "cannot lower the background freezer's priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use ferry_core::{LedgerName, NewEntry, Payload};
+
+    use super::*;
+    use crate::{Store, StoreConfig};
+
+    /// The helper's priority is its own: the thread that started it keeps
+    /// the normal one (Linux names one thread with `PRIO_PROCESS, 0`).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn background_freezing_runs_at_the_lowest_priority_and_only_there() {
+        let before = rustix::process::getpriority_process(None).unwrap();
+        let helper = std::thread::spawn(|| {
+            lower_priority();
+            rustix::process::getpriority_process(None).unwrap()
+        });
+        assert_eq!(helper.join().unwrap(), BACKGROUND_NICE);
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
+    }
+
+    /// More full chunks than the background bound, at once: those past it
+    /// freeze on the freezer thread, the rest on helpers, all in order, and
+    /// the hot tier is left with nothing but the filling chunk.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_backlog_past_the_bound_freezes_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.chunk_entries = Some(4);
+        let store = Store::open(config).unwrap();
+        let ledger = LedgerName::parse("audit").unwrap();
+        let full = BACKGROUND_BACKLOG_CHUNKS + 4;
+        let entries: Vec<NewEntry> = (0..full * 4 + 1)
+            .map(|i| NewEntry {
+                key: None,
+                idempotency_key: None,
+                payload: Payload::from_json(&format!(r#"{{"n":{i}}}"#)).unwrap(),
+            })
+            .collect();
+        store.append(&ledger, entries).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store.chunk_counts().frozen < full {
+            assert!(Instant::now() < deadline, "{:?} of {full} frozen", store.chunk_counts());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!((store.chunk_counts().hot, store.chunk_counts().frozen), (1, full));
+        let read = store.read_blocking(&ledger, Some(1), 1000).unwrap();
+        let ids: Vec<u64> = read.entries.iter().map(|e| e.id).collect();
+        assert_eq!(ids, (1..=full * 4 + 1).collect::<Vec<_>>());
+        assert_eq!(full_chunks_waiting(store.shared()), 0);
+        store.shutdown().await;
     }
 }
