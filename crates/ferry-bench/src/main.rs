@@ -28,6 +28,12 @@ mod store;
 mod workload;
 mod wrk;
 
+/// The allocator `ferry serve` runs with (crates/ferry/src/main.rs): the
+/// in-process targets (store, export, replay) are measured as ferry runs
+/// them, and the raw bound's clients allocate alike.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
