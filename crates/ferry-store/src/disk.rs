@@ -165,6 +165,12 @@ impl Disk {
         read().map_err(|e| StoreError::io(format!("read {}", path.display()), e))
     }
 
+    /// Reads `buf.len()` bytes at `offset` of a segment.
+    pub fn read_at(&self, file: &dyn VfsSegment, path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
+        file.read_at(buf, offset)
+            .map_err(|e| StoreError::io(format!("read {} bytes at {offset} of {}", buf.len(), path.display()), e))
+    }
+
     /// Names in a directory, sorted.
     pub fn list_dir(&self, dir: &Path) -> Result<Vec<String>> {
         self.vfs.list_dir(dir).map_err(|e| StoreError::io(format!("list {}", dir.display()), e))

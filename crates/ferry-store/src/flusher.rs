@@ -506,30 +506,45 @@ impl Flusher {
     /// Copies every live record of a sealed segment to the end of the WAL
     /// (flagged relocated), durably, then points the indexes at the copies:
     /// the old segment is then dead and the freezer releases it.
+    ///
+    /// The live records are found in the indexes of the ledgers that wrote
+    /// to the segment, and only they are read (nearby ones in one read), each
+    /// checked against its checksum: a segment is relocated when it is
+    /// mostly dead, and reading all of it cost the flusher, which
+    /// acknowledges appends meanwhile, a third of its time in a batch
+    /// benchmark (docs/performance.md).
     fn relocate(&mut self, segment: u32, buf: &mut Vec<u8>) -> Result<()> {
         let s = self.shared.clone();
         let Some(file) = s.segments.file(segment) else { return Ok(()) };
         let path = s.segments.path(segment);
-        // Read through the handle taken above, not by segment number: the
-        // freezer may release the segment (every record frozen) meanwhile,
-        // and its open file still reads; nothing in it is live then.
-        let bytes = s.disk.read_all(&*file, &path)?;
+        let live = live_records_in(&s, segment);
         buf.clear();
         // (ledger, id, old position, offset in buf, encoded size)
         let mut moved = Vec::new();
-        let mut offset = SEGMENT_HEADER_BYTES;
-        while offset < bytes.len() {
-            let Ok((r, used)) = decode_record(&bytes[offset..]) else { break };
-            let old = RecordPos { segment, offset: offset as u32, len: used as u32 };
-            offset += used;
-            let Some(state) = LedgerName::parse(r.ledger).ok().and_then(|n| s.ledger(&n)) else { continue };
-            if state.is_deleted() || state.index.read().expect("index lock").hot_pos(r.id) != Some(old) {
-                continue;
+        let mut bytes = Vec::new();
+        for run in read_runs(&live, |(_, pos, _)| *pos) {
+            let (start, end) = (run[0].1.offset, run[run.len() - 1].1.offset + run[run.len() - 1].1.len);
+            bytes.resize((end - start) as usize, 0);
+            // Read through the handle taken above, not by segment number:
+            // the freezer may release the segment (every record frozen)
+            // meanwhile, and its open file still reads; nothing in it is
+            // live then.
+            s.disk.read_at(&*file, &path, u64::from(start), &mut bytes)?;
+            for (state, old, id) in run {
+                let at_in_run = (old.offset - start) as usize;
+                let record = &bytes[at_in_run..at_in_run + old.len as usize];
+                let Ok((r, used)) = decode_record(record) else { continue };
+                if used != old.len as usize || r.id != *id || r.ledger != state.name.as_str() {
+                    continue;
+                }
+                if state.is_deleted() || state.index.read().expect("index lock").hot_pos(r.id) != Some(*old) {
+                    continue;
+                }
+                let at = buf.len();
+                let copy = WalRecord { batch_continues: false, group_start: at == 0, relocated: true, ..r };
+                encode_record(&copy, buf);
+                moved.push((state.clone(), r.id, *old, at, buf.len() - at));
             }
-            let at = buf.len();
-            let copy = WalRecord { batch_continues: false, group_start: at == 0, relocated: true, ..r };
-            encode_record(&copy, buf);
-            moved.push((state, r.id, old, at, buf.len() - at));
         }
         if moved.is_empty() {
             return Ok(());
@@ -558,5 +573,91 @@ impl Flusher {
         tracing::debug!(segment, records = dead.len(), "relocated live records of a sparse segment");
         s.segments.account(dead, false);
         Ok(())
+    }
+}
+
+/// A live record of a segment: its ledger, where it lies, its id.
+type LiveRecord = (Arc<LedgerState>, RecordPos, EntryId);
+
+/// The records of `segment` the indexes point at, by offset: those of
+/// every ledger that wrote to it and is not deleted.
+fn live_records_in(s: &Shared, segment: u32) -> Vec<LiveRecord> {
+    let holders = s.segments.holders(segment);
+    let ledgers: Vec<Arc<LedgerState>> = {
+        let ledgers = s.ledgers.read().expect("ledgers lock");
+        ledgers.values().filter(|l| holders.contains(&l.incarnation) && !l.is_deleted()).cloned().collect()
+    };
+    let mut live = Vec::new();
+    for state in ledgers {
+        let index = state.index.read().expect("index lock");
+        let base = index.hot_base;
+        for (i, pos) in index.positions.iter().enumerate() {
+            if pos.segment == segment {
+                live.push((state.clone(), *pos, base + i as u64));
+            }
+        }
+    }
+    live.sort_unstable_by_key(|(_, pos, _)| pos.offset);
+    live
+}
+
+/// Gaps up to this many bytes between live records are read through
+/// rather than split into another read.
+const RELOCATION_READ_GAP_BYTES: u32 = 64 * 1024;
+/// A read of live records stops growing past this many bytes.
+const RELOCATION_READ_BYTES: u32 = 4 * 1024 * 1024;
+
+/// Splits records sorted by offset (`pos` tells where each lies) into runs
+/// each read with one `pread`.
+fn read_runs<T>(records: &[T], pos: impl Fn(&T) -> RecordPos) -> impl Iterator<Item = &[T]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        let first = pos(rest.first()?);
+        let mut end = first.offset + first.len;
+        let mut n = 1;
+        while let Some(pos) = rest.get(n).map(&pos) {
+            let joined = pos.offset + pos.len - first.offset;
+            if pos.offset > end + RELOCATION_READ_GAP_BYTES || joined > RELOCATION_READ_BYTES {
+                break;
+            }
+            end = end.max(pos.offset + pos.len);
+            n += 1;
+        }
+        let (run, after) = rest.split_at(n);
+        rest = after;
+        Some(run)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: u32, len: u32) -> RecordPos {
+        RecordPos { segment: 7, offset, len }
+    }
+
+    #[test]
+    fn live_records_are_read_in_runs_split_by_wide_gaps_and_size() {
+        let records = [
+            at(16, 100),
+            at(116, 100),
+            at(216 + RELOCATION_READ_GAP_BYTES, 50), // a gap read through
+            at(266 + RELOCATION_READ_GAP_BYTES + RELOCATION_READ_GAP_BYTES + 1, 10), // one too wide: a new run
+            at(10_000_000, RELOCATION_READ_BYTES + 1), // larger than a read: a run of its own
+            at(10_000_000 + RELOCATION_READ_BYTES + 1, 10),
+        ];
+        let runs: Vec<Vec<u32>> =
+            read_runs(&records, |p| *p).map(|run| run.iter().map(|p| p.offset).collect()).collect();
+        assert_eq!(
+            runs,
+            vec![
+                vec![16, 116, 216 + RELOCATION_READ_GAP_BYTES],
+                vec![266 + 2 * RELOCATION_READ_GAP_BYTES + 1],
+                vec![10_000_000],
+                vec![10_000_000 + RELOCATION_READ_BYTES + 1],
+            ]
+        );
+        assert_eq!(read_runs(&[] as &[RecordPos], |p| *p).count(), 0);
     }
 }

@@ -131,6 +131,12 @@ impl Segments {
         }
     }
 
+    /// The ledgers (by incarnation) with a record in `segment`, live or not.
+    pub fn holders(&self, segment: u32) -> Vec<u64> {
+        let files = self.files.read().expect("segments lock");
+        files.get(&segment).map(|s| s.holders.iter().copied().collect()).unwrap_or_default()
+    }
+
     /// The segments still there that hold a record of the ledger
     /// `incarnation`, live or not.
     pub fn holding(&self, incarnation: u64) -> Vec<u32> {
