@@ -132,9 +132,9 @@ impl Segments {
     }
 
     /// The ledgers (by incarnation) with a record in `segment`, live or not.
-    pub fn holders(&self, segment: u32) -> Vec<u64> {
+    pub fn holders(&self, segment: u32) -> IntSet<u64> {
         let files = self.files.read().expect("segments lock");
-        files.get(&segment).map(|s| s.holders.iter().copied().collect()).unwrap_or_default()
+        files.get(&segment).map(|s| s.holders.clone()).unwrap_or_default()
     }
 
     /// The segments still there that hold a record of the ledger
