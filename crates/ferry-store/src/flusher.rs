@@ -523,7 +523,8 @@ impl Flusher {
         let mut moved = Vec::new();
         let mut bytes = Vec::new();
         for run in read_runs(&live, |(_, pos, _)| *pos) {
-            let (start, end) = (run[0].1.offset, run[run.len() - 1].1.offset + run[run.len() - 1].1.len);
+            let start = run[0].1.offset;
+            let end = run.iter().map(|(_, pos, _)| pos.offset + pos.len).max().unwrap_or(start);
             bytes.resize((end - start) as usize, 0);
             // Read through the handle taken above, not by segment number:
             // the freezer may release the segment (every record frozen)
