@@ -114,20 +114,32 @@ async fn connection(
     router: Router,
     limits: &ConnectionLimits,
     tls: Option<&ServerTls>,
-    closing: tokio::sync::watch::Receiver<bool>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) {
     let activity = Activity::new();
     let io = Watched { io: tcp, activity: activity.clone() };
     match tls {
         None => http(io, router, limits, &activity, closing).await,
         Some(tls) => {
-            let handshake = tls.acceptor().accept(io);
-            match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                Ok(Ok(stream)) => http(stream, router, limits, &activity, closing).await,
-                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake timed out"),
+            let handshake = tokio::time::timeout(limits.header_read_timeout, tls.acceptor().accept(io));
+            match unless_closing(&mut closing, handshake).await {
+                Some(Ok(Ok(stream))) => http(stream, router, limits, &activity, closing).await,
+                Some(Ok(Err(e))) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Some(Err(_)) => tracing::debug!("TLS handshake timed out"),
+                None => tracing::debug!("closing a connection in its TLS handshake: the server is shutting down"),
             }
         }
+    }
+}
+
+/// `work`'s output, or `None` once the server is shutting down: a
+/// connection that has not started a request (TLS handshake, first bytes)
+/// is closed at once rather than holding shutdown up for its timeout.
+async fn unless_closing<F: Future>(closing: &mut tokio::sync::watch::Receiver<bool>, work: F) -> Option<F::Output> {
+    tokio::select! {
+        out = work => Some(out),
+        // Resolves once the flag is true, or the sender is gone (shutdown too).
+        _ = closing.wait_for(|closing| *closing) => None,
     }
 }
 
@@ -147,19 +159,24 @@ async fn http<I>(
     router: Router,
     limits: &ConnectionLimits,
     activity: &Activity,
-    closing: tokio::sync::watch::Receiver<bool>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let first = match tokio::time::timeout(limits.header_read_timeout, sniff(&mut io)).await {
-        Ok(Ok(Some(first))) => first,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
+    let first = tokio::time::timeout(limits.header_read_timeout, sniff(&mut io));
+    let first = match unless_closing(&mut closing, first).await {
+        Some(Ok(Ok(Some(first)))) => first,
+        Some(Ok(Ok(None))) => return,
+        Some(Ok(Err(e))) => {
             tracing::debug!(error = %e, "connection ended before its first request");
             return;
         }
-        Err(_) => {
+        Some(Err(_)) => {
             tracing::debug!("closing a connection that sent no request head in time");
+            return;
+        }
+        None => {
+            tracing::debug!("closing a connection that sent no request: the server is shutting down");
             return;
         }
     };

@@ -90,6 +90,38 @@ async fn a_client_that_sends_nothing_or_trickles_its_head_is_closed_after_the_he
     server.stop();
 }
 
+/// SIGTERM does not wait out the header-read timeout of connections that
+/// have not started a request: one that sent nothing (as a browser's or a
+/// pooled client's spare connection does), one that sent only the first
+/// bytes of the HTTP/2 preface, and one kept alive between requests all
+/// end at once and the server exits.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_connections_without_a_request() {
+    let env = Env::new();
+    let server = env.serve_with("[server]\nheader_read_timeout = \"60s\"\nidle_timeout = \"120s\"\n").await;
+    let mut silent = connect(server.addr);
+    let mut partial = connect(server.addr);
+    partial.write_all(b"PRI * HTTP/2").expect("send part of the HTTP/2 preface");
+    let mut kept = connect(server.addr);
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").expect("send a request");
+    let mut answer = [0u8; 12];
+    kept.read_exact(&mut answer).expect("read the answer's status line");
+    assert_eq!(&answer, b"HTTP/1.1 200", "the kept-alive connection was served");
+    // Let the server accept the silent ones.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    server.stop();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "SIGTERM took {took:?} with connections that sent no request (header_read_timeout 60 s)"
+    );
+    for (what, s) in [("silent", &mut silent), ("partial", &mut partial), ("kept-alive", &mut kept)] {
+        assert!(closed_within(s, Duration::from_secs(5)).is_some(), "the {what} connection stayed open");
+    }
+}
+
 #[tokio::test]
 async fn a_stalled_request_body_is_closed_after_the_idle_timeout() {
     let env = Env::new();

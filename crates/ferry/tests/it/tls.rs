@@ -76,6 +76,24 @@ async fn https_with_the_configured_certificate_which_sighup_reloads() {
     server.stop();
 }
 
+/// SIGTERM does not wait out the handshake timeout of a TLS connection
+/// that never sends its ClientHello.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_silent_tls_handshake() {
+    let env = Env::new();
+    let pair = certificate();
+    let (cert, key) = write_pair(env.dir.path(), &pair);
+    let config = env.config("ferry.toml", &format!("{}header_read_timeout = \"60s\"\n", tls_config(&cert, &key)));
+    let server = Server::start_https(&env.data_dir(), &config, pair.0.as_bytes()).await;
+    let _silent = std::net::TcpStream::connect(server.addr).expect("connect");
+    // Let the server accept it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    server.stop();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "SIGTERM took {took:?} with a silent TLS connection (timeout 60 s)");
+}
+
 #[tokio::test]
 async fn sighup_without_tls_leaves_the_server_running() {
     let env = Env::new();
