@@ -197,7 +197,7 @@ impl Inserted {
 }
 
 /// The application: transactions of 1 to 6 rows (half of them of one), one
-/// in twenty rolled back, up to 6 ms apart, until `stop`.
+/// in twenty rolled back, 2 to 8 ms apart, until `stop`.
 async fn insert_until(outbox: Outbox, stop: Arc<AtomicBool>, first_n: i64, seed: u64) -> Inserted {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut inserted = Inserted::default();
@@ -226,8 +226,9 @@ async fn insert_until(outbox: Outbox, stop: Arc<AtomicBool>, first_n: i64, seed:
         // Paced, so the rows a loop inserts do not grow with how fast the
         // database client is: with Nagle's algorithm on (sqlx 0.9.0) a
         // transaction took ~40 ms, without it ~1 ms, and every cycle reads
-        // all rows back. 10–30 ms keeps rows streaming in throughout.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(10..=30))).await;
+        // all rows back. 2–8 ms keeps rows streaming in throughout (a few
+        // thousand in a loop of ~10 s).
+        tokio::time::sleep(Duration::from_millis(rng.random_range(2..=8))).await;
     }
     inserted
 }
