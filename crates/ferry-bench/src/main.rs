@@ -50,11 +50,13 @@ use crate::workload::{Cell, LEDGERS, PAYLOAD_BYTES_MIN};
 enum Target {
     /// One file, one write + one fdatasync per group: the bound.
     Raw,
-    /// ferry's Store in-process.
+    /// ferry's Store in-process, with `ferry serve`'s defaults (no hash
+    /// chain).
     Store,
-    /// ferry's Store in-process with no hash chain (`hash_chain = []`):
-    /// what the chain costs, next to `store` in the same run (issue #21).
-    StoreUnchained,
+    /// ferry's Store in-process with the hash chain on every ledger
+    /// (`hash_chain = ["*"]`): what the chain costs, next to `store` in the
+    /// same run (issue #21).
+    StoreChained,
     /// ferry's HTTP API, served in-process, driven by our Rust client (reqwest).
     Http,
     /// ferry's HTTP API, the real `ferry serve` binary as a child process,
@@ -85,7 +87,7 @@ impl Target {
         match self {
             Target::Raw => "raw",
             Target::Store => "store",
-            Target::StoreUnchained => "store-unchained",
+            Target::StoreChained => "store-chained",
             Target::Http => "http",
             Target::HttpWrk => "http-wrk",
             Target::Nats => "nats",
@@ -98,7 +100,7 @@ impl Target {
     /// What drives the target, for the tables.
     fn client(self) -> &'static str {
         match self {
-            Target::Raw | Target::Store | Target::StoreUnchained => "in-process",
+            Target::Raw | Target::Store | Target::StoreChained => "in-process",
             Target::Http => "reqwest",
             Target::HttpWrk => "wrk",
             Target::Nats | Target::NatsNosync => "async-nats",
@@ -697,8 +699,8 @@ async fn measure(
     let peer = || peers.context("peer targets need --peers");
     let measured = match target {
         Target::Raw => raw::run(cell, timing, parent).await,
-        Target::Store => store::run(cell, timing, parent, true).await,
-        Target::StoreUnchained => store::run(cell, timing, parent, false).await,
+        Target::Store => store::run(cell, timing, parent, false).await,
+        Target::StoreChained => store::run(cell, timing, parent, true).await,
         Target::Http => http::run(cell, timing, parent, http).await,
         Target::HttpWrk => {
             let wrk = http.wrk.as_ref().context("http-wrk needs its programs")?;

@@ -11,14 +11,11 @@ use ferry_store::{Store, StoreConfig};
 use crate::driver::{Measurement, Timing, drive};
 use crate::workload::{Cell, ledger_names, payload_json};
 
-/// `chained`: the ledgers get the hash chain (the default) or not.
+/// `chained`: every ledger gets the hash chain; otherwise the store runs
+/// with the defaults (`config`).
 pub async fn run(cell: &Cell, timing: Timing, parent: &Path, chained: bool) -> anyhow::Result<Measurement> {
     let dir = tempfile::Builder::new().prefix("store-").tempdir_in(parent).context("create a temp dir")?;
-    let mut config = StoreConfig::new(dir.path());
-    if !chained {
-        config.hash_chain = Vec::new();
-    }
-    let store = open_with(config).await?;
+    let store = open_with(config(dir.path(), chained)).await?;
     let ledgers = Arc::new(ledger_names());
     create_ledgers(&store, &ledgers).await?;
     let entries = entries(cell)?;
@@ -33,6 +30,16 @@ pub async fn run(cell: &Cell, timing: Timing, parent: &Path, chained: bool) -> a
     .await;
     store.shutdown().await;
     measured
+}
+
+/// The store's defaults (as `ferry serve` has them), but for the hash
+/// chain on every ledger when `chained`.
+fn config(dir: &Path, chained: bool) -> StoreConfig {
+    let mut config = StoreConfig::new(dir);
+    if chained {
+        config.hash_chain = vec!["*".to_owned()];
+    }
+    config
 }
 
 /// Opens a fresh store under `dir` with the default settings.
@@ -67,6 +74,26 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// `store-chained` measures ledgers with the hash chain and `store` the
+    /// defaults `ferry serve` runs with (no chain), whatever the default is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_chained_target_hashes_its_entries_and_the_plain_one_runs_the_defaults() {
+        for (chained, hashed) in [(true, true), (false, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open_with(config(dir.path(), chained)).await.unwrap();
+            let ledgers = Arc::new(ledger_names());
+            create_ledgers(&store, &ledgers).await.unwrap();
+            let entries = entries(&Cell { clients: 1, payload_bytes: 64, batch: 2 }).unwrap();
+            store.append(&ledgers[0], entries).await.unwrap();
+            let read = store.read(&ledgers[0], Some(1), 2).await.unwrap();
+            assert_eq!(read.entries.len(), 2);
+            assert!(read.entries.iter().all(|e| e.hash.is_some() == hashed), "chained {chained}: {:?}", read.entries);
+            store.shutdown().await;
+        }
+        let defaults = StoreConfig::new(Path::new("/nonexistent"));
+        assert_eq!(config(Path::new("/nonexistent"), false).hash_chain, defaults.hash_chain);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_run_appends_through_the_store() {
