@@ -153,7 +153,8 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// the HTTP/2 preface (h2c with prior knowledge, or h2 chosen by ALPN under
 /// TLS) is served as HTTP/2, any other as HTTP/1.1. Telling them apart is
 /// bounded by the header-read timeout like a request head, so a client
-/// that sends nothing, or trickles its first bytes, is closed in time.
+/// that sends nothing, or trickles its first bytes, is closed in time, and
+/// at once when the server shuts down.
 async fn http<I>(
     mut io: I,
     router: Router,
