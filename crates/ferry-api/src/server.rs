@@ -71,11 +71,16 @@ pub async fn serve(
     let mut accept_errors = AcceptErrors::default();
     let mut shutdown = pin!(shutdown);
     loop {
+        // Shutdown first: a stop that came before serving began (or while
+        // connections queue up) is not raced against them.
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the slot semaphore is never closed"),
+            biased;
             () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the slot semaphore is never closed"),
         };
         let (tcp, _) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -85,7 +90,6 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
         };
         accept_errors.clear();
         // Answers are small and latency-bound: never hold them back (Nagle).

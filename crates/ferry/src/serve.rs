@@ -24,6 +24,11 @@ pub async fn run(
     listen: Option<String>,
     exporter_flags: Vec<String>,
 ) -> anyhow::Result<()> {
+    // First of all: until a signal is listened for, its default action
+    // ends the process, and a stop during a slow start (a sink's server
+    // that does not answer, a long recovery) must still be clean.
+    let mut stop = StopSignals::listen()?;
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let mut settings = settings(config_file, data_dir, listen, exporter_flags)?;
     init_logging(&settings.log);
     // Before the sinks are built: the file sink sizes its set of open files
@@ -37,11 +42,24 @@ pub async fn run(
     // storage opens, so a sink that cannot start changes nothing.
     let exporters = std::mem::take(&mut settings.exporters);
     let table = Arc::new(CursorTable::new(exporters.iter().map(|(s, _)| (&s.name, &s.matcher))));
-    let mut built = Vec::with_capacity(exporters.len());
-    for (exporter, sink) in exporters {
-        let sink = sink.build().await.map_err(|e| anyhow::anyhow!("exporter {}: {e}", exporter.name))?;
-        built.push((exporter, sink));
-    }
+    let build = async {
+        let mut built = Vec::with_capacity(exporters.len());
+        for (exporter, sink) in exporters {
+            let sink = sink.build().await.map_err(|e| anyhow::anyhow!("exporter {}: {e}", exporter.name))?;
+            built.push((exporter, sink));
+        }
+        anyhow::Ok(built)
+    };
+    // Nothing is open yet: a stop signal while a sink waits for its server
+    // ends here.
+    let built = tokio::select! {
+        biased;
+        () = stop.recv() => {
+            tracing::info!("stopped before serving: a stop signal came while the exporters were starting");
+            return Ok(());
+        }
+        built = build => built?,
+    };
     if settings.respect_exporters {
         settings.store.holds.push(table.clone());
     }
@@ -63,11 +81,14 @@ pub async fn run(
         tls = tls.is_some(),
         "ferry listening"
     );
-    tokio::spawn(reload_on_sighup(Reloadable {
-        config_file: config_file.map(Path::to_path_buf),
-        tokens: settings.api.tokens.clone(),
-        tls: tls.clone(),
-    }));
+    tokio::spawn(reload_on_sighup(
+        hangups,
+        Reloadable {
+            config_file: config_file.map(Path::to_path_buf),
+            tokens: settings.api.tokens.clone(),
+            tls: tls.clone(),
+        },
+    ));
 
     let exporters = Exporters::start(store.clone(), table, built).await.context("start the exporters")?;
     settings.api.exporters = Some(exporters.clone());
@@ -82,8 +103,10 @@ pub async fn run(
     };
     settings.api.sources = sources.clone();
     let api = ferry_api::Api::open(store.clone(), settings.api).await.context("load the watch sessions")?;
+    // A signal that came while storage opened or the exporters started
+    // ends the serving at once (the listener checks it first).
     let shutdown = async move {
-        shutdown_signal().await;
+        stop.recv().await;
         // End the open SSE streams so the graceful shutdown can finish.
         let _ = closing_tx.send(true);
     };
@@ -211,8 +234,8 @@ struct Reloadable {
     tls: Option<Arc<ferry_api::ServerTls>>,
 }
 
-async fn reload_on_sighup(what: Reloadable) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+async fn reload_on_sighup(hangups: std::io::Result<tokio::signal::unix::Signal>, what: Reloadable) {
+    let mut hangups = match hangups {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP: tokens and the TLS certificate are not reloadable");
@@ -286,17 +309,27 @@ fn init_logging(log: &Log) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// SIGINT and SIGTERM, listened for from the moment this is made (not from
+/// a first poll): each one a signal arrives on is kept until `recv`.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listen for SIGTERM")?,
+        })
+    }
+
+    /// Until SIGINT or SIGTERM (at once for one that came already).
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    };
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    }
 }

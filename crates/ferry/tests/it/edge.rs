@@ -7,9 +7,10 @@
 use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Env, Server};
+use crate::support::{Env, Server, free_port, serve_command};
 
 /// Reads from `s` until the server closes it (EOF or reset) and returns how
 /// long that took, or `None` if it was still open after `limit`. Bytes the
@@ -119,6 +120,68 @@ async fn shutdown_does_not_wait_for_connections_without_a_request() {
     );
     for (what, s) in [("silent", &mut silent), ("partial", &mut partial), ("kept-alive", &mut kept)] {
         assert!(closed_within(s, Duration::from_secs(5)).is_some(), "the {what} connection stayed open");
+    }
+}
+
+/// SIGTERM while `ferry serve` is still starting stops it cleanly (exit 0)
+/// instead of killing it: the signal handlers are in place before anything
+/// slow starts. Here the slow part is a nats exporter whose server accepts
+/// the connection and never answers; the signal comes while ferry waits for
+/// it, so storage is never opened.
+#[test]
+fn sigterm_while_starting_exits_cleanly_before_storage_opens() {
+    let env = Env::new();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a silent listener");
+    let config = env.config(
+        "ferry.toml",
+        &format!(
+            "[[exporters]]\nname = \"n\"\nsink = \"nats\"\n[exporters.config]\nurl = \"nats://{}\"\nstream = \"S\"\n",
+            silent.local_addr().expect("its address")
+        ),
+    );
+    let stderr_path = env.dir.path().join("serve.stderr");
+    let mut child = serve_command(&env.data_dir(), Some(&config), free_port())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn ferry serve");
+    // Once the exporter's client connects, ferry is inside its start.
+    silent.set_nonblocking(true).expect("non-blocking accept");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let _held = loop {
+        match silent.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the nats exporter did not connect: {e}");
+            }
+        }
+    };
+    let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill -TERM");
+    assert!(sent.success());
+    let status = wait_for_exit(&mut child, Duration::from_secs(30));
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(status.success(), "ferry serve exited with {status} after SIGTERM during its start:\n{stderr}");
+    assert!(stderr.contains("before serving"), "{stderr}");
+    assert!(!env.data_dir().exists(), "storage was opened:\n{stderr}");
+}
+
+/// The child's exit status, waiting at most `limit` (then kill and panic).
+fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
