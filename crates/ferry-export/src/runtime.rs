@@ -455,7 +455,12 @@ impl<S: Sink> Supervisor<S> {
                         let _ = reply.send(());
                         break;
                     }
-                    Some(command) => self.control(command).await,
+                    Some(command) => {
+                        // An append the store acknowledged before the
+                        // question was asked is in the answer.
+                        self.take_waiting(&mut appends, &mut events);
+                        self.control(command).await
+                    }
                     None => {
                         self.drain(Instant::now()).await;
                         break;
@@ -482,6 +487,34 @@ impl<S: Sink> Supervisor<S> {
             }
         }
         tracing::info!(exporter = %self.settings.name, "exporter stopped");
+    }
+
+    /// Applies the wake-ups and ledger events already waiting, without
+    /// waiting for more. The store publishes them before it answers an
+    /// append, so after this every acknowledged append is counted.
+    fn take_waiting(&mut self, appends: &mut Subscription<Appended>, events: &mut Subscription<SystemEvent>) {
+        loop {
+            match appends.try_recv() {
+                Some(Received::Message(a)) => self.appended(&a),
+                Some(Received::Lagged) => {
+                    (*appends, *events) = self.subscribe();
+                    self.resync();
+                    return;
+                }
+                None => break,
+            }
+        }
+        loop {
+            match events.try_recv() {
+                Some(Received::Message(e)) => self.ledger_event(&e),
+                Some(Received::Lagged) => {
+                    (*appends, *events) = self.subscribe();
+                    self.resync();
+                    return;
+                }
+                None => break,
+            }
+        }
     }
 
     /// Brings every tracked ledger up to the store's heads, tracks new

@@ -516,3 +516,26 @@ async fn an_exporters_ledgers_come_in_pages_with_totals_over_all() {
     assert_eq!(listed[0].next.as_ref().map(|n| n.as_str()), Some("l02"));
     exporters.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A status asked after an append returned shows that append: the head a
+/// status reports is never behind what the store acknowledged before the
+/// question (else "lag 0, cursor = head" could be read as caught up while
+/// the new entry waits). Paused, so the cursor stays put; the question
+/// races the append's wake-up on every round.
+#[tokio::test(flavor = "current_thread")]
+async fn a_status_asked_after_an_append_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, "a", 1).await;
+    let exporters = start(&store, "x=t", TestSink::new(Mode::Ack { delay: Duration::ZERO })).await;
+    exporters.pause("x").await.unwrap();
+    for round in 2..=200u64 {
+        fill(&store, "a", 1).await;
+        let status = exporters.status("x", Page::default()).await.unwrap();
+        let a = status.ledgers.iter().find(|l| l.ledger.as_str() == "a").expect("a is tracked");
+        assert_eq!((a.head, a.lag + a.cursor), (round, round), "round {round}: {a:?}");
+        let health = exporters.health().await;
+        assert_eq!(health[0].lag, status.lag, "round {round}");
+    }
+    exporters.shutdown(Duration::from_secs(5)).await;
+}
