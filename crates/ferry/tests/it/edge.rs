@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Env, Server, free_port, serve_command};
+use crate::support::{Env, Server, free_port, serve_command, wait_or_kill};
 
 /// Reads from `s` until the server closes it (EOF or reset) and returns how
 /// long that took, or `None` if it was still open after `limit`. Bytes the
@@ -162,27 +162,11 @@ fn sigterm_while_starting_exits_cleanly_before_storage_opens() {
     };
     let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill -TERM");
     assert!(sent.success());
-    let status = wait_for_exit(&mut child, Duration::from_secs(30));
+    let status = wait_or_kill(&mut child, || "ferry serve did not stop after SIGTERM during its start".to_owned());
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(status.success(), "ferry serve exited with {status} after SIGTERM during its start:\n{stderr}");
     assert!(stderr.contains("before serving"), "{stderr}");
     assert!(!env.data_dir().exists(), "storage was opened:\n{stderr}");
-}
-
-/// The child's exit status, waiting at most `limit` (then kill and panic).
-fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("poll the child") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the child did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[tokio::test]

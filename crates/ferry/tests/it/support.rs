@@ -161,7 +161,7 @@ pub fn run_to_exit(mut cmd: Command, stdin: Option<&[u8]>) -> Exited {
 
 /// Waits up to `STARTUP_TIMEOUT` for the child to exit; past that, kills it
 /// and panics with `why()`.
-fn wait_or_kill(child: &mut Child, why: impl FnOnce() -> String) -> ExitStatus {
+pub fn wait_or_kill(child: &mut Child, why: impl FnOnce() -> String) -> ExitStatus {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().expect("poll the child") {
