@@ -310,7 +310,8 @@ fn init_logging(log: &Log) {
 }
 
 /// SIGINT and SIGTERM, listened for from the moment this is made (not from
-/// a first poll): each one a signal arrives on is kept until `recv`.
+/// a first poll): a signal that comes before `recv` is asked is not lost,
+/// `recv` then returns at once.
 struct StopSignals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
