@@ -493,27 +493,10 @@ impl<S: Sink> Supervisor<S> {
     /// waiting for more. The store publishes them before it answers an
     /// append, so after this every acknowledged append is counted.
     fn take_waiting(&mut self, appends: &mut Subscription<Appended>, events: &mut Subscription<SystemEvent>) {
-        loop {
-            match appends.try_recv() {
-                Some(Received::Message(a)) => self.appended(&a),
-                Some(Received::Lagged) => {
-                    (*appends, *events) = self.subscribe();
-                    self.resync();
-                    return;
-                }
-                None => break,
-            }
-        }
-        loop {
-            match events.try_recv() {
-                Some(Received::Message(e)) => self.ledger_event(&e),
-                Some(Received::Lagged) => {
-                    (*appends, *events) = self.subscribe();
-                    self.resync();
-                    return;
-                }
-                None => break,
-            }
+        let lagged = take_all(appends, |a| self.appended(a)) || take_all(events, |e| self.ledger_event(e));
+        if lagged {
+            (*appends, *events) = self.subscribe();
+            self.resync();
         }
     }
 
@@ -1153,6 +1136,18 @@ impl<S: Sink> Supervisor<S> {
             stuck,
             oldest_unexported_age_ms: oldest,
             lag: self.total_lag,
+        }
+    }
+}
+
+/// Hands each message waiting in `sub` to `apply`; true if some were
+/// dropped (the subscriber lagged), and then the rest is left.
+fn take_all<T>(sub: &mut Subscription<T>, mut apply: impl FnMut(&T)) -> bool {
+    loop {
+        match sub.try_recv() {
+            Some(Received::Message(m)) => apply(&m),
+            Some(Received::Lagged) => return true,
+            None => return false,
         }
     }
 }
