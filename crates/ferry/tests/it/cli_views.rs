@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use serde_json::Value;
 
-use crate::support::{Env, Exited, FERRY, Server, Webhook, assert_exit, ferry, free_port, run_to_exit};
+use crate::support::{Env, Exited, FERRY, Server, Webhook, assert_exit, ferry, free_port, run_to_exit, send_signal};
 
 /// Bound on every wait here (the server's export, a redraw).
 const WAIT: Duration = Duration::from_secs(30);
@@ -379,8 +379,7 @@ async fn exporters_status_watch_redraws_in_place_until_ctrl_c_and_restores_the_t
     cmd.stdout(File::create(&lines_path).expect("lines file"));
     let mut child = Running(cmd.spawn().expect("spawn ferry"));
     let text = output_until(&lines_path, &mut child, "three refreshes", |t| t.lines().count() >= 3).await;
-    let kill = Command::new("kill").arg("-INT").arg(child.0.id().to_string()).status().expect("run kill -INT");
-    assert!(kill.success());
+    send_signal(child.0.id(), "INT");
     assert_eq!(child.exit("the watch after SIGINT").code(), Some(0));
     for line in text.lines() {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));

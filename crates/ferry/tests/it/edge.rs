@@ -7,10 +7,10 @@
 use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{Env, Server, free_port, serve_command, wait_or_kill};
+use crate::support::{Env, Server, free_port, send_signal, serve_command, wait_or_kill};
 
 /// Reads from `s` until the server closes it (EOF or reset) and returns how
 /// long that took, or `None` if it was still open after `limit`. Bytes the
@@ -160,8 +160,7 @@ fn sigterm_while_starting_exits_cleanly_before_storage_opens() {
             }
         }
     };
-    let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill -TERM");
-    assert!(sent.success());
+    send_signal(child.id(), "TERM");
     let status = wait_or_kill(&mut child, || "ferry serve did not stop after SIGTERM during its start".to_owned());
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(status.success(), "ferry serve exited with {status} after SIGTERM during its start:\n{stderr}");

@@ -159,6 +159,12 @@ pub fn run_to_exit(mut cmd: Command, stdin: Option<&[u8]>) -> Exited {
     Exited { status, stdout: read_lossy(&stdout_path), stderr: read_lossy(&stderr_path) }
 }
 
+/// Sends signal `name` (`TERM`, `INT`, `HUP`) to process `pid`.
+pub fn send_signal(pid: u32, name: &str) {
+    let sent = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
+    assert!(sent.success(), "kill -{name} {pid} failed");
+}
+
 /// Waits up to `STARTUP_TIMEOUT` for the child to exit; past that, kills it
 /// and panics with `why()`.
 pub fn wait_or_kill(child: &mut Child, why: impl FnOnce() -> String) -> ExitStatus {
@@ -346,8 +352,7 @@ impl Server {
 
     /// Sends the server SIGHUP (a reload).
     pub fn sighup(&self) {
-        let status = Command::new("kill").arg("-HUP").arg(self.pid().to_string()).status().expect("run kill -HUP");
-        assert!(status.success(), "kill -HUP failed");
+        send_signal(self.pid(), "HUP");
     }
 
     /// The server process's id.
@@ -397,8 +402,7 @@ impl Server {
     /// SIGTERM, then waits for a clean exit (status 0).
     pub fn stop(mut self) {
         let mut child = self.child.take().expect("server is running");
-        let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill -TERM");
-        assert!(sent.success(), "kill -TERM {} failed", child.id());
+        send_signal(child.id(), "TERM");
         let status = wait_or_kill(&mut child, || format!("ferry serve did not stop after SIGTERM:\n{}", self.stderr()));
         assert!(status.success(), "ferry serve exited with {status} after SIGTERM:\n{}", self.stderr());
     }
